@@ -1,0 +1,5 @@
+"""``python -m ipacctd``: the same entry point as the ``ipacctd`` command."""
+
+from ipacctd.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""The kernel interface: bpf(2), the assembler, maps, programs, links, stats, bpffs.
+
+Knows nothing of units or policies; nothing here imports the rest of ipacctd except
+the shared exception hierarchy.
+"""

@@ -1,0 +1,389 @@
+"""An eBPF instruction assembler with symbolic jump labels and map references.
+
+Programs are lists of :class:`Insn` and :class:`Label` markers::
+
+    prog = [
+        mov64_reg(R6, R1),
+        jmp_imm(JNE, R2, 0x0008, "not_ipv4"),
+        ...,
+        Label("not_ipv4"),
+        mov64_imm(R0, 1),
+        exit_(),
+    ]
+    code = assemble(prog)
+
+Jumps name their target label; :func:`assemble` resolves labels to offsets and map
+references (``ld_map(R1, some_map)``) to the map's file descriptor. :func:`disassemble`
+decodes bytecode (e.g. a loaded program's xlated instructions) back into :class:`Insn`,
+whose ``str()`` reads like ``bpftool prog dump xlated``.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ipacctd.errors import InvalidInput
+
+# Instruction classes
+LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = range(8)
+# Sizes
+W, H, B, DW = 0x00, 0x08, 0x10, 0x18
+# Modes
+IMM, ABS, IND, MEM, ATOMIC = 0x00, 0x20, 0x40, 0x60, 0xC0
+# Operand source
+K, X = 0x00, 0x08
+
+
+class Alu(enum.IntEnum):
+    """ALU operations (upper four bits of the opcode)."""
+
+    ADD = 0x00
+    SUB = 0x10
+    MUL = 0x20
+    DIV = 0x30
+    OR = 0x40
+    AND = 0x50
+    LSH = 0x60
+    RSH = 0x70
+    NEG = 0x80
+    MOD = 0x90
+    XOR = 0xA0
+    MOV = 0xB0
+    ARSH = 0xC0
+    END = 0xD0
+
+
+class Jmp(enum.IntEnum):
+    """Jump operations (upper four bits of the opcode)."""
+
+    JA = 0x00
+    JEQ = 0x10
+    JGT = 0x20
+    JGE = 0x30
+    JSET = 0x40
+    JNE = 0x50
+    JSGT = 0x60
+    JSGE = 0x70
+    CALL = 0x80
+    EXIT = 0x90
+    JLT = 0xA0
+    JLE = 0xB0
+    JSLT = 0xC0
+    JSLE = 0xD0
+
+
+class Helper(enum.IntEnum):
+    """BPF helper function ids used by ipacctd."""
+
+    map_lookup_elem = 1
+    map_update_elem = 2
+    map_delete_elem = 3
+    ktime_get_ns = 5
+    get_smp_processor_id = 8
+    skb_load_bytes = 26
+
+
+class Reg(enum.IntEnum):
+    """eBPF registers. R0 return value, R1-R5 arguments, R6-R9 callee-saved, R10 frame."""
+
+    R0 = 0
+    R1 = 1
+    R2 = 2
+    R3 = 3
+    R4 = 4
+    R5 = 5
+    R6 = 6
+    R7 = 7
+    R8 = 8
+    R9 = 9
+    R10 = 10
+
+
+R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = Reg
+FP = R10
+
+PSEUDO_MAP_FD = 1
+ATOMIC_ADD = 0x00
+
+_SIZE_BYTES = {W: 4, H: 2, B: 1, DW: 8}
+_SIZE_NAME = {W: "u32", H: "u16", B: "u8", DW: "u64"}
+_ALU_SYM = {
+    Alu.ADD: "+=", Alu.SUB: "-=", Alu.MUL: "*=", Alu.DIV: "/=", Alu.OR: "|=", Alu.AND: "&=",
+    Alu.LSH: "<<=", Alu.RSH: ">>=", Alu.MOD: "%=", Alu.XOR: "^=", Alu.MOV: "=",
+    Alu.ARSH: "s>>=",
+}
+_JMP_SYM = {
+    Jmp.JEQ: "==", Jmp.JGT: ">", Jmp.JGE: ">=", Jmp.JSET: "&", Jmp.JNE: "!=", Jmp.JSGT: "s>",
+    Jmp.JSGE: "s>=", Jmp.JLT: "<", Jmp.JLE: "<=", Jmp.JSLT: "s<", Jmp.JSLE: "s<=",
+}
+
+
+class HasFd(Protocol):
+    """Anything with a file descriptor, such as a map object."""
+
+    @property
+    def fd(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Label:
+    """Marks the position of the next instruction; jumps name it as their target."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Insn:
+    """One eBPF instruction (two slots for a 64-bit immediate load).
+
+    ``target`` names the label a jump goes to (resolved by :func:`assemble`); ``map_ref``
+    is the map whose fd an ``ld_map`` loads.
+    """
+
+    op: int
+    dst: int = 0
+    src: int = 0
+    off: int = 0
+    imm: int = 0
+    target: str | None = None
+    map_ref: HasFd | None = field(default=None, compare=False)
+
+    @property
+    def cls(self) -> int:
+        return self.op & 0x07
+
+    @property
+    def is_wide(self) -> bool:
+        """True for LD_IMM64, which takes two instruction slots."""
+        return self.op == (LD | DW | IMM)
+
+    @property
+    def slots(self) -> int:
+        return 2 if self.is_wide else 1
+
+    def encode(self) -> bytes:
+        """Return the 8 (or 16) bytes of this instruction."""
+        regs = ((self.src & 0xF) << 4) | (self.dst & 0xF)
+        if self.is_wide:
+            lo, hi = self.imm & 0xFFFFFFFF, (self.imm >> 32) & 0xFFFFFFFF
+            return struct.pack("<BBhIBBhI", self.op, regs, self.off, lo, 0, 0, 0, hi)
+        return struct.pack("<BBhi", self.op, regs, self.off, _s32(self.imm))
+
+    def __str__(self) -> str:
+        return _format(self)
+
+
+def _s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+# ---- constructors -------------------------------------------------------------------------
+
+
+def mov64_reg(dst: Reg, src: Reg) -> Insn:
+    """dst = src (64 bit)."""
+    return Insn(ALU64 | Alu.MOV | X, dst, src)
+
+
+def mov64_imm(dst: Reg, imm: int) -> Insn:
+    """dst = imm (sign-extended 32-bit immediate)."""
+    return Insn(ALU64 | Alu.MOV | K, dst, 0, 0, imm)
+
+
+def mov32_imm(dst: Reg, imm: int) -> Insn:
+    """w(dst) = imm (upper 32 bits cleared)."""
+    return Insn(ALU | Alu.MOV | K, dst, 0, 0, imm)
+
+
+def alu64_imm(op: Alu, dst: Reg, imm: int) -> Insn:
+    """dst op= imm (64 bit)."""
+    return Insn(ALU64 | op | K, dst, 0, 0, imm)
+
+
+def alu64_reg(op: Alu, dst: Reg, src: Reg) -> Insn:
+    """dst op= src (64 bit)."""
+    return Insn(ALU64 | op | X, dst, src)
+
+
+def alu32_imm(op: Alu, dst: Reg, imm: int) -> Insn:
+    """w(dst) op= imm (32 bit)."""
+    return Insn(ALU | op | K, dst, 0, 0, imm)
+
+
+def ldx(size: int, dst: Reg, src: Reg, off: int) -> Insn:
+    """dst = *(size *)(src + off)."""
+    return Insn(LDX | size | MEM, dst, src, off)
+
+
+def stx(size: int, dst: Reg, off: int, src: Reg) -> Insn:
+    """*(size *)(dst + off) = src."""
+    return Insn(STX | size | MEM, dst, src, off)
+
+
+def st_imm(size: int, dst: Reg, off: int, imm: int) -> Insn:
+    """*(size *)(dst + off) = imm."""
+    return Insn(ST | size | MEM, dst, 0, off, imm)
+
+
+def atomic_add(size: int, dst: Reg, off: int, src: Reg) -> Insn:
+    """lock *(size *)(dst + off) += src (size W or DW)."""
+    return Insn(STX | size | ATOMIC, dst, src, off, ATOMIC_ADD)
+
+
+def ld_imm64(dst: Reg, imm: int) -> Insn:
+    """dst = imm (full 64-bit immediate, two slots)."""
+    return Insn(LD | DW | IMM, dst, 0, 0, imm)
+
+
+def ld_map(dst: Reg, bpf_map: HasFd) -> Insn:
+    """dst = pointer to ``bpf_map`` (LD_IMM64 with a pseudo map fd, resolved at assembly)."""
+    return Insn(LD | DW | IMM, dst, PSEUDO_MAP_FD, 0, 0, map_ref=bpf_map)
+
+
+def jmp_imm(op: Jmp, dst: Reg, imm: int, target: str) -> Insn:
+    """if dst op imm goto target."""
+    return Insn(JMP | op | K, dst, 0, 0, imm, target=target)
+
+
+def jmp_reg(op: Jmp, dst: Reg, src: Reg, target: str) -> Insn:
+    """if dst op src goto target."""
+    return Insn(JMP | op | X, dst, src, 0, 0, target=target)
+
+
+def ja(target: str) -> Insn:
+    """goto target."""
+    return Insn(JMP | Jmp.JA, target=target)
+
+
+def call(helper: Helper | int) -> Insn:
+    """Call a kernel helper by id."""
+    return Insn(JMP | Jmp.CALL, imm=int(helper))
+
+
+def exit_() -> Insn:
+    """Return r0."""
+    return Insn(JMP | Jmp.EXIT)
+
+
+# ---- assembly -----------------------------------------------------------------------------
+
+
+def resolve(items: Iterable[Insn | Label]) -> list[Insn]:
+    """Resolve label targets into jump offsets and map references into fds."""
+    insns: list[Insn] = []
+    labels: dict[str, int] = {}
+    slot = 0
+    for item in items:
+        if isinstance(item, Label):
+            if item.name in labels:
+                raise InvalidInput(f"assembler: label {item.name!r} defined twice")
+            labels[item.name] = slot
+            continue
+        insns.append(item)
+        slot += item.slots
+    out: list[Insn] = []
+    slot = 0
+    for ins in insns:
+        if ins.target is not None:
+            if ins.target not in labels:
+                raise InvalidInput(f"assembler: jump to undefined label {ins.target!r}")
+            off = labels[ins.target] - (slot + 1)
+            if not -(1 << 15) <= off < (1 << 15):
+                raise InvalidInput(f"assembler: jump to {ins.target!r} out of range ({off})")
+            ins = Insn(ins.op, ins.dst, ins.src, off, ins.imm)
+        elif ins.map_ref is not None:
+            ins = Insn(ins.op, ins.dst, ins.src, ins.off, ins.map_ref.fd)
+        out.append(ins)
+        slot += ins.slots
+    return out
+
+
+def assemble(items: Iterable[Insn | Label]) -> bytes:
+    """Return the bytecode of a program given as instructions and labels."""
+    return b"".join(ins.encode() for ins in resolve(items))
+
+
+def disassemble(code: bytes) -> list[Insn]:
+    """Decode bytecode into instructions (LD_IMM64 joined into one wide instruction)."""
+    if len(code) % 8:
+        raise InvalidInput(f"bytecode length {len(code)} is not a multiple of 8")
+    out: list[Insn] = []
+    i = 0
+    while i < len(code):
+        op, regs, off, imm = struct.unpack_from("<BBhi", code, i)
+        dst, src = regs & 0xF, regs >> 4
+        if op == (LD | DW | IMM) and i + 16 <= len(code):
+            hi = struct.unpack_from("<i", code, i + 12)[0]
+            out.append(Insn(op, dst, src, off, ((hi & 0xFFFFFFFF) << 32) | (imm & 0xFFFFFFFF)))
+            i += 16
+        else:
+            out.append(Insn(op, dst, src, off, imm))
+            i += 8
+    return out
+
+
+def dump(insns: Sequence[Insn], helper_names: bool = True) -> list[str]:
+    """Readable listing with slot numbers, like ``bpftool prog dump xlated``."""
+    lines = []
+    slot = 0
+    for ins in insns:
+        lines.append(f"{slot:4d}: ({ins.op:02x}) {_format(ins, helper_names)}")
+        slot += ins.slots
+    return lines
+
+
+def _reg(n: int, wide: bool = True) -> str:
+    return f"{'r' if wide else 'w'}{n}"
+
+
+def _format(ins: Insn, helper_names: bool = True) -> str:
+    cls, op = ins.cls, ins.op
+    if ins.is_wide:
+        if ins.src == PSEUDO_MAP_FD:
+            return f"r{ins.dst} = map[fd:{ins.imm}]"
+        return f"r{ins.dst} = {ins.imm:#x}"
+    if cls in (ALU, ALU64):
+        code = Alu(op & 0xF0)
+        wide = cls == ALU64
+        if code == Alu.NEG:
+            return f"{_reg(ins.dst, wide)} = -{_reg(ins.dst, wide)}"
+        if code == Alu.END:
+            return f"r{ins.dst} = {'be' if op & X else 'le'}{ins.imm} r{ins.dst}"
+        rhs = _reg(ins.src, wide) if op & X else str(ins.imm)
+        return f"{_reg(ins.dst, wide)} {_ALU_SYM[code]} {rhs}"
+    size = _SIZE_NAME.get(op & 0x18, "?")
+    if cls == LDX:
+        return f"r{ins.dst} = *({size} *)(r{ins.src} {ins.off:+d})"
+    if cls == ST:
+        return f"*({size} *)(r{ins.dst} {ins.off:+d}) = {ins.imm}"
+    if cls == STX:
+        if op & 0xE0 == ATOMIC:
+            return f"lock *({size} *)(r{ins.dst} {ins.off:+d}) += r{ins.src}"
+        return f"*({size} *)(r{ins.dst} {ins.off:+d}) = r{ins.src}"
+    if cls in (JMP, JMP32):
+        code = Jmp(op & 0xF0)
+        if code == Jmp.EXIT:
+            return "exit"
+        if code == Jmp.CALL:
+            try:
+                name = Helper(ins.imm).name if helper_names else str(ins.imm)
+            except ValueError:
+                name = f"#{ins.imm}"
+            return f"call {name}"
+        dest = ins.target if ins.target is not None else f"pc{ins.off:+d}"
+        if code == Jmp.JA:
+            return f"goto {dest}"
+        wide = cls == JMP
+        rhs = _reg(ins.src, wide) if op & X else f"{ins.imm:#x}"
+        return f"if {_reg(ins.dst, wide)} {_JMP_SYM[code]} {rhs} goto {dest}"
+    return f"op {op:#04x} dst r{ins.dst} src r{ins.src} off {ins.off} imm {ins.imm}"
+
+
+def size_bytes(size: int) -> int:
+    """Width in bytes of a load/store size code (W, H, B, DW)."""
+    return _SIZE_BYTES[size]

@@ -1,0 +1,130 @@
+"""Cgroup attachment: bpf_link create/update/pin/detach, legacy attach, and PROG_QUERY."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass
+from typing import Self
+
+from ipacctd.bpf.objects import Object, fd_by_id, info_by_fd, obj_get
+from ipacctd.bpf.programs import AttachType, Program
+from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf
+
+F_ALLOW_OVERRIDE = 1 << 0
+F_ALLOW_MULTI = 1 << 1
+F_REPLACE = 1 << 2
+F_QUERY_EFFECTIVE = 1 << 0
+
+LINK_TYPE_CGROUP = 3
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """What the kernel reports about a link (struct bpf_link_info, cgroup variant)."""
+
+    id: int
+    type: int
+    prog_id: int
+    cgroup_id: int
+    attach_type: int
+
+
+class CgroupLink(Object):
+    """A bpf_link holding a program on a cgroup hook.
+
+    While the link (its fd or its pin) exists the program stays attached; :meth:`update`
+    swaps the program atomically, so no packet sees the hook empty.
+    """
+
+    kind = "link"
+
+    @classmethod
+    def create(cls, cgroup_fd: int, prog: Program, attach_type: AttachType,
+               name: str = "") -> Self:
+        """BPF_LINK_CREATE: attach ``prog`` to the cgroup behind ``cgroup_fd``."""
+        attr = Attr(struct.pack("=IIII", prog.fd, cgroup_fd, attach_type, 0))
+        what = f"{attach_type.name.lower()} link for program {prog.name!r}"
+        return cls(bpf(Cmd.LINK_CREATE, attr, what), name or prog.name)
+
+    @classmethod
+    def open_pinned(cls, path: str) -> Self:
+        """Open the link pinned at ``path``."""
+        return cls(obj_get(path, "link"), path)
+
+    @classmethod
+    def from_id(cls, link_id: int) -> Self:
+        """Open a link by its kernel id."""
+        return cls(fd_by_id(Cmd.LINK_GET_FD_BY_ID, link_id, "link"))
+
+    def update(self, new_prog: Program, old_prog: Program | None = None) -> None:
+        """BPF_LINK_UPDATE: replace the program in one step.
+
+        With ``old_prog`` the swap only happens if the link still holds that program
+        (compare-and-swap), so two writers cannot silently overwrite each other.
+        """
+        flags = F_REPLACE if old_prog is not None else 0
+        old_fd = old_prog.fd if old_prog is not None else 0
+        bpf(Cmd.LINK_UPDATE, Attr(struct.pack("=IIII", self.fd, new_prog.fd, flags, old_fd)),
+            f"link {self.name!r}")
+
+    def detach(self) -> None:
+        """BPF_LINK_DETACH: take the program off the cgroup even if pins remain."""
+        bpf(Cmd.LINK_DETACH, Attr(struct.pack("=I", self.fd)), f"link {self.name!r}")
+
+    def info(self) -> LinkInfo:
+        """The kernel's info on this link."""
+        raw = info_by_fd(self.fd, 64, f"link {self.name!r}")
+        ltype, lid, prog_id = struct.unpack_from("=III", raw, 0)
+        cgroup_id, attach_type = struct.unpack_from("=QI", raw, 16)
+        return LinkInfo(lid, ltype, prog_id, cgroup_id, attach_type)
+
+    def program(self) -> Program:
+        """Open the program this link currently holds."""
+        return Program.from_id(self.info().prog_id)
+
+
+def prog_attach(cgroup_fd: int, prog: Program, attach_type: AttachType,
+                flags: int = F_ALLOW_MULTI) -> None:
+    """Legacy BPF_PROG_ATTACH (the attachment lives on without any fd or pin)."""
+    bpf(Cmd.PROG_ATTACH, Attr(struct.pack("=IIIII", cgroup_fd, prog.fd, attach_type, flags, 0)),
+        f"attach program {prog.name!r}")
+
+
+def prog_detach(cgroup_fd: int, prog: Program, attach_type: AttachType) -> None:
+    """Legacy BPF_PROG_DETACH of one program attached with F_ALLOW_MULTI."""
+    bpf(Cmd.PROG_DETACH, Attr(struct.pack("=IIIII", cgroup_fd, prog.fd, attach_type, 0, 0)),
+        f"detach program {prog.name!r}")
+
+
+@dataclass(frozen=True)
+class Attached:
+    """Programs on one hook of one cgroup, as PROG_QUERY reports them."""
+
+    attach_flags: int
+    prog_ids: tuple[int, ...]
+    link_ids: tuple[int, ...]  # 0 where the program is attached without a link
+
+
+def prog_query(cgroup_fd: int, attach_type: AttachType, effective: bool = False,
+               slots: int = 64) -> Attached:
+    """BPF_PROG_QUERY: which programs run on ``attach_type`` of this cgroup.
+
+    ``effective`` includes programs inherited from ancestor cgroups.
+    """
+    progs = (ctypes.c_uint32 * slots)()
+    links = (ctypes.c_uint32 * slots)()
+    attr = Attr(struct.pack("=IIIIQIIQQQQ", cgroup_fd, attach_type,
+                            F_QUERY_EFFECTIVE if effective else 0, 0, addr(progs), slots, 0,
+                            0, 0 if effective else addr(links), 0, 0))
+    bpf(Cmd.PROG_QUERY, attr, f"query {attach_type.name.lower()}")
+    raw = attr.raw()
+    flags = struct.unpack_from("=I", raw, 12)[0]
+    count = min(struct.unpack_from("=I", raw, 24)[0], slots)
+    return Attached(flags, tuple(progs[:count]), tuple(links[:count]))
+
+
+def open_cgroup(path: str) -> int:
+    """Open a cgroup directory for attaching/querying; the caller closes the fd."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -1,0 +1,420 @@
+"""Typed BPF maps: array, per-CPU array, LPM trie keyed by networks, hash and LRU hash."""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import errno
+import functools
+import ipaddress
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Self
+
+from ipacctd.bpf.errors import BPFError, BPFNotFound, BPFNotSupported
+from ipacctd.bpf.objects import Object, c_str, fd_by_id, obj_get
+from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class MapType(enum.IntEnum):
+    """enum bpf_map_type (the ones ipacctd uses or shows)."""
+
+    UNSPEC = 0
+    HASH = 1
+    ARRAY = 2
+    PROG_ARRAY = 3
+    PERF_EVENT_ARRAY = 4
+    PERCPU_HASH = 5
+    PERCPU_ARRAY = 6
+    STACK_TRACE = 7
+    CGROUP_ARRAY = 8
+    LRU_HASH = 9
+    LRU_PERCPU_HASH = 10
+    LPM_TRIE = 11
+
+
+F_NO_PREALLOC = 1 << 0
+
+# map_update_elem flags
+ANY, NOEXIST, EXIST = 0, 1, 2
+
+
+@functools.cache
+def possible_cpus() -> int:
+    """Number of possible CPUs: the slots a per-CPU map value has."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    top = 0
+    for part in text.split(","):
+        top = max(top, int(part.split("-")[-1]))
+    return top + 1
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel reports about a map (struct bpf_map_info)."""
+
+    id: int
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    name: str
+
+    @property
+    def type_name(self) -> str:
+        try:
+            return MapType(self.type).name.lower()
+        except ValueError:
+            return f"type{self.type}"
+
+
+_INFO_SIZE = 88
+
+
+class Map(Object):
+    """A BPF map with raw ``bytes`` keys and values. Subclasses add typed keys/values."""
+
+    kind = "map"
+    map_type = MapType.UNSPEC
+
+    def __init__(self, fd: int, key_size: int, value_size: int, max_entries: int,
+                 name: str = "", flags: int = 0) -> None:
+        super().__init__(fd, name)
+        self.key_size = key_size
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.flags = flags
+
+    # -- creating and opening --------------------------------------------------------------
+
+    @classmethod
+    def create(cls, key_size: int, value_size: int, max_entries: int, name: str = "",
+               flags: int = 0) -> Self:
+        """BPF_MAP_CREATE a map of this class's type."""
+        attr = Attr(struct.pack("=IIIIIII16s", cls.map_type, key_size, value_size, max_entries,
+                                flags, 0, 0, name.encode()[:15]))
+        fd = bpf(Cmd.MAP_CREATE, attr, f"{cls.map_type.name.lower()} {name!r}")
+        return cls(fd, key_size, value_size, max_entries, name, flags)
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Self:
+        """Wrap an open map fd, reading its shape from the kernel; checks the map type."""
+        try:
+            info = _map_info(fd)
+        except BaseException:
+            close(fd)
+            raise
+        if cls.map_type != MapType.UNSPEC and info.type != cls.map_type:
+            close(fd)
+            raise BPFError(errno.EINVAL, f"map {info.name!r} (id {info.id}) is a "
+                           f"{info.type_name}, not a {cls.map_type.name.lower()}")
+        return cls(fd, info.key_size, info.value_size, info.max_entries, info.name, info.flags)
+
+    @classmethod
+    def open_pinned(cls, path: str) -> Self:
+        """Open the map pinned at ``path``."""
+        return cls.from_fd(obj_get(path, "map"))
+
+    @classmethod
+    def from_id(cls, map_id: int) -> Self:
+        """Open a map by its kernel id."""
+        return cls.from_fd(fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id, "map"))
+
+    def info(self) -> MapInfo:
+        """The kernel's info on this map (id, type, sizes, name)."""
+        return _map_info(self.fd)
+
+    # -- raw element access ----------------------------------------------------------------
+
+    @property
+    def _value_buf_size(self) -> int:
+        return self.value_size
+
+    def lookup_raw(self, key: bytes) -> bytes | None:
+        """The value stored under ``key``, or None."""
+        k = ctypes.create_string_buffer(key, self.key_size)
+        v = ctypes.create_string_buffer(self._value_buf_size)
+        try:
+            bpf(Cmd.MAP_LOOKUP_ELEM, Attr(struct.pack("=IIQQQ", self.fd, 0, addr(k), addr(v), 0)),
+                self._what())
+        except BPFNotFound:
+            return None
+        return v.raw
+
+    def update_raw(self, key: bytes, value: bytes, flags: int = ANY) -> None:
+        """Store ``value`` under ``key``."""
+        k = ctypes.create_string_buffer(key, self.key_size)
+        v = ctypes.create_string_buffer(value, self._value_buf_size)
+        bpf(Cmd.MAP_UPDATE_ELEM, Attr(struct.pack("=IIQQQ", self.fd, 0, addr(k), addr(v), flags)),
+            self._what())
+
+    def delete_raw(self, key: bytes) -> bool:
+        """Delete ``key``; return False when it was not there."""
+        k = ctypes.create_string_buffer(key, self.key_size)
+        try:
+            bpf(Cmd.MAP_DELETE_ELEM, Attr(struct.pack("=IIQQQ", self.fd, 0, addr(k), 0, 0)),
+                self._what())
+        except BPFNotFound:
+            return False
+        return True
+
+    def keys_raw(self) -> Iterator[bytes]:
+        """Iterate over the keys (BPF_MAP_GET_NEXT_KEY), bounded by max_entries."""
+        cur: ctypes.Array | None = None
+        nxt = ctypes.create_string_buffer(self.key_size)
+        for _ in range(self.max_entries + 1):
+            try:
+                bpf(Cmd.MAP_GET_NEXT_KEY,
+                    Attr(struct.pack("=IIQQQ", self.fd, 0, addr(cur), addr(nxt), 0)), self._what())
+            except BPFNotFound:
+                return
+            key = nxt.raw
+            yield key
+            cur = ctypes.create_string_buffer(key, self.key_size)
+
+    def items_raw(self) -> Iterator[tuple[bytes, bytes]]:
+        """Iterate over (key, value); batched where the kernel supports it for this map."""
+        try:
+            yield from self._items_batch()
+        except _NoBatch:
+            for key in self.keys_raw():
+                value = self.lookup_raw(key)
+                if value is not None:
+                    yield key, value
+
+    def _items_batch(self, chunk: int = 256) -> Iterator[tuple[bytes, bytes]]:
+        vsize = self._value_buf_size
+        keys = ctypes.create_string_buffer(self.key_size * chunk)
+        values = ctypes.create_string_buffer(vsize * chunk)
+        out_batch = ctypes.create_string_buffer(max(self.key_size, 8))
+        in_batch: ctypes.Array | None = None
+        first = True
+        for _ in range(self.max_entries // chunk + 2):
+            attr = Attr(struct.pack("=QQQQIIQQ", addr(in_batch), addr(out_batch), addr(keys),
+                                    addr(values), chunk, self.fd, 0, 0))
+            done = False
+            try:
+                bpf(Cmd.MAP_LOOKUP_BATCH, attr, self._what())
+            except BPFNotFound:
+                done = True
+            except BPFError as exc:
+                if first and exc.errno in (errno.EINVAL, errno.ENOTSUP, 524):
+                    raise _NoBatch from None
+                raise
+            first = False
+            count = struct.unpack_from("=I", attr.raw(), 32)[0]
+            kr, vr = keys.raw, values.raw
+            for i in range(count):
+                yield (kr[i * self.key_size:(i + 1) * self.key_size], vr[i * vsize:(i + 1) * vsize])
+            if done:
+                return
+            in_batch = ctypes.create_string_buffer(out_batch.raw, len(out_batch))
+
+    def _what(self) -> str:
+        return f"{self.map_type.name.lower()} {self.name!r}"
+
+
+class _NoBatch(Exception):
+    pass
+
+
+def _map_info(fd: int) -> MapInfo:
+    from ipacctd.bpf.objects import info_by_fd
+
+    raw = info_by_fd(fd, _INFO_SIZE, "map")
+    mtype, mid, ksize, vsize, maxent, flags = struct.unpack_from("=IIIIII", raw, 0)
+    return MapInfo(mid, mtype, ksize, vsize, maxent, flags, c_str(raw[24:40]))
+
+
+class ArrayMap(Map):
+    """BPF_MAP_TYPE_ARRAY: u32 index → fixed-size value."""
+
+    map_type = MapType.ARRAY
+
+    @classmethod
+    def new(cls, value_size: int, max_entries: int, name: str = "") -> Self:
+        """Create an array of ``max_entries`` zeroed values."""
+        return cls.create(4, value_size, max_entries, name)
+
+    def __getitem__(self, index: int) -> bytes:
+        value = self.lookup_raw(struct.pack("=I", index))
+        if value is None:
+            raise IndexError(index)
+        return value
+
+    def __setitem__(self, index: int, value: bytes) -> None:
+        self.update_raw(struct.pack("=I", index), value)
+
+
+class PerCPUArrayMap(Map):
+    """BPF_MAP_TYPE_PERCPU_ARRAY: each index holds one value per possible CPU."""
+
+    map_type = MapType.PERCPU_ARRAY
+
+    @classmethod
+    def new(cls, value_size: int, max_entries: int, name: str = "") -> Self:
+        """Create a per-CPU array of zeroed values."""
+        return cls.create(4, value_size, max_entries, name)
+
+    @property
+    def _stride(self) -> int:
+        return (self.value_size + 7) & ~7
+
+    @property
+    def _value_buf_size(self) -> int:
+        return self._stride * possible_cpus()
+
+    def lookup_percpu(self, index: int) -> list[bytes]:
+        """The value of ``index`` on each possible CPU."""
+        raw = self.lookup_raw(struct.pack("=I", index))
+        if raw is None:
+            raise IndexError(index)
+        s = self._stride
+        return [raw[i * s:i * s + self.value_size] for i in range(possible_cpus())]
+
+    def sum_u64(self, index: int) -> list[int]:
+        """Interpret each CPU's value as u64 fields and add them up across CPUs."""
+        raw = self.lookup_raw(struct.pack("=I", index))
+        if raw is None:
+            raise IndexError(index)
+        n = self.value_size // 8
+        words = self._stride // 8
+        flat = struct.unpack(f"={words * possible_cpus()}Q", raw)
+        return [sum(flat[f::words]) for f in range(n)]
+
+    def store_all(self, index: int, value: bytes) -> None:
+        """Write the same value to every CPU's slot of ``index``."""
+        slot = value.ljust(self._stride, b"\0")
+        self.update_raw(struct.pack("=I", index), slot * possible_cpus())
+
+
+def prefix_key(net: Network) -> bytes:
+    """LPM trie key: u32 prefix length (host order) + address (network order)."""
+    return struct.pack("=I", net.prefixlen) + net.network_address.packed
+
+
+def address_key(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """LPM trie lookup key for one address (full-length prefix)."""
+    return struct.pack("=I", ip.max_prefixlen) + ip.packed
+
+
+class LPMTrieMap(Map):
+    """BPF_MAP_TYPE_LPM_TRIE keyed by IPv4 or IPv6 networks (one family per map)."""
+
+    map_type = MapType.LPM_TRIE
+
+    @classmethod
+    def new(cls, version: int, value_size: int, max_entries: int, name: str = "") -> Self:
+        """Create a trie for IP ``version`` 4 or 6; the kernel requires BPF_F_NO_PREALLOC."""
+        alen = 4 if version == 4 else 16
+        return cls.create(4 + alen, value_size, max(1, max_entries), name, F_NO_PREALLOC)
+
+    @property
+    def version(self) -> int:
+        return 4 if self.key_size == 8 else 6
+
+    def __setitem__(self, net: Network, value: bytes) -> None:
+        self.update_raw(prefix_key(net), value)
+
+    def get(self, net: Network) -> bytes | None:
+        """Exact-prefix value, or None."""
+        return self.lookup_raw(prefix_key(net))
+
+    def lookup_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes | None:
+        """Longest-prefix match for one address, as the kernel program sees it."""
+        return self.lookup_raw(address_key(ip))
+
+    def __delitem__(self, net: Network) -> None:
+        if not self.delete_raw(prefix_key(net)):
+            raise KeyError(net)
+
+    def items(self) -> Iterator[tuple[Network, bytes]]:
+        """(network, value) for every prefix in the trie."""
+        for key, value in self.items_raw():
+            yield _key_network(key), value
+
+    def _items_batch(self, chunk: int = 256) -> Iterator[tuple[bytes, bytes]]:
+        raise _NoBatch  # the LPM trie has no batch ops
+
+
+def _key_network(key: bytes) -> Network:
+    plen = struct.unpack_from("=I", key)[0]
+    body = key[4:]
+    if len(body) == 4:
+        return ipaddress.IPv4Network((body, plen))
+    return ipaddress.IPv6Network((body, plen))
+
+
+class HashMap(Map):
+    """BPF_MAP_TYPE_HASH with raw bytes keys and values."""
+
+    map_type = MapType.HASH
+
+    @classmethod
+    def new(cls, key_size: int, value_size: int, max_entries: int, name: str = "") -> Self:
+        """Create a hash map."""
+        return cls.create(key_size, value_size, max_entries, name)
+
+
+class LRUHashMap(HashMap):
+    """BPF_MAP_TYPE_LRU_HASH: bounded; the least recently used entry makes room."""
+
+    map_type = MapType.LRU_HASH
+
+
+_BY_TYPE: dict[int, type[Map]] = {
+    MapType.ARRAY: ArrayMap,
+    MapType.PERCPU_ARRAY: PerCPUArrayMap,
+    MapType.LPM_TRIE: LPMTrieMap,
+    MapType.HASH: HashMap,
+    MapType.LRU_HASH: LRUHashMap,
+}
+
+
+def open_map_id(map_id: int) -> Map:
+    """Open any map by id as its typed class (or the raw :class:`Map`)."""
+    fd = fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id, "map")
+    info = _map_info(fd)
+    cls = _BY_TYPE.get(info.type, Map)
+    return cls(fd, info.key_size, info.value_size, info.max_entries, info.name, info.flags)
+
+
+def probe_map_type(map_type: MapType) -> None:
+    """Raise BPFNotSupported when the kernel cannot create maps of ``map_type``."""
+    cls = _BY_TYPE[map_type]
+    try:
+        if map_type == MapType.LPM_TRIE:
+            m = LPMTrieMap.new(4, 1, 1, "probe")
+        else:
+            m = cls.create(4, 8, 1, "probe")
+    except BPFError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTSUP):
+            raise BPFNotSupported(f"kernel lacks {map_type.name.lower()} maps") from exc
+        raise
+    m.close()
+
+
+__all__ = [
+    "ANY",
+    "EXIST",
+    "NOEXIST",
+    "ArrayMap",
+    "BPFNotFound",
+    "HashMap",
+    "LPMTrieMap",
+    "LRUHashMap",
+    "Map",
+    "MapInfo",
+    "MapType",
+    "PerCPUArrayMap",
+    "address_key",
+    "open_map_id",
+    "possible_cpus",
+    "prefix_key",
+    "probe_map_type",
+]

@@ -1,0 +1,35 @@
+"""BPF_ENABLE_STATS: program run time and run count, collected while an fd is held."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ipacctd.bpf.syscall import Attr, Cmd, bpf, close
+
+STATS_RUN_TIME = 0
+
+
+@contextmanager
+def enabled_stats() -> Iterator[None]:
+    """Turn on run_time_ns/run_cnt accounting for all programs while the block runs.
+
+    The kernel keeps the statistics on for as long as any holder keeps its fd open, so
+    this never turns off stats that somebody else (e.g. sysctl kernel.bpf_stats_enabled)
+    switched on.
+    """
+    fd = bpf(Cmd.ENABLE_STATS, Attr(struct.pack("=I", STATS_RUN_TIME)), "enable run-time stats")
+    try:
+        yield
+    finally:
+        close(fd)
+
+
+def stats_enabled_by_sysctl() -> bool:
+    """Whether ``kernel.bpf_stats_enabled`` is set (stats on without our fd)."""
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False

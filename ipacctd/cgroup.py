@@ -1,0 +1,156 @@
+"""cgroup v2: find the mount, create and remove cgroups, move and list processes.
+
+Paths handed around inside ipacctd are either absolute filesystem paths (``fs_path``)
+or cgroup paths relative to the cgroup2 mount, written like systemd writes
+``ControlGroup=`` (``/system.slice/nginx.service``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+
+from ipacctd.bpf.bpffs import mounts
+from ipacctd.errors import Busy, InvalidInput, NotFound, NotSupported, PermissionDenied
+
+ENV_MOUNT = "IPACCTD_CGROUP2_MOUNT"
+
+
+def mount_point() -> str:
+    """Where cgroup v2 is mounted (``/sys/fs/cgroup`` or a hybrid layout's ``.../unified``).
+
+    ``$IPACCTD_CGROUP2_MOUNT`` overrides the lookup (used to simulate hosts without v2).
+    """
+    override = os.environ.get(ENV_MOUNT)
+    if override:
+        if override not in mounts("cgroup2"):
+            raise NotSupported(f"{override} is not a cgroup2 mount (from ${ENV_MOUNT}): "
+                               "cgroup v2 is needed for BPF cgroup firewalls")
+        return override
+    found = mounts("cgroup2")
+    if not found:
+        raise NotSupported("no cgroup2 filesystem is mounted: ipacctd needs cgroup v2 "
+                           "(mount -t cgroup2 none /sys/fs/cgroup, or boot with "
+                           "systemd.unified_cgroup_hierarchy=1)")
+    return found[0]
+
+
+def validate_path(path: str) -> str:
+    """Normalise a cgroup path relative to the mount; refuse anything that could escape it."""
+    if "\0" in path:
+        raise InvalidInput("cgroup path contains a NUL byte")
+    if not path.startswith("/"):
+        raise InvalidInput(f"cgroup path {path!r} must be absolute (start with /), relative to "
+                           "the cgroup2 mount")
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise InvalidInput(f"cgroup path {path!r} must not contain '.' or '..'")
+    if len(path.encode()) > 4000:
+        raise InvalidInput("cgroup path is too long")
+    return "/" + "/".join(parts)
+
+
+def fs_path(cgroup: str, mount: str | None = None) -> str:
+    """Filesystem path of a cgroup given relative to the mount."""
+    rel = validate_path(cgroup)
+    return os.path.join(mount or mount_point(), rel.lstrip("/")).rstrip("/") or "/"
+
+
+def relative(path: str, mount: str | None = None) -> str:
+    """The cgroup path of an absolute filesystem path under the mount."""
+    m = (mount or mount_point()).rstrip("/")
+    real = os.path.realpath(path)
+    if real != m and not real.startswith(m + "/"):
+        raise InvalidInput(f"{path} is not inside the cgroup2 mount {m}")
+    return real[len(m):] or "/"
+
+
+def own_cgroup() -> str:
+    """This process's cgroup v2 path (the ``0::`` line of /proc/self/cgroup)."""
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                return line[3:].strip() or "/"
+    raise NotSupported("this process is in no cgroup v2 hierarchy")
+
+
+def create(fs: str) -> None:
+    """Create a cgroup directory (and missing parents)."""
+    try:
+        os.makedirs(fs, exist_ok=True)
+    except PermissionError as exc:
+        raise PermissionDenied(f"cannot create cgroup {fs}: run as root") from exc
+    except FileNotFoundError as exc:
+        raise NotFound(f"cannot create cgroup {fs}: {exc.strerror}") from exc
+
+
+def exists(fs: str) -> bool:
+    """True when ``fs`` is a live cgroup directory."""
+    return os.path.isfile(os.path.join(fs, "cgroup.procs"))
+
+
+def procs(fs: str) -> list[int]:
+    """PIDs in a cgroup (not its children)."""
+    try:
+        with open(os.path.join(fs, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def procs_recursive(fs: str) -> list[int]:
+    """PIDs in a cgroup and all of its descendants."""
+    pids: list[int] = []
+    for dirpath, _, filenames in os.walk(fs):
+        if "cgroup.procs" in filenames:
+            pids += procs(dirpath)
+    return pids
+
+
+def move(fs: str, pid: int) -> None:
+    """Move a process into a cgroup."""
+    try:
+        with open(os.path.join(fs, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+    except FileNotFoundError as exc:
+        raise NotFound(f"cgroup {fs} does not exist") from exc
+    except PermissionError as exc:
+        raise PermissionDenied(f"cannot move pid {pid} into {fs}: run as root") from exc
+
+
+def kill_all(fs: str, sig: int) -> list[int]:
+    """Send ``sig`` to every process in a cgroup tree; return the PIDs signalled."""
+    kill_file = os.path.join(fs, "cgroup.kill")
+    import signal
+
+    pids = procs_recursive(fs)
+    if sig == signal.SIGKILL and os.path.exists(kill_file):
+        with open(kill_file, "w") as f:
+            f.write("1")
+        return pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return pids
+
+
+def remove(fs: str, timeout: float = 5.0) -> None:
+    """Remove a cgroup and its empty children; waits briefly for exiting processes."""
+    if not os.path.isdir(fs):
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for dirpath, _, _ in sorted(os.walk(fs), key=lambda t: -len(t[0])):
+                os.rmdir(dirpath)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                if exc.errno == errno.EBUSY:
+                    raise Busy(f"cgroup {fs} still has processes") from exc
+                raise
+            time.sleep(0.01)

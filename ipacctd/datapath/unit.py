@@ -1,0 +1,301 @@
+"""A unit's datapath in the kernel: programs, maps and cgroup links pinned in one directory.
+
+Pins in the unit's bpffs directory::
+
+    counters        per-CPU array of the unit's counters (kept across policy changes)
+    link_ingress    bpf_link of the ingress program on the unit's cgroup
+    link_egress     bpf_link of the egress program
+    filter_<dir>_N  links of user programs (IPIngressFilterPath=/IPEgressFilterPath=)
+
+Any process can open the directory and carry on where another left off: the kernel
+holds the state, so a crash of the creator loses nothing. A policy change builds new
+programs (and tries) beside the running ones and swaps each link's program in one step
+(``BPF_LINK_UPDATE`` with the old program as the expected value), so no packet ever
+meets an empty hook, and the counters map goes on unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from ipacctd.bpf import bpffs
+from ipacctd.bpf.errors import BPFError
+from ipacctd.bpf.links import CgroupLink, open_cgroup
+from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap
+from ipacctd.bpf.programs import AttachType, Program
+from ipacctd.datapath import counters as counters_mod
+from ipacctd.datapath import program as program_mod
+from ipacctd.datapath.counters import Counters, Direction
+from ipacctd.datapath.rules import FamilyRules, compile_rules
+from ipacctd.errors import AlreadyExists, Error, NotFound
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+COUNTERS = "counters"
+LINK = {Direction.INGRESS: "link_ingress", Direction.EGRESS: "link_egress"}
+ATTACH = {Direction.INGRESS: AttachType.CGROUP_INET_INGRESS,
+          Direction.EGRESS: AttachType.CGROUP_INET_EGRESS}
+PROG_NAME = {Direction.INGRESS: "ipacctd_ingress", Direction.EGRESS: "ipacctd_egress"}
+FILTER_PREFIX = {Direction.INGRESS: "filter_ingress_", Direction.EGRESS: "filter_egress_"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the datapath enforces and counts: the kernel-facing part of a unit's policy."""
+
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    accounting: bool = True
+    audit: bool = False
+    ingress_filters: tuple[str, ...] = ()
+    egress_filters: tuple[str, ...] = ()
+
+    def filters(self, direction: Direction) -> tuple[str, ...]:
+        """Paths of the user programs pinned in bpffs for one direction."""
+        return self.ingress_filters if direction == Direction.INGRESS else self.egress_filters
+
+
+@dataclass
+class Programs:
+    """A freshly built pair of programs and the tries they reference."""
+
+    ingress: Program
+    egress: Program
+    tries: list[LPMTrieMap] = field(default_factory=list)
+    rules: tuple[FamilyRules, FamilyRules] | None = None
+
+    def by_direction(self, direction: Direction) -> Program:
+        return self.ingress if direction == Direction.INGRESS else self.egress
+
+    def close(self) -> None:
+        """Close our fds (links and other holders keep the kernel objects alive)."""
+        for obj in (self.ingress, self.egress, *self.tries):
+            obj.close()
+
+
+def _fill_trie(rules: FamilyRules) -> LPMTrieMap | None:
+    if rules.constant is not None:
+        return None
+    trie = LPMTrieMap.new(rules.version, 1, len(rules.entries), f"ipacctd_ipv{rules.version}")
+    try:
+        for net, verdict in rules.entries.items():
+            trie[net] = bytes([verdict])
+    except BaseException:
+        trie.close()
+        raise
+    return trie
+
+
+def build_programs(spec: Spec, counters_map: PerCPUArrayMap) -> Programs:
+    """Compile the spec and load ingress and egress programs that use ``counters_map``."""
+    v4, v6 = compile_rules(spec.allow, spec.deny)
+    tries: list[LPMTrieMap] = []
+    loaded: list[Program] = []
+    try:
+        trie4 = _fill_trie(v4)
+        if trie4:
+            tries.append(trie4)
+        trie6 = _fill_trie(v6)
+        if trie6:
+            tries.append(trie6)
+        for direction in Direction:
+            shape = program_mod.Shape(direction, spec.accounting, spec.audit, v4, v6)
+            insns = program_mod.build(shape, counters_map, trie4, trie6)
+            loaded.append(Program.load(insns, attach_type=ATTACH[direction],
+                                       name=PROG_NAME[direction]))
+    except BaseException:
+        for obj in (*loaded, *tries):
+            obj.close()
+        raise
+    return Programs(loaded[0], loaded[1], tries, (v4, v6))
+
+
+class UnitDatapath:
+    """The pinned kernel state of one unit. Open it, or create it on a cgroup."""
+
+    def __init__(self, pin_dir: str, counters_map: PerCPUArrayMap) -> None:
+        self.pin_dir = pin_dir
+        self.counters_map = counters_map
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, pin_dir: str, cgroup_path: str, spec: Spec) -> UnitDatapath:
+        """Build, attach and pin a unit's datapath; the pin directory appears complete or not
+        at all (built under a temporary name, then renamed)."""
+        if os.path.exists(pin_dir):
+            raise AlreadyExists(f"datapath pins exist already at {pin_dir}")
+        parent = os.path.dirname(pin_dir)
+        bpffs.make_dir(parent)
+        # bpffs refuses names with a dot; "~" appears in no unit pin name.
+        tmp = os.path.join(parent, f"~tmp-{os.path.basename(pin_dir)}-{os.getpid()}")
+        bpffs.remove_tree(tmp)
+        bpffs.make_dir(tmp)
+        cmap = counters_mod.create_map()
+        links: list[CgroupLink] = []
+        try:
+            cmap.pin(os.path.join(tmp, COUNTERS))
+            progs = build_programs(spec, cmap)
+            cg = _open_cgroup(cgroup_path)
+            try:
+                for direction in Direction:
+                    link = CgroupLink.create(cg, progs.by_direction(direction), ATTACH[direction])
+                    links.append(link)
+                    link.pin(os.path.join(tmp, LINK[direction]))
+                    _attach_filters(cg, tmp, direction, spec.filters(direction), links)
+            finally:
+                os.close(cg)
+                progs.close()
+            os.rename(tmp, pin_dir)
+        except BaseException:
+            for link in links:
+                _detach_quietly(link)
+            bpffs.remove_tree(tmp)
+            cmap.close()
+            raise
+        finally:
+            for link in links:
+                link.close()
+        return cls(pin_dir, cmap)
+
+    @classmethod
+    def open(cls, pin_dir: str) -> UnitDatapath:
+        """Open a unit's pinned datapath."""
+        path = os.path.join(pin_dir, COUNTERS)
+        if not os.path.exists(path):
+            raise NotFound(f"no datapath pinned at {pin_dir}")
+        return cls(pin_dir, PerCPUArrayMap.open_pinned(path))
+
+    def close(self) -> None:
+        """Close our fds; the pinned state stays in the kernel."""
+        self.counters_map.close()
+
+    def __enter__(self) -> UnitDatapath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def remove(self) -> None:
+        """Detach every program from the cgroup and remove all pins."""
+        for name in self._link_pins():
+            path = os.path.join(self.pin_dir, name)
+            try:
+                link = CgroupLink.open_pinned(path)
+            except BPFError:
+                continue
+            with link:
+                _detach_quietly(link)
+        bpffs.remove_tree(self.pin_dir)
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self) -> Counters:
+        """The unit's counters now."""
+        return counters_mod.read(self.counters_map)
+
+    def link(self, direction: Direction) -> CgroupLink:
+        """Open the unit's own link for one direction (caller closes it)."""
+        return CgroupLink.open_pinned(os.path.join(self.pin_dir, LINK[direction]))
+
+    def attached(self) -> bool:
+        """True when both links still hold their programs on a live cgroup."""
+        try:
+            for direction in Direction:
+                with self.link(direction) as link:
+                    if link.info().cgroup_id == 0:
+                        return False
+        except BPFError:
+            return False
+        return True
+
+    def _link_pins(self) -> list[str]:
+        try:
+            names = os.listdir(self.pin_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.startswith(("link_", "filter_")))
+
+    # -- changing --------------------------------------------------------------------------
+
+    def apply(self, spec: Spec, cgroup_path: str | None = None) -> None:
+        """Swap in programs for ``spec``; counters carry on. On failure nothing changes."""
+        progs = build_programs(spec, self.counters_map)
+        swapped: list[tuple[CgroupLink, Program]] = []
+        try:
+            for direction in Direction:
+                link = self.link(direction)
+                old = link.program()
+                try:
+                    link.update(progs.by_direction(direction), old_prog=old)
+                except BaseException:
+                    old.close()
+                    link.close()
+                    raise
+                swapped.append((link, old))
+        except BaseException:
+            for link, old in swapped:  # roll back what was swapped already
+                with contextlib.suppress(BPFError):
+                    link.update(old)
+            raise
+        finally:
+            for link, old in swapped:
+                old.close()
+                link.close()
+            progs.close()
+        if cgroup_path is not None:
+            self._apply_filters(spec, cgroup_path)
+
+    def _apply_filters(self, spec: Spec, cgroup_path: str) -> None:
+        cg = _open_cgroup(cgroup_path)
+        try:
+            for direction in Direction:
+                prefix = FILTER_PREFIX[direction]
+                for name in self._link_pins():
+                    if name.startswith(prefix):
+                        with CgroupLink.open_pinned(os.path.join(self.pin_dir, name)) as link:
+                            _detach_quietly(link)
+                        bpffs.unpin(os.path.join(self.pin_dir, name))
+                links: list[CgroupLink] = []
+                try:
+                    _attach_filters(cg, self.pin_dir, direction, spec.filters(direction), links)
+                finally:
+                    for link in links:
+                        link.close()
+        finally:
+            os.close(cg)
+
+
+def _open_cgroup(path: str) -> int:
+    try:
+        return open_cgroup(path)
+    except FileNotFoundError:
+        raise NotFound(f"cgroup {path} does not exist") from None
+    except NotADirectoryError:
+        raise NotFound(f"{path} is not a cgroup directory") from None
+
+
+def _attach_filters(cg: int, pin_dir: str, direction: Direction, paths: tuple[str, ...],
+                    links: list[CgroupLink]) -> None:
+    for i, path in enumerate(paths):
+        try:
+            prog = Program.open_pinned(path)
+        except BPFError as exc:
+            raise Error(f"cannot open BPF program pinned at {path}: {exc}") from exc
+        with prog:
+            link = CgroupLink.create(cg, prog, ATTACH[direction])
+        links.append(link)
+        link.pin(os.path.join(pin_dir, f"{FILTER_PREFIX[direction]}{i}"))
+
+
+def _detach_quietly(link: CgroupLink) -> None:
+    try:
+        link.detach()
+    except BPFError as exc:
+        if exc.errno not in (errno.ENOLINK, errno.ENOENT, errno.EINVAL):
+            raise

@@ -1,0 +1,40 @@
+"""The one exception hierarchy of ipacctd.
+
+Every error a user can see derives from :class:`Error`; its message says what went wrong
+and, where possible, what to do about it. Syscall errors are mapped to these classes at
+the boundary (``ipacctd.bpf.syscall``, ``ipacctd.cgroup``), so callers never see a bare
+``OSError`` from the kernel interface.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base class of every ipacctd error."""
+
+
+class InvalidInput(Error, ValueError):
+    """A property, address, unit file, unit name or argument is malformed.
+
+    Raised before anything is changed: the state stays as it was.
+    """
+
+
+class NotFound(Error, LookupError):
+    """A unit, pin, map or program does not exist."""
+
+
+class AlreadyExists(Error):
+    """A unit or pin with that name exists already."""
+
+
+class PermissionDenied(Error, PermissionError):
+    """The caller lacks a privilege (root, CAP_BPF, CAP_NET_ADMIN)."""
+
+
+class NotSupported(Error):
+    """The kernel or host lacks a feature (cgroup v2, BPF, a map or program type)."""
+
+
+class Busy(Error):
+    """Another ipacctd process holds the lock, or the object is in use."""
