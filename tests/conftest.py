@@ -1,0 +1,117 @@
+"""Shared fixtures. Kernel tests need root, cgroup v2, bpffs and BPF.
+
+Elsewhere they skip with the reason; with ``IPACCTD_REQUIRE_KERNEL=1`` (set by .ci/run)
+a missing prerequisite is an error, so CI cannot pass with kernel tests skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+REQUIRE = os.environ.get("IPACCTD_REQUIRE_KERNEL") == "1"
+
+
+def _kernel_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    try:
+        from ipacctd import cgroup
+        from ipacctd.bpf import bpffs
+        from ipacctd.bpf.maps import MapType, probe_map_type
+
+        cgroup.mount_point()
+        bpffs.ensure_mounted()
+        probe_map_type(MapType.LPM_TRIE)
+    except Exception as exc:  # any failure means: no usable BPF here
+        return f"no usable BPF/cgroup v2: {exc}"
+    return None
+
+
+_PROBLEM: str | None | bool = False
+
+
+def kernel_problem() -> str | None:
+    """Why kernel tests cannot run here (None when they can); probed once."""
+    global _PROBLEM
+    if _PROBLEM is False:
+        _PROBLEM = _kernel_problem()
+    return _PROBLEM  # type: ignore[return-value]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/kernel/" in str(item.fspath) or "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.kernel)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kernel") is None:
+        return
+    problem = kernel_problem()
+    if problem is None:
+        return
+    if REQUIRE:
+        pytest.fail(f"kernel test cannot run under IPACCTD_REQUIRE_KERNEL=1: {problem}")
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def test_id() -> str:
+    """A short unique id for names of cgroups and pins this test makes."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def cgroup_dir(test_id: str) -> Iterator[str]:
+    """A fresh cgroup under the cgroup2 mount; removed (processes killed) afterwards."""
+    import signal
+
+    from ipacctd import cgroup
+
+    path = os.path.join(cgroup.mount_point(), f"ipacctd-test-{test_id}")
+    cgroup.create(path)
+    try:
+        yield path
+    finally:
+        cgroup.kill_all(path, signal.SIGKILL)
+        cgroup.remove(path)
+
+
+@pytest.fixture
+def pin_root(test_id: str) -> Iterator[str]:
+    """A fresh bpffs directory for this test's pins; removed afterwards."""
+    from ipacctd.bpf import bpffs
+
+    bpffs.ensure_mounted()
+    path = os.path.join(bpffs.DEFAULT_MOUNT, f"ipacctd-test-{test_id}")
+    bpffs.make_dir(path)
+    try:
+        yield path
+    finally:
+        bpffs.remove_tree(path)
+
+
+@pytest.fixture
+def netns_factory() -> Iterator:
+    """Make private network namespaces (test addresses on lo); all closed afterwards."""
+    from netns import NetNS
+
+    made: list[NetNS] = []
+
+    def make(addresses: list[str] | tuple[str, ...] = ()) -> NetNS:
+        ns = NetNS(addresses)
+        made.append(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            ns.close()
