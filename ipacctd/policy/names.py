@@ -1,0 +1,90 @@
+"""Unit names, validated like systemd's (restricted to the ``.service``/``.scope`` types)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ipacctd.errors import InvalidInput
+
+#: Longest unit name accepted, suffix included.
+MAX_NAME_LENGTH = 200
+
+#: Unit types ipacctd manages.
+SUFFIXES = (".service", ".scope")
+
+#: Other systemd unit types: a name ending in one of these is rejected, not mangled.
+OTHER_SUFFIXES = (
+    ".socket",
+    ".target",
+    ".device",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".timer",
+    ".path",
+    ".slice",
+)
+
+_ALLOWED = re.compile(r"[A-Za-z0-9:_.\\@-]+")
+
+
+def validate_unit_name(name: str) -> str:
+    """Validate a unit name and return it, with ``.service`` appended if it has no suffix.
+
+    Rules: characters ``A-Z a-z 0-9 : _ . \\ @ -`` only, not starting with ``.`` or ``-``,
+    at most :data:`MAX_NAME_LENGTH` characters with the suffix, type ``.service`` or
+    ``.scope`` (another systemd type is an error; any other ending counts as part of the
+    name, so ``org.example.web`` becomes ``org.example.web.service``), at most one ``@``
+    with a non-empty prefix and instance (templates cannot be run).
+
+    Raises:
+        InvalidInput: naming the name and the rule it breaks.
+    """
+    if not isinstance(name, str):
+        raise InvalidInput(f"invalid unit name {name!r}: not a string")
+
+    def bad(rule: str) -> InvalidInput:
+        return InvalidInput(f"invalid unit name {name!r}: {rule}")
+
+    if not name:
+        raise bad("must not be empty")
+    if "\0" in name:
+        raise bad("must not contain NUL")
+    if "/" in name:
+        raise bad("must not contain '/'")
+    if name in (".", ".."):
+        raise bad("must not be '.' or '..'")
+    if not _ALLOWED.fullmatch(name):
+        odd = next(c for c in name if not _ALLOWED.fullmatch(c))
+        raise bad(f"character {odd!r} is not allowed (only A-Z a-z 0-9 : _ . \\ @ -)")
+    if name[0] in ".-":
+        raise bad(f"must not start with {name[0]!r}")
+    if name.endswith(OTHER_SUFFIXES):
+        raise bad("unit type is not supported (only " + " and ".join(SUFFIXES) + ")")
+    full = name if name.endswith(SUFFIXES) else name + ".service"
+    prefix = full.rsplit(".", 1)[0]
+    if not prefix:
+        raise bad("the name before the suffix is empty")
+    if len(full) > MAX_NAME_LENGTH:
+        raise bad(f"longer than {MAX_NAME_LENGTH} characters")
+    if "@" in prefix:
+        head, _, instance = prefix.partition("@")
+        if "@" in instance:
+            raise bad("must contain at most one '@'")
+        if not head:
+            raise bad("must not start with '@'")
+        if not instance:
+            raise bad("is a template (nothing between '@' and the suffix)")
+    return full
+
+
+def transient_name(existing: Iterable[str]) -> str:
+    """Return the first free name ``run-u<N>.service`` (N = 1, 2, ...) not in ``existing``."""
+    taken = set(existing)
+    # Among len(taken) + 1 candidates at least one is free.
+    for n in range(1, len(taken) + 2):
+        candidate = f"run-u{n}.service"
+        if candidate not in taken:
+            return candidate
+    raise AssertionError("unreachable: pigeonhole")  # pragma: no cover

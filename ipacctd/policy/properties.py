@@ -1,0 +1,463 @@
+"""The one table of unit properties ipacctd knows, and the immutable :class:`Properties`.
+
+Every property has a parser (``str`` → value), a formatter (value → ``systemctl show``
+string), a D-Bus signature, a default, a flag saying whether repeated assignments append
+(address lists and filter paths) or replace (everything else) and a one-line doc.
+
+Assignment semantics, for text (``NAME=VALUE``) and D-Bus alike:
+
+* an empty (whitespace-only) value resets the property to its default; for D-Bus, an empty
+  array resets an appending property;
+* otherwise an appending property appends, the others replace.
+
+Everything is validated before anything is applied: :meth:`Properties.apply` and
+:meth:`Properties.apply_dbus` return a new object or raise
+:class:`~ipacctd.errors.InvalidInput`, never a half-applied one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ipacctd.errors import InvalidInput
+from ipacctd.policy.addresses import EMPTY, AddressList
+
+MAX_DESCRIPTION_LENGTH = 256
+
+_TRUE_WORDS = frozenset({"1", "yes", "y", "true", "t", "on"})
+_FALSE_WORDS = frozenset({"0", "no", "n", "false", "f", "off"})
+
+
+class DenyMode(enum.StrEnum):
+    """What a match of ``IPAddressDeny=`` does."""
+
+    ENFORCE = "enforce"
+    """Drop the packet."""
+    AUDIT = "audit"
+    """Let the packet pass but count it as would-be-denied."""
+
+
+def parse_boolean(value: str, prop: str = "IPAccounting") -> bool:
+    """Parse a systemd boolean word (yes/no/true/false/on/off/1/0/y/n/t/f, any case).
+
+    Raises:
+        InvalidInput: naming the word and the property.
+    """
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise InvalidInput(
+        f"invalid boolean {value.strip()!r} in {prop}=: expected yes/no, true/false, on/off or 1/0"
+    )
+
+
+def format_boolean(value: bool) -> str:
+    """Format a boolean as ``systemctl show`` does (``yes``/``no``)."""
+    return "yes" if value else "no"
+
+
+def parse_deny_mode(value: str, prop: str = "IPAddressDenyMode") -> DenyMode:
+    """Parse ``enforce`` or ``audit``.
+
+    Raises:
+        InvalidInput: naming the word and the property.
+    """
+    word = value.strip()
+    try:
+        return DenyMode(word)
+    except ValueError:
+        allowed = ", ".join(m.value for m in DenyMode)
+        raise InvalidInput(f"invalid mode {word!r} in {prop}=: expected one of {allowed}") from None
+
+
+def normalize_absolute_path(value: str, what: str) -> str:
+    """Validate and normalise an absolute path (collapse ``//`` and ``/./``, strip a final ``/``).
+
+    ``what`` names the setting in error messages (e.g. ``"IPIngressFilterPath="``).
+
+    Raises:
+        InvalidInput: for a relative path, a ``..`` component or a NUL character.
+    """
+    path = value.strip()
+    if "\0" in path:
+        raise InvalidInput(f"invalid path {path!r} in {what}: must not contain NUL")
+    if not path.startswith("/"):
+        raise InvalidInput(f"invalid path {path!r} in {what}: must be absolute")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidInput(f"invalid path {path!r} in {what}: must not contain '..'")
+    return "/" + "/".join(parts)
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _parse_filter_path(prop: str) -> Callable[[str], tuple[str, ...]]:
+    def parse(value: str) -> tuple[str, ...]:
+        return (normalize_absolute_path(value, prop + "="),)
+
+    return parse
+
+
+def parse_description(value: str, prop: str = "Description") -> str:
+    """Validate a description: one line, no control characters, at most 256 characters.
+
+    Leading and trailing whitespace is stripped.
+
+    Raises:
+        InvalidInput: naming the problem and the property.
+    """
+    text = value.strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise InvalidInput(
+            f"invalid {prop}= {text[:40]!r}: must be a single line without control characters"
+        )
+    if len(text) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidInput(
+            f"invalid {prop}= {text[:40]!r}...: longer than {MAX_DESCRIPTION_LENGTH} characters"
+        )
+    return text
+
+
+def _expect(prop: str, ok: bool, expected: str, value: Any) -> None:
+    if not ok:
+        raise InvalidInput(
+            f"invalid D-Bus value for {prop}: expected {expected}, got {type(value).__name__} "
+            f"{value!r:.60}"
+        )
+
+
+@dataclass(frozen=True)
+class PropertySpec:
+    """One row of the property table.
+
+    ``parse`` turns a non-empty text value into the value of *this* assignment (for an
+    appending property: the items to append); ``combine`` merges it into the old value.
+    """
+
+    name: str
+    attr: str
+    parse: Callable[[str], Any]
+    format: Callable[[Any], str]
+    signature: str
+    default: Any
+    appends: bool
+    doc: str
+    to_dbus: Callable[[Any], Any]
+    from_dbus: Callable[[Any], Any]
+    to_json: Callable[[Any], Any]
+    from_json: Callable[[Any], Any]
+    combine: Callable[[Any, Any], Any] = lambda _old, new: new
+
+    def assign(self, old: Any, text: str) -> Any:
+        """Apply one text assignment to ``old``; an empty value resets to the default."""
+        if not text.strip():
+            return self.default
+        new = self.parse(text)
+        return self.combine(old, new) if self.appends else new
+
+    def assign_dbus(self, old: Any, signature: str, value: Any) -> Any:
+        """Apply one D-Bus assignment to ``old`` after checking signature and value type."""
+        if signature != self.signature:
+            raise InvalidInput(
+                f"invalid D-Bus signature {signature!r} for {self.name}: "
+                f"expected {self.signature!r}"
+            )
+        new = self.from_dbus(value)
+        if self.appends:
+            return self.combine(old, new) if new else self.default
+        return new
+
+
+def _address_spec(name: str, attr: str, doc: str) -> PropertySpec:
+    def from_dbus(value: Any) -> AddressList:
+        return AddressList.from_dbus(value, name)
+
+    def from_json(value: Any) -> AddressList:
+        if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+            raise InvalidInput(f"invalid JSON value for {name}: expected a list of strings")
+        return AddressList.parse(" ".join(value), name)
+
+    return PropertySpec(
+        name=name,
+        attr=attr,
+        parse=lambda text: AddressList.parse(text, name),
+        format=str,
+        signature="a(iayu)",
+        default=EMPTY,
+        appends=True,
+        doc=doc,
+        to_dbus=AddressList.to_dbus,
+        from_dbus=from_dbus,
+        to_json=lambda v: str(v).split(),
+        from_json=from_json,
+        combine=lambda old, new: old.extend(new),
+    )
+
+
+def _filter_path_spec(name: str, attr: str, doc: str) -> PropertySpec:
+    parse_one = _parse_filter_path(name)
+
+    def from_list(value: Any, kind: str) -> tuple[str, ...]:
+        ok = isinstance(value, list | tuple) and all(isinstance(p, str) for p in value)
+        if kind == "D-Bus":
+            _expect(name, ok, "an array of strings", value)
+        elif not ok:
+            raise InvalidInput(f"invalid JSON value for {name}: expected a list of strings")
+        return _dedupe(p for v in value for p in parse_one(v))
+
+    return PropertySpec(
+        name=name,
+        attr=attr,
+        parse=parse_one,
+        format=" ".join,
+        signature="as",
+        default=(),
+        appends=True,
+        doc=doc,
+        to_dbus=list,
+        from_dbus=lambda v: from_list(v, "D-Bus"),
+        to_json=list,
+        from_json=lambda v: from_list(v, "JSON"),
+        combine=lambda old, new: _dedupe((*old, *new)),
+    )
+
+
+def _bool_from(kind: str, name: str) -> Callable[[Any], bool]:
+    def convert(value: Any) -> bool:
+        if kind == "D-Bus":
+            _expect(name, isinstance(value, bool), "a boolean", value)
+        elif not isinstance(value, bool):
+            raise InvalidInput(f"invalid JSON value for {name}: expected a boolean")
+        return value
+
+    return convert
+
+
+def _str_from(kind: str, name: str, parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if kind == "D-Bus":
+            _expect(name, isinstance(value, str), "a string", value)
+        elif not isinstance(value, str):
+            raise InvalidInput(f"invalid JSON value for {name}: expected a string")
+        return parse(value)
+
+    return convert
+
+
+def _mode_from_text(value: str) -> DenyMode:
+    return DenyMode.ENFORCE if not value.strip() else parse_deny_mode(value)
+
+
+#: The property table, in ``systemctl show`` order.
+PROPERTIES: Mapping[str, PropertySpec] = {
+    spec.name: spec
+    for spec in (
+        PropertySpec(
+            name="Description",
+            attr="description",
+            parse=parse_description,
+            format=str,
+            signature="s",
+            default="",
+            appends=False,
+            doc="Free text describing the unit (one line, at most 256 characters).",
+            to_dbus=str,
+            from_dbus=_str_from("D-Bus", "Description", parse_description),
+            to_json=str,
+            from_json=_str_from("JSON", "Description", parse_description),
+        ),
+        PropertySpec(
+            name="IPAccounting",
+            attr="ip_accounting",
+            parse=parse_boolean,
+            format=format_boolean,
+            signature="b",
+            default=True,
+            appends=False,
+            doc="Count IP packets and bytes in and out (ipacctd counts by default).",
+            to_dbus=bool,
+            from_dbus=_bool_from("D-Bus", "IPAccounting"),
+            to_json=bool,
+            from_json=_bool_from("JSON", "IPAccounting"),
+        ),
+        _address_spec(
+            "IPAddressAllow",
+            "ip_address_allow",
+            "Networks always allowed (ingress source, egress destination); wins over deny.",
+        ),
+        _address_spec(
+            "IPAddressDeny",
+            "ip_address_deny",
+            "Networks dropped (ingress source, egress destination) unless allowed.",
+        ),
+        PropertySpec(
+            name="IPAddressDenyMode",
+            attr="ip_address_deny_mode",
+            parse=parse_deny_mode,
+            format=str,
+            signature="s",
+            default=DenyMode.ENFORCE,
+            appends=False,
+            doc="enforce: drop denied packets; audit: pass them but count them as would-drop.",
+            to_dbus=str,
+            from_dbus=_str_from("D-Bus", "IPAddressDenyMode", _mode_from_text),
+            to_json=str,
+            from_json=_str_from("JSON", "IPAddressDenyMode", parse_deny_mode),
+        ),
+        _filter_path_spec(
+            "IPIngressFilterPath",
+            "ip_ingress_filter_path",
+            "Absolute bpffs paths of pinned cgroup_skb programs run on ingress.",
+        ),
+        _filter_path_spec(
+            "IPEgressFilterPath",
+            "ip_egress_filter_path",
+            "Absolute bpffs paths of pinned cgroup_skb programs run on egress.",
+        ),
+    )
+}
+
+
+def _unknown_property(name: str) -> InvalidInput:
+    known = ", ".join(PROPERTIES)
+    close = difflib.get_close_matches(name, PROPERTIES, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return InvalidInput(f"unknown property {name!r}{hint}; known properties: {known}")
+
+
+def property_spec(name: str) -> PropertySpec:
+    """Return the table row of property ``name``.
+
+    Raises:
+        InvalidInput: for an unknown name; the message lists the known names.
+    """
+    spec = PROPERTIES.get(name)
+    if spec is None:
+        raise _unknown_property(name)
+    return spec
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """Split ``NAME=VALUE`` into ``(NAME, VALUE)``; the name must be a known property.
+
+    Whitespace around the name is stripped; the value is kept as given.
+
+    Raises:
+        InvalidInput: for a missing ``=``, an empty name or an unknown property.
+    """
+    name, eq, value = text.partition("=")
+    name = name.strip()
+    if not eq:
+        raise InvalidInput(f"invalid assignment {text!r}: expected NAME=VALUE")
+    if not name:
+        raise InvalidInput(f"invalid assignment {text!r}: missing property name before '='")
+    property_spec(name)
+    return name, value
+
+
+@dataclass(frozen=True)
+class Properties:
+    """The values of all properties of one unit; immutable, every field has its default."""
+
+    description: str = ""
+    ip_accounting: bool = True
+    ip_address_allow: AddressList = EMPTY
+    ip_address_deny: AddressList = EMPTY
+    ip_address_deny_mode: DenyMode = DenyMode.ENFORCE
+    ip_ingress_filter_path: tuple[str, ...] = ()
+    ip_egress_filter_path: tuple[str, ...] = ()
+
+    def get(self, name: str) -> Any:
+        """Return the value of property ``name`` (e.g. ``"IPAddressDeny"``)."""
+        return getattr(self, property_spec(name).attr)
+
+    def apply(self, assignments: Iterable[tuple[str, str]]) -> Properties:
+        """Apply ``(NAME, VALUE)`` assignments in order and return the new properties.
+
+        Appending properties append, the others replace; an empty value resets to the
+        default. ``self`` is unchanged.
+
+        Raises:
+            InvalidInput: for an unknown name or invalid value; nothing is applied.
+        """
+        values: dict[str, Any] = {}
+        for name, text in assignments:
+            spec = property_spec(name)
+            if not isinstance(text, str):
+                raise InvalidInput(f"invalid value for {name}=: expected a string")
+            old = values.get(spec.attr, getattr(self, spec.attr))
+            values[spec.attr] = spec.assign(old, text)
+        return dataclasses.replace(self, **values)
+
+    def apply_dbus(self, items: Iterable[tuple[str, str, Any]]) -> Properties:
+        """Apply SetUnitProperties-style ``(name, signature, value)`` items in order.
+
+        The signature must be the property's (see :data:`PROPERTIES`) and the value must
+        have the matching Python type (``b`` bool, ``s`` str, ``as`` list of str,
+        ``a(iayu)`` list of (int, bytes, int)). An empty array resets an appending property,
+        a non-empty one appends. ``self`` is unchanged.
+
+        Raises:
+            InvalidInput: for an unknown name, a wrong signature or a bad value; nothing is
+                applied.
+        """
+        values: dict[str, Any] = {}
+        for item in items:
+            if not isinstance(item, tuple | list) or len(item) != 3:
+                raise InvalidInput(
+                    f"invalid D-Bus property item {item!r:.60}: expected (name, signature, value)"
+                )
+            name, signature, value = item
+            if not isinstance(name, str) or not isinstance(signature, str):
+                raise InvalidInput(
+                    f"invalid D-Bus property item {item!r:.60}: name and signature must be strings"
+                )
+            spec = property_spec(name)
+            old = values.get(spec.attr, getattr(self, spec.attr))
+            values[spec.attr] = spec.assign_dbus(old, signature, value)
+        return dataclasses.replace(self, **values)
+
+    def to_show(self) -> dict[str, str]:
+        """Return the properties as ``systemctl show`` prints them, keyed by name."""
+        return {name: spec.format(getattr(self, spec.attr)) for name, spec in PROPERTIES.items()}
+
+    def to_dbus(self) -> dict[str, tuple[str, Any]]:
+        """Return ``{name: (signature, value)}`` ready to wrap in D-Bus variants."""
+        return {
+            name: (spec.signature, spec.to_dbus(getattr(self, spec.attr)))
+            for name, spec in PROPERTIES.items()
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (for the metadata file); see :meth:`from_json`."""
+        return {name: spec.to_json(getattr(self, spec.attr)) for name, spec in PROPERTIES.items()}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Properties:
+        """Rebuild properties from :meth:`to_json` output; missing names take their defaults.
+
+        Raises:
+            InvalidInput: for a non-object, an unknown name or a bad value.
+        """
+        if not isinstance(d, Mapping):
+            raise InvalidInput("invalid properties JSON: expected an object")
+        values: dict[str, Any] = {}
+        for name, value in d.items():
+            spec = property_spec(name)
+            values[spec.attr] = spec.from_json(value)
+        return cls(**values)
+
+    def has_firewall(self) -> bool:
+        """Whether a firewall program is needed: a non-empty deny list or filter paths."""
+        return bool(
+            self.ip_address_deny or self.ip_ingress_filter_path or self.ip_egress_filter_path
+        )

@@ -1,0 +1,265 @@
+"""Per-unit policy files in systemd's INI syntax.
+
+Example ``/etc/ipacctd/units/nginx.unit``::
+
+    [Unit]
+    Description=Web server
+
+    [Match]
+    ControlGroup=/system.slice/nginx.service
+
+    [Service]
+    IPAccounting=yes
+    IPAddressDeny=any
+    IPAddressAllow=localhost \\
+                   10.0.0.0/8
+
+Grammar (systemd's): ``[Section]`` headers; ``#`` and ``;`` comment lines; blank lines;
+``Key=Value`` with whitespace around key and value stripped; a backslash at the end of a
+line continues the line (the backslash becomes a space; comment lines inside a continuation
+are skipped; a continuation still open at end of file is accepted); keys may repeat.
+Sections and keys starting with ``X-`` are ignored, as systemd does.
+
+Sections: ``[Unit]`` holds ``Description=``; ``[Match]`` holds ``ControlGroup=`` (the
+cgroups the policy binds to); ``[Service]`` holds every other property of
+:data:`~ipacctd.policy.properties.PROPERTIES`, so lines can be copied from a ``.service``
+file. Repeated assignments follow the properties' semantics (address lists and paths
+append, an empty value resets).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipacctd.errors import InvalidInput
+from ipacctd.policy.names import SUFFIXES, validate_unit_name
+from ipacctd.policy.properties import PROPERTIES, Properties, normalize_absolute_path
+
+#: File name endings :func:`load_unit_dir` picks up.
+UNIT_FILE_SUFFIXES = (".unit", ".service", ".scope")
+
+_COMMENTS = "#;"
+_GLOB_CHARS = "*?["
+
+#: Keys accepted per section (besides ``X-`` keys, which are ignored).
+SECTION_KEYS: dict[str, frozenset[str]] = {
+    "Unit": frozenset({"Description"}),
+    "Match": frozenset({"ControlGroup"}),
+    "Service": frozenset(name for name in PROPERTIES if name != "Description"),
+}
+
+
+@dataclass(frozen=True)
+class UnitFile:
+    """A parsed policy file."""
+
+    name: str
+    """Unit name: the file stem plus ``.service`` unless it ends in ``.service``/``.scope``."""
+    path: str
+    description: str
+    cgroups: tuple[str, ...]
+    """cgroup path patterns relative to the cgroup2 mount (may contain ``*?[`` globs)."""
+    assignments: tuple[tuple[str, str], ...]
+    """Every property assignment (``Description=`` included) in file order."""
+
+    def properties(self) -> Properties:
+        """Return the default properties with :attr:`assignments` applied."""
+        return Properties().apply(self.assignments)
+
+    def has_glob(self) -> bool:
+        """Whether any cgroup pattern contains glob characters."""
+        return any(c in pattern for pattern in self.cgroups for c in _GLOB_CHARS)
+
+
+def unit_name_for_path(path: str) -> str:
+    """Derive the unit name from a policy file's path (``web.unit`` → ``web.service``).
+
+    Raises:
+        InvalidInput: if the derived name is not a valid unit name.
+    """
+    base = os.path.basename(path)
+    stem = base if base.endswith(SUFFIXES) else os.path.splitext(base)[0]
+    return validate_unit_name(stem)
+
+
+def validate_cgroup_pattern(value: str) -> str:
+    """Validate a ``ControlGroup=`` value and return it normalised.
+
+    It must be absolute (relative to the cgroup2 mount), without ``..`` and NUL; glob
+    characters ``*``, ``?`` and ``[`` are allowed. ``//`` and ``/./`` are collapsed and a
+    trailing ``/`` is dropped.
+
+    Raises:
+        InvalidInput: naming the value.
+    """
+    return normalize_absolute_path(value, "ControlGroup=")
+
+
+def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(first line number, joined line)`` with continuations resolved."""
+    continuation: str | None = None
+    start = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if continuation is not None and raw.lstrip()[:1] in tuple(_COMMENTS):
+            continue
+        if continuation is None:
+            start = number
+            line = raw
+        else:
+            line = continuation + raw
+        escaped = False
+        for char in line:
+            escaped = not escaped and char == "\\"
+        if escaped:
+            continuation = line[:-1] + " "
+            continue
+        continuation = None
+        yield start, line
+    if continuation is not None:
+        yield start, continuation
+
+
+def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) -> UnitFile:
+    """Parse a policy file.
+
+    ``name`` defaults to the name derived from ``path`` (see :func:`unit_name_for_path`);
+    for the default path ``<string>`` it is ``unnamed.service``.
+
+    Raises:
+        InvalidInput: with a message starting ``path:line: `` for assignments outside a
+            section, lines without ``=``, unknown sections or keys and invalid values.
+    """
+    if name is None:
+        name = "unnamed.service" if path == "<string>" else _name_or_error(path)
+    else:
+        name = validate_unit_name(name)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    section: str | None = None
+    cgroups: list[str] = []
+    assignments: list[tuple[str, str]] = []
+    props = Properties()
+
+    for number, raw in _logical_lines(text):
+
+        def fail(problem: str, number: int = number) -> InvalidInput:
+            return InvalidInput(f"{path}:{number}: {problem}")
+
+        line = raw.strip()
+        if not line or line[0] in _COMMENTS:
+            continue
+        if line.startswith("["):
+            if not line.endswith("]") or len(line) < 3:
+                raise fail(f"invalid section header {line!r}")
+            section = line[1:-1]
+            if section not in SECTION_KEYS and not section.startswith("X-"):
+                known = ", ".join(f"[{s}]" for s in SECTION_KEYS)
+                raise fail(f"unknown section [{section}]; known sections: {known}")
+            continue
+        if section is None:
+            raise fail(f"assignment outside of a section: {line!r}")
+        key, eq, value = line.partition("=")
+        if not eq:
+            raise fail(f"missing '=' in line {line!r}")
+        key, value = key.strip(), value.strip()
+        if not key:
+            raise fail(f"missing key name before '=' in line {line!r}")
+        if section.startswith("X-") or key.startswith("X-"):
+            continue
+        if key not in SECTION_KEYS[section]:
+            where = next(
+                (f" (it belongs in [{s}])" for s, k in SECTION_KEYS.items() if key in k), ""
+            )
+            known = ", ".join(sorted(SECTION_KEYS[section]))
+            raise fail(f"unknown key {key!r} in section [{section}]{where}; known keys: {known}")
+        try:
+            if key == "ControlGroup":
+                if not value:
+                    cgroups.clear()
+                else:
+                    pattern = validate_cgroup_pattern(value)
+                    if pattern not in cgroups:
+                        cgroups.append(pattern)
+            else:
+                props = props.apply([(key, value)])
+                assignments.append((key, value))
+        except InvalidInput as e:
+            raise fail(str(e)) from None
+
+    return UnitFile(
+        name=name,
+        path=path,
+        description=props.description,
+        cgroups=tuple(cgroups),
+        assignments=tuple(assignments),
+    )
+
+
+def _name_or_error(path: str) -> str:
+    try:
+        return unit_name_for_path(path)
+    except InvalidInput as e:
+        raise InvalidInput(f"{path}: {e}") from None
+
+
+def load_unit_file(path: str | os.PathLike[str]) -> UnitFile:
+    """Read and parse one policy file (UTF-8).
+
+    Raises:
+        InvalidInput: for a file that cannot be read or decoded, or does not parse; the
+            message starts with the path.
+    """
+    spath = os.fspath(path)
+    try:
+        data = Path(spath).read_bytes()
+    except OSError as e:
+        raise InvalidInput(f"{spath}: cannot read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"{spath}: not valid UTF-8 (byte {e.start})") from None
+    return parse_unit_file(text, spath)
+
+
+def load_unit_dir(
+    directory: str | os.PathLike[str],
+) -> tuple[list[UnitFile], list[InvalidInput]]:
+    """Load every ``*.unit``, ``*.service`` and ``*.scope`` file of a directory.
+
+    Files are read in name order; hidden files are skipped. A file that fails to load is
+    reported in the error list and skipped; a second file deriving the same unit name as an
+    earlier one is an error too. A missing directory yields two empty lists.
+
+    Raises:
+        InvalidInput: if ``directory`` exists but cannot be listed.
+    """
+    sdir = os.fspath(directory)
+    try:
+        entries = sorted(os.listdir(sdir))
+    except FileNotFoundError:
+        return [], []
+    except OSError as e:
+        raise InvalidInput(f"{sdir}: cannot list directory: {e.strerror or e}") from None
+    units: list[UnitFile] = []
+    errors: list[InvalidInput] = []
+    seen: dict[str, str] = {}
+    for entry in entries:
+        if entry.startswith(".") or not entry.endswith(UNIT_FILE_SUFFIXES):
+            continue
+        path = os.path.join(sdir, entry)
+        try:
+            unit = load_unit_file(path)
+        except InvalidInput as e:
+            errors.append(e)
+            continue
+        if unit.name in seen:
+            errors.append(
+                InvalidInput(f"{path}: unit {unit.name} is already defined by {seen[unit.name]}")
+            )
+            continue
+        seen[unit.name] = path
+        units.append(unit)
+    return units, errors
