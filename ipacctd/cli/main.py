@@ -1,0 +1,132 @@
+"""``ipacctd``: the systemctl/systemd-run-like command line.
+
+Each group of verbs lives in its own module (``run``, ``query``, ``change``); this one
+parses arguments, builds the engine and turns ipacctd errors into one-line messages and
+exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ipacctd import __version__
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 4  # like systemctl for unknown units
+EXIT_PERMISSION = 77  # EX_NOPERM
+EXIT_UNSUPPORTED = 69  # EX_UNAVAILABLE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    p = argparse.ArgumentParser(
+        prog="ipacctd",
+        description="Per-service IP accounting and IP address firewall on cgroup eBPF.")
+    p.add_argument("--version", action="version", version=f"ipacctd {__version__}")
+    p.add_argument("--state-dir", help="metadata directory (default /run/ipacctd)")
+    p.add_argument("--bpf-dir", help="bpffs pin directory (default /sys/fs/bpf/ipacctd)")
+    p.add_argument("--cgroup-root", help="cgroup of ipacctd's own units (default /ipacctd)")
+    p.add_argument("--unit-dir", help="unit file directory (default /etc/ipacctd/units)")
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser("run", help="run a command in a new unit with accounting and firewall")
+    r.add_argument("--unit", "-u", help="unit name (default run-u<N>.service)")
+    r.add_argument("-p", "--property", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a property (repeatable), e.g. IPAddressDeny=1.1.1.1")
+    r.add_argument("--description", help="unit description")
+    r.add_argument("--wait", action="store_true",
+                   help="print a summary with the traffic when the command ends")
+    r.add_argument("--quiet", "-q", action="store_true", help="no 'Running as unit' line")
+    r.add_argument("--allow-unenforced", action="store_true",
+                   help="start even when the firewall cannot be enforced here")
+    r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+    s = sub.add_parser("status", help="show units like systemctl status")
+    s.add_argument("units", nargs="*", metavar="UNIT")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    ls = sub.add_parser("list-units", help="list units with their traffic")
+    ls.add_argument("--all", "-a", action="store_true", help="include inactive units")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+
+    sh = sub.add_parser("show", help="show properties as KEY=VALUE like systemctl show")
+    sh.add_argument("units", nargs="+", metavar="UNIT")
+    sh.add_argument("-p", "--property", action="append", default=[], metavar="NAME",
+                    help="only these properties (repeatable, or comma-separated)")
+    sh.add_argument("--value", action="store_true", help="print values only")
+    sh.add_argument("--json", action="store_true", help="print JSON")
+
+    sp = sub.add_parser("set-property", help="change properties of a unit, live and atomically")
+    sp.add_argument("unit", metavar="UNIT")
+    sp.add_argument("assignments", nargs="+", metavar="NAME=VALUE")
+
+    st = sub.add_parser("stop", help="terminate the processes of units")
+    st.add_argument("units", nargs="+", metavar="UNIT")
+
+    rs = sub.add_parser("reset", help="forget inactive units and their counters")
+    rs.add_argument("units", nargs="+", metavar="UNIT")
+
+    at = sub.add_parser("attach", help="bind a policy to an existing cgroup")
+    at.add_argument("cgroup", metavar="CGROUP",
+                    help="cgroup path relative to the cgroup2 mount, e.g. "
+                         "/system.slice/nginx.service")
+    at.add_argument("--unit", "-u", help="unit name (default: the cgroup's last component)")
+    at.add_argument("-p", "--property", action="append", default=[], metavar="NAME=VALUE")
+    at.add_argument("--allow-unenforced", action="store_true",
+                    help="attach even when the firewall cannot be enforced here")
+
+    dt = sub.add_parser("detach", help="remove a policy from a cgroup, leaving the cgroup")
+    dt.add_argument("units", nargs="+", metavar="UNIT")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    from ipacctd.errors import (
+        AlreadyExists,
+        Error,
+        InvalidInput,
+        NotFound,
+        NotSupported,
+        PermissionDenied,
+    )
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.verb == "run":
+            from ipacctd.cli import run as mod
+        elif args.verb in ("status", "list-units", "show"):
+            from ipacctd.cli import query as mod  # type: ignore[no-redef]
+        else:
+            from ipacctd.cli import change as mod  # type: ignore[no-redef]
+        return mod.dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Error as exc:
+        print(f"ipacctd: {exc}", file=sys.stderr)
+        if isinstance(exc, InvalidInput):
+            return EXIT_USAGE
+        if isinstance(exc, NotFound):
+            return EXIT_NOT_FOUND
+        if isinstance(exc, PermissionDenied):
+            return EXIT_PERMISSION
+        if isinstance(exc, NotSupported):
+            return EXIT_UNSUPPORTED
+        if isinstance(exc, AlreadyExists):
+            return EXIT_FAILURE
+        return EXIT_FAILURE
+
+
+def manager_for(args: argparse.Namespace):
+    """The engine for the paths given on the command line (or the defaults)."""
+    from ipacctd.manager.config import Config
+    from ipacctd.manager.engine import Manager
+
+    return Manager(Config.from_env(state_dir=args.state_dir, bpf_dir=args.bpf_dir,
+                                   cgroup_root=args.cgroup_root, unit_dir=args.unit_dir))

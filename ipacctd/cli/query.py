@@ -1,0 +1,202 @@
+"""Views: ``status``, ``list-units`` and ``show``, shaped like systemctl's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ipacctd.cli.format import format_bytes, format_relative, format_timestamp, table
+from ipacctd.cli.main import manager_for
+from ipacctd.datapath.counters import Counters
+from ipacctd.manager.unit import UnitStatus
+
+DOTS = {"active": "●", "inactive": "○", "failed": "×"}  # noqa: RUF001 — systemctl's glyphs
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    mgr = manager_for(args)
+    if args.verb == "list-units":
+        statuses = mgr.statuses()
+        if not args.all:
+            statuses = [s for s in statuses if s.active_state == "active"]
+        _emit(args, [s.to_json() for s in statuses], lambda: list_units_text(statuses))
+        return 0
+    names = args.units or None
+    statuses = mgr.statuses(names)
+    if args.verb == "status":
+        _emit(args, [s.to_json() for s in statuses],
+              lambda: "\n\n".join(status_text(s) for s in statuses))
+        return 0 if names is None or all(s.active_state == "active" for s in statuses) else 3
+    wanted = [p for group in args.property for p in group.split(",") if p]
+    blocks = [show_properties(s, wanted) for s in statuses]
+    if args.json:
+        print(json.dumps(blocks if len(blocks) > 1 else blocks[0], indent=2))
+        return 0
+    out = []
+    for props in blocks:
+        out.append("\n".join(v if args.value else f"{k}={v}" for k, v in props.items()))
+    print("\n\n".join(out))
+    return 0
+
+
+def _emit(args: argparse.Namespace, data: list[dict], text) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        out = text()
+        if out:
+            print(out)
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def status_text(st: UnitStatus) -> str:
+    """The ``ipacctd status`` block of one unit, laid out like ``systemctl status``."""
+    u = st.unit
+    lines = [f"{DOTS.get(st.active_state, '●')} {u.name} - {u.description}"]
+    kind = "transient" if u.transient else "attached to existing cgroup"
+    loaded = f"{u.source}; {kind}" if u.source else kind
+    lines.append(f"     Loaded: loaded ({loaded})")
+    since = u.started_at if st.active_state == "active" else (u.exited_at or u.started_at)
+    active = f"{st.active_state} ({st.sub_state})"
+    if since:
+        active += f" since {format_timestamp(since)}; {format_relative(since)}"
+    lines.append(f"     Active: {active}")
+    if u.main_pid and st.active_state == "active":
+        lines.append(f"   Main PID: {u.main_pid} ({_comm(u.main_pid)})")
+    elif u.main_pid and u.exit_status is not None:
+        how = (f"code=exited, status={u.exit_status}" if u.exit_status >= 0
+               else f"code=killed, signal={-u.exit_status}")
+        lines.append(f"    Process: {u.main_pid} ({how})")
+    c = st.counters
+    if c is not None and u.properties.ip_accounting:
+        lines.append(f"         IP: {format_bytes(c.ingress_bytes)} in, "
+                     f"{format_bytes(c.egress_bytes)} out")
+    if c is not None and (u.properties.ip_address_deny or c.ingress_dropped_packets
+                          or c.egress_dropped_packets):
+        lines.append(f"    Dropped: {format_bytes(c.ingress_dropped_bytes)} in "
+                     f"({_packets(c.ingress_dropped_packets)}), "
+                     f"{format_bytes(c.egress_dropped_bytes)} out "
+                     f"({_packets(c.egress_dropped_packets)})")
+    if c is not None and (c.ingress_audit_packets or c.egress_audit_packets):
+        lines.append(f"    Audited: {format_bytes(c.ingress_audit_bytes)} in "
+                     f"({_packets(c.ingress_audit_packets)}), "
+                     f"{format_bytes(c.egress_audit_bytes)} out "
+                     f"({_packets(c.egress_audit_packets)}) would be denied")
+    lines.append(f"   Firewall: {_policy(st)}")
+    lines.append(f"     CGroup: {u.cgroup}")
+    for i, pid in enumerate(st.pids[:50]):
+        branch = "└─" if i == min(len(st.pids), 50) - 1 else "├─"
+        lines.append(f"             {branch}{pid} {_cmdline(pid)}")
+    if len(st.pids) > 50:
+        lines.append(f"             … {len(st.pids) - 50} more")
+    return "\n".join(lines)
+
+
+def _policy(st: UnitStatus) -> str:
+    p = st.unit.properties
+    parts = []
+    if p.ip_address_allow:
+        parts.append(f"IPAddressAllow={p.ip_address_allow}")
+    if p.ip_address_deny:
+        parts.append(f"IPAddressDeny={p.ip_address_deny}")
+        if p.ip_address_deny_mode != "enforce":
+            parts.append(f"IPAddressDenyMode={p.ip_address_deny_mode}")
+    for path in p.ip_ingress_filter_path:
+        parts.append(f"IPIngressFilterPath={path}")
+    for path in p.ip_egress_filter_path:
+        parts.append(f"IPEgressFilterPath={path}")
+    policy = "; ".join(parts) if parts else "none (all traffic allowed)"
+    if not st.unit.enforced:
+        return f"{policy} (NOT ENFORCED: {st.unit.not_enforced_reason})"
+    if st.counters is None:
+        return f"{policy} (NOT ENFORCED: programs missing; reset the unit)"
+    if st.attached:
+        return f"{policy} (enforced)"
+    return f"{policy} (cgroup gone; counters kept)"
+
+
+def _packets(n: int) -> str:
+    return f"{n} packet" if n == 1 else f"{n} packets"
+
+
+def _read_proc(pid: int, name: str) -> str:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _comm(pid: int) -> str:
+    return _read_proc(pid, "comm").strip() or "?"
+
+
+def _cmdline(pid: int) -> str:
+    cmd = _read_proc(pid, "cmdline").rstrip("\0").replace("\0", " ")
+    return cmd or f"[{_comm(pid)}]"
+
+
+# -- list-units -----------------------------------------------------------------------------
+
+
+def list_units_text(statuses: list[UnitStatus]) -> str:
+    """The ``list-units`` table."""
+    rows = []
+    for s in statuses:
+        c = s.counters
+        counting = c is not None and s.unit.properties.ip_accounting
+        rows.append([
+            s.name, s.active_state, s.sub_state,
+            format_bytes(c.ingress_bytes) if counting else "-",
+            format_bytes(c.egress_bytes) if counting else "-",
+            format_bytes(c.ingress_dropped_bytes + c.egress_dropped_bytes) if c else "-",
+            s.unit.description,
+        ])
+    if not rows:
+        return "0 units listed."
+    text = table(["UNIT", "ACTIVE", "SUB", "IP IN", "IP OUT", "DROPPED", "DESCRIPTION"], rows,
+                 right=frozenset({3, 4, 5}))
+    return f"{text}\n\n{len(rows)} unit{'s' if len(rows) != 1 else ''} listed."
+
+
+# -- show -----------------------------------------------------------------------------------
+
+
+def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str, str]:
+    """KEY=VALUE pairs like ``systemctl show`` (``[no data]`` where nothing is counted)."""
+    u = st.unit
+    props: dict[str, str] = {
+        "Id": u.name,
+        "Description": u.description,
+        "LoadState": "loaded",
+        "ActiveState": st.active_state,
+        "SubState": st.sub_state,
+        "Transient": "yes" if u.transient else "no",
+        "MainPID": str(u.main_pid if u.main_pid and st.active_state == "active" else 0),
+        "ExecMainStatus": str(u.exit_status if u.exit_status is not None else 0),
+        "ControlGroup": u.cgroup,
+    }
+    for key, value in u.properties.to_show().items():
+        if key != "Description":
+            props[key] = value
+    c: Counters | None = st.counters
+    counting = c is not None and u.properties.ip_accounting
+    for key, attr in (("IPIngressBytes", "ingress_bytes"), ("IPIngressPackets", "ingress_packets"),
+                      ("IPEgressBytes", "egress_bytes"), ("IPEgressPackets", "egress_packets")):
+        props[key] = str(getattr(c, attr)) if counting else "[no data]"
+    for key, attr in (("IPIngressDroppedBytes", "ingress_dropped_bytes"),
+                      ("IPIngressDroppedPackets", "ingress_dropped_packets"),
+                      ("IPEgressDroppedBytes", "egress_dropped_bytes"),
+                      ("IPEgressDroppedPackets", "egress_dropped_packets"),
+                      ("IPIngressAuditBytes", "ingress_audit_bytes"),
+                      ("IPIngressAuditPackets", "ingress_audit_packets"),
+                      ("IPEgressAuditBytes", "egress_audit_bytes"),
+                      ("IPEgressAuditPackets", "egress_audit_packets")):
+        props[key] = str(getattr(c, attr)) if c is not None else "[no data]"
+    props["IPFirewallEnforced"] = "yes" if (u.enforced and st.attached) else "no"
+    if wanted:
+        return {k: props.get(k, "") for k in wanted}
+    return props
+

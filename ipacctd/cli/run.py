@@ -1,0 +1,114 @@
+"""``ipacctd run``: a command in a new unit, firewall and counters in force before it starts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ipacctd.cli.format import format_bytes, format_timespan
+from ipacctd.cli.main import manager_for
+from ipacctd.errors import InvalidInput
+from ipacctd.manager.engine import Manager, parse_assignments
+
+FORWARDED = (signal.SIGTERM, signal.SIGHUP)
+# Keys typed at the terminal reach the command directly (same process group); we ignore them.
+IGNORED = (signal.SIGINT, signal.SIGQUIT)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise InvalidInput("no command given: ipacctd run [-p NAME=VALUE]... -- CMD [ARGS...]")
+    pairs = parse_assignments(args.property)
+    mgr = manager_for(args)
+    unit = mgr.start_transient(pairs, name=args.unit, description=args.description,
+                               command=command, allow_unenforced=args.allow_unenforced)
+    if not args.quiet:
+        print(f"Running as unit: {unit.name}", file=sys.stderr)
+    if not unit.enforced:
+        print(f"ipacctd: warning: unit {unit.name} is not counting or filtering: "
+              f"{unit.not_enforced_reason}", file=sys.stderr)
+    return run_in_unit(mgr, unit.name, mgr.cgroup_fs(unit), command, args.wait)
+
+
+def run_in_unit(mgr: Manager, name: str, cgroup_fs: str, command: list[str], wait: bool) -> int:
+    """Start ``command`` inside the unit's cgroup, wait for it, record the result."""
+
+    def enter_cgroup() -> None:
+        # Runs in the child between fork and exec: the command's first instruction
+        # already executes under the unit's programs.
+        with open(os.path.join(cgroup_fs, "cgroup.procs"), "w") as f:
+            f.write("0")
+
+    started = time.monotonic()
+    try:
+        child = subprocess.Popen(command, preexec_fn=enter_cgroup)
+    except (FileNotFoundError, PermissionError) as exc:
+        mgr.record_exit(name, 127 if isinstance(exc, FileNotFoundError) else 126)
+        mgr.release_cgroup(name)
+        raise InvalidInput(f"cannot run {command[0]}: {exc.strerror}") from None
+    mgr.record_start(name, child.pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in FORWARDED}
+    old.update({s: signal.signal(s, signal.SIG_IGN) for s in IGNORED})
+    try:
+        returncode = child.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    runtime = time.monotonic() - started
+    mgr.record_exit(name, returncode)  # -N: killed by signal N
+    mgr.release_cgroup(name)
+    if wait:
+        print_summary(mgr, name, returncode, runtime)
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def print_summary(mgr: Manager, name: str, returncode: int, runtime: float) -> None:
+    """systemd-run --wait's closing lines, plus the dropped traffic."""
+    err = sys.stderr
+    if returncode == 0:
+        print("Finished with result: success", file=err)
+        print("Main processes terminated with: code=exited/status=0", file=err)
+    elif returncode > 0:
+        print("Finished with result: exit-code", file=err)
+        print(f"Main processes terminated with: code=exited/status={returncode}", file=err)
+    else:
+        sig = signal.Signals(-returncode).name[3:]
+        print("Finished with result: signal", file=err)
+        print(f"Main processes terminated with: code=killed/status={sig}", file=err)
+    print(f"Service runtime: {_runtime(runtime)}", file=err)
+    c = mgr.counters(name)
+    unit = mgr.unit(name)
+    if c is None:
+        print("IP traffic: [not counted]", file=err)
+        return
+    if unit.properties.ip_accounting:
+        print(f"IP traffic received: {format_bytes(c.ingress_bytes)}", file=err)
+        print(f"IP traffic sent: {format_bytes(c.egress_bytes)}", file=err)
+    if unit.properties.ip_address_deny or c.ingress_dropped_packets or c.egress_dropped_packets:
+        print(f"IP traffic dropped: {format_bytes(c.ingress_dropped_bytes)} received "
+              f"({c.ingress_dropped_packets} packets), {format_bytes(c.egress_dropped_bytes)} "
+              f"sent ({c.egress_dropped_packets} packets)", file=err)
+    if c.ingress_audit_packets or c.egress_audit_packets:
+        print(f"IP traffic that the deny list would drop (audit): "
+              f"{format_bytes(c.ingress_audit_bytes)} received, "
+              f"{format_bytes(c.egress_audit_bytes)} sent", file=err)
+
+
+def _runtime(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}s"
+    return format_timespan(seconds)
+

@@ -1,0 +1,1 @@
+"""The engine behind every front door: units, their store, apply/read/remove."""

@@ -1,0 +1,359 @@
+"""The engine: every front door (CLI, D-Bus, unit-file loader) calls these functions.
+
+Mutations validate everything first, then take the store lock, then change the kernel,
+then record the result. A failure leaves the kernel and the metadata as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from ipacctd import cgroup
+from ipacctd.bpf import bpffs
+from ipacctd.datapath.counters import Counters
+from ipacctd.datapath.unit import UnitDatapath
+from ipacctd.errors import (
+    AlreadyExists,
+    Busy,
+    Error,
+    InvalidInput,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+)
+from ipacctd.manager.config import Config
+from ipacctd.manager.store import Store
+from ipacctd.manager.unit import Unit, UnitStatus, spec_for
+from ipacctd.policy.names import transient_name, validate_unit_name
+from ipacctd.policy.properties import Properties, parse_assignment
+from ipacctd.policy.unitfile import UnitFile, load_unit_dir
+
+ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
+
+
+class Unenforceable(NotSupported):
+    """A unit's firewall cannot be enforced here; it is refused unless overridden."""
+
+
+def parse_assignments(texts: Iterable[str]) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` strings → pairs, validated as a whole (nothing applied yet)."""
+    pairs = [parse_assignment(t) for t in texts]
+    Properties().apply(pairs)  # validate values now, before any state changes
+    return pairs
+
+
+def datapath_problem() -> str | None:
+    """Why this host cannot attach cgroup BPF programs (None when it can)."""
+    if os.environ.get(ENV_DISABLE_BPF) == "1":
+        return f"BPF disabled by ${ENV_DISABLE_BPF}=1"
+    if os.geteuid() != 0:
+        return "not running as root (needs CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+    try:
+        cgroup.mount_point()
+        bpffs.ensure_mounted()
+    except Error as exc:
+        return str(exc)
+    return None
+
+
+class Manager:
+    """Units of one ipacctd installation (one :class:`Config`)."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config.from_env()
+        self.store = Store(self.config)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """All unit names, sorted."""
+        return self.store.names()
+
+    def unit(self, name: str) -> Unit:
+        """A unit's recorded metadata (NotFound when unknown)."""
+        return Unit.from_json(self.store.read(name))
+
+    def cgroup_fs(self, unit: Unit) -> str:
+        """Filesystem path of the unit's cgroup."""
+        return cgroup.fs_path(unit.cgroup)
+
+    def counters(self, name: str) -> Counters | None:
+        """The unit's counters, or None when it has no datapath."""
+        try:
+            with UnitDatapath.open(self.store.pin_dir(name)) as dp:
+                return dp.read()
+        except (NotFound, OSError):
+            return None
+
+    def status(self, name: str) -> UnitStatus:
+        """The unit with its live state: processes, counters, attachment."""
+        unit = self.unit(name)
+        fs = self.cgroup_fs(unit)
+        pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
+        counters = None
+        attached = False
+        with contextlib.suppress(NotFound, OSError):
+            with UnitDatapath.open(self.store.pin_dir(name)) as dp:
+                counters = dp.read()
+                attached = dp.attached()
+        if pids:
+            active, sub = "active", "running"
+        elif unit.exit_status not in (None, 0):
+            active, sub = "failed", "failed"
+        elif unit.exited_at is not None:
+            active, sub = "inactive", "dead"
+        elif not unit.transient and cgroup.exists(fs):
+            active, sub = "active", "idle"
+        else:
+            active, sub = "inactive", "dead"
+        return UnitStatus(unit, active, sub, pids, counters, attached)
+
+    def statuses(self, names: Sequence[str] | None = None) -> list[UnitStatus]:
+        """Status of the named units (all when None); unknown names raise NotFound."""
+        out = []
+        for n in self.names() if names is None else names:
+            try:
+                out.append(self.status(n))
+            except NotFound:
+                if names is not None:
+                    raise
+        return out
+
+    def unit_file(self, name: str) -> UnitFile | None:
+        """The policy file for ``name`` in the unit directory, if there is one."""
+        files, errors = load_unit_dir(self.config.unit_dir)
+        for f in files:
+            if f.name == name:
+                return f
+        for err in errors:
+            if _mentions(str(err), name):
+                raise err
+        return None
+
+    # -- creating --------------------------------------------------------------------------
+
+    def start_transient(self, assignments: Sequence[tuple[str, str]] = (), *,
+                        name: str | None = None, description: str | None = None,
+                        command: Sequence[str] = (), allow_unenforced: bool = False) -> Unit:
+        """Create a unit with its own cgroup under the cgroup root, programs attached.
+
+        The unit's file in the unit directory (if any) supplies the base properties;
+        ``assignments`` apply on top. Nothing runs in the cgroup yet: the caller starts
+        the command there, so the firewall is in force before the first packet.
+        """
+        name = validate_unit_name(name) if name else None
+        with self.store.locked():
+            if name is None:
+                name = transient_name(self.names())
+            source = self.unit_file(name)
+            props = source.properties() if source else Properties()
+            props = props.apply(assignments)
+            if description is not None:
+                props = props.apply([("Description", description)])
+            self._make_room(name)
+            root = cgroup.validate_path(self.config.cgroup_root)
+            rel = f"{root.rstrip('/')}/{name}"
+            unit = Unit(name, rel, props, transient=True, command=tuple(command),
+                        started_at=time.time(), source=source.path if source else None)
+            return self._create(unit, allow_unenforced, make_cgroup=True)
+
+    def attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
+               name: str | None = None, allow_unenforced: bool = False) -> Unit:
+        """Bind a policy to an existing cgroup that ipacctd did not create."""
+        rel = cgroup.validate_path(cgroup_path)
+        fs = cgroup.fs_path(rel)
+        if not cgroup.exists(fs):
+            raise NotFound(f"cgroup {rel} does not exist (looked at {fs})")
+        name = validate_unit_name(name or os.path.basename(rel) or "root")
+        with self.store.locked():
+            if self.store.exists(name):
+                raise AlreadyExists(f"unit {name} exists already; pick another with --unit")
+            for other in self.names():
+                with contextlib.suppress(NotFound):
+                    if self.unit(other).cgroup == rel:
+                        raise AlreadyExists(f"cgroup {rel} is bound to unit {other} already")
+            source = self.unit_file(name)
+            props = (source.properties() if source else Properties()).apply(assignments)
+            unit = Unit(name, rel, props, transient=False, started_at=time.time(),
+                        source=source.path if source else None)
+            return self._create(unit, allow_unenforced, make_cgroup=False)
+
+    def _make_room(self, name: str) -> None:
+        """Let a new run reuse the name of an inactive unit; refuse an active one."""
+        if not self.store.exists(name):
+            if os.path.exists(self.store.pin_dir(name)):  # pins without metadata: a crash
+                self._remove_datapath(name)
+            return
+        st = self.status(name)
+        if st.active_state == "active":
+            raise AlreadyExists(f"unit {name} is active already; stop it first or choose "
+                                "another name with --unit")
+        self._remove(st.unit)
+
+    def _create(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
+        fs = cgroup.fs_path(unit.cgroup)
+        problem = datapath_problem()
+        if problem is not None:
+            unit = self._unenforced(unit, problem, allow_unenforced)
+        if make_cgroup:
+            cgroup.create(fs)
+        self.store.write(unit.name, unit.to_json())
+        if unit.enforced:
+            try:
+                with UnitDatapath.create(self.store.pin_dir(unit.name), fs,
+                                         spec_for(unit.properties)):
+                    pass
+            except (NotSupported, PermissionDenied) as exc:
+                try:
+                    unit = self._unenforced(unit, str(exc), allow_unenforced)
+                except Unenforceable:
+                    self._undo_create(unit, make_cgroup)
+                    raise
+                self.store.write(unit.name, unit.to_json())
+            except BaseException:
+                self._undo_create(unit, make_cgroup)
+                raise
+        return unit
+
+    def _unenforced(self, unit: Unit, problem: str, allow: bool) -> Unit:
+        if unit.properties.has_firewall() and not allow:
+            raise Unenforceable(
+                f"cannot enforce the firewall of unit {unit.name}: {problem}; refusing to "
+                "start it (pass --allow-unenforced to run without the firewall)")
+        return replace(unit, enforced=False, not_enforced_reason=problem)
+
+    def _undo_create(self, unit: Unit, made_cgroup: bool) -> None:
+        self.store.delete(unit.name)
+        if made_cgroup:
+            with contextlib.suppress(Error, OSError):
+                cgroup.remove(cgroup.fs_path(unit.cgroup))
+
+    # -- recording a run -------------------------------------------------------------------
+
+    def record_start(self, name: str, pid: int) -> Unit:
+        """Note the main PID of a unit's command."""
+        with self.store.locked():
+            unit = replace(self.unit(name), main_pid=pid, started_at=time.time())
+            self.store.write(name, unit.to_json())
+            return unit
+
+    def record_exit(self, name: str, status: int) -> Unit:
+        """Note that a unit's main process ended (exit code, or -signal)."""
+        with self.store.locked():
+            unit = replace(self.unit(name), exit_status=status, exited_at=time.time())
+            self.store.write(name, unit.to_json())
+            return unit
+
+    # -- changing --------------------------------------------------------------------------
+
+    def set_properties(self, name: str, assignments: Sequence[tuple[str, str]]) -> Unit:
+        """Apply property assignments live and atomically; counters carry on."""
+        with self.store.locked():
+            unit = self.unit(name)
+            new = replace(unit, properties=unit.properties.apply(assignments))
+            return self._commit_properties(unit, new)
+
+    def set_properties_dbus(self, name: str, items: Sequence[tuple[str, str, object]]) -> Unit:
+        """Like :meth:`set_properties`, with D-Bus typed values (name, signature, value)."""
+        with self.store.locked():
+            unit = self.unit(name)
+            new = replace(unit, properties=unit.properties.apply_dbus(items))
+            return self._commit_properties(unit, new)
+
+    def _commit_properties(self, old: Unit, new: Unit) -> Unit:
+        if new.properties == old.properties:
+            return old
+        if not new.enforced and new.properties.has_firewall():
+            raise Unenforceable(f"unit {new.name} runs without BPF ({new.not_enforced_reason}); "
+                                "its firewall cannot be changed")
+        pin_dir = self.store.pin_dir(new.name)
+        if new.enforced:
+            fs = cgroup.fs_path(new.cgroup)
+            with UnitDatapath.open(pin_dir) as dp:
+                dp.apply(spec_for(new.properties),
+                         fs if old.properties.ip_ingress_filter_path
+                         != new.properties.ip_ingress_filter_path
+                         or old.properties.ip_egress_filter_path
+                         != new.properties.ip_egress_filter_path else None)
+        self.store.write(new.name, new.to_json())
+        return new
+
+    def stop(self, name: str, timeout: float = 5.0) -> list[int]:
+        """Terminate the unit's processes: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        unit = self.unit(name)
+        fs = self.cgroup_fs(unit)
+        pids = cgroup.kill_all(fs, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while cgroup.procs_recursive(fs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if cgroup.procs_recursive(fs):
+            cgroup.kill_all(fs, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while cgroup.procs_recursive(fs) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        with self.store.locked():
+            with contextlib.suppress(NotFound):
+                unit = self.unit(name)
+                if unit.exited_at is None:
+                    unit = replace(unit, exited_at=time.time(),
+                                   exit_status=unit.exit_status)
+                    self.store.write(name, unit.to_json())
+        return pids
+
+    def release_cgroup(self, name: str, timeout: float = 5.0) -> None:
+        """End what is left in a transient unit's cgroup and remove the cgroup.
+
+        The counters stay pinned and readable; the links detach as the cgroup goes.
+        """
+        unit = self.unit(name)
+        if not unit.transient:
+            return
+        fs = self.cgroup_fs(unit)
+        if cgroup.procs_recursive(fs):
+            self.stop(name, timeout)
+        with contextlib.suppress(Error, OSError):
+            cgroup.remove(fs, timeout)
+
+    def detach(self, name: str) -> None:
+        """Remove an attached unit's programs and pins; the cgroup is left alone."""
+        with self.store.locked():
+            unit = self.unit(name)
+            if unit.transient:
+                raise InvalidInput(f"unit {name} was started by ipacctd run, not attached; "
+                                   "use 'ipacctd stop' and 'ipacctd reset'")
+            self._remove(unit)
+
+    def reset(self, name: str) -> None:
+        """Forget an inactive unit: its counters, pins, metadata and (own) cgroup."""
+        with self.store.locked():
+            st = self.status(name)
+            if st.active_state == "active" and st.unit.transient:
+                raise Busy(f"unit {name} is active; stop it first ('ipacctd stop {name}')")
+            self._remove(st.unit)
+
+    def _remove(self, unit: Unit) -> None:
+        self._remove_datapath(unit.name)
+        if unit.transient:
+            with contextlib.suppress(Error, OSError):
+                cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
+        self.store.delete(unit.name)
+
+    def _remove_datapath(self, name: str) -> None:
+        pin_dir = self.store.pin_dir(name)
+        try:
+            dp = UnitDatapath.open(pin_dir)
+        except NotFound:
+            bpffs.remove_tree(pin_dir)
+            return
+        dp.remove()
+
+
+def _mentions(message: str, name: str) -> bool:
+    stem = name.rsplit(".", 1)[0]
+    return f"/{name}" in message or f"/{stem}." in message
+

@@ -1,0 +1,112 @@
+"""Unit metadata on disk and the lock that serialises mutations.
+
+Each unit has a small JSON file beside its pins (``<state>/units/<name>.json``), written
+atomically (temporary file, fsync, rename) and readable by root only. Readers need no
+lock; writers hold an exclusive ``flock`` on ``<state>/lock`` so that concurrent CLIs
+and the daemon cannot interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ipacctd.errors import Busy, NotFound, PermissionDenied
+from ipacctd.manager.config import Config
+
+SUFFIX = ".json"
+
+
+def pin_name(unit: str) -> str:
+    """The bpffs directory name of a unit (bpffs refuses names with a dot).
+
+    ``_`` becomes ``__`` and ``.`` becomes ``_d``: reversible, so names never collide.
+    """
+    return unit.replace("_", "__").replace(".", "_d")
+
+
+class Store:
+    """Metadata files and the mutation lock of one :class:`Config`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def ensure_dirs(self) -> None:
+        """Create the state directories (root-only)."""
+        try:
+            os.makedirs(self.config.units_dir, mode=0o700, exist_ok=True)
+        except PermissionError as exc:
+            raise PermissionDenied(f"cannot create {self.config.units_dir}: run as root") \
+                from exc
+
+    def meta_path(self, unit: str) -> str:
+        return os.path.join(self.config.units_dir, unit + SUFFIX)
+
+    def pin_dir(self, unit: str) -> str:
+        return os.path.join(self.config.pins_dir, pin_name(unit))
+
+    def names(self) -> list[str]:
+        """Names of all units with a metadata file, sorted."""
+        try:
+            entries = os.listdir(self.config.units_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(e[: -len(SUFFIX)] for e in entries
+                      if e.endswith(SUFFIX) and not e.startswith("."))
+
+    def exists(self, unit: str) -> bool:
+        return os.path.exists(self.meta_path(unit))
+
+    def read(self, unit: str) -> dict[str, Any]:
+        """The unit's metadata; NotFound when there is none."""
+        try:
+            with open(self.meta_path(unit)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise NotFound(f"unit {unit} not found (see 'ipacctd list-units --all')") from None
+
+    def write(self, unit: str, data: dict[str, Any]) -> None:
+        """Write the unit's metadata atomically (write + fsync + rename), mode 0600."""
+        self.ensure_dirs()
+        path = self.meta_path(unit)
+        tmp = os.path.join(self.config.units_dir, f".{unit}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def delete(self, unit: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.meta_path(unit))
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the exclusive mutation lock (waits up to ``timeout`` seconds)."""
+        self.ensure_dirs()
+        fd = os.open(self.config.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise Busy(f"another ipacctd holds {self.config.lock_path} for more "
+                                   f"than {timeout:.0f}s") from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock

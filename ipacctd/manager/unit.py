@@ -1,0 +1,123 @@
+"""A unit: a named cgroup with properties, and its state as seen now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipacctd.datapath.counters import Counters
+from ipacctd.datapath.unit import Spec
+from ipacctd.policy.properties import DenyMode, Properties
+
+META_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What ipacctd records about a unit (its metadata file)."""
+
+    name: str
+    cgroup: str  # relative to the cgroup2 mount, e.g. /ipacctd/run-u1.service
+    properties: Properties = field(default_factory=Properties)
+    transient: bool = True  # ipacctd made the cgroup (run) rather than attaching to one
+    enforced: bool = True  # False only when started with the override and BPF unusable
+    not_enforced_reason: str = ""
+    command: tuple[str, ...] = ()
+    main_pid: int | None = None
+    started_at: float | None = None  # wall clock, seconds
+    exited_at: float | None = None
+    exit_status: int | None = None  # exit code, or -signal number
+    source: str | None = None  # unit file applied, if any
+
+    @property
+    def description(self) -> str:
+        return self.properties.description or " ".join(self.command) or self.name
+
+    def to_json(self) -> dict[str, Any]:
+        """The metadata file's content."""
+        return {
+            "version": META_VERSION,
+            "name": self.name,
+            "cgroup": self.cgroup,
+            "properties": self.properties.to_json(),
+            "transient": self.transient,
+            "enforced": self.enforced,
+            "not_enforced_reason": self.not_enforced_reason,
+            "command": list(self.command),
+            "main_pid": self.main_pid,
+            "started_at": self.started_at,
+            "exited_at": self.exited_at,
+            "exit_status": self.exit_status,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Unit:
+        """Rebuild from a metadata file."""
+        return cls(
+            name=d["name"],
+            cgroup=d["cgroup"],
+            properties=Properties.from_json(d.get("properties", {})),
+            transient=bool(d.get("transient", True)),
+            enforced=bool(d.get("enforced", True)),
+            not_enforced_reason=d.get("not_enforced_reason", ""),
+            command=tuple(d.get("command", ())),
+            main_pid=d.get("main_pid"),
+            started_at=d.get("started_at"),
+            exited_at=d.get("exited_at"),
+            exit_status=d.get("exit_status"),
+            source=d.get("source"),
+        )
+
+
+def spec_for(props: Properties) -> Spec:
+    """The datapath part of a unit's properties."""
+    return Spec(
+        allow=tuple(props.ip_address_allow),
+        deny=tuple(props.ip_address_deny),
+        accounting=props.ip_accounting,
+        audit=props.ip_address_deny_mode == DenyMode.AUDIT,
+        ingress_filters=props.ip_ingress_filter_path,
+        egress_filters=props.ip_egress_filter_path,
+    )
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    """A unit and what the kernel says about it now."""
+
+    unit: Unit
+    active_state: str  # active | inactive | failed
+    sub_state: str  # running | exited | dead | failed
+    pids: tuple[int, ...]
+    counters: Counters | None  # None when nothing is pinned (not enforced / broken)
+    attached: bool  # programs on a live cgroup
+
+    @property
+    def name(self) -> str:
+        return self.unit.name
+
+    @property
+    def counting(self) -> bool:
+        return self.counters is not None and self.unit.properties.ip_accounting
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything a script may want, for ``--json`` and the D-Bus/metrics views."""
+        u = self.unit
+        return {
+            "name": u.name,
+            "description": u.description,
+            "active_state": self.active_state,
+            "sub_state": self.sub_state,
+            "cgroup": u.cgroup,
+            "transient": u.transient,
+            "enforced": u.enforced and self.attached,
+            "main_pid": u.main_pid,
+            "pids": list(self.pids),
+            "command": list(u.command),
+            "started_at": u.started_at,
+            "exited_at": u.exited_at,
+            "exit_status": u.exit_status,
+            "properties": u.properties.to_show(),
+            "counters": self.counters.to_dict() if self.counters else None,
+        }
