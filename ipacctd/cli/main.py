@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     dt = sub.add_parser("detach", help="remove a policy from a cgroup, leaving the cgroup")
     dt.add_argument("units", nargs="+", metavar="UNIT")
+
+    d = sub.add_parser("daemon", help="serve D-Bus and Prometheus, follow unit files")
+    d.add_argument("--config", help="config file (default /etc/ipacctd/ipacctd.conf)")
+    d.add_argument("--bus", help="'system', 'session' or a D-Bus address")
+    d.add_argument("--listen", help="HOST:PORT of /metrics ('' turns it off)")
+    d.add_argument("--poll-interval", type=float, help="seconds between counter polls")
+    d.add_argument("--retention", type=float,
+                   help="seconds an inactive unit stays before it is removed")
+
+    sub.add_parser("reload", help="make the daemon re-read the unit files")
     return p
 
 
@@ -99,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.verb == "run":
             from ipacctd.cli import run as mod
+        elif args.verb in ("daemon", "reload"):
+            from ipacctd.cli import daemon as mod  # type: ignore[no-redef]
         elif args.verb in ("status", "list-units", "show"):
             from ipacctd.cli import query as mod  # type: ignore[no-redef]
         else:
@@ -121,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, AlreadyExists):
             return EXIT_FAILURE
         return EXIT_FAILURE
+    except OSError as exc:
+        # A safety net: an unmapped system error is still one line, not a traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"ipacctd: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_PERMISSION if isinstance(exc, PermissionError) else EXIT_FAILURE
 
 
 def manager_for(args: argparse.Namespace):

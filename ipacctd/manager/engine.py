@@ -35,6 +35,12 @@ from ipacctd.policy.unitfile import UnitFile, load_unit_dir
 
 ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
 
+#: Exit statuses of a main process that leave a unit inactive rather than failed: as
+#: systemd's services, a normal exit 0 and death by SIGHUP, SIGINT, SIGTERM or SIGPIPE
+#: (what ``stop`` sends), recorded as minus the signal number.
+CLEAN_EXIT = frozenset({None, 0, -signal.SIGHUP, -signal.SIGINT, -signal.SIGTERM,
+                        -signal.SIGPIPE})
+
 
 class Unenforceable(NotSupported):
     """A unit's firewall cannot be enforced here; it is refused unless overridden."""
@@ -103,7 +109,7 @@ class Manager:
                 attached = dp.attached()
         if pids:
             active, sub = "active", "running"
-        elif unit.exit_status not in (None, 0):
+        elif unit.exit_status not in CLEAN_EXIT:
             active, sub = "failed", "failed"
         elif unit.exited_at is not None:
             active, sub = "inactive", "dead"
@@ -139,7 +145,8 @@ class Manager:
 
     def start_transient(self, assignments: Sequence[tuple[str, str]] = (), *,
                         name: str | None = None, description: str | None = None,
-                        command: Sequence[str] = (), allow_unenforced: bool = False) -> Unit:
+                        command: Sequence[str] = (), allow_unenforced: bool = False,
+                        dbus_items: Sequence[tuple[str, str, object]] = ()) -> Unit:
         """Create a unit with its own cgroup under the cgroup root, programs attached.
 
         The unit's file in the unit directory (if any) supplies the base properties;
@@ -152,7 +159,7 @@ class Manager:
                 name = transient_name(self.names())
             source = self.unit_file(name)
             props = source.properties() if source else Properties()
-            props = props.apply(assignments)
+            props = props.apply(assignments).apply_dbus(dbus_items)
             if description is not None:
                 props = props.apply([("Description", description)])
             self._make_room(name)
@@ -163,8 +170,14 @@ class Manager:
             return self._create(unit, allow_unenforced, make_cgroup=True)
 
     def attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
-               name: str | None = None, allow_unenforced: bool = False) -> Unit:
-        """Bind a policy to an existing cgroup that ipacctd did not create."""
+               name: str | None = None, allow_unenforced: bool = False,
+               dbus_items: Sequence[tuple[str, str, object]] = (),
+               base: Properties | None = None, source: str | None = None) -> Unit:
+        """Bind a policy to an existing cgroup that ipacctd did not create.
+
+        ``base`` (with ``source``, the unit file it came from) replaces the lookup of a
+        unit file by name; ``assignments`` and ``dbus_items`` apply on top.
+        """
         rel = cgroup.validate_path(cgroup_path)
         fs = cgroup.fs_path(rel)
         if not cgroup.exists(fs):
@@ -172,15 +185,21 @@ class Manager:
         name = validate_unit_name(name or os.path.basename(rel) or "root")
         with self.store.locked():
             if self.store.exists(name):
-                raise AlreadyExists(f"unit {name} exists already; pick another with --unit")
+                old = self.status(name)
+                if old.unit.transient or old.active_state == "active" or old.unit.cgroup != rel:
+                    raise AlreadyExists(f"unit {name} exists already; pick another with --unit")
+                self._remove(old.unit)  # a bound cgroup that vanished and came back
             for other in self.names():
                 with contextlib.suppress(NotFound):
                     if self.unit(other).cgroup == rel:
                         raise AlreadyExists(f"cgroup {rel} is bound to unit {other} already")
-            source = self.unit_file(name)
-            props = (source.properties() if source else Properties()).apply(assignments)
+            if base is None:
+                found = self.unit_file(name)
+                base = found.properties() if found else Properties()
+                source = found.path if found else source
+            props = base.apply(assignments).apply_dbus(dbus_items)
             unit = Unit(name, rel, props, transient=False, started_at=time.time(),
-                        source=source.path if source else None)
+                        source=source)
             return self._create(unit, allow_unenforced, make_cgroup=False)
 
     def _make_room(self, name: str) -> None:
@@ -264,6 +283,12 @@ class Manager:
             unit = self.unit(name)
             new = replace(unit, properties=unit.properties.apply_dbus(items))
             return self._commit_properties(unit, new)
+
+    def replace_properties(self, name: str, props: Properties) -> Unit:
+        """Make ``props`` the unit's whole policy (a unit file was edited)."""
+        with self.store.locked():
+            unit = self.unit(name)
+            return self._commit_properties(unit, replace(unit, properties=props))
 
     def _commit_properties(self, old: Unit, new: Unit) -> Unit:
         if new.properties == old.properties:

@@ -30,6 +30,10 @@ def pin_name(unit: str) -> str:
     return unit.replace("_", "__").replace(".", "_d")
 
 
+def _denied(path: str, exc: OSError) -> PermissionDenied:
+    return PermissionDenied(f"cannot access {path}: {exc.strerror}; run as root")
+
+
 class Store:
     """Metadata files and the mutation lock of one :class:`Config`."""
 
@@ -56,6 +60,8 @@ class Store:
             entries = os.listdir(self.config.units_dir)
         except FileNotFoundError:
             return []
+        except PermissionError as exc:
+            raise _denied(self.config.units_dir, exc) from None
         return sorted(e[: -len(SUFFIX)] for e in entries
                       if e.endswith(SUFFIX) and not e.startswith("."))
 
@@ -69,6 +75,8 @@ class Store:
                 return json.load(f)
         except FileNotFoundError:
             raise NotFound(f"unit {unit} not found (see 'ipacctd list-units --all')") from None
+        except PermissionError as exc:
+            raise _denied(self.meta_path(unit), exc) from None
 
     def write(self, unit: str, data: dict[str, Any]) -> None:
         """Write the unit's metadata atomically (write + fsync + rename), mode 0600."""
@@ -95,7 +103,10 @@ class Store:
     def locked(self, timeout: float = 30.0) -> Iterator[None]:
         """Hold the exclusive mutation lock (waits up to ``timeout`` seconds)."""
         self.ensure_dirs()
-        fd = os.open(self.config.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.config.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except PermissionError as exc:
+            raise _denied(self.config.lock_path, exc) from None
         try:
             deadline = time.monotonic() + timeout
             while True:

@@ -31,7 +31,7 @@ class Unit:
 
     @property
     def description(self) -> str:
-        return self.properties.description or " ".join(self.command) or self.name
+        return self.properties.description or escape_command(self.command) or self.name
 
     def to_json(self) -> dict[str, Any]:
         """The metadata file's content."""
@@ -68,6 +68,22 @@ class Unit:
             exit_status=d.get("exit_status"),
             source=d.get("source"),
         )
+
+
+def escape_command(argv: tuple[str, ...] | list[str]) -> str:
+    """A command line on one line: arguments joined by spaces, control characters escaped
+    (``\\n``, ``\\t``, ``\\xNN``), so a ``python3 -c`` script cannot break a status line."""
+    out = []
+    for c in " ".join(argv):
+        if c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def spec_for(props: Properties) -> Spec:

@@ -1,0 +1,1 @@
+"""The daemon: D-Bus API, Prometheus exporter, polling, unit files bound to live cgroups."""

@@ -1,0 +1,448 @@
+"""The D-Bus API, shaped like systemd's Manager and Unit objects.
+
+Objects are served from one message handler (no exported object per unit), so 10,000
+units cost no more than their entries in the registry. Mutating calls check the
+caller's uid with the bus before the engine runs; the engine calls run in a worker
+thread so a long lock wait never stalls the bus.
+
+Names::
+
+    bus name   org.ipacctd1
+    /org/ipacctd1                 org.ipacctd1.Manager
+    /org/ipacctd1/unit/<label>    org.ipacctd1.Unit   (label: systemd's bus-label escape)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dbus_fast import Message, MessageType, Variant
+
+from ipacctd.daemon.registry import Entry, Registry
+from ipacctd.datapath.counters import Counters
+from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound, NotSupported
+
+log = logging.getLogger("ipacctd.bus")
+
+BUS_NAME = "org.ipacctd1"
+ROOT = "/org/ipacctd1"
+UNIT_PREFIX = ROOT + "/unit/"
+MANAGER_IFACE = "org.ipacctd1.Manager"
+UNIT_IFACE = "org.ipacctd1.Unit"
+PROPS_IFACE = "org.freedesktop.DBus.Properties"
+INTROSPECT_IFACE = "org.freedesktop.DBus.Introspectable"
+PEER_IFACE = "org.freedesktop.DBus.Peer"
+UINT64_MAX = (1 << 64) - 1
+
+COUNTER_PROPS = (
+    ("IPIngressBytes", "ingress_bytes"), ("IPIngressPackets", "ingress_packets"),
+    ("IPEgressBytes", "egress_bytes"), ("IPEgressPackets", "egress_packets"),
+)
+DROP_PROPS = (
+    ("IPIngressDroppedBytes", "ingress_dropped_bytes"),
+    ("IPIngressDroppedPackets", "ingress_dropped_packets"),
+    ("IPEgressDroppedBytes", "egress_dropped_bytes"),
+    ("IPEgressDroppedPackets", "egress_dropped_packets"),
+    ("IPIngressAuditBytes", "ingress_audit_bytes"),
+    ("IPIngressAuditPackets", "ingress_audit_packets"),
+    ("IPEgressAuditBytes", "egress_audit_bytes"),
+    ("IPEgressAuditPackets", "egress_audit_packets"),
+)
+COUNTERS_SIG = "a(sat)"
+
+
+def escape_label(name: str) -> str:
+    """systemd's bus_label_escape: keep [A-Za-z0-9], others as _XX (hex)."""
+    if not name:
+        return "_"
+    out = []
+    for i, ch in enumerate(name.encode()):
+        c = chr(ch)
+        if c.isascii() and (c.isalpha() or (c.isdigit() and i > 0)):
+            out.append(c)
+        else:
+            out.append(f"_{ch:02x}")
+    return "".join(out)
+
+
+def unescape_label(label: str) -> str:
+    """Inverse of :func:`escape_label`."""
+    if label == "_":
+        return ""
+    out = bytearray()
+    i = 0
+    while i < len(label):
+        if label[i] == "_" and i + 3 <= len(label):
+            try:
+                out.append(int(label[i + 1:i + 3], 16))
+                i += 3
+                continue
+            except ValueError:
+                pass
+        out.append(ord(label[i]))
+        i += 1
+    return out.decode(errors="replace")
+
+
+def unit_path(name: str) -> str:
+    """Object path of a unit."""
+    return UNIT_PREFIX + escape_label(name)
+
+
+def counter_values(c: Counters | None) -> list[int]:
+    """The twelve counters in field order (UINT64_MAX each when unknown)."""
+    if c is None:
+        return [UINT64_MAX] * 12
+    return list(c.to_dict().values())
+
+
+def unit_properties(entry: Entry) -> dict[str, Variant]:
+    """All properties of a unit object."""
+    st = entry.status
+    u = st.unit
+    p = u.properties
+    c = entry.counters
+    props: dict[str, Variant] = {
+        "Id": Variant("s", u.name),
+        "Description": Variant("s", u.description),
+        "LoadState": Variant("s", "loaded"),
+        "ActiveState": Variant("s", st.active_state),
+        "SubState": Variant("s", st.sub_state),
+        "ControlGroup": Variant("s", u.cgroup),
+        "MainPID": Variant("u", u.main_pid if u.main_pid and st.active_state == "active" else 0),
+        "Transient": Variant("b", u.transient),
+        "IPFirewallEnforced": Variant("b", bool(u.enforced and st.attached)),
+    }
+    for name, (sig, value) in p.to_dbus().items():
+        if name != "Description":
+            props[name] = Variant(sig, value)
+    counting = c is not None and p.ip_accounting
+    for name, attr in COUNTER_PROPS:
+        props[name] = Variant("t", getattr(c, attr) if counting else UINT64_MAX)
+    for name, attr in DROP_PROPS:
+        props[name] = Variant("t", getattr(c, attr) if c is not None else UINT64_MAX)
+    return props
+
+
+def counter_properties(entry: Entry) -> dict[str, Variant]:
+    """Only the counter properties (what a poll announces)."""
+    all_props = unit_properties(entry)
+    return {k: all_props[k] for k, _ in (*COUNTER_PROPS, *DROP_PROPS)}
+
+
+def _prop_xml(props: dict[str, Variant]) -> str:
+    return "".join(f'<property name="{k}" type="{v.signature}" access="read"/>'
+                   for k, v in props.items())
+
+
+MANAGER_METHODS = """
+<method name="ListUnits"><arg name="units" type="a(ssssso)" direction="out"/></method>
+<method name="GetUnit"><arg name="name" type="s" direction="in"/>
+ <arg name="unit" type="o" direction="out"/></method>
+<method name="GetCounters"><arg name="counters" type="a(sat)" direction="out"/></method>
+<method name="StartTransientUnit"><arg name="name" type="s" direction="in"/>
+ <arg name="properties" type="a(sv)" direction="in"/><arg name="unit" type="o" direction="out"/>
+</method>
+<method name="AttachUnit"><arg name="cgroup" type="s" direction="in"/>
+ <arg name="name" type="s" direction="in"/><arg name="properties" type="a(sv)" direction="in"/>
+ <arg name="unit" type="o" direction="out"/></method>
+<method name="SetUnitProperties"><arg name="name" type="s" direction="in"/>
+ <arg name="runtime" type="b" direction="in"/><arg name="properties" type="a(sv)" direction="in"/>
+</method>
+<method name="StopUnit"><arg name="name" type="s" direction="in"/>
+ <arg name="mode" type="s" direction="in"/></method>
+<method name="ResetUnit"><arg name="name" type="s" direction="in"/></method>
+<method name="DetachUnit"><arg name="name" type="s" direction="in"/></method>
+<method name="Reload"/>
+<signal name="UnitNew"><arg name="id" type="s"/><arg name="unit" type="o"/></signal>
+<signal name="UnitRemoved"><arg name="id" type="s"/><arg name="unit" type="o"/></signal>
+<signal name="CountersChanged"><arg name="counters" type="a(sat)"/></signal>
+<property name="Version" type="s" access="read"/>
+<property name="PollIntervalSec" type="d" access="read"/>
+"""
+
+UNIT_METHODS = """
+<method name="Stop"/>
+<method name="Reset"/>
+<method name="SetProperties"><arg name="runtime" type="b" direction="in"/>
+ <arg name="properties" type="a(sv)" direction="in"/></method>
+"""
+
+STD_IFACES = f"""
+<interface name="{INTROSPECT_IFACE}"><method name="Introspect">
+ <arg name="xml" type="s" direction="out"/></method></interface>
+<interface name="{PEER_IFACE}"><method name="Ping"/>
+ <method name="GetMachineId"><arg name="id" type="s" direction="out"/></method></interface>
+<interface name="{PROPS_IFACE}">
+ <method name="Get"><arg name="interface" type="s" direction="in"/>
+  <arg name="property" type="s" direction="in"/><arg name="value" type="v" direction="out"/>
+ </method>
+ <method name="GetAll"><arg name="interface" type="s" direction="in"/>
+  <arg name="properties" type="a{{sv}}" direction="out"/></method>
+ <method name="Set"><arg name="interface" type="s" direction="in"/>
+  <arg name="property" type="s" direction="in"/><arg name="value" type="v" direction="in"/>
+ </method>
+ <signal name="PropertiesChanged"><arg name="interface" type="s"/>
+  <arg name="changed" type="a{{sv}}"/><arg name="invalidated" type="as"/></signal>
+</interface>
+"""
+
+DOCTYPE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN" '
+           '"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n')
+
+ERRORS: list[tuple[type[Exception], str]] = [
+    (InvalidInput, "org.freedesktop.DBus.Error.InvalidArgs"),
+    (NotFound, "org.ipacctd1.Error.NoSuchUnit"),
+    (AlreadyExists, "org.ipacctd1.Error.UnitExists"),
+    (NotSupported, "org.ipacctd1.Error.NotSupported"),
+    (PermissionError, "org.freedesktop.DBus.Error.AccessDenied"),
+    (Error, "org.ipacctd1.Error.Failed"),
+]
+
+
+class AccessDenied(Error, PermissionError):
+    """The caller may not change units."""
+
+
+class BusService:
+    """Serves the Manager and Unit objects of a :class:`Registry` on a connected bus."""
+
+    def __init__(self, bus: Any, registry: Registry, version: str, poll_interval: float,
+                 reload: Callable[[], None]) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.version = version
+        self.poll_interval = poll_interval
+        self.reload_cb = reload
+        self.manager = registry.manager
+        self.tasks: set[asyncio.Task] = set()
+        bus.add_message_handler(self._handle)
+        registry.listeners.append(self._on_registry)
+
+    # -- signals -----------------------------------------------------------------------
+
+    def _on_registry(self, event: str, name: str, entry: Entry | None) -> None:
+        path = unit_path(name)
+        if event == "new":
+            self.bus.send(Message.new_signal(ROOT, MANAGER_IFACE, "UnitNew", "so", [name, path]))
+        elif event == "removed":
+            self.bus.send(Message.new_signal(ROOT, MANAGER_IFACE, "UnitRemoved", "so",
+                                             [name, path]))
+        elif event == "changed" and entry is not None:
+            self._properties_changed(path, unit_properties(entry))
+        elif event == "counters" and entry is not None:
+            self._properties_changed(path, counter_properties(entry))
+
+    def _properties_changed(self, path: str, props: dict[str, Variant]) -> None:
+        self.bus.send(Message.new_signal(path, PROPS_IFACE, "PropertiesChanged", "sa{sv}as",
+                                         [UNIT_IFACE, props, []]))
+
+    def counters_changed(self, names: list[str]) -> None:
+        """One signal per poll with every changed unit's counters."""
+        if not names:
+            return
+        body = [(n, counter_values(self.registry.units[n].counters)) for n in names
+                if n in self.registry.units]
+        self.bus.send(Message.new_signal(ROOT, MANAGER_IFACE, "CountersChanged", COUNTERS_SIG,
+                                         [body]))
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def _handle(self, msg: Message) -> Message | bool | None:
+        if msg.message_type != MessageType.METHOD_CALL:
+            return None
+        path = msg.path or ""
+        if path != ROOT and not path.startswith(UNIT_PREFIX) and path not in ("/", "/org",
+                                                                              ROOT + "/unit"):
+            return None
+        try:
+            return self._dispatch(msg, path)
+        except Exception as exc:  # map to a D-Bus error; never leak tracebacks
+            return self._error(msg, exc)
+
+    def _error(self, msg: Message, exc: Exception) -> Message:
+        for cls, name in ERRORS:
+            if isinstance(exc, cls):
+                return Message.new_error(msg, name, str(exc))
+        log.exception("internal error in %s.%s", msg.interface, msg.member)
+        return Message.new_error(msg, "org.freedesktop.DBus.Error.Failed",
+                                 f"internal error: {type(exc).__name__}")
+
+    def _dispatch(self, msg: Message, path: str) -> Message | bool:
+        iface, member = msg.interface, msg.member
+        if iface == INTROSPECT_IFACE and member == "Introspect":
+            return Message.new_method_return(msg, "s", [self._introspect(path)])
+        if iface == PEER_IFACE:
+            if member == "Ping":
+                return Message.new_method_return(msg)
+            with open("/etc/machine-id") as f:
+                return Message.new_method_return(msg, "s", [f.read().strip()])
+        if path == ROOT:
+            return self._manager_call(msg, iface, member)
+        if path.startswith(UNIT_PREFIX):
+            return self._unit_call(msg, iface, member, unescape_label(path[len(UNIT_PREFIX):]))
+        raise NotFound(f"no object at {path}")
+
+    def _introspect(self, path: str) -> str:
+        if path == ROOT:
+            children = "".join(f'<node name="unit/{escape_label(n)}"/>'
+                               for n in sorted(self.registry.units))
+            return (f"{DOCTYPE}<node>{STD_IFACES}<interface name=\"{MANAGER_IFACE}\">"
+                    f"{MANAGER_METHODS}</interface>{children}</node>")
+        if path.startswith(UNIT_PREFIX):
+            entry = self._entry(unescape_label(path[len(UNIT_PREFIX):]))
+            return (f"{DOCTYPE}<node>{STD_IFACES}<interface name=\"{UNIT_IFACE}\">"
+                    f"{UNIT_METHODS}{_prop_xml(unit_properties(entry))}</interface></node>")
+        if path == ROOT + "/unit":
+            children = "".join(f'<node name="{escape_label(n)}"/>'
+                               for n in sorted(self.registry.units))
+            return f"{DOCTYPE}<node>{children}</node>"
+        child = "org" if path == "/" else "ipacctd1"
+        return f'{DOCTYPE}<node><node name="{child}"/></node>'
+
+    def _entry(self, name: str) -> Entry:
+        entry = self.registry.units.get(name)
+        if entry is None:
+            entry = self.registry.refresh(name)
+        if entry is None:
+            raise NotFound(f"unit {name} not found")
+        return entry
+
+    def _manager_props(self) -> dict[str, Variant]:
+        return {"Version": Variant("s", self.version),
+                "PollIntervalSec": Variant("d", float(self.poll_interval))}
+
+    def _props_call(self, msg: Message, member: str, iface_name: str,
+                    props: dict[str, Variant]) -> Message:
+        want = msg.body[0] if msg.body else ""
+        if member == "GetAll":
+            return Message.new_method_return(msg, "a{sv}", [props if want in ("", iface_name)
+                                                            else {}])
+        if member == "Get":
+            if want not in ("", iface_name) or msg.body[1] not in props:
+                raise InvalidInput(f"unknown property {msg.body[1]!r} of {iface_name}")
+            return Message.new_method_return(msg, "v", [props[msg.body[1]]])
+        if member == "Set":
+            raise InvalidInput("properties are read-only here; use SetUnitProperties")
+        raise InvalidInput(f"unknown method {member}")
+
+    def _manager_call(self, msg: Message, iface: str | None, member: str | None) -> Message | bool:
+        if iface == PROPS_IFACE:
+            return self._props_call(msg, member or "", MANAGER_IFACE, self._manager_props())
+        if iface not in (MANAGER_IFACE, None):
+            raise InvalidInput(f"unknown interface {iface}")
+        body = msg.body
+        if member == "ListUnits":
+            rows = [[n, e.status.unit.description, "loaded", e.status.active_state,
+                     e.status.sub_state, unit_path(n)]
+                    for n, e in sorted(self.registry.units.items())]
+            return Message.new_method_return(msg, "a(ssssso)", [rows])
+        if member == "GetUnit":
+            self._check(msg, "s")
+            self._entry(body[0])
+            return Message.new_method_return(msg, "o", [unit_path(body[0])])
+        if member == "GetCounters":
+            rows = [(n, counter_values(e.counters)) for n, e in sorted(self.registry.units.items())]
+            return Message.new_method_return(msg, COUNTERS_SIG, [rows])
+        mutations: dict[str, tuple[str, Callable[..., Any], str]] = {
+            "StartTransientUnit": ("sa(sv)", self._start_transient, "o"),
+            "AttachUnit": ("ssa(sv)", self._attach, "o"),
+            "SetUnitProperties": ("sba(sv)", self._set_properties, ""),
+            "StopUnit": ("ss", lambda name, _mode: self.manager.stop(name), ""),
+            "ResetUnit": ("s", self.manager.reset, ""),
+            "DetachUnit": ("s", self.manager.detach, ""),
+            "Reload": ("", lambda: self.reload_cb(), ""),
+        }
+        if member in mutations:
+            sig, fn, out = mutations[member]
+            self._check(msg, sig)
+            self._spawn(self._mutate(msg, fn, body, out))
+            return True
+        raise InvalidInput(f"unknown method {member}")
+
+    def _unit_call(self, msg: Message, iface: str | None, member: str | None,
+                   name: str) -> Message | bool:
+        entry = self._entry(name)
+        if iface == PROPS_IFACE:
+            return self._props_call(msg, member or "", UNIT_IFACE, unit_properties(entry))
+        if iface not in (UNIT_IFACE, None):
+            raise InvalidInput(f"unknown interface {iface}")
+        calls: dict[str, tuple[str, Callable[..., Any]]] = {
+            "Stop": ("", lambda: self.manager.stop(name)),
+            "Reset": ("", lambda: self.manager.reset(name)),
+            "SetProperties": ("ba(sv)", lambda rt, props: self._set_properties(name, rt, props)),
+        }
+        if member in calls:
+            sig, fn = calls[member]
+            self._check(msg, sig)
+            self._spawn(self._mutate(msg, fn, msg.body, ""))
+            return True
+        raise InvalidInput(f"unknown method {member}")
+
+    @staticmethod
+    def _check(msg: Message, signature: str) -> None:
+        if msg.signature != signature:
+            raise InvalidInput(f"{msg.member} takes ({signature}), got ({msg.signature})")
+
+    # -- mutations ---------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def caller_uid(self, msg: Message) -> int:
+        """The Unix uid of the message's sender, asked of the bus daemon."""
+        reply = await self.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="GetConnectionUnixUser", signature="s",
+            body=[msg.sender]))
+        if reply.message_type != MessageType.METHOD_RETURN:
+            raise AccessDenied("cannot determine the caller's uid")
+        return int(reply.body[0])
+
+    async def _mutate(self, msg: Message, fn: Callable[..., Any], args: list[Any],
+                      out: str) -> None:
+        try:
+            uid = await self.caller_uid(msg)
+            if uid != 0:
+                raise AccessDenied(f"uid {uid} may not change units: only root may")
+            result = await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            self.registry.sync()
+            if out == "o":
+                reply = Message.new_method_return(msg, "o", [unit_path(result.name)])
+            else:
+                reply = Message.new_method_return(msg)
+        except Exception as exc:
+            reply = self._error(msg, exc)
+        self.bus.send(reply)
+
+    def _start_transient(self, name: str, props: list[Any]) -> Any:
+        command: tuple[str, ...] = ()
+        items = []
+        for pname, sig, value in _items(props):
+            if pname == "ExecCommand" and sig == "as":
+                command = tuple(value)  # recorded as the unit's description/command
+            else:
+                items.append((pname, sig, value))
+        return self.manager.start_transient(name=name or None, command=command,
+                                            dbus_items=items)
+
+    def _attach(self, cgroup_path: str, name: str, props: list[Any]) -> Any:
+        return self.manager.attach(cgroup_path, name=name or None, dbus_items=_items(props))
+
+    def _set_properties(self, name: str, _runtime: bool, props: list[Any]) -> Any:
+        return self.manager.set_properties_dbus(name, _items(props))
+
+
+def _items(props: list[Any]) -> list[tuple[str, str, Any]]:
+    items = []
+    for entry in props:
+        if not (isinstance(entry, list | tuple) and len(entry) == 2
+                and isinstance(entry[1], Variant)):
+            raise InvalidInput("properties must be an array of (name, variant)")
+        items.append((str(entry[0]), entry[1].signature, entry[1].value))
+    return items

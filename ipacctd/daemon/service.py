@@ -1,0 +1,220 @@
+"""``ipacctd daemon``: the asyncio service tying registry, D-Bus, metrics and watchers.
+
+At start it rebuilds its view from the kernel pins and the metadata files (units made by
+the CLI while it was down appear; nothing is lost), binds the unit files to live cgroups,
+then polls counters every interval and announces changes. SIGHUP reloads the unit files;
+SIGTERM/SIGINT stop the daemon — counting and enforcement go on in the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+
+from dbus_fast import BusType, RequestNameReply
+from dbus_fast.aio import MessageBus
+
+from ipacctd import __version__
+from ipacctd.daemon import metrics
+from ipacctd.daemon.binder import Binder
+from ipacctd.daemon.bus import BUS_NAME, BusService
+from ipacctd.daemon.config import DaemonConfig
+from ipacctd.daemon.inotify import Inotify
+from ipacctd.daemon.registry import Registry
+from ipacctd.errors import Error, NotSupported
+from ipacctd.manager.engine import Manager
+
+log = logging.getLogger("ipacctd.daemon")
+
+STATE_EVERY = 5  # re-check active states every this many polls
+DEBOUNCE = 0.05
+
+
+class Daemon:
+    """One running daemon."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.manager = Manager(config.paths)
+        self.registry = Registry(self.manager)
+        self.binder = Binder(self.manager)
+        self.bus: MessageBus | None = None
+        self.service: BusService | None = None
+        self.http: asyncio.Server | None = None
+        self.inotify: Inotify | None = None
+        self.stopping = asyncio.Event()
+        self._pending: asyncio.TimerHandle | None = None
+        self._rebind = False
+
+    async def start(self) -> None:
+        """Rebuild state, connect to D-Bus, serve metrics, start watching."""
+        self.manager.store.ensure_dirs()
+        self.registry.sync()
+        self.binder.load()
+        self.binder.reconcile()
+        self.registry.sync()
+        self.bus = await self._connect()
+        self.service = BusService(self.bus, self.registry, __version__,
+                                  self.config.poll_interval, self.reload)
+        reply = await self.bus.request_name(BUS_NAME)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise Error(f"the D-Bus name {BUS_NAME} is taken: is another ipacctd daemon "
+                        "running?")
+        addr = self.config.listen_address
+        if addr is not None:
+            reg = metrics.make_registry(self.registry, self.config.program_stats)
+            self.http = await metrics.serve(reg, *addr)
+        self._start_watching()
+        self._write_runtime_file()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info("ipacctd %s: %d units, D-Bus %s, metrics %s", __version__,
+                 len(self.registry.units), BUS_NAME, self.config.listen or "off")
+
+    async def _connect(self) -> MessageBus:
+        bus = self.config.bus
+        try:
+            if bus == "system":
+                return await MessageBus(bus_type=BusType.SYSTEM).connect()
+            if bus == "session":
+                return await MessageBus(bus_type=BusType.SESSION).connect()
+            return await MessageBus(bus_address=bus).connect()
+        except (OSError, ValueError) as exc:
+            raise NotSupported(f"cannot connect to the D-Bus {bus} bus: {exc}") from exc
+
+    def _start_watching(self) -> None:
+        self.inotify = Inotify()
+        self.inotify.watch(self.manager.config.units_dir)
+        self._watch_unit_dirs()
+        asyncio.get_running_loop().add_reader(self.inotify.fd, self._on_inotify)
+
+    def _watch_unit_dirs(self) -> None:
+        assert self.inotify is not None
+        for path in self.binder.watch_dirs():
+            self.inotify.watch(path)
+
+    def _on_inotify(self) -> None:
+        assert self.inotify is not None
+        units_dir = self.manager.config.units_dir
+        for path, _mask, _name in self.inotify.read():
+            if path != units_dir:
+                self._rebind = True
+        if self._pending is None:  # coalesce bursts (a CLI writes temp file + rename)
+            self._pending = asyncio.get_running_loop().call_later(DEBOUNCE, self._settle)
+
+    def _settle(self) -> None:
+        self._pending = None
+        if self._rebind:
+            self._rebind = False
+            try:
+                self.binder.reconcile()
+            except Error as exc:
+                log.error("binding unit files: %s", exc)
+            self._watch_unit_dirs()
+        self.registry.sync()
+
+    def reload(self) -> None:
+        """Re-read the unit files and re-bind (SIGHUP, D-Bus Reload, ``ipacctd reload``)."""
+        log.info("reloading unit files from %s", self.manager.config.unit_dir)
+        self.binder.load()
+        self.binder.reconcile()
+        if self.inotify is not None:
+            self._watch_unit_dirs()
+        self.registry.sync()
+
+    def gc(self, now: float | None = None) -> list[str]:
+        """Forget inactive units whose retention time has passed."""
+        now = time.time() if now is None else now
+        removed = []
+        for name, entry in list(self.registry.units.items()):
+            st = entry.status
+            ended = st.unit.exited_at
+            if st.active_state == "active" or ended is None:
+                continue
+            if now - ended >= self.config.retention:
+                try:
+                    if st.unit.transient:
+                        self.manager.reset(name)
+                    else:
+                        self.manager.detach(name)
+                    removed.append(name)
+                except Error as exc:
+                    log.error("gc of %s: %s", name, exc)
+        if removed:
+            log.info("retention over, removed: %s", ", ".join(removed))
+            self.registry.sync()
+        return removed
+
+    def poll(self, cycle: int) -> list[str]:
+        """One poll: counters always, states every few cycles."""
+        changed = self.registry.poll_counters()
+        if self.service is not None:
+            self.service.counters_changed(changed)
+        if cycle % STATE_EVERY == 0:
+            self.registry.poll_states()
+            self.gc()
+        return changed
+
+    async def run(self) -> None:
+        """Poll until asked to stop."""
+        cycle = 0
+        while not self.stopping.is_set():
+            cycle += 1
+            try:
+                self.poll(cycle)
+            except Error as exc:
+                log.error("poll: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.config.poll_interval)
+
+    async def close(self) -> None:
+        """Stop serving; the kernel keeps counting and enforcing."""
+        if self.http is not None:
+            self.http.close()
+            await self.http.wait_closed()
+        if self.inotify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.inotify.fd)
+            self.inotify.close()
+        if self.bus is not None:
+            self.bus.disconnect()
+        self.registry.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.runtime_file)
+
+    @property
+    def runtime_file(self) -> str:
+        return os.path.join(self.manager.config.state_dir, "daemon.json")
+
+    def _write_runtime_file(self) -> None:
+        data = {"pid": os.getpid(), "bus": self.config.bus, "listen": self.config.listen,
+                "version": __version__, "started_at": time.time()}
+        tmp = self.runtime_file + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.rename(tmp, self.runtime_file)
+
+
+async def serve(config: DaemonConfig) -> None:
+    """Run a daemon until SIGTERM/SIGINT."""
+    daemon = Daemon(config)
+    try:
+        await daemon.start()
+        await daemon.run()
+    finally:
+        await daemon.close()
+
+
+def main(config: DaemonConfig) -> int:
+    """Entry point of ``ipacctd daemon``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,62 @@
+"""Cheap repeated reads of many units' counters: one open map fd per unit, kept."""
+
+from __future__ import annotations
+
+import contextlib
+
+from ipacctd.bpf.maps import PerCPUArrayMap
+from ipacctd.datapath import counters as counters_mod
+from ipacctd.datapath.counters import Counters
+from ipacctd.datapath.unit import COUNTERS
+from ipacctd.errors import Error
+from ipacctd.manager.store import Store
+
+
+class CounterReader:
+    """Reads counters through cached map fds (one syscall per unit per read).
+
+    A unit whose pins vanish is dropped from the cache on the next failed read.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._maps: dict[str, PerCPUArrayMap] = {}
+
+    def read(self, name: str) -> Counters | None:
+        """The unit's counters, or None when it has no pinned counters map."""
+        cmap = self._maps.get(name)
+        if cmap is None:
+            try:
+                cmap = PerCPUArrayMap.open_pinned(f"{self.store.pin_dir(name)}/{COUNTERS}")
+            except (Error, OSError):
+                return None
+            self._maps[name] = cmap
+        try:
+            return counters_mod.read(cmap)
+        except (Error, OSError, ValueError):
+            self.forget(name)
+            return None
+
+    def forget(self, name: str) -> None:
+        """Close the cached fd of a unit (it was removed or replaced)."""
+        cmap = self._maps.pop(name, None)
+        if cmap is not None:
+            cmap.close()
+
+    def keep_only(self, names: set[str]) -> None:
+        """Forget every unit not in ``names``."""
+        for name in list(self._maps):
+            if name not in names:
+                self.forget(name)
+
+    def close(self) -> None:
+        """Close all cached fds."""
+        for name in list(self._maps):
+            self.forget(name)
+
+    def __enter__(self) -> CounterReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
