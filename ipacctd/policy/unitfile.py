@@ -103,7 +103,9 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
     continuation: str | None = None
     start = 0
     for number, raw in enumerate(text.splitlines(), start=1):
-        if continuation is not None and raw.lstrip()[:1] in tuple(_COMMENTS):
+        # As systemd: a comment line is skipped before continuations are looked at, so
+        # it neither starts nor ends one (a trailing backslash in a comment is inert).
+        if raw.lstrip()[:1] in tuple(_COMMENTS):
             continue
         if continuation is None:
             start = number

@@ -277,3 +277,9 @@ def test_garbage_parses_or_raises_invalid_input(text: str) -> None:
         assert str(e).startswith("/x/g.unit:")
     else:
         u.properties()
+
+
+def test_comment_with_trailing_backslash_does_not_continue() -> None:
+    # systemd skips comment lines before looking for continuations.
+    with pytest.raises(InvalidInput, match=r"<string>:3: .*but allow"):
+        parse_unit_file("[Service]\n# comment \\\n  but allow\nIPAddressDeny=1.2.3.4\n")
