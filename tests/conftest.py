@@ -34,7 +34,7 @@ def _kernel_problem() -> str | None:
     return None
 
 
-_PROBLEM: str | None | bool = False
+_PROBLEM: str | bool | None = False
 
 
 def kernel_problem() -> str | None:

@@ -37,7 +37,10 @@ class NetNS:
         args = [_with_prefix(a) for a in addresses]
         self.holder = subprocess.Popen(
             ["unshare", "--net", "--", sys.executable, "-c", HOLDER, *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.holder.stdout.readline() if self.holder.stdout else ""
         if line.strip() != "ready":
             self.close()
@@ -48,9 +51,9 @@ class NetNS:
     def _argv(self, argv: Sequence[str]) -> list[str]:
         return ["nsenter", f"--net=/proc/{self.pid}/ns/net", "--", *argv]
 
-    def popen(self, argv: Sequence[str], cgroup_fs: str | None = None,
-              **kw) -> subprocess.Popen:
+    def popen(self, argv: Sequence[str], cgroup_fs: str | None = None, **kw) -> subprocess.Popen:
         """Start a process in the namespace, inside ``cgroup_fs`` when given."""
+
         def enter() -> None:
             if cgroup_fs:
                 with open(os.path.join(cgroup_fs, "cgroup.procs"), "w") as f:
@@ -60,11 +63,17 @@ class NetNS:
         self.children.append(proc)
         return proc
 
-    def python(self, code: str, cgroup_fs: str | None = None, timeout: float = 30,
-               args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    def python(
+        self, code: str, cgroup_fs: str | None = None, timeout: float = 30, args: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess:
         """Run Python ``code`` in the namespace; returns the finished process (text output)."""
-        proc = self.popen([sys.executable, "-c", code, *args], cgroup_fs,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = self.popen(
+            [sys.executable, "-c", code, *args],
+            cgroup_fs,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -73,8 +82,9 @@ class NetNS:
             raise
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    def run(self, argv: Sequence[str], cgroup_fs: str | None = None, timeout: float = 30,
-            **kw) -> subprocess.CompletedProcess:
+    def run(
+        self, argv: Sequence[str], cgroup_fs: str | None = None, timeout: float = 30, **kw
+    ) -> subprocess.CompletedProcess:
         """Run a command in the namespace to completion."""
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
@@ -84,8 +94,9 @@ class NetNS:
                 with open(os.path.join(cgroup_fs, "cgroup.procs"), "w") as f:
                     f.write(str(os.getpid()))
 
-        return subprocess.run(self._argv(argv), preexec_fn=enter, timeout=timeout,
-                              check=False, **kw)
+        return subprocess.run(
+            self._argv(argv), preexec_fn=enter, timeout=timeout, check=False, **kw
+        )
 
     def close(self) -> None:
         """End every process started here (by PID) and the holder; the namespace goes."""

@@ -104,7 +104,9 @@ class Attached:
 
     attach_flags: int
     prog_ids: tuple[int, ...]
-    link_ids: tuple[int, ...]  # 0 where the program is attached without a link
+    # As reported by the kernel; for cgroup hooks it fills none (6.18 leaves them 0 even for
+    # programs held by a bpf_link), so use the links' own info to map links to programs.
+    link_ids: tuple[int, ...]
 
 
 def prog_query(cgroup_fd: int, attach_type: AttachType, effective: bool = False,

@@ -1,0 +1,175 @@
+"""compile_rules against the brute-force model in tests/model.py."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipacctd.datapath.rules import DENY, PASS, FamilyRules, compile_family, compile_rules
+
+net = ipaddress.ip_network
+addr = ipaddress.ip_address
+
+# A small universe so that prefixes nest, overlap and collide often.
+V4_BASES = [f"10.0.0.{i}" for i in range(16)] + ["10.0.1.0", "10.1.0.0", "11.0.0.0", "192.0.2.1"]
+V4_LENS = [0, 8, 16, 24, 28, 29, 30, 31, 32]
+V6_BASES = [f"2001:db8::{i:x}" for i in range(8)] + ["2001:db8:0:1::", "2001:db9::"]
+V6_LENS = [0, 32, 64, 124, 126, 127, 128]
+V4_PROBES = [f"10.0.0.{i}" for i in range(18)] + [
+    "10.0.1.7",
+    "10.1.2.3",
+    "11.0.0.1",
+    "192.0.2.1",
+    "0.0.0.0",
+    "255.255.255.255",
+    "9.255.255.255",
+]
+V6_PROBES = [f"2001:db8::{i:x}" for i in range(10)] + [
+    "2001:db8:0:1::5",
+    "2001:db9::1",
+    "::",
+    "ffff::1",
+]
+
+v4_prefix = st.builds(
+    lambda b, n: net(f"{b}/{n}", strict=False), st.sampled_from(V4_BASES), st.sampled_from(V4_LENS)
+)
+v6_prefix = st.builds(
+    lambda b, n: net(f"{b}/{n}", strict=False), st.sampled_from(V6_BASES), st.sampled_from(V6_LENS)
+)
+prefix_list = st.lists(st.one_of(v4_prefix, v6_prefix), max_size=7)
+
+
+def _boundary_probes(prefixes: list) -> list:
+    """First and last address of each prefix and the neighbours just outside."""
+    out = []
+    for p in prefixes:
+        first, last = int(p.network_address), int(p.broadcast_address)
+        top = (1 << p.max_prefixlen) - 1
+        for v in (first - 1, first, last, last + 1):
+            if 0 <= v <= top:
+                cls = ipaddress.IPv4Address if p.version == 4 else ipaddress.IPv6Address
+                out.append(cls(v))
+    return out
+
+
+def _probe_set(allow: list, deny: list) -> list:
+    fixed = [addr(a) for a in V4_PROBES + V6_PROBES]
+    return fixed + _boundary_probes(allow + deny)
+
+
+def _rules_for(rules: tuple[FamilyRules, FamilyRules], a) -> FamilyRules:
+    return rules[0] if a.version == 4 else rules[1]
+
+
+def _nearest_enclosing(rules: FamilyRules, p) -> int:
+    best = None
+    for q, v in rules.entries.items():
+        if (
+            q != p
+            and q.prefixlen < p.prefixlen
+            and p.subnet_of(q)
+            and (best is None or q.prefixlen > best[0])
+        ):
+            best = (q.prefixlen, v)
+    return PASS if best is None else best[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    allow=prefix_list,
+    deny=prefix_list,
+    extra=st.lists(
+        st.one_of(
+            st.integers(0, 0xFFFFFFFF).map(ipaddress.IPv4Address),
+            st.integers(0x20010DB8 << 96, (0x20010DB8 << 96) + 0xFFFF).map(ipaddress.IPv6Address),
+        ),
+        max_size=5,
+    ),
+)
+def test_compiled_table_decides_like_the_model(allow, deny, extra) -> None:
+    rules = compile_rules(allow, deny)
+    assert (rules[0].version, rules[1].version) == (4, 6)
+    for a in _probe_set(allow, deny) + extra:
+        expected = model.address_verdict(a, allow, deny)
+        got = _rules_for(rules, a).verdict(a) == PASS
+        assert got == expected, f"{a}: allow={allow} deny={deny} table={rules}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(allow=prefix_list, deny=prefix_list)
+def test_compiled_table_is_pruned(allow, deny) -> None:
+    inputs = set(allow) | set(deny)
+    for rules in compile_rules(allow, deny):
+        for p, v in rules.entries.items():
+            assert p.version == rules.version
+            assert p in inputs, f"{p} was not in the policy"
+            assert v in (PASS, DENY)
+            # Each entry changes the verdict its nearest enclosing entry (or the default,
+            # PASS) would give: otherwise it is redundant.
+            assert v != _nearest_enclosing(rules, p), f"redundant {p} in {rules.entries}"
+        # The table says "deny" only for prefixes the deny list covers.
+        for p, v in rules.entries.items():
+            if v == DENY:
+                assert any(p.subnet_of(d) for d in deny if d.version == p.version)
+        if rules.empty:
+            assert rules.constant == PASS
+
+
+def test_allow_only_compiles_to_empty_tables() -> None:
+    v4, v6 = compile_rules([net("10.0.0.0/8"), net("::/0"), net("192.0.2.1/32")], [])
+    assert v4.empty and v6.empty
+    assert v4.entries == {} and v6.entries == {}
+    assert v4.constant == PASS
+
+
+def test_deny_any_compiles_to_one_constant_entry_per_family() -> None:
+    v4, v6 = compile_rules([], [net("0.0.0.0/0"), net("::/0")])
+    assert v4.entries == {net("0.0.0.0/0"): DENY}
+    assert v6.entries == {net("::/0"): DENY}
+    assert v4.constant == DENY and v6.constant == DENY
+    # any deny entry under "deny any" is redundant
+    v4, _ = compile_rules([], [net("0.0.0.0/0"), net("10.0.0.0/8"), net("10.1.2.3/32")])
+    assert v4.entries == {net("0.0.0.0/0"): DENY}
+
+
+def test_deny_covered_by_allow_vanishes() -> None:
+    v4, v6 = compile_rules([net("10.0.0.0/8")], [net("10.1.0.0/16"), net("2001:db8::/32")])
+    assert v4.empty
+    assert v6.entries == {net("2001:db8::/32"): DENY}
+    assert v6.constant is None
+
+
+def test_whitelist_keeps_deny_any_and_the_allowed_holes() -> None:
+    v4, v6 = compile_rules(
+        [net("192.0.2.0/24"), net("10.0.0.1/32")], [net("0.0.0.0/0"), net("::/0")]
+    )
+    assert v4.entries == {
+        net("0.0.0.0/0"): DENY,
+        net("192.0.2.0/24"): PASS,
+        net("10.0.0.1/32"): PASS,
+    }
+    assert v4.constant is None
+    assert v6.constant == DENY
+    assert v4.verdict(addr("192.0.2.255")) == PASS
+    assert v4.verdict(addr("192.0.3.0")) == DENY
+    assert v4.verdict(addr("10.0.0.0")) == DENY
+    assert v4.verdict(addr("10.0.0.1")) == PASS
+
+
+def test_allow_inside_deny_and_deny_inside_allow() -> None:
+    allow = [net("10.1.0.0/16"), net("192.0.2.0/24")]
+    deny = [net("10.0.0.0/8"), net("192.0.2.128/25"), net("192.0.2.7/32")]
+    v4 = compile_family(4, allow, deny)
+    assert v4.entries == {net("10.0.0.0/8"): DENY, net("10.1.0.0/16"): PASS}
+    for a in ["10.0.0.1", "10.1.0.1", "10.2.0.0", "192.0.2.7", "192.0.2.200", "11.0.0.0"]:
+        assert (v4.verdict(addr(a)) == PASS) == model.address_verdict(a, allow, deny), a
+
+
+def test_families_do_not_leak_into_each_other() -> None:
+    v4, v6 = compile_rules([net("::/0")], [net("0.0.0.0/0")])
+    assert v4.constant == DENY  # the IPv6 allow does not cover IPv4
+    assert v6.empty
