@@ -327,12 +327,19 @@ def disassemble(code: bytes) -> list[Insn]:
     return out
 
 
-def dump(insns: Sequence[Insn], helper_names: bool = True) -> list[str]:
-    """Readable listing with slot numbers, like ``bpftool prog dump xlated``."""
+def dump(insns: Sequence[Insn], xlated: bool = False) -> list[str]:
+    """Readable listing with slot numbers, like ``bpftool prog dump xlated``.
+
+    ``xlated``: the code came back from the kernel, where map loads hold map ids and
+    helper calls hold kernel offsets instead of helper ids.
+    """
     lines = []
     slot = 0
     for ins in insns:
-        lines.append(f"{slot:4d}: ({ins.op:02x}) {_format(ins, helper_names)}")
+        text = _format(ins, helper_names=not xlated)
+        if xlated and ins.is_wide and ins.src == PSEUDO_MAP_FD:
+            text = f"r{ins.dst} = map[id:{ins.imm}]"
+        lines.append(f"{slot:4d}: ({ins.op:02x}) {text}")
         slot += ins.slots
     return lines
 
@@ -371,7 +378,7 @@ def _format(ins: Insn, helper_names: bool = True) -> str:
             return "exit"
         if code == Jmp.CALL:
             try:
-                name = Helper(ins.imm).name if helper_names else str(ins.imm)
+                name = Helper(ins.imm).name if helper_names else f"#{ins.imm}"
             except ValueError:
                 name = f"#{ins.imm}"
             return f"call {name}"

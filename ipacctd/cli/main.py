@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds an inactive unit stays before it is removed")
 
     sub.add_parser("reload", help="make the daemon re-read the unit files")
+
+    ins = sub.add_parser("inspect", help="a unit's programs, maps and links (like bpftool)")
+    ins.add_argument("units", nargs="+", metavar="UNIT")
+    ins.add_argument("--instructions", "-i", action="store_true",
+                     help="also print the programs' (xlated) instructions")
+    ins.add_argument("--json", action="store_true", help="print JSON")
+
+    tp = sub.add_parser("top", help="live view of units by traffic rate and program cost")
+    tp.add_argument("-d", "--delay", type=float, default=1.0, help="refresh interval (s)")
+    tp.add_argument("-n", "--iterations", type=int, help="print N snapshots, then exit")
+    tp.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    tp.add_argument("--no-stats", action="store_true",
+                    help="do not switch on BPF run-time statistics")
     return p
 
 
@@ -109,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.verb == "run":
             from ipacctd.cli import run as mod
+        elif args.verb == "inspect":
+            from ipacctd.cli import inspect as mod  # type: ignore[no-redef]
+        elif args.verb == "top":
+            from ipacctd.cli import top as mod  # type: ignore[no-redef]
         elif args.verb in ("daemon", "reload"):
             from ipacctd.cli import daemon as mod  # type: ignore[no-redef]
         elif args.verb in ("status", "list-units", "show"):

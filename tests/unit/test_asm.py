@@ -366,6 +366,9 @@ def test_dump_text() -> None:
         "  11: (05) goto pc-7",
         "  12: (95) exit",
     ]
-    # Unresolved jumps show their label; helper names can be turned off.
+    # Unresolved jumps show their label; code read back from the kernel (xlated) holds
+    # kernel offsets in calls and map ids in map loads.
     assert str(asm.ja("v4")) == "goto v4"
-    assert asm.dump([asm.call(Helper.map_lookup_elem)], helper_names=False) == ["   0: (85) call 1"]
+    assert asm.dump([asm.call(Helper.map_lookup_elem)], xlated=True) == ["   0: (85) call #1"]
+    wide = asm.Insn(asm.LD | asm.DW | asm.IMM, 1, asm.PSEUDO_MAP_FD, 0, 415)
+    assert asm.dump([wide], xlated=True) == ["   0: (18) r1 = map[id:415]"]

@@ -1,0 +1,92 @@
+"""``ipacctd inspect UNIT``: a unit's programs, maps and links, as bpftool would show them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from ipacctd.cli.format import format_bytes, format_timespan
+from ipacctd.cli.main import manager_for
+from ipacctd.manager.inspect import inspect_unit
+
+COUNTER_ROWS = (
+    ("passed", "ingress_packets", "ingress_bytes", "egress_packets", "egress_bytes"),
+    ("dropped", "ingress_dropped_packets", "ingress_dropped_bytes", "egress_dropped_packets",
+     "egress_dropped_bytes"),
+    ("audit", "ingress_audit_packets", "ingress_audit_bytes", "egress_audit_packets",
+     "egress_audit_bytes"),
+)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    mgr = manager_for(args)
+    blocks = []
+    for name in args.units:
+        data = inspect_unit(mgr, name, instructions=args.instructions)
+        blocks.append(data)
+    if args.json:
+        print(json.dumps(blocks if len(blocks) > 1 else blocks[0], indent=2))
+    else:
+        print("\n\n".join(inspect_text(d) for d in blocks))
+    return 0
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
+
+
+def inspect_text(d: dict[str, Any]) -> str:
+    """Text layout close to ``bpftool cgroup show`` / ``prog show`` / ``map show``."""
+    out = [f"Unit: {d['unit']}", f"  cgroup {d['cgroup']}", f"  pins   {d['pin_dir']}", "",
+           "Links:"]
+    for link in d["links"]:
+        if "error" in link:
+            out.append(f"  {link['pin']}: {link['error']}")
+            continue
+        state = "attached" if link["attached"] else "detached (cgroup gone)"
+        out.append(f"  {link['id']}: {link['attach_type']}  prog {link['prog_id']}  "
+                   f"cgroup_id {link['cgroup_id']}  pin {link['pin']}  {state}")
+    out += ["", "Programs:"]
+    for p in d["programs"]:
+        out.append(f"  {p['id']}: {p['type']}  name {p['name']}  tag {p['tag']}"
+                   f"{'  gpl' if p['gpl'] else ''}")
+        out.append(f"\tloaded_at {_when(p['loaded_at'])}  uid {p['uid']}")
+        maps = ",".join(str(m) for m in p["map_ids"])
+        out.append(f"\txlated {p['xlated_bytes']}B  jited {p['jited_bytes']}B  memlock "
+                   f"{p['memlock']}B  verified_insns {p['verified_insns']}"
+                   f"{'  map_ids ' + maps if maps else ''}")
+        if p["run_cnt"]:
+            out.append(f"\trun_cnt {p['run_cnt']}  run_time_ns {p['run_time_ns']}  "
+                       f"({p['ns_per_run']} ns/run)")
+        else:
+            out.append("\trun_cnt 0 (BPF stats off: 'ipacctd top' or sysctl "
+                       "kernel.bpf_stats_enabled=1 turns them on)")
+        for line in p.get("instructions", []):
+            out.append(f"\t{line}")
+    out += ["", "Maps:"]
+    for m in d["maps"]:
+        out.append(f"  {m['id']}: {m['type']}  name {m['name']}  flags {m['flags']:#x}")
+        out.append(f"\tkey {m['key_size']}B  value {m['value_size']}B  max_entries "
+                   f"{m['max_entries']}  memlock {m['memlock']}B  ({m.get('role', 'other')})")
+        if "counters" in m:
+            c = m["counters"]
+            out.append(f"\t{'':8} {'in packets':>12} {'in bytes':>14} {'out packets':>12} "
+                       f"{'out bytes':>14}")
+            for label, ip, ib, op, ob in COUNTER_ROWS:
+                out.append(f"\t{label:8} {c[ip]:>12} {c[ib]:>14} {c[op]:>12} {c[ob]:>14}")
+        if m.get("role", "").startswith("policy"):
+            for e in m["entries"]:
+                out.append(f"\t{e['prefix']:<43} {e['verdict']}")
+            if m.get("truncated"):
+                out.append("\t… (more entries)")
+        if m.get("role") == "denied addresses":
+            if not m["entries"]:
+                out.append("\t(no denied traffic yet)")
+            for e in m["entries"]:
+                ago = (f"  last {format_timespan(e['last_seen_ago'])} ago"
+                       if e["last_seen_ago"] is not None else "")
+                out.append(f"\t{e['address']:<39} {e['direction']:<7} {e['packets']:>8} packets "
+                           f"{format_bytes(e['bytes']):>8}{ago}")
+    return "\n".join(out)

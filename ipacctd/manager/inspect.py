@@ -1,0 +1,130 @@
+"""What bpftool would show about a unit, decoded: links, programs, maps and their contents."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any
+
+from ipacctd.bpf import asm
+from ipacctd.bpf.errors import BPFError
+from ipacctd.bpf.links import CgroupLink
+from ipacctd.bpf.maps import LPMTrieMap, Map, MapType, open_map_id
+from ipacctd.bpf.programs import Program
+from ipacctd.datapath import counters as counters_mod
+from ipacctd.datapath.rules import DENY
+from ipacctd.datapath.unit import COUNTERS
+from ipacctd.errors import NotFound
+from ipacctd.manager.engine import Manager
+
+ATTACH_NAMES = {0: "cgroup_inet_ingress", 1: "cgroup_inet_egress"}
+MAX_ENTRIES_SHOWN = 1000
+
+
+def boot_to_wall(ns_since_boot: int) -> float:
+    """Wall-clock time of a CLOCK_BOOTTIME timestamp (prog load_time)."""
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ns_since_boot / 1e9)
+
+
+def fdinfo(fd: int) -> dict[str, str]:
+    """The kernel's /proc/self/fdinfo of a BPF object fd (memlock, frozen, ...)."""
+    out = {}
+    with contextlib.suppress(OSError), open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def inspect_unit(mgr: Manager, name: str, instructions: bool = False) -> dict[str, Any]:
+    """Everything the kernel holds for a unit, as plain data (for text and JSON)."""
+    unit = mgr.unit(name)
+    pin_dir = mgr.store.pin_dir(name)
+    if not os.path.exists(os.path.join(pin_dir, COUNTERS)):
+        raise NotFound(f"unit {name} has no programs or maps pinned at {pin_dir}")
+    out: dict[str, Any] = {"unit": name, "cgroup": unit.cgroup, "pin_dir": pin_dir,
+                           "links": [], "programs": [], "maps": []}
+    map_ids: list[int] = []
+    with Map.open_pinned(os.path.join(pin_dir, COUNTERS)) as cmap:
+        map_ids.append(cmap.info().id)
+    for entry in sorted(os.listdir(pin_dir)):
+        if not entry.startswith(("link_", "filter_")):
+            continue
+        try:
+            with CgroupLink.open_pinned(os.path.join(pin_dir, entry)) as link:
+                li = link.info()
+        except BPFError as exc:
+            out["links"].append({"pin": entry, "error": str(exc)})
+            continue
+        out["links"].append({"pin": entry, "id": li.id, "prog_id": li.prog_id,
+                             "cgroup_id": li.cgroup_id,
+                             "attach_type": ATTACH_NAMES.get(li.attach_type, li.attach_type),
+                             "attached": li.cgroup_id != 0})
+        try:
+            prog = Program.from_id(li.prog_id)
+        except BPFError:
+            continue
+        with prog:
+            out["programs"].append(_program(prog, entry, instructions))
+            map_ids += [m for m in prog.info().map_ids if m not in map_ids]
+    for mid in map_ids:
+        with contextlib.suppress(BPFError):
+            with open_map_id(mid) as m:
+                out["maps"].append(_map(m))
+    return out
+
+
+def _program(prog: Program, pin: str, instructions: bool) -> dict[str, Any]:
+    info = prog.info()
+    data: dict[str, Any] = {
+        "link": pin, "id": info.id, "type": info.type_name, "name": info.name,
+        "tag": info.tag, "gpl": info.gpl, "loaded_at": boot_to_wall(info.load_time_ns),
+        "uid": info.created_by_uid, "xlated_bytes": info.xlated_len,
+        "jited_bytes": info.jited_len, "verified_insns": info.verified_insns,
+        "map_ids": list(info.map_ids), "run_cnt": info.run_cnt,
+        "run_time_ns": info.run_time_ns,
+        "ns_per_run": round(info.run_time_ns / info.run_cnt, 1) if info.run_cnt else None,
+        "memlock": int(fdinfo(prog.fd).get("memlock", "0") or 0),
+    }
+    if instructions:
+        data["instructions"] = asm.dump(asm.disassemble(prog.xlated()), xlated=True)
+    return data
+
+
+def _map(m: Map) -> dict[str, Any]:
+    info = m.info()
+    data: dict[str, Any] = {
+        "id": info.id, "type": info.type_name, "name": info.name, "key_size": info.key_size,
+        "value_size": info.value_size, "max_entries": info.max_entries, "flags": info.flags,
+        "memlock": int(fdinfo(m.fd).get("memlock", "0") or 0),
+    }
+    if info.type == MapType.PERCPU_ARRAY and info.name == counters_mod.MAP_NAME:
+        data["role"] = "counters"
+        data["counters"] = counters_mod.read(m).to_dict()  # type: ignore[arg-type]
+    elif isinstance(m, LPMTrieMap):
+        data["role"] = f"policy (IPv{m.version})"
+        entries = []
+        for i, (net, value) in enumerate(m.items()):
+            if i >= MAX_ENTRIES_SHOWN:
+                data["truncated"] = True
+                break
+            entries.append({"prefix": str(net),
+                            "verdict": "deny" if value[:1] == bytes([DENY]) else "allow"})
+        data["entries"] = entries
+        data["count"] = len(entries) if not data.get("truncated") else None
+    elif info.type == MapType.LRU_HASH and info.name == DENIED_MAP_NAME:
+        data["role"] = "denied addresses"
+        data["entries"] = denied_entries(m)
+    return data
+
+
+DENIED_MAP_NAME = "ipacctd_denied"
+
+
+def denied_entries(m: Map) -> list[dict[str, Any]]:
+    """Decode the denied-addresses map (if the datapath keeps one)."""
+    from ipacctd.datapath.denied import decode
+
+    return decode(m)
+
