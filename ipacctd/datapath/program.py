@@ -4,7 +4,8 @@ Shape of the emitted program (parts drop out when the policy does not need them)
 
     r6 = ctx
     dispatch on skb->protocol        (only when some family has rules)
-    ipv4: load src/dst address → one LPM lookup → verdict   (skipped: constant verdict)
+    ipv4: load src/dst address (direct packet read; bpf_skb_load_bytes when the header is
+          not in the linear data) → one LPM lookup → verdict   (skipped: constant verdict)
     ipv6: the same with 16-byte addresses
     drop:  count dropped (or, in audit mode, count would-be-dropped and go to pass)
            return 0
@@ -46,6 +47,8 @@ from ipacctd.datapath.rules import DENY, FamilyRules
 
 SKB_LEN = 0
 SKB_PROTOCOL = 16
+SKB_DATA = 76
+SKB_DATA_END = 80
 
 
 def _proto(ethertype: int) -> int:
@@ -80,9 +83,11 @@ def build(shape: Shape, counters_map: PerCPUArrayMap, trie4: LPMTrieMap | None,
     active = [f for f in families if not f[0].empty]
     if active:
         p.append(asm.ldx(W, R2, R6, SKB_PROTOCOL))
-        for _, proto, _, _, tag in active:
+        # The last family's check comes first, reached by falling through its JNE.
+        active = active[-1:] + active[:-1]
+        for _, proto, _, _, tag in active[1:]:
             p.append(asm.jmp_imm(Jmp.JEQ, R2, proto, tag))
-        p.append(asm.ja("pass"))
+        p.append(asm.jmp_imm(Jmp.JNE, R2, active[0][1], "pass"))
         for rules, _, alen, trie, tag in active:
             p.append(Label(tag))
             p += _family_check(shape.direction, rules, alen, trie)
@@ -111,7 +116,22 @@ def _family_check(direction: Direction, rules: FamilyRules, alen: int,
     src, dst = IPV4_ADDR if alen == 4 else IPV6_ADDR
     offset = src if direction == Direction.INGRESS else dst
     key = -(4 + alen)  # stack: u32 prefixlen, then the address
+    tag = f"v{rules.version}"
+    # Read the address straight from the packet when the linear data holds it (a helper
+    # call costs more than the rest of the check); otherwise bpf_skb_load_bytes.
+    word = DW if alen == 16 else W
+    copy: list[Insn | Label] = []
+    for i in range(0, alen, asm.size_bytes(word)):
+        copy += [asm.ldx(word, R1, R2, offset + i), asm.stx(word, FP, key + 4 + i, R1)]
     return [
+        asm.ldx(W, R2, R6, SKB_DATA),
+        asm.ldx(W, R3, R6, SKB_DATA_END),
+        asm.mov64_reg(R1, R2),
+        asm.alu64_imm(Alu.ADD, R1, offset + alen),
+        asm.jmp_reg(Jmp.JGT, R1, R3, f"{tag}_load_bytes"),
+        *copy,
+        asm.ja(f"{tag}_loaded"),
+        Label(f"{tag}_load_bytes"),
         asm.mov64_reg(R1, R6),
         asm.mov64_imm(R2, offset),
         asm.mov64_reg(R3, FP),
@@ -120,6 +140,7 @@ def _family_check(direction: Direction, rules: FamilyRules, alen: int,
         asm.call(Helper.skb_load_bytes),
         # A packet of this family whose address cannot be read is not let through.
         asm.jmp_imm(Jmp.JNE, R0, 0, "drop"),
+        Label(f"{tag}_loaded"),
         asm.st_imm(W, FP, key, alen * 8),
         asm.ld_map(R1, trie),
         asm.mov64_reg(R2, FP),
