@@ -40,8 +40,8 @@ from ipacctd.bpf.asm import (
     Label,
     W,
 )
-from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap
-from ipacctd.datapath import counters
+from ipacctd.bpf.maps import LPMTrieMap, Map, PerCPUArrayMap
+from ipacctd.datapath import counters, denied
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.rules import DENY, FamilyRules
 
@@ -73,11 +73,14 @@ class Shape:
     audit: bool
     v4: FamilyRules
     v6: FamilyRules
+    log_denied: bool = False  # record denied remote addresses in the denied map
 
 
 def build(shape: Shape, counters_map: PerCPUArrayMap, trie4: LPMTrieMap | None,
-          trie6: LPMTrieMap | None) -> list[Insn | Label]:
+          trie6: LPMTrieMap | None, denied_map: Map | None = None) -> list[Insn | Label]:
     """Instructions for one direction of a unit."""
+    if shape.log_denied and denied_map is None:
+        raise ValueError("logging denied addresses needs the denied map")
     p: list[Insn | Label] = [asm.mov64_reg(R6, R1)]
     families = [(shape.v4, PROTO_IPV4, 4, trie4, "v4"), (shape.v6, PROTO_IPV6, 16, trie6, "v6")]
     active = [f for f in families if not f[0].empty]
@@ -90,11 +93,16 @@ def build(shape: Shape, counters_map: PerCPUArrayMap, trie4: LPMTrieMap | None,
         p.append(asm.jmp_imm(Jmp.JNE, R2, active[0][1], "pass"))
         for rules, _, alen, trie, tag in active:
             p.append(Label(tag))
-            p += _family_check(shape.direction, rules, alen, trie)
+            p += _family_check(shape.direction, rules, alen, trie, shape.log_denied)
     p.append(Label("pass"))
     if shape.accounting:
         p += _count(counters_map, shape.direction, "passed")
     p += [asm.mov64_imm(R0, 1), asm.exit_()]
+    if shape.log_denied and denied_map is not None:
+        for rules, _, alen, _, tag in active:
+            if any(isinstance(i, Insn) and i.target == f"drop_{tag}" for i in p):
+                p.append(Label(f"drop_{tag}"))
+                p += denied.record(denied_map, shape.direction, rules.version, -alen, "drop")
     if any(isinstance(i, Insn) and i.target == "drop" for i in p):
         p.append(Label("drop"))
         if shape.audit:
@@ -106,23 +114,16 @@ def build(shape: Shape, counters_map: PerCPUArrayMap, trie4: LPMTrieMap | None,
     return _tighten(p)
 
 
-def _family_check(direction: Direction, rules: FamilyRules, alen: int,
-                  trie: LPMTrieMap | None) -> list[Insn | Label]:
-    const = rules.constant
-    if const is not None:
-        return [asm.ja("drop" if const == DENY else "pass")]
-    if trie is None:
-        raise ValueError(f"IPv{rules.version} rules need a trie map")
+def _load_address(direction: Direction, alen: int, tag: str) -> list[Insn | Label]:
+    """Copy the packet's remote address to the stack at fp-alen (key at fp-(4+alen))."""
     src, dst = IPV4_ADDR if alen == 4 else IPV6_ADDR
     offset = src if direction == Direction.INGRESS else dst
-    key = -(4 + alen)  # stack: u32 prefixlen, then the address
-    tag = f"v{rules.version}"
     # Read the address straight from the packet when the linear data holds it (a helper
     # call costs more than the rest of the check); otherwise bpf_skb_load_bytes.
     word = DW if alen == 16 else W
     copy: list[Insn | Label] = []
     for i in range(0, alen, asm.size_bytes(word)):
-        copy += [asm.ldx(word, R1, R2, offset + i), asm.stx(word, FP, key + 4 + i, R1)]
+        copy += [asm.ldx(word, R1, R2, offset + i), asm.stx(word, FP, -alen + i, R1)]
     return [
         asm.ldx(W, R2, R6, SKB_DATA),
         asm.ldx(W, R3, R6, SKB_DATA_END),
@@ -135,12 +136,29 @@ def _family_check(direction: Direction, rules: FamilyRules, alen: int,
         asm.mov64_reg(R1, R6),
         asm.mov64_imm(R2, offset),
         asm.mov64_reg(R3, FP),
-        asm.alu64_imm(Alu.ADD, R3, key + 4),
+        asm.alu64_imm(Alu.ADD, R3, -alen),
         asm.mov64_imm(R4, alen),
         asm.call(Helper.skb_load_bytes),
         # A packet of this family whose address cannot be read is not let through.
         asm.jmp_imm(Jmp.JNE, R0, 0, "drop"),
         Label(f"{tag}_loaded"),
+    ]
+
+
+def _family_check(direction: Direction, rules: FamilyRules, alen: int,
+                  trie: LPMTrieMap | None, log_denied: bool) -> list[Insn | Label]:
+    tag = f"v{rules.version}"
+    drop = f"drop_{tag}" if log_denied else "drop"
+    const = rules.constant
+    if const is not None:
+        if const == DENY and log_denied:  # the address is needed for the log only
+            return [*_load_address(direction, alen, tag), asm.ja(drop)]
+        return [asm.ja("drop" if const == DENY else "pass")]
+    if trie is None:
+        raise ValueError(f"IPv{rules.version} rules need a trie map")
+    key = -(4 + alen)  # stack: u32 prefixlen, then the address
+    return [
+        *_load_address(direction, alen, tag),
         asm.st_imm(W, FP, key, alen * 8),
         asm.ld_map(R1, trie),
         asm.mov64_reg(R2, FP),
@@ -148,7 +166,7 @@ def _family_check(direction: Direction, rules: FamilyRules, alen: int,
         asm.call(Helper.map_lookup_elem),
         asm.jmp_imm(Jmp.JEQ, R0, 0, "pass"),
         asm.ldx(B, R1, R0, 0),
-        asm.jmp_imm(Jmp.JNE, R1, 0, "drop"),
+        asm.jmp_imm(Jmp.JNE, R1, 0, drop),
         asm.ja("pass"),
     ]
 

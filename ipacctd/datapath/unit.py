@@ -3,6 +3,7 @@
 Pins in the unit's bpffs directory::
 
     counters        per-CPU array of the unit's counters (kept across policy changes)
+    denied          LRU hash of denied remote addresses (once the unit has a deny list)
     link_ingress    bpf_link of the ingress program on the unit's cgroup
     link_egress     bpf_link of the egress program
     filter_<dir>_N  links of user programs (IPIngressFilterPath=/IPEgressFilterPath=)
@@ -25,9 +26,10 @@ from dataclasses import dataclass, field
 from ipacctd.bpf import bpffs
 from ipacctd.bpf.errors import BPFError
 from ipacctd.bpf.links import CgroupLink, open_cgroup
-from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap
+from ipacctd.bpf.maps import LPMTrieMap, LRUHashMap, Map, PerCPUArrayMap
 from ipacctd.bpf.programs import AttachType, Program
 from ipacctd.datapath import counters as counters_mod
+from ipacctd.datapath import denied
 from ipacctd.datapath import program as program_mod
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.datapath.rules import FamilyRules, compile_rules
@@ -90,8 +92,10 @@ def _fill_trie(rules: FamilyRules) -> LPMTrieMap | None:
     return trie
 
 
-def build_programs(spec: Spec, counters_map: PerCPUArrayMap) -> Programs:
-    """Compile the spec and load ingress and egress programs that use ``counters_map``."""
+def build_programs(spec: Spec, counters_map: PerCPUArrayMap,
+                   denied_map: Map | None = None) -> Programs:
+    """Compile the spec and load ingress and egress programs that use ``counters_map``
+    (and record denied addresses in ``denied_map`` when given)."""
     v4, v6 = compile_rules(spec.allow, spec.deny)
     tries: list[LPMTrieMap] = []
     loaded: list[Program] = []
@@ -103,8 +107,9 @@ def build_programs(spec: Spec, counters_map: PerCPUArrayMap) -> Programs:
         if trie6:
             tries.append(trie6)
         for direction in Direction:
-            shape = program_mod.Shape(direction, spec.accounting, spec.audit, v4, v6)
-            insns = program_mod.build(shape, counters_map, trie4, trie6)
+            shape = program_mod.Shape(direction, spec.accounting, spec.audit, v4, v6,
+                                      log_denied=denied_map is not None)
+            insns = program_mod.build(shape, counters_map, trie4, trie6, denied_map)
             loaded.append(Program.load(insns, attach_type=ATTACH[direction],
                                        name=PROG_NAME[direction]))
     except BaseException:
@@ -137,9 +142,13 @@ class UnitDatapath:
         bpffs.make_dir(tmp)
         cmap = counters_mod.create_map()
         links: list[CgroupLink] = []
+        dmap: Map | None = None
         try:
             cmap.pin(os.path.join(tmp, COUNTERS))
-            progs = build_programs(spec, cmap)
+            if spec.deny:
+                dmap = denied.create_map()
+                dmap.pin(os.path.join(tmp, denied.PIN))
+            progs = build_programs(spec, cmap, dmap)
             cg = _open_cgroup(cgroup_path)
             try:
                 for direction in Direction:
@@ -160,6 +169,8 @@ class UnitDatapath:
         finally:
             for link in links:
                 link.close()
+            if dmap is not None:
+                dmap.close()
         return cls(pin_dir, cmap)
 
     @classmethod
@@ -223,9 +234,29 @@ class UnitDatapath:
 
     # -- changing --------------------------------------------------------------------------
 
+    def denied_map(self, create: bool = False) -> Map | None:
+        """Open the unit's denied-addresses map; with ``create``, make and pin it if missing."""
+        path = os.path.join(self.pin_dir, denied.PIN)
+        if os.path.exists(path):
+            return LRUHashMap.open_pinned(path)
+        if not create:
+            return None
+        dmap = denied.create_map()
+        try:
+            dmap.pin(path)
+        except BaseException:
+            dmap.close()
+            raise
+        return dmap
+
     def apply(self, spec: Spec, cgroup_path: str | None = None) -> None:
         """Swap in programs for ``spec``; counters carry on. On failure nothing changes."""
-        progs = build_programs(spec, self.counters_map)
+        dmap = self.denied_map(create=bool(spec.deny))
+        try:
+            progs = build_programs(spec, self.counters_map, dmap)
+        finally:
+            if dmap is not None:
+                dmap.close()
         swapped: list[tuple[CgroupLink, Program]] = []
         try:
             for direction in Direction:

@@ -15,6 +15,7 @@ import pytest
 from ipacctd.bpf.links import open_cgroup, prog_query
 from ipacctd.bpf.maps import PerCPUArrayMap
 from ipacctd.bpf.programs import Program
+from ipacctd.datapath import denied
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.datapath.unit import ATTACH, COUNTERS, LINK, Spec, UnitDatapath
 
@@ -96,7 +97,8 @@ def test_datapath_outlives_its_creator(netns_factory, cgroup_dir, pin_dir) -> No
     ns = netns_factory(ADDRS)
     create_in_subprocess(pin_dir, cgroup_dir, f"{DENIED}/32")
     # The creator has exited: only the pins hold the maps, programs and links.
-    assert sorted(os.listdir(pin_dir)) == sorted([COUNTERS, *LINK.values()])
+    # counters and links; with a deny list also the denied-addresses log
+    assert sorted(os.listdir(pin_dir)) == sorted([COUNTERS, denied.PIN, *LINK.values()])
     hooks = attached(cgroup_dir)
     with UnitDatapath.open(pin_dir) as dp:
         assert dp.attached()

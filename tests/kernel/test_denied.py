@@ -1,0 +1,78 @@
+"""The denied-addresses log: which remote addresses were denied, per direction, how often."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from model import ip_length, udp_frame
+
+from ipacctd.datapath import counters, denied
+from ipacctd.datapath.counters import Direction
+from ipacctd.datapath.unit import Spec, build_programs
+
+
+def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+@pytest.mark.parametrize("audit", [False, True])
+@pytest.mark.parametrize(
+    "deny",
+    [("198.51.100.0/24", "2001:db8::/64"), ("0.0.0.0/0", "::/0")],  # trie and constant verdicts
+)
+def test_denied_addresses_are_logged_per_direction(deny: tuple[str, ...], audit: bool) -> None:
+    spec = Spec(allow=(net("198.51.100.7"),), deny=tuple(net(d) for d in deny), audit=audit)
+    with counters.create_map() as cmap, denied.create_map() as dmap:
+        progs = build_programs(spec, cmap, dmap)
+        try:
+            sends = [
+                # (program, frame, times)
+                (progs.egress, udp_frame("203.0.113.1", "198.51.100.9"), 3),  # denied dst
+                (progs.egress, udp_frame("203.0.113.1", "198.51.100.7"), 2),  # allowed hole
+                (progs.ingress, udp_frame("198.51.100.10", "203.0.113.1"), 1),  # denied src
+                (progs.egress, udp_frame("2001:db8::1", "2001:db8::9"), 2),  # denied v6 dst
+            ]
+            for prog, frame, times in sends:
+                for _ in range(times):
+                    prog.test_run(frame)
+        finally:
+            progs.close()
+        entries = {(e["address"], e["direction"]): e for e in denied.decode(dmap)}
+        v4 = ip_length(udp_frame("203.0.113.1", "198.51.100.9"))
+        v6 = ip_length(udp_frame("2001:db8::1", "2001:db8::9"))
+        assert set(entries) == {
+            ("198.51.100.9", "egress"),
+            ("198.51.100.10", "ingress"),
+            ("2001:db8::9", "egress"),
+        }
+        assert entries["198.51.100.9", "egress"]["packets"] == 3
+        assert entries["198.51.100.9", "egress"]["bytes"] == 3 * v4
+        assert entries["198.51.100.10", "ingress"]["packets"] == 1
+        assert entries["2001:db8::9", "egress"]["bytes"] == 2 * v6
+        assert all(
+            e["last_seen_ago"] is not None and e["last_seen_ago"] < 60 for e in entries.values()
+        )
+        # most packets first
+        assert denied.decode(dmap)[0]["address"] == "198.51.100.9"
+        c = counters.read(cmap)
+        kind = "audit" if audit else "dropped"
+        assert getattr(c, f"egress_{kind}_packets") == 5
+        assert getattr(c, f"ingress_{kind}_packets") == 1
+
+
+def test_log_is_bounded_by_lru() -> None:
+    spec = Spec(deny=(net("198.51.100.0/24"), net("203.0.113.0/24")))
+    with counters.create_map() as cmap, denied.create_map() as dmap:
+        progs = build_programs(spec, cmap, dmap)
+        try:
+            for _ in range(2):
+                for host in range(256):
+                    progs.egress.test_run(udp_frame("192.0.2.1", f"198.51.100.{host}"))
+                    progs.egress.test_run(udp_frame("192.0.2.1", f"203.0.113.{host}"))
+        finally:
+            progs.close()
+        entries = denied.decode(dmap)
+        assert 0 < len(entries) <= denied.MAX_ENTRIES
+        assert counters.read(cmap).egress_dropped_packets == 2 * 512
+        assert Direction.EGRESS.name.lower() == entries[0]["direction"]
