@@ -27,6 +27,7 @@ from ipacctd.datapath.unit import LINK
 log = logging.getLogger("ipacctd.metrics")
 
 DIRECTIONS = (("ingress", "ingress"), ("egress", "egress"))
+DENIED_TOP = 10
 
 
 class UnitCollector(Collector):
@@ -69,6 +70,11 @@ class UnitCollector(Collector):
         run_count = CounterMetricFamily("ipacctd_program_runs",
                                         "Runs of the unit's programs (BPF stats on)",
                                         labels=["unit", "direction"])
+        denied = GaugeMetricFamily(
+            "ipacctd_unit_denied_address_packets",
+            f"Packets denied per remote address (top {DENIED_TOP} per unit, from a bounded "
+            "LRU log: an evicted address starts again at 0)",
+            labels=["unit", "direction", "address"])
         states: dict[str, int] = {}
         for name, entry in sorted(reg.units.items()):
             st = entry.status
@@ -91,13 +97,16 @@ class UnitCollector(Collector):
             enforced.add_metric([name], 1 if (st.unit.enforced and st.attached) else 0)
             prefixes.add_metric([name, "allow"], len(props.ip_address_allow))
             prefixes.add_metric([name, "deny"], len(props.ip_address_deny))
+            if props.ip_address_deny:
+                for e in reg.manager.denied(name, DENIED_TOP):
+                    denied.add_metric([name, e["direction"], e["address"]], e["packets"])
             if self.program_stats and st.attached:
                 self._program_stats(name, run_time, run_count)
         units = GaugeMetricFamily("ipacctd_units", "Units by active state", labels=["state"])
         for state in ("active", "inactive", "failed"):
             units.add_metric([state], states.get(state, 0))
         yield from (ip_bytes, ip_packets, drop_bytes, drop_packets, audit_bytes, audit_packets,
-                    active, enforced, prefixes, units)
+                    active, enforced, prefixes, units, denied)
         if self.program_stats:
             yield from (run_time, run_count)
         info = InfoMetricFamily("ipacctd_build", "ipacctd version")

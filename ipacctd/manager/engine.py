@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from ipacctd import cgroup
 from ipacctd.bpf import bpffs
+from ipacctd.datapath import denied as denied_mod
 from ipacctd.datapath.counters import Counters
 from ipacctd.datapath.unit import UnitDatapath
 from ipacctd.errors import (
@@ -95,6 +96,19 @@ class Manager:
                 return dp.read()
         except (NotFound, OSError):
             return None
+
+    def denied(self, name: str, limit: int | None = None) -> list[dict]:
+        """Remote addresses the unit's firewall denied, most packets first."""
+        try:
+            with UnitDatapath.open(self.store.pin_dir(name)) as dp:
+                dmap = dp.denied_map()
+                if dmap is None:
+                    return []
+                with dmap:
+                    entries = denied_mod.decode(dmap)
+        except (NotFound, OSError):
+            return []
+        return entries[:limit] if limit is not None else entries
 
     def status(self, name: str) -> UnitStatus:
         """The unit with its live state: processes, counters, attachment."""
