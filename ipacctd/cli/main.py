@@ -158,9 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def manager_for(args: argparse.Namespace):
-    """The engine for the paths given on the command line (or the defaults)."""
+    """The engine for the paths given on the command line (or the defaults); through the
+    daemon when one serves this installation."""
+    from ipacctd.cli.remote import manager
     from ipacctd.manager.config import Config
-    from ipacctd.manager.engine import Manager
 
-    return Manager(Config.from_env(state_dir=args.state_dir, bpf_dir=args.bpf_dir,
+    return manager(Config.from_env(state_dir=args.state_dir, bpf_dir=args.bpf_dir,
                                    cgroup_root=args.cgroup_root, unit_dir=args.unit_dir))
