@@ -8,8 +8,9 @@ import json
 from ipacctd.cli.format import format_bytes, format_relative, format_timestamp, table
 from ipacctd.cli.main import manager_for
 from ipacctd.datapath.counters import Counters
-from ipacctd.manager.unit import UnitStatus
+from ipacctd.manager.unit import UnitStatus, escape_command
 
+DENIED_SHOWN = 5
 DOTS = {"active": "●", "inactive": "○", "failed": "×"}  # noqa: RUF001 — systemctl's glyphs
 
 
@@ -24,8 +25,9 @@ def dispatch(args: argparse.Namespace) -> int:
     names = args.units or None
     statuses = mgr.statuses(names)
     if args.verb == "status":
-        _emit(args, [s.to_json() for s in statuses],
-              lambda: "\n\n".join(status_text(s) for s in statuses))
+        denied = {s.name: mgr.denied(s.name, DENIED_SHOWN) for s in statuses}
+        _emit(args, [{**s.to_json(), "denied": denied[s.name]} for s in statuses],
+              lambda: "\n\n".join(status_text(s, denied[s.name]) for s in statuses))
         return 0 if names is None or all(s.active_state == "active" for s in statuses) else 3
     wanted = [p for group in args.property for p in group.split(",") if p]
     blocks = [show_properties(s, wanted) for s in statuses]
@@ -51,8 +53,11 @@ def _emit(args: argparse.Namespace, data: list[dict], text) -> None:
 # -- status -------------------------------------------------------------------------------
 
 
-def status_text(st: UnitStatus) -> str:
-    """The ``ipacctd status`` block of one unit, laid out like ``systemctl status``."""
+def status_text(st: UnitStatus, denied: list[dict] | None = None) -> str:
+    """The ``ipacctd status`` block of one unit, laid out like ``systemctl status``.
+
+    ``denied``: the most denied remote addresses (from the unit's denied-addresses log).
+    """
     u = st.unit
     lines = [f"{DOTS.get(st.active_state, '●')} {u.name} - {u.description}"]
     kind = "transient" if u.transient else "attached to existing cgroup"
@@ -84,6 +89,10 @@ def status_text(st: UnitStatus) -> str:
                      f"({_packets(c.ingress_audit_packets)}), "
                      f"{format_bytes(c.egress_audit_bytes)} out "
                      f"({_packets(c.egress_audit_packets)}) would be denied")
+    if denied:
+        shown = ", ".join(f"{e['address']} ({e['direction']}, {_packets(e['packets'])})"
+                          for e in denied)
+        lines.append(f"     Denied: {shown}")
     lines.append(f"   Firewall: {_policy(st)}")
     lines.append(f"     CGroup: {u.cgroup}")
     for i, pid in enumerate(st.pids[:50]):
@@ -134,8 +143,8 @@ def _comm(pid: int) -> str:
 
 
 def _cmdline(pid: int) -> str:
-    cmd = _read_proc(pid, "cmdline").rstrip("\0").replace("\0", " ")
-    return cmd or f"[{_comm(pid)}]"
+    argv = _read_proc(pid, "cmdline").rstrip("\0").split("\0")
+    return escape_command(argv) or f"[{_comm(pid)}]"
 
 
 # -- list-units -----------------------------------------------------------------------------

@@ -8,7 +8,6 @@ cannot be reached, the CLI uses the engine directly.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Sequence
@@ -86,9 +85,13 @@ class DaemonManager(Manager):
 
     def _call(self, member: str, signature: str, body: list[Any]) -> list[Any]:
         """Call a Manager method; raises _Unreachable when the bus cannot be reached."""
+        import asyncio  # only here: a CLI without a daemon never pays for it
+
         return asyncio.run(self._acall(member, signature, body))
 
     async def _acall(self, member: str, signature: str, body: list[Any]) -> list[Any]:
+        import asyncio
+
         from dbus_fast import BusType, Message, MessageType
         from dbus_fast.aio import MessageBus
 

@@ -12,7 +12,7 @@ import time
 from ipacctd.cli.format import format_bytes, format_timespan
 from ipacctd.cli.main import manager_for
 from ipacctd.errors import InvalidInput
-from ipacctd.manager.engine import Manager, parse_assignments
+from ipacctd.manager.engine import CLEAN_EXIT, Manager, parse_assignments
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 # Keys typed at the terminal reach the command directly (same process group); we ignore them.
@@ -50,9 +50,12 @@ def run_in_unit(mgr: Manager, name: str, cgroup_fs: str, command: list[str], wai
     try:
         child = subprocess.Popen(command, preexec_fn=enter_cgroup)
     except (FileNotFoundError, PermissionError) as exc:
-        mgr.record_exit(name, 127 if isinstance(exc, FileNotFoundError) else 126)
+        # 127/126 like a shell (and env, timeout, nohup); the unit records the same status.
+        status = 127 if isinstance(exc, FileNotFoundError) else 126
+        mgr.record_exit(name, status)
         mgr.release_cgroup(name)
-        raise InvalidInput(f"cannot run {command[0]}: {exc.strerror}") from None
+        print(f"ipacctd: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+        return status
     mgr.record_start(name, child.pid)
 
     def forward(signum: int, _frame: object) -> None:
@@ -84,7 +87,9 @@ def print_summary(mgr: Manager, name: str, returncode: int, runtime: float) -> N
         print(f"Main processes terminated with: code=exited/status={returncode}", file=err)
     else:
         sig = signal.Signals(-returncode).name[3:]
-        print("Finished with result: signal", file=err)
+        # SIGHUP/SIGINT/SIGTERM/SIGPIPE end a service cleanly, as in systemd.
+        result = "success" if returncode in CLEAN_EXIT else "signal"
+        print(f"Finished with result: {result}", file=err)
         print(f"Main processes terminated with: code=killed/status={sig}", file=err)
     print(f"Service runtime: {_runtime(runtime)}", file=err)
     c = mgr.counters(name)
