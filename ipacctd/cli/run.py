@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 
 from ipacctd.cli.format import format_bytes, format_timespan
 from ipacctd.cli.main import manager_for
+from ipacctd.cli.spawn import spawn
 from ipacctd.errors import InvalidInput
 from ipacctd.manager.engine import CLEAN_EXIT, Manager, parse_assignments
 
@@ -39,37 +40,40 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def run_in_unit(mgr: Manager, name: str, cgroup_fs: str, command: list[str], wait: bool) -> int:
     """Start ``command`` inside the unit's cgroup, wait for it, record the result."""
-
-    def enter_cgroup() -> None:
-        # Runs in the child between fork and exec: the command's first instruction
-        # already executes under the unit's programs.
-        with open(os.path.join(cgroup_fs, "cgroup.procs"), "w") as f:
-            f.write("0")
-
-    started = time.monotonic()
-    try:
-        child = subprocess.Popen(command, preexec_fn=enter_cgroup)
-    except (FileNotFoundError, PermissionError) as exc:
-        # 127/126 like a shell (and env, timeout, nohup); the unit records the same status.
-        status = 127 if isinstance(exc, FileNotFoundError) else 126
-        mgr.record_exit(name, status)
-        mgr.release_cgroup(name)
-        print(f"ipacctd: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
-        return status
-    mgr.record_start(name, child.pid)
+    child: list[int] = []  # the PID, once started
+    pending: list[int] = []  # signals that arrived before the child existed
 
     def forward(signum: int, _frame: object) -> None:
-        child.send_signal(signum)
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child[0], signum)
+        else:
+            pending.append(signum)
 
-    old = {s: signal.signal(s, forward) for s in FORWARDED}
-    old.update({s: signal.signal(s, signal.SIG_IGN) for s in IGNORED})
+    old = {s: signal.signal(s, forward) for s in FORWARDED}  # exec resets these in the child
+    started = time.monotonic()
     try:
-        returncode = child.wait()
+        try:
+            child.append(spawn(command, cgroup_fs))
+        except (FileNotFoundError, PermissionError) as exc:
+            # 127/126 like a shell (and env, timeout, nohup); the unit records the same.
+            status = 127 if isinstance(exc, FileNotFoundError) else 126
+            mgr.record_exit(name, status)
+            mgr.release_cgroup(name)
+            print(f"ipacctd: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+            return status
+        # Keys typed at the terminal reach the command directly (same process group).
+        old.update({s: signal.signal(s, signal.SIG_IGN) for s in IGNORED})
+        for signum in pending:
+            forward(signum, None)
+        mgr.record_start(name, child[0])
+        _, wstatus = os.waitpid(child[0], 0)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+    returncode = os.waitstatus_to_exitcode(wstatus)  # -N: killed by signal N
     runtime = time.monotonic() - started
-    mgr.record_exit(name, returncode)  # -N: killed by signal N
+    mgr.record_exit(name, returncode)
     mgr.release_cgroup(name)
     if wait:
         print_summary(mgr, name, returncode, runtime)

@@ -93,7 +93,10 @@ def test_same_unit_same_numbers_same_shapes(inst: Installation, reference) -> No
         )
 
     def settled() -> bool:
-        p = inst.show("sdref-long.service")
+        res = inst.cli("show", "sdref-long.service")
+        if res.returncode != 0:  # `run` has not created the unit yet
+            return False
+        p = dict(line.split("=", 1) for line in res.stdout.splitlines() if line)
         pid = p["MainPID"]
         comm = Path(f"/proc/{pid}/comm").read_text().strip() if pid != "0" else ""
         return comm == "sleep" and p["IPEgressPackets"] == "3" and p["IPIngressPackets"] == "3"
