@@ -1,0 +1,607 @@
+"""The Grafana dashboard and the Prometheus configuration and alert rules in contrib/.
+
+Static checks first (``promtool check config`` / ``check rules`` / ``test rules``, the
+dashboard's structure and variables), then the real thing: a private ``dbus-daemon``, an
+isolated ipacctd installation, the daemon serving ``/metrics``, two units sending denied
+traffic inside private network namespaces (one enforcing its deny list, one in audit
+mode), BPF run-time statistics on, and a real Prometheus scraping the daemon every second
+with contrib's alert rules loaded. Every dashboard query and variable query then runs
+through Prometheus' HTTP API and must return data, and the alerts must fire for the right
+unit and direction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+from e2e_helpers import REPO, Installation  # noqa: E402
+
+CONTRIB = Path(REPO) / "contrib"
+DASHBOARD = CONTRIB / "grafana" / "ipacctd.json"
+PROM_CONFIG = CONTRIB / "prometheus" / "prometheus.yml"
+RULES = CONTRIB / "prometheus" / "ipacctd.rules.yml"
+RULES_TEST = Path(__file__).with_name("ipacctd.rules.test.yml")
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+ALLOWED = "203.0.113.1"
+DENIED = "198.51.100.1"
+FW_UNIT = "fw.service"  # enforces IPAddressDeny=DENIED
+AUDIT_UNIT = "canary.service"  # the same policy in IPAddressDenyMode=audit
+ALERTS = {
+    "IpacctdDown",
+    "IpacctdDeniedTrafficRising",
+    "IpacctdFirewallNotEnforced",
+    "IpacctdAuditWouldDeny",
+}
+# Grafana's global variables, filled in by Grafana itself (values used here: see expand()).
+BUILTIN = {"__rate_interval", "__range", "__interval"}
+VAR_REF = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+
+
+def need(binary: str) -> None:
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"{binary} is missing: install Debian's prometheus package (.ci/run does)")
+
+
+def run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Call ``predicate`` until it returns a true value (bounded); return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.25)
+
+
+# -- the dashboard as data -----------------------------------------------------------------
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def all_panels(dash: dict) -> list[dict]:
+    """Every panel, including those nested in collapsed rows."""
+    out = []
+    for p in dash["panels"]:
+        out.append(p)
+        out.extend(p.get("panels", []))
+    return out
+
+
+def query_panels(dash: dict) -> list[dict]:
+    return [p for p in all_panels(dash) if p["type"] != "row"]
+
+
+def variables(dash: dict) -> dict[str, dict]:
+    return {v["name"]: v for v in dash["templating"]["list"]}
+
+
+def variable_query(var: dict) -> str:
+    q = var.get("query")
+    return q["query"] if isinstance(q, dict) else q
+
+
+def refs(text: str) -> set[str]:
+    return {a or b or c for a, b, c in VAR_REF.findall(text)}
+
+
+def expand(expr: str, values: dict[str, str]) -> str:
+    """Fill in template variables the way Grafana does before sending a query."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2) or m.group(3)
+        return values[name]
+
+    return VAR_REF.sub(sub, expr)
+
+
+def grafana_regex(values: list[str]) -> str:
+    """A multi-value selection as Grafana puts it into a PromQL regex matcher."""
+    escaped = [re.sub(r"([\\^$*+?.()|{}\[\]])", r"\\\\\1", v) for v in values]
+    return "(" + "|".join(escaped) + ")"
+
+
+# -- static checks ------------------------------------------------------------------------
+
+
+def test_promtool_check_config_and_rules(tmp_path: Path) -> None:
+    need(PROMTOOL)
+    shutil.copy(PROM_CONFIG, tmp_path / "prometheus.yml")
+    shutil.copy(RULES, tmp_path / RULES.name)  # rule_files is relative to the config
+    res = run([PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1 rule files found" in res.stdout + res.stderr
+    res = run([PROMTOOL, "check", "rules", str(RULES)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{len(ALERTS)} rules found" in res.stdout + res.stderr
+    text = PROM_CONFIG.read_text()
+    assert "job_name: ipacctd" in text
+    assert '"127.0.0.1:9813"' in text
+    assert re.search(r"^\s+scrape_interval: 15s$", text, re.M)
+    for alert in ALERTS:
+        assert f"alert: {alert}\n" in RULES.read_text()
+
+
+def test_promtool_rule_unit_tests(tmp_path: Path) -> None:
+    """The alerts fire on the series they are about, with the expected labels and text."""
+    need(PROMTOOL)
+    test = tmp_path / "rules.test.yml"
+    text = RULES_TEST.read_text()
+    assert "RULES_FILE" in text
+    test.write_text(text.replace("RULES_FILE", str(RULES)))
+    res = run([PROMTOOL, "test", "rules", str(test)])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dashboard_structure() -> None:
+    dash = dashboard()
+    assert 36 <= dash["schemaVersion"] <= 41
+    assert dash["uid"] and dash["title"]
+    vars_ = variables(dash)
+    ds = vars_["DS_PROMETHEUS"]
+    assert ds["type"] == "datasource" and ds["query"] == "prometheus"
+    assert variable_query(vars_["instance"]) == "label_values(ipacctd_build_info, instance)"
+    unit = vars_["unit"]
+    assert unit["multi"] and unit["includeAll"]
+    assert re.fullmatch(
+        r'label_values\(ipacctd_unit_\w+\{instance=~"\$instance"\}, unit\)', variable_query(unit)
+    )
+    for name, var in vars_.items():  # variables only use variables defined before them
+        if var["type"] == "query":
+            assert var["datasource"]["uid"] == "${DS_PROMETHEUS}", name
+            earlier = list(vars_)[: list(vars_).index(name)]
+            assert refs(variable_query(var)) <= set(earlier), name
+    panels = query_panels(dash)
+    ids = [p["id"] for p in all_panels(dash)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for p in panels:
+        assert p["title"] and p.get("description"), p["id"]
+        assert p["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, p["title"]
+        assert {"h", "w", "x", "y"} <= set(p["gridPos"]), p["title"]
+        assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
+        assert p["targets"], p["title"]
+        ref_ids = [t["refId"] for t in p["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), p["title"]
+        for t in p["targets"]:
+            assert t.get("expr", "").strip(), (p["title"], t)
+            assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+            undefined = refs(t["expr"]) - set(vars_) - BUILTIN
+            assert not undefined, (p["title"], undefined)
+    boxes = [(p["title"], p["gridPos"]) for p in all_panels(dash)]
+    for i, (a, ga) in enumerate(boxes):  # no two panels overlap on the grid
+        for b, gb in boxes[i + 1 :]:
+            apart = (
+                ga["x"] + ga["w"] <= gb["x"]
+                or gb["x"] + gb["w"] <= ga["x"]
+                or ga["y"] + ga["h"] <= gb["y"]
+                or gb["y"] + gb["h"] <= ga["y"]
+            )
+            assert apart, (a, b)
+    # Every unit-level panel honours both selectors.
+    for p in panels:
+        for t in p["targets"]:
+            if "ipacctd_unit_" in t["expr"]:
+                assert 'instance=~"$instance"' in t["expr"], p["title"]
+                assert 'unit=~"$unit"' in t["expr"], p["title"]
+    units = {
+        p["title"]: p["fieldConfig"]["defaults"].get("unit") for p in panels if "fieldConfig" in p
+    }
+    assert units["Ingress rate per unit"] == "Bps"
+    assert units["Egress rate per unit"] == "Bps"
+    assert units["Dropped traffic per unit"] == "Bps"
+    assert units["Packets per unit"] == "pps"
+    assert units["Program cost per packet"] == "ns"
+    # All variables are used somewhere.
+    used = set().union(*(refs(json.dumps(p)) for p in panels))
+    used |= set().union(*(refs(variable_query(v)) for v in vars_.values() if v["type"] == "query"))
+    assert set(vars_) <= used, set(vars_) - used
+
+
+# -- the live stack -------------------------------------------------------------------------
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>custom</type>
+  <listen>unix:tmpdir={dir}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+
+#: A unit's main program: for at most ``seconds`` (and a bounded number of rounds) send
+#: allowed traffic, traffic to the denied address (egress check) and traffic from the
+#: denied address (a socket bound to it: ingress check), all inside the namespace's lo.
+TRAFFIC = r"""
+import socket, sys, time
+
+allowed, denied, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+port = 7000
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("0.0.0.0", port))
+rx.setblocking(False)
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+spoof = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+spoof.bind((denied, 0))
+end = time.monotonic() + seconds
+for _ in range(10000):
+    if time.monotonic() > end:
+        break
+    tx.sendto(b"a" * 200, (allowed, port))
+    for sock, data, dest in ((tx, b"d" * 50, denied), (spoof, b"s" * 30, allowed)):
+        try:
+            sock.sendto(data, (dest, port))
+        except PermissionError:  # dropped on egress by the unit's firewall
+            pass
+    try:
+        while True:
+            rx.recv(65536)
+    except BlockingIOError:
+        pass
+    time.sleep(0.02)
+"""
+
+
+class Stack:
+    """Bus, installation, daemon, traffic units and Prometheus; torn down by PID."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.procs: list[subprocess.Popen] = []  # daemon, prometheus: ended in reverse
+        self.bus_dir = tempfile.mkdtemp(prefix="ipacctd-bus-")
+        self.inst = Installation(tmp_path)
+        self.bus: subprocess.Popen | None = None
+        self.daemon_port = 0
+        self.prom_port = 0
+
+    def log(self, name: str) -> str:
+        try:
+            return (self.tmp / f"{name}.log").read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    def start_bus(self) -> str:
+        conf = os.path.join(self.bus_dir, "bus.conf")
+        with open(conf, "w") as f:
+            f.write(BUS_CONF.format(dir=self.bus_dir))
+        self.bus = subprocess.Popen(
+            ["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.bus.stdout is not None
+        address = self.bus.stdout.readline().strip()  # bounded: dbus-daemon prints or dies
+        assert address, "dbus-daemon printed no address"
+        return address
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        with open(self.tmp / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv, env=env, cwd=self.tmp, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        self.procs.append(proc)
+
+    def get(self, url: str, timeout: float = 5) -> bytes:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.read()
+
+    def start_daemon(self, address: str) -> None:
+        self.daemon_port = free_port()
+        argv = [sys.executable, "-m", "ipacctd", "daemon", "--bus", address]
+        argv += ["--listen", f"127.0.0.1:{self.daemon_port}", "--poll-interval", "0.2"]
+        self.spawn("daemon", argv, env=self.inst.env)
+        proc = self.procs[-1]
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"daemon exited:\n{self.log('daemon')}"
+            try:
+                return b"ipacctd_build_info" in self.get(self.metrics_url, timeout=2)
+            except OSError:
+                return False
+
+        wait_until(ready, 20, "the daemon to serve /metrics")
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.daemon_port}/metrics"
+
+    def start_unit(self, name: str, *props: str, seconds: float = 80) -> None:
+        """``ipacctd run --unit NAME -p ... -- python3 traffic.py`` in a namespace of its own."""
+        script = self.tmp / "traffic.py"
+        script.write_text(TRAFFIC)
+        ns = self.inst.netns([ALLOWED, DENIED])
+        argv = self.inst.argv("run", "--unit", name, *(f"-p{p}" for p in props), "--")
+        argv += [sys.executable, str(script), ALLOWED, DENIED, str(seconds)]
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            ns.popen(
+                argv, env=self.inst.env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+
+    def start_prometheus(self) -> None:
+        """A real Prometheus on contrib's config, scraping the daemon every second."""
+        self.prom_port = free_port()
+        text = PROM_CONFIG.read_text()
+        for old, new in (
+            (r"(?m)^(\s*(scrape|evaluation)_interval:) 15s$", r"\1 1s"),
+            (r'"127\.0\.0\.1:9813"', f'"127.0.0.1:{self.daemon_port}"'),
+        ):
+            text, n = re.subn(old, new, text)
+            assert n, (old, text)
+        conf = self.tmp / "prom"
+        conf.mkdir()
+        (conf / "prometheus.yml").write_text(text)
+        shutil.copy(RULES, conf / RULES.name)  # the rules as shipped
+        res = run([PROMTOOL, "check", "config", str(conf / "prometheus.yml")])
+        assert res.returncode == 0, res.stdout + res.stderr
+        argv = [
+            PROMETHEUS,
+            f"--config.file={conf / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.tmp / 'prom-data'}",
+            f"--web.listen-address=127.0.0.1:{self.prom_port}",
+            "--log.level=warn",
+        ]
+        self.spawn("prometheus", argv)
+        proc = self.procs[-1]
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"prometheus exited:\n{self.log('prometheus')}"
+            try:
+                return bool(self.get(f"{self.prom_url}/-/ready", timeout=2))
+            except OSError:
+                return False
+
+        wait_until(ready, 30, "prometheus to be ready")
+
+    @property
+    def prom_url(self) -> str:
+        return f"http://127.0.0.1:{self.prom_port}"
+
+    def api(self, path: str, **params: str) -> dict:
+        """GET /api/v1/PATH; the parsed answer, errors (HTTP 400/422) included."""
+        url = f"{self.prom_url}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            body = self.get(url, timeout=10)
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+        return json.loads(body)
+
+    def query(self, expr: str) -> list[dict]:
+        """An instant query that must parse and run; its result vector."""
+        ans = self.api("query", query=expr)
+        assert ans["status"] == "success", (expr, ans)
+        return ans["data"]["result"]
+
+    def query_range(self, expr: str, seconds: int = 20) -> list[dict]:
+        now = time.time()
+        ans = self.api("query_range", query=expr, start=str(now - seconds), end=str(now), step="1")
+        assert ans["status"] == "success", (expr, ans)
+        return ans["data"]["result"]
+
+    def close(self) -> None:
+        problems = []
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+        try:
+            self.inst.close()  # unit processes, namespaces, units, cgroups, pins
+        except Exception as exc:
+            problems.append(repr(exc))
+        if self.bus is not None:
+            if self.bus.poll() is None:
+                self.bus.terminate()
+                try:
+                    self.bus.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.bus.kill()
+                    self.bus.wait(timeout=5)
+            if self.bus.stdout is not None:
+                self.bus.stdout.close()
+        shutil.rmtree(self.bus_dir, ignore_errors=True)
+        assert not problems, problems
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    need(PROMETHEUS)
+    need(PROMTOOL)
+    s = Stack(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def by(result: list[dict], *labels: str) -> dict[tuple, float]:
+    return {tuple(r["metric"].get(k, "") for k in labels): float(r["value"][1]) for r in result}
+
+
+def test_dashboard_queries_and_alerts_on_a_live_daemon(stack: Stack) -> None:
+    from ipacctd.bpf.stats import enabled_stats
+
+    dash = dashboard()
+    with enabled_stats():  # the kernel measures program run time while we hold the fd
+        stack.start_daemon(stack.start_bus())
+        stack.start_unit("fw", f"IPAddressDeny={DENIED}")
+        stack.start_unit("canary", f"IPAddressDeny={DENIED}", "IPAddressDenyMode=audit")
+        stack.start_prometheus()
+        instance = f"127.0.0.1:{stack.daemon_port}"
+        values = {
+            "instance": instance,
+            "job": "ipacctd",
+            "unit": ".*",
+            "__rate_interval": "15s",
+            "__range": "1m",
+            "__interval": "1s",
+        }
+        targets = [(p["title"], t) for p in query_panels(dash) for t in p["targets"]]
+
+        # Wait (bounded) until every dashboard query has data: two scrapes with traffic.
+        def empty() -> list[tuple[str, str]]:
+            exprs = [(title, expand(t["expr"], values)) for title, t in targets]
+            return [(title, expr) for title, expr in exprs if not stack.query(expr)]
+
+        try:
+            wait_until(lambda: not empty(), 40, "every dashboard query to return data")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; still empty: {empty()}") from None
+        wait_until(lambda: stack.api("alerts")["data"]["alerts"], 10, "the rules to be evaluated")
+
+        # -- the template variables' own queries (Grafana: /api/v1/label/X/values) -----
+        vars_ = variables(dash)
+        got: dict[str, list[str]] = {}
+        for name, var in vars_.items():
+            if var["type"] != "query":
+                continue
+            m = re.fullmatch(r"label_values\((.+), (\w+)\)", variable_query(var))
+            assert m, variable_query(var)
+            ans = stack.api(f"label/{m[2]}/values", **{"match[]": expand(m[1], values)})
+            assert ans["status"] == "success", (name, ans)
+            got[name] = ans["data"]
+        assert got["instance"] == [instance]
+        assert got["job"] == ["ipacctd"]
+        assert sorted(got["unit"]) == [AUDIT_UNIT, FW_UNIT]
+
+        # -- every panel's query, with "All" and with an explicit unit selection ------
+        selections = {".*": {AUDIT_UNIT, FW_UNIT}, grafana_regex([FW_UNIT]): {FW_UNIT}}
+        results: dict[str, list[dict]] = {}
+        for unit_value, expected_units in selections.items():
+            vals = {**values, "unit": unit_value}
+            for title, t in targets:
+                expr = expand(t["expr"], vals)
+                res = stack.query(expr)
+                assert res, (title, expr)
+                if not t.get("instant"):
+                    assert stack.query_range(expr), (title, expr)
+                seen = {r["metric"]["unit"] for r in res if "unit" in r["metric"]}
+                if "unit" in t["expr"] and "by (unit" in t["expr"]:
+                    assert seen == expected_units, (title, expr, res)
+                results[f"{title}/{t['refId']}/{unit_value}"] = res
+
+        def panel(title: str, ref: str = "A") -> list[dict]:
+            return results[f"{title}/{ref}/.*"]
+
+        assert by(panel("Exporter up"), "instance") == {(instance,): 1.0}
+        assert by(panel("Units by state"), "state")[("active",)] == 2
+        assert by(panel("Active units without firewall"))[()] == 0
+        assert [r["metric"]["version"] for r in panel("Version")]
+        for title in ("Ingress rate per unit", "Egress rate per unit"):
+            rates = by(panel(title), "unit")
+            assert rates[(FW_UNIT,)] > 0 and rates[(AUDIT_UNIT,)] > 0, (title, rates)
+        top = by(panel("Top units by traffic"), "unit")
+        assert set(top) == {(FW_UNIT,), (AUDIT_UNIT,)} and min(top.values()) > 0
+        assert min(by(panel("Packets per unit"), "unit", "direction").values()) > 0
+        for title in ("Dropped traffic per unit", "Dropped packets per unit"):
+            dropped = by(panel(title), "unit", "direction")
+            assert dropped[(FW_UNIT, "egress")] > 0, (title, dropped)
+            assert dropped[(FW_UNIT, "ingress")] > 0, (title, dropped)
+            assert dropped[(AUDIT_UNIT, "egress")] == dropped[(AUDIT_UNIT, "ingress")] == 0
+        audit = by(panel("Audit: would-be-denied traffic"), "unit", "direction")
+        assert audit[(AUDIT_UNIT, "egress")] > 0 and audit[(AUDIT_UNIT, "ingress")] > 0, audit
+        assert audit[(FW_UNIT, "egress")] == audit[(FW_UNIT, "ingress")] == 0, audit
+        active = by(panel("Unit status", "A"), "unit", "state")
+        assert active == {(FW_UNIT, "active"): 1, (AUDIT_UNIT, "active"): 1}
+        enforced = by(panel("Unit status", "B"), "unit")
+        assert enforced == {(FW_UNIT,): 1, (AUDIT_UNIT,): 1}
+        sizes = by(panel("Policy sizes"), "unit", "list")
+        assert sizes == {
+            (u, lst): (1 if lst == "deny" else 0)
+            for u in (FW_UNIT, AUDIT_UNIT)
+            for lst in ("allow", "deny")
+        }
+        addresses = by(panel("Top denied remote addresses"), "unit", "direction", "address")
+        for unit in (FW_UNIT, AUDIT_UNIT):  # dropped or audited: both are logged
+            for direction in ("egress", "ingress"):
+                assert addresses[(unit, direction, DENIED)] > 0, addresses
+        assert {a for _, _, a in addresses} == {DENIED}, addresses
+        cost = by(panel("Program cost per packet"), "unit", "direction")
+        assert len(cost) == 4 and all(1 < ns < 1e6 for ns in cost.values()), cost
+        cpu = by(panel("Program CPU time"), "unit", "direction")
+        assert len(cpu) == 4 and all(0 < share < 1 for share in cpu.values()), cpu
+
+        # -- the alert rules as Prometheus loaded them ---------------------------------
+        rules = [r for g in stack.api("rules")["data"]["groups"] for r in g["rules"]]
+        assert {r["name"] for r in rules} == ALERTS
+        for r in rules:
+            assert r["health"] == "ok", r
+            stack.query(r["query"])  # parses and runs through the query API
+        expr = {r["name"]: r["query"] for r in rules}
+        denied = by(stack.query(expr["IpacctdDeniedTrafficRising"]), "unit", "direction")
+        assert set(denied) == {(FW_UNIT, "egress"), (FW_UNIT, "ingress")}, denied
+        would = by(stack.query(expr["IpacctdAuditWouldDeny"]), "unit", "direction")
+        assert set(would) == {(AUDIT_UNIT, "egress"), (AUDIT_UNIT, "ingress")}, would
+        assert stack.query(expr["IpacctdFirewallNotEnforced"]) == []  # both are enforced
+        assert stack.query(expr["IpacctdDown"]) == []
+
+        def firing() -> dict[tuple, dict]:
+            alerts = stack.api("alerts")["data"]["alerts"]
+            return {
+                (a["labels"]["alertname"], a["labels"].get("unit"), a["labels"].get("direction")): a
+                for a in alerts
+                if a["state"] == "firing"
+            }
+
+        expected = {
+            ("IpacctdDeniedTrafficRising", FW_UNIT, "egress"),
+            ("IpacctdDeniedTrafficRising", FW_UNIT, "ingress"),
+            ("IpacctdAuditWouldDeny", AUDIT_UNIT, "egress"),
+            ("IpacctdAuditWouldDeny", AUDIT_UNIT, "ingress"),
+        }
+        alerts = wait_until(lambda: set(firing()) >= expected and firing(), 10, "alerts firing")
+        assert set(alerts) == expected, alerts
+        for (_name, unit, direction), a in alerts.items():
+            assert a["labels"]["instance"] == instance and a["labels"]["job"] == "ipacctd"
+            assert unit in a["annotations"]["summary"], a
+            assert direction in a["annotations"]["summary"], a
+            assert unit in a["annotations"]["description"], a
+            assert re.search(
+                rf"\b\d+(\.\d+)?k? {direction} packets", a["annotations"]["description"]
+            )
