@@ -117,10 +117,11 @@ def _rate(bps: float) -> str:
 
 
 def render(rows: list[Row], interval: float, stats_on: bool, width: int = 120,
-           height: int | None = None) -> str:
+           height: int | None = None, interactive: bool = False) -> str:
     """One screen of top."""
     head = (f"ipacctd top - {time.strftime('%H:%M:%S')}  {len(rows)} units  every "
-            f"{interval:g}s  BPF stats {'on' if stats_on else 'off'}  (q to quit)")
+            f"{interval:g}s  BPF stats {'on' if stats_on else 'off'}"
+            f"{'  (q to quit)' if interactive else ''}")
     cols = f"{'UNIT':<28} {'IN':>10} {'OUT':>10} {'PKT IN/s':>9} {'PKT OUT/s':>9} " \
            f"{'DROP/s':>8} {'DROPPED':>10} {'NS/PKT':>7}  STATE"
     lines = [head[:width], "", cols[:width]]
@@ -185,7 +186,7 @@ def _interactive(mgr: Manager, interval: float, stats_on: bool) -> int:
             while True:
                 size = shutil.get_terminal_size()
                 out.write("\x1b[H\x1b[2J" + render(rows, interval, stats_on, size.columns,
-                                                    size.lines))
+                                                    size.lines, interactive=True))
                 out.flush()
                 deadline = t0 + interval
                 while (left := deadline - time.monotonic()) > 0:
