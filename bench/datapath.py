@@ -6,8 +6,11 @@ the same frame, taken right before or after it (the order alternates by round), 
 noise of this machine is shared by both; each case reports the median of several rounds.
 Cases: deny lists of 0 / 1 / 100 / 10k / 100k prefixes and allow+deny lists, IPv4 and IPv6,
 egress (destination checked) and ingress (source checked), packets that hit an allow entry,
-hit a deny entry or miss; accounting is on throughout. Random prefix lists are seeded and
-every tested address is checked against both the kernel trie and ``FamilyRules.verdict``.
+hit a deny entry or miss; accounting is on throughout. Each row names the lookup strategy
+the policy's table got (inline, lpm, multibit; see ipacctd/datapath/lookup.py). Random
+prefix lists are seeded and every tested address is checked against the table's own
+lookup (trie or multibit table in Python), ``FamilyRules.verdict`` and, while measuring,
+the program's return value.
 
 With ``--systemd`` the script also boots systemd 252 through shared/tools/systemd-ref (or
 reuses a running one), takes the programs systemd attached to sdref-long.service
@@ -43,7 +46,7 @@ from ipacctd import cgroup  # noqa: E402
 from ipacctd.bpf.links import open_cgroup, prog_query  # noqa: E402
 from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap  # noqa: E402
 from ipacctd.bpf.programs import AttachType, Program, return_one  # noqa: E402
-from ipacctd.datapath import counters  # noqa: E402
+from ipacctd.datapath import counters, lookup  # noqa: E402
 from ipacctd.datapath import program as program_mod  # noqa: E402
 from ipacctd.datapath.counters import Direction  # noqa: E402
 from ipacctd.datapath.rules import DENY, PASS, FamilyRules, compile_rules  # noqa: E402
@@ -133,10 +136,14 @@ class Policy:
         return self.progs.rules[0 if self.version == 4 else 1]
 
     @property
-    def trie(self) -> LPMTrieMap | None:
+    def table(self) -> lookup.Table | None:
         assert self.progs is not None
-        alen = 8 if self.version == 4 else 20
-        return next((t for t in self.progs.tries if t.key_size == alen), None)
+        return self.progs.table(self.version)
+
+    @property
+    def strategy(self) -> str:
+        table = self.table
+        return table.strategy if table is not None else "none"
 
 
 def size_label(n: int) -> str:
@@ -192,11 +199,12 @@ def choose_addresses(policy: Policy, seed: int) -> None:
         return
     rng = random.Random(f"{seed}-addr-{policy.kind}-{policy.size}-{policy.version}")
     entries = policy.rules.entries
+    match = Matcher(policy.rules)
     for label in policy.addresses:
         if label == "miss":
             host = {32 if policy.version == 4 else 128: 1}
             probe = random_net(rng, policy.version, host).network_address
-            while policy.trie is not None and policy.trie.lookup_address(probe) is not None:
+            while match(probe) is not None:
                 probe = random_net(rng, policy.version, host).network_address
             policy.addresses[label] = probe
             continue
@@ -207,18 +215,46 @@ def choose_addresses(policy: Policy, seed: int) -> None:
         policy.addresses[label] = random_host(rng, rng.choice(nets))
 
 
+class Matcher:
+    """Longest-prefix match over a compiled table with integers: the matching entry's
+    verdict, or None when no entry contains the address."""
+
+    def __init__(self, rules: FamilyRules) -> None:
+        self.bits = 32 if rules.version == 4 else 128
+        self.by_len: dict[int, dict[int, int]] = {}
+        for net, verdict in rules.entries.items():
+            shift = self.bits - net.prefixlen
+            self.by_len.setdefault(net.prefixlen, {})[int(net.network_address) >> shift] = verdict
+        self.lengths = sorted(self.by_len, reverse=True)
+
+    def __call__(self, address: Address) -> int | None:
+        value = int(address)
+        for plen in self.lengths:
+            got = self.by_len[plen].get(value >> (self.bits - plen))
+            if got is not None:
+                return got
+        return None
+
+
 def check_addresses(policy: Policy) -> None:
-    """Each address must hit or miss as labelled, by the trie and by the Python verdict."""
-    trie = policy.trie
+    """Each address must hit or miss as labelled: by an integer longest-prefix match, by
+    the table's own lookup (trie, multibit table) and by ``FamilyRules.verdict``."""
+    table, match = policy.table, Matcher(policy.rules)
     for label, address in policy.addresses.items():
-        found = trie.lookup_address(address) if trie is not None else None
-        verdict = policy.rules.verdict(address)
-        want_found = {"deny-hit": b"\x01", "allow-hit": b"\x00", "miss": None}[label]
+        want_found = {"deny-hit": DENY, "allow-hit": PASS, "miss": None}[label]
         want_verdict = DENY if label == "deny-hit" else PASS
-        if found != want_found or verdict != want_verdict:
-            raise SystemExit(f"{policy.label}: {label} address {address} gives trie value "
-                             f"{found!r} and verdict {verdict}, expected {want_found!r} and "
-                             f"{want_verdict}")
+        got = [("match", match(address), want_found),
+               ("verdict", policy.rules.verdict(address), want_verdict)]
+        if table is not None and table.strategy == lookup.LPM:
+            assert isinstance(table.map, LPMTrieMap)
+            value = table.map.lookup_address(address)
+            got.append(("trie", value[0] if value is not None else None, want_found))
+        if table is not None and table.multibit is not None:
+            got.append(("multibit", table.multibit.lookup(int(address)), want_verdict))
+        for what, value, want in got:
+            if value != want:
+                raise SystemExit(f"{policy.label}: {label} address {address}: {what} gives "
+                                 f"{value!r}, expected {want!r}")
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -286,12 +322,11 @@ def print_table(cases: list[Case], reference: dict[tuple, Case]) -> None:
 # -- policy build time ----------------------------------------------------------------------
 
 
-def time_build(policy: Policy,
-               counters_map: PerCPUArrayMap) -> tuple[float, float, float, float, int]:
-    """(compile s, trie fill s, program load s, total s, entries) of one policy's build.
+def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
+    """Times of one policy's build, and what its table costs in memory.
 
-    The total is one ``build_programs`` call (what applying a policy costs); compile and
-    load are timed again on their own and the trie fill is the remainder.
+    The total is one ``build_programs`` call (what applying a policy costs); compile, table
+    build and load are timed again on their own.
     """
     start = time.perf_counter()
     progs = build_programs(policy.spec, counters_map)
@@ -300,18 +335,57 @@ def time_build(policy: Policy,
         start = time.perf_counter()
         v4, v6 = compile_rules(policy.spec.allow, policy.spec.deny)
         compile_s = time.perf_counter() - start
-        tries = {t.key_size: t for t in progs.tries}
         start = time.perf_counter()
-        for direction in Direction:
-            shape = program_mod.Shape(direction, policy.spec.accounting, policy.spec.audit,
-                                      v4, v6)
-            insns = program_mod.build(shape, counters_map, tries.get(8), tries.get(20))
-            Program.load(insns, attach_type=ATTACH[direction]).close()
-        load_s = time.perf_counter() - start
+        tables = {r.version: lookup.build_table(r) for r in (v4, v6)}
+        table_s = time.perf_counter() - start
+        try:
+            start = time.perf_counter()
+            for direction in Direction:
+                shape = program_mod.Shape(direction, policy.spec.accounting, policy.spec.audit,
+                                          v4, v6)
+                insns = program_mod.build(shape, counters_map, tables[4], tables[6])
+                Program.load(insns, attach_type=ATTACH[direction]).close()
+            load_s = time.perf_counter() - start
+        finally:
+            for t in tables.values():
+                if t is not None:
+                    t.close()
         entries = len(v4.entries) + len(v6.entries)
+        table = progs.table(policy.version)
+        memory = 0
+        if table is not None and table.map is not None:
+            memory = memlock(table.map.fd)
     finally:
         progs.close()
-    return compile_s, total - compile_s - load_s, load_s, total, entries
+    return BuildRow(policy.label, policy.strategy, entries, compile_s, table_s, load_s, total,
+                    memory)
+
+
+@dataclass
+class BuildRow:
+    label: str
+    strategy: str
+    entries: int
+    compile_s: float
+    table_s: float
+    load_s: float
+    total_s: float
+    memory: int  # bytes the kernel charges for the table's map (memlock), 0 without one
+
+    def __str__(self) -> str:
+        mem = f"{self.memory / 2**20:9.2f}" if self.memory else f"{'-':>9}"
+        return (f"{self.label:24} {self.strategy:8} {self.entries:8} "
+                f"{self.compile_s * 1e3:11.1f} {self.table_s * 1e3:9.1f} "
+                f"{self.load_s * 1e3:8.1f} {self.total_s * 1e3:9.1f} {mem}")
+
+
+def memlock(fd: int) -> int:
+    """The kernel's memory figure for a BPF object (memlock in /proc/self/fdinfo)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("memlock:"):
+                return int(line.split()[1])
+    return 0
 
 
 # -- systemd --------------------------------------------------------------------------------
@@ -461,8 +535,8 @@ def main() -> int:
                     policies.append(policy)
                     choose_addresses(policy, args.seed)
                     check_addresses(policy)
-                    if kind == "deny" and size in (1, 10_000, 100_000):
-                        build_rows.append((policy, *time_build(policy, counters_map)))
+                    if kind == "deny" and size:
+                        build_rows.append(time_build(policy, counters_map))
 
         cases: list[Case] = []
         for policy in policies:
@@ -471,7 +545,8 @@ def main() -> int:
                 for label, address in policy.addresses.items():
                     expect = 0 if label == "deny-hit" else 1
                     row = (f"{policy.kind:10} {size_label(policy.size):>4} v{policy.version} "
-                           f"{direction.name.lower():7} {label:9} {address}")
+                           f"{policy.strategy:8} {direction.name.lower():7} {label:9} "
+                           f"{address}")
                     cases.append(Case(row, policy.progs.by_direction(direction),
                                       packet(direction, address), expect,
                                       (policy.kind, policy.version, direction, label)))
@@ -485,13 +560,12 @@ def main() -> int:
         print_table(cases, reference)
 
         print()
-        print("## policy build (compile + trie fill + load of both programs), deny list, "
-              "one family")
-        print(f"{'policy':24} {'entries':>8} {'compile ms':>11} {'fill ms':>9} {'load ms':>8} "
-              f"{'total ms':>9}")
-        for policy, compile_s, fill_s, load_s, total_s, entries in build_rows:
-            print(f"{policy.label:24} {entries:8} {compile_s * 1e3:11.1f} {fill_s * 1e3:9.1f} "
-                  f"{load_s * 1e3:8.1f} {total_s * 1e3:9.1f}")
+        print("## policy build (compile + table build/fill + load of both programs), deny "
+              "list, one family; table MiB = the map's memlock")
+        print(f"{'policy':24} {'strategy':8} {'entries':>8} {'compile ms':>11} {'table ms':>9} "
+              f"{'load ms':>8} {'total ms':>9} {'table MiB':>9}")
+        for row in build_rows:
+            print(row)
 
         if args.systemd:
             print()

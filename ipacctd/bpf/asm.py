@@ -107,6 +107,7 @@ R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = Reg
 FP = R10
 
 PSEUDO_MAP_FD = 1
+PSEUDO_MAP_VALUE = 2
 ATOMIC_ADD = 0x00
 
 _SIZE_BYTES = {W: 4, H: 2, B: 1, DW: 8}
@@ -200,6 +201,16 @@ def mov32_imm(dst: Reg, imm: int) -> Insn:
     return Insn(ALU | Alu.MOV | K, dst, 0, 0, imm)
 
 
+def mov32_reg(dst: Reg, src: Reg) -> Insn:
+    """w(dst) = w(src) (upper 32 bits cleared)."""
+    return Insn(ALU | Alu.MOV | X, dst, src)
+
+
+def alu32_reg(op: Alu, dst: Reg, src: Reg) -> Insn:
+    """w(dst) op= w(src) (32 bit)."""
+    return Insn(ALU | op | X, dst, src)
+
+
 def alu64_imm(op: Alu, dst: Reg, imm: int) -> Insn:
     """dst op= imm (64 bit)."""
     return Insn(ALU64 | op | K, dst, 0, 0, imm)
@@ -250,6 +261,30 @@ def jmp_imm(op: Jmp, dst: Reg, imm: int, target: str) -> Insn:
     return Insn(JMP | op | K, dst, 0, 0, imm, target=target)
 
 
+def ld_map_value(dst: Reg, bpf_map: HasFd, offset: int = 0) -> Insn:
+    """dst = pointer to byte ``offset`` of the value of a one-element array map
+    (LD_IMM64 with BPF_PSEUDO_MAP_VALUE: direct value access, no helper call)."""
+    return Insn(LD | DW | IMM, dst, PSEUDO_MAP_VALUE, 0, (offset & 0xFFFFFFFF) << 32,
+                map_ref=bpf_map)
+
+
+def jmp32_imm(op: Jmp, dst: Reg, imm: int, target: str) -> Insn:
+    """if w(dst) op imm goto target: compares the low 32 bits with the 32-bit immediate
+    (a 64-bit compare would sign-extend an immediate with bit 31 set)."""
+    return Insn(JMP32 | op | K, dst, 0, 0, imm, target=target)
+
+
+def jmp32_reg(op: Jmp, dst: Reg, src: Reg, target: str) -> Insn:
+    """if w(dst) op w(src) goto target."""
+    return Insn(JMP32 | op | X, dst, src, 0, 0, target=target)
+
+
+def to_be(dst: Reg, bits: int) -> Insn:
+    """dst = host-to-big-endian of the low ``bits`` (16, 32, 64) of dst; on a little-endian
+    host a byte swap (upper bits cleared), so a network-order load becomes a number."""
+    return Insn(ALU | Alu.END | X, dst, 0, 0, bits)
+
+
 def jmp_reg(op: Jmp, dst: Reg, src: Reg, target: str) -> Insn:
     """if dst op src goto target."""
     return Insn(JMP | op | X, dst, src, 0, 0, target=target)
@@ -296,8 +331,9 @@ def resolve(items: Iterable[Insn | Label]) -> list[Insn]:
             if not -(1 << 15) <= off < (1 << 15):
                 raise InvalidInput(f"assembler: jump to {ins.target!r} out of range ({off})")
             ins = Insn(ins.op, ins.dst, ins.src, off, ins.imm)
-        elif ins.map_ref is not None:
-            ins = Insn(ins.op, ins.dst, ins.src, ins.off, ins.map_ref.fd)
+        elif ins.map_ref is not None:  # the fd goes in the low half (a value offset above)
+            ins = Insn(ins.op, ins.dst, ins.src, ins.off,
+                       (ins.imm & ~0xFFFFFFFF) | ins.map_ref.fd)
         out.append(ins)
         slot += ins.slots
     return out
@@ -339,6 +375,8 @@ def dump(insns: Sequence[Insn], xlated: bool = False) -> list[str]:
         text = _format(ins, helper_names=not xlated)
         if xlated and ins.is_wide and ins.src == PSEUDO_MAP_FD:
             text = f"r{ins.dst} = map[id:{ins.imm}]"
+        elif xlated and ins.is_wide and ins.src == PSEUDO_MAP_VALUE:
+            text = f"r{ins.dst} = map[id:{ins.imm & 0xFFFFFFFF}][0]+{ins.imm >> 32}"
         lines.append(f"{slot:4d}: ({ins.op:02x}) {text}")
         slot += ins.slots
     return lines
@@ -353,6 +391,8 @@ def _format(ins: Insn, helper_names: bool = True) -> str:
     if ins.is_wide:
         if ins.src == PSEUDO_MAP_FD:
             return f"r{ins.dst} = map[fd:{ins.imm}]"
+        if ins.src == PSEUDO_MAP_VALUE:
+            return f"r{ins.dst} = map[fd:{ins.imm & 0xFFFFFFFF}][0]+{ins.imm >> 32}"
         return f"r{ins.dst} = {ins.imm:#x}"
     if cls in (ALU, ALU64):
         code = Alu(op & 0xF0)

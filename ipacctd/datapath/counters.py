@@ -44,8 +44,11 @@ MAP_NAME = "ipacctd_cnt"
 
 def offsets(direction: Direction, kind: str) -> tuple[int, int]:
     """Byte offsets of (packets, bytes) for a direction and kind: passed, dropped, audit."""
-    base = {"passed": Field.IN_PACKETS, "dropped": Field.IN_DROPPED_PACKETS,
-            "audit": Field.IN_AUDIT_PACKETS}[kind]
+    base = {
+        "passed": Field.IN_PACKETS,
+        "dropped": Field.IN_DROPPED_PACKETS,
+        "audit": Field.IN_AUDIT_PACKETS,
+    }[kind]
     first = base + 2 * direction
     return first * 8, (first + 1) * 8
 
@@ -72,12 +75,14 @@ class Counters:
         return asdict(self)
 
     def __add__(self, other: Counters) -> Counters:
-        return Counters(*(a + b for a, b in zip(self.to_dict().values(),
-                                                 other.to_dict().values(), strict=True)))
+        return Counters(
+            *(a + b for a, b in zip(self.to_dict().values(), other.to_dict().values(), strict=True))
+        )
 
     def __sub__(self, other: Counters) -> Counters:
-        return Counters(*(a - b for a, b in zip(self.to_dict().values(),
-                                                 other.to_dict().values(), strict=True)))
+        return Counters(
+            *(a - b for a, b in zip(self.to_dict().values(), other.to_dict().values(), strict=True))
+        )
 
 
 def create_map() -> PerCPUArrayMap:

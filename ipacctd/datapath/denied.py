@@ -37,8 +37,9 @@ def create_map() -> LRUHashMap:
     return LRUHashMap.new(KEY_SIZE, VALUE_SIZE, MAX_ENTRIES, MAP_NAME)
 
 
-def record(denied: Map, direction: Direction, version: int, addr_off: int,
-           done: str) -> list[Insn | Label]:
+def record(
+    denied: Map, direction: Direction, version: int, addr_off: int, done: str
+) -> list[Insn | Label]:
     """Instructions adding one packet to the entry of the address at ``addr_off`` (stack).
 
     Clobbers r0-r5; expects r6 = skb. Jumps to ``done`` when finished.
@@ -92,11 +93,16 @@ def decode(m: Map) -> list[dict[str, Any]]:
     out = []
     for key, value in m.items_raw():
         version, direction = key[0], key[1]
-        addr = (ipaddress.IPv4Address(key[4:8]) if version == 4
-                else ipaddress.IPv6Address(key[4:20]))
+        addr = ipaddress.IPv4Address(key[4:8]) if version == 4 else ipaddress.IPv6Address(key[4:20])
         packets, nbytes, last = struct.unpack("=QQQ", value[:24])
-        out.append({"address": str(addr), "direction": Direction(direction).name.lower(),
-                    "packets": packets, "bytes": nbytes,
-                    "last_seen_ago": max(0.0, (now - last) / 1e9) if last else None})
+        out.append(
+            {
+                "address": str(addr),
+                "direction": Direction(direction).name.lower(),
+                "packets": packets,
+                "bytes": nbytes,
+                "last_seen_ago": max(0.0, (now - last) / 1e9) if last else None,
+            }
+        )
     out.sort(key=lambda e: (-e["packets"], e["address"]))
     return out

@@ -4,13 +4,17 @@ Shape of the emitted program (parts drop out when the policy does not need them)
 
     r6 = ctx
     dispatch on skb->protocol        (only when some family has rules)
-    ipv4: load src/dst address (direct packet read; bpf_skb_load_bytes when the header is
-          not in the linear data) → one LPM lookup → verdict   (skipped: constant verdict)
+    ipv4: load src/dst address (direct packet read) → lookup → verdict
+          (skipped: constant verdict); the lookup is one of (see lookup.py)
+            inline    compare with each entry, longest prefix first (≤ 8 entries)
+            multibit  walk a 16-4-4-4-4 multibit table in an array map (large IPv4 tables)
+            lpm       one LPM-trie lookup (helper call)
     ipv6: the same with 16-byte addresses
-    drop:  count dropped (or, in audit mode, count would-be-dropped and go to pass)
-           return 0
     pass:  count passed packets and skb->len bytes  (only with accounting on)
            return 1
+    drop:  count dropped (or, in audit mode, count would-be-dropped and go to pass)
+           return 0
+    cold:  bpf_skb_load_bytes when the address is not in the linear data
 
 Ingress checks the packet's source address, egress its destination, as systemd does.
 In a cgroup_skb program offset 0 of ``bpf_skb_load_bytes`` is the IP header.
@@ -31,7 +35,11 @@ from ipacctd.bpf.asm import (
     R2,
     R3,
     R4,
+    R5,
     R6,
+    R7,
+    R8,
+    R9,
     Alu,
     B,
     Helper,
@@ -40,9 +48,10 @@ from ipacctd.bpf.asm import (
     Label,
     W,
 )
-from ipacctd.bpf.maps import LPMTrieMap, Map, PerCPUArrayMap
-from ipacctd.datapath import counters, denied
+from ipacctd.bpf.maps import Map, PerCPUArrayMap
+from ipacctd.datapath import counters, denied, lookup
 from ipacctd.datapath.counters import Direction
+from ipacctd.datapath.lookup import Table
 from ipacctd.datapath.rules import DENY, FamilyRules
 
 SKB_LEN = 0
@@ -76,13 +85,20 @@ class Shape:
     log_denied: bool = False  # record denied remote addresses in the denied map
 
 
-def build(shape: Shape, counters_map: PerCPUArrayMap, trie4: LPMTrieMap | None,
-          trie6: LPMTrieMap | None, denied_map: Map | None = None) -> list[Insn | Label]:
-    """Instructions for one direction of a unit."""
+def build(
+    shape: Shape,
+    counters_map: PerCPUArrayMap,
+    table4: Table | None,
+    table6: Table | None,
+    denied_map: Map | None = None,
+) -> list[Insn | Label]:
+    """Instructions for one direction of a unit. ``table4``/``table6`` are the families'
+    lookups (see :mod:`ipacctd.datapath.lookup`); None where the verdict is constant."""
     if shape.log_denied and denied_map is None:
         raise ValueError("logging denied addresses needs the denied map")
     p: list[Insn | Label] = [asm.mov64_reg(R6, R1)]
-    families = [(shape.v4, PROTO_IPV4, 4, trie4, "v4"), (shape.v6, PROTO_IPV6, 16, trie6, "v6")]
+    cold: list[Insn | Label] = []  # rarely taken paths, placed after the exits
+    families = [(shape.v4, PROTO_IPV4, 4, table4, "v4"), (shape.v6, PROTO_IPV6, 16, table6, "v6")]
     active = [f for f in families if not f[0].empty]
     if active:
         p.append(asm.ldx(W, R2, R6, SKB_PROTOCOL))
@@ -91,9 +107,11 @@ def build(shape: Shape, counters_map: PerCPUArrayMap, trie4: LPMTrieMap | None,
         for _, proto, _, _, tag in active[1:]:
             p.append(asm.jmp_imm(Jmp.JEQ, R2, proto, tag))
         p.append(asm.jmp_imm(Jmp.JNE, R2, active[0][1], "pass"))
-        for rules, _, alen, trie, tag in active:
+        for rules, _, alen, table, tag in active:
             p.append(Label(tag))
-            p += _family_check(shape.direction, rules, alen, trie, shape.log_denied)
+            hot, slow = _family_check(shape.direction, rules, alen, table, shape.log_denied)
+            p += hot
+            cold += slow
     p.append(Label("pass"))
     if shape.accounting:
         p += _count(counters_map, shape.direction, "passed")
@@ -103,7 +121,7 @@ def build(shape: Shape, counters_map: PerCPUArrayMap, trie4: LPMTrieMap | None,
             if any(isinstance(i, Insn) and i.target == f"drop_{tag}" for i in p):
                 p.append(Label(f"drop_{tag}"))
                 p += denied.record(denied_map, shape.direction, rules.version, -alen, "drop")
-    if any(isinstance(i, Insn) and i.target == "drop" for i in p):
+    if any(isinstance(i, Insn) and i.target == "drop" for i in p + cold):
         p.append(Label("drop"))
         if shape.audit:
             p += _count(counters_map, shape.direction, "audit")
@@ -111,27 +129,39 @@ def build(shape: Shape, counters_map: PerCPUArrayMap, trie4: LPMTrieMap | None,
         else:
             p += _count(counters_map, shape.direction, "dropped")
             p += [asm.mov64_imm(R0, 0), asm.exit_()]
-    return _tighten(p)
+    return _tighten(p + cold)
 
 
-def _load_address(direction: Direction, alen: int, tag: str) -> list[Insn | Label]:
-    """Copy the packet's remote address to the stack at fp-alen (key at fp-(4+alen))."""
+# Registers that hold the address words (as loaded: network byte order) after the load.
+WORD_REGS = (R1, R2, R3, R4)
+
+
+def _load_address(
+    direction: Direction, alen: int, tag: str, words: tuple[int, ...] = (), stack: bool = True
+) -> tuple[list[Insn | Label], list[Insn | Label]]:
+    """Load the packet's remote address: (hot path, cold path).
+
+    Afterwards word ``i`` (u32, network byte order) of the address is in WORD_REGS[i] for
+    each ``i`` in ``words``, and with ``stack`` the whole address is at fp-alen. The address
+    is read straight from the packet when the linear data holds it (a helper call costs
+    more than the rest of the check); otherwise the cold path calls bpf_skb_load_bytes.
+    """
     src, dst = IPV4_ADDR if alen == 4 else IPV6_ADDR
     offset = src if direction == Direction.INGRESS else dst
-    # Read the address straight from the packet when the linear data holds it (a helper
-    # call costs more than the rest of the check); otherwise bpf_skb_load_bytes.
-    word = DW if alen == 16 else W
-    copy: list[Insn | Label] = []
-    for i in range(0, alen, asm.size_bytes(word)):
-        copy += [asm.ldx(word, R1, R2, offset + i), asm.stx(word, FP, -alen + i, R1)]
-    return [
-        asm.ldx(W, R2, R6, SKB_DATA),
-        asm.ldx(W, R3, R6, SKB_DATA_END),
-        asm.mov64_reg(R1, R2),
+    hot: list[Insn | Label] = [
+        asm.ldx(W, R5, R6, SKB_DATA),
+        asm.ldx(W, R0, R6, SKB_DATA_END),
+        asm.mov64_reg(R1, R5),
         asm.alu64_imm(Alu.ADD, R1, offset + alen),
-        asm.jmp_reg(Jmp.JGT, R1, R3, f"{tag}_load_bytes"),
-        *copy,
-        asm.ja(f"{tag}_loaded"),
+        asm.jmp_reg(Jmp.JGT, R1, R0, f"{tag}_load_bytes"),
+    ]
+    if stack:
+        size = DW if alen == 16 else W
+        for i in range(0, alen, asm.size_bytes(size)):
+            hot += [asm.ldx(size, R0, R5, offset + i), asm.stx(size, FP, -alen + i, R0)]
+    hot += [asm.ldx(W, WORD_REGS[i], R5, offset + 4 * i) for i in words]
+    hot.append(Label(f"{tag}_loaded"))
+    cold: list[Insn | Label] = [
         Label(f"{tag}_load_bytes"),
         asm.mov64_reg(R1, R6),
         asm.mov64_imm(R2, offset),
@@ -141,26 +171,36 @@ def _load_address(direction: Direction, alen: int, tag: str) -> list[Insn | Labe
         asm.call(Helper.skb_load_bytes),
         # A packet of this family whose address cannot be read is not let through.
         asm.jmp_imm(Jmp.JNE, R0, 0, "drop"),
-        Label(f"{tag}_loaded"),
+        *[asm.ldx(W, WORD_REGS[i], FP, -alen + 4 * i) for i in words],
+        asm.ja(f"{tag}_loaded"),
     ]
+    return hot, cold
 
 
-def _family_check(direction: Direction, rules: FamilyRules, alen: int,
-                  trie: LPMTrieMap | None, log_denied: bool) -> list[Insn | Label]:
+def _family_check(
+    direction: Direction, rules: FamilyRules, alen: int, table: Table | None, log_denied: bool
+) -> tuple[list[Insn | Label], list[Insn | Label]]:
+    """(hot, cold) instructions deciding one family's packets: jump to pass or drop."""
     tag = f"v{rules.version}"
     drop = f"drop_{tag}" if log_denied else "drop"
     const = rules.constant
     if const is not None:
         if const == DENY and log_denied:  # the address is needed for the log only
-            return [*_load_address(direction, alen, tag), asm.ja(drop)]
-        return [asm.ja("drop" if const == DENY else "pass")]
-    if trie is None:
-        raise ValueError(f"IPv{rules.version} rules need a trie map")
+            hot, cold = _load_address(direction, alen, tag)
+            return [*hot, asm.ja(drop)], cold
+        return [asm.ja("drop" if const == DENY else "pass")], []
+    if table is None:
+        raise ValueError(f"IPv{rules.version} rules need their lookup table")
+    if table.strategy == lookup.INLINE:
+        return _inline(direction, rules, alen, tag, drop, log_denied)
+    if table.strategy == lookup.MULTIBIT:
+        return _multibit(direction, table, tag, drop, log_denied)
+    hot, cold = _load_address(direction, alen, tag)
     key = -(4 + alen)  # stack: u32 prefixlen, then the address
     return [
-        *_load_address(direction, alen, tag),
+        *hot,
         asm.st_imm(W, FP, key, alen * 8),
-        asm.ld_map(R1, trie),
+        asm.ld_map(R1, table.map),
         asm.mov64_reg(R2, FP),
         asm.alu64_imm(Alu.ADD, R2, key),
         asm.call(Helper.map_lookup_elem),
@@ -168,7 +208,105 @@ def _family_check(direction: Direction, rules: FamilyRules, alen: int,
         asm.ldx(B, R1, R0, 0),
         asm.jmp_imm(Jmp.JNE, R1, 0, drop),
         asm.ja("pass"),
+    ], cold
+
+
+def _as_loaded(word: int) -> int:
+    """A u32 in network byte order as a little/big-endian host loads it from memory."""
+    return int.from_bytes(word.to_bytes(4, "big"), sys.byteorder)
+
+
+def _inline(
+    direction: Direction, rules: FamilyRules, alen: int, tag: str, drop: str, log_denied: bool
+) -> tuple[list[Insn | Label], list[Insn | Label]]:
+    """Compare the address with each entry, longest prefix first; the first match decides.
+
+    Each entry checks the 32-bit words its mask touches: a fully covered word is compared
+    as it is, a partly covered one after AND-ing it with the mask (in load order); words
+    outside the mask are skipped. No match: pass.
+    """
+    bits = alen * 8
+    entries = sorted(rules.entries.items(), key=lambda kv: -kv[0].prefixlen)
+    checks: list[list[tuple[int, int | None, int]]] = []  # per entry: (word, mask, value)
+    for net, _ in entries:
+        value = int(net.network_address)
+        words = []
+        for i in range(alen // 4):
+            covered = min(max(net.prefixlen - 32 * i, 0), 32)
+            if covered == 0:
+                continue
+            word = (value >> (bits - 32 * (i + 1))) & 0xFFFFFFFF
+            mask = (0xFFFFFFFF << (32 - covered)) & 0xFFFFFFFF
+            words.append((i, None if covered == 32 else _as_loaded(mask), _as_loaded(word)))
+        checks.append(words)
+    used = tuple(sorted({i for words in checks for i, _, _ in words}))
+    hot, cold = _load_address(direction, alen, tag, used, stack=log_denied)
+    for n, ((_, verdict), words) in enumerate(zip(entries, checks, strict=True)):
+        miss = f"{tag}_e{n + 1}" if n + 1 < len(entries) else "pass"
+        if n:
+            hot.append(Label(f"{tag}_e{n}"))
+        for i, mask, value in words:
+            reg = WORD_REGS[i]
+            if mask is not None:
+                hot += [asm.mov32_reg(R5, reg), asm.alu32_imm(Alu.AND, R5, mask)]
+                reg = R5
+            hot.append(asm.jmp32_imm(Jmp.JNE, reg, value, miss))
+        hot.append(asm.ja(drop if verdict == DENY else "pass"))
+        if not words:  # a /0 matches everything: nothing after it is reachable
+            break
+    return hot, cold
+
+
+def _multibit(
+    direction: Direction, table: Table, tag: str, drop: str, log_denied: bool
+) -> tuple[list[Insn | Label], list[Insn | Label]]:
+    """Walk the multibit table: one u32 load per level, straight-line code.
+
+    r1 = address (host order), r3 = the table (map value), r0 = slot. A slot above the last
+    chunk's offset is a leaf (bit 31), whose bit 0 is the verdict. Each level's pointer
+    into its chunk (table + slot index * 4) is computed from the address up front, so the
+    chain of dependent instructions per level is one add and one load.
+    """
+    mb = table.multibit
+    if mb is None or table.map is None:
+        raise ValueError("multibit lookup without its table")
+    hot, cold = _load_address(direction, 4, tag, (0,), stack=log_denied)
+    root = mb.strides[0]
+    leaf = f"{tag}_leaf"
+    levels = mb.strides[1:]
+    if len(levels) > len(LEVEL_REGS):
+        raise ValueError(f"multibit table with {len(mb.strides)} levels")
+    hot += [
+        asm.to_be(R1, 32),
+        asm.ld_map_value(R3, table.map, 0),
+        asm.mov32_reg(R0, R1),
+        asm.alu32_imm(Alu.RSH, R0, 32 - root),
+        asm.alu32_imm(Alu.LSH, R0, 2),
+        asm.alu64_reg(Alu.ADD, R0, R3),
+        asm.ldx(W, R0, R0, 0),
     ]
+    end = root
+    for reg, stride in zip(LEVEL_REGS, levels, strict=False):
+        end += stride
+        shift = 32 - end - 2  # slot index * 4 = byte offset in the chunk
+        hot += [
+            # computed while the previous level's load is in flight
+            asm.mov32_reg(reg, R1),
+            asm.alu32_imm(Alu.RSH, reg, shift)
+            if shift >= 0
+            else asm.alu32_imm(Alu.LSH, reg, -shift),
+            asm.alu32_imm(Alu.AND, reg, ((1 << stride) - 1) << 2),
+            asm.alu64_reg(Alu.ADD, reg, R3),
+            asm.jmp_imm(Jmp.JGT, R0, mb.max_chunk_offset, leaf),
+            asm.alu64_reg(Alu.ADD, R0, reg),
+            asm.ldx(W, R0, R0, 0),
+        ]
+    hot += [Label(leaf), asm.jmp_imm(Jmp.JSET, R0, 1, drop), asm.ja("pass")]
+    return hot, cold
+
+
+# Registers holding each lower level's pointer into the table (chunk base not added yet).
+LEVEL_REGS = (R2, R4, R5, R7, R8, R9)
 
 
 def _count(counters_map: PerCPUArrayMap, direction: Direction, kind: str) -> list[Insn | Label]:
@@ -195,8 +333,12 @@ def _tighten(p: list[Insn | Label]) -> list[Insn | Label]:
     out: list[Insn | Label] = []
     for i, item in enumerate(p):
         nxt = p[i + 1] if i + 1 < len(p) else None
-        if (isinstance(item, Insn) and item.op == (asm.JMP | Jmp.JA) and isinstance(nxt, Label)
-                and nxt.name == item.target):
+        if (
+            isinstance(item, Insn)
+            and item.op == (asm.JMP | Jmp.JA)
+            and isinstance(nxt, Label)
+            and nxt.name == item.target
+        ):
             continue
         out.append(item)
     used = {i.target for i in out if isinstance(i, Insn) and i.target}

@@ -42,7 +42,7 @@ class FamilyRules:
         if not self.entries:
             return PASS
         if len(self.entries) == 1:
-            (net, verdict), = self.entries.items()
+            ((net, verdict),) = self.entries.items()
             if net.prefixlen == 0:
                 return verdict
         return None
@@ -56,51 +56,64 @@ class FamilyRules:
         return PASS if best is None else best[1]
 
 
-def _covered_by(net: Network, table: set[Network], lengths: list[int]) -> bool:
-    """Whether some prefix in ``table`` (whose lengths are ``lengths``) contains ``net``."""
-    for plen in lengths:
-        if plen > net.prefixlen:
-            break
-        if net.supernet(new_prefix=plen) in table:
-            return True
-    return False
-
-
 def compile_family(version: int, allow: Iterable[Network], deny: Iterable[Network]) -> FamilyRules:
-    """Compile one family's allow and deny prefixes into a pruned verdict table."""
-    allow_set = {n for n in allow if n.version == version}
-    deny_set = {n for n in deny if n.version == version}
-    if not deny_set:
-        return FamilyRules(version, {})
-    allow_lens = sorted({n.prefixlen for n in allow_set})
-    deny_lens = sorted({n.prefixlen for n in deny_set})
-    verdicts: dict[Network, int] = {}
-    for net in allow_set | deny_set:
-        if _covered_by(net, allow_set, allow_lens):
-            verdicts[net] = PASS
-        elif _covered_by(net, deny_set, deny_lens):
-            verdicts[net] = DENY
-        else:
-            verdicts[net] = PASS
-    # Keep an entry only where its verdict differs from the nearest enclosing entry's.
-    all_lens = sorted({n.prefixlen for n in verdicts})
-    kept: dict[Network, int] = {}
-    for net in sorted(verdicts, key=lambda n: (n.prefixlen, n.network_address)):
-        parent = PASS
-        for plen in reversed(all_lens):
-            if plen >= net.prefixlen:
+    """Compile one family's allow and deny prefixes into a pruned verdict table.
+
+    One sweep over the prefixes in address order (shorter first at equal addresses): two
+    prefixes either nest or are disjoint, so the prefixes that contain the current one are
+    exactly those on the stack whose last address is not behind it. Plain integers (no
+    containers per prefix, which would also wake the garbage collector); O(n log n).
+    """
+    bits = 32 if version == 4 else 128
+    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    # key: start address << 8 | prefix length; sorts by address, then shorter first
+    flags: dict[int, int] = {}  # key -> 1 in allow | 2 in deny
+    nets: dict[int, Network] = {}
+    for prefixes, which in ((allow, 1), (deny, 2)):
+        for n in prefixes:
+            if not isinstance(n, cls):
                 continue
-            sup = net.supernet(new_prefix=plen)
-            if sup in verdicts:
-                parent = verdicts[sup]
-                break
-        if verdicts[net] != parent:
-            kept[net] = verdicts[net]
-    return FamilyRules(version, kept)
+            key = (int(n.network_address) << 8) | n.prefixlen
+            old = flags.get(key)
+            if old is None:
+                flags[key] = which
+                nets[key] = n
+            else:
+                flags[key] = old | which
+    if not any(f & 2 for f in flags.values()):
+        return FamilyRules(version, {})
+    kept: list[int] = []  # prefix length << bits | start: sorts like (length, address)
+    verdict_of: dict[int, int] = {}
+    # The enclosing prefixes: last address, and state = verdict | in allow << 1 | in deny << 2.
+    ends: list[int] = []
+    states: list[int] = []
+    for key in sorted(flags):
+        start, plen = key >> 8, key & 0xFF
+        while ends and ends[-1] < start:
+            ends.pop()
+            states.pop()
+        parent = states[-1] if states else 0
+        inside = (parent >> 1) | flags[key]  # bit 0: some allow contains it, bit 1: deny
+        verdict = PASS if inside & 1 else DENY if inside & 2 else PASS
+        # Keep an entry only where its verdict differs from the nearest enclosing entry's
+        # (or from PASS when none encloses it).
+        if verdict != parent & 1:
+            kept.append((plen << bits) | start)
+            verdict_of[key] = verdict
+        ends.append(start + (1 << (bits - plen)) - 1)
+        states.append(verdict | inside << 1)
+    kept.sort()
+    mask = (1 << bits) - 1
+    entries = {}
+    for k in kept:
+        key = ((k & mask) << 8) | (k >> bits)
+        entries[nets[key]] = verdict_of[key]
+    return FamilyRules(version, entries)
 
 
-def compile_rules(allow: Iterable[Network], deny: Iterable[Network]) -> tuple[FamilyRules,
-                                                                              FamilyRules]:
+def compile_rules(
+    allow: Iterable[Network], deny: Iterable[Network]
+) -> tuple[FamilyRules, FamilyRules]:
     """Compile both families: returns (IPv4 rules, IPv6 rules)."""
     allow, deny = list(allow), list(deny)
     return compile_family(4, allow, deny), compile_family(6, allow, deny)

@@ -10,7 +10,7 @@ Pins in the unit's bpffs directory::
 
 Any process can open the directory and carry on where another left off: the kernel
 holds the state, so a crash of the creator loses nothing. A policy change builds new
-programs (and tries) beside the running ones and swaps each link's program in one step
+programs (and their lookup tables) beside the running ones and swaps each link's program in one step
 (``BPF_LINK_UPDATE`` with the old program as the expected value), so no packet ever
 meets an empty hook, and the counters map goes on unchanged.
 """
@@ -29,7 +29,7 @@ from ipacctd.bpf.links import CgroupLink, open_cgroup
 from ipacctd.bpf.maps import LPMTrieMap, LRUHashMap, Map, PerCPUArrayMap
 from ipacctd.bpf.programs import AttachType, Program
 from ipacctd.datapath import counters as counters_mod
-from ipacctd.datapath import denied
+from ipacctd.datapath import denied, lookup
 from ipacctd.datapath import program as program_mod
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.datapath.rules import FamilyRules, compile_rules
@@ -39,8 +39,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 COUNTERS = "counters"
 LINK = {Direction.INGRESS: "link_ingress", Direction.EGRESS: "link_egress"}
-ATTACH = {Direction.INGRESS: AttachType.CGROUP_INET_INGRESS,
-          Direction.EGRESS: AttachType.CGROUP_INET_EGRESS}
+ATTACH = {
+    Direction.INGRESS: AttachType.CGROUP_INET_INGRESS,
+    Direction.EGRESS: AttachType.CGROUP_INET_EGRESS,
+}
 PROG_NAME = {Direction.INGRESS: "ipacctd_ingress", Direction.EGRESS: "ipacctd_egress"}
 FILTER_PREFIX = {Direction.INGRESS: "filter_ingress_", Direction.EGRESS: "filter_egress_"}
 
@@ -63,60 +65,65 @@ class Spec:
 
 @dataclass
 class Programs:
-    """A freshly built pair of programs and the tries they reference."""
+    """A freshly built pair of programs and the lookup tables they reference."""
 
     ingress: Program
     egress: Program
-    tries: list[LPMTrieMap] = field(default_factory=list)
+    tables: list[lookup.Table] = field(default_factory=list)
     rules: tuple[FamilyRules, FamilyRules] | None = None
 
     def by_direction(self, direction: Direction) -> Program:
         return self.ingress if direction == Direction.INGRESS else self.egress
 
+    def table(self, version: int) -> lookup.Table | None:
+        """The lookup of one family (None: constant verdict, no lookup)."""
+        return next((t for t in self.tables if t.version == version), None)
+
+    def strategy(self, version: int) -> str | None:
+        """How one family is looked up: inline, lpm, multibit, or None (no lookup)."""
+        t = self.table(version)
+        return t.strategy if t is not None else None
+
+    @property
+    def tries(self) -> list[LPMTrieMap]:
+        """The LPM tries among the tables."""
+        return [t.map for t in self.tables if isinstance(t.map, LPMTrieMap)]
+
     def close(self) -> None:
         """Close our fds (links and other holders keep the kernel objects alive)."""
-        for obj in (self.ingress, self.egress, *self.tries):
+        for obj in (self.ingress, self.egress, *self.tables):
             obj.close()
 
 
-def _fill_trie(rules: FamilyRules) -> LPMTrieMap | None:
-    if rules.constant is not None:
-        return None
-    trie = LPMTrieMap.new(rules.version, 1, len(rules.entries), f"ipacctd_ipv{rules.version}")
-    try:
-        for net, verdict in rules.entries.items():
-            trie[net] = bytes([verdict])
-    except BaseException:
-        trie.close()
-        raise
-    return trie
-
-
-def build_programs(spec: Spec, counters_map: PerCPUArrayMap,
-                   denied_map: Map | None = None) -> Programs:
+def build_programs(
+    spec: Spec, counters_map: PerCPUArrayMap, denied_map: Map | None = None
+) -> Programs:
     """Compile the spec and load ingress and egress programs that use ``counters_map``
-    (and record denied addresses in ``denied_map`` when given)."""
+    (and record denied addresses in ``denied_map`` when given). Each family's lookup
+    strategy follows from its compiled table's size (:func:`lookup.build_table`)."""
     v4, v6 = compile_rules(spec.allow, spec.deny)
-    tries: list[LPMTrieMap] = []
+    tables: list[lookup.Table] = []
     loaded: list[Program] = []
     try:
-        trie4 = _fill_trie(v4)
-        if trie4:
-            tries.append(trie4)
-        trie6 = _fill_trie(v6)
-        if trie6:
-            tries.append(trie6)
+        table4 = lookup.build_table(v4)
+        if table4:
+            tables.append(table4)
+        table6 = lookup.build_table(v6)
+        if table6:
+            tables.append(table6)
         for direction in Direction:
-            shape = program_mod.Shape(direction, spec.accounting, spec.audit, v4, v6,
-                                      log_denied=denied_map is not None)
-            insns = program_mod.build(shape, counters_map, trie4, trie6, denied_map)
-            loaded.append(Program.load(insns, attach_type=ATTACH[direction],
-                                       name=PROG_NAME[direction]))
+            shape = program_mod.Shape(
+                direction, spec.accounting, spec.audit, v4, v6, log_denied=denied_map is not None
+            )
+            insns = program_mod.build(shape, counters_map, table4, table6, denied_map)
+            loaded.append(
+                Program.load(insns, attach_type=ATTACH[direction], name=PROG_NAME[direction])
+            )
     except BaseException:
-        for obj in (*loaded, *tries):
+        for obj in (*loaded, *tables):
             obj.close()
         raise
-    return Programs(loaded[0], loaded[1], tries, (v4, v6))
+    return Programs(loaded[0], loaded[1], tables, (v4, v6))
 
 
 class UnitDatapath:
@@ -311,8 +318,9 @@ def _open_cgroup(path: str) -> int:
         raise NotFound(f"{path} is not a cgroup directory") from None
 
 
-def _attach_filters(cg: int, pin_dir: str, direction: Direction, paths: tuple[str, ...],
-                    links: list[CgroupLink]) -> None:
+def _attach_filters(
+    cg: int, pin_dir: str, direction: Direction, paths: tuple[str, ...], links: list[CgroupLink]
+) -> None:
     for i, path in enumerate(paths):
         try:
             prog = Program.open_pinned(path)

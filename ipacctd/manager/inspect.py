@@ -13,6 +13,7 @@ from ipacctd.bpf.links import CgroupLink
 from ipacctd.bpf.maps import LPMTrieMap, Map, MapType, open_map_id
 from ipacctd.bpf.programs import Program
 from ipacctd.datapath import counters as counters_mod
+from ipacctd.datapath import lookup
 from ipacctd.datapath.rules import DENY
 from ipacctd.datapath.unit import COUNTERS
 from ipacctd.errors import NotFound
@@ -113,6 +114,20 @@ def _map(m: Map) -> dict[str, Any]:
                             "verdict": "deny" if value[:1] == bytes([DENY]) else "allow"})
         data["entries"] = entries
         data["count"] = len(entries) if not data.get("truncated") else None
+    elif info.type == MapType.ARRAY and info.name == lookup.MULTIBIT_NAME:
+        # A multibit table holds its prefixes pushed into slots: show its shape, not entries.
+        data["entries"] = []
+        value = m.lookup_raw(b"\0\0\0\0")
+        meta = lookup.parse_trailer(value) if value is not None else None
+        if meta is None:
+            data["role"] = "policy (IPv4, multibit table)"
+        else:
+            strides = "-".join(str(s) for s in meta["strides"])  # type: ignore[attr-defined]
+            data["role"] = (f"policy (IPv4, multibit table: {meta['prefixes']} prefixes, "
+                            f"strides {strides}, {meta['chunks']} chunks, "
+                            f"{info.value_size} bytes)")
+            data["multibit"] = meta
+        data["count"] = meta["prefixes"] if meta is not None else None
     elif info.type == MapType.LRU_HASH and info.name == DENIED_MAP_NAME:
         data["role"] = "denied addresses"
         data["entries"] = denied_entries(m)

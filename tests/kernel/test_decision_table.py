@@ -13,11 +13,13 @@ from contextlib import contextmanager
 
 import model
 import pytest
+from conftest import STRATEGIES, expected, force
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipacctd.datapath import counters
+from ipacctd.datapath import counters, lookup
 from ipacctd.datapath.counters import Counters, Direction
+from ipacctd.datapath.rules import DENY, PASS
 from ipacctd.datapath.unit import Programs, Spec, build_programs
 
 net = ipaddress.ip_network
@@ -135,10 +137,23 @@ def _run_table(progs: Programs, direction: Direction, frames: list, allow, deny)
     return wrong, results
 
 
+# multibit tables are IPv4 only: forcing one on IPv6 would test the trie again
+TABLE_CASES = [
+    pytest.param(strategy, version, id=f"{strategy}-ipv{version}")
+    for strategy in STRATEGIES
+    if strategy != "auto"
+    for version in (4, 6)
+    if version == 4 or not strategy.startswith("multibit")
+]
+
+
 @pytest.mark.parametrize("direction", list(Direction), ids=lambda d: d.name.lower())
-@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize(("strategy", "version"), TABLE_CASES)
 @pytest.mark.parametrize("policy", list(POLICIES))
-def test_decision_table(policy: str, version: int, direction: Direction) -> None:
+def test_decision_table(
+    monkeypatch, policy: str, strategy: str, version: int, direction: Direction
+) -> None:
+    force(monkeypatch, strategy)
     allow, deny = POLICIES[policy]
     probes = _probes(version)
     # Pair each probe with a different one on the other side of the packet, both ways
@@ -150,6 +165,10 @@ def test_decision_table(policy: str, version: int, direction: Direction) -> None
         frames.append((b, a, model.udp_frame(b, a)))
     frames.append((None, None, model.arp_frame()))
     with loaded(Spec(allow=allow, deny=deny)) as (progs, cmap):
+        assert progs.rules is not None
+        rules = progs.rules[0 if version == 4 else 1]
+        want = None if rules.constant is not None else expected(strategy, version)
+        assert progs.strategy(version) == want
         wrong, results = _run_table(progs, direction, frames, allow, deny)
         assert not wrong, "\n".join(wrong)
         assert counters.read(cmap) == _expected(direction, results, audit=False)
@@ -299,14 +318,22 @@ packet = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("strategy", ["inline", "lpm", "multibit-16-4", "multibit-20-4"])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     allow=st.lists(prefix, max_size=6),
     deny=st.lists(prefix, max_size=6),
     audit=st.booleans(),
     packets=st.lists(packet, min_size=1, max_size=12),
 )
-def test_random_policies_match_the_model(allow, deny, audit, packets) -> None:
+def test_random_policies_match_the_model(
+    monkeypatch, strategy, allow, deny, audit, packets
+) -> None:
+    force(monkeypatch, strategy)
     with loaded(Spec(allow=tuple(allow), deny=tuple(deny), audit=audit)) as (progs, cmap):
         expected = Counters()
         for direction in Direction:
@@ -321,3 +348,76 @@ def test_random_policies_match_the_model(allow, deny, audit, packets) -> None:
                 results.append((want, model.ip_length(frame)))
             expected = expected + _expected(direction, results, audit)
         assert counters.read(cmap) == expected
+
+
+# ---- large random tables: every strategy on thousands of prefixes ------------------------
+
+
+def _random_prefixes(rng, version: int, count: int) -> list:
+    bits = 32 if version == 4 else 128
+    lengths = [8, 12, 16, 18, 20, 22, 23, 24, 24, 24, 26, 28, 29, 30, 31, 32, 32, 32]
+    if version == 6:
+        lengths = [16, 24, 32, 40, 44, 48, 48, 56, 60, 64, 64, 80, 96, 112, 120, 126, 127, 128]
+    out = set()
+    # cluster half of them under a few /8s (or /16s) so that prefixes nest and collide
+    hubs = [rng.getrandbits(bits) for _ in range(4)]
+    while len(out) < count:
+        value = rng.getrandbits(bits)
+        if rng.random() < 0.5:
+            hub_len = 8 if version == 4 else 16
+            keep = bits - hub_len
+            value = (rng.choice(hubs) >> keep << keep) | (value & ((1 << keep) - 1))
+        out.add(net((value, rng.choice(lengths)), strict=False))
+    return sorted(out)
+
+
+def _probes_for(rng, rules, version: int, count: int) -> list:
+    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    top = (1 << (32 if version == 4 else 128)) - 1
+    entries = list(rules.entries)
+    found = set()
+    for p in rng.sample(entries, min(len(entries), count // 5)):
+        first, last = int(p.network_address), int(p.broadcast_address)
+        for v in (first - 1, first, last, last + 1, rng.randint(first, last)):
+            if 0 <= v <= top:
+                found.add(cls(v))
+    while len(found) < count:
+        found.add(cls(rng.getrandbits(top.bit_length())))
+    return sorted(found)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "version"),
+    [("auto", 4), ("auto", 6), ("lpm", 4), ("multibit-16-4", 4), ("multibit-16-8", 4)],
+    ids=["auto-ipv4", "auto-ipv6", "lpm-ipv4", "multibit-16-4-ipv4", "multibit-16-8-ipv4"],
+)
+def test_thousands_of_random_prefixes(monkeypatch, strategy: str, version: int) -> None:
+    """Kernel verdicts on random and boundary addresses equal FamilyRules.verdict (and the
+    model on a sample) for a few thousand random allow/deny prefixes."""
+    import random
+
+    force(monkeypatch, strategy)
+    rng = random.Random(f"thousands-{version}")
+    deny = _random_prefixes(rng, version, 3000)
+    allow = _random_prefixes(rng, version, 300)
+    with loaded(Spec(allow=tuple(allow), deny=tuple(deny))) as (progs, _):
+        rules = progs.rules[0 if version == 4 else 1]
+        assert len(rules.entries) > lookup.INLINE_MAX
+        auto = lookup.MULTIBIT if version == 4 else lookup.LPM  # > 1024 entries
+        want = auto if strategy == "auto" else expected(strategy, version)
+        assert progs.strategy(version) == want
+        probes = _probes_for(rng, rules, version, 600)
+        verdicts = {rules.verdict(a) for a in probes}
+        assert verdicts == {PASS, DENY}, "the probes must see both verdicts"
+        other = ipaddress.ip_address("192.0.2.10" if version == 4 else "2001:db8:ffff::10")
+        wrong = []
+        for i, a in enumerate(probes):
+            want_pass = rules.verdict(a) == PASS
+            if i % 20 == 0:  # the compiler itself against the model, on a sample
+                assert want_pass == model.address_verdict(a, allow, deny), a
+            for direction in Direction:
+                src, dst = (a, other) if direction == Direction.INGRESS else (other, a)
+                got = progs.by_direction(direction).test_run(model.udp_frame(src, dst)).retval
+                if got != int(want_pass):
+                    wrong.append(f"{direction.name} {a}: kernel {got}, table {int(want_pass)}")
+        assert not wrong, "\n".join(wrong[:20])

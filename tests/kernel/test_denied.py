@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from conftest import force
 from model import ip_length, udp_frame
 
 from ipacctd.datapath import counters, denied
@@ -16,12 +17,16 @@ def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text, strict=False)
 
 
+@pytest.mark.parametrize("strategy", ["inline", "lpm", "multibit-16-4"])
 @pytest.mark.parametrize("audit", [False, True])
 @pytest.mark.parametrize(
     "deny",
-    [("198.51.100.0/24", "2001:db8::/64"), ("0.0.0.0/0", "::/0")],  # trie and constant verdicts
+    [("198.51.100.0/24", "2001:db8::/64"), ("0.0.0.0/0", "::/0")],  # lookup and constant verdicts
 )
-def test_denied_addresses_are_logged_per_direction(deny: tuple[str, ...], audit: bool) -> None:
+def test_denied_addresses_are_logged_per_direction(
+    monkeypatch, deny: tuple[str, ...], audit: bool, strategy: str
+) -> None:
+    force(monkeypatch, strategy)
     spec = Spec(allow=(net("198.51.100.7"),), deny=tuple(net(d) for d in deny), audit=audit)
     with counters.create_map() as cmap, denied.create_map() as dmap:
         progs = build_programs(spec, cmap, dmap)
@@ -76,3 +81,28 @@ def test_log_is_bounded_by_lru() -> None:
         assert 0 < len(entries) <= denied.MAX_ENTRIES
         assert counters.read(cmap).egress_dropped_packets == 2 * 512
         assert Direction.EGRESS.name.lower() == entries[0]["direction"]
+
+
+def test_inspect_shows_a_multibit_table(monkeypatch) -> None:
+    """inspect names the multibit table's role and size instead of listing entries."""
+    from ipacctd.bpf.maps import open_map_id
+    from ipacctd.manager import inspect
+
+    force(monkeypatch, "multibit-16-4")
+    spec = Spec(deny=(net("198.51.100.0/24"), net("203.0.113.7"), net("10.0.0.0/8")))
+    with counters.create_map() as cmap:
+        progs = build_programs(spec, cmap)
+        try:
+            assert progs.strategy(4) == "multibit"
+            shown = []
+            for map_id in progs.egress.info().map_ids:
+                with open_map_id(map_id) as m:
+                    shown.append(inspect._map(m))
+        finally:
+            progs.close()
+    (table,) = [m for m in shown if m["role"].startswith("policy")]
+    assert table["type"] == "array" and table["entries"] == []
+    assert table["count"] == 3
+    # the /24 needs a chunk at levels 1 and 2, the /32 one at each of the four levels
+    assert table["multibit"] == {"prefixes": 3, "chunks": 2 + 4, "strides": [16, 4, 4, 4, 4]}
+    assert "multibit table: 3 prefixes, strides 16-4-4-4-4" in table["role"]

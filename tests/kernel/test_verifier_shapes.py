@@ -6,12 +6,13 @@ import errno
 import ipaddress
 
 import pytest
+from conftest import expected, force
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.errors import VerifierError
 from ipacctd.bpf.maps import MapType, open_map_id
 from ipacctd.bpf.programs import AttachType, Program, ProgType
-from ipacctd.datapath import counters
+from ipacctd.datapath import counters, denied
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.unit import Spec, build_programs
 
@@ -36,8 +37,8 @@ def _has(prefixes: tuple, version: int) -> bool:
     return any(p.version == version for p in prefixes)
 
 
-def _expected_tries(allow_key: str, deny_key: str) -> dict[int, bool]:
-    """Which families need an LPM trie, worked out from the policy (not from rules.py).
+def _needs_lookup(allow_key: str, deny_key: str) -> dict[int, bool]:
+    """Which families need a lookup, worked out from the policy (not from rules.py).
 
     A family needs a lookup when it has deny prefixes, unless the verdict is the same for
     every address: no deny at all (all pass) or "deny any" without an allow hole.
@@ -65,19 +66,45 @@ def cmap():
     m.close()
 
 
+# The map a family's lookup uses: (map type, key size) or None for inline.
+TABLE_MAP = {
+    "inline": {4: None, 6: None},
+    "lpm": {4: (MapType.LPM_TRIE, 8), 6: (MapType.LPM_TRIE, 20)},
+    "multibit-16-4": {4: (MapType.ARRAY, 4), 6: (MapType.LPM_TRIE, 20)},
+    "multibit-20-4": {4: (MapType.ARRAY, 4), 6: (MapType.LPM_TRIE, 20)},
+}
+
+
+@pytest.mark.parametrize("log_denied", [False, True], ids=["nolog", "log"])
 @pytest.mark.parametrize("audit", [False, True], ids=["enforce", "audit"])
 @pytest.mark.parametrize("accounting", [False, True], ids=["noacct", "acct"])
 @pytest.mark.parametrize("deny_key", list(DENY), ids=[f"deny-{k}" for k in DENY])
 @pytest.mark.parametrize("allow_key", list(ALLOW), ids=[f"allow-{k}" for k in ALLOW])
+@pytest.mark.parametrize("strategy", list(TABLE_MAP))
 def test_every_shape_verifies(
-    cmap, allow_key: str, deny_key: str, accounting: bool, audit: bool
+    monkeypatch,
+    cmap,
+    strategy: str,
+    allow_key: str,
+    deny_key: str,
+    accounting: bool,
+    audit: bool,
+    log_denied: bool,
 ) -> None:
+    force(monkeypatch, strategy)
     spec = Spec(allow=ALLOW[allow_key], deny=DENY[deny_key], accounting=accounting, audit=audit)
-    progs = build_programs(spec, cmap)
+    dmap = denied.create_map() if log_denied else None
+    progs = build_programs(spec, cmap, dmap)
     try:
-        counters_id = cmap.info().id
-        want_tries = _expected_tries(allow_key, deny_key)
+        fixed = {cmap.info().id} | ({dmap.info().id} if dmap is not None else set())
+        need = _needs_lookup(allow_key, deny_key)
         has_drop_path = _has(DENY[deny_key], 4) or _has(DENY[deny_key], 6)
+        for version in (4, 6):
+            want = expected(strategy, version) if need[version] else None
+            assert progs.strategy(version) == want
+        want_maps = sorted(
+            TABLE_MAP[strategy][v] for v in (4, 6) if need[v] and TABLE_MAP[strategy][v]
+        )
         for direction in Direction:
             prog = progs.by_direction(direction)
             info = prog.info()
@@ -88,27 +115,34 @@ def test_every_shape_verifies(
             ids = set(info.map_ids)
             assert len(ids) == len(info.map_ids)
             # The counters map is used when counting passed packets or dropped ones.
-            assert (counters_id in ids) == (accounting or has_drop_path)
-            tries = ids - {counters_id}
-            kinds = {}
-            for map_id in tries:
+            assert (cmap.info().id in ids) == (accounting or has_drop_path)
+            if dmap is not None:
+                assert (dmap.info().id in ids) == has_drop_path
+            maps = []
+            for map_id in ids - fixed:
                 with open_map_id(map_id) as m:
                     mi = m.info()
-                    assert mi.type == MapType.LPM_TRIE
-                    kinds[4 if mi.key_size == 8 else 6] = mi.max_entries
-            assert set(kinds) == {v for v, need in want_tries.items() if need}, (
-                f"tries {kinds} for allow={allow_key} deny={deny_key}"
-            )
-            # Both directions share one trie per family.
+                    maps.append((MapType(mi.type), mi.key_size))
+            assert sorted(maps) == want_maps, f"{strategy} allow={allow_key} deny={deny_key}"
+            # Both directions share the tables.
             other = progs.by_direction(Direction(1 - direction)).info()
             assert set(other.map_ids) == ids
             insns = asm.disassemble(prog.xlated())
-            dispatch = any(want_tries.values()) or has_drop_path
+            dispatch = any(need.values()) or has_drop_path
             # skb->protocol (rewritten by the kernel to a u16 load) is read only to dispatch.
             loads = [i for i in insns if i.cls == asm.LDX and i.src == asm.R6]
             assert any(i.op & 0x18 == asm.H for i in loads) == dispatch
+            calls = [i for i in insns if i.op == asm.JMP | asm.Jmp.CALL]
+            if strategy == "inline" and not accounting and not log_denied:
+                # no map, no helper: only the cold bpf_skb_load_bytes and the counting of
+                # drops may call (the drop counter's lookup is inlined for per-CPU arrays)
+                assert len(calls) <= 2 + 2 * has_drop_path
+            if strategy.startswith("multibit") and need[4]:
+                assert any(i.is_wide and i.src == asm.PSEUDO_MAP_VALUE for i in insns)
     finally:
         progs.close()
+        if dmap is not None:
+            dmap.close()
 
 
 def test_empty_policy_without_accounting_is_return_one(cmap) -> None:
@@ -144,7 +178,8 @@ def test_accounting_only_has_no_dispatch_and_one_map(cmap) -> None:
         progs.close()
 
 
-def test_trie_holds_the_compiled_entries(cmap) -> None:
+def test_trie_holds_the_compiled_entries(monkeypatch, cmap) -> None:
+    force(monkeypatch, "lpm")
     spec = Spec(
         allow=(net("10.1.0.0/16"),),
         deny=(net("10.0.0.0/8"), net("192.0.2.7/32"), net("2001:db8::/32")),

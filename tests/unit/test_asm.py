@@ -18,6 +18,7 @@ from ipacctd.bpf.asm import (
     R2,
     R3,
     R4,
+    R5,
     R6,
     R7,
     R8,
@@ -372,3 +373,36 @@ def test_dump_text() -> None:
     assert asm.dump([asm.call(Helper.map_lookup_elem)], xlated=True) == ["   0: (85) call #1"]
     wide = asm.Insn(asm.LD | asm.DW | asm.IMM, 1, asm.PSEUDO_MAP_FD, 0, 415)
     assert asm.dump([wide], xlated=True) == ["   0: (18) r1 = map[id:415]"]
+
+
+# ---- additions: JMP32, byte swap, direct map value access ---------------------------------
+
+
+def test_jmp32_imm_compares_32_bits_without_sign_extension() -> None:
+    # class JMP32 (0x06) | JNE (0x50) | K = 0x56; imm 0x80000001 as the raw 32 bits
+    code = asm.assemble([asm.jmp32_imm(Jmp.JNE, R1, 0x80000001, "t"), Label("t"), asm.exit_()])
+    assert code[:8] == h("5601000001000080")
+    assert asm.assemble([asm.jmp32_imm(Jmp.JEQ, R5, 7, "t"), Label("t")]) == h("1605000007000000")
+    (ins,) = asm.resolve([asm.jmp32_imm(Jmp.JNE, R2, 0xFFFFFFFF, "t"), Label("t")])
+    assert ins.cls == asm.JMP32
+    assert str(ins) == "if w2 != 0xffffffff goto pc+0"  # the raw 32 bits, no sign
+    assert asm.jmp32_reg(Jmp.JGT, R1, R2, "t").op == 0x2E
+
+
+def test_mov32_reg_and_to_be() -> None:
+    assert asm.mov32_reg(R5, R1).encode() == h("bc15000000000000")
+    assert asm.alu32_reg(Alu.AND, R1, R2).encode() == h("5c21000000000000")
+    # END | TO_BE (0x08) in the ALU class: "r1 = be32 r1" (dc 01 .. 20 00 00 00)
+    assert asm.to_be(R1, 32).encode() == h("dc01000020000000")
+    assert str(asm.to_be(R1, 32)) == "r1 = be32 r1"
+
+
+def test_ld_map_value_keeps_the_offset_in_the_second_slot() -> None:
+    ins = asm.ld_map_value(R3, Fd(9), 0x40)
+    assert ins.is_wide and ins.src == asm.PSEUDO_MAP_VALUE
+    # src_reg 2 (BPF_PSEUDO_MAP_VALUE), fd in the first imm, offset in the second
+    assert asm.assemble([ins]) == h("18230000090000000000000040000000")
+    assert str(asm.resolve([ins])[0]) == "r3 = map[fd:9][0]+64"
+    # the xlated form holds the map id instead of the fd
+    (back,) = asm.disassemble(asm.assemble([ins]))
+    assert asm.dump([back], xlated=True) == ["   0: (18) r3 = map[id:9][0]+64"]

@@ -173,3 +173,110 @@ def test_families_do_not_leak_into_each_other() -> None:
     v4, v6 = compile_rules([net("::/0")], [net("0.0.0.0/0")])
     assert v4.constant == DENY  # the IPv6 allow does not cover IPv4
     assert v6.empty
+
+
+# ---- the sweep compiler against the straightforward one it replaced ------------------------
+
+
+def _reference_compile(version: int, allow: list, deny: list) -> dict:
+    """The original per-prefix compiler (supernet lookups), kept as a reference."""
+    allow_set = {n for n in allow if n.version == version}
+    deny_set = {n for n in deny if n.version == version}
+    if not deny_set:
+        return {}
+
+    def covered(n, table) -> bool:
+        return any(n.subnet_of(t) for t in table)
+
+    verdicts = {}
+    for n in allow_set | deny_set:
+        verdicts[n] = PASS if covered(n, allow_set) else DENY if covered(n, deny_set) else PASS
+    kept = {}
+    for n in sorted(verdicts, key=lambda n: (n.prefixlen, n.network_address)):
+        parents = [p for p in verdicts if p.prefixlen < n.prefixlen and n.subnet_of(p)]
+        parent = verdicts[max(parents, key=lambda p: p.prefixlen)] if parents else PASS
+        if verdicts[n] != parent:
+            kept[n] = verdicts[n]
+    return kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(allow=prefix_list, deny=prefix_list)
+def test_compiler_gives_the_reference_table_in_order(allow, deny) -> None:
+    for version in (4, 6):
+        got = compile_family(version, allow, deny).entries
+        want = _reference_compile(version, allow, deny)
+        assert list(got.items()) == list(want.items())
+
+
+def test_compiler_is_fast_on_large_lists() -> None:
+    import random
+    import time
+
+    rng = random.Random(7)
+    deny = [
+        net((rng.getrandbits(32), rng.choice([16, 20, 24, 24, 32, 32])), strict=False)
+        for _ in range(50_000)
+    ]
+    allow = [net((int(d.network_address), 32)) for d in deny[:5000]]
+    start = time.perf_counter()
+    rules = compile_family(4, allow, deny)
+    assert time.perf_counter() - start < 3
+    sample = deny[:10] + allow[:10]
+    for n in sample:
+        a = n.network_address
+        want = model.address_verdict(a, allow, deny)
+        assert (rules.verdict(a) == PASS) == want, a
+
+
+# ---- lookup strategies and the multibit table (Python side) -------------------------------
+
+
+def _table(version: int, n: int) -> FamilyRules:
+    bits = 32 if version == 4 else 128
+    return FamilyRules(version, {net((i << (bits - 24), 24)): DENY for i in range(1, n + 1)})
+
+
+def test_strategy_follows_the_table_size() -> None:
+    from ipacctd.datapath import lookup
+
+    assert lookup.strategy(FamilyRules(4, {})) is None
+    assert lookup.strategy(FamilyRules(4, {net("0.0.0.0/0"): DENY})) is None
+    for version in (4, 6):
+        assert lookup.strategy(_table(version, 1)) == lookup.INLINE
+        assert lookup.strategy(_table(version, lookup.INLINE_MAX)) == lookup.INLINE
+        assert lookup.strategy(_table(version, lookup.INLINE_MAX + 1)) == lookup.LPM
+        assert lookup.strategy(_table(version, lookup.MULTIBIT_MIN - 1)) == lookup.LPM
+    assert lookup.strategy(_table(4, lookup.MULTIBIT_MIN)) == lookup.MULTIBIT
+    assert lookup.strategy(_table(6, lookup.MULTIBIT_MIN)) == lookup.LPM
+
+
+@settings(max_examples=200, deadline=None)
+@given(allow=st.lists(v4_prefix, max_size=7), deny=st.lists(v4_prefix, max_size=7))
+def test_multibit_table_decides_like_the_compiled_table(allow, deny) -> None:
+    from ipacctd.datapath import lookup
+
+    rules = compile_family(4, allow, deny)
+    probes = [a for a in _probe_set(allow, deny) if a.version == 4]
+    for strides in lookup.STRIDES:
+        table = lookup.build_multibit(rules, strides)
+        assert table.size == lookup.multibit_size(
+            sorted((n.prefixlen, int(n.network_address), v) for n, v in rules.entries.items()),
+            strides,
+        )
+        assert lookup.parse_trailer(table.value())["strides"] == list(strides)
+        for a in probes:
+            assert table.lookup(int(a)) == rules.verdict(a), (strides, a, rules.entries)
+
+
+def test_multibit_strides_are_chosen_by_memory() -> None:
+    from ipacctd.datapath import lookup
+
+    # a dense cluster: 16-8-8 costs little more than the smallest, and has fewest levels
+    dense = FamilyRules(4, {net((0x0A000000 | i, 32)): DENY for i in range(0, 4096, 3)})
+    assert lookup.build_multibit(dense).strides == (16, 8, 8)
+    # prefixes spread over every /16: the 16-8-8 chunks would cost far more
+    spread = FamilyRules(
+        4, {net(((i * 40503 & 0xFFFF) << 16 | 0x0101, 32)): DENY for i in range(5000)}
+    )
+    assert lookup.build_multibit(spread).strides == (16, 4, 4, 4, 4)

@@ -1,0 +1,285 @@
+"""How the kernel looks an address up in one family's compiled table: three strategies.
+
+The compiled table (:class:`~ipacctd.datapath.rules.FamilyRules`) maps prefixes to their
+final verdict, so every strategy only has to find the longest prefix that contains the
+address (no match: pass). Which one a family gets depends on the table's size:
+
+``inline`` (at most :data:`INLINE_MAX` entries)
+    No map: the program compares the address with each entry, longest first, as 32-bit
+    words under the entry's mask (JMP32 compares: a 64-bit compare would sign-extend the
+    immediate). The first match decides. A handful of instructions, no helper call.
+
+``multibit`` (IPv4 with at least :data:`MULTIBIT_MIN` entries)
+    A leaf-pushed, fixed-stride multibit trie held as ONE value of a one-element
+    ``BPF_MAP_TYPE_ARRAY``. The program gets a pointer to that value with a
+    ``BPF_PSEUDO_MAP_VALUE`` load (direct value access, as for global data: not even an
+    inlined helper call) and walks at most five levels in straight-line code, one
+    dependent u32 load per level. Layout: the root's 2^root u32 slots, then chunks of
+    2^stride u32 slots. A slot is either a leaf, ``LEAF | verdict`` (bit 31 set), or the
+    byte offset of the next level's chunk in the value (below 2^31, never 0: the root
+    comes first). A 64-byte trailer after the last chunk describes the table for
+    ``inspect``. The map is ``BPF_F_RDONLY_PROG``.
+
+    Strides: each table takes the candidate of :data:`STRIDES` with the fewest levels
+    whose memory is within :data:`MULTIBIT_SLACK` (1.25x) of the smallest candidate's
+    (sizes are counted from the prefixes before anything is built). Memory measured on
+    bench/datapath.py's seeded random lists (prefix lengths shaped like real block lists:
+    mostly /24 and /32), in MiB::
+
+        strides      levels   1k      10k     100k prefixes
+        16-4-4-4-4   5        0.44    2.11    15.83
+        20-4-4-4     4        4.13    5.30    16.48   <- chosen at 100k
+        16-8-8       3        1.81    15.04   106.08
+        22-5-5       3        16.19   17.87   34.24
+        20-6-6       3        4.39    7.80    40.33
+
+    so random lists get 16-4-4-4-4 up to some tens of thousands of prefixes and 20-4-4-4
+    above; a dense list (many long prefixes in few /16s) gets 16-8-8. Time (ns above the
+    return-1 floor, 100k prefixes, a /32 hit at full depth): 20-4-4-4 14, 22-5-5 14,
+    16-8-8 13; 16-4-4-4-4 17. Three levels buy about 1 ns for two to six times the memory,
+    so 16-8-8 is only taken when it is nearly free. Building a 100k table takes about
+    0.3-1 s on this (busy, 2-CPU) machine: integers and slice fills, no ipaddress objects
+    in the loop.
+
+``lpm`` (everything else: 9-1023 IPv4 entries, and every IPv6 table above 8 entries)
+    The kernel's ``BPF_MAP_TYPE_LPM_TRIE`` (one helper call, ~5-6 ns per trie level).
+    A multibit IPv6 table is not an option: 128-bit addresses need ~28 levels of 4-bit
+    strides (or huge chunks with wider ones), and each /48-/128 prefix of a random list
+    drags a private chain of chunks behind it, ~1-2 KiB per prefix (100k prefixes:
+    ~150 MiB), where the trie needs ~100 bytes per prefix.
+
+The thresholds are module constants so that tests can force every strategy on small
+tables (monkeypatch :data:`INLINE_MAX` to 0 or :data:`MULTIBIT_MIN` to 1).
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from dataclasses import dataclass
+
+from ipacctd.bpf.maps import ArrayMap, LPMTrieMap, Map
+from ipacctd.datapath.rules import FamilyRules
+
+INLINE_MAX = 8
+MULTIBIT_MIN = 1024
+# Stride sets a multibit table may use, fewest levels first; a table takes the first whose
+# memory is at most MULTIBIT_SLACK times that of the smallest candidate for its prefixes.
+STRIDES = ((16, 8, 8), (20, 4, 4, 4), (16, 4, 4, 4, 4))
+MULTIBIT_SLACK = 1.25
+
+INLINE, LPM, MULTIBIT = "inline", "lpm", "multibit"
+
+LEAF = 0x8000_0000
+TRAILER = 64
+MAGIC = b"ipacmbt1"
+MULTIBIT_NAME = "ipacctd_mb_ipv4"
+F_RDONLY_PROG = 1 << 7  # the program only reads the table
+
+
+def strategy(rules: FamilyRules) -> str | None:
+    """The lookup strategy for a family's table; None when no lookup is needed (the verdict
+    is the same for every address)."""
+    if rules.constant is not None:
+        return None
+    n = len(rules.entries)
+    if n <= INLINE_MAX:
+        return INLINE
+    if rules.version == 4 and n >= MULTIBIT_MIN:
+        return MULTIBIT
+    return LPM
+
+
+# ---- multibit table -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Multibit:
+    """A built multibit table: its u32 slots and the strides that shape them."""
+
+    strides: tuple[int, ...]
+    slots: array  # array("I"): root, then the chunks
+    prefixes: int
+
+    @property
+    def chunks(self) -> int:
+        """Chunks below the root."""
+        return (len(self.slots) - (1 << self.strides[0])) >> self.strides[1]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the map value (slots and trailer)."""
+        return len(self.slots) * 4 + TRAILER
+
+    @property
+    def max_chunk_offset(self) -> int:
+        """Byte offset of the last chunk: the largest slot value that is not a leaf."""
+        return (len(self.slots) - (1 << self.strides[-1])) * 4
+
+    def value(self) -> bytes:
+        """The map value: slots in host byte order, then the trailer."""
+        return self.slots.tobytes() + trailer(self.strides, self.prefixes, self.chunks)
+
+    def lookup(self, address: int) -> int:
+        """The verdict for an IPv4 address as an integer (what the program computes)."""
+        end = self.strides[0]
+        v = self.slots[address >> (32 - end)]
+        for stride in self.strides[1:]:
+            if v & LEAF:
+                break
+            end += stride
+            v = self.slots[(v >> 2) + ((address >> (32 - end)) & ((1 << stride) - 1))]
+        return v & 1
+
+
+def trailer(strides: tuple[int, ...], prefixes: int, chunks: int) -> bytes:
+    """magic, u32 prefixes, u32 chunks, u8 levels, u8 strides[8]; zero padded."""
+    body = MAGIC + struct.pack(
+        "=IIB8B", prefixes, chunks, len(strides), *strides, *([0] * (8 - len(strides)))
+    )
+    return body.ljust(TRAILER, b"\0")
+
+
+def parse_trailer(value: bytes) -> dict[str, object] | None:
+    """What the trailer of a multibit map value says (None if it has none)."""
+    tail = value[-TRAILER:]
+    if not tail.startswith(MAGIC):
+        return None
+    prefixes, chunks, levels, *strides = struct.unpack_from("=IIB8B", tail, len(MAGIC))
+    return {"prefixes": prefixes, "chunks": chunks, "strides": list(strides[:levels])}
+
+
+def _bounds(strides: tuple[int, ...]) -> list[int]:
+    return [sum(strides[: i + 1]) for i in range(len(strides))]
+
+
+def multibit_size(items: list[tuple[int, int, int]], strides: tuple[int, ...]) -> int:
+    """Bytes of the table for (prefix length, address, verdict) ``items``, without building
+    it: a level has one chunk per distinct parent of the prefixes that end below it."""
+    bounds = _bounds(strides)
+    slots = 1 << strides[0]
+    for level in range(1, len(strides)):
+        above = bounds[level - 1]
+        shift = 32 - above
+        parents = {addr >> shift for plen, addr, _ in items if plen > above}
+        slots += len(parents) << strides[level]
+    return slots * 4 + TRAILER
+
+
+def choose_strides(items: list[tuple[int, int, int]]) -> tuple[int, ...]:
+    """The stride set with the fewest levels whose table stays within MULTIBIT_SLACK of the
+    smallest candidate's memory."""
+    sizes = {s: multibit_size(items, s) for s in STRIDES}
+    least = min(sizes.values())
+    return next(s for s in STRIDES if sizes[s] <= least * MULTIBIT_SLACK)
+
+
+def build_multibit(rules: FamilyRules, strides: tuple[int, ...] | None = None) -> Multibit:
+    """Leaf-pushed multibit trie of an IPv4 table.
+
+    Prefixes are painted shortest first, each into the slots of the level where it ends;
+    a chunk is made when a longer prefix needs one and starts as 16 copies of the leaf its
+    parent slot held, so every shorter prefix's verdict is pushed down into it.
+    """
+    if rules.version != 4:
+        raise ValueError("multibit tables are IPv4 only")
+    items = sorted((n.prefixlen, int(n.network_address), v) for n, v in rules.entries.items())
+    if strides is None:
+        strides = choose_strides(items)
+    if (
+        sum(strides) != 32
+        or not 1 < len(strides) <= 6
+        or strides[0] > 24
+        or len(set(strides[1:])) != 1
+    ):  # one chunk size below the root
+        raise ValueError(f"bad multibit strides {strides}")
+    bounds = _bounds(strides)
+    level_of = [next(i for i, b in enumerate(bounds) if b >= plen) for plen in range(33)]
+    slots = array("I", [LEAF] * (1 << strides[0]))
+    bases: list[dict[int, int]] = [{0: 0}] + [{} for _ in strides[1:]]
+
+    fills: dict[tuple[int, int], array] = {}
+
+    def fill(value: int, count: int) -> array:
+        got = fills.get((value, count))
+        if got is None:
+            got = fills[value, count] = array("I", [value]) * count
+        return got
+
+    def chunk(level: int, prefix: int) -> int:
+        """Slot index of the chunk at ``level`` for the top bounds[level-1] bits ``prefix``."""
+        base = bases[level].get(prefix)
+        if base is not None:
+            return base
+        if level == 1:
+            parent = prefix
+        else:
+            s = strides[level - 1]
+            parent = chunk(level - 1, prefix >> s) + (prefix & ((1 << s) - 1))
+        base = len(slots)
+        slots.extend(fill(slots[parent], 1 << strides[level]))
+        slots[parent] = base * 4
+        bases[level][prefix] = base
+        return base
+
+    for plen, addr, verdict in items:
+        level = level_of[plen]
+        end = bounds[level]
+        if level == 0:
+            first = addr >> (32 - end)
+        else:
+            first = chunk(level, addr >> (32 - bounds[level - 1])) + (
+                (addr >> (32 - end)) & ((1 << strides[level]) - 1)
+            )
+        count = 1 << (end - plen)
+        slots[first : first + count] = fill(LEAF | verdict, count)
+    if len(slots) * 4 >= LEAF:
+        raise ValueError("multibit table too large")
+    return Multibit(tuple(strides), slots, len(items))
+
+
+# ---- the kernel side ----------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """One family's lookup: its strategy and the map it needs (none for inline)."""
+
+    rules: FamilyRules
+    strategy: str
+    map: Map | None = None
+    multibit: Multibit | None = None
+
+    @property
+    def version(self) -> int:
+        return self.rules.version
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+
+
+def build_table(rules: FamilyRules) -> Table | None:
+    """Choose the strategy for ``rules`` and make and fill its map; None: no lookup."""
+    how = strategy(rules)
+    if how is None:
+        return None
+    if how == INLINE:
+        return Table(rules, how)
+    if how == MULTIBIT:
+        mb = build_multibit(rules)
+        m: Map = ArrayMap.create(4, mb.size, 1, MULTIBIT_NAME, F_RDONLY_PROG)
+        try:
+            m.update_raw(struct.pack("=I", 0), mb.value())
+        except BaseException:
+            m.close()
+            raise
+        return Table(rules, how, m, mb)
+    trie = LPMTrieMap.new(rules.version, 1, len(rules.entries), f"ipacctd_ipv{rules.version}")
+    try:
+        for net, verdict in rules.entries.items():
+            trie[net] = bytes([verdict])
+    except BaseException:
+        trie.close()
+        raise
+    return Table(rules, how, trie)
