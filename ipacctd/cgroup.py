@@ -41,6 +41,10 @@ def validate_path(path: str) -> str:
     """Normalise a cgroup path relative to the mount; refuse anything that could escape it."""
     if "\0" in path:
         raise InvalidInput("cgroup path contains a NUL byte")
+    try:
+        path.encode()
+    except UnicodeEncodeError:  # undecodable bytes from argv (surrogate escapes)
+        raise InvalidInput(f"cgroup path {path!r} is not valid UTF-8") from None
     if not path.startswith("/"):
         raise InvalidInput(f"cgroup path {path!r} must be absolute (start with /), relative to "
                            "the cgroup2 mount")

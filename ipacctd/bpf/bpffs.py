@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 
 from ipacctd.errors import NotSupported, PermissionDenied
 
@@ -43,6 +42,8 @@ def ensure_mounted(mount_point: str = DEFAULT_MOUNT) -> str:
         os.makedirs(mount_point, mode=0o700, exist_ok=True)
     except PermissionError as exc:
         raise PermissionDenied(f"cannot create {mount_point}: run as root") from exc
+    import subprocess  # rarely needed: keep it off the CLI's import path
+
     res = subprocess.run(["mount", "-t", "bpf", "-o", "mode=700", "bpf", mount_point],
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:

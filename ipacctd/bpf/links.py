@@ -5,12 +5,14 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
-from dataclasses import dataclass
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf.objects import Object, fd_by_id, info_by_fd, obj_get
 from ipacctd.bpf.programs import AttachType, Program
 from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf
+
+if TYPE_CHECKING:
+    from ipacctd.bpf.info import Attached, LinkInfo
 
 F_ALLOW_OVERRIDE = 1 << 0
 F_ALLOW_MULTI = 1 << 1
@@ -18,17 +20,6 @@ F_REPLACE = 1 << 2
 F_QUERY_EFFECTIVE = 1 << 0
 
 LINK_TYPE_CGROUP = 3
-
-
-@dataclass(frozen=True)
-class LinkInfo:
-    """What the kernel reports about a link (struct bpf_link_info, cgroup variant)."""
-
-    id: int
-    type: int
-    prog_id: int
-    cgroup_id: int
-    attach_type: int
 
 
 class CgroupLink(Object):
@@ -75,6 +66,8 @@ class CgroupLink(Object):
 
     def info(self) -> LinkInfo:
         """The kernel's info on this link."""
+        from ipacctd.bpf.info import LinkInfo
+
         raw = info_by_fd(self.fd, 64, f"link {self.name!r}")
         ltype, lid, prog_id = struct.unpack_from("=III", raw, 0)
         cgroup_id, attach_type = struct.unpack_from("=QI", raw, 16)
@@ -98,23 +91,14 @@ def prog_detach(cgroup_fd: int, prog: Program, attach_type: AttachType) -> None:
         f"detach program {prog.name!r}")
 
 
-@dataclass(frozen=True)
-class Attached:
-    """Programs on one hook of one cgroup, as PROG_QUERY reports them."""
-
-    attach_flags: int
-    prog_ids: tuple[int, ...]
-    # As reported by the kernel; for cgroup hooks it fills none (6.18 leaves them 0 even for
-    # programs held by a bpf_link), so use the links' own info to map links to programs.
-    link_ids: tuple[int, ...]
-
-
 def prog_query(cgroup_fd: int, attach_type: AttachType, effective: bool = False,
                slots: int = 64) -> Attached:
     """BPF_PROG_QUERY: which programs run on ``attach_type`` of this cgroup.
 
     ``effective`` includes programs inherited from ancestor cgroups.
     """
+    from ipacctd.bpf.info import Attached
+
     progs = (ctypes.c_uint32 * slots)()
     links = (ctypes.c_uint32 * slots)()
     attr = Attr(struct.pack("=IIIIQIIQQQQ", cgroup_fd, attach_type,
@@ -130,3 +114,12 @@ def prog_query(cgroup_fd: int, attach_type: AttachType, effective: bool = False,
 def open_cgroup(path: str) -> int:
     """Open a cgroup directory for attaching/querying; the caller closes the fd."""
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def __getattr__(name: str) -> object:
+    # LinkInfo, Attached moved to ipacctd.bpf.info (imported on first use); still exported here.
+    if name in ("LinkInfo", "Attached"):
+        from ipacctd.bpf import info
+
+        return getattr(info, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

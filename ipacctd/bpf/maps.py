@@ -9,12 +9,14 @@ import functools
 import ipaddress
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf.errors import BPFError, BPFNotFound, BPFNotSupported
 from ipacctd.bpf.objects import Object, c_str, fd_by_id, obj_get
 from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+
+if TYPE_CHECKING:
+    from ipacctd.bpf.info import MapInfo
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -51,26 +53,6 @@ def possible_cpus() -> int:
     for part in text.split(","):
         top = max(top, int(part.split("-")[-1]))
     return top + 1
-
-
-@dataclass(frozen=True)
-class MapInfo:
-    """What the kernel reports about a map (struct bpf_map_info)."""
-
-    id: int
-    type: int
-    key_size: int
-    value_size: int
-    max_entries: int
-    flags: int
-    name: str
-
-    @property
-    def type_name(self) -> str:
-        try:
-            return MapType(self.type).name.lower()
-        except ValueError:
-            return f"type{self.type}"
 
 
 _INFO_SIZE = 88
@@ -224,6 +206,7 @@ class _NoBatch(Exception):
 
 
 def _map_info(fd: int) -> MapInfo:
+    from ipacctd.bpf.info import MapInfo
     from ipacctd.bpf.objects import info_by_fd
 
     raw = info_by_fd(fd, _INFO_SIZE, "map")
@@ -397,6 +380,16 @@ def probe_map_type(map_type: MapType) -> None:
             raise BPFNotSupported(f"kernel lacks {map_type.name.lower()} maps") from exc
         raise
     m.close()
+
+
+
+def __getattr__(name: str) -> object:
+    # MapInfo moved to ipacctd.bpf.info (imported on first use); still exported here.
+    if name in ("MapInfo",):
+        from ipacctd.bpf import info
+
+        return getattr(info, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

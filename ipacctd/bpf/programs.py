@@ -8,13 +8,15 @@ import errno
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.errors import BPFError, BPFPermissionError, VerifierError
 from ipacctd.bpf.objects import Object, c_str, fd_by_id, info_by_fd_into, obj_get
 from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf
+
+if TYPE_CHECKING:
+    from ipacctd.bpf.info import ProgramInfo, TestRun
 
 
 class ProgType(enum.IntEnum):
@@ -40,32 +42,6 @@ class AttachType(enum.IntEnum):
 
 
 LOG_SIZE = 1 << 22
-
-
-@dataclass(frozen=True)
-class ProgramInfo:
-    """What the kernel reports about a loaded program (struct bpf_prog_info)."""
-
-    id: int
-    type: int
-    tag: str
-    name: str
-    jited_len: int
-    xlated_len: int
-    load_time_ns: int  # since boot
-    created_by_uid: int
-    map_ids: tuple[int, ...]
-    run_time_ns: int
-    run_cnt: int
-    verified_insns: int
-    gpl: bool
-
-    @property
-    def type_name(self) -> str:
-        try:
-            return ProgType(self.type).name.lower()
-        except ValueError:
-            return f"type{self.type}"
 
 
 _INFO_SIZE = 232
@@ -156,6 +132,8 @@ def _verifier_error(attempt, name: str, first: BPFError) -> BPFError:
 
 def program_info(fd: int, map_slots: int = 64) -> ProgramInfo:
     """BPF_OBJ_GET_INFO_BY_FD for a program fd."""
+    from ipacctd.bpf.info import ProgramInfo
+
     info = ctypes.create_string_buffer(_INFO_SIZE)
     ids = (ctypes.c_uint32 * map_slots)()
     struct.pack_into("=IQ", info, 52, map_slots, ctypes.addressof(ids))
@@ -184,19 +162,10 @@ def _prog_code(fd: int, len_off: int, ptr_off: int) -> bytes:
     return code.raw[:size]
 
 
-@dataclass(frozen=True)
-class TestRun:
-    """Result of BPF_PROG_TEST_RUN: the program's return value and mean ns per run."""
-
-    __test__ = False  # not a pytest test class
-
-    retval: int
-    duration_ns: int
-    data_out: bytes
-
-
 def test_run(fd: int, data: bytes, repeat: int = 1) -> TestRun:
     """Run a loaded program ``repeat`` times on ``data`` inside the kernel."""
+    from ipacctd.bpf.info import TestRun
+
     din = ctypes.create_string_buffer(data, len(data))
     dout = ctypes.create_string_buffer(len(data) + 256)
     attr = Attr(struct.pack("=IIIIQQII", fd, 0, len(data), len(dout), addr(din), addr(dout),
@@ -211,3 +180,12 @@ def test_run(fd: int, data: bytes, repeat: int = 1) -> TestRun:
 def return_one() -> list[asm.Insn]:
     """The trivial ``return 1`` program: the floor for datapath benchmarks."""
     return [asm.mov64_imm(asm.R0, 1), asm.exit_()]
+
+
+def __getattr__(name: str) -> object:
+    # ProgramInfo, TestRun moved to ipacctd.bpf.info (imported on first use); still exported here.
+    if name in ("ProgramInfo", "TestRun"):
+        from ipacctd.bpf import info
+
+        return getattr(info, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,6 @@ import ctypes
 import enum
 import errno
 import os
-import platform
 
 from ipacctd.bpf.errors import map_errno
 
@@ -56,7 +55,7 @@ class Cmd(enum.IntEnum):
 
 
 def _syscall_number() -> int:
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() returns, without importing it
     try:
         return _NR_BPF[machine]
     except KeyError:

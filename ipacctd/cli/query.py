@@ -121,6 +121,10 @@ def _policy(st: UnitStatus) -> str:
         return f"{policy} (NOT ENFORCED: {st.unit.not_enforced_reason})"
     if st.counters is None:
         return f"{policy} (NOT ENFORCED: programs missing; reset the unit)"
+    if st.attached and not st.policy_in_force:
+        return (f"{policy} (NOT IN FORCE YET: a change was cut off; the kernel enforces "
+                f"policy generation {st.kernel_generation}, recorded "
+                f"{st.unit.generation}; the next change or daemon start completes it)")
     if st.attached:
         return f"{policy} (enforced)"
     return f"{policy} (cgroup gone; counters kept)"

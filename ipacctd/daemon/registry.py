@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ipacctd import cgroup
 from ipacctd.datapath.counters import Counters
 from ipacctd.errors import NotFound
 from ipacctd.manager.engine import Manager
@@ -27,7 +28,13 @@ class Entry:
     meta_mtime: int
     counters: Counters | None = None
     extra: dict = field(default_factory=dict)
+    probe: tuple[bool, bool] | None = None  # (cgroup exists, populated) when status was read
 
+
+#: A state poll re-reads every unit whose cgroup changed (exists / populated), and besides
+#: them a rolling slice of the others, so that each unit is read in full at least once in
+#: this many state polls (catching changes no cgroup event shows, e.g. links removed by hand).
+FULL_EVERY = 20
 
 Listener = Callable[[str, str, "Entry | None"], None]  # (event, name, entry)
 
@@ -40,6 +47,8 @@ class Registry:
         self.reader = CounterReader(manager.store)
         self.units: dict[str, Entry] = {}
         self.listeners: list[Listener] = []
+        self._mount: str | None = None
+        self._cursor = 0
 
     def _emit(self, event: str, name: str, entry: Entry | None) -> None:
         for listener in self.listeners:
@@ -65,8 +74,30 @@ class Registry:
                 continue
             self.refresh(name, mtime)
 
+    def _probe(self, cgroup_path: str) -> tuple[bool, bool] | None:
+        """(exists, populated) of a cgroup from its ``cgroup.events``: one small read, where
+        a full status walks the cgroup tree, parses the metadata and opens the pins."""
+        try:
+            if self._mount is None:
+                self._mount = cgroup.mount_point()
+            path = cgroup.fs_path(cgroup_path, self._mount) + "/cgroup.events"
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return False, False
+        except Exception:  # unknown: make the caller read the full status
+            return None
+        try:
+            return True, b"populated 1" in os.read(fd, 512)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
     def refresh(self, name: str, mtime: int | None = None) -> Entry | None:
         """Re-read one unit's metadata and live state; announce it."""
+        old = self.units.get(name)
+        # Probe before reading the status: a change in between shows on the next poll.
+        probe = self._probe(old.status.unit.cgroup) if old is not None else None
         try:
             status = self.manager.status(name)
         except NotFound:
@@ -74,10 +105,17 @@ class Registry:
                 self.reader.forget(name)
                 self._emit("removed", name, None)
             return None
-        old = self.units.get(name)
         if old is not None and old.status.unit.started_at != status.unit.started_at:
             self.reader.forget(name)  # replaced by a new unit of the same name
-        entry = Entry(status, self._mtime(name) if mtime is None else mtime, status.counters)
+        if old is None or old.status.unit.cgroup != status.unit.cgroup:
+            # A new unit: probe now, and keep the probe only if it agrees with the status
+            # (otherwise the next state poll reads the status again). A cgroup made or
+            # removed in the microseconds between is caught by the rolling full reads.
+            probe = self._probe(status.unit.cgroup)
+            if probe is not None and probe[1] != bool(status.pids):
+                probe = None
+        entry = Entry(status, self._mtime(name) if mtime is None else mtime, status.counters,
+                      probe=probe)
         self.units[name] = entry
         self._emit("changed" if old is not None else "new", name, entry)
         return entry
@@ -87,7 +125,7 @@ class Registry:
         changed = []
         for name, entry in self.units.items():
             c = self.reader.read(name)
-            if c != entry.counters:
+            if c is not entry.counters and c != entry.counters:
                 entry.counters = c
                 changed.append(name)
         for name in changed:
@@ -95,11 +133,28 @@ class Registry:
         return changed
 
     def poll_states(self) -> list[str]:
-        """Re-check active states (processes come and go without metadata changes)."""
+        """Re-check active states (processes come and go without metadata changes).
+
+        A unit's status is read again when its cgroup appeared, vanished, or gained or
+        lost its last process since the status was read (one ``cgroup.events`` read per
+        unit), and for a rolling slice of :data:`FULL_EVERY`-th of the units.
+        """
         changed = []
-        for name, entry in list(self.units.items()):
+        names = list(self.units)
+        rolling: set[str] = set()
+        if names:
+            k = -(-len(names) // FULL_EVERY)
+            start = self._cursor % len(names)
+            rolling = set((names + names)[start:start + k])
+            self._cursor = start + k
+        for name in names:
+            entry = self.units[name]
+            probe = self._probe(entry.status.unit.cgroup)
+            if probe is not None and probe == entry.probe and name not in rolling:
+                continue
             with contextlib.suppress(NotFound):
                 st = self.manager.status(name)
+                entry.probe = probe
                 if (st.active_state, st.sub_state, st.attached) != (
                         entry.status.active_state, entry.status.sub_state,
                         entry.status.attached):

@@ -54,6 +54,12 @@ class Daemon:
     async def start(self) -> None:
         """Rebuild state, connect to D-Bus, serve metrics, start watching."""
         self.manager.store.ensure_dirs()
+        try:  # finish what a crashed ipacctd left half done (policy changes, removals)
+            repaired = self.manager.reconcile()
+            if repaired:
+                log.warning("repaired after a crash: %s", ", ".join(repaired))
+        except Error as exc:
+            log.error("reconciling units: %s", exc)
         self.registry.sync()
         self.binder.load()
         self.binder.reconcile()
@@ -213,8 +219,21 @@ async def serve(config: DaemonConfig) -> None:
         await daemon.close()
 
 
+def raise_fd_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit: the daemon keeps one counters-map fd
+    open per unit, and a shell's usual soft limit of 1,024 would make the counters of
+    units beyond it unreadable (the systemd unit sets LimitNOFILE= itself)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(config: DaemonConfig) -> int:
     """Entry point of ``ipacctd daemon``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise_fd_limit()
     asyncio.run(serve(config))
     return 0

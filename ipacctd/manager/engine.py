@@ -1,7 +1,10 @@
 """The engine: every front door (CLI, D-Bus, unit-file loader) calls these functions.
 
-Mutations validate everything first, then take the store lock, then change the kernel,
-then record the result. A failure leaves the kernel and the metadata as they were.
+Mutations validate everything first, then take the store lock, then record their intent
+in the metadata, then change the kernel, then record the result. A failure leaves the
+kernel and the metadata as they were; a crash (kill -9) part-way leaves an intent that
+:meth:`Manager.reconcile` completes — at daemon start and before every mutation of the
+unit (see :mod:`ipacctd.manager.generation`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import signal
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ipacctd import cgroup
 from ipacctd.bpf import bpffs
@@ -27,14 +31,33 @@ from ipacctd.errors import (
     NotSupported,
     PermissionDenied,
 )
+from ipacctd.manager import generation
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store
 from ipacctd.manager.unit import Unit, UnitStatus, spec_for
 from ipacctd.policy.names import transient_name, validate_unit_name
 from ipacctd.policy.properties import Properties, parse_assignment
-from ipacctd.policy.unitfile import UnitFile, load_unit_dir
+
+if TYPE_CHECKING:
+    from ipacctd.policy.unitfile import UnitFile
 
 ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
+#: Prefix of the directory a datapath is built in before it is renamed into place
+#: (``~tmp-<pin name>-<pid>``, see :meth:`UnitDatapath.create`).
+TMP_PIN_PREFIX = "~tmp-"
+
+
+class _Log:
+    """``logging.getLogger("ipacctd.engine")``, imported on first use: only crash recovery
+    logs, and ``logging`` is a noticeable part of the CLI's start-up time."""
+
+    def __getattr__(self, attr: str) -> object:
+        import logging
+
+        return getattr(logging.getLogger("ipacctd.engine"), attr)
+
+
+log = _Log()
 
 #: Exit statuses of a main process that leave a unit inactive rather than failed: as
 #: systemd's services, a normal exit 0 and death by SIGHUP, SIGINT, SIGTERM or SIGPIPE
@@ -117,10 +140,12 @@ class Manager:
         pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
         counters = None
         attached = False
+        kgen = None
         with contextlib.suppress(NotFound, OSError):
             with UnitDatapath.open(self.store.pin_dir(name)) as dp:
                 counters = dp.read()
                 attached = dp.attached()
+            kgen = generation.read(self.store.pin_dir(name))
         if pids:
             active, sub = "active", "running"
         elif unit.exit_status not in CLEAN_EXIT:
@@ -131,7 +156,7 @@ class Manager:
             active, sub = "active", "idle"
         else:
             active, sub = "inactive", "dead"
-        return UnitStatus(unit, active, sub, pids, counters, attached)
+        return UnitStatus(unit, active, sub, pids, counters, attached, kgen)
 
     def statuses(self, names: Sequence[str] | None = None) -> list[UnitStatus]:
         """Status of the named units (all when None); unknown names raise NotFound."""
@@ -146,6 +171,8 @@ class Manager:
 
     def unit_file(self, name: str) -> UnitFile | None:
         """The policy file for ``name`` in the unit directory, if there is one."""
+        from ipacctd.policy.unitfile import load_unit_dir
+
         files, errors = load_unit_dir(self.config.unit_dir)
         for f in files:
             if f.name == name:
@@ -169,6 +196,7 @@ class Manager:
         """
         name = validate_unit_name(name) if name else None
         with self.store.locked():
+            self._sweep_stale_pins()
             if name is None:
                 name = transient_name(self.names())
             source = self.unit_file(name)
@@ -198,6 +226,9 @@ class Manager:
             raise NotFound(f"cgroup {rel} does not exist (looked at {fs})")
         name = validate_unit_name(name or os.path.basename(rel) or "root")
         with self.store.locked():
+            self._sweep_stale_pins()
+            if self.store.exists(name):
+                self._reconcile(name)
             if self.store.exists(name):
                 old = self.status(name)
                 if old.unit.transient or old.active_state == "active" or old.unit.cgroup != rel:
@@ -233,15 +264,25 @@ class Manager:
         problem = datapath_problem()
         if problem is not None:
             unit = self._unenforced(unit, problem, allow_unenforced)
+        unit = replace(unit, generation=1, rollback=None, removing=False)
         if make_cgroup:
             cgroup.create(fs)
+        # Metadata first: pins never exist without it, and a crash before the pins are
+        # complete leaves a unit that status reports ("programs missing") and reset removes.
         self.store.write(unit.name, unit.to_json())
         if unit.enforced:
+            with contextlib.suppress(OSError):  # the installation's pins: root's only
+                os.makedirs(self.config.bpf_dir, mode=0o700, exist_ok=True)
             try:
-                with UnitDatapath.create(self.store.pin_dir(unit.name), fs,
-                                         spec_for(unit.properties)):
+                pin_dir = self.store.pin_dir(unit.name)
+                with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
                     pass
+                generation.write(pin_dir, unit.generation)
             except (NotSupported, PermissionDenied) as exc:
+                # UnitDatapath.create may leave its empty temporary directory when the very
+                # first map cannot be made (no CAP_BPF): ours, so remove it now.
+                with contextlib.suppress(Error, OSError):
+                    self._sweep_stale_pins()
                 try:
                     unit = self._unenforced(unit, str(exc), allow_unenforced)
                 except Unenforceable:
@@ -261,6 +302,9 @@ class Manager:
         return replace(unit, enforced=False, not_enforced_reason=problem)
 
     def _undo_create(self, unit: Unit, made_cgroup: bool) -> None:
+        with contextlib.suppress(Error, OSError):
+            self._remove_datapath(unit.name)  # e.g. pinned, but the generation failed
+            self._sweep_stale_pins()
         self.store.delete(unit.name)
         if made_cgroup:
             with contextlib.suppress(Error, OSError):
@@ -272,14 +316,17 @@ class Manager:
         """Note the main PID of a unit's command."""
         with self.store.locked():
             unit = replace(self.unit(name), main_pid=pid, started_at=time.time())
-            self.store.write(name, unit.to_json())
+            # Not fsynced: a crash that loses the main PID loses nothing that matters.
+            self.store.write(name, unit.to_json(), durable=False)
             return unit
 
     def record_exit(self, name: str, status: int) -> Unit:
         """Note that a unit's main process ended (exit code, or -signal)."""
         with self.store.locked():
             unit = replace(self.unit(name), exit_status=status, exited_at=time.time())
-            self.store.write(name, unit.to_json())
+            # Not fsynced either (the unit's creation was): a crash may lose the exit
+            # record, never leave half of one (rename).
+            self.store.write(name, unit.to_json(), durable=False)
             return unit
 
     # -- changing --------------------------------------------------------------------------
@@ -287,21 +334,21 @@ class Manager:
     def set_properties(self, name: str, assignments: Sequence[tuple[str, str]]) -> Unit:
         """Apply property assignments live and atomically; counters carry on."""
         with self.store.locked():
-            unit = self.unit(name)
+            unit = self._reconciled(name)
             new = replace(unit, properties=unit.properties.apply(assignments))
             return self._commit_properties(unit, new)
 
     def set_properties_dbus(self, name: str, items: Sequence[tuple[str, str, object]]) -> Unit:
         """Like :meth:`set_properties`, with D-Bus typed values (name, signature, value)."""
         with self.store.locked():
-            unit = self.unit(name)
+            unit = self._reconciled(name)
             new = replace(unit, properties=unit.properties.apply_dbus(items))
             return self._commit_properties(unit, new)
 
     def replace_properties(self, name: str, props: Properties) -> Unit:
         """Make ``props`` the unit's whole policy (a unit file was edited)."""
         with self.store.locked():
-            unit = self.unit(name)
+            unit = self._reconciled(name)
             return self._commit_properties(unit, replace(unit, properties=props))
 
     def _commit_properties(self, old: Unit, new: Unit) -> Unit:
@@ -310,17 +357,148 @@ class Manager:
         if not new.enforced and new.properties.has_firewall():
             raise Unenforceable(f"unit {new.name} runs without BPF ({new.not_enforced_reason}); "
                                 "its firewall cannot be changed")
-        pin_dir = self.store.pin_dir(new.name)
+        if new.enforced and not cgroup.exists(cgroup.fs_path(new.cgroup)):
+            # Its links are severed: nothing to swap programs on (LINK_UPDATE: ENOLINK).
+            raise InvalidInput(f"unit {new.name} is inactive (its cgroup {new.cgroup} is "
+                               "gone): its policy cannot change; reset it and start it again")
+        # 1. intent: the new policy, its generation and the policy to return to.
+        intent = replace(new, generation=old.generation + 1, rollback=old.properties)
+        self.store.write(new.name, intent.to_json())
         if new.enforced:
+            pin_dir = self.store.pin_dir(new.name)
             fs = cgroup.fs_path(new.cgroup)
+            filters_changed = (
+                old.properties.ip_ingress_filter_path != new.properties.ip_ingress_filter_path
+                or old.properties.ip_egress_filter_path != new.properties.ip_egress_filter_path)
+            try:
+                # 2. the kernel: one atomic program swap per direction.
+                with UnitDatapath.open(pin_dir) as dp:
+                    dp.apply(spec_for(new.properties), fs if filters_changed else None)
+            except BaseException:
+                # Nothing changed in the kernel (apply rolls itself back): restore the
+                # metadata byte for byte.
+                self.store.write(old.name, old.to_json())
+                raise
+            # 3. the kernel records that it enforces this generation.
+            generation.write(pin_dir, intent.generation)
+        # 4. done: no rollback needed any more.
+        done = replace(intent, rollback=None)
+        self.store.write(done.name, done.to_json())
+        return done
+
+    # -- crash recovery --------------------------------------------------------------------
+
+    def reconcile(self, name: str | None = None) -> list[str]:
+        """Complete what a crashed ipacctd left half done; returns the units repaired.
+
+        For each unit (or only ``name``): finish an interrupted removal; re-apply the
+        recorded policy when the kernel enforces another generation (returning to the
+        recorded rollback policy if it cannot be applied); rebuild a missing datapath on a
+        live cgroup. Also removes datapaths left half built by a crashed creator.
+        """
+        with self.store.locked():
+            self._sweep_stale_pins()
+            if name is not None:
+                return [name] if self._reconcile(name) else []
+            done = []
+            for n in self.names():  # one broken unit must not keep the others unrepaired
+                try:
+                    if self._reconcile(n):
+                        done.append(n)
+                except Error as exc:
+                    log.error("unit %s: cannot reconcile: %s", n, exc)
+            return done
+
+    def _reconciled(self, name: str) -> Unit:
+        """The unit after any repair (lock held); its metadata is read once when all is well."""
+        unit = self.unit(name)
+        if self._reconcile(name, unit):
+            return self.unit(name)
+        return unit
+
+    def _reconcile(self, name: str, unit: Unit | None = None) -> bool:
+        """Repair one unit (lock held); True when something was done."""
+        if unit is None:
+            try:
+                unit = self.unit(name)
+            except NotFound:
+                return False
+        if unit.removing:
+            log.warning("unit %s: completing an interrupted removal", name)
+            self._remove(unit)
+            return True
+        pin_dir = self.store.pin_dir(name)
+        if not unit.enforced:
+            if unit.rollback is not None:
+                self.store.write(name, replace(unit, rollback=None).to_json())
+                return True
+            return False
+        fs = cgroup.fs_path(unit.cgroup)
+        if not os.path.exists(os.path.join(pin_dir, "counters")):
+            if not cgroup.exists(fs):
+                return False  # nothing to enforce on; status says "programs missing"
+            log.warning("unit %s: rebuilding its missing datapath", name)
+            bpffs.remove_tree(pin_dir)
+            with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
+                pass
+            generation.write(pin_dir, unit.generation)
+            if unit.rollback is not None:
+                self.store.write(name, replace(unit, rollback=None).to_json())
+            return True
+        kgen = generation.read(pin_dir)
+        if kgen == unit.generation:
+            if unit.rollback is None:
+                return False
+            self.store.write(name, replace(unit, rollback=None).to_json())  # step 4 was cut
+            return True
+        live = cgroup.exists(fs)
+        if not live:  # links severed: nothing enforces anything; just settle the records
+            generation.write(pin_dir, unit.generation)
+            if unit.rollback is not None:
+                self.store.write(name, replace(unit, rollback=None).to_json())
+            return True
+        log.warning("unit %s: kernel enforces policy generation %s, recorded %s; re-applying",
+                    name, kgen, unit.generation)
+        try:
             with UnitDatapath.open(pin_dir) as dp:
-                dp.apply(spec_for(new.properties),
-                         fs if old.properties.ip_ingress_filter_path
-                         != new.properties.ip_ingress_filter_path
-                         or old.properties.ip_egress_filter_path
-                         != new.properties.ip_egress_filter_path else None)
-        self.store.write(new.name, new.to_json())
-        return new
+                dp.apply(spec_for(unit.properties), fs)
+            generation.write(pin_dir, unit.generation)
+            self.store.write(name, replace(unit, rollback=None).to_json())
+            return True
+        except Error as exc:
+            if unit.rollback is None:
+                raise
+            log.error("unit %s: cannot apply the recorded policy (%s); returning to the "
+                      "previous one", name, exc)
+        back = replace(unit, properties=unit.rollback, generation=unit.generation + 1,
+                       rollback=None)
+        self.store.write(name, replace(back, rollback=unit.rollback).to_json())
+        with UnitDatapath.open(pin_dir) as dp:
+            dp.apply(spec_for(back.properties), fs)
+        generation.write(pin_dir, back.generation)
+        self.store.write(name, back.to_json())
+        return True
+
+    def _sweep_stale_pins(self) -> None:
+        """Remove datapaths a crashed creator left in its temporary directory (lock held).
+
+        Unpinning their links detaches them: the creator's fds died with it.
+        """
+        try:
+            entries = os.listdir(self.config.pins_dir)
+        except OSError:  # none yet, or not ours to read (the datapath step will say so)
+            return
+        for entry in entries:
+            if not entry.startswith(TMP_PIN_PREFIX):
+                continue
+            try:
+                pid = int(entry.rsplit("-", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if pid != os.getpid() and _alive(pid):
+                continue
+            log.info("removing %s left by a crashed ipacctd (pid %d)", entry, pid)
+            bpffs.remove_tree(os.path.join(self.config.pins_dir, entry))
 
     def stop(self, name: str, timeout: float = 5.0) -> list[int]:
         """Terminate the unit's processes: SIGTERM, then SIGKILL after ``timeout`` seconds."""
@@ -361,6 +539,7 @@ class Manager:
     def detach(self, name: str) -> None:
         """Remove an attached unit's programs and pins; the cgroup is left alone."""
         with self.store.locked():
+            self._sweep_stale_pins()
             unit = self.unit(name)
             if unit.transient:
                 raise InvalidInput(f"unit {name} was started by ipacctd run, not attached; "
@@ -370,12 +549,16 @@ class Manager:
     def reset(self, name: str) -> None:
         """Forget an inactive unit: its counters, pins, metadata and (own) cgroup."""
         with self.store.locked():
+            self._sweep_stale_pins()
             st = self.status(name)
             if st.active_state == "active" and st.unit.transient:
                 raise Busy(f"unit {name} is active; stop it first ('ipacctd stop {name}')")
             self._remove(st.unit)
 
     def _remove(self, unit: Unit) -> None:
+        if not unit.removing:  # intent first: a crash part-way is finished by reconcile
+            unit = replace(unit, removing=True)
+            self.store.write(unit.name, unit.to_json())
         self._remove_datapath(unit.name)
         if unit.transient:
             with contextlib.suppress(Error, OSError):
@@ -390,6 +573,16 @@ class Manager:
             bpffs.remove_tree(pin_dir)
             return
         dp.remove()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _mentions(message: str, name: str) -> bool:

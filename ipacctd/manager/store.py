@@ -78,17 +78,30 @@ class Store:
         except PermissionError as exc:
             raise _denied(self.meta_path(unit), exc) from None
 
-    def write(self, unit: str, data: dict[str, Any]) -> None:
-        """Write the unit's metadata atomically (write + fsync + rename), mode 0600."""
+    def write(self, unit: str, data: dict[str, Any], durable: bool = True) -> None:
+        """Write the unit's metadata atomically (write + fsync + rename), mode 0600.
+
+        ``durable=False`` skips the fsync: still all-or-nothing for readers (rename), but
+        a host crash may lose the update. For records whose loss is harmless (the main
+        PID and exit status of a run, written on every ``ipacctd run``); creation and
+        policy changes stay durable.
+        """
         self.ensure_dirs()
         path = self.meta_path(unit)
         tmp = os.path.join(self.config.units_dir, f".{unit}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        text = json.dumps(data, indent=1, sort_keys=True)
+        # A stale temporary file (a crashed writer with our pid) goes first; then the file
+        # is created exclusively and never through a symlink planted at its predictable name.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
+                f.write(text)
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
             os.rename(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

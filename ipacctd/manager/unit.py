@@ -28,6 +28,9 @@ class Unit:
     exited_at: float | None = None
     exit_status: int | None = None  # exit code, or -signal number
     source: str | None = None  # unit file applied, if any
+    generation: int = 1  # policy generation (see ipacctd.manager.generation)
+    rollback: Properties | None = None  # set while a policy change is in flight
+    removing: bool = False  # set while the unit is being removed (finish on reconcile)
 
     @property
     def description(self) -> str:
@@ -49,6 +52,9 @@ class Unit:
             "exited_at": self.exited_at,
             "exit_status": self.exit_status,
             "source": self.source,
+            "generation": self.generation,
+            "rollback": self.rollback.to_json() if self.rollback is not None else None,
+            "removing": self.removing,
         }
 
     @classmethod
@@ -67,6 +73,10 @@ class Unit:
             exited_at=d.get("exited_at"),
             exit_status=d.get("exit_status"),
             source=d.get("source"),
+            generation=int(d.get("generation", 0)),
+            rollback=(Properties.from_json(d["rollback"]) if d.get("rollback") is not None
+                      else None),
+            removing=bool(d.get("removing", False)),
         )
 
 
@@ -108,6 +118,13 @@ class UnitStatus:
     pids: tuple[int, ...]
     counters: Counters | None  # None when nothing is pinned (not enforced / broken)
     attached: bool  # programs on a live cgroup
+    kernel_generation: int | None = None  # policy generation the kernel enforces
+
+    @property
+    def policy_in_force(self) -> bool:
+        """True when the kernel enforces the recorded policy (no change cut off midway)."""
+        u = self.unit
+        return u.enforced and self.attached and self.kernel_generation == u.generation
 
     @property
     def name(self) -> str:
@@ -128,6 +145,9 @@ class UnitStatus:
             "cgroup": u.cgroup,
             "transient": u.transient,
             "enforced": u.enforced and self.attached,
+            "policy_in_force": self.policy_in_force,
+            "policy_generation": u.generation,
+            "kernel_policy_generation": self.kernel_generation,
             "main_pid": u.main_pid,
             "pids": list(self.pids),
             "command": list(u.command),

@@ -18,7 +18,6 @@ Everything is validated before anything is applied: :meth:`Properties.apply` and
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -328,6 +327,8 @@ PROPERTIES: Mapping[str, PropertySpec] = {
 
 
 def _unknown_property(name: str) -> InvalidInput:
+    import difflib  # only for this error message
+
     known = ", ".join(PROPERTIES)
     close = difflib.get_close_matches(name, PROPERTIES, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""

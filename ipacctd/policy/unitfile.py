@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from ipacctd.errors import InvalidInput
 from ipacctd.policy.names import SUFFIXES, validate_unit_name
@@ -216,7 +215,8 @@ def load_unit_file(path: str | os.PathLike[str]) -> UnitFile:
     """
     spath = os.fspath(path)
     try:
-        data = Path(spath).read_bytes()
+        with open(spath, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise InvalidInput(f"{spath}: cannot read: {e.strerror or e}") from None
     try:

@@ -1,0 +1,506 @@
+#!/usr/bin/env python3
+"""Daemon benchmark: CPU per poll cycle, /metrics scrape latency, D-Bus latency and RSS
+of ``ipacctd daemon`` serving 1,000 and 10,000 units.
+
+For each size the script makes an isolated installation (state in a temporary directory,
+pins under ``/sys/fs/bpf/ipacctd-bench-<id>``, cgroups under ``/ipacctd-bench-<id>``),
+creates the units with the engine directly (``Manager.start_transient``: a cgroup,
+programs with ``IPAddressDeny=198.51.100.1`` and a counters map each; no process runs in
+them), starts a private ``dbus-daemon`` and ``python -m ipacctd daemon`` against them,
+then measures
+
+* poll CPU: the daemon's own utime+stime (``/proc/<pid>/stat``) over a window without
+  any client, divided by the poll cycles in that window. A cycle's wall time is its CPU
+  time (the loop is single-threaded and CPU-bound), so cycles = (window - CPU) / interval;
+  every STATE_EVERY-th cycle also re-checks active states and runs the GC, so this is the
+  average over both kinds of cycle;
+* the same split in-process: ``Daemon.poll`` timed with ``time.process_time`` for a
+  counters-only cycle and for a state cycle (median of several);
+* ``/metrics`` scrape latency over HTTP (median), also while BPF run-time statistics are
+  on (then every unit's program statistics are read too), D-Bus ``Properties.GetAll`` on a unit
+  object and ``Manager.GetCounters`` (median), and the daemon's VmRSS.
+
+Everything it made is removed at the end (daemon and bus by PID, pins, cgroups, files),
+also after a failure or Ctrl-C.
+
+Run as root:  python3 bench/daemon.py [--units 1000,10000] [--poll-interval 0.2]
+              [--window 10] [--max-create-seconds 300] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import os
+import pstats
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+from ipacctd import cgroup  # noqa: E402
+from ipacctd.bpf import bpffs  # noqa: E402
+from ipacctd.daemon.config import DaemonConfig  # noqa: E402
+from ipacctd.daemon.service import STATE_EVERY, Daemon  # noqa: E402
+from ipacctd.manager.config import Config  # noqa: E402
+from ipacctd.manager.engine import Manager  # noqa: E402
+
+BUS_NAME = "org.ipacctd1"
+UNIT_IFACE = "org.ipacctd1.Unit"
+TARGETS_1K = {"poll_ms": 20.0, "scrape_ms": 100.0, "rss_mb": 80.0}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>custom</type>
+  <listen>unix:tmpdir={dir}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="root"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+@dataclass
+class Result:
+    units: int
+    create_s: float = 0.0
+    start_s: float = 0.0
+    poll_ms: float = 0.0  # daemon process CPU per cycle (external)
+    cycles: float = 0.0
+    counters_ms: float = 0.0  # in-process, counters-only cycle
+    states_ms: float = 0.0  # in-process, state + GC cycle
+    scrape_ms: float = 0.0
+    scrape_kb: float = 0.0
+    scrape_cpu_ms: float = 0.0  # daemon CPU per scrape (includes the polls meanwhile)
+    scrape_stats_ms: float = 0.0  # with BPF run-time stats on
+    getall_ms: float = 0.0
+    getcounters_ms: float = 0.0
+    rss_mb: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Installation:
+    """An isolated ipacctd installation that this script removes completely."""
+
+    def __init__(self) -> None:
+        self.id = uuid.uuid4().hex[:8]
+        self.tmp = tempfile.mkdtemp(prefix=f"ipacctd-bench-{self.id}-")
+        self.config = Config(
+            state_dir=os.path.join(self.tmp, "state"),
+            bpf_dir=f"/sys/fs/bpf/ipacctd-bench-{self.id}",
+            cgroup_root=f"/ipacctd-bench-{self.id}",
+            unit_dir=os.path.join(self.tmp, "units"),
+        )
+        self.manager = Manager(self.config)
+        self.root_fs = cgroup.fs_path(self.config.cgroup_root)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IPACCTD_")}
+        self.env.update(
+            IPACCTD_STATE_DIR=self.config.state_dir,
+            IPACCTD_BPF_DIR=self.config.bpf_dir,
+            IPACCTD_CGROUP_ROOT=self.config.cgroup_root,
+            IPACCTD_UNIT_DIR=self.config.unit_dir,
+            PYTHONPATH=str(ROOT),
+        )
+
+    def create(self, n: int, deadline: float) -> int:
+        """Create up to ``n`` units before ``deadline`` (monotonic); return how many."""
+        for i in range(n):
+            if time.monotonic() > deadline:
+                return i
+            self.manager.start_transient([("IPAddressDeny", "198.51.100.1")], name=f"bench{i:05d}")
+            if (i + 1) % 1000 == 0:
+                print(f"  {i + 1} units", file=sys.stderr, flush=True)
+        return n
+
+    def close(self) -> None:
+        # Unpinning the links detaches the programs; the cgroups are empty directories.
+        with contextlib.suppress(Exception):
+            bpffs.remove_tree(self.config.bpf_dir)
+        with contextlib.suppress(Exception):
+            cgroup.remove(self.root_fs, timeout=10)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        left = [p for p in (self.config.bpf_dir, self.root_fs) if os.path.exists(p)]
+        if left:
+            print(f"warning: left behind: {left}", file=sys.stderr)
+
+
+class Bus:
+    """A private dbus-daemon."""
+
+    def __init__(self, directory: str) -> None:
+        conf = os.path.join(directory, "bus.conf")
+        with open(conf, "w") as f:
+            f.write(BUS_CONF.format(dir=directory))
+        self.proc = subprocess.Popen(
+            ["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.address = self.proc.stdout.readline().strip()
+        if not self.address:
+            self.close()
+            raise RuntimeError("dbus-daemon printed no address")
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a process we started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def vm_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def scrape(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
+        return r.read()
+
+
+async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, float]:
+    """Median seconds of GetAll on a unit object and of GetCounters."""
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_address=address).connect()
+    try:
+
+        async def timed(msg_args: dict, n: int) -> float:
+            times = []
+            for _ in range(n):
+                t = time.perf_counter()
+                reply = await asyncio.wait_for(bus.call(Message(**msg_args)), 60)
+                times.append(time.perf_counter() - t)
+                assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+            return statistics.median(times)
+
+        getall = await timed(
+            dict(
+                destination=BUS_NAME,
+                path=unit_path,
+                interface="org.freedesktop.DBus.Properties",
+                member="GetAll",
+                signature="s",
+                body=[UNIT_IFACE],
+            ),
+            runs,
+        )
+        counters = await timed(
+            dict(
+                destination=BUS_NAME,
+                path="/org/ipacctd1",
+                interface="org.ipacctd1.Manager",
+                member="GetCounters",
+            ),
+            max(3, runs // 5),
+        )
+        return getall, counters
+    finally:
+        bus.disconnect()
+
+
+async def name_owned(address: str) -> bool:
+    from dbus_fast import Message
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_address=address).connect()
+    try:
+        reply = await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="NameHasOwner",
+                signature="s",
+                body=[BUS_NAME],
+            )
+        )
+        return bool(reply.body and reply.body[0])
+    finally:
+        bus.disconnect()
+
+
+def in_process(inst: Installation, res: Result, profile: bool) -> None:
+    """Time Daemon.poll in this process (no bus, no HTTP): counters-only and state cycles."""
+    d = Daemon(DaemonConfig(paths=inst.config, bus="unused", listen=""))
+    try:
+        d.registry.sync()
+        d.poll(1)  # opens and caches the map fds
+        counters = []
+        for cycle in range(1, 8):
+            t = time.process_time()
+            d.poll(cycle if cycle % STATE_EVERY else cycle + 1)
+            counters.append(time.process_time() - t)
+        states = []
+        for _ in range(5):
+            t = time.process_time()
+            d.poll(STATE_EVERY)
+            states.append(time.process_time() - t)
+        res.counters_ms = statistics.median(counters) * 1e3
+        res.states_ms = statistics.median(states) * 1e3
+        if profile:
+            for label, cycle in (("counters-only cycle", 1), ("state cycle", STATE_EVERY)):
+                prof = cProfile.Profile()
+                prof.runcall(d.poll, cycle)
+                out = io.StringIO()
+                pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(18)
+                print(
+                    f"--- cProfile of Daemon.poll, {label}, {res.units} units ---\n"
+                    f"{out.getvalue()}",
+                    file=sys.stderr,
+                )
+    finally:
+        d.registry.close()
+
+
+def bench(n: int, args: argparse.Namespace) -> Result:
+    res = Result(n)
+    inst = Installation()
+    bus = daemon = None
+    try:
+        print(f"{n} units: creating", file=sys.stderr, flush=True)
+        t = time.monotonic()
+        made = inst.create(n, t + args.max_create_seconds)
+        res.create_s = time.monotonic() - t
+        if made < n:
+            res.notes.append(
+                f"creation stopped after {args.max_create_seconds:.0f}s at {made} units"
+            )
+            res.units = made
+        bus = Bus(inst.tmp)
+        port = free_port()
+        log = open(os.path.join(inst.tmp, "daemon.log"), "wb")  # noqa: SIM115
+        t = time.monotonic()
+        daemon = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ipacctd",
+                "daemon",
+                "--bus",
+                bus.address,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--poll-interval",
+                str(args.poll_interval),
+            ],
+            env=inst.env,
+            cwd=str(ROOT),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = t + 300
+        while True:
+            if daemon.poll() is not None:
+                raise RuntimeError("daemon exited:\n" + Path(inst.tmp, "daemon.log").read_text())
+            with contextlib.suppress(OSError):
+                if asyncio.run(name_owned(bus.address)):
+                    scrape(port)
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("daemon not ready within 300 s")
+            time.sleep(0.1)
+        res.start_s = time.monotonic() - t
+
+        time.sleep(max(2.0, 3 * args.poll_interval))  # settle: fds opened, first GC round
+        c0, w0 = cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(args.window)
+        c1, w1 = cpu_seconds(daemon.pid), time.monotonic()
+        cpu, wall = c1 - c0, w1 - w0
+        res.cycles = max(1.0, (wall - cpu) / args.poll_interval)
+        res.poll_ms = cpu / res.cycles * 1e3
+
+        from ipacctd.bpf.stats import enabled_stats
+        from ipacctd.daemon.metrics import StatsProbe
+
+        probe = StatsProbe()
+        probe.on()
+        for _ in range(2):  # warm-up (first-scrape costs: the stats probe program, imports)
+            scrape(port)
+        times, size, stats_on = [], 0, 0
+        c0 = cpu_seconds(daemon.pid)
+        for _ in range(args.scrapes):
+            stats_on += probe.on()
+            t = time.perf_counter()
+            size = len(scrape(port))
+            times.append(time.perf_counter() - t)
+        res.scrape_cpu_ms = (cpu_seconds(daemon.pid) - c0) / args.scrapes * 1e3
+        res.scrape_ms = statistics.median(times) * 1e3
+        res.scrape_kb = size / 1024
+        if stats_on or probe.on():
+            res.notes.append(
+                "BPF run-time stats were on (kernel.bpf_stats_enabled or another "
+                "process's BPF_ENABLE_STATS fd) during the 'scrape ms' runs, so "
+                "they include reading every unit's program stats"
+            )
+        times = []
+        with enabled_stats():  # as while `ipacctd top` runs: program stats exported too
+            for _ in range(args.scrapes):
+                t = time.perf_counter()
+                scrape(port)
+                times.append(time.perf_counter() - t)
+        res.scrape_stats_ms = statistics.median(times) * 1e3
+
+        from ipacctd.daemon.bus import unit_path
+
+        getall, getcounters = asyncio.run(
+            dbus_latency(bus.address, unit_path("bench00000.service"), args.dbus_runs)
+        )
+        res.getall_ms, res.getcounters_ms = getall * 1e3, getcounters * 1e3
+        res.rss_mb = vm_kb(daemon.pid, "VmRSS") / 1024
+        stop(daemon)
+        daemon = None
+        in_process(inst, res, args.profile)
+    finally:
+        if daemon is not None:
+            stop(daemon)
+        if bus is not None:
+            bus.close()
+        inst.close()
+    return res
+
+
+def table(results: list[Result], args: argparse.Namespace) -> str:
+    head = (
+        "units",
+        "create s",
+        "start s",
+        "poll CPU ms",
+        "cycles",
+        "counters ms",
+        "states ms",
+        "scrape ms",
+        "scrape CPU ms",
+        "+stats ms",
+        "scrape KiB",
+        "GetAll ms",
+        "GetCounters ms",
+        "RSS MB",
+    )
+    rows = [head]
+    for r in results:
+        rows.append(
+            (
+                str(r.units),
+                f"{r.create_s:.1f}",
+                f"{r.start_s:.2f}",
+                f"{r.poll_ms:.2f}",
+                f"{r.cycles:.0f}",
+                f"{r.counters_ms:.2f}",
+                f"{r.states_ms:.2f}",
+                f"{r.scrape_ms:.1f}",
+                f"{r.scrape_cpu_ms:.1f}",
+                f"{r.scrape_stats_ms:.1f}",
+                f"{r.scrape_kb:.0f}",
+                f"{r.getall_ms:.2f}",
+                f"{r.getcounters_ms:.1f}",
+                f"{r.rss_mb:.1f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    out = [
+        f"ipacctd daemon benchmark — {time.strftime('%Y-%m-%d %H:%M:%S')}, kernel "
+        f"{os.uname().release}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
+        f"poll interval {args.poll_interval}s, CPU window {args.window}s, state re-check "
+        f"every {STATE_EVERY} cycles; each unit: own cgroup, IPAddressDeny=198.51.100.1",
+        "",
+        *lines,
+        "",
+        "poll CPU ms: the daemon's utime+stime per cycle, averaged over counters-only and",
+        "  state cycles (external, /proc/<pid>/stat); counters ms / states ms: Daemon.poll",
+        "  in-process (time.process_time, median) for the two kinds of cycle.",
+        "scrape ms: GET /metrics, wall time (median); scrape CPU ms: the daemon's CPU per",
+        "  scrape (with the polls that ran meanwhile: less sensitive to a loaded machine);",
+        "  +stats ms: the same while BPF run-time stats are on",
+        "  (program run time and runs exported per unit, as while `ipacctd top` runs).",
+    ]
+    for r in results:
+        if r.units >= 1000 and r.units < 2000:
+            verdict = [
+                f"{k.split('_')[0]} {getattr(r, k):.1f} <= {v:g}: "
+                f"{'ok' if getattr(r, k) <= v else 'MISSED'}"
+                for k, v in TARGETS_1K.items()
+            ]
+            out.append(f"targets at {r.units} units: " + "; ".join(verdict))
+        out += [f"note ({r.units} units): {note}" for note in r.notes]
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--units", default="1000,10000", help="comma-separated unit counts")
+    p.add_argument("--poll-interval", type=float, default=0.2)
+    p.add_argument("--window", type=float, default=10.0, help="CPU measurement window, s")
+    p.add_argument("--scrapes", type=int, default=11)
+    p.add_argument("--dbus-runs", type=int, default=50)
+    p.add_argument("--max-create-seconds", type=float, default=300.0)
+    p.add_argument("--profile", action="store_true", help="cProfile Daemon.poll (stderr)")
+    p.add_argument("--out", help="also write the table to this file")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("bench/daemon.py needs root (BPF, cgroups)", file=sys.stderr)
+        return 2
+    bpffs.ensure_mounted()
+    results = []
+    for n in (int(x) for x in args.units.split(",")):
+        results.append(bench(n, args))
+    text = table(results, args)
+    print(text, end="")
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
