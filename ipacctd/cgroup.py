@@ -102,6 +102,10 @@ def procs(fs: str) -> list[int]:
             return [int(x) for x in f.read().split()]
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:  # removed between open and read: gone, no processes
+            return []
+        raise
 
 
 def procs_recursive(fs: str) -> list[int]:

@@ -175,7 +175,7 @@ class Daemon:
             cycle += 1
             try:
                 self.poll(cycle)
-            except Error as exc:
+            except (Error, OSError) as exc:  # a unit vanishing mid-poll must not end us
                 log.error("poll: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.config.poll_interval)

@@ -361,6 +361,8 @@ class Manager:
             # Its links are severed: nothing to swap programs on (LINK_UPDATE: ENOLINK).
             raise InvalidInput(f"unit {new.name} is inactive (its cgroup {new.cgroup} is "
                                "gone): its policy cannot change; reset it and start it again")
+        if new.enforced:
+            _check_filter_programs(old.properties, new.properties)
         # 1. intent: the new policy, its generation and the policy to return to.
         intent = replace(new, generation=old.generation + 1, rollback=old.properties)
         self.store.write(new.name, intent.to_json())
@@ -573,6 +575,28 @@ class Manager:
             bpffs.remove_tree(pin_dir)
             return
         dp.remove()
+
+
+def _check_filter_programs(old: Properties, new: Properties) -> None:
+    """Refuse filter paths that hold no cgroup_skb program before anything changes: the
+    datapath would swap the unit's programs and detach the old filters first."""
+    from ipacctd.bpf.programs import Program, ProgType
+
+    known = set(old.ip_ingress_filter_path) | set(old.ip_egress_filter_path)
+    for prop, paths in (("IPIngressFilterPath", new.ip_ingress_filter_path),
+                        ("IPEgressFilterPath", new.ip_egress_filter_path)):
+        for path in paths:
+            if path in known:
+                continue
+            try:
+                with Program.open_pinned(path) as prog:
+                    kind = prog.prog_type
+            except (Error, OSError) as exc:
+                raise InvalidInput(f"{prop}={path}: no BPF program is pinned there "
+                                   f"({exc})") from None
+            if kind != ProgType.CGROUP_SKB:
+                raise InvalidInput(f"{prop}={path}: the program pinned there is not a "
+                                   "cgroup_skb program")
 
 
 def _alive(pid: int) -> bool:
