@@ -24,6 +24,7 @@ from dbus_fast import Message, MessageType, Variant
 from ipacctd.daemon.registry import Entry, Registry
 from ipacctd.datapath.counters import Counters
 from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound, NotSupported
+from ipacctd.manager.store import canonical
 
 log = logging.getLogger("ipacctd.bus")
 
@@ -304,6 +305,7 @@ class BusService:
         return f'{DOCTYPE}<node><node name="{child}"/></node>'
 
     def _entry(self, name: str) -> Entry:
+        name = canonical(name)  # "web" means web.service, as for systemctl
         entry = self.registry.units.get(name)
         if entry is None:
             entry = self.registry.refresh(name)
@@ -342,8 +344,8 @@ class BusService:
             return Message.new_method_return(msg, "a(ssssso)", [rows])
         if member == "GetUnit":
             self._check(msg, "s")
-            self._entry(body[0])
-            return Message.new_method_return(msg, "o", [unit_path(body[0])])
+            entry = self._entry(body[0])
+            return Message.new_method_return(msg, "o", [unit_path(entry.status.unit.name)])
         if member == "GetCounters":
             rows = [(n, counter_values(e.counters)) for n, e in sorted(self.registry.units.items())]
             return Message.new_method_return(msg, COUNTERS_SIG, [rows])

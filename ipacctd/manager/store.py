@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import time
@@ -18,8 +19,19 @@ from typing import Any
 
 from ipacctd.errors import Busy, NotFound, PermissionDenied
 from ipacctd.manager.config import Config
+from ipacctd.policy.names import validate_unit_name
 
 SUFFIX = ".json"
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical(unit: str) -> str:
+    """The unit's full name as systemctl would mangle it (``web`` → ``web.service``).
+
+    Also the one check that keeps a name from escaping the state and pin directories:
+    anything that is not a valid unit name (``/``, ``..``, NUL, ...) is refused here.
+    """
+    return validate_unit_name(unit)
 
 
 def pin_name(unit: str) -> str:
@@ -49,10 +61,10 @@ class Store:
                 from exc
 
     def meta_path(self, unit: str) -> str:
-        return os.path.join(self.config.units_dir, unit + SUFFIX)
+        return os.path.join(self.config.units_dir, canonical(unit) + SUFFIX)
 
     def pin_dir(self, unit: str) -> str:
-        return os.path.join(self.config.pins_dir, pin_name(unit))
+        return os.path.join(self.config.pins_dir, pin_name(canonical(unit)))
 
     def names(self) -> list[str]:
         """Names of all units with a metadata file, sorted."""
