@@ -61,8 +61,8 @@ def inspect_text(d: dict[str, Any]) -> str:
             out.append(f"\trun_cnt {p['run_cnt']}  run_time_ns {p['run_time_ns']}  "
                        f"({p['ns_per_run']} ns/run)")
         else:
-            out.append("\trun_cnt 0 (BPF stats off: 'ipacctd top' or sysctl "
-                       "kernel.bpf_stats_enabled=1 turns them on)")
+            out.append("\trun_cnt 0 (runs are counted only while BPF stats are on: "
+                       "'ipacctd top' or sysctl kernel.bpf_stats_enabled=1)")
         for line in p.get("instructions", []):
             out.append(f"\t{line}")
     out += ["", "Maps:"]
