@@ -50,8 +50,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SDREF = os.path.normpath(os.path.join(ROOT, "..", "shared", "tools", "systemd-ref",
-                                      "systemd-ref.sh"))
+SDREF = os.path.normpath(
+    os.path.join(ROOT, "..", "shared", "tools", "systemd-ref", "systemd-ref.sh")
+)
 SDREF_PIDFILE = "/tmp/sdref.pid"
 DENY = "IPAddressDeny=198.51.100.1"
 TARGET_OVER_FLOOR_MS = 25.0
@@ -89,8 +90,9 @@ def find_ipacctd(given: str | None) -> str:
         fail("no ipacctd script found; pass --ipacctd")
     if "/shims/" in found:
         with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
-            found = subprocess.run(["pyenv", "which", "ipacctd"], capture_output=True,
-                                   text=True, check=True).stdout.strip()
+            found = subprocess.run(
+                ["pyenv", "which", "ipacctd"], capture_output=True, text=True, check=True
+            ).stdout.strip()
     return found
 
 
@@ -105,14 +107,17 @@ def script_python(script: str) -> str:
 
 def install_kind(python: str) -> str:
     """Where the interpreter imports ipacctd from, and whether that is an editable install."""
-    code = ("import ipacctd, importlib.metadata as m, json\n"
-            "d = m.distribution('ipacctd')\n"
-            "direct = d.read_text('direct_url.json')\n"
-            "editable = bool(direct and json.loads(direct).get('dir_info', {}).get('editable'))\n"
-            "print(ipacctd.__file__, 'editable' if editable else 'normal')")
+    code = (
+        "import ipacctd, importlib.metadata as m, json\n"
+        "d = m.distribution('ipacctd')\n"
+        "direct = d.read_text('direct_url.json')\n"
+        "editable = bool(direct and json.loads(direct).get('dir_info', {}).get('editable'))\n"
+        "print(ipacctd.__file__, 'editable' if editable else 'normal')"
+    )
     try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                             check=True, cwd="/").stdout.split()  # not this checkout
+        out = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, check=True, cwd="/"
+        ).stdout.split()  # not this checkout
     except subprocess.CalledProcessError as exc:
         return f"unknown ({exc.stderr.strip().splitlines()[-1:]})"
     return f"{out[1]} install, package at {os.path.dirname(out[0])}"
@@ -146,14 +151,25 @@ class Install:
         os.mkdir(self.unit_dir)
         self.bpf_dir = f"/sys/fs/bpf/{self.tag}"
         self.cgroup_root = f"/{self.tag}"
-        self.env = dict(os.environ, IPACCTD_STATE_DIR=self.state,
-                        IPACCTD_BPF_DIR=self.bpf_dir, IPACCTD_CGROUP_ROOT=self.cgroup_root,
-                        IPACCTD_UNIT_DIR=self.unit_dir, IPACCTD_NO_DAEMON="1")
+        self.env = dict(
+            os.environ,
+            IPACCTD_STATE_DIR=self.state,
+            IPACCTD_BPF_DIR=self.bpf_dir,
+            IPACCTD_CGROUP_ROOT=self.cgroup_root,
+            IPACCTD_UNIT_DIR=self.unit_dir,
+            IPACCTD_NO_DAEMON="1",
+        )
         self.keep: set[str] = set()  # units the benchmark keeps (status/list-units)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([self.ipacctd, *args], env=self.env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, check=check)
+        return subprocess.run(
+            [self.ipacctd, *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
 
     def units(self) -> set[str]:
         try:
@@ -216,13 +232,32 @@ class SystemdRef:
         if pid is None:
             fail("systemd-ref did not come up")
         self.timer = subprocess.Popen(
-            ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-C", "-r", "-w", "--",
-             "python3", "-c", NS_TIMER],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                "nsenter",
+                "-t",
+                str(pid),
+                "-m",
+                "-u",
+                "-i",
+                "-n",
+                "-p",
+                "-C",
+                "-r",
+                "-w",
+                "--",
+                "python3",
+                "-c",
+                NS_TIMER,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def version(self) -> str:
-        out = subprocess.run([SDREF, "sh", "systemctl", "--version"], capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            [SDREF, "sh", "systemctl", "--version"], capture_output=True, text=True
+        ).stdout
         return out.splitlines()[0] if out else "?"
 
     def time(self, argv: list[str]) -> float:
@@ -246,14 +281,20 @@ class SystemdRef:
                 self.timer.wait()
         if self.brought_up:
             print("# systemd-ref: bringing it down", file=sys.stderr)
-            subprocess.run([SDREF, "down"], check=False, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [SDREF, "down"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
 
 
 def time_host(argv: list[str], env: dict[str, str]) -> float:
     t = time.perf_counter_ns()
-    rc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL).returncode
+    rc = subprocess.run(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ).returncode
     dt = time.perf_counter_ns() - t
     if rc != 0:
         raise RuntimeError(f"{argv} exited with {rc}")
@@ -265,11 +306,15 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20, help="repetitions of each case")
     ap.add_argument("--units", type=int, default=100, help="units for status/list-units")
     ap.add_argument("--systemd", action="store_true", help="also time systemd-run (systemd-ref)")
-    ap.add_argument("--ipacctd", help="the ipacctd script (default: beside this python, "
-                                      "else on PATH)")
-    ap.add_argument("--baseline", metavar="PATH",
-                    help="another ipacctd script (e.g. an older version) whose run cases are "
-                         "timed in the same run, for a before/after comparison")
+    ap.add_argument(
+        "--ipacctd", help="the ipacctd script (default: beside this python, else on PATH)"
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="another ipacctd script (e.g. an older version) whose run cases are "
+        "timed in the same run, for a before/after comparison",
+    )
     ap.add_argument("--out", help="also write the report to this file")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -287,17 +332,23 @@ def main() -> int:
 
     try:
         out("# ipacctd CLI benchmark (bench/cli.py)")
-        out(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, kernel {platform.release()}, "
+        out(
+            f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, kernel {platform.release()}, "
             f"{os.cpu_count()} CPUs, load average at start "
-            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        )
         out(f"# ipacctd: {ipacctd} ({install_kind(python)})")
-        out(f"# python:  {python} "
-            f"({subprocess.run([python, '-VV'], capture_output=True, text=True).stdout.strip()})")
+        out(
+            f"# python:  {python} "
+            f"({subprocess.run([python, '-VV'], capture_output=True, text=True).stdout.strip()})"
+        )
         if sd is not None:
             sd.up()
             out(f"# systemd-run: {sd.version()} as PID 1 in systemd-ref's namespaces")
-        out(f"# {args.reps} repetitions, interleaved; times in ms (wall clock of the whole "
-            "command, as a parent process sees it)")
+        out(
+            f"# {args.reps} repetitions, interleaved; times in ms (wall clock of the whole "
+            "command, as a parent process sees it)"
+        )
 
         env = inst.env
         cases: dict[str, object] = {
@@ -310,14 +361,24 @@ def main() -> int:
             base = os.path.abspath(args.baseline)
             out(f"# baseline: {base} ({install_kind(script_python(base))})")
             cases["baseline: ipacctd run -q -- true"] = [base, "run", "-q", "--", "true"]
-            cases[f"baseline: ipacctd run -q -p {DENY} -- true"] = [base, "run", "-q", "-p", DENY,
-                                                                   "--", "true"]
+            cases[f"baseline: ipacctd run -q -p {DENY} -- true"] = [
+                base,
+                "run",
+                "-q",
+                "-p",
+                DENY,
+                "--",
+                "true",
+            ]
         if sd is not None:
             cases["systemd-run --wait -p IPAccounting=yes -- true"] = (
-                "sd", ["systemd-run", "-q", "--wait", "-p", "IPAccounting=yes", "--", "true"])
+                "sd",
+                ["systemd-run", "-q", "--wait", "-p", "IPAccounting=yes", "--", "true"],
+            )
             cases[f"systemd-run --wait -p IPAccounting=yes -p {DENY} -- true"] = (
-                "sd", ["systemd-run", "-q", "--wait", "-p", "IPAccounting=yes", "-p", DENY, "--",
-                       "true"])
+                "sd",
+                ["systemd-run", "-q", "--wait", "-p", "IPAccounting=yes", "-p", DENY, "--", "true"],
+            )
 
         def run_case(spec: object) -> float:
             if isinstance(spec, tuple):
@@ -343,8 +404,7 @@ def main() -> int:
         inst.keep = inst.units()
         queries = {
             f"ipacctd status ({len(inst.keep)} units)": [ipacctd, "status"],
-            f"ipacctd list-units --all ({len(inst.keep)} units)": [ipacctd, "list-units",
-                                                                    "--all"],
+            f"ipacctd list-units --all ({len(inst.keep)} units)": [ipacctd, "list-units", "--all"],
         }
         for argv in queries.values():
             time_host(argv, env)
@@ -365,24 +425,34 @@ def main() -> int:
         floor, run_plain, run_deny = med[keys[0]], med[keys[2]], med[keys[3]]
         out()
         out("ratios (on medians):")
-        for label, value in (("run -q -- true", run_plain), (f"run -q -p {DENY} -- true",
-                                                              run_deny)):
+        for label, value in (
+            ("run -q -- true", run_plain),
+            (f"run -q -p {DENY} -- true", run_deny),
+        ):
             over = value - floor
             verdict = "ok" if over <= TARGET_OVER_FLOOR_MS else "over target"
-            out(f"  ipacctd {label} - floor: {over:+.1f} ms (target <= "
-                f"+{TARGET_OVER_FLOOR_MS:.0f} ms: {verdict})")
+            out(
+                f"  ipacctd {label} - floor: {over:+.1f} ms (target <= "
+                f"+{TARGET_OVER_FLOOR_MS:.0f} ms: {verdict})"
+            )
         if args.baseline:
-            out(f"  baseline run -q -- true - floor: {med[keys[4]] - floor:+.1f} ms; "
-                f"with the deny list: {med[keys[5]] - floor:+.1f} ms")
+            out(
+                f"  baseline run -q -- true - floor: {med[keys[4]] - floor:+.1f} ms; "
+                f"with the deny list: {med[keys[5]] - floor:+.1f} ms"
+            )
         if sd is not None:
             sd_plain = med["systemd-run --wait -p IPAccounting=yes -- true"]
             sd_deny = med[f"systemd-run --wait -p IPAccounting=yes -p {DENY} -- true"]
-            for label, mine, theirs in (("plain", run_plain, sd_plain),
-                                        ("deny list", run_deny, sd_deny)):
+            for label, mine, theirs in (
+                ("plain", run_plain, sd_plain),
+                ("deny list", run_deny, sd_deny),
+            ):
                 ratio = mine / theirs
                 verdict = "ok" if ratio <= TARGET_RATIO else "over target"
-                out(f"  ipacctd / systemd-run ({label}): {ratio:.2f} (target <= "
-                    f"{TARGET_RATIO}: {verdict})")
+                out(
+                    f"  ipacctd / systemd-run ({label}): {ratio:.2f} (target <= "
+                    f"{TARGET_RATIO}: {verdict})"
+                )
         out(f"# load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         if sd is not None:

@@ -37,8 +37,6 @@ import io
 import os
 import pstats
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +50,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # support.py: the test suites' helpers (stdlib only)
+
+from support import PrivateBus, free_port, stop_process  # noqa: E402
 
 from ipacctd import cgroup  # noqa: E402
 from ipacctd.bpf import bpffs  # noqa: E402
@@ -64,21 +65,6 @@ BUS_NAME = "org.ipacctd1"
 UNIT_IFACE = "org.ipacctd1.Unit"
 TARGETS_1K = {"poll_ms": 20.0, "scrape_ms": 100.0, "rss_mb": 80.0}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:tmpdir={dir}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="root"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
 
 
 @dataclass
@@ -143,46 +129,6 @@ class Installation:
         left = [p for p in (self.config.bpf_dir, self.root_fs) if os.path.exists(p)]
         if left:
             print(f"warning: left behind: {left}", file=sys.stderr)
-
-
-class Bus:
-    """A private dbus-daemon."""
-
-    def __init__(self, directory: str) -> None:
-        conf = os.path.join(directory, "bus.conf")
-        with open(conf, "w") as f:
-            f.write(BUS_CONF.format(dir=directory))
-        self.proc = subprocess.Popen(
-            ["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.address = self.proc.stdout.readline().strip()
-        if not self.address:
-            self.close()
-            raise RuntimeError("dbus-daemon printed no address")
-
-    def close(self) -> None:
-        stop(self.proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a process we started, by its PID: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -314,7 +260,7 @@ def bench(n: int, args: argparse.Namespace) -> Result:
                 f"creation stopped after {args.max_create_seconds:.0f}s at {made} units"
             )
             res.units = made
-        bus = Bus(inst.tmp)
+        bus = PrivateBus()
         port = free_port()
         log = open(os.path.join(inst.tmp, "daemon.log"), "wb")  # noqa: SIM115
         t = time.monotonic()
@@ -397,12 +343,12 @@ def bench(n: int, args: argparse.Namespace) -> Result:
         )
         res.getall_ms, res.getcounters_ms = getall * 1e3, getcounters * 1e3
         res.rss_mb = vm_kb(daemon.pid, "VmRSS") / 1024
-        stop(daemon)
+        stop_process(daemon, 10)
         daemon = None
         in_process(inst, res, args.profile)
     finally:
         if daemon is not None:
-            stop(daemon)
+            stop_process(daemon, 10)
         if bus is not None:
             bus.close()
         inst.close()

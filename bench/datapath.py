@@ -55,18 +55,58 @@ from ipacctd.datapath.unit import ATTACH, Programs, Spec, build_programs  # noqa
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SYSTEMD_REF = Path(os.environ.get(
-    "SYSTEMD_REF", ROOT.parent / "shared" / "tools" / "systemd-ref" / "systemd-ref.sh"))
+SYSTEMD_REF = Path(
+    os.environ.get(
+        "SYSTEMD_REF", ROOT.parent / "shared" / "tools" / "systemd-ref" / "systemd-ref.sh"
+    )
+)
 SDREF_PIDFILE = Path("/tmp/sdref.pid")
 SDREF_UNIT = "sdref/system.slice/sdref-long.service"  # relative to the cgroup2 mount
 
 # Prefix-length mix of the random lists (weights), shaped like real block lists: mostly
 # /24 and host routes in IPv4, /48, /64 and host routes in IPv6, a few short prefixes.
-V4_LENGTHS = {12: 1, 14: 2, 16: 40, 18: 30, 19: 30, 20: 60, 21: 60, 22: 120, 23: 100,
-              24: 3500, 25: 50, 26: 80, 27: 80, 28: 120, 29: 150, 30: 100, 31: 30, 32: 5000}
-V6_LENGTHS = {20: 1, 24: 2, 28: 10, 29: 40, 32: 300, 36: 100, 40: 150, 44: 200, 48: 3500,
-              52: 100, 56: 800, 60: 100, 64: 2500, 72: 50, 80: 50, 96: 100, 112: 100,
-              120: 50, 124: 50, 128: 1500}
+V4_LENGTHS = {
+    12: 1,
+    14: 2,
+    16: 40,
+    18: 30,
+    19: 30,
+    20: 60,
+    21: 60,
+    22: 120,
+    23: 100,
+    24: 3500,
+    25: 50,
+    26: 80,
+    27: 80,
+    28: 120,
+    29: 150,
+    30: 100,
+    31: 30,
+    32: 5000,
+}
+V6_LENGTHS = {
+    20: 1,
+    24: 2,
+    28: 10,
+    29: 40,
+    32: 300,
+    36: 100,
+    40: 150,
+    44: 200,
+    48: 3500,
+    52: 100,
+    56: 800,
+    60: 100,
+    64: 2500,
+    72: 50,
+    80: 50,
+    96: 100,
+    112: 100,
+    120: 50,
+    124: 50,
+    128: 1500,
+}
 
 # The side of the frame that is not checked (source on egress, destination on ingress).
 OTHER = {4: ipaddress.ip_address("192.0.2.10"), 6: ipaddress.ip_address("2001:db8:ffff::10")}
@@ -77,8 +117,9 @@ def frame(src: Address, dst: Address) -> bytes:
     """An Ethernet frame with a UDP datagram of PAYLOAD bytes (106 bytes for IPv4)."""
     udp = struct.pack("!HHHH", 40000, 9, 8 + PAYLOAD, 0) + b"x" * PAYLOAD
     if src.version == 4:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                         src.packed, dst.packed)
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, src.packed, dst.packed
+        )
         return b"\0" * 12 + b"\x08\x00" + ip + udp
     ip = struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64, src.packed, dst.packed)
     return b"\0" * 12 + b"\x86\xdd" + ip + udp
@@ -95,8 +136,12 @@ def packet(direction: Direction, address: Address) -> bytes:
 # -- policies -------------------------------------------------------------------------------
 
 
-def random_net(rng: random.Random, version: int, lengths: dict[int, int] | None = None,
-               inside: Network | None = None) -> Network:
+def random_net(
+    rng: random.Random,
+    version: int,
+    lengths: dict[int, int] | None = None,
+    inside: Network | None = None,
+) -> Network:
     """A random prefix with a length drawn from the mix (IPv6 within 2000::/3)."""
     table = lengths or (V4_LENGTHS if version == 4 else V6_LENGTHS)
     plen = rng.choices(list(table), weights=list(table.values()))[0]
@@ -153,12 +198,26 @@ def size_label(n: int) -> str:
 
 
 FIXED = {  # the small hand-written policies and their test addresses
-    4: {"deny": ("198.51.100.1/32", "198.51.100.2"),
-        "allow": ("198.51.100.0/24", "198.51.100.7/32", "198.51.100.1", "198.51.100.7",
-                  "203.0.113.1")},
-    6: {"deny": ("2001:db8::1/128", "2001:db8::2"),
-        "allow": ("2001:db8::/64", "2001:db8::7/128", "2001:db8::1", "2001:db8::7",
-                  "2001:db8:1::1")},
+    4: {
+        "deny": ("198.51.100.1/32", "198.51.100.2"),
+        "allow": (
+            "198.51.100.0/24",
+            "198.51.100.7/32",
+            "198.51.100.1",
+            "198.51.100.7",
+            "203.0.113.1",
+        ),
+    },
+    6: {
+        "deny": ("2001:db8::1/128", "2001:db8::2"),
+        "allow": (
+            "2001:db8::/64",
+            "2001:db8::7/128",
+            "2001:db8::1",
+            "2001:db8::7",
+            "2001:db8:1::1",
+        ),
+    },
 }
 
 
@@ -169,12 +228,22 @@ def make_policy(kind: str, size: int, version: int, seed: int) -> Policy:
         return Policy(kind, 0, version, Spec(), {"miss": ip(FIXED[version]["deny"][1])})
     if size == 1 and kind == "deny":
         deny, miss = FIXED[version]["deny"]
-        return Policy(kind, 1, version, Spec(deny=(net(deny),)),
-                      {"deny-hit": ip(deny.split("/")[0]), "miss": ip(miss)})
+        return Policy(
+            kind,
+            1,
+            version,
+            Spec(deny=(net(deny),)),
+            {"deny-hit": ip(deny.split("/")[0]), "miss": ip(miss)},
+        )
     if size == 1:
         deny, allow, hit_d, hit_a, miss = FIXED[version]["allow"]
-        return Policy(kind, 1, version, Spec(allow=(net(allow),), deny=(net(deny),)),
-                      {"allow-hit": ip(hit_a), "deny-hit": ip(hit_d), "miss": ip(miss)})
+        return Policy(
+            kind,
+            1,
+            version,
+            Spec(allow=(net(allow),), deny=(net(deny),)),
+            {"allow-hit": ip(hit_a), "deny-hit": ip(hit_d), "miss": ip(miss)},
+        )
     rng = random.Random(f"{seed}-{kind}-{size}-{version}")
     denies: set[Network] = set()
     while len(denies) < size:
@@ -184,8 +253,11 @@ def make_policy(kind: str, size: int, version: int, seed: int) -> Policy:
         pool = sorted(d for d in denies if d.prefixlen < d.max_prefixlen)
         while len(allows) < max(1, size // 10):
             parent = rng.choice(pool)
-            lengths = {n: w for n, w in (V4_LENGTHS if version == 4 else V6_LENGTHS).items()
-                       if n > parent.prefixlen}
+            lengths = {
+                n: w
+                for n, w in (V4_LENGTHS if version == 4 else V6_LENGTHS).items()
+                if n > parent.prefixlen
+            }
             allows.add(random_net(rng, version, lengths, parent))
     spec = Spec(allow=tuple(sorted(allows)), deny=tuple(sorted(denies)))
     labels = ["allow-hit", "deny-hit", "miss"] if kind != "deny" else ["deny-hit", "miss"]
@@ -243,8 +315,10 @@ def check_addresses(policy: Policy) -> None:
     for label, address in policy.addresses.items():
         want_found = {"deny-hit": DENY, "allow-hit": PASS, "miss": None}[label]
         want_verdict = DENY if label == "deny-hit" else PASS
-        got = [("match", match(address), want_found),
-               ("verdict", policy.rules.verdict(address), want_verdict)]
+        got = [
+            ("match", match(address), want_found),
+            ("verdict", policy.rules.verdict(address), want_verdict),
+        ]
         if table is not None and table.strategy == lookup.LPM:
             assert isinstance(table.map, LPMTrieMap)
             value = table.map.lookup_address(address)
@@ -253,8 +327,10 @@ def check_addresses(policy: Policy) -> None:
             got.append(("multibit", table.multibit.lookup(int(address)), want_verdict))
         for what, value, want in got:
             if value != want:
-                raise SystemExit(f"{policy.label}: {label} address {address}: {what} gives "
-                                 f"{value!r}, expected {want!r}")
+                raise SystemExit(
+                    f"{policy.label}: {label} address {address}: {what} gives "
+                    f"{value!r}, expected {want!r}"
+                )
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -310,13 +386,17 @@ def ratio(a: float, b: float) -> str:
 
 def print_table(cases: list[Case], reference: dict[tuple, Case]) -> None:
     width = max(len(c.label) for c in cases)
-    print(f"{'case':{width}} {'ns/pkt':>7} {'floor':>6} {'above':>6} {'x floor':>7} "
-          f"{'x 1-prefix':>10}")
+    print(
+        f"{'case':{width}} {'ns/pkt':>7} {'floor':>6} {'above':>6} {'x floor':>7} "
+        f"{'x 1-prefix':>10}"
+    )
     for case in cases:
         ref = reference.get(case.key)
         rel = ratio(case.above, ref.above) if ref is not None else "     -"
-        print(f"{case.label:{width}} {case.median:7.1f} {case.floor_median:6.1f} {case.above:6.1f} "
-              f"{ratio(case.median, case.floor_median):>7} {rel:>10}")
+        print(
+            f"{case.label:{width}} {case.median:7.1f} {case.floor_median:6.1f} {case.above:6.1f} "
+            f"{ratio(case.median, case.floor_median):>7} {rel:>10}"
+        )
 
 
 # -- policy build time ----------------------------------------------------------------------
@@ -341,8 +421,9 @@ def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
         try:
             start = time.perf_counter()
             for direction in Direction:
-                shape = program_mod.Shape(direction, policy.spec.accounting, policy.spec.audit,
-                                          v4, v6)
+                shape = program_mod.Shape(
+                    direction, policy.spec.accounting, policy.spec.audit, v4, v6
+                )
                 insns = program_mod.build(shape, counters_map, tables[4], tables[6])
                 Program.load(insns, attach_type=ATTACH[direction]).close()
             load_s = time.perf_counter() - start
@@ -357,8 +438,9 @@ def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
             memory = memlock(table.map.fd)
     finally:
         progs.close()
-    return BuildRow(policy.label, policy.strategy, entries, compile_s, table_s, load_s, total,
-                    memory)
+    return BuildRow(
+        policy.label, policy.strategy, entries, compile_s, table_s, load_s, total, memory
+    )
 
 
 @dataclass
@@ -374,9 +456,11 @@ class BuildRow:
 
     def __str__(self) -> str:
         mem = f"{self.memory / 2**20:9.2f}" if self.memory else f"{'-':>9}"
-        return (f"{self.label:24} {self.strategy:8} {self.entries:8} "
-                f"{self.compile_s * 1e3:11.1f} {self.table_s * 1e3:9.1f} "
-                f"{self.load_s * 1e3:8.1f} {self.total_s * 1e3:9.1f} {mem}")
+        return (
+            f"{self.label:24} {self.strategy:8} {self.entries:8} "
+            f"{self.compile_s * 1e3:11.1f} {self.table_s * 1e3:9.1f} "
+            f"{self.load_s * 1e3:8.1f} {self.total_s * 1e3:9.1f} {mem}"
+        )
 
 
 def memlock(fd: int) -> int:
@@ -393,8 +477,9 @@ def memlock(fd: int) -> int:
 
 def sdref(*args: str) -> subprocess.CompletedProcess:
     """Run systemd-ref.sh; its output goes to a log, not to our table."""
-    return subprocess.run(["bash", str(SYSTEMD_REF), *args], capture_output=True, text=True,
-                          check=False, timeout=300)
+    return subprocess.run(
+        ["bash", str(SYSTEMD_REF), *args], capture_output=True, text=True, check=False, timeout=300
+    )
 
 
 def sdref_running() -> bool:
@@ -443,8 +528,10 @@ def systemd_programs() -> Iterator[tuple[Program, Program]]:
             res = sdref("test")
             ids = unit_progs()
             if ids is None:
-                raise SystemExit(f"no programs on {SDREF_UNIT} after systemd-ref test:\n"
-                                 f"{res.stdout[-3000:]}{res.stderr[-2000:]}")
+                raise SystemExit(
+                    f"no programs on {SDREF_UNIT} after systemd-ref test:\n"
+                    f"{res.stdout[-3000:]}{res.stderr[-2000:]}"
+                )
         ing, eg = Program.from_id(ids[0]), Program.from_id(ids[1])
         try:
             yield ing, eg
@@ -457,40 +544,50 @@ def systemd_programs() -> Iterator[tuple[Program, Program]]:
             sdref("down")
 
 
-def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int,
-                    runs: int) -> None:
+def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, runs: int) -> None:
     ip = ipaddress.ip_address
     spec = Spec(deny=(ipaddress.ip_network("198.51.100.1/32"),), accounting=True)
-    frames = [("v4 deny-hit 198.51.100.1", ip("198.51.100.1"), 0),
-              ("v4 miss     198.51.100.2", ip("198.51.100.2"), 1),
-              ("v6 (no v6 rule) 2001:db8::2", ip("2001:db8::2"), 1)]
+    frames = [
+        ("v4 deny-hit 198.51.100.1", ip("198.51.100.1"), 0),
+        ("v4 miss     198.51.100.2", ip("198.51.100.2"), 1),
+        ("v6 (no v6 rule) 2001:db8::2", ip("2001:db8::2"), 1),
+    ]
     mine = build_programs(spec, counters_map)
     try:
         with systemd_programs() as (sd_ing, sd_eg):
             info_i, info_e = sd_ing.info(), sd_eg.info()
-            print(f"systemd programs: ingress id {info_i.id} {info_i.name} "
-                  f"({info_i.xlated_len // 8} insns), egress id {info_e.id} {info_e.name} "
-                  f"({info_e.xlated_len // 8} insns); ipacctd: ingress "
-                  f"{mine.ingress.info().xlated_len // 8} insns, egress "
-                  f"{mine.egress.info().xlated_len // 8} insns")
+            print(
+                f"systemd programs: ingress id {info_i.id} {info_i.name} "
+                f"({info_i.xlated_len // 8} insns), egress id {info_e.id} {info_e.name} "
+                f"({info_e.xlated_len // 8} insns); ipacctd: ingress "
+                f"{mine.ingress.info().xlated_len // 8} insns, egress "
+                f"{mine.egress.info().xlated_len // 8} insns"
+            )
             pairs: list[tuple[Case, Case]] = []
             for direction, sd_prog in ((Direction.EGRESS, sd_eg), (Direction.INGRESS, sd_ing)):
                 for name, address, expect in frames:
                     data = packet(direction, address)
                     label = f"{direction.name.lower():7} {name}"
-                    pairs.append((Case(f"systemd {label}", sd_prog, data, expect),
-                                  Case(f"ipacctd {label}", mine.by_direction(direction), data,
-                                       expect)))
+                    pairs.append(
+                        (
+                            Case(f"systemd {label}", sd_prog, data, expect),
+                            Case(f"ipacctd {label}", mine.by_direction(direction), data, expect),
+                        )
+                    )
             measure([c for pair in pairs for c in pair], floor, repeat, runs)
     finally:
         mine.close()
-    print(f"{'case':44} {'ns/pkt':>7} {'floor':>6} {'above':>6} {'x floor':>7} "
-          f"{'ipacctd/systemd (above floor)':>30}")
+    print(
+        f"{'case':44} {'ns/pkt':>7} {'floor':>6} {'above':>6} {'x floor':>7} "
+        f"{'ipacctd/systemd (above floor)':>30}"
+    )
     for sd, me in pairs:
         for case in (sd, me):
             rel = ratio(me.above, sd.above) if case is me else ""
-            print(f"{case.label:44} {case.median:7.1f} {case.floor_median:6.1f} "
-                  f"{case.above:6.1f} {ratio(case.median, case.floor_median):>7} {rel:>30}")
+            print(
+                f"{case.label:44} {case.median:7.1f} {case.floor_median:6.1f} "
+                f"{case.above:6.1f} {ratio(case.median, case.floor_median):>7} {rel:>30}"
+            )
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -498,15 +595,21 @@ def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="BPF_PROG_TEST_RUN repeat count (default 1000000)")
-    parser.add_argument("--runs", type=int, default=None,
-                        help="rounds per case; the median is reported (default 5)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: repeat 20000, 3 rounds, no 100k lists")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="BPF_PROG_TEST_RUN repeat count (default 1000000)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=None, help="rounds per case; the median is reported (default 5)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: repeat 20000, 3 rounds, no 100k lists"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the random lists")
-    parser.add_argument("--systemd", action="store_true",
-                        help="also time systemd 252's programs via shared/tools/systemd-ref")
+    parser.add_argument(
+        "--systemd",
+        action="store_true",
+        help="also time systemd 252's programs via shared/tools/systemd-ref",
+    )
     args = parser.parse_args()
     repeat = args.repeat or (20_000 if args.quick else 1_000_000)
     runs = args.runs or (3 if args.quick else 5)
@@ -516,10 +619,14 @@ def main() -> int:
         print("needs root (loads BPF programs)", file=sys.stderr)
         return 2
 
-    print(f"# ipacctd datapath benchmark: kernel {platform.release()}, {os.cpu_count()} CPUs, "
-          f"repeat {repeat}, median of {runs} rounds, seed {args.seed}")
-    print("# frames: Ethernet + IPv4/UDP (106 B) or IPv6/UDP (126 B), 64 B payload; "
-          "accounting on; 'above' = median of (program - paired return-1 floor run)")
+    print(
+        f"# ipacctd datapath benchmark: kernel {platform.release()}, {os.cpu_count()} CPUs, "
+        f"repeat {repeat}, median of {runs} rounds, seed {args.seed}"
+    )
+    print(
+        "# frames: Ethernet + IPv4/UDP (106 B) or IPv6/UDP (126 B), 64 B payload; "
+        "accounting on; 'above' = median of (program - paired return-1 floor run)"
+    )
     counters_map = counters.create_map()
     floor = Program.load(return_one(), name="bench_floor")
     policies: list[Policy] = []
@@ -544,33 +651,50 @@ def main() -> int:
             for direction in (Direction.EGRESS, Direction.INGRESS):
                 for label, address in policy.addresses.items():
                     expect = 0 if label == "deny-hit" else 1
-                    row = (f"{policy.kind:10} {size_label(policy.size):>4} v{policy.version} "
-                           f"{policy.strategy:8} {direction.name.lower():7} {label:9} "
-                           f"{address}")
-                    cases.append(Case(row, policy.progs.by_direction(direction),
-                                      packet(direction, address), expect,
-                                      (policy.kind, policy.version, direction, label)))
+                    row = (
+                        f"{policy.kind:10} {size_label(policy.size):>4} v{policy.version} "
+                        f"{policy.strategy:8} {direction.name.lower():7} {label:9} "
+                        f"{address}"
+                    )
+                    cases.append(
+                        Case(
+                            row,
+                            policy.progs.by_direction(direction),
+                            packet(direction, address),
+                            expect,
+                            (policy.kind, policy.version, direction, label),
+                        )
+                    )
         measure(cases, floor, repeat, runs)
-        reference = {c.key: c for c, p in zip(cases, _case_policies(policies), strict=True)
-                     if p.size == 1}
+        reference = {
+            c.key: c for c, p in zip(cases, _case_policies(policies), strict=True) if p.size == 1
+        }
         # The 0-prefix deny list is compared with the 1-prefix deny list's miss.
         print()
-        print("## datapath: ns per packet (x 1-prefix = above-floor cost / same case with "
-              "a 1-prefix list)")
+        print(
+            "## datapath: ns per packet (x 1-prefix = above-floor cost / same case with "
+            "a 1-prefix list)"
+        )
         print_table(cases, reference)
 
         print()
-        print("## policy build (compile + table build/fill + load of both programs), deny "
-              "list, one family; table MiB = the map's memlock")
-        print(f"{'policy':24} {'strategy':8} {'entries':>8} {'compile ms':>11} {'table ms':>9} "
-              f"{'load ms':>8} {'total ms':>9} {'table MiB':>9}")
+        print(
+            "## policy build (compile + table build/fill + load of both programs), deny "
+            "list, one family; table MiB = the map's memlock"
+        )
+        print(
+            f"{'policy':24} {'strategy':8} {'entries':>8} {'compile ms':>11} {'table ms':>9} "
+            f"{'load ms':>8} {'total ms':>9} {'table MiB':>9}"
+        )
         for row in build_rows:
             print(row)
 
         if args.systemd:
             print()
-            print("## systemd 252 vs ipacctd, IPAccounting=yes + IPAddressDeny=198.51.100.1, "
-                  "same frames")
+            print(
+                "## systemd 252 vs ipacctd, IPAccounting=yes + IPAddressDeny=198.51.100.1, "
+                "same frames"
+            )
             compare_systemd(floor, counters_map, repeat, runs)
     finally:
         for policy in policies:

@@ -13,7 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+# The shared helpers (support.py, daemon_support.py, model.py, netns.py) and the
+# installation of the end-to-end helpers (e2e/e2e_helpers.py), for every suite.
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(TESTS, "e2e"))
+sys.path.insert(0, TESTS)
 
 REQUIRE = os.environ.get("IPACCTD_REQUIRE_KERNEL") == "1"
 
@@ -115,3 +119,20 @@ def netns_factory() -> Iterator:
     finally:
         for ns in made:
             ns.close()
+
+
+@pytest.fixture
+def inst(tmp_path) -> Iterator:
+    """One isolated ipacctd installation (:class:`e2e_helpers.Installation`).
+
+    Its state, pins, cgroup root and unit directory are its own
+    (``IPACCTD_STATE_DIR=<tmp>/state``, ``IPACCTD_BPF_DIR=/sys/fs/bpf/ipacctd-test-<id>``,
+    ``IPACCTD_CGROUP_ROOT=/ipacctd-test-<id>``, ``IPACCTD_UNIT_DIR=<tmp>/units``). Teardown
+    ends the processes the test started (by PID, through their namespaces), kills what is
+    left in the cgroup root, resets every unit and removes the cgroup root and the bpffs
+    directory, also when the test failed.
+    """
+    from e2e_helpers import Installation
+
+    with Installation(tmp_path) as installation:
+        yield installation

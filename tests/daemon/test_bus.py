@@ -12,7 +12,7 @@ import os
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import BUS_NAME, MANAGER, PROPS, ROOT, UNIT, DaemonEnv, entries, unit_path
+from daemon_support import BUS_NAME, MANAGER, PROPS, ROOT, UNIT, DaemonEnv, entries, unit_path
 from dbus_fast import Variant
 from e2e_helpers import UDP4
 

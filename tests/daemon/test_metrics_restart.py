@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DaemonEnv, unit_path
+from daemon_support import DaemonEnv, unit_path
 from e2e_helpers import UDP4
 
 pytestmark = pytest.mark.kernel

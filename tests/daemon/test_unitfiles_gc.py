@@ -6,7 +6,7 @@ import os
 import time
 
 import pytest
-from conftest import MANAGER, ROOT, DaemonEnv, entries
+from daemon_support import MANAGER, ROOT, DaemonEnv, entries
 
 from ipacctd import cgroup
 

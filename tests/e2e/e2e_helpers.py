@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from netns import NetNS
+from support import LineReader, wait_for
 
 REPO = str(Path(__file__).resolve().parents[2])
 PY = sys.executable
@@ -64,41 +63,6 @@ for line in sys.stdin:
 UDP4 = 20 + 8  # IPv4 + UDP header bytes added to a datagram's payload
 UDP6 = 40 + 8
 ECHO = 84  # an IPv4 ping of 56 data bytes, request or reply
-
-
-def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
-    """Poll ``predicate`` until it returns a true value (bounded); return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-class LineReader:
-    """Lines from a pipe, each awaited with a deadline (no test can hang on a read)."""
-
-    def __init__(self, stream) -> None:
-        self.fd = stream.fileno()
-        self.buf = b""
-
-    def readline(self, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line within {timeout}s (have {self.buf!r})")
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if ready:
-                chunk = os.read(self.fd, 4096)
-                if not chunk:
-                    raise AssertionError(f"end of output (have {self.buf!r})")
-                self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.decode()
 
 
 class Agent:
@@ -153,6 +117,23 @@ class Installation:
         )
         self.namespaces: list[NetNS] = []
         self.extra_cgroups: list[str] = []  # filesystem paths of cgroups the test made
+
+    def config(self):
+        """The installation's paths as the engine's :class:`~ipacctd.manager.config.Config`."""
+        from ipacctd.manager.config import Config
+
+        return Config(
+            state_dir=self.state_dir,
+            bpf_dir=self.bpf_dir,
+            cgroup_root=self.cgroup_root,
+            unit_dir=self.unit_dir,
+        )
+
+    def manager(self):
+        """The engine (:class:`~ipacctd.manager.engine.Manager`) on this installation."""
+        from ipacctd.manager.engine import Manager
+
+        return Manager(self.config())
 
     # -- running the CLI ---------------------------------------------------------------
 
@@ -222,7 +203,8 @@ class Installation:
         # ipacctd records the main PID just after starting it; wait for that.
         wait_for(
             lambda: self.cli("show", "-p", "MainPID", "--value", unit).stdout.strip() == str(a.pid),
-            what=f"MainPID of {unit}",
+            5.0,
+            f"MainPID of {unit}",
         )
         return a
 
@@ -286,8 +268,6 @@ class Installation:
         """Remove everything, also after a failure: processes, units, cgroups, pins."""
         from ipacctd import cgroup
         from ipacctd.bpf import bpffs
-        from ipacctd.manager.config import Config
-        from ipacctd.manager.engine import Manager
 
         problems: list[str] = []
         for ns in self.namespaces:  # the ipacctd processes and agents the test started
@@ -307,14 +287,7 @@ class Installation:
                 )
             except Exception as exc:
                 problems.append(f"kill {fs}: {exc!r}")
-        mgr = Manager(
-            Config(
-                state_dir=self.state_dir,
-                bpf_dir=self.bpf_dir,
-                cgroup_root=self.cgroup_root,
-                unit_dir=self.unit_dir,
-            )
-        )
+        mgr = self.manager()
         for name in self.unit_names():
             try:
                 mgr.reset(name)
@@ -330,6 +303,12 @@ class Installation:
         if os.path.exists(self.bpf_dir):
             problems.append(f"{self.bpf_dir} left behind")
         assert not problems, problems
+
+    def __enter__(self) -> Installation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def lines(text: str) -> list[str]:

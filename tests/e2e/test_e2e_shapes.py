@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_helpers import REPO, UDP4, Installation, wait_for
+from e2e_helpers import REPO, UDP4, Installation
+from support import wait_for
 
 REFERENCE = Path(
     os.environ.get(

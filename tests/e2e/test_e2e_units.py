@@ -6,7 +6,8 @@ import json
 import os
 import re
 
-from e2e_helpers import UDP4, Installation, line_matching, one_line_error, wait_for
+from e2e_helpers import UDP4, Installation, line_matching, one_line_error
+from support import wait_for
 
 ADDRS = ["198.51.100.1", "198.51.100.2"]
 DENIED, ALLOWED = ADDRS
@@ -194,7 +195,7 @@ def test_stop_keeps_counters_and_reset_forgets(inst: Installation) -> None:
     assert web.wait() == 128 + 15  # ipacctd run passes the SIGTERM death on
     assert not os.path.exists(f"/proc/{web.pid}")  # ended (and reaped by ipacctd run)
     cg = os.path.join(inst.root_fs, "web.service")
-    wait_for(lambda: not os.path.exists(cg), what="the unit's cgroup to go")
+    wait_for(lambda: not os.path.exists(cg), 5.0, "the unit's cgroup to go")
 
     st = inst.cli("status", "web.service")
     assert st.returncode == 3, st

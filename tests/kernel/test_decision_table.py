@@ -13,9 +13,9 @@ from contextlib import contextmanager
 
 import model
 import pytest
-from conftest import STRATEGIES, expected, force
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lookup_strategies import STRATEGIES, expected, force
 
 from ipacctd.datapath import counters, lookup
 from ipacctd.datapath.counters import Counters, Direction

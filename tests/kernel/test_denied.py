@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from conftest import force
+from lookup_strategies import force
 from model import ip_length, udp_frame
 
 from ipacctd.datapath import counters, denied

@@ -6,7 +6,7 @@ import errno
 import ipaddress
 
 import pytest
-from conftest import expected, force
+from lookup_strategies import expected, force
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.errors import VerifierError

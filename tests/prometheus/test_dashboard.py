@@ -16,26 +16,20 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from e2e_helpers import REPO, Installation
+from support import PrivateBus, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.kernel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-
-from e2e_helpers import REPO, Installation  # noqa: E402
 
 CONTRIB = Path(REPO) / "contrib"
 DASHBOARD = CONTRIB / "grafana" / "ipacctd.json"
@@ -68,24 +62,6 @@ def need(binary: str) -> None:
 
 def run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Call ``predicate`` until it returns a true value (bounded); return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.25)
 
 
 # -- the dashboard as data -----------------------------------------------------------------
@@ -235,21 +211,6 @@ def test_dashboard_structure() -> None:
 
 # -- the live stack -------------------------------------------------------------------------
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:tmpdir={dir}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
-
 #: A unit's main program: for at most ``seconds`` (and a bounded number of rounds) send
 #: allowed traffic, traffic to the denied address (egress check) and traffic from the
 #: denied address (a socket bound to it: ingress check), all inside the namespace's lo.
@@ -289,9 +250,8 @@ class Stack:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp = tmp_path
         self.procs: list[subprocess.Popen] = []  # daemon, prometheus: ended in reverse
-        self.bus_dir = tempfile.mkdtemp(prefix="ipacctd-bus-")
         self.inst = Installation(tmp_path)
-        self.bus: subprocess.Popen | None = None
+        self.bus: PrivateBus | None = None
         self.daemon_port = 0
         self.prom_port = 0
 
@@ -302,19 +262,8 @@ class Stack:
             return ""
 
     def start_bus(self) -> str:
-        conf = os.path.join(self.bus_dir, "bus.conf")
-        with open(conf, "w") as f:
-            f.write(BUS_CONF.format(dir=self.bus_dir))
-        self.bus = subprocess.Popen(
-            ["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.bus.stdout is not None
-        address = self.bus.stdout.readline().strip()  # bounded: dbus-daemon prints or dies
-        assert address, "dbus-daemon printed no address"
-        return address
+        self.bus = PrivateBus()
+        return self.bus.address
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         with open(self.tmp / f"{name}.log", "ab") as log:
@@ -341,7 +290,7 @@ class Stack:
             except OSError:
                 return False
 
-        wait_until(ready, 20, "the daemon to serve /metrics")
+        wait_for(ready, 20, "the daemon to serve /metrics", step=0.25)
 
     @property
     def metrics_url(self) -> str:
@@ -392,7 +341,7 @@ class Stack:
             except OSError:
                 return False
 
-        wait_until(ready, 30, "prometheus to be ready")
+        wait_for(ready, 30, "prometheus to be ready", step=0.25)
 
     @property
     def prom_url(self) -> str:
@@ -424,28 +373,13 @@ class Stack:
     def close(self) -> None:
         problems = []
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+            stop_process(proc, timeout=10, kill_timeout=5)
         try:
             self.inst.close()  # unit processes, namespaces, units, cgroups, pins
         except Exception as exc:
             problems.append(repr(exc))
         if self.bus is not None:
-            if self.bus.poll() is None:
-                self.bus.terminate()
-                try:
-                    self.bus.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.bus.kill()
-                    self.bus.wait(timeout=5)
-            if self.bus.stdout is not None:
-                self.bus.stdout.close()
-        shutil.rmtree(self.bus_dir, ignore_errors=True)
+            self.bus.close()
         assert not problems, problems
 
 
@@ -490,10 +424,15 @@ def test_dashboard_queries_and_alerts_on_a_live_daemon(stack: Stack) -> None:
             return [(title, expr) for title, expr in exprs if not stack.query(expr)]
 
         try:
-            wait_until(lambda: not empty(), 40, "every dashboard query to return data")
+            wait_for(lambda: not empty(), 40, "every dashboard query to return data", step=0.25)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; still empty: {empty()}") from None
-        wait_until(lambda: stack.api("alerts")["data"]["alerts"], 10, "the rules to be evaluated")
+        wait_for(
+            lambda: stack.api("alerts")["data"]["alerts"],
+            10,
+            "the rules to be evaluated",
+            step=0.25,
+        )
 
         # -- the template variables' own queries (Grafana: /api/v1/label/X/values) -----
         vars_ = variables(dash)
@@ -595,7 +534,9 @@ def test_dashboard_queries_and_alerts_on_a_live_daemon(stack: Stack) -> None:
             ("IpacctdAuditWouldDeny", AUDIT_UNIT, "egress"),
             ("IpacctdAuditWouldDeny", AUDIT_UNIT, "ingress"),
         }
-        alerts = wait_until(lambda: set(firing()) >= expected and firing(), 10, "alerts firing")
+        alerts = wait_for(
+            lambda: set(firing()) >= expected and firing(), 10, "alerts firing", step=0.25
+        )
         assert set(alerts) == expected, alerts
         for (_name, unit, direction), a in alerts.items():
             assert a["labels"]["instance"] == instance and a["labels"]["job"] == "ipacctd"

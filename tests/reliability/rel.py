@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netns import NetNS
+from support import wait_for
 
 SOAK = os.environ.get("IPACCTD_SOAK") == "1"
 REPORT = os.environ.get("IPACCTD_SOAK_REPORT")
@@ -37,18 +38,6 @@ def report(test: str, **figures: object) -> None:
         return
     with open(REPORT, "a") as f:
         f.write(json.dumps({"test": test, **figures}) + "\n")
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition", step: float = 0.02):
-    """Poll ``predicate`` until true (bounded); return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
 
 
 # -- traffic -------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import time
 
 import pytest
 from e2e_helpers import Installation
-from rel import Flow, count, prog_ids, report, wait_for
+from rel import Flow, count, prog_ids, report
+from support import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -22,18 +23,9 @@ D, F, A = "198.51.100.2", "203.0.113.7", "198.51.100.1"  # denied, flipped, allo
 
 
 def test_policy_changes_under_traffic(inst: Installation) -> None:
-    from ipacctd.manager.config import Config
-    from ipacctd.manager.engine import Manager
 
     changes = count(200, 1000)
-    mgr = Manager(
-        Config(
-            state_dir=inst.state_dir,
-            bpf_dir=inst.bpf_dir,
-            cgroup_root=inst.cgroup_root,
-            unit_dir=inst.unit_dir,
-        )
-    )
+    mgr = inst.manager()
     ns = inst.netns([D, F, A])
     flow = Flow(ns, inst.tmp, 7400, "at")
     flow.start_receiver([D, F, A])

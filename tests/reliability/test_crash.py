@@ -14,25 +14,12 @@ import time
 
 import pytest
 from e2e_helpers import PY, REPO, Installation
-from rel import Flow, cgroup_id, count, links_on, report, wait_for
+from rel import Flow, cgroup_id, count, links_on, report
+from support import wait_for
 
 pytestmark = pytest.mark.kernel
 
 A, D, B = "198.51.100.1", "198.51.100.2", "203.0.113.1"  # allowed, denied, flipped
-
-
-def _manager(inst: Installation):
-    from ipacctd.manager.config import Config
-    from ipacctd.manager.engine import Manager
-
-    return Manager(
-        Config(
-            state_dir=inst.state_dir,
-            bpf_dir=inst.bpf_dir,
-            cgroup_root=inst.cgroup_root,
-            unit_dir=inst.unit_dir,
-        )
-    )
 
 
 def _status(inst: Installation, unit: str) -> dict:
@@ -44,7 +31,7 @@ def _status(inst: Installation, unit: str) -> dict:
 
 def _check_exact(flow: Flow, inst: Installation, unit: str, recv: dict, sent: dict) -> dict:
     """No packet to D arrived; the unit's egress counters equal what sendto accepted."""
-    c = _manager(inst).counters(unit)
+    c = inst.manager().counters(unit)
     assert c is not None
     ok_bytes = sum(r["ok_bytes"] for r in sent["dests"].values())
     ok_pkts = sum(r["ok"] for r in sent["dests"].values())
@@ -163,7 +150,7 @@ def test_kill9_cli_mid_set_property(inst: Installation) -> None:
         stderr=subprocess.DEVNULL,
     )
     wait_for(flow.sender_ready, 20, "the sender")
-    mgr = _manager(inst)
+    mgr = inst.manager()
     rng = random.Random(7)
     t0 = time.monotonic()
     inst.ok("set-property", "sp-tx.service", "Description=probe")

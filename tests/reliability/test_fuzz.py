@@ -274,17 +274,8 @@ def test_bad_argv_refused_cleanly(inst: Installation, argv) -> None:
 
 def test_nul_and_symlinks_at_the_api(inst: Installation, tmp_path) -> None:
     from ipacctd.errors import InvalidInput
-    from ipacctd.manager.config import Config
-    from ipacctd.manager.engine import Manager
 
-    mgr = Manager(
-        Config(
-            state_dir=inst.state_dir,
-            bpf_dir=inst.bpf_dir,
-            cgroup_root=inst.cgroup_root,
-            unit_dir=inst.unit_dir,
-        )
-    )
+    mgr = inst.manager()
     for call in (
         lambda: mgr.start_transient(name="a\0b"),
         lambda: mgr.attach("/a\0b"),

@@ -13,27 +13,14 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import PY, REPO, Installation
-from rel import Flow, meta_bytes, prog_ids, report, wait_for
+from rel import Flow, meta_bytes, prog_ids, report
+from support import wait_for
 
 pytestmark = pytest.mark.kernel
 
 A, D = "198.51.100.1", "198.51.100.2"
 A6, D6 = "2001:db8::1", "2001:db8::2"
 IN_LIST = "198.18.0.5"  # one of the 100k prefixes, put on the namespace's lo
-
-
-def _manager(inst: Installation):
-    from ipacctd.manager.config import Config
-    from ipacctd.manager.engine import Manager
-
-    return Manager(
-        Config(
-            state_dir=inst.state_dir,
-            bpf_dir=inst.bpf_dir,
-            cgroup_root=inst.cgroup_root,
-            unit_dir=inst.unit_dir,
-        )
-    )
 
 
 def _big_list(n: int = 100_000) -> str:
@@ -43,7 +30,7 @@ def _big_list(n: int = 100_000) -> str:
 
 
 def test_100k_prefix_list_enforced(inst: Installation) -> None:
-    mgr = _manager(inst)
+    mgr = inst.manager()
     ns = inst.netns([A, D, IN_LIST])
     flow = Flow(ns, inst.tmp, 7500, "big")
     flow.start_receiver([A, D, IN_LIST])
@@ -164,7 +151,7 @@ def test_memory_limit_refused_nothing_half_applied(inst: Installation, test_id: 
     if found is None:
         pytest.fail("no memory cgroup controller to limit (neither v1 nor v2)")
     cg, limit_file, usage_file = found
-    mgr = _manager(inst)
+    mgr = inst.manager()
     ns = inst.netns([A, D])
     agent = inst.start_unit(ns, "mem", f"IPAddressDeny={D}")
     text = inst.tmp / "big.policy"
@@ -261,7 +248,7 @@ for src in (D, A):
 def test_dual_stack_and_v6only_filtered_by_packet_family(inst: Installation) -> None:
     import errno
 
-    mgr = _manager(inst)
+    mgr = inst.manager()
     ns = inst.netns([A, D, A6, D6])
     unit = mgr.start_transient([("IPAddressDeny", f"{D} {D6}")], name="dual")
     port = 7600

@@ -23,8 +23,8 @@ from rel import (
     merge,
     report,
     unit_objects,
-    wait_for,
 )
+from support import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -97,9 +97,6 @@ class Background:
 def test_concurrent_runs_and_many_units(denv) -> None:
     from dbus_fast import Variant
 
-    from ipacctd.manager.config import Config
-    from ipacctd.manager.engine import Manager
-
     runs, units = count(20, 50), count(200, 1000)
     inst: Installation = denv.inst
     before = kernel_ids()
@@ -107,14 +104,7 @@ def test_concurrent_runs_and_many_units(denv) -> None:
     pid = denv.proc.pid
     ours: dict[str, set[int]] = {}
     cgroups: set[int] = set()
-    mgr = Manager(
-        Config(
-            state_dir=inst.state_dir,
-            bpf_dir=inst.bpf_dir,
-            cgroup_root=inst.cgroup_root,
-            unit_dir=inst.unit_dir,
-        )
-    )
+    mgr = inst.manager()
     fds0 = fd_count(pid)
     t0 = time.monotonic()
     with Background(denv) as bg:

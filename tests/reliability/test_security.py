@@ -12,7 +12,8 @@ import time
 
 import pytest
 from e2e_helpers import PY, REPO, Installation
-from rel import bpf_fds, count, fd_count, meta_bytes, prog_ids, report, rss_kb, wait_for
+from rel import bpf_fds, count, fd_count, meta_bytes, prog_ids, report, rss_kb
+from support import wait_for
 
 pytestmark = pytest.mark.kernel
 

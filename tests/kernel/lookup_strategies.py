@@ -1,4 +1,8 @@
-"""Forcing each lookup strategy (ipacctd.datapath.lookup) on the small tables tests use."""
+"""Forcing each lookup strategy (ipacctd.datapath.lookup) on the small tables tests use.
+
+A module of its own, not conftest.py: several test directories have a conftest.py, and
+``from conftest import ...`` picks whichever pytest imported last.
+"""
 
 from __future__ import annotations
 
