@@ -44,6 +44,7 @@ ATTACH = {
     Direction.EGRESS: AttachType.CGROUP_INET_EGRESS,
 }
 PROG_NAME = {Direction.INGRESS: "ipacctd_ingress", Direction.EGRESS: "ipacctd_egress"}
+NEW_FILTER = "_new"  # pin suffix of filter links attached but not yet in place
 FILTER_PREFIX = {Direction.INGRESS: "filter_ingress_", Direction.EGRESS: "filter_egress_"}
 
 
@@ -290,22 +291,43 @@ class UnitDatapath:
             self._apply_filters(spec, cgroup_path)
 
     def _apply_filters(self, spec: Spec, cgroup_path: str) -> None:
+        """Replace the user filter links, make-before-break: the new links are attached and
+        pinned under temporary names before the old ones go, so a failure (or a crash) in
+        between leaves a unit with both sets (stricter), never with none."""
         cg = _open_cgroup(cgroup_path)
+        links: list[CgroupLink] = []
         try:
-            for direction in Direction:
-                prefix = FILTER_PREFIX[direction]
+            old = [n for n in self._link_pins() if n.startswith(tuple(FILTER_PREFIX.values()))]
+            try:
+                for direction in Direction:
+                    _attach_filters(
+                        cg,
+                        self.pin_dir,
+                        direction,
+                        spec.filters(direction),
+                        links,
+                        suffix=NEW_FILTER,
+                    )
+            except BaseException:
+                for link in links:
+                    _detach_quietly(link)
                 for name in self._link_pins():
-                    if name.startswith(prefix):
-                        with CgroupLink.open_pinned(os.path.join(self.pin_dir, name)) as link:
-                            _detach_quietly(link)
+                    if name.endswith(NEW_FILTER):
                         bpffs.unpin(os.path.join(self.pin_dir, name))
-                links: list[CgroupLink] = []
-                try:
-                    _attach_filters(cg, self.pin_dir, direction, spec.filters(direction), links)
-                finally:
-                    for link in links:
-                        link.close()
+                raise
+            for name in old:
+                with CgroupLink.open_pinned(os.path.join(self.pin_dir, name)) as link:
+                    _detach_quietly(link)
+                bpffs.unpin(os.path.join(self.pin_dir, name))
+            for name in self._link_pins():
+                if name.endswith(NEW_FILTER):
+                    os.rename(
+                        os.path.join(self.pin_dir, name),
+                        os.path.join(self.pin_dir, name[: -len(NEW_FILTER)]),
+                    )
         finally:
+            for link in links:
+                link.close()
             os.close(cg)
 
 
@@ -319,7 +341,12 @@ def _open_cgroup(path: str) -> int:
 
 
 def _attach_filters(
-    cg: int, pin_dir: str, direction: Direction, paths: tuple[str, ...], links: list[CgroupLink]
+    cg: int,
+    pin_dir: str,
+    direction: Direction,
+    paths: tuple[str, ...],
+    links: list[CgroupLink],
+    suffix: str = "",
 ) -> None:
     for i, path in enumerate(paths):
         try:
@@ -329,7 +356,7 @@ def _attach_filters(
         with prog:
             link = CgroupLink.create(cg, prog, ATTACH[direction])
         links.append(link)
-        link.pin(os.path.join(pin_dir, f"{FILTER_PREFIX[direction]}{i}"))
+        link.pin(os.path.join(pin_dir, f"{FILTER_PREFIX[direction]}{i}{suffix}"))
 
 
 def _detach_quietly(link: CgroupLink) -> None:
