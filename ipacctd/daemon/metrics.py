@@ -30,7 +30,21 @@ from ipacctd.datapath.unit import LINK
 
 log = logging.getLogger("ipacctd.metrics")
 
-DIRECTIONS = (("ingress", "ingress"), ("egress", "egress"))
+DIRECTIONS = ("ingress", "egress")
+#: (metric, help, Counters field after "<direction>_", counts passed traffic)
+TRAFFIC_FAMILIES = (
+    ("ipacctd_unit_ip_bytes", "IP bytes passed (systemd's IPIngressBytes/IPEgressBytes)",
+     "bytes", True),
+    ("ipacctd_unit_ip_packets", "IP packets passed", "packets", True),
+    ("ipacctd_unit_ip_dropped_bytes", "IP bytes dropped by the unit's firewall",
+     "dropped_bytes", False),
+    ("ipacctd_unit_ip_dropped_packets", "IP packets dropped by the unit's firewall",
+     "dropped_packets", False),
+    ("ipacctd_unit_ip_audit_bytes", "IP bytes the deny list would drop (audit mode)",
+     "audit_bytes", False),
+    ("ipacctd_unit_ip_audit_packets", "IP packets the deny list would drop (audit mode)",
+     "audit_packets", False),
+)
 DENIED_TOP = 10
 PROBE_FRAME = bytes(12) + b"\x08\x00" + b"\x45" + bytes(19)  # Ethernet + IPv4 header
 
@@ -76,23 +90,8 @@ class UnitCollector(Collector):
 
     def collect(self) -> Iterator:
         reg = self.registry
-        ip_bytes = CounterMetricFamily("ipacctd_unit_ip_bytes",
-                                       "IP bytes passed (systemd's IPIngressBytes/IPEgressBytes)",
-                                       labels=["unit", "direction"])
-        ip_packets = CounterMetricFamily("ipacctd_unit_ip_packets", "IP packets passed",
-                                         labels=["unit", "direction"])
-        drop_bytes = CounterMetricFamily("ipacctd_unit_ip_dropped_bytes",
-                                         "IP bytes dropped by the unit's firewall",
-                                         labels=["unit", "direction"])
-        drop_packets = CounterMetricFamily("ipacctd_unit_ip_dropped_packets",
-                                           "IP packets dropped by the unit's firewall",
-                                           labels=["unit", "direction"])
-        audit_bytes = CounterMetricFamily("ipacctd_unit_ip_audit_bytes",
-                                          "IP bytes the deny list would drop (audit mode)",
-                                          labels=["unit", "direction"])
-        audit_packets = CounterMetricFamily("ipacctd_unit_ip_audit_packets",
-                                            "IP packets the deny list would drop (audit mode)",
-                                            labels=["unit", "direction"])
+        traffic = [(CounterMetricFamily(name, doc, labels=["unit", "direction"]), field, passed)
+                   for name, doc, field, passed in TRAFFIC_FAMILIES]
         active = GaugeMetricFamily("ipacctd_unit_active", "1 when the unit has processes",
                                    labels=["unit", "state"])
         enforced = GaugeMetricFamily("ipacctd_unit_firewall_enforced",
@@ -121,16 +120,11 @@ class UnitCollector(Collector):
             entry.counters = c
             props = st.unit.properties
             if c is not None:
-                for label, prefix in DIRECTIONS:
-                    if props.ip_accounting:
-                        ip_bytes.add_metric([name, label], getattr(c, f"{prefix}_bytes"))
-                        ip_packets.add_metric([name, label], getattr(c, f"{prefix}_packets"))
-                    drop_bytes.add_metric([name, label], getattr(c, f"{prefix}_dropped_bytes"))
-                    drop_packets.add_metric([name, label],
-                                            getattr(c, f"{prefix}_dropped_packets"))
-                    audit_bytes.add_metric([name, label], getattr(c, f"{prefix}_audit_bytes"))
-                    audit_packets.add_metric([name, label],
-                                             getattr(c, f"{prefix}_audit_packets"))
+                for family, field, passed in traffic:
+                    if passed and not props.ip_accounting:
+                        continue  # as systemd: no passed counters without IPAccounting=
+                    for direction in DIRECTIONS:
+                        family.add_metric([name, direction], getattr(c, f"{direction}_{field}"))
             active.add_metric([name, st.active_state], 1 if st.active_state == "active" else 0)
             enforced.add_metric([name], 1 if (st.unit.enforced and st.attached) else 0)
             prefixes.add_metric([name, "allow"], len(props.ip_address_allow))
@@ -147,8 +141,8 @@ class UnitCollector(Collector):
         units = GaugeMetricFamily("ipacctd_units", "Units by active state", labels=["state"])
         for state in ("active", "inactive", "failed"):
             units.add_metric([state], states.get(state, 0))
-        yield from (ip_bytes, ip_packets, drop_bytes, drop_packets, audit_bytes, audit_packets,
-                    active, enforced, prefixes, units, denied)
+        yield from (family for family, _, _ in traffic)
+        yield from (active, enforced, prefixes, units, denied)
         if self.program_stats:
             yield from (run_time, run_count)
         info = InfoMetricFamily("ipacctd_build", "ipacctd version")
