@@ -71,15 +71,6 @@ def relative(path: str, mount: str | None = None) -> str:
     return real[len(m):] or "/"
 
 
-def own_cgroup() -> str:
-    """This process's cgroup v2 path (the ``0::`` line of /proc/self/cgroup)."""
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            if line.startswith("0::"):
-                return line[3:].strip() or "/"
-    raise NotSupported("this process is in no cgroup v2 hierarchy")
-
-
 def create(fs: str) -> None:
     """Create a cgroup directory (and missing parents)."""
     try:
@@ -115,17 +106,6 @@ def procs_recursive(fs: str) -> list[int]:
         if "cgroup.procs" in filenames:
             pids += procs(dirpath)
     return pids
-
-
-def move(fs: str, pid: int) -> None:
-    """Move a process into a cgroup."""
-    try:
-        with open(os.path.join(fs, "cgroup.procs"), "w") as f:
-            f.write(str(pid))
-    except FileNotFoundError as exc:
-        raise NotFound(f"cgroup {fs} does not exist") from exc
-    except PermissionError as exc:
-        raise PermissionDenied(f"cannot move pid {pid} into {fs}: run as root") from exc
 
 
 def kill_all(fs: str, sig: int) -> list[int]:

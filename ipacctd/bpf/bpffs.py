@@ -28,12 +28,6 @@ def _unescape(path: str) -> str:
     return path.encode().decode("unicode_escape").encode("latin-1").decode()
 
 
-def is_bpffs(path: str) -> bool:
-    """True when ``path`` is on a mounted bpffs."""
-    real = os.path.realpath(path)
-    return any(real == m or real.startswith(m.rstrip("/") + "/") for m in mounts("bpf"))
-
-
 def ensure_mounted(mount_point: str = DEFAULT_MOUNT) -> str:
     """Make sure a bpffs is mounted at ``mount_point``; mount one when it is missing."""
     if os.path.realpath(mount_point) in mounts("bpf"):

@@ -14,8 +14,6 @@ from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf
 if TYPE_CHECKING:
     from ipacctd.bpf.info import Attached, LinkInfo
 
-F_ALLOW_OVERRIDE = 1 << 0
-F_ALLOW_MULTI = 1 << 1
 F_REPLACE = 1 << 2
 F_QUERY_EFFECTIVE = 1 << 0
 
@@ -76,19 +74,6 @@ class CgroupLink(Object):
     def program(self) -> Program:
         """Open the program this link currently holds."""
         return Program.from_id(self.info().prog_id)
-
-
-def prog_attach(cgroup_fd: int, prog: Program, attach_type: AttachType,
-                flags: int = F_ALLOW_MULTI) -> None:
-    """Legacy BPF_PROG_ATTACH (the attachment lives on without any fd or pin)."""
-    bpf(Cmd.PROG_ATTACH, Attr(struct.pack("=IIIII", cgroup_fd, prog.fd, attach_type, flags, 0)),
-        f"attach program {prog.name!r}")
-
-
-def prog_detach(cgroup_fd: int, prog: Program, attach_type: AttachType) -> None:
-    """Legacy BPF_PROG_DETACH of one program attached with F_ALLOW_MULTI."""
-    bpf(Cmd.PROG_DETACH, Attr(struct.pack("=IIIII", cgroup_fd, prog.fd, attach_type, 0, 0)),
-        f"detach program {prog.name!r}")
 
 
 def prog_query(cgroup_fd: int, attach_type: AttachType, effective: bool = False,

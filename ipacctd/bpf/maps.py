@@ -252,14 +252,6 @@ class PerCPUArrayMap(Map):
     def _value_buf_size(self) -> int:
         return self._stride * possible_cpus()
 
-    def lookup_percpu(self, index: int) -> list[bytes]:
-        """The value of ``index`` on each possible CPU."""
-        raw = self.lookup_raw(struct.pack("=I", index))
-        if raw is None:
-            raise IndexError(index)
-        s = self._stride
-        return [raw[i * s:i * s + self.value_size] for i in range(possible_cpus())]
-
     def sum_u64(self, index: int) -> list[int]:
         """Interpret each CPU's value as u64 fields and add them up across CPUs."""
         raw = self.lookup_raw(struct.pack("=I", index))
@@ -269,12 +261,6 @@ class PerCPUArrayMap(Map):
         words = self._stride // 8
         flat = struct.unpack(f"={words * possible_cpus()}Q", raw)
         return [sum(flat[f::words]) for f in range(n)]
-
-    def store_all(self, index: int, value: bytes) -> None:
-        """Write the same value to every CPU's slot of ``index``."""
-        slot = value.ljust(self._stride, b"\0")
-        self.update_raw(struct.pack("=I", index), slot * possible_cpus())
-
 
 def prefix_key(net: Network) -> bytes:
     """LPM trie key: u32 prefix length (host order) + address (network order)."""
@@ -380,7 +366,6 @@ def probe_map_type(map_type: MapType) -> None:
             raise BPFNotSupported(f"kernel lacks {map_type.name.lower()} maps") from exc
         raise
     m.close()
-
 
 
 def __getattr__(name: str) -> object:

@@ -56,10 +56,6 @@ class Object:
         """Pin the object at ``path`` in bpffs (the directory must exist)."""
         obj_pin(self.fd, path, self.kind)
 
-    def _info(self, size: int) -> bytes:
-        return info_by_fd(self.fd, size, f"{self.kind} {self.name}")
-
-
 def obj_pin(fd: int, path: str, kind: str = "object") -> None:
     """BPF_OBJ_PIN: make ``fd``'s object reachable at ``path``."""
     p = ctypes.create_string_buffer(os.fsencode(path))

@@ -25,11 +25,3 @@ def enabled_stats() -> Iterator[None]:
     finally:
         close(fd)
 
-
-def stats_enabled_by_sysctl() -> bool:
-    """Whether ``kernel.bpf_stats_enabled`` is set (stats on without our fd)."""
-    try:
-        with open("/proc/sys/kernel/bpf_stats_enabled") as f:
-            return f.read().strip() == "1"
-    except OSError:
-        return False

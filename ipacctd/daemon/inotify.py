@@ -55,12 +55,6 @@ class Inotify:
         self.wds[path] = wd
         return True
 
-    def unwatch(self, path: str) -> None:
-        wd = self.wds.pop(path, None)
-        if wd is not None:
-            self.paths.pop(wd, None)
-            _libc.inotify_rm_watch(self.fd, wd)
-
     def read(self) -> Iterator[tuple[str, int, str]]:
         """Pending events as (watched dir, mask, name); empty when none are queued."""
         try:
