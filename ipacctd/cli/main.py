@@ -175,14 +175,7 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    from ipacctd.errors import (
-        AlreadyExists,
-        Error,
-        InvalidInput,
-        NotFound,
-        NotSupported,
-        PermissionDenied,
-    )
+    from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported, PermissionDenied
 
     if argv is None:
         argv = sys.argv[1:]
@@ -207,17 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Error as exc:
         print(f"ipacctd: {exc}", file=sys.stderr)
-        if isinstance(exc, InvalidInput):
-            return EXIT_USAGE
-        if isinstance(exc, NotFound):
-            return EXIT_NOT_FOUND
-        if isinstance(exc, PermissionDenied):
-            return EXIT_PERMISSION
-        if isinstance(exc, NotSupported):
-            return EXIT_UNSUPPORTED
-        if isinstance(exc, AlreadyExists):
-            return EXIT_FAILURE
-        return EXIT_FAILURE
+        codes = ((InvalidInput, EXIT_USAGE), (NotFound, EXIT_NOT_FOUND),
+                 (PermissionDenied, EXIT_PERMISSION), (NotSupported, EXIT_UNSUPPORTED))
+        return next((code for cls, code in codes if isinstance(exc, cls)), EXIT_FAILURE)
     except OSError as exc:
         # A safety net: an unmapped system error is still one line, not a traceback.
         where = f": {exc.filename}" if exc.filename else ""

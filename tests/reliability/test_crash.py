@@ -49,6 +49,17 @@ def _check_exact(flow: Flow, inst: Installation, unit: str, recv: dict, sent: di
     }
 
 
+def _run_unit(inst, ns, name: str, deny: str, argv: list[str], stderr=subprocess.DEVNULL):
+    """``ipacctd run --unit NAME -p IPAddressDeny=DENY -- ARGV`` in ``ns``, not waited for."""
+    return ns.popen(
+        inst.argv("run", "--unit", name, "-p", f"IPAddressDeny={deny}", "--", *argv),
+        env=inst.env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
 def test_daemon_kill9_under_traffic(denv) -> None:
     """kill -9 the daemon N times (sometimes in the middle of a set-property it serves)."""
     n = count(5, 20)
@@ -58,20 +69,8 @@ def test_daemon_kill9_under_traffic(denv) -> None:
     flow = Flow(ns, inst.tmp, 7100, "dk")
     flow.start_receiver([A, D, B])
     err = open(inst.tmp / "dk.run.err", "wb")  # noqa: SIM115 — closed below
-    run = ns.popen(
-        inst.argv(
-            "run",
-            "--unit",
-            "dk-tx",
-            "-p",
-            f"IPAddressDeny={D} {B}",
-            "--",
-            *flow.sender_argv([A, D, B], pause=0.0005),
-        ),
-        env=inst.env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=err,
+    run = _run_unit(
+        inst, ns, "dk-tx", f"{D} {B}", flow.sender_argv([A, D, B], pause=0.0005), stderr=err
     )
     idle = [
         ns.popen(
@@ -134,21 +133,7 @@ def test_kill9_cli_mid_set_property(inst: Installation) -> None:
     ns = inst.netns([A, D, B])
     flow = Flow(ns, inst.tmp, 7200, "sp")
     flow.start_receiver([A, D, B])
-    run = ns.popen(
-        inst.argv(
-            "run",
-            "--unit",
-            "sp-tx",
-            "-p",
-            f"IPAddressDeny={D} {B}",
-            "--",
-            *flow.sender_argv([A, D, B], pause=0.0005),
-        ),
-        env=inst.env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run = _run_unit(inst, ns, "sp-tx", f"{D} {B}", flow.sender_argv([A, D, B], pause=0.0005))
     wait_for(flow.sender_ready, 20, "the sender")
     mgr = inst.manager()
     rng = random.Random(7)
@@ -301,21 +286,7 @@ def test_kill9_run_midway(inst: Installation) -> None:
     sent_total = 0
     for i in range(n):
         name = f"kr{i}.service"
-        proc = ns.popen(
-            inst.argv(
-                "run",
-                "--unit",
-                name,
-                "-p",
-                f"IPAddressDeny={D}",
-                "--",
-                *flow.sender_argv([D, A], idx=i, max_rounds=300),
-            ),
-            env=inst.env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = _run_unit(inst, ns, name, D, flow.sender_argv([D, A], idx=i, max_rounds=300))
         time.sleep(rng.uniform(0.0, 0.6))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
