@@ -45,7 +45,7 @@ class Daemon:
         self.binder = Binder(self.manager)
         self.bus: MessageBus | None = None
         self.service: BusService | None = None
-        self.http: asyncio.Server | None = None
+        self.http: metrics.MetricsServer | None = None
         self.inotify: Inotify | None = None
         self.stopping = asyncio.Event()
         self._pending: asyncio.TimerHandle | None = None
@@ -73,8 +73,9 @@ class Daemon:
                         "running?")
         addr = self.config.listen_address
         if addr is not None:
-            reg = metrics.make_registry(self.registry, self.config.program_stats)
-            self.http = await metrics.serve(reg, *addr)
+            reg = metrics.make_registry(self.registry, self.config.program_stats,
+                                        asyncio.get_running_loop())
+            self.http = metrics.serve(reg, *addr)
         self._start_watching()
         self._write_runtime_file()
         loop = asyncio.get_running_loop()
@@ -182,9 +183,8 @@ class Daemon:
 
     async def close(self) -> None:
         """Stop serving; the kernel keeps counting and enforcing."""
-        if self.http is not None:
-            self.http.close()
-            await self.http.wait_closed()
+        if self.http is not None:  # its thread waits up to 0.5 s to see the shutdown
+            await asyncio.get_running_loop().run_in_executor(None, self.http.close)
         if self.inotify is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.inotify.fd)
