@@ -137,6 +137,12 @@ def _add_top(sub: argparse._SubParsersAction) -> None:
                     help="do not switch on BPF run-time statistics")
 
 
+def _add_completion(sub: argparse._SubParsersAction) -> None:
+    from ipacctd.cli.completion import add_parser
+
+    add_parser(sub)
+
+
 #: Sub-parser builders in help order.
 _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "run": _add_run,
@@ -152,6 +158,7 @@ _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "reload": _add_reload,
     "inspect": _add_inspect,
     "top": _add_top,
+    "completion": _add_completion,
 }
 #: Global options that take a value (in a separate word unless written ``--opt=value``).
 _VALUED = ("--state-dir", "--bpf-dir", "--cgroup-root", "--unit-dir")
@@ -187,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ipacctd.cli import inspect as mod  # type: ignore[no-redef]
         elif args.verb == "top":
             from ipacctd.cli import top as mod  # type: ignore[no-redef]
+        elif args.verb == "completion":
+            from ipacctd.cli import completion as mod  # type: ignore[no-redef]
         elif args.verb in ("daemon", "reload"):
             from ipacctd.cli import daemon as mod  # type: ignore[no-redef]
         elif args.verb in ("status", "list-units", "show"):
