@@ -183,6 +183,7 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported, PermissionDenied
+    from ipacctd.journal import error_line
 
     if argv is None:
         argv = sys.argv[1:]
@@ -208,14 +209,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Error as exc:
-        print(f"ipacctd: {exc}", file=sys.stderr)
+        print(error_line(f"ipacctd: {exc}"), file=sys.stderr)  # an error in the journal too
         codes = ((InvalidInput, EXIT_USAGE), (NotFound, EXIT_NOT_FOUND),
                  (PermissionDenied, EXIT_PERMISSION), (NotSupported, EXIT_UNSUPPORTED))
         return next((code for cls, code in codes if isinstance(exc, cls)), EXIT_FAILURE)
     except OSError as exc:
         # A safety net: an unmapped system error is still one line, not a traceback.
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"ipacctd: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(error_line(f"ipacctd: {exc.strerror or exc}{where}"), file=sys.stderr)
         return EXIT_PERMISSION if isinstance(exc, PermissionError) else EXIT_FAILURE
 
 
