@@ -9,6 +9,9 @@
 #   /etc/ipacctd/ipacctd.conf              the example settings (only when there is none yet)
 #   /etc/ipacctd/units/                    the unit file directory
 #   /opt/ipacctd/share/doc/ipacctd/        README and the examples (the unit's Documentation=)
+#   /usr/local/share/man/man1/ipacctd.1, man5/ipacctd.unit.5   the manual pages (man/)
+#   /usr/share/bash-completion/completions/ipacctd, /usr/local/share/zsh/site-functions/_ipacctd,
+#   /usr/share/fish/vendor_completions.d/ipacctd.fish   completion (`ipacctd completion SHELL`)
 #
 # Why a venv: Debian 12 and other PEP 668 distributions refuse `pip install` into their own
 # python3 (externally-managed-environment), and their python3-dbus-fast (1.84) and
@@ -38,7 +41,7 @@ while [ $# -gt 0 ]; do
     --prefix=*) prefix=${1#--prefix=} ;;
     --test) editable=1; extras=daemon,test ;;
     --uninstall) mode=uninstall ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -57,6 +60,13 @@ dbus_conf=$dbus_dir/org.ipacctd1.conf
 etc=/etc/ipacctd
 doc=$prefix/share/doc/ipacctd
 MARK="# Installed by ipacctd's contrib/install.sh"
+man_dir=/usr/local/share/man
+# Where each shell looks for a command's completion by itself (no rc file to edit).
+declare -A completion=(
+  [bash]=/usr/share/bash-completion/completions/ipacctd
+  [zsh]=/usr/local/share/zsh/site-functions/_ipacctd
+  [fish]=/usr/share/fish/vendor_completions.d/ipacctd.fish
+)
 
 say() { echo "install.sh: $*"; }
 systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
@@ -71,6 +81,9 @@ if [ $mode = uninstall ]; then
     rm -f "$bin_link"; say "removed $bin_link"
   fi
   if [ -e "$dbus_conf" ]; then rm -f "$dbus_conf"; say "removed $dbus_conf"; fi
+  for f in "$man_dir/man1/ipacctd.1" "$man_dir/man5/ipacctd.unit.5" "${completion[@]}"; do
+    if [ -e "$f" ]; then rm -f "$f"; say "removed $f"; fi
+  done
   if [ -x "$prefix/bin/python" ] && [ -f "$prefix/pyvenv.cfg" ]; then
     rm -rf --one-file-system "$prefix"; say "removed $prefix"
   fi
@@ -116,6 +129,18 @@ say "linked $bin_link -> $prefix/bin/ipacctd"
 mkdir -p "$doc"
 cp "$src/README.md" "$doc/README.md"
 rm -rf "$doc/examples" && cp -r "$src/units/examples" "$doc/examples"
+
+# --- manual pages and shell completion ------------------------------------------------------
+install -D -m 0644 "$src/man/ipacctd.1" "$man_dir/man1/ipacctd.1"
+install -D -m 0644 "$src/man/ipacctd.unit.5" "$man_dir/man5/ipacctd.unit.5"
+say "installed ipacctd(1) and ipacctd.unit(5) in $man_dir"
+for shell in bash zsh fish; do   # written by the installed ipacctd from its own parser
+  f=${completion[$shell]}
+  mkdir -p "$(dirname "$f")"
+  "$prefix/bin/ipacctd" completion "$shell" > "$f.tmp"
+  mv "$f.tmp" "$f" && chmod 0644 "$f"
+done
+say "installed completion for bash, zsh and fish: ${completion[*]}"
 
 # --- systemd, D-Bus, settings ---------------------------------------------------------------
 mkdir -p "$(dirname "$unit")"
