@@ -112,17 +112,16 @@ class UnitCollector(Collector):
         self.registry = registry
         self.program_stats = program_stats
         self.stats_probe = StatsProbe()
+        self._probe_lock = threading.Lock()  # scrapes may run in parallel threads
         self.loop = loop
 
     def snapshot(self) -> list[tuple[str, UnitStatus, Counters | None]]:
         """(name, status, counters) of every unit, by name. Runs on the registry's loop."""
+        # Read only: the entries keep the counters the last poll announced, so that a
+        # scrape between two polls does not swallow a change the next poll would signal.
         reg = self.registry
-        out = []
-        for name, entry in sorted(reg.units.items()):
-            c = reg.reader.read(name)
-            entry.counters = c
-            out.append((name, entry.status, c))
-        return out
+        return [(name, entry.status, reg.reader.read(name))
+                for name, entry in sorted(reg.units.items())]
 
     def _snapshot_from_any_thread(self) -> list[tuple[str, UnitStatus, Counters | None]]:
         loop = self.loop
@@ -168,7 +167,8 @@ class UnitCollector(Collector):
             "LRU log: an evicted address starts again at 0)",
             labels=["unit", "direction", "address"])
         states: dict[str, int] = {}
-        program_stats = self.program_stats and self.stats_probe.on()
+        with self._probe_lock:
+            program_stats = self.program_stats and self.stats_probe.on()
         for name, st, c in self._snapshot_from_any_thread():
             states[st.active_state] = states.get(st.active_state, 0) + 1
             props = st.unit.properties
