@@ -137,6 +137,14 @@ def _add_top(sub: argparse._SubParsersAction) -> None:
                     help="do not switch on BPF run-time statistics")
 
 
+def _add_oci_hook(sub: argparse._SubParsersAction) -> None:
+    oh = sub.add_parser(
+        "oci-hook", help="(run by the container runtime as an OCI prestart hook) bind a "
+        "container's unit file policy before the container runs; see contrib/oci/")
+    oh.add_argument("--verbose", "-v", action="store_true",
+                    help="say on stderr which unit was bound")
+
+
 #: Sub-parser builders in help order.
 _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "run": _add_run,
@@ -152,6 +160,7 @@ _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "reload": _add_reload,
     "inspect": _add_inspect,
     "top": _add_top,
+    "oci-hook": _add_oci_hook,
 }
 #: Global options that take a value (in a separate word unless written ``--opt=value``).
 _VALUED = ("--state-dir", "--bpf-dir", "--cgroup-root", "--unit-dir")
@@ -187,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ipacctd.cli import inspect as mod  # type: ignore[no-redef]
         elif args.verb == "top":
             from ipacctd.cli import top as mod  # type: ignore[no-redef]
+        elif args.verb == "oci-hook":
+            from ipacctd.cli import ocihook as mod  # type: ignore[no-redef]
         elif args.verb in ("daemon", "reload"):
             from ipacctd.cli import daemon as mod  # type: ignore[no-redef]
         elif args.verb in ("status", "list-units", "show"):

@@ -22,7 +22,8 @@ def dispatch(args: argparse.Namespace) -> int:
             statuses = [s for s in statuses if s.active_state == "active"]
         _emit(args, [s.to_json() for s in statuses], lambda: list_units_text(statuses))
         return 0
-    names = args.units or None
+    # A container's unit may also be named by the container's name or short id.
+    names = [mgr.resolve(n) for n in args.units] or None
     statuses = mgr.statuses(names)
     if args.verb == "status":
         denied = {s.name: mgr.denied(s.name, DENIED_SHOWN) for s in statuses}
@@ -63,6 +64,10 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None) -> str:
     kind = "transient" if u.transient else "attached to existing cgroup"
     loaded = f"{u.source}; {kind}" if u.source else kind
     lines.append(f"     Loaded: loaded ({loaded})")
+    if u.container is not None:
+        c = u.container
+        pod = f", pod {c.pod}" if c.pod else ""
+        lines.append(f"  Container: {c.name or '(no name)'} ({c.engine} {c.short_id}{pod})")
     since = u.started_at if st.active_state == "active" else (u.exited_at or u.started_at)
     active = f"{st.active_state} ({st.sub_state})"
     if since:

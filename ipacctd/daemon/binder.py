@@ -2,9 +2,11 @@
 
 A file naming one exact ``ControlGroup=`` gives a unit of the file's name. A glob (e.g.
 ``/system.slice/docker-*.scope``) gives one unit per matching cgroup, named
-``<file stem>@<cgroup name>.service``. When a matching cgroup appears it is bound; when
-it vanishes its unit turns inactive (its counters stay readable until the retention
-time); when the file goes or stops matching, the unit is detached.
+``<file stem>@<cgroup name>.service``, or for a container's cgroup after the container
+(``podman-web-5522d0d1ae87.service``, as the OCI hook names it: see
+:mod:`ipacctd.containers`). When a matching cgroup appears it is bound; when it vanishes
+its unit turns inactive (its counters stay readable until the retention time); when the
+file goes or stops matching, the unit is detached.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ipacctd import cgroup
+from ipacctd import cgroup, containers
+from ipacctd.containers import ContainerInfo
 from ipacctd.errors import Error, InvalidInput, NotFound
 from ipacctd.manager.engine import Manager
-from ipacctd.policy.names import validate_unit_name
 from ipacctd.policy.unitfile import UnitFile, load_unit_dir
 
 log = logging.getLogger("ipacctd.binder")
@@ -34,6 +36,7 @@ class Binding:
     name: str
     cgroup: str
     file: UnitFile
+    container: ContainerInfo | None = None
 
 
 def _is_glob(pattern: str) -> bool:
@@ -58,6 +61,8 @@ class Binder:
         self.manager = manager
         self.files: list[UnitFile] = []
         self.errors: list[InvalidInput] = []
+        self._known: dict[str, str] | None = None  # container id → unit, per bindings()
+        self._found: dict[str, ContainerInfo] = {}  # cgroup → container, per bindings()
 
     def load(self) -> list[InvalidInput]:
         """(Re)read the unit directory; bad files are reported and skipped."""
@@ -72,12 +77,14 @@ class Binder:
         """Every (unit name → cgroup) the files ask for, among cgroups that exist now."""
         mount = cgroup.mount_point()
         out: dict[str, Binding] = {}
+        self._known, self._found = None, {}
         for f in self.files:
             for pattern in f.cgroups:
                 if not _is_glob(pattern):
                     if cgroup.exists(cgroup.fs_path(pattern, mount)):
-                        name = f.name if len(f.cgroups) == 1 else self._name(f, pattern)
-                        out.setdefault(name, Binding(name, pattern, f))
+                        name = self._name(f, pattern, pattern)
+                        out.setdefault(name, Binding(name, pattern, f,
+                                                     self._found.get(pattern)))
                     continue
                 for fs in sorted(glob.glob(os.path.join(mount, pattern.lstrip("/")))):
                     if not cgroup.exists(fs):
@@ -85,15 +92,29 @@ class Binder:
                     rel = cgroup.relative(fs, mount)
                     if not fnmatch.fnmatchcase(rel, pattern):
                         continue
-                    name = self._name(f, rel)
-                    out.setdefault(name, Binding(name, rel, f))
+                    name = self._name(f, pattern, rel)
+                    out.setdefault(name, Binding(name, rel, f, self._found.get(rel)))
         return out
 
-    @staticmethod
-    def _name(f: UnitFile, rel: str) -> str:
-        stem = f.name.rsplit(".", 1)[0]
-        base = os.path.basename(rel).replace("@", "-")
-        return validate_unit_name(f"{stem}@{base}")
+    def _name(self, f: UnitFile, pattern: str, rel: str) -> str:
+        """The unit name for ``rel`` (see :meth:`UnitFile.unit_name_for`); a container's
+        cgroup keeps the unit the OCI hook (or an earlier binding) made for the container."""
+        info = containers.from_cgroup(rel) if _is_glob(pattern) or len(f.cgroups) > 1 \
+            else None
+        if info is None:
+            return f.unit_name_for(pattern, rel)
+        if self._known is None:
+            self._known = {}
+            for name in self.manager.names():
+                with contextlib.suppress(NotFound, Error):
+                    c = self.manager.unit(name).container
+                    if c is not None:
+                        self._known[c.id] = name
+        if info.id in self._known:
+            return self._known[info.id]
+        info = containers.identify(rel) or info  # with the container's name
+        self._found[rel] = info
+        return f.unit_name_for(pattern, rel, info)
 
     def watch_dirs(self) -> list[str]:
         """Filesystem directories whose subdirectory changes may change the bindings."""
@@ -154,7 +175,8 @@ class Binder:
         return done
 
     def _bind(self, b: Binding) -> str:
-        self.manager.attach(b.cgroup, name=b.name, base=b.file.properties(), source=b.file.path)
+        self.manager.attach(b.cgroup, name=b.name, base=b.file.properties(), source=b.file.path,
+                            container=b.container)
         return f"bound {b.name} to {b.cgroup}"
 
 

@@ -111,6 +111,11 @@ class UnitCollector(Collector):
             f"Packets denied per remote address (top {DENIED_TOP} per unit, from a bounded "
             "LRU log: an evicted address starts again at 0)",
             labels=["unit", "direction", "address"])
+        # One series per container unit (bounded like the units themselves), to join on
+        # ``unit``: the container labels stay off the traffic series.
+        container = InfoMetricFamily(
+            "ipacctd_unit_container", "The container behind a unit (engine, name, short id, pod)",
+            labels=["unit"])
         states: dict[str, int] = {}
         program_stats = self.program_stats and self.stats_probe.on()
         for name, entry in sorted(reg.units.items()):
@@ -127,6 +132,11 @@ class UnitCollector(Collector):
                         family.add_metric([name, direction], getattr(c, f"{direction}_{field}"))
             active.add_metric([name, st.active_state], 1 if st.active_state == "active" else 0)
             enforced.add_metric([name], 1 if (st.unit.enforced and st.attached) else 0)
+            if st.unit.container is not None:
+                ci = st.unit.container
+                container.add_metric([name], {"engine": ci.engine, "container_id": ci.short_id,
+                                              "container_name": ci.name or "",
+                                              "pod": ci.pod or ""})
             prefixes.add_metric([name, "allow"], len(props.ip_address_allow))
             prefixes.add_metric([name, "deny"], len(props.ip_address_deny))
             # The denied-address log is written on the drop and audit paths only: nothing
@@ -142,7 +152,7 @@ class UnitCollector(Collector):
         for state in ("active", "inactive", "failed"):
             units.add_metric([state], states.get(state, 0))
         yield from (family for family, _, _ in traffic)
-        yield from (active, enforced, prefixes, units, denied)
+        yield from (active, enforced, prefixes, units, denied, container)
         if self.program_stats:
             yield from (run_time, run_count)
         info = InfoMetricFamily("ipacctd_build", "ipacctd version")

@@ -39,6 +39,7 @@ from ipacctd.policy.names import transient_name, validate_unit_name
 from ipacctd.policy.properties import Properties, parse_assignment
 
 if TYPE_CHECKING:
+    from ipacctd.containers import ContainerInfo
     from ipacctd.policy.unitfile import UnitFile
 
 ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
@@ -107,6 +108,33 @@ class Manager:
     def unit(self, name: str) -> Unit:
         """A unit's recorded metadata (NotFound when unknown)."""
         return Unit.from_json(self.store.read(name))
+
+    def resolve(self, query: str) -> str:
+        """The unit a user means: its name, or for a container's unit also the container's
+        name or (short) id, as ``podman ps`` shows them. Among several units of one
+        container name (a name reused), the active one; NotFound or, when ambiguous,
+        InvalidInput naming the candidates.
+        """
+        with contextlib.suppress(InvalidInput):
+            if self.store.exists(query):
+                return validate_unit_name(query)
+        hits = []
+        for name in self.names():
+            with contextlib.suppress(NotFound):
+                c = self.unit(name).container
+                if c is not None and (c.name == query
+                                      or (len(query) >= 4 and c.id.startswith(query))):
+                    hits.append(name)
+        if len(hits) > 1:
+            live = [n for n in hits if self.status(n).active_state == "active"]
+            if len(live) == 1:
+                return live[0]
+            raise InvalidInput(f"{query!r} names several container units: {', '.join(hits)}; "
+                               "give the unit's full name")
+        if hits:
+            return hits[0]
+        self.unit(query)  # NotFound with the usual message (or InvalidInput for bad names)
+        return validate_unit_name(query)
 
     def cgroup_fs(self, unit: Unit) -> str:
         """Filesystem path of the unit's cgroup."""
@@ -214,11 +242,13 @@ class Manager:
     def attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
                name: str | None = None, allow_unenforced: bool = False,
                dbus_items: Sequence[tuple[str, str, object]] = (),
-               base: Properties | None = None, source: str | None = None) -> Unit:
+               base: Properties | None = None, source: str | None = None,
+               container: ContainerInfo | None = None) -> Unit:
         """Bind a policy to an existing cgroup that ipacctd did not create.
 
         ``base`` (with ``source``, the unit file it came from) replaces the lookup of a
-        unit file by name; ``assignments`` and ``dbus_items`` apply on top.
+        unit file by name; ``assignments`` and ``dbus_items`` apply on top. ``container``
+        records the container the cgroup belongs to (OCI hook, binder).
         """
         rel = cgroup.validate_path(cgroup_path)
         fs = cgroup.fs_path(rel)
@@ -244,7 +274,7 @@ class Manager:
                 source = found.path if found else source
             props = base.apply(assignments).apply_dbus(dbus_items)
             unit = Unit(name, rel, props, transient=False, started_at=time.time(),
-                        source=source)
+                        source=source, container=container)
             return self._create(unit, allow_unenforced, make_cgroup=False)
 
     def _make_room(self, name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipacctd.containers import ContainerInfo
 from ipacctd.datapath.counters import Counters
 from ipacctd.datapath.unit import Spec
 from ipacctd.policy.properties import DenyMode, Properties
@@ -31,6 +32,8 @@ class Unit:
     generation: int = 1  # policy generation (see ipacctd.manager.generation)
     rollback: Properties | None = None  # set while a policy change is in flight
     removing: bool = False  # set while the unit is being removed (finish on reconcile)
+    # -- a container's unit (bound by the OCI hook or a unit file's glob) --
+    container: ContainerInfo | None = None
 
     @property
     def description(self) -> str:
@@ -55,6 +58,7 @@ class Unit:
             "generation": self.generation,
             "rollback": self.rollback.to_json() if self.rollback is not None else None,
             "removing": self.removing,
+            "container": self.container.to_json() if self.container else None,
         }
 
     @classmethod
@@ -77,6 +81,7 @@ class Unit:
             rollback=(Properties.from_json(d["rollback"]) if d.get("rollback") is not None
                       else None),
             removing=bool(d.get("removing", False)),
+            container=ContainerInfo.from_json(d.get("container")),
         )
 
 
@@ -156,4 +161,5 @@ class UnitStatus:
             "exit_status": u.exit_status,
             "properties": u.properties.to_show(),
             "counters": self.counters.to_dict() if self.counters else None,
+            "container": u.container.to_json() if u.container else None,
         }
