@@ -21,7 +21,7 @@ from ipacctd import cgroup
 from ipacctd.bpf import bpffs
 from ipacctd.datapath import denied as denied_mod
 from ipacctd.datapath.counters import Counters
-from ipacctd.datapath.unit import UnitDatapath
+from ipacctd.datapath.unit import UnitDatapath, cgroup_id
 from ipacctd.errors import (
     AlreadyExists,
     Busy,
@@ -34,7 +34,7 @@ from ipacctd.errors import (
 from ipacctd.manager import generation
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store
-from ipacctd.manager.unit import Unit, UnitStatus, spec_for
+from ipacctd.manager.unit import Enforcement, Unit, UnitStatus, spec_for
 from ipacctd.policy.names import transient_name, validate_unit_name
 from ipacctd.policy.properties import Properties, parse_assignment
 
@@ -46,6 +46,9 @@ ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
 #: Prefix of the directory a datapath is built in before it is renamed into place
 #: (``~tmp-<pin name>-<pid>``, see :meth:`UnitDatapath.create`).
 TMP_PIN_PREFIX = "~tmp-"
+#: Start of the problem an :class:`Enforcement` names when a policy change was cut off
+#: (the programs run on the cgroup, but not those of the recorded policy yet).
+POLICY_CUT_OFF = "policy change cut off"
 
 
 class _Log:
@@ -167,13 +170,13 @@ class Manager:
         fs = self.cgroup_fs(unit)
         pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
         counters = None
-        attached = False
         kgen = None
         with contextlib.suppress(NotFound, OSError):
             with UnitDatapath.open(self.store.pin_dir(name)) as dp:
                 counters = dp.read()
-                attached = dp.attached()
             kgen = generation.read(self.store.pin_dir(name))
+        enf = self.enforcement(name, unit)
+        attached = enf.enforced or enf.problem.startswith(POLICY_CUT_OFF)
         if pids:
             active, sub = "active", "running"
         elif unit.exit_status not in CLEAN_EXIT:
@@ -184,7 +187,35 @@ class Manager:
             active, sub = "active", "idle"
         else:
             active, sub = "inactive", "dead"
-        return UnitStatus(unit, active, sub, pids, counters, attached, kgen)
+        return UnitStatus(unit, active, sub, pids, counters, attached, kgen, enf)
+
+    def enforcement(self, name: str, unit: Unit | None = None) -> Enforcement:
+        """Whether the unit's recorded policy is in force on the cgroup now at its path,
+        and if not, why: the kernel is asked (links, the programs on the cgroup, the
+        enforced generation), not the metadata."""
+        unit = unit or self.unit(name)
+        fs = self.cgroup_fs(unit)
+        cid = cgroup_id(fs) if cgroup.exists(fs) else None
+        if cid is None:
+            return Enforcement(False, "cgroup gone", live=False)
+        if not unit.enforced:
+            return Enforcement(False, f"BPF unusable: {unit.not_enforced_reason}", cgroup_id=cid)
+        pin_dir = self.store.pin_dir(name)
+        try:
+            with UnitDatapath.open(pin_dir) as dp:
+                problem = dp.problem(fs, spec_for(unit.properties), unit.cgroup_id)
+        except (NotFound, OSError) as exc:
+            problem = f"pins lost: {exc}"
+        if problem is None:
+            kgen = generation.read(pin_dir)
+            if kgen != unit.generation:
+                problem = (f"{POLICY_CUT_OFF}: the kernel enforces policy generation {kgen}, "
+                           f"recorded {unit.generation}")
+        if problem is None:
+            return Enforcement(True, cgroup_id=cid)
+        if problem == "cgroup gone":  # removed between the two looks
+            return Enforcement(False, problem, live=False)
+        return Enforcement(False, problem, cgroup_id=cid)
 
     def statuses(self, names: Sequence[str] | None = None) -> list[UnitStatus]:
         """Status of the named units (all when None); unknown names raise NotFound."""
@@ -297,6 +328,7 @@ class Manager:
         unit = replace(unit, generation=1, rollback=None, removing=False)
         if make_cgroup:
             cgroup.create(fs)
+        unit = replace(unit, cgroup_id=cgroup_id(fs))
         # Metadata first: pins never exist without it, and a crash before the pins are
         # complete leaves a unit that status reports ("programs missing") and reset removes.
         self.store.write(unit.name, unit.to_json())
@@ -417,6 +449,51 @@ class Manager:
         done = replace(intent, rollback=None)
         self.store.write(done.name, done.to_json())
         return done
+
+    # -- re-created cgroups ----------------------------------------------------------------
+
+    def rebind(self, name: str) -> Unit:
+        """Re-attach the unit's datapath to the cgroup that is now at its path.
+
+        A service or container restart removes its cgroup and makes a new one at the same
+        path: the unit's links then hold its programs on nothing. This attaches the same
+        programs (the same counters map: counters carry on across re-created cgroups, as
+        systemd's do across a service's runs) to the new cgroup and records its id.
+        Idempotent: programs that already run on that cgroup (ours, or systemd's
+        attachment of our pinned programs) are never attached twice.
+        """
+        with self.store.locked():
+            return self._rebind(self.unit(name))
+
+    def _rebind(self, unit: Unit) -> Unit:
+        """:meth:`rebind` with the lock held."""
+        fs = cgroup.fs_path(unit.cgroup)
+        cid = cgroup_id(fs) if cgroup.exists(fs) else None
+        if cid is None:
+            raise NotFound(f"cgroup {unit.cgroup} of unit {unit.name} does not exist")
+        if unit.enforced:
+            pin_dir = self.store.pin_dir(unit.name)
+            spec = spec_for(unit.properties)
+            try:
+                dp = UnitDatapath.open(pin_dir)
+            except NotFound:  # the counters pin is gone: nothing to carry on
+                log.error("unit %s: its pins are lost; building its datapath again (its "
+                          "counters start from zero)", unit.name)
+                bpffs.remove_tree(pin_dir)
+                with UnitDatapath.create(pin_dir, fs, spec):
+                    pass
+                generation.write(pin_dir, unit.generation)
+                remade = ["all pins"]
+            else:
+                with dp:
+                    remade = dp.rebind(fs, spec)
+            if remade:
+                log.warning("unit %s: attached its programs to the cgroup now at %s (id %d): "
+                            "%s", unit.name, unit.cgroup, cid, ", ".join(remade))
+        if unit.cgroup_id != cid:
+            unit = replace(unit, cgroup_id=cid)
+            self.store.write(unit.name, unit.to_json())
+        return unit
 
     # -- crash recovery --------------------------------------------------------------------
 
