@@ -84,7 +84,7 @@ def dispatch(args: argparse.Namespace) -> int:
             )
         ((unitfile, pattern),) = matches
         info = containers.from_state(state, rel)
-        name = bind(config, unitfile, pattern, rel, info)
+        name = bind(config, unitfile, pattern, rel, info, pid)
     except HookRefused as exc:
         print(f"ipacctd oci-hook: {what}: refusing to start it: {exc}", file=sys.stderr)
         return 1
@@ -115,7 +115,7 @@ def _parse_state(raw: bytes) -> dict[str, Any]:
     return state
 
 
-def bind(config, unitfile, pattern: str, rel: str, info) -> str:
+def bind(config, unitfile, pattern: str, rel: str, info, pid: int) -> str:
     """Put ``unitfile``'s policy in force on cgroup ``rel``; returns the unit's name."""
     from ipacctd.manager.engine import Manager
 
@@ -136,6 +136,7 @@ def bind(config, unitfile, pattern: str, rel: str, info) -> str:
             break
         except AlreadyExists:
             continue
+    mgr.record_start(name, pid)  # a new run: its main PID, and no longer exited
     _check_enforced(mgr, name)
     return name
 
@@ -159,8 +160,11 @@ def _unit_on(mgr, name: str, rel: str) -> str | None:
 
 
 def _check_enforced(mgr, name: str) -> None:
-    st = mgr.status(name)
-    unit = st.unit
+    """Refuse unless the kernel says the policy runs on the cgroup now at the unit's path."""
+    unit = mgr.unit(name)
+    enf = mgr.enforcement(name, unit)
+    if enf.enforced:
+        return
     if not unit.enforced:
         # Only a unit without a firewall gets here unenforced (the engine refuses the
         # others): the container may run, uncounted, and says so.
@@ -169,5 +173,4 @@ def _check_enforced(mgr, name: str) -> None:
             file=sys.stderr,
         )
         return
-    if not st.policy_in_force:
-        raise HookRefused(f"unit {name}'s programs are not in force on {unit.cgroup} after binding")
+    raise HookRefused(f"unit {name}'s policy is not in force after binding: {enf.problem}")

@@ -375,9 +375,10 @@ class Manager:
     # -- recording a run -------------------------------------------------------------------
 
     def record_start(self, name: str, pid: int) -> Unit:
-        """Note the main PID of a unit's command."""
+        """Note the main PID of a unit's command (a new run: the last exit is forgotten)."""
         with self.store.locked():
-            unit = replace(self.unit(name), main_pid=pid, started_at=time.time())
+            unit = replace(self.unit(name), main_pid=pid, started_at=time.time(),
+                           exited_at=None, exit_status=None)
             # Not fsynced: a crash that loses the main PID loses nothing that matters.
             self.store.write(name, unit.to_json(), durable=False)
             return unit
