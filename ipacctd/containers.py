@@ -173,9 +173,15 @@ def _conmon_args(pid: int, cid: str) -> str | None:
             argv = f.read().split(b"\0")
     except OSError:
         return None
-    if not argv or not argv[0].endswith(b"conmon"):
+    return conmon_argv_name([a.decode(errors="replace") for a in argv], cid)
+
+
+def conmon_argv_name(argv: list[str], cid: str) -> str | None:
+    """From a command line: the ``-n``/``--name`` value when it is conmon's for container
+    ``cid`` ("" when it has no name), else None."""
+    if not argv or not argv[0].endswith("conmon"):
         return None
-    args = [a.decode(errors="replace") for a in argv[1:]]
+    args = argv[1:]
     if _option(args, "-c", "--cid") != cid:
         return None
     return _option(args, "-n", "--name") or ""

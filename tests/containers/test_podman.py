@@ -282,3 +282,30 @@ def test_daemon_killed_while_containers_restart(tmp_path: Path, podman: Podman) 
             assert "cannot bind" not in env.log(), env.log()
         finally:
             scene.close()
+
+
+def test_the_daemon_alone_names_container_units_alike(tmp_path: Path, podman: Podman) -> None:
+    """Without the hook the daemon binds containers as they appear (after a window: the
+    hook is what closes it) and names their units the way the hook would."""
+    from daemon_support import DaemonEnv
+
+    with DaemonEnv(tmp_path) as env:
+        scene = Scene(env.inst, podman)
+        podman.install_hook(None)
+        try:
+            env.start()
+            res = scene.run("solo", detach=True, command=["sleep", "30"])
+            assert res.returncode == 0, res.stderr
+            cid = podman.container_id("solo")
+            want = f"podman-solo-{cid[:12]}.service"
+            env.client.wait(lambda: want in env.client.units(), 15, "the daemon to bind solo")
+            units = scene.units()
+            assert list(units) == [want]
+            assert units[want]["container"] == {
+                "engine": "podman",
+                "id": cid,
+                "name": "solo",
+                "pod": None,
+            }
+        finally:
+            scene.close()
