@@ -28,7 +28,7 @@ import json
 import sys
 from typing import Any
 
-from ipacctd.errors import AlreadyExists, Error, InvalidInput
+from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound
 
 MAX_STATE = 1 << 20  # the OCI state is a few KiB; refuse absurd input rather than hang on it
 
@@ -121,7 +121,8 @@ def bind(config, unitfile, pattern: str, rel: str, info, pid: int) -> str:
 
     mgr = Manager(config)
     name = unitfile.unit_name_for(pattern, rel, info)
-    for _ in range(2):  # a daemon binding the same cgroup at the same moment: once more
+    # The daemon may bind (or let go of) the same cgroup at the same moment: look again.
+    for _ in range(3):
         existing = _unit_on(mgr, name, rel)
         try:
             if existing is None:
@@ -134,7 +135,7 @@ def bind(config, unitfile, pattern: str, rel: str, info, pid: int) -> str:
                 if mgr.unit(name).properties != unitfile.properties():
                     mgr.replace_properties(name, unitfile.properties())
             break
-        except AlreadyExists:
+        except (AlreadyExists, NotFound):
             continue
     mgr.record_start(name, pid)  # a new run: its main PID, and no longer exited
     _check_enforced(mgr, name)
@@ -143,8 +144,6 @@ def bind(config, unitfile, pattern: str, rel: str, info, pid: int) -> str:
 
 def _unit_on(mgr, name: str, rel: str) -> str | None:
     """The unit already bound to ``rel``: ``name`` itself, or one the daemon made."""
-    from ipacctd.errors import NotFound
-
     if mgr.store.exists(name):
         unit = mgr.unit(name)
         if unit.cgroup != rel:

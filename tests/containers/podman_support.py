@@ -229,3 +229,17 @@ class TftpReceiver:
 
     def count(self, addr: str) -> int:
         return len(self.sizes()[addr])
+
+
+def remove_v1_cgroups(rel: str) -> None:
+    """rmdir ``rel`` in every cgroup v1 hierarchy: podman with cgroupfs makes a
+    ``--cgroup-parent`` in all of them on this hybrid layout, and leaves it there."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            if fstype == "cgroup":
+                path = os.path.join(fields[4], rel.lstrip("/"))
+                for dirpath, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(dirpath)

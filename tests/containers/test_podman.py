@@ -28,6 +28,7 @@ from podman_support import (
     UDP4,
     Podman,
     TftpReceiver,
+    remove_v1_cgroups,
     send_both,
 )
 from support import wait_for
@@ -309,3 +310,24 @@ def test_the_daemon_alone_names_container_units_alike(tmp_path: Path, podman: Po
             }
         finally:
             scene.close()
+
+
+def test_armed_cgroup_parent_without_hook_or_daemon(scene: Scene, podman: Podman) -> None:
+    """The recipe for engines that run no hooks (docker): ``attach`` a policy to the
+    ``--cgroup-parent``; programs on a parent run for every child from its creation."""
+    podman.install_hook(None)
+    parent = f"/ipacctd-armed-{scene.inst.id}"
+    scene.inst.make_cgroup(parent)
+    try:
+        scene.inst.ok("attach", parent, "--unit", "armed", "-p", f"IPAddressDeny={DENIED}")
+        for i in range(3):
+            res = scene.run(f"armed{i}", "--rm", f"--cgroup-parent={parent}")
+            assert res.returncode == 0, res.stderr
+    finally:
+        podman.remove_containers()
+        remove_v1_cgroups(parent)
+    sizes = scene.rx.sizes()
+    assert sizes[DENIED] == []
+    assert len(sizes[ALLOWED]) == 3
+    # The parent's unit counts its children's traffic together, exactly.
+    scene.assert_exact("armed.service", 3, _rrq(sizes[ALLOWED]))
