@@ -15,6 +15,9 @@ glob) matches it, through the engine, without the daemon:
   programs re-attached to its new cgroup (:meth:`Manager.rebind`), counters carried on,
   and the unit file's current policy applied.
 
+Several matching files merge as in the daemon's binder (:func:`merge_order`: glob files
+first, then exact paths, each by file name, as systemd's drop-ins).
+
 Fail closed: when a unit file matches (or a unit file cannot be read, so that nobody can
 tell whether it would match) and the policy cannot be put in force, the hook exits 1 with
 one line on stderr, and the runtime refuses to start the container. A container that no
@@ -26,9 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound
+from ipacctd.manager.config import Config
+from ipacctd.policy.unitfile import load_unit_dir, merge_order, merged_properties
+
+if TYPE_CHECKING:
+    from ipacctd.containers import ContainerInfo
+    from ipacctd.policy.unitfile import UnitFile
 
 MAX_STATE = 1 << 20  # the OCI state is a few KiB; refuse absurd input rather than hang on it
 
@@ -38,9 +47,6 @@ class HookRefused(Error):
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from ipacctd.manager.config import Config
-    from ipacctd.policy.unitfile import load_unit_dir
-
     config = Config.from_env(
         state_dir=args.state_dir,
         bpf_dir=args.bpf_dir,
@@ -76,15 +82,10 @@ def dispatch(args: argparse.Namespace) -> int:
             raise HookRefused(f"cannot tell which policy applies: {errors[0]}")
         if not matches:
             return 0
-        if len(matches) > 1:
-            raise HookRefused(
-                "several unit files match it: "
-                + ", ".join(f.path for f, _ in matches)
-                + " (make their ControlGroup= patterns disjoint)"
-            )
-        ((unitfile, pattern),) = matches
+        # Several files: merged in the daemon's binder's order (as systemd's drop-ins).
+        files, (last, pattern) = merge_order(matches)
         info = containers.from_state(state, rel)
-        name = bind(config, unitfile, pattern, rel, info, pid)
+        name = bind(config, files, last.unit_name_for(pattern, rel, info), rel, info, pid)
     except HookRefused as exc:
         print(f"ipacctd oci-hook: {what}: refusing to start it: {exc}", file=sys.stderr)
         return 1
@@ -115,25 +116,32 @@ def _parse_state(raw: bytes) -> dict[str, Any]:
     return state
 
 
-def bind(config, unitfile, pattern: str, rel: str, info, pid: int) -> str:
-    """Put ``unitfile``'s policy in force on cgroup ``rel``; returns the unit's name."""
+def bind(
+    config: Config,
+    files: tuple[UnitFile, ...],
+    name: str,
+    rel: str,
+    info: ContainerInfo,
+    pid: int,
+) -> str:
+    """Put the merged policy of ``files`` in force on cgroup ``rel`` as unit ``name`` (or
+    the unit already bound there); returns the unit's name."""
     from ipacctd.manager.engine import Manager
 
     mgr = Manager(config)
-    name = unitfile.unit_name_for(pattern, rel, info)
+    props = merged_properties(files)
+    source = files[-1].path
     # The daemon may bind (or let go of) the same cgroup at the same moment: look again.
     for _ in range(3):
         existing = _unit_on(mgr, name, rel)
         try:
             if existing is None:
-                mgr.attach(
-                    rel, name=name, base=unitfile.properties(), source=unitfile.path, container=info
-                )
+                mgr.attach(rel, name=name, base=props, source=source, container=info)
             else:
                 name = existing
                 mgr.rebind(name)
-                if mgr.unit(name).properties != unitfile.properties():
-                    mgr.replace_properties(name, unitfile.properties())
+                if mgr.unit(name).properties != props:
+                    mgr.replace_properties(name, props)
             break
         except (AlreadyExists, NotFound):
             continue

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ipacctd import cgroup
 from ipacctd.datapath.counters import Counters
-from ipacctd.errors import NotFound
+from ipacctd.errors import Error, NotFound
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.reader import CounterReader
 from ipacctd.manager.unit import UnitStatus
@@ -29,6 +29,7 @@ class Entry:
     counters: Counters | None = None
     extra: dict = field(default_factory=dict)
     probe: tuple[bool, bool] | None = None  # (cgroup exists, populated) when status was read
+    identity: tuple | None = None  # (cgroup id at the path, pin names) when status was read
 
 
 #: A state poll re-reads every unit whose cgroup changed (exists / populated), and besides
@@ -49,6 +50,7 @@ class Registry:
         self.listeners: list[Listener] = []
         self._mount: str | None = None
         self._cursor = 0
+        self._enf_cursor = 0
 
     def _emit(self, event: str, name: str, entry: Entry | None) -> None:
         for listener in self.listeners:
@@ -93,11 +95,47 @@ class Registry:
         finally:
             os.close(fd)
 
+    def identity(self, name: str, cgroup_path: str) -> tuple:
+        """What every poll compares to see that a unit needs a full enforcement check: the
+        id of the cgroup at its path and the names of its pins (a stat and a listdir,
+        where the full check asks the kernel about each link)."""
+        try:
+            if self._mount is None:
+                self._mount = cgroup.mount_point()
+            cid: int | None = os.stat(cgroup.fs_path(cgroup_path, self._mount)).st_ino
+        except (OSError, Error):
+            cid = None
+        try:
+            pins: frozenset[str] | None = frozenset(os.listdir(self.manager.store.pin_dir(name)))
+        except (OSError, Error):
+            pins = None
+        return cid, pins
+
+    def enforcement_due(self) -> list[str]:
+        """Units whose enforcement must be checked in full now: those whose cgroup or pins
+        changed since their status was read, and a rolling :data:`FULL_EVERY`-th of the
+        others (catching what neither shows, e.g. a link detached by hand)."""
+        names = list(self.units)
+        rolling: set[str] = set()
+        if names:
+            k = -(-len(names) // FULL_EVERY)
+            start = self._enf_cursor % len(names)
+            rolling = set((names + names)[start:start + k])
+            self._enf_cursor = start + k
+        due = []
+        for name in names:
+            entry = self.units[name]
+            ident = self.identity(name, entry.status.unit.cgroup)
+            if name in rolling or ident != entry.identity:
+                due.append(name)
+        return due
+
     def refresh(self, name: str, mtime: int | None = None) -> Entry | None:
         """Re-read one unit's metadata and live state; announce it."""
         old = self.units.get(name)
         # Probe before reading the status: a change in between shows on the next poll.
         probe = self._probe(old.status.unit.cgroup) if old is not None else None
+        ident = self.identity(name, old.status.unit.cgroup) if old is not None else None
         try:
             status = self.manager.status(name)
         except NotFound:
@@ -114,8 +152,12 @@ class Registry:
             probe = self._probe(status.unit.cgroup)
             if probe is not None and probe[1] != bool(status.pids):
                 probe = None
+        if old is None or old.status.unit.cgroup != status.unit.cgroup:
+            ident = self.identity(name, status.unit.cgroup)
+            if ident[0] != status.enforcement.cgroup_id:  # changed meanwhile: check again
+                ident = None
         entry = Entry(status, self._mtime(name) if mtime is None else mtime, status.counters,
-                      probe=probe)
+                      probe=probe, identity=ident)
         self.units[name] = entry
         self._emit("changed" if old is not None else "new", name, entry)
         return entry

@@ -242,43 +242,9 @@ class UnitDatapath:
         return True
 
     def problem(self, cgroup_path: str, spec: Spec, bound_id: int | None = None) -> str | None:
-        """Why ``spec``'s programs are not in force on the cgroup now at ``cgroup_path``;
-        None when every link's program runs there (whoever attached it: for a systemd
-        service, systemd attaches the pinned programs itself at each start).
-
-        ``bound_id``: the id of the cgroup the links were made for, if known. The kernel
-        severs the links of a removed cgroup (id 0) a moment after the rmdir, not at once;
-        until then they still name the removed cgroup's id.
-        """
-        try:
-            cg = _open_cgroup(cgroup_path)
-        except NotFound:
-            return "cgroup gone"
-        try:
-            for pin, direction, _ in _wanted_links(spec):
-                try:
-                    link = CgroupLink.open_pinned(os.path.join(self.pin_dir, pin))
-                except BPFError:
-                    return f"pins lost: {pin} is missing"
-                with link:
-                    info = link.info()
-                if info.prog_id in _effective(cg, ATTACH[direction]):
-                    continue
-                now = os.fstat(cg).st_ino
-                if info.cgroup_id in (0, bound_id) and info.cgroup_id != now:
-                    return (
-                        f"cgroup re-created: {pin} holds its program on a removed cgroup, "
-                        f"not on the one now at the path (id {now})"
-                    )
-                if info.cgroup_id != now:
-                    return (
-                        f"link on another cgroup: {pin} is on cgroup id {info.cgroup_id}, "
-                        f"the one at the path is id {now}"
-                    )
-                return f"programs missing: the program of {pin} is not on the cgroup"
-        finally:
-            os.close(cg)
-        return None
+        """Why ``spec``'s programs are not in force on the cgroup now at ``cgroup_path``
+        (None when they are); see :func:`link_problem`."""
+        return link_problem(self.pin_dir, cgroup_path, spec, bound_id)
 
     def rebind(self, cgroup_path: str, spec: Spec) -> list[str]:
         """Attach the unit's programs to the cgroup now at ``cgroup_path`` wherever they do
@@ -292,13 +258,28 @@ class UnitDatapath:
         every packet twice. Make-before-break, as :meth:`_apply_filters`: the new links are
         pinned under temporary names, then renamed over the old pins (releasing the old
         links); a failure detaches what was made and leaves the old pins as they were.
+
+        ipacctd's own two links are re-made first and in place before the user filters
+        (``IPIngressFilterPath=``...): a filter program that is no longer pinned fails the
+        call, but not before the unit's allow/deny lists are in force again.
         """
         self._unpin_new()  # remnants of a crashed rebind or filter change (lock held)
         cg = _open_cgroup(cgroup_path)
+        try:
+            wanted = _wanted_links(spec)
+            made = self._relink(cg, [w for w in wanted if w[2] is None], spec)
+            return made + self._relink(cg, [w for w in wanted if w[2] is not None], spec)
+        finally:
+            os.close(cg)
+
+    def _relink(
+        self, cg: int, wanted: list[tuple[str, Direction, str | None]], spec: Spec
+    ) -> list[str]:
+        """:meth:`rebind` of some of the unit's links, all or none."""
         built: Programs | None = None
         made: list[tuple[str, CgroupLink]] = []
         try:
-            for pin, direction, filter_path in _wanted_links(spec):
+            for pin, direction, filter_path in wanted:
                 if filter_path is None and built is None and not self._has_link(pin):
                     built = self._build(spec)
                 prog = self._program_of(pin, direction, filter_path, built)
@@ -325,7 +306,6 @@ class UnitDatapath:
                 link.close()
             if built is not None:
                 built.close()
-            os.close(cg)
         return [pin for pin, _ in made]
 
     def _has_link(self, pin: str) -> bool:
@@ -467,6 +447,50 @@ class UnitDatapath:
             for link in links:
                 link.close()
             os.close(cg)
+
+
+def link_problem(
+    pin_dir: str, cgroup_path: str, spec: Spec, bound_id: int | None = None
+) -> str | None:
+    """Why ``spec``'s programs are not in force on the cgroup now at ``cgroup_path``;
+    None when every link's program runs there (whoever attached it: for a systemd
+    service, systemd attaches the pinned programs itself at each start).
+
+    ``bound_id``: the id of the cgroup the links were made for, if known. The kernel
+    severs the links of a removed cgroup (id 0) a moment after the rmdir, not at once;
+    until then they still name the removed cgroup's id.
+    """
+    try:
+        cg = _open_cgroup(cgroup_path)
+    except NotFound:
+        return "cgroup gone"
+    try:
+        now = os.fstat(cg).st_ino
+        for pin, direction, _ in _wanted_links(spec):
+            try:
+                link = CgroupLink.open_pinned(os.path.join(pin_dir, pin))
+            except BPFError:
+                return f"pins lost: {pin} is missing"
+            with link:
+                info = link.info()
+            # A link on this very cgroup runs its program there; otherwise ask the cgroup
+            # (systemd may run the program from its own attachment).
+            if info.cgroup_id == now or info.prog_id in _effective(cg, ATTACH[direction]):
+                continue
+            if info.cgroup_id in (0, bound_id) and info.cgroup_id != now:
+                return (
+                    f"cgroup re-created: {pin} holds its program on a removed cgroup, "
+                    f"not on the one now at the path (id {now})"
+                )
+            if info.cgroup_id != now:
+                return (
+                    f"link on another cgroup: {pin} is on cgroup id {info.cgroup_id}, "
+                    f"the one at the path is id {now}"
+                )
+            return f"programs missing: the program of {pin} is not on the cgroup"
+    finally:
+        os.close(cg)
+    return None
 
 
 def _wanted_links(spec: Spec) -> list[tuple[str, Direction, str | None]]:

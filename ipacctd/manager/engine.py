@@ -21,7 +21,7 @@ from ipacctd import cgroup
 from ipacctd.bpf import bpffs
 from ipacctd.datapath import denied as denied_mod
 from ipacctd.datapath.counters import Counters
-from ipacctd.datapath.unit import UnitDatapath, cgroup_id
+from ipacctd.datapath.unit import COUNTERS, UnitDatapath, cgroup_id, link_problem
 from ipacctd.errors import (
     AlreadyExists,
     Busy,
@@ -31,10 +31,10 @@ from ipacctd.errors import (
     NotSupported,
     PermissionDenied,
 )
-from ipacctd.manager import generation
+from ipacctd.manager import generation, recovery
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store
-from ipacctd.manager.unit import Enforcement, Unit, UnitStatus, spec_for
+from ipacctd.manager.unit import POLICY_CUT_OFF, Enforcement, Unit, UnitStatus, spec_for
 from ipacctd.policy.names import transient_name, validate_unit_name
 from ipacctd.policy.properties import Properties, parse_assignment
 
@@ -46,9 +46,6 @@ ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
 #: Prefix of the directory a datapath is built in before it is renamed into place
 #: (``~tmp-<pin name>-<pid>``, see :meth:`UnitDatapath.create`).
 TMP_PIN_PREFIX = "~tmp-"
-#: Start of the problem an :class:`Enforcement` names when a policy change was cut off
-#: (the programs run on the cgroup, but not those of the recorded policy yet).
-POLICY_CUT_OFF = "policy change cut off"
 
 
 class _Log:
@@ -101,6 +98,7 @@ class Manager:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config.from_env()
         self.store = Store(self.config)
+        self._mount: str | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -141,7 +139,9 @@ class Manager:
 
     def cgroup_fs(self, unit: Unit) -> str:
         """Filesystem path of the unit's cgroup."""
-        return cgroup.fs_path(unit.cgroup)
+        if self._mount is None:  # parsing mountinfo costs more than the rest of a status
+            self._mount = cgroup.mount_point()
+        return cgroup.fs_path(unit.cgroup, self._mount)
 
     def counters(self, name: str) -> Counters | None:
         """The unit's counters, or None when it has no datapath."""
@@ -176,7 +176,7 @@ class Manager:
                 counters = dp.read()
             kgen = generation.read(self.store.pin_dir(name))
         enf = self.enforcement(name, unit)
-        attached = enf.enforced or enf.problem.startswith(POLICY_CUT_OFF)
+        attached = enf.enforced or enf.policy_cut_off
         if pids:
             active, sub = "active", "running"
         elif unit.exit_status not in CLEAN_EXIT:
@@ -201,11 +201,13 @@ class Manager:
         if not unit.enforced:
             return Enforcement(False, f"BPF unusable: {unit.not_enforced_reason}", cgroup_id=cid)
         pin_dir = self.store.pin_dir(name)
-        try:
-            with UnitDatapath.open(pin_dir) as dp:
-                problem = dp.problem(fs, spec_for(unit.properties), unit.cgroup_id)
-        except (NotFound, OSError) as exc:
-            problem = f"pins lost: {exc}"
+        if not os.path.exists(os.path.join(pin_dir, COUNTERS)):
+            problem: str | None = f"pins lost: nothing is pinned at {pin_dir}"
+        else:
+            try:
+                problem = link_problem(pin_dir, fs, spec_for(unit.properties), unit.cgroup_id)
+            except OSError as exc:  # BPFError included: the kernel refused to answer
+                problem = f"programs missing: {exc}"
         if problem is None:
             kgen = generation.read(pin_dir)
             if kgen != unit.generation:
@@ -469,32 +471,19 @@ class Manager:
     def _rebind(self, unit: Unit) -> Unit:
         """:meth:`rebind` with the lock held."""
         fs = cgroup.fs_path(unit.cgroup)
-        cid = cgroup_id(fs) if cgroup.exists(fs) else None
+        cid = recovery.live_cgroup_id(self, unit)
         if cid is None:
             raise NotFound(f"cgroup {unit.cgroup} of unit {unit.name} does not exist")
         if unit.enforced:
-            pin_dir = self.store.pin_dir(unit.name)
-            spec = spec_for(unit.properties)
-            try:
-                dp = UnitDatapath.open(pin_dir)
-            except NotFound:  # the counters pin is gone: nothing to carry on
-                log.error("unit %s: its pins are lost; building its datapath again (its "
-                          "counters start from zero)", unit.name)
-                bpffs.remove_tree(pin_dir)
-                with UnitDatapath.create(pin_dir, fs, spec):
-                    pass
-                generation.write(pin_dir, unit.generation)
-                remade = ["all pins"]
-            else:
-                with dp:
-                    remade = dp.rebind(fs, spec)
+            rebuilt = recovery.rebuild_datapath(self, unit)
+            if rebuilt is not None:
+                return rebuilt
+            with UnitDatapath.open(self.store.pin_dir(unit.name)) as dp:
+                remade = dp.rebind(fs, spec_for(unit.properties))
             if remade:
                 log.warning("unit %s: attached its programs to the cgroup now at %s (id %d): "
                             "%s", unit.name, unit.cgroup, cid, ", ".join(remade))
-        if unit.cgroup_id != cid:
-            unit = replace(unit, cgroup_id=cid)
-            self.store.write(unit.name, unit.to_json())
-        return unit
+        return recovery.record_cgroup(self, unit, cid)
 
     # -- crash recovery --------------------------------------------------------------------
 
@@ -544,21 +533,18 @@ class Manager:
                 return True
             return False
         fs = cgroup.fs_path(unit.cgroup)
-        if not os.path.exists(os.path.join(pin_dir, "counters")):
-            if not cgroup.exists(fs):
-                return False  # nothing to enforce on; status says "programs missing"
-            log.warning("unit %s: rebuilding its missing datapath", name)
-            bpffs.remove_tree(pin_dir)
-            with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
-                pass
-            generation.write(pin_dir, unit.generation)
-            if unit.rollback is not None:
-                self.store.write(name, replace(unit, rollback=None).to_json())
+        # Self-repair (see ipacctd.manager.recovery): lost pins, re-created cgroups.
+        if recovery.rebuild_datapath(self, unit) is not None:
             return True
+        if not os.path.exists(os.path.join(pin_dir, "counters")):
+            return False  # no live cgroup to build on; status says "pins lost"
+        relinked = recovery.restore_links(self, unit)
+        if relinked is not None:
+            unit = relinked
         kgen = generation.read(pin_dir)
         if kgen == unit.generation:
             if unit.rollback is None:
-                return False
+                return relinked is not None
             self.store.write(name, replace(unit, rollback=None).to_json())  # step 4 was cut
             return True
         live = cgroup.exists(fs)

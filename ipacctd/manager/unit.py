@@ -118,6 +118,11 @@ def spec_for(props: Properties) -> Spec:
     )
 
 
+#: Start of the problem an :class:`Enforcement` names when a policy change was cut off
+#: (the programs run on the cgroup, but not those of the recorded policy yet).
+POLICY_CUT_OFF = "policy change cut off"
+
+
 @dataclass(frozen=True)
 class Enforcement:
     """Whether a unit's recorded policy is in force on the live cgroup now at its path."""
@@ -126,6 +131,11 @@ class Enforcement:
     problem: str = ""  # the cause when not: "cgroup re-created: ...", "pins lost: ..."
     live: bool = True  # a cgroup exists at the unit's path
     cgroup_id: int | None = None  # of that cgroup
+
+    @property
+    def policy_cut_off(self) -> bool:
+        """The unit's programs run on its cgroup, but not those of the recorded policy."""
+        return self.problem.startswith(POLICY_CUT_OFF)
 
     @property
     def alarming(self) -> bool:

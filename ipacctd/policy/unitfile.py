@@ -97,6 +97,31 @@ class UnitFile:
         return validate_unit_name(f"{stem}@{base}")
 
 
+def merge_order(
+    matches: list[tuple[UnitFile, str]],
+) -> tuple[tuple[UnitFile, ...], tuple[UnitFile, str]]:
+    """Files matching one cgroup, as ``(file, matching pattern)`` pairs, in the order their
+    assignments merge (as systemd's drop-ins): glob files first, then exact paths, each by
+    file name; a file matching twice applies once. Returns the files in that order and
+    the last pair, which names the unit (:meth:`UnitFile.unit_name_for`) and is its source.
+    Used by the daemon's binder and the OCI hook alike."""
+    ordered = sorted(
+        matches,
+        key=lambda m: (not any(c in m[1] for c in _GLOB_CHARS), os.path.basename(m[0].path),
+                       m[0].path),
+    )
+    files: list[UnitFile] = []
+    for f, _ in ordered:
+        if all(g.path != f.path for g in files):
+            files.append(f)
+    return tuple(files), ordered[-1]
+
+
+def merged_properties(files: tuple[UnitFile, ...] | list[UnitFile]) -> Properties:
+    """The policy of overlapping files: every file's assignments, in merge order."""
+    return Properties().apply(a for f in files for a in f.assignments)
+
+
 def cgroup_matches(pattern: str, rel: str) -> bool:
     """Whether a cgroup path matches a ``ControlGroup=`` value: equal, or a glob matched
     component by component (``*`` never crosses a ``/``, as the filesystem glob the

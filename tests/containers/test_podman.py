@@ -331,3 +331,17 @@ def test_armed_cgroup_parent_without_hook_or_daemon(scene: Scene, podman: Podman
     assert len(sizes[ALLOWED]) == 3
     # The parent's unit counts its children's traffic together, exactly.
     scene.assert_exact("armed.service", 3, _rrq(sizes[ALLOWED]))
+
+
+def test_overlapping_unit_files_merge_as_the_daemon_merges_them(scene: Scene) -> None:
+    Path(scene.inst.unit_dir, "zz-more.unit").write_text(
+        f"[Match]\nControlGroup={PARENT}/libpod-*\n[Service]\nIPAddressDeny={ALLOWED}\n"
+    )
+    res = scene.run("both", "--rm")
+    assert res.returncode == 0, res.stderr
+    assert scene.rx.sizes() == {DENIED: [], ALLOWED: []}  # both lists in force
+    (unit,) = scene.units().values()
+    assert unit["name"].startswith("podman-both-")
+    assert unit["properties"]["IPAddressDeny"] == f"{ALLOWED}/32 {DENIED}/32"
+    c = scene.counters(unit["name"])
+    assert (c["egress_dropped_packets"], c["egress_packets"]) == (2, 0), c

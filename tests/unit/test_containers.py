@@ -176,3 +176,25 @@ def test_resolve_refuses_an_ambiguous_name(tmp_path, monkeypatch) -> None:
     live.clear()
     with pytest.raises(InvalidInput, match="several container units"):
         mgr.resolve("web")
+
+
+def test_merge_order_of_overlapping_files() -> None:
+    from ipacctd.policy.unitfile import merge_order, merged_properties
+
+    rel = f"/libpod_parent/libpod-{CID}"
+    b = parse_unit_file(
+        "[Match]\nControlGroup=/libpod_parent/*\n[Service]\nIPAddressDeny=1.1.1.1\n", "/u/b.unit"
+    )
+    a = parse_unit_file(
+        f"[Match]\nControlGroup={rel}\n[Service]\nIPAddressDeny=\nIPAddressDeny=2.2.2.2\n",
+        "/u/a.unit",
+    )
+    c = parse_unit_file(
+        "[Match]\nControlGroup=/libpod_parent/libpod-*\n[Service]\nIPAddressDeny=3.3.3.3\n",
+        "/u/c.unit",
+    )
+    files, (last, pattern) = merge_order([(a, rel), (c, c.cgroups[0]), (b, b.cgroups[0])])
+    # Globs first (by file name), then exact paths: the exact file's reset comes last.
+    assert [f.path for f in files] == ["/u/b.unit", "/u/c.unit", "/u/a.unit"]
+    assert (last, pattern) == (a, rel)
+    assert [str(n) for n in merged_properties(files).ip_address_deny] == ["2.2.2.2/32"]
