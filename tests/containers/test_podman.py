@@ -275,12 +275,20 @@ def test_daemon_killed_while_containers_restart(tmp_path: Path, podman: Podman) 
             # The daemon bound nothing twice: one unit per container, no binding errors.
             assert len(env.client.units()) == 6
             assert "cannot bind" not in env.log(), env.log()
-            # A container started now, with the daemon back: still one unit.
+            # With the daemon back: a new container, and k2 restarted three times while the
+            # daemon's binder follows the same cgroups: one unit each, counters exact.
             assert scene.run("k6").returncode == 0
+            for _ in range(3):
+                scene.podman("restart", "k2")
+                scene.podman("wait", "k2", timeout=30)
             env.client.wait(lambda: len(env.client.units()) == 7, 15, "the daemon to see k6")
-            time.sleep(1.0)  # give the binder time to react to the new cgroup (no 8th unit)
+            time.sleep(1.0)  # give the binder time to react to the new cgroups (no 8th unit)
             assert len(env.client.units()) == 7
             assert "cannot bind" not in env.log(), env.log()
+            sizes = scene.rx.sizes()
+            assert sizes[DENIED] == []
+            assert len(sizes[ALLOWED]) == 6 + 5 + 2 + 1 + 3
+            scene.assert_exact(names["k2"], 4, rrq)
         finally:
             scene.close()
 
