@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -163,7 +164,13 @@ class Podman:
     # -- cleaning up ---------------------------------------------------------------------
 
     def remove_containers(self) -> None:
-        self("rm", "--all", "--force", "--time", "0", check=False, timeout=120)
+        """Remove every container; again while any is left (a crash loop between states)."""
+        for _ in range(10):
+            self("rm", "--all", "--force", "--time", "0", check=False, timeout=120)
+            if not self("ps", "--all", "--quiet", check=False).stdout.strip():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"containers left: {self('ps', '--all', check=False).stdout}")
 
     def close(self) -> None:
         """Remove every container and image, then the whole directory."""

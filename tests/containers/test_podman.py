@@ -182,7 +182,15 @@ def test_restart_always_crash_loop(scene: Scene) -> None:
     res = scene.run("crash", "--restart=always", detach=True, command=send_both("exit 3"))
     assert res.returncode == 0, res.stderr
     wait_for(lambda: scene.rx.count(ALLOWED) >= 6, 60, "six runs of the crash loop", step=0.2)
-    scene.podman("rm", "--force", "--time", "0", "crash")
+    # Removing a crash-looping container can meet it between two states ("container state
+    # improper"): try again, bounded.
+    wait_for(
+        lambda: scene.podman("rm", "--force", "--time", "0", "crash", check=False).returncode == 0,
+        30,
+        "podman rm of the crash loop",
+        step=0.2,
+    )
+    assert scene.podman("container", "exists", "crash", check=False).returncode == 1
     sizes = scene.rx.sizes()
     assert sizes[DENIED] == []
     (unit,) = scene.units()
