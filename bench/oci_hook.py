@@ -37,8 +37,12 @@ import time
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "e2e"),
-                os.path.join(ROOT, "tests", "containers"), ROOT]
+sys.path[:0] = [
+    os.path.join(ROOT, "tests"),
+    os.path.join(ROOT, "tests", "e2e"),
+    os.path.join(ROOT, "tests", "containers"),
+    ROOT,
+]
 
 from e2e_helpers import Installation  # noqa: E402
 from netns import NetNS  # noqa: E402
@@ -53,8 +57,10 @@ def stats(samples: list[float]) -> dict[str, float]:
 
 
 def line(name: str, st: dict[str, float]) -> str:
-    return (f"  {name:<44} median {st['median']:7.1f} ms   p90 {st['p90']:7.1f} ms   "
-            f"min {st['min']:7.1f} ms")
+    return (
+        f"  {name:<44} median {st['median']:7.1f} ms   p90 {st['p90']:7.1f} ms   "
+        f"min {st['min']:7.1f} ms"
+    )
 
 
 def timed(argv: list[str], **kw) -> float:
@@ -99,9 +105,12 @@ def part2(inst: Installation, reps: int) -> dict[str, list[float]]:
     unit_file = Path(inst.unit_dir, "ctr.unit")
     hook = [sys.executable, "-m", "ipacctd", "oci-hook"]
     env = {**inst.env, "PYTHONPATH": ROOT}
-    cases = {"hook alone: no unit file matches": [], "hook alone: new unit (attach)": [],
-             "hook alone: restarted container (rebind)": [],
-             "hook alone: already bound (check only)": []}
+    cases = {
+        "hook alone: no unit file matches": [],
+        "hook alone: new unit (attach)": [],
+        "hook alone: restarted container (rebind)": [],
+        "hook alone: already bound (check only)": [],
+    }
     procs: list[subprocess.Popen] = []
 
     def container() -> dict:
@@ -119,8 +128,14 @@ def part2(inst: Installation, reps: int) -> dict[str, list[float]]:
                 f.write(str(os.getpid()))
 
         procs.append(subprocess.Popen(["sleep", "600"], preexec_fn=enter))
-        return {"ociVersion": "1.0.2", "id": cid, "status": "created",
-                "pid": procs[-1].pid, "bundle": "/nonexistent", "annotations": {}}
+        return {
+            "ociVersion": "1.0.2",
+            "id": cid,
+            "status": "created",
+            "pid": procs[-1].pid,
+            "bundle": "/nonexistent",
+            "annotations": {},
+        }
 
     def run(state: dict) -> float:
         return timed(hook, input=json.dumps(state), env=env, cwd=ROOT)
