@@ -16,7 +16,10 @@ runtime does) for a process in a container-like cgroup ``/ipacctd-bench-<pid>/li
 * no unit file matches;
 * a new unit (attach);
 * a container started again: its cgroup re-created, programs re-attached (rebind);
-* called again on a bound cgroup (nothing to do but check).
+* called again on a bound cgroup (nothing to do but check);
+
+beside ``python3 -c pass`` with the same interpreter and environment (the floor any
+Python hook pays).
 
 Reported: median, p90 and min per case, and the medians' differences and ratios. Run as
 root: python3 bench/oci_hook.py [--reps 15] [--out FILE]
@@ -106,6 +109,7 @@ def part2(inst: Installation, reps: int) -> dict[str, list[float]]:
     hook = [sys.executable, "-m", "ipacctd", "oci-hook"]
     env = {**inst.env, "PYTHONPATH": ROOT}
     cases = {
+        "python3 -c pass (the interpreter's floor)": [],
         "hook alone: no unit file matches": [],
         "hook alone: new unit (attach)": [],
         "hook alone: restarted container (rebind)": [],
@@ -142,6 +146,9 @@ def part2(inst: Installation, reps: int) -> dict[str, list[float]]:
 
     try:
         for _ in range(reps):
+            cases["python3 -c pass (the interpreter's floor)"].append(
+                timed([sys.executable, "-c", "pass"], env=env)
+            )
             unit_file.write_text(UNIT.format(pattern="/nowhere/libpod-*"))
             cases["hook alone: no unit file matches"].append(run(container()))
             unit_file.write_text(UNIT.format(pattern=f"{parent}/libpod-*"))
@@ -168,6 +175,7 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     tmp = tempfile.mkdtemp(prefix="ipacctd-bench-hook-")
     podman = Podman()
     try:
@@ -180,7 +188,8 @@ def main() -> None:
     out = [
         f"bench/oci_hook.py — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.node()}, {os.cpu_count()} CPUs, kernel {platform.release()}, "
-        f"Python {platform.python_version()}, {args.reps} repetitions, interleaved",
+        f"Python {platform.python_version()}, {args.reps} repetitions, interleaved, "
+        f"load average before {load}",
         "",
         "podman run --rm localhost/ipacctd-bb true (runc, cgroupfs, vfs storage):",
     ]
@@ -192,8 +201,13 @@ def main() -> None:
         m = s1[k]["median"]
         out.append(f"  {k}: +{m - base:.1f} ms over no hook (ratio {m / base:.2f})")
     out += ["", "the hook alone (python3 -m ipacctd oci-hook, OCI state on stdin):"]
-    for k, v in res2.items():
-        out.append(line(k, stats(v)))
+    s2 = {k: stats(v) for k, v in res2.items()}
+    floor = s2["python3 -c pass (the interpreter's floor)"]["median"]
+    for k, st in s2.items():
+        out.append(line(k, st))
+    for k, st in s2.items():
+        if k.startswith("hook"):
+            out.append(f"  {k}: +{st['median'] - floor:.1f} ms over the interpreter's floor")
     text = "\n".join(out) + "\n"
     print(text, end="")
     if args.out:
