@@ -30,6 +30,7 @@ import fnmatch
 import glob
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ipacctd import cgroup, containers
@@ -86,8 +87,12 @@ def static_prefix(pattern: str) -> tuple[str, int]:
 class Binder:
     """Keeps units bound to the cgroups their files name."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager,
+                 units: Callable[[], Iterable[Unit]] | None = None) -> None:
+        """``units``: every unit as recorded now (default: read all metadata files; the
+        daemon passes its registry's view, kept current by inotify, which is cheaper)."""
         self.manager = manager
+        self._units = units
         self.files: list[UnitFile] = []
         self.errors: list[InvalidInput] = []
         self._known: dict[str, str] | None = None  # container id → unit, per bindings()
@@ -175,6 +180,8 @@ class Binder:
 
     def _attached_units(self) -> list[Unit]:
         """Units bound to cgroups ipacctd did not create (by unit files or by hand)."""
+        if self._units is not None:
+            return [u for u in self._units() if not u.transient]
         out = []
         for name in self.manager.names():
             try:

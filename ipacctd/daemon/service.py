@@ -24,7 +24,7 @@ from ipacctd.daemon import metrics
 from ipacctd.daemon.binder import Binder
 from ipacctd.daemon.bus import BUS_NAME, BusService
 from ipacctd.daemon.config import DaemonConfig
-from ipacctd.daemon.inotify import Inotify
+from ipacctd.daemon.inotify import IN_CREATE, Inotify
 from ipacctd.daemon.registry import Registry
 from ipacctd.errors import Error, NotFound, NotSupported
 from ipacctd.manager.engine import Manager
@@ -42,7 +42,7 @@ class Daemon:
         self.config = config
         self.manager = Manager(config.paths)
         self.registry = Registry(self.manager)
-        self.binder = Binder(self.manager)
+        self.binder = Binder(self.manager, self._current_units)
         self.bus: MessageBus | None = None
         self.service: BusService | None = None
         self.http: asyncio.Server | None = None
@@ -51,6 +51,12 @@ class Daemon:
         self._pending: asyncio.TimerHandle | None = None
         self._rebind = False
         self._reported: dict[str, str] = {}  # unit → enforcement problem last logged
+
+    def _current_units(self) -> list:
+        """Every unit as recorded now: the registry, brought up to date (a stat per unit;
+        only changed metadata files are read again)."""
+        self.registry.sync()
+        return [entry.status.unit for entry in self.registry.units.values()]
 
     async def start(self) -> None:
         """Rebuild state, connect to D-Bus, serve metrics, start watching."""
@@ -111,9 +117,16 @@ class Daemon:
     def _on_inotify(self) -> None:
         assert self.inotify is not None
         units_dir = self.manager.config.units_dir
-        for path, _mask, _name in self.inotify.read():
+        made: set[str] = set()
+        for path, mask, name in self.inotify.read():
             if path != units_dir:
                 self._rebind = True
+                if mask & IN_CREATE and name:
+                    made.add(os.path.join(path, name))
+        if made:
+            # A cgroup made at a unit's path: re-bind now, without the debounce (every
+            # moment unbound is a moment unfiltered). The settle below binds new matches.
+            self.check_enforcement(self.registry.units_at(made))
         if self._pending is None:  # coalesce bursts (a CLI writes temp file + rename)
             self._pending = asyncio.get_running_loop().call_later(DEBOUNCE, self._settle)
 
@@ -169,8 +182,11 @@ class Daemon:
             if entry is None:
                 continue
             try:
-                unit = self.manager.unit(name)
+                unit = entry.status.unit  # as last read: parsing metadata costs more
                 enf = self.manager.enforcement(name, unit)
+                if enf.alarming:  # be sure, with the metadata as it is now
+                    unit = self.manager.unit(name)
+                    enf = self.manager.enforcement(name, unit)
                 if enf.alarming and unit.enforced:
                     if self.manager.reconcile(name):
                         repaired.append(name)

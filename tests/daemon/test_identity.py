@@ -105,7 +105,7 @@ def test_recreated_cgroups_are_rebound_by_id_exact_and_glob(env: DaemonEnv) -> N
         assert props["ActiveState"] == "active"
         assert len(egress_progs(fs)) == 1  # never a second copy
         assert metric(env, ENFORCED, unit=name) == 1
-    assert "re-bound exact.service" in env.log()
+    assert "unit exact.service: attached its programs to the cgroup now at" in env.log()
 
 
 def test_unenforced_while_daemon_down_then_repaired_at_start(env: DaemonEnv) -> None:
@@ -191,7 +191,7 @@ def test_unrepairable_unit_is_reported_everywhere_until_repaired(env: DaemonEnv,
     assert log.count(f"ERROR ipacctd.daemon: unit {name}: firewall NOT ENFORCED") == 1, log
 
     pin_again()  # the program is back: the rolling full check repairs the unit
-    c.wait(lambda: c.props(name)["IPFirewallEnforced"], 15, "repaired")
+    c.wait(lambda: c.props(name)["IPFirewallEnforced"], 30, "repaired")
     assert metric(env, ENFORCED, unit=name) == 1
     assert inst.show(name)["IPFirewallEnforced"] == "yes"
     assert f"unit {name}: firewall in force again" in env.log()
@@ -315,3 +315,27 @@ def test_attached_by_hand_records_exit_expires_and_rebinds(env: DaemonEnv) -> No
     # The vanished one expires like any other unit.
     wait_for(lambda: "gone.service" not in inst.unit_names(), 30, "gone.service expired")
     assert "back.service" in inst.unit_names()
+
+
+def test_reload_repairs_every_unit(env: DaemonEnv) -> None:
+    """``ipacctd reload`` repairs what no poll has looked at yet (an hour between polls)."""
+    inst = env.inst
+    env.start("--poll-interval", "3600")
+    ns = inst.netns([DENIED])
+    agent = inst.start_unit(ns, "rl", f"IPAddressDeny={DENIED}")
+    name = "rl.service"
+    fs = os.path.join(inst.root_fs, name)
+    time.sleep(0.5)  # let the daemon settle what the start of the unit wrote
+    link = os.path.join(inst.bpf_dir, "units", "rl_dservice", "link_egress")
+    bpffs.unpin(link)
+    wait_for(lambda: egress_progs(fs) == (), 5, "the egress link to detach")
+    time.sleep(1.0)
+    assert not os.path.exists(link), "repaired without reload: the test shows nothing"
+    assert inst.show(name)["IPFirewallEnforced"] == "no"
+    assert agent.send(DENIED, 10) == "ok -1"  # out unfiltered; the reply dropped on ingress
+
+    res = inst.cli("reload")
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: inst.show(name)["IPFirewallEnforced"] == "yes", 10, "repaired by reload")
+    assert agent.send(DENIED, 10) == "err 1"
+    end(agent)
