@@ -26,6 +26,7 @@ later is followed.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import logging
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 from ipacctd import cgroup, containers
 from ipacctd.containers import ContainerInfo
-from ipacctd.errors import Error, InvalidInput, NotFound
+from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.recovery import live_cgroup_id
 from ipacctd.manager.unit import Unit
@@ -245,8 +246,16 @@ class Binder:
         return "; ".join(lines) or None
 
     def _bind(self, b: Binding) -> str:
-        self.manager.attach(b.cgroup, name=b.name, base=b.properties(), source=b.file.path,
-                            container=b.container)
+        try:
+            self.manager.attach(b.cgroup, name=b.name, base=b.properties(),
+                                source=b.file.path, container=b.container)
+        except AlreadyExists:
+            # The OCI hook bound this container a moment ago (our view of the units is
+            # older): the same unit on the same cgroup is done, not a conflict.
+            with contextlib.suppress(NotFound):
+                if self.manager.unit(b.name).cgroup == b.cgroup:
+                    return f"{b.name}: bound to {b.cgroup} already (by the OCI hook)"
+            raise
         merged = f" (merged: {', '.join(f.path for f in b.files)})" if len(b.files) > 1 else ""
         return f"bound {b.name} to {b.cgroup}{merged}"
 
