@@ -23,7 +23,7 @@ COUNTER_ROWS = (
 def dispatch(args: argparse.Namespace) -> int:
     mgr = manager_for(args)
     blocks = []
-    for name in args.units:
+    for name in [mgr.resolve(n) for n in args.units]:
         data = inspect_unit(mgr, name, instructions=args.instructions)
         blocks.append(data)
     if args.json:

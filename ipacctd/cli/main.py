@@ -143,6 +143,14 @@ def _add_completion(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_oci_hook(sub: argparse._SubParsersAction) -> None:
+    oh = sub.add_parser(
+        "oci-hook", help="(run by the container runtime as an OCI prestart hook) bind a "
+        "container's unit file policy before the container runs; see contrib/oci/")
+    oh.add_argument("--verbose", "-v", action="store_true",
+                    help="say on stderr which unit was bound")
+
+
 #: Sub-parser builders in help order.
 _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "run": _add_run,
@@ -159,6 +167,7 @@ _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "inspect": _add_inspect,
     "top": _add_top,
     "completion": _add_completion,
+    "oci-hook": _add_oci_hook,
 }
 #: Global options that take a value (in a separate word unless written ``--opt=value``).
 _VALUED = ("--state-dir", "--bpf-dir", "--cgroup-root", "--unit-dir")
@@ -197,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ipacctd.cli import top as mod  # type: ignore[no-redef]
         elif args.verb == "completion":
             from ipacctd.cli import completion as mod  # type: ignore[no-redef]
+        elif args.verb == "oci-hook":
+            from ipacctd.cli import ocihook as mod  # type: ignore[no-redef]
         elif args.verb in ("daemon", "reload"):
             from ipacctd.cli import daemon as mod  # type: ignore[no-redef]
         elif args.verb in ("status", "list-units", "show"):

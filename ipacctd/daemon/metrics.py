@@ -150,7 +150,8 @@ class UnitCollector(Collector):
             "1 for the unit's active state (active, inactive, failed), 0 for the others",
             labels=["unit", "state"])
         enforced = GaugeMetricFamily("ipacctd_unit_firewall_enforced",
-                                     "1 when the unit's programs are attached to a live cgroup",
+                                     "1 when the unit's recorded policy is in force on the live "
+                                     "cgroup at its path (0: not, or no live cgroup)",
                                      labels=["unit"])
         prefixes = GaugeMetricFamily("ipacctd_unit_policy_prefixes",
                                      "Prefixes in the unit's allow and deny lists",
@@ -166,6 +167,11 @@ class UnitCollector(Collector):
             f"Packets denied per remote address (top {DENIED_TOP} per unit, from a bounded "
             "LRU log: an evicted address starts again at 0)",
             labels=["unit", "direction", "address"])
+        # One series per container unit (bounded like the units themselves), to join on
+        # ``unit``: the container labels stay off the traffic series.
+        container = InfoMetricFamily(
+            "ipacctd_unit_container", "The container behind a unit (engine, name, short id, pod)",
+            labels=["unit"])
         states: dict[str, int] = {}
         with self._probe_lock:
             program_stats = self.program_stats and self.stats_probe.on()
@@ -180,7 +186,12 @@ class UnitCollector(Collector):
                         family.add_metric([name, direction], getattr(c, f"{direction}_{field}"))
             for state in STATES:
                 unit_state.add_metric([name, state], 1 if st.active_state == state else 0)
-            enforced.add_metric([name], 1 if (st.unit.enforced and st.attached) else 0)
+            enforced.add_metric([name], 1 if st.enforcement.enforced else 0)
+            if st.unit.container is not None:
+                ci = st.unit.container
+                container.add_metric([name], {"engine": ci.engine, "container_id": ci.short_id,
+                                              "container_name": ci.name or "",
+                                              "pod": ci.pod or ""})
             prefixes.add_metric([name, "allow"], len(props.ip_address_allow))
             prefixes.add_metric([name, "deny"], len(props.ip_address_deny))
             # The denied-address log is written on the drop and audit paths only: nothing
@@ -196,7 +207,7 @@ class UnitCollector(Collector):
         for state in STATES:
             units.add_metric([state], states.get(state, 0))
         yield from (family for family, _, _ in traffic)
-        yield from (unit_state, enforced, prefixes, units, denied)
+        yield from (unit_state, enforced, prefixes, units, denied, container)
         if self.program_stats:
             yield from (run_time, run_count)
         info = InfoMetricFamily("ipacctd_build", "ipacctd version")

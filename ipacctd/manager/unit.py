@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipacctd.containers import ContainerInfo
 from ipacctd.datapath.counters import Counters
 from ipacctd.datapath.unit import Spec
 from ipacctd.policy.properties import DenyMode, Properties
@@ -31,6 +32,11 @@ class Unit:
     generation: int = 1  # policy generation (see ipacctd.manager.generation)
     rollback: Properties | None = None  # set while a policy change is in flight
     removing: bool = False  # set while the unit is being removed (finish on reconcile)
+    # Id (inode) of the cgroup the unit's links were made for; None in metadata older than
+    # this field (the next rebind or repair records it).
+    cgroup_id: int | None = None
+    # -- a container's unit (bound by the OCI hook or a unit file's glob) --
+    container: ContainerInfo | None = None
 
     @property
     def description(self) -> str:
@@ -42,6 +48,7 @@ class Unit:
             "version": META_VERSION,
             "name": self.name,
             "cgroup": self.cgroup,
+            "cgroup_id": self.cgroup_id,
             "properties": self.properties.to_json(),
             "transient": self.transient,
             "enforced": self.enforced,
@@ -55,6 +62,7 @@ class Unit:
             "generation": self.generation,
             "rollback": self.rollback.to_json() if self.rollback is not None else None,
             "removing": self.removing,
+            "container": self.container.to_json() if self.container else None,
         }
 
     @classmethod
@@ -63,6 +71,7 @@ class Unit:
         return cls(
             name=d["name"],
             cgroup=d["cgroup"],
+            cgroup_id=d.get("cgroup_id"),
             properties=Properties.from_json(d.get("properties", {})),
             transient=bool(d.get("transient", True)),
             enforced=bool(d.get("enforced", True)),
@@ -77,6 +86,7 @@ class Unit:
             rollback=(Properties.from_json(d["rollback"]) if d.get("rollback") is not None
                       else None),
             removing=bool(d.get("removing", False)),
+            container=ContainerInfo.from_json(d.get("container")),
         )
 
 
@@ -108,6 +118,31 @@ def spec_for(props: Properties) -> Spec:
     )
 
 
+#: Start of the problem an :class:`Enforcement` names when a policy change was cut off
+#: (the programs run on the cgroup, but not those of the recorded policy yet).
+POLICY_CUT_OFF = "policy change cut off"
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Whether a unit's recorded policy is in force on the live cgroup now at its path."""
+
+    enforced: bool
+    problem: str = ""  # the cause when not: "cgroup re-created: ...", "pins lost: ..."
+    live: bool = True  # a cgroup exists at the unit's path
+    cgroup_id: int | None = None  # of that cgroup
+
+    @property
+    def policy_cut_off(self) -> bool:
+        """The unit's programs run on its cgroup, but not those of the recorded policy."""
+        return self.problem.startswith(POLICY_CUT_OFF)
+
+    @property
+    def alarming(self) -> bool:
+        """Not in force on a live cgroup: processes there may send unfiltered."""
+        return self.live and not self.enforced
+
+
 @dataclass(frozen=True)
 class UnitStatus:
     """A unit and what the kernel says about it now."""
@@ -117,8 +152,9 @@ class UnitStatus:
     sub_state: str  # running | exited | dead | failed
     pids: tuple[int, ...]
     counters: Counters | None  # None when nothing is pinned (not enforced / broken)
-    attached: bool  # programs on a live cgroup
+    attached: bool  # the unit's programs run on the live cgroup now at its path
     kernel_generation: int | None = None  # policy generation the kernel enforces
+    enforcement: Enforcement = Enforcement(True)
 
     @property
     def policy_in_force(self) -> bool:
@@ -146,6 +182,10 @@ class UnitStatus:
             "transient": u.transient,
             "enforced": u.enforced and self.attached,
             "policy_in_force": self.policy_in_force,
+            "firewall_enforced": self.enforcement.enforced,
+            "firewall_problem": self.enforcement.problem,
+            "cgroup_id": u.cgroup_id,
+            "live_cgroup_id": self.enforcement.cgroup_id,
             "policy_generation": u.generation,
             "kernel_policy_generation": self.kernel_generation,
             "main_pid": u.main_pid,
@@ -156,4 +196,5 @@ class UnitStatus:
             "exit_status": u.exit_status,
             "properties": u.properties.to_show(),
             "counters": self.counters.to_dict() if self.counters else None,
+            "container": u.container.to_json() if u.container else None,
         }
