@@ -9,7 +9,9 @@
   ``IPACCTD_CGROUP_ROOT=/ipacctd-test-<id>``);
 * ``python -m ipacctd daemon --bus <addr> --listen 127.0.0.1:<free port>`` as a
   subprocess, started (and restarted) on demand and ended by its PID;
-* :class:`Client`: synchronous dbus-fast connections to the bus.
+* :class:`Client`: synchronous dbus-fast connections to the bus;
+* the installation's CLI (``inst.cli``) with ``DBUS_SYSTEM_BUS_ADDRESS`` set to the bus, so
+  that it finds the daemon by its bus name as on a host.
 
 Closing it ends the daemon, then the processes, units, cgroups and pins of the
 installation, then the bus daemon. Used by tests/daemon and tests/reliability.
@@ -201,6 +203,9 @@ class DaemonEnv:
         self.inst = Installation(tmp_path)
         self.bus = PrivateBus()
         self.address = self.bus.address
+        # The CLI finds the daemon as the owner of org.ipacctd1 on the system bus: in the
+        # tests, "the system bus" of the installation's CLI is this private bus.
+        self.inst.env["DBUS_SYSTEM_BUS_ADDRESS"] = self.address
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = tmp_path / "daemon.log"
