@@ -28,7 +28,7 @@ def starttime(pid: int) -> int | None:
     except OSError:
         return None
     # comm (field 2) may hold spaces and parentheses: fields resume after the last ')'.
-    rest = data[data.rindex(b")") + 2:].split()
+    rest = data[data.rindex(b")") + 2 :].split()
     return int(rest[19])  # field 22; rest[0] is field 3
 
 
@@ -40,8 +40,7 @@ def write(path: str, extra: dict[str, Any]) -> None:
     tmp = f"{path}.{pid}.tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # ours by name: a stale one from a crashed daemon with our PID
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
@@ -60,8 +59,12 @@ def read(path: str) -> dict[str, Any] | None:
             data = json.loads(f.read(65536))
     except (OSError, ValueError):
         return None
-    if (not isinstance(data, dict) or not isinstance(data.get("pid"), int)
-            or not isinstance(data.get("starttime"), int) or data["pid"] <= 0):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("pid"), int)
+        or not isinstance(data.get("starttime"), int)
+        or data["pid"] <= 0
+    ):
         return None
     return data
 
@@ -87,8 +90,10 @@ def send_signal(path: str, sig: int) -> int:
     try:
         # Checked after the pidfd pins the process: a PID reused in between fails here.
         if starttime(pid) != info["starttime"]:
-            raise NotFound(f"no ipacctd daemon is running (stale {path}: pid {pid} is now "
-                           "another process, which was left alone)")
+            raise NotFound(
+                f"no ipacctd daemon is running (stale {path}: pid {pid} is now "
+                "another process, which was left alone)"
+            )
         signal.pidfd_send_signal(pidfd, sig)
     finally:
         os.close(pidfd)

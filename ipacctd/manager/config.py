@@ -172,11 +172,15 @@ def check_trusted(path: str, what: str) -> None:
             raise InvalidInput(f"{what}: cannot check {p}: {exc.strerror}") from None
         writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         if st.st_uid != 0:
-            raise InvalidInput(f"{what}: {p} is owned by uid {st.st_uid}, not root: refusing "
-                               f"to use {path} (another user could plant files there)")
+            raise InvalidInput(
+                f"{what}: {p} is owned by uid {st.st_uid}, not root: refusing "
+                f"to use {path} (another user could plant files there)"
+            )
         if writable and (first or not st.st_mode & stat.S_ISVTX):
-            raise InvalidInput(f"{what}: {p} is writable by group or others (mode "
-                               f"{stat.S_IMODE(st.st_mode):o}): refusing to use {path}")
+            raise InvalidInput(
+                f"{what}: {p} is writable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):o}): refusing to use {path}"
+            )
         first = False
         if p == "/":
             return
