@@ -215,7 +215,8 @@ class DaemonEnv:
     # -- the daemon ----------------------------------------------------------------------
 
     def start(self, *extra: str, timeout: float = 20.0, nofile_soft: int | None = None) -> None:
-        """Start the daemon and wait until it owns its bus name and /metrics answers.
+        """Start the daemon and wait until it owns its bus name (unless ``--no-bus`` is among
+        ``extra``) and /metrics answers.
 
         ``nofile_soft`` starts it with that soft RLIMIT_NOFILE (as a login shell's 1,024).
         """
@@ -250,12 +251,13 @@ class DaemonEnv:
                 stderr=log,
                 preexec_fn=limit,
             )
+        on_bus = "--no-bus" not in extra  # --no-bus: /metrics alone tells it is up
         client = self.client
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            if not client.has_owner():
+            if on_bus and not client.has_owner():
                 return False
             try:
                 self.scrape_text(timeout=2)

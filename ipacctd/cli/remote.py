@@ -77,11 +77,14 @@ class DaemonLink:
 
         from dbus_fast.aio import MessageBus
 
+        async def connect() -> MessageBus:  # dbus-fast wants a running loop from the start
+            return await MessageBus(bus_address=address).connect()
+
         self.address = address
         self.loop = asyncio.new_event_loop()
         try:
-            self.bus = self.loop.run_until_complete(asyncio.wait_for(
-                MessageBus(bus_address=address).connect(), CONNECT_TIMEOUT))
+            self.bus = self.loop.run_until_complete(asyncio.wait_for(connect(),
+                                                                     CONNECT_TIMEOUT))
         except BaseException:
             self.loop.close()
             raise
