@@ -178,6 +178,7 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported, PermissionDenied
+    from ipacctd.journal import error_line
 
     if argv is None:
         argv = sys.argv[1:]
@@ -201,14 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Error as exc:
-        print(f"ipacctd: {exc}{_missing(args.verb, exc)}", file=sys.stderr)
+        # an error in the journal too
+        print(error_line(f"ipacctd: {exc}{_missing(args.verb, exc)}"), file=sys.stderr)
         codes = ((InvalidInput, EXIT_USAGE), (NotFound, EXIT_NOT_FOUND),
                  (PermissionDenied, EXIT_PERMISSION), (NotSupported, EXIT_UNSUPPORTED))
         return next((code for cls, code in codes if isinstance(exc, cls)), EXIT_FAILURE)
     except OSError as exc:
         # A safety net: an unmapped system error is still one line, not a traceback.
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"ipacctd: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(error_line(f"ipacctd: {exc.strerror or exc}{where}"), file=sys.stderr)
         return EXIT_PERMISSION if isinstance(exc, PermissionError) else EXIT_FAILURE
 
 
@@ -226,7 +228,7 @@ def _missing(verb: str, exc: Exception) -> str:
     from ipacctd.cli import remote
 
     why = remote.why_no_daemon or "the ipacctd daemon is not reachable"
-    return (f"\nipacctd: '{verb}' reads root's state directly, or — for any user — through "
+    return (f". '{verb}' reads root's state directly, or — for any user — through "
             f"the ipacctd daemon's D-Bus API ({remote.BUS_NAME} on the system bus), and {why}."
             " Run it as root, or start the daemon (systemctl start ipacctd).")
 

@@ -27,6 +27,7 @@ from ipacctd.daemon.config import DaemonConfig
 from ipacctd.daemon.inotify import Inotify
 from ipacctd.daemon.registry import Registry
 from ipacctd.errors import Busy, Error, NotSupported, PermissionDenied
+from ipacctd.journal import setup_logging
 from ipacctd.manager.engine import Manager
 
 log = logging.getLogger("ipacctd.daemon")
@@ -252,11 +253,15 @@ class Daemon:
 async def serve(config: DaemonConfig) -> None:
     """Run a daemon until SIGTERM/SIGINT."""
     daemon = Daemon(config)
+    started = False
     try:
         await daemon.start()
+        started = True
         await daemon.run()
     finally:
         await daemon.close()
+        if started:  # a start that failed says why instead (the CLI prints the error)
+            log.info("ipacctd stopped; its units keep counting and enforcing in the kernel")
 
 
 def raise_fd_limit() -> None:
@@ -272,8 +277,16 @@ def raise_fd_limit() -> None:
 
 
 def main(config: DaemonConfig) -> int:
-    """Entry point of ``ipacctd daemon``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Entry point of ``ipacctd daemon``. Under systemd its lines reach the journal at their
+    priority (``ipacctd.journal``); an ipacctd error ends it through the CLI's one-line
+    message and exit code, anything unexpected is logged as critical with its traceback."""
+    setup_logging()
     raise_fd_limit()
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (Error, OSError):
+        raise
+    except Exception:
+        log.critical("ipacctd daemon failed", exc_info=True)
+        return 1
     return 0
