@@ -16,7 +16,7 @@ import os
 import signal
 import time
 
-from dbus_fast import BusType, RequestNameReply
+from dbus_fast import BusType, DBusError, RequestNameReply
 from dbus_fast.aio import MessageBus
 
 from ipacctd import __version__, cgroup
@@ -72,7 +72,11 @@ class Daemon:
             self.bus = await self._connect()
             self.service = BusService(self.bus, self.registry, __version__,
                                       self.config.poll_interval, self.reload)
-            reply = await self.bus.request_name(BUS_NAME)
+            try:
+                reply = await self.bus.request_name(BUS_NAME)
+            except DBusError as exc:  # the bus policy (contrib/dbus) is not installed/loaded
+                raise PermissionDenied(f"the D-Bus name {BUS_NAME} on the {self.config.bus} bus "
+                                       f"is refused to us: {exc}") from None
             if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
                 raise Error(f"the D-Bus name {BUS_NAME} is taken: is another ipacctd daemon "
                             "running?")
