@@ -52,6 +52,7 @@ class Daemon:
         self._pending: asyncio.TimerHandle | None = None
         self._rebind = False
         self._lock_fd: int | None = None
+        self._pins_fd: int | None = None
 
     async def start(self) -> None:
         """Claim the installation, rebuild state, connect to D-Bus, serve metrics, watch."""
@@ -116,6 +117,22 @@ class Daemon:
             raise Busy(f"another ipacctd daemon{who} serves {state} already: refusing to "
                        "start a second one on the same state directory") from None
         self._lock_fd = fd
+        # The pins are per installation too: a daemon with another state directory but the
+        # same pin directory would garbage-collect units it does not know. bpffs directories
+        # take an flock like any file.
+        bpf_dir = self.manager.config.bpf_dir
+        try:
+            os.makedirs(bpf_dir, mode=0o700, exist_ok=True)
+            pfd = os.open(bpf_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return  # no bpffs here: units are unenforced, nothing of another daemon's to lose
+        try:
+            fcntl.flock(pfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(pfd)
+            raise Busy(f"another ipacctd daemon uses the pin directory {bpf_dir} (with another "
+                       "state directory): refusing to start a second one on it") from None
+        self._pins_fd = pfd
 
     def _own_leaf(self) -> None:
         """Under systemd with our units in our own delegated service cgroup, move this
@@ -244,6 +261,9 @@ class Daemon:
                 os.unlink(self.runtime_file)
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._pins_fd is not None:
+            os.close(self._pins_fd)
+            self._pins_fd = None
 
     @property
     def runtime_file(self) -> str:

@@ -352,6 +352,31 @@ def test_second_daemon_on_the_same_state_dir_is_refused_before_touching_anything
     }
     assert after == meta_before  # retention 0 would have collected "done" at once
     assert env.client.has_owner()
+    # Nor on the same pins with another state directory (its GC would remove our units).
+    with PrivateBus() as other_bus:
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ipacctd",
+                "daemon",
+                "--bus",
+                other_bus.address,
+                "--listen",
+                "",
+                "--retention",
+                "0",
+            ],
+            env={**inst.env, "IPACCTD_STATE_DIR": str(tmp_path / "other-state")},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert res.returncode != 0
+    assert f"uses the pin directory {inst.bpf_dir}" in res.stderr, res.stderr
+    assert os.path.isdir(os.path.join(inst.bpf_dir, "units", "done_dservice"))
     inst.ok("reset", "done.service")
 
 
