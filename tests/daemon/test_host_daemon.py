@@ -150,7 +150,7 @@ def test_every_user_reads_through_the_daemon_and_changes_nothing(
         f"IPAddressDeny={DENIED}/32 (enforced)",
         f"Denied: {DENIED} (egress, 1 packet)",
         "Dropped: 0B in (0 packets)",
-        line_matching(inst.ok("status", "web.service").stdout, r" +Main PID: \d+ \(python3\)"),
+        line_matching(inst.ok("status", "web.service").stdout, r" +Main PID: \d+ \(\S+\)"),
     ):
         assert needle in status.stdout, (needle, status.stdout)
     ins = as_nobody(inst, nobody_path, "inspect", "--json", "web.service")
