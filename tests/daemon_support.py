@@ -198,10 +198,10 @@ class Client:
 class DaemonEnv:
     """A private bus, an isolated installation and the ipacctd daemon serving them."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, bus_config: str | None = None) -> None:
         self.tmp = tmp_path
         self.inst = Installation(tmp_path)
-        self.bus = PrivateBus()
+        self.bus = PrivateBus() if bus_config is None else PrivateBus(bus_config)
         self.address = self.bus.address
         # The CLI finds the daemon as the owner of org.ipacctd1 on the system bus: in the
         # tests, "the system bus" of the installation's CLI is this private bus.

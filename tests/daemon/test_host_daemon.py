@@ -473,3 +473,56 @@ def test_no_bus_daemon_serves_metrics_and_unit_files_alone(env: DaemonEnv) -> No
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     inst.ok("detach", "ext.service")
     inst.ok("reset", "counted.service")
+
+
+#: A system bus as Debian's system.conf has it (method calls denied unless a policy allows
+#: them), with the shipped contrib/dbus/org.ipacctd1.conf included.
+SYSTEM_LIKE_BUS = """<!DOCTYPE busconfig PUBLIC
+ "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>custom</type>
+  <listen>unix:tmpdir={{dir}}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+""".format(policy=os.path.join(REPO, "contrib", "dbus", "org.ipacctd1.conf"))
+
+
+def test_shipped_bus_policy_lets_every_user_read_with_the_cli(
+    tmp_path: Path, nobody_path: str
+) -> None:
+    with DaemonEnv(tmp_path, SYSTEM_LIKE_BUS) as env:
+        env.start()
+        inst = env.inst
+        inst.ok("run", "--unit", "pol", "-p", f"IPAddressDeny={DENIED}", "--", "true")
+        for argv in (
+            ("status", "pol.service"),
+            ("show", "pol.service"),
+            ("list-units", "--all"),
+            ("inspect", "pol.service"),
+            ("top", "--once", "-d", "0.1"),
+        ):
+            res = as_nobody(inst, nobody_path, *argv)
+            assert res.returncode in (0, 3), (argv, res.returncode, res.stderr)  # 3: inactive
+            assert "pol.service" in res.stdout, (argv, res.stdout)
+        for argv in (("reset", "pol.service"), ("run", "--", "true"), ("reload",)):
+            res = as_nobody(inst, nobody_path, *argv)
+            assert res.returncode == 77, (argv, res.returncode, res.stderr)
+        assert inst.unit_names() == ["pol.service"]
+        inst.ok("reset", "pol.service")
