@@ -160,6 +160,7 @@ def test_readme_command_1_on_a_fresh_debian(tmp_path) -> None:
             os.write(fd, line.encode() + b"\n")
             ok = _read_until(fd, expect, 120, log)
             assert ok, f"{line!r}: no {expect!r}:\n" + log.decode(errors="replace")[-4000:]
+            _read_until(fd, rb"\n# $", 10, log)  # the next prompt: a transcript that reads well
         os.write(fd, b"exit 0\n")
         _read_until(fd, rb"# fresh-debian: exit status \d+", 300, log)
         _, wstatus = os.waitpid(pid, 0)
