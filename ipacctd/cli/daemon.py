@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
 import sys
 
-from ipacctd.errors import NotFound, NotSupported
+from ipacctd.daemon import runtime
+from ipacctd.errors import NotSupported
 
 # What the daemon imports beyond the standard library: the "daemon" extra (contrib/install.sh
 # installs it). A CLI-only install lacks them; the CLI itself works without.
@@ -23,15 +22,22 @@ def dispatch(args: argparse.Namespace) -> int:
 
         config = DaemonConfig.load(
             args.config, state_dir=args.state_dir, bpf_dir=args.bpf_dir,
-            cgroup_root=args.cgroup_root, unit_dir=args.unit_dir, bus=args.bus,
+            cgroup_root=args.cgroup_root, unit_dir=args.unit_dir,
+            bus="" if args.no_bus else args.bus,
             listen=args.listen, poll_interval=args.poll_interval, retention=args.retention)
         return main(config)
-    from ipacctd.cli.main import manager_for
+    from ipacctd.cli.main import config_for
+    from ipacctd.cli.remote import DaemonManager, manager
 
-    pid = daemon_pid(manager_for(args).config.state_dir)
-    if pid is None:
-        raise NotFound("no ipacctd daemon is running (nothing to reload)")
-    os.kill(pid, signal.SIGHUP)
+    # The daemon proven on the bus (root's, serving this installation) gets a D-Bus call;
+    # one without a bus (--no-bus) a SIGHUP, but only when the runtime file's PID still
+    # names the process that wrote it (PID and start time, checked on a pidfd): after a
+    # kill -9 and PID reuse, the stranger keeps running.
+    mgr = manager(config_for(args), write=True)
+    if isinstance(mgr, DaemonManager):
+        mgr.reload()
+        return 0
+    runtime.send_signal(mgr.config.runtime_file, signal.SIGHUP)
     return 0
 
 
@@ -49,19 +55,3 @@ def _daemon_main():
             "(contrib/install.sh, or pip install 'ipacctd[daemon]' in a virtual environment)"
         ) from None
     return main
-
-
-def daemon_pid(state_dir: str) -> int | None:
-    """PID of the running daemon from its runtime file, if it is alive."""
-    try:
-        with open(os.path.join(state_dir, "daemon.json")) as f:
-            pid = int(json.load(f)["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"ipacctd" not in f.read():
-                return None
-    except OSError:
-        return None
-    return pid

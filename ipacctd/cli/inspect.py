@@ -9,6 +9,7 @@ from typing import Any
 
 from ipacctd.cli.format import format_bytes, format_timespan
 from ipacctd.cli.main import manager_for
+from ipacctd.cli.remote import DaemonManager
 from ipacctd.manager.inspect import inspect_unit
 
 COUNTER_ROWS = (
@@ -21,10 +22,13 @@ COUNTER_ROWS = (
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    mgr = manager_for(args)
+    mgr = manager_for(args, write=False)
     blocks = []
     for name in [mgr.resolve(n) for n in args.units]:
-        data = inspect_unit(mgr, name, instructions=args.instructions)
+        if isinstance(mgr, DaemonManager) and mgr.remote_reads:  # the pins are root's
+            data = mgr.inspect(name, instructions=args.instructions)
+        else:
+            data = inspect_unit(mgr, name, instructions=args.instructions)
         blocks.append(data)
     if args.json:
         print(json.dumps(blocks if len(blocks) > 1 else blocks[0], indent=2))

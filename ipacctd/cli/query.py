@@ -17,7 +17,7 @@ DOTS = {"active": "●", "inactive": "○", "failed": "×"}  # noqa: RUF001 — 
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    mgr = manager_for(args)
+    mgr = manager_for(args, write=False)
     if args.verb == "list-units":
         statuses = mgr.statuses()
         if not args.all:

@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import fcntl
 import logging
 import os
 import signal
 import time
 
-from dbus_fast import BusType, RequestNameReply
+from dbus_fast import BusType, DBusError, RequestNameReply
 from dbus_fast.aio import MessageBus
 
-from ipacctd import __version__
-from ipacctd.daemon import metrics
+from ipacctd import __version__, cgroup
+from ipacctd.daemon import metrics, runtime
 from ipacctd.daemon.binder import Binder
 from ipacctd.daemon.bus import BUS_NAME, BusService
 from ipacctd.daemon.config import DaemonConfig
 from ipacctd.daemon.inotify import IN_CREATE, Inotify
 from ipacctd.daemon.registry import Registry
-from ipacctd.errors import Error, NotFound, NotSupported
+from ipacctd.errors import Busy, Error, NotFound, NotSupported, PermissionDenied
 from ipacctd.journal import setup_logging
 from ipacctd.manager.engine import Manager
 
@@ -52,6 +52,8 @@ class Daemon:
         self._pending: asyncio.TimerHandle | None = None
         self._rebind = False
         self._reported: dict[str, str] = {}  # unit → enforcement problem last logged
+        self._lock_fd: int | None = None
+        self._pins_fd: int | None = None
 
     def _current_units(self) -> list:
         """Every unit as recorded now: the registry, brought up to date (a stat per unit;
@@ -60,7 +62,9 @@ class Daemon:
         return [entry.status.unit for entry in self.registry.units.values()]
 
     async def start(self) -> None:
-        """Rebuild state, connect to D-Bus, serve metrics, start watching."""
+        """Claim the installation, rebuild state, connect to D-Bus, serve metrics, watch."""
+        self._claim()
+        self._own_leaf()
         self.manager.store.ensure_dirs()
         try:  # finish what a crashed ipacctd left half done (policy changes, removals)
             repaired = self.manager.reconcile()
@@ -73,13 +77,18 @@ class Daemon:
         self.binder.reconcile()
         self.registry.sync()
         self.check_enforcement(list(self.registry.units))
-        self.bus = await self._connect()
-        self.service = BusService(self.bus, self.registry, __version__,
-                                  self.config.poll_interval, self.reload)
-        reply = await self.bus.request_name(BUS_NAME)
-        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
-            raise Error(f"the D-Bus name {BUS_NAME} is taken: is another ipacctd daemon "
-                        "running?")
+        if self.config.bus:  # bus = "" (--no-bus): /metrics and unit files alone
+            self.bus = await self._connect()
+            self.service = BusService(self.bus, self.registry, __version__,
+                                      self.config.poll_interval, self.reload)
+            try:
+                reply = await self.bus.request_name(BUS_NAME)
+            except DBusError as exc:  # the bus policy (contrib/dbus) is not installed/loaded
+                raise PermissionDenied(f"the D-Bus name {BUS_NAME} on the {self.config.bus} bus "
+                                       f"is refused to us: {exc}") from None
+            if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+                raise Error(f"the D-Bus name {BUS_NAME} is taken: is another ipacctd daemon "
+                            "running?")
         addr = self.config.listen_address
         if addr is not None:
             reg = metrics.make_registry(self.registry, self.config.program_stats,
@@ -91,8 +100,62 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        log.info("ipacctd %s: %d units, D-Bus %s, metrics %s", __version__,
-                 len(self.registry.units), BUS_NAME, self.config.listen or "off")
+        log.info("ipacctd %s: %d units in %s, D-Bus %s, metrics %s, cgroups under %s",
+                 __version__, len(self.registry.units), self.manager.config.state_dir,
+                 f"{BUS_NAME} on {self.config.bus}" if self.config.bus else "off",
+                 self.config.listen or "off", self.manager.config.cgroup_root)
+
+    def _claim(self) -> None:
+        """Take the installation's daemon lock for our whole life, before touching any
+        unit: a second daemon on the same state directory stops here, having changed
+        nothing (no reconcile, no GC, no runtime file written or removed)."""
+        state = self.manager.config.state_dir
+        try:
+            os.makedirs(state, mode=0o755, exist_ok=True)
+            fd = os.open(self.manager.config.daemon_lock_path,
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except PermissionError as exc:
+            raise PermissionDenied(f"cannot open {exc.filename or state}: run as root") \
+                from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = runtime.read(self.manager.config.runtime_file)
+            who = f" (pid {holder['pid']})" if holder and runtime.alive(holder) else ""
+            raise Busy(f"another ipacctd daemon{who} serves {state} already: refusing to "
+                       "start a second one on the same state directory") from None
+        self._lock_fd = fd
+        # The pins are per installation too: a daemon with another state directory but the
+        # same pin directory would garbage-collect units it does not know. bpffs directories
+        # take an flock like any file.
+        bpf_dir = self.manager.config.bpf_dir
+        try:
+            os.makedirs(bpf_dir, mode=0o700, exist_ok=True)
+            pfd = os.open(bpf_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return  # no bpffs here: units are unenforced, nothing of another daemon's to lose
+        try:
+            fcntl.flock(pfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(pfd)
+            raise Busy(f"another ipacctd daemon uses the pin directory {bpf_dir} (with another "
+                       "state directory): refusing to start a second one on it") from None
+        self._pins_fd = pfd
+
+    def _own_leaf(self) -> None:
+        """Under systemd with our units in our own delegated service cgroup, move this
+        process into the leaf ``<service>/daemon`` (the no-internal-process rule)."""
+        root = self.manager.config.cgroup_root
+        own = cgroup.own_cgroup()
+        if cgroup.service_cgroup(own) != root or own != root:
+            return  # not in the delegated cgroup our units live in (or in the leaf already)
+        try:
+            leaf = cgroup.move_self_to_leaf(root)
+        except (Error, OSError) as exc:
+            log.warning("cannot move into a leaf cgroup of %s: %s", root, exc)
+            return
+        log.info("delegated cgroup %s: units below it, the daemon in %s", root, leaf)
 
     async def _connect(self) -> MessageBus:
         bus = self.config.bus
@@ -287,21 +350,22 @@ class Daemon:
         if self.bus is not None:
             self.bus.disconnect()
         self.registry.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.runtime_file)
+        if self._lock_fd is not None:  # only the lock holder's file is ours to remove
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.runtime_file)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self._pins_fd is not None:
+            os.close(self._pins_fd)
+            self._pins_fd = None
 
     @property
     def runtime_file(self) -> str:
-        return os.path.join(self.manager.config.state_dir, "daemon.json")
+        return self.manager.config.runtime_file
 
     def _write_runtime_file(self) -> None:
-        data = {"pid": os.getpid(), "bus": self.config.bus, "listen": self.config.listen,
-                "version": __version__, "started_at": time.time()}
-        tmp = self.runtime_file + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.rename(tmp, self.runtime_file)
+        runtime.write(self.runtime_file, {"bus": self.config.bus, "listen": self.config.listen,
+                                          "version": __version__})
 
 
 async def serve(config: DaemonConfig) -> None:
