@@ -153,15 +153,21 @@ mv "$unit.tmp" "$unit"
 grep -q "^ExecStart=$prefix/bin/ipacctd daemon" "$unit" || {
   echo "install.sh: could not point ExecStart= of $unit at $prefix/bin/ipacctd" >&2; exit 1; }
 say "installed $unit (ExecStart=$prefix/bin/ipacctd daemon)"
+mkdir -p "$dbus_dir"
+install -m 0644 "$src/contrib/dbus/org.ipacctd1.conf" "$dbus_conf"
+say "installed $dbus_conf"
+# dbus-daemon notices new policy files by inotify, but not always before a daemon started
+# right after this asks for its name: ask it to reload now (synchronous) when a bus runs.
+if [ -S /run/dbus/system_bus_socket ] && command -v dbus-send >/dev/null; then
+  dbus-send --system --print-reply --dest=org.freedesktop.DBus / \
+    org.freedesktop.DBus.ReloadConfig >/dev/null 2>&1 || true
+fi
+
 if systemd_running; then
   systemctl daemon-reload
   # An update takes effect now if the daemon runs (the kernel keeps counting meanwhile).
   systemctl try-restart ipacctd.service || true
 fi
-
-mkdir -p "$dbus_dir"
-install -m 0644 "$src/contrib/dbus/org.ipacctd1.conf" "$dbus_conf"
-say "installed $dbus_conf (a running dbus-daemon picks it up by itself)"
 
 mkdir -p "$etc/units"
 if [ ! -e "$etc/ipacctd.conf" ]; then
