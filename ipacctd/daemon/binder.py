@@ -133,6 +133,10 @@ class Binder:
                     elif unit.exited_at is None:  # the cgroup vanished: inactive, kept
                         self.manager.record_exit(name, 0)
                         done.append(f"{name}: cgroup {unit.cgroup} vanished")
+                elif unit.exited_at is not None and unit.systemd_service is not None:
+                    # systemd attached the pinned programs to the new cgroup itself (the
+                    # drop-in): keep the unit, its pins and counters; detaching would disarm it.
+                    done.append(self.manager.resume_armed(name))
                 elif unit.exited_at is not None:
                     self.manager.detach(name)  # it came back: bind afresh below
                     bound_again = self._bind(b)

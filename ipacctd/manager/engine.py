@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from ipacctd import cgroup
 from ipacctd.bpf import bpffs
 from ipacctd.datapath import denied as denied_mod
-from ipacctd.datapath.counters import Counters
-from ipacctd.datapath.unit import UnitDatapath
+from ipacctd.datapath.counters import Counters, Direction
+from ipacctd.datapath.unit import PROG_PIN, UnitDatapath
 from ipacctd.errors import (
     AlreadyExists,
     Busy,
@@ -31,7 +31,7 @@ from ipacctd.errors import (
     NotSupported,
     PermissionDenied,
 )
-from ipacctd.manager import generation
+from ipacctd.manager import generation, systemd
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store
 from ipacctd.manager.unit import Unit, UnitStatus, spec_for
@@ -144,7 +144,7 @@ class Manager:
         with contextlib.suppress(NotFound, OSError):
             with UnitDatapath.open(self.store.pin_dir(name)) as dp:
                 counters = dp.read()
-                attached = dp.attached()
+                attached = dp.attached_to(fs) if dp.pinned_programs else dp.attached()
             kgen = generation.read(self.store.pin_dir(name))
         if pids:
             active, sub = "active", "running"
@@ -244,8 +244,19 @@ class Manager:
                 source = found.path if found else source
             props = base.apply(assignments).apply_dbus(dbus_items)
             unit = Unit(name, rel, props, transient=False, started_at=time.time(),
-                        source=source)
+                        source=source, systemd_service=self._systemd_service(name, rel))
             return self._create(unit, allow_unenforced, make_cgroup=False)
+
+    def _systemd_service(self, name: str, rel: str) -> str | None:
+        """The systemd service whose cgroup ``rel`` is, when systemd is to attach the unit's
+        programs at its every start (see :mod:`ipacctd.manager.systemd`); refuses a service
+        another unit armed already."""
+        if datapath_problem() is not None:
+            return None  # nothing to pin: the unit is refused or runs unenforced
+        service = systemd.service_for(rel)
+        if service is not None:
+            systemd.check_owner(service, name, self.store.pin_dir(name))
+        return service
 
     def _make_room(self, name: str) -> None:
         """Let a new run reuse the name of an inactive unit; refuse an active one."""
@@ -275,9 +286,12 @@ class Manager:
                 os.makedirs(self.config.bpf_dir, mode=0o700, exist_ok=True)
             try:
                 pin_dir = self.store.pin_dir(unit.name)
-                with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
-                    pass
-                generation.write(pin_dir, unit.generation)
+                if unit.systemd_service is not None:
+                    self._create_systemd_armed(unit, fs)
+                else:
+                    with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
+                        pass
+                    generation.write(pin_dir, unit.generation)
             except (NotSupported, PermissionDenied) as exc:
                 # UnitDatapath.create may leave its empty temporary directory when the very
                 # first map cannot be made (no CAP_BPF): ours, so remove it now.
@@ -294,6 +308,32 @@ class Manager:
                 raise
         return unit
 
+    def _create_systemd_armed(self, unit: Unit, fs: str) -> None:
+        """Pin the unit's programs and have systemd attach them: to the running cgroup now
+        (daemon-reload does), and at every later start of the service. No links of ours: a
+        second attachment of the same programs would count every packet twice. Fails —
+        with the drop-in as it was — unless both programs then run on the live cgroup;
+        the caller removes the pins."""
+        assert unit.systemd_service is not None
+        pin_dir = self.store.pin_dir(unit.name)
+        with UnitDatapath.create(pin_dir, None, spec_for(unit.properties)) as dp:
+            generation.write(pin_dir, unit.generation)
+            previous = systemd.arm(unit.systemd_service, self._dropin(unit))
+            if not dp.attached_to(fs) and cgroup.exists(fs):
+                systemd.restore(unit.systemd_service, previous)
+                raise Error(f"systemd did not attach the programs of unit {unit.name} to "
+                            f"{unit.cgroup} after daemon-reload (see its journal); nothing "
+                            "was applied")
+
+    def _dropin(self, unit: Unit) -> str:
+        """The systemd drop-in of a unit armed by systemd: its programs, then its filters."""
+        pin_dir = self.store.pin_dir(unit.name)
+        props = unit.properties
+        return systemd.dropin_text(
+            unit.name, pin_dir,
+            (os.path.join(pin_dir, PROG_PIN[Direction.INGRESS]), *props.ip_ingress_filter_path),
+            (os.path.join(pin_dir, PROG_PIN[Direction.EGRESS]), *props.ip_egress_filter_path))
+
     def _unenforced(self, unit: Unit, problem: str, allow: bool) -> Unit:
         if unit.properties.has_firewall() and not allow:
             raise Unenforceable(
@@ -303,7 +343,8 @@ class Manager:
 
     def _undo_create(self, unit: Unit, made_cgroup: bool) -> None:
         with contextlib.suppress(Error, OSError):
-            self._remove_datapath(unit.name)  # e.g. pinned, but the generation failed
+            # e.g. pinned, but the generation failed; programs systemd attached come off
+            self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
             self._sweep_stale_pins()
         self.store.delete(unit.name)
         if made_cgroup:
@@ -328,6 +369,17 @@ class Manager:
             # record, never leave half of one (rename).
             self.store.write(name, unit.to_json(), durable=False)
             return unit
+
+    def resume_armed(self, name: str) -> str:
+        """A service systemd arms started again: check (and repair) that the new cgroup runs
+        the unit's programs, and mark the unit running again; returns a log line."""
+        with self.store.locked():
+            repaired = self._reconcile(name)
+            unit = replace(self.unit(name), exited_at=None, exit_status=None,
+                           started_at=time.time())
+            self.store.write(name, unit.to_json(), durable=False)
+        how = "repaired" if repaired else "armed by systemd"
+        return f"{name}: {unit.systemd_service} started again ({how})"
 
     # -- changing --------------------------------------------------------------------------
 
@@ -375,7 +427,10 @@ class Manager:
             try:
                 # 2. the kernel: one atomic program swap per direction.
                 with UnitDatapath.open(pin_dir) as dp:
-                    dp.apply(spec_for(new.properties), fs if filters_changed else None)
+                    if new.systemd_service is not None:
+                        self._apply_systemd_armed(new, dp, fs, filters_changed)
+                    else:
+                        dp.apply(spec_for(new.properties), fs if filters_changed else None)
             except BaseException:
                 # Nothing changed in the kernel (apply rolls itself back): restore the
                 # metadata byte for byte.
@@ -387,6 +442,23 @@ class Manager:
         done = replace(intent, rollback=None)
         self.store.write(done.name, done.to_json())
         return done
+
+    def _apply_systemd_armed(self, new: Unit, dp: UnitDatapath, fs: str,
+                             filters_changed: bool) -> None:
+        """A policy change of a unit systemd arms: the pinned programs are replaced (for the
+        next start) and swapped on the running cgroup (see :class:`UnitDatapath`); user
+        filters are systemd's to attach, so a change of them rewrites the drop-in first
+        (daemon-reload attaches the new ones to the running cgroup and detaches the old).
+        On failure both are as they were."""
+        assert new.systemd_service is not None
+        previous = systemd.arm(new.systemd_service, self._dropin(new)) if filters_changed \
+            else None
+        try:
+            dp.apply(spec_for(new.properties), fs)
+        except BaseException:
+            if filters_changed:
+                systemd.restore(new.systemd_service, previous)
+            raise
 
     # -- crash recovery --------------------------------------------------------------------
 
@@ -420,6 +492,50 @@ class Manager:
 
     def _reconcile(self, name: str, unit: Unit | None = None) -> bool:
         """Repair one unit (lock held); True when something was done."""
+        done = self._reconcile_policy(name, unit)
+        return self._reconcile_systemd(name) or done
+
+    def _reconcile_systemd(self, name: str) -> bool:
+        """For a unit systemd arms: its drop-in is in place (else written again, and
+        reloaded), and the cgroup now at its path runs the pinned programs — a start that
+        read the pins just before a policy swap renamed them runs the previous programs:
+        swapped now; programs missing there (systemd failed to attach them) are attached
+        (BPF_PROG_ATTACH, as systemd would: never twice)."""
+        try:
+            unit = self.unit(name)
+        except NotFound:
+            return False
+        service = unit.systemd_service
+        if service is None or not unit.enforced or unit.removing:
+            return False
+        done = False
+        if systemd.read(service) != self._dropin(unit):
+            log.error("unit %s: the systemd drop-in %s is missing or changed; writing it again",
+                      name, systemd.dropin_path(service))
+            systemd.arm(service, self._dropin(unit))
+            done = True
+        fs = cgroup.fs_path(unit.cgroup)
+        if not cgroup.exists(fs):
+            return done
+        try:
+            dp = UnitDatapath.open(self.store.pin_dir(name))
+        except NotFound:
+            return done
+        with dp:
+            if dp.replace_stale(fs):
+                log.warning("unit %s: %s started with the previous policy's programs (a start "
+                            "during a policy change); swapped for the current ones", name,
+                            service)
+                done = True
+            if not dp.attached_to(fs) and cgroup.exists(fs):
+                log.error("unit %s: systemd did not attach its programs to %s; attaching them",
+                          name, unit.cgroup)
+                dp.attach_pinned(fs)
+                done = True
+        return done
+
+    def _reconcile_policy(self, name: str, unit: Unit | None = None) -> bool:
+        """Repair one unit's policy generation and datapath (lock held)."""
         if unit is None:
             try:
                 unit = self.unit(name)
@@ -441,7 +557,10 @@ class Manager:
                 return False  # nothing to enforce on; status says "programs missing"
             log.warning("unit %s: rebuilding its missing datapath", name)
             bpffs.remove_tree(pin_dir)
-            with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
+            # A unit systemd arms gets its pinned programs back (the drop-in names them);
+            # _reconcile_systemd then sees that they run on the cgroup.
+            target = None if unit.systemd_service is not None else fs
+            with UnitDatapath.create(pin_dir, target, spec_for(unit.properties)):
                 pass
             generation.write(pin_dir, unit.generation)
             if unit.rollback is not None:
@@ -561,20 +680,26 @@ class Manager:
         if not unit.removing:  # intent first: a crash part-way is finished by reconcile
             unit = replace(unit, removing=True)
             self.store.write(unit.name, unit.to_json())
-        self._remove_datapath(unit.name)
+        if unit.systemd_service is not None:
+            # Before the pins go: no start may look for them. A failed reload leaves the
+            # drop-in and the unit (marked removing) as they were; reconcile tries again.
+            systemd.disarm(unit.systemd_service)
+        self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
         if unit.transient:
             with contextlib.suppress(Error, OSError):
                 cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
         self.store.delete(unit.name)
 
-    def _remove_datapath(self, name: str) -> None:
+    def _remove_datapath(self, name: str, fs: str | None = None) -> None:
+        """Detach and unpin a unit's datapath (``fs``: its cgroup, where programs pinned for
+        systemd may run)."""
         pin_dir = self.store.pin_dir(name)
         try:
             dp = UnitDatapath.open(pin_dir)
         except NotFound:
             bpffs.remove_tree(pin_dir)
             return
-        dp.remove()
+        dp.remove(fs)
 
 
 def _check_filter_programs(old: Properties, new: Properties) -> None:

@@ -31,6 +31,9 @@ class Unit:
     generation: int = 1  # policy generation (see ipacctd.manager.generation)
     rollback: Properties | None = None  # set while a policy change is in flight
     removing: bool = False  # set while the unit is being removed (finish on reconcile)
+    # NAME.service when systemd attaches the unit's pinned programs at every start of that
+    # service (a runtime drop-in; see ipacctd.manager.systemd); None: ipacctd's own links.
+    systemd_service: str | None = None
 
     @property
     def description(self) -> str:
@@ -55,6 +58,7 @@ class Unit:
             "generation": self.generation,
             "rollback": self.rollback.to_json() if self.rollback is not None else None,
             "removing": self.removing,
+            "systemd_service": self.systemd_service,
         }
 
     @classmethod
@@ -77,6 +81,7 @@ class Unit:
             rollback=(Properties.from_json(d["rollback"]) if d.get("rollback") is not None
                       else None),
             removing=bool(d.get("removing", False)),
+            systemd_service=d.get("systemd_service"),
         )
 
 
