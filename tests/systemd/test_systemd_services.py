@@ -298,6 +298,10 @@ def _attach(sd: SystemdRef, svc: str, deny: str) -> int:
     assert f"{svc}.service" in res.stdout + res.stderr
     dropin = sd.read(f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf")
     assert "IPEgressFilterPath=" in dropin and "prog_egress" in dropin, dropin
+    # Traffic of the cgroup that ran before the attach: the daemon-reload made systemd
+    # attach the programs there; they must run exactly once (counted below).
+    sd.systemctl("kill", "-s", "USR1", "--kill-who=main", f"{svc}.service")
+    sd.wait_sent(svc, before + 2)
     return before
 
 
@@ -306,7 +310,7 @@ def test_restarts_and_daemon_reloads_are_armed_by_systemd(sd: SystemdRef) -> Non
     sd.service(svc, "hold")
     mark = _attach(sd, svc, DENIED)
     assert sd.counters(unit)["IPFirewallEnforced"] == "yes"
-    expected = mark
+    expected = mark + 2
     for i in range(20):
         sd.systemctl("restart", f"{svc}.service")
         expected += 2
