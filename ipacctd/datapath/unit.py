@@ -7,6 +7,7 @@ Pins in the unit's bpffs directory::
     link_ingress    bpf_link of the ingress program on the unit's cgroup
     link_egress     bpf_link of the egress program
     filter_<dir>_N  links of user programs (IPIngressFilterPath=/IPEgressFilterPath=)
+    <link>_new      a link attached but not yet renamed into place (make-before-break)
 
 or, for a unit whose cgroup systemd attaches the programs to (a systemd service: see
 :mod:`ipacctd.manager.systemd`), instead of the links::
@@ -19,6 +20,13 @@ holds the state, so a crash of the creator loses nothing. A policy change builds
 programs (and their lookup tables) beside the running ones and swaps each link's program in one step
 (``BPF_LINK_UPDATE`` with the old program as the expected value), so no packet ever
 meets an empty hook, and the counters map goes on unchanged.
+
+A cgroup is known by its id (the inode of its directory on cgroup2, which is the kernel's
+cgroup id). When the cgroup at a unit's path is removed and made again (a service or
+container restart), the unit's links stay pinned but hold their programs on nothing (the
+kernel reports cgroup id 0); :meth:`UnitDatapath.rebind` attaches the same programs to
+the cgroup now at the path, and :meth:`UnitDatapath.problem` says whether they are in
+force there.
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ PROG_NAME = {Direction.INGRESS: "ipacctd_ingress", Direction.EGRESS: "ipacctd_eg
 #: Pins of the programs themselves, for units whose cgroup systemd attaches them to.
 PROG_PIN = {Direction.INGRESS: "prog_ingress", Direction.EGRESS: "prog_egress"}
 NEW_PROG = "_new"  # pin suffix of a program built but not yet renamed into place
-NEW_FILTER = "_new"  # pin suffix of filter links attached but not yet in place
+NEW_FILTER = "_new"  # pin suffix of links attached but not yet in place
 FILTER_PREFIX = {Direction.INGRESS: "filter_ingress_", Direction.EGRESS: "filter_egress_"}
 
 
@@ -260,6 +268,118 @@ class UnitDatapath:
             return False
         return True
 
+    def problem(self, cgroup_path: str, spec: Spec, bound_id: int | None = None) -> str | None:
+        """Why ``spec``'s programs are not in force on the cgroup now at ``cgroup_path``
+        (None when they are); see :func:`link_problem`."""
+        return link_problem(self.pin_dir, cgroup_path, spec, bound_id)
+
+    def rebind(self, cgroup_path: str, spec: Spec) -> list[str]:
+        """Attach the unit's programs to the cgroup now at ``cgroup_path`` wherever they do
+        not run yet; returns the pins re-made (empty: all was in force, nothing changed).
+
+        The programs come from the unit's links (a link keeps its program after its cgroup
+        is removed) or, where a link pin was lost (which detached the link, and freed its
+        program), are built again from ``spec`` on the same counters map, so counters carry
+        on. A program already running on the cgroup (attached by an earlier rebind, or by
+        systemd from a pinned program) is never attached a second time: it would count
+        every packet twice. Make-before-break, as :meth:`_apply_filters`: the new links are
+        pinned under temporary names, then renamed over the old pins (releasing the old
+        links); a failure detaches what was made and leaves the old pins as they were.
+
+        ipacctd's own two links are re-made first and in place before the user filters
+        (``IPIngressFilterPath=``...): a filter program that is no longer pinned fails the
+        call, but not before the unit's allow/deny lists are in force again.
+        """
+        if self.pinned_programs:
+            return self.attach_pinned(cgroup_path)
+        self._unpin_new()  # remnants of a crashed rebind or filter change (lock held)
+        cg = _open_cgroup(cgroup_path)
+        try:
+            wanted = _wanted_links(spec)
+            made = self._relink(cg, [w for w in wanted if w[2] is None], spec)
+            return made + self._relink(cg, [w for w in wanted if w[2] is not None], spec)
+        finally:
+            os.close(cg)
+
+    def _relink(
+        self, cg: int, wanted: list[tuple[str, Direction, str | None]], spec: Spec
+    ) -> list[str]:
+        """:meth:`rebind` of some of the unit's links, all or none."""
+        built: Programs | None = None
+        made: list[tuple[str, CgroupLink]] = []
+        try:
+            for pin, direction, filter_path in wanted:
+                if filter_path is None and built is None and not self._has_link(pin):
+                    built = self._build(spec)
+                prog = self._program_of(pin, direction, filter_path, built)
+                try:
+                    if prog.info().id in _effective(cg, ATTACH[direction]):
+                        continue
+                    link = CgroupLink.create(cg, prog, ATTACH[direction])
+                finally:
+                    if built is None or prog is not built.by_direction(direction):
+                        prog.close()
+                made.append((pin, link))
+                link.pin(os.path.join(self.pin_dir, pin + NEW_FILTER))
+            for pin, _ in made:  # break: each rename releases one old link
+                os.rename(
+                    os.path.join(self.pin_dir, pin + NEW_FILTER), os.path.join(self.pin_dir, pin)
+                )
+        except BaseException:
+            for _, link in made:
+                _detach_quietly(link)
+            self._unpin_new()
+            raise
+        finally:
+            for _, link in made:
+                link.close()
+            if built is not None:
+                built.close()
+        return [pin for pin, _ in made]
+
+    def _has_link(self, pin: str) -> bool:
+        try:
+            CgroupLink.open_pinned(os.path.join(self.pin_dir, pin)).close()
+        except BPFError:
+            return False
+        return True
+
+    def _build(self, spec: Spec) -> Programs:
+        dmap = self.denied_map(create=bool(spec.deny))
+        try:
+            return build_programs(spec, self.counters_map, dmap)
+        finally:
+            if dmap is not None:
+                dmap.close()
+
+    def _program_of(
+        self, pin: str, direction: Direction, filter_path: str | None, built: Programs | None
+    ) -> Program:
+        """The program link ``pin`` holds; a lost link's program from ``built`` (ours) or
+        from its pinned path (a user filter)."""
+        try:
+            with CgroupLink.open_pinned(os.path.join(self.pin_dir, pin)) as link:
+                return link.program()
+        except BPFError:
+            pass
+        if filter_path is not None:
+            try:
+                return Program.open_pinned(filter_path)
+            except BPFError as exc:
+                raise Error(f"cannot open BPF program pinned at {filter_path}: {exc}") from exc
+        assert built is not None
+        return built.by_direction(direction)
+
+    def _unpin_new(self) -> None:
+        for name in self._link_pins():
+            if name.endswith(NEW_FILTER):
+                with (
+                    contextlib.suppress(BPFError),
+                    CgroupLink.open_pinned(os.path.join(self.pin_dir, name)) as link,
+                ):
+                    _detach_quietly(link)
+                bpffs.unpin(os.path.join(self.pin_dir, name))
+
     def _link_pins(self) -> list[str]:
         try:
             names = os.listdir(self.pin_dir)
@@ -324,12 +444,16 @@ class UnitDatapath:
         finally:
             os.close(cg)
 
-    def attach_pinned(self, cgroup_path: str) -> None:
+    def attach_pinned(self, cgroup_path: str) -> list[str]:
         """Attach the pinned programs to the cgroup as systemd does (BPF_PROG_ATTACH with
-        BPF_F_ALLOW_MULTI), where they do not run yet. The kernel refuses a second
-        PROG_ATTACH of a program on the same hook (EINVAL), so whichever of systemd and
-        ipacctd comes second, each program runs once."""
+        BPF_F_ALLOW_MULTI), where they do not run yet; returns the pins attached. The
+        kernel refuses a second PROG_ATTACH of a program on the same hook (EINVAL), so
+        whichever of systemd and ipacctd comes second, each program runs once. Programs of
+        a previous policy there are swapped first (:meth:`replace_stale`): attached beside
+        them, the current ones would count every packet twice."""
+        self.replace_stale(cgroup_path)
         cg = _open_cgroup(cgroup_path)
+        done: list[str] = []
         try:
             for direction in Direction:
                 with self.pinned_program(direction) as prog:
@@ -337,6 +461,7 @@ class UnitDatapath:
                         continue
                     try:
                         prog_attach(cg, prog, ATTACH[direction])
+                        done.append(PROG_PIN[direction])
                     except BPFError as exc:
                         if exc.errno != errno.EINVAL or prog.info().id not in prog_query(
                                 cg, ATTACH[direction]).prog_ids:
@@ -538,6 +663,107 @@ class UnitDatapath:
             for link in links:
                 link.close()
             os.close(cg)
+
+
+def link_problem(
+    pin_dir: str, cgroup_path: str, spec: Spec, bound_id: int | None = None
+) -> str | None:
+    """Why ``spec``'s programs are not in force on the cgroup now at ``cgroup_path``;
+    None when every link's program runs there (whoever attached it: for a systemd
+    service, systemd attaches the pinned programs itself at each start).
+
+    ``bound_id``: the id of the cgroup the links were made for, if known. The kernel
+    severs the links of a removed cgroup (id 0) a moment after the rmdir, not at once;
+    until then they still name the removed cgroup's id.
+    """
+    try:
+        cg = _open_cgroup(cgroup_path)
+    except NotFound:
+        return "cgroup gone"
+    try:
+        if os.path.exists(os.path.join(pin_dir, PROG_PIN[Direction.INGRESS])):
+            return _pinned_problem(pin_dir, cg, spec)
+        now = os.fstat(cg).st_ino
+        for pin, direction, _ in _wanted_links(spec):
+            try:
+                link = CgroupLink.open_pinned(os.path.join(pin_dir, pin))
+            except BPFError:
+                return f"pins lost: {pin} is missing"
+            with link:
+                info = link.info()
+            # A link on this very cgroup runs its program there; otherwise ask the cgroup
+            # (systemd may run the program from its own attachment).
+            if info.cgroup_id == now or info.prog_id in _effective(cg, ATTACH[direction]):
+                continue
+            if info.cgroup_id in (0, bound_id) and info.cgroup_id != now:
+                return (
+                    f"cgroup re-created: {pin} holds its program on a removed cgroup, "
+                    f"not on the one now at the path (id {now})"
+                )
+            if info.cgroup_id != now:
+                return (
+                    f"link on another cgroup: {pin} is on cgroup id {info.cgroup_id}, "
+                    f"the one at the path is id {now}"
+                )
+            return f"programs missing: the program of {pin} is not on the cgroup"
+    finally:
+        os.close(cg)
+    return None
+
+
+def _pinned_problem(pin_dir: str, cg: int, spec: Spec) -> str | None:
+    """:func:`link_problem` of a unit whose programs systemd attaches (pinned programs, no
+    links): each pinned program, and each user filter the drop-in names, runs on the
+    cgroup."""
+    for direction in Direction:
+        pin = PROG_PIN[direction]
+        try:
+            with Program.open_pinned(os.path.join(pin_dir, pin)) as prog:
+                pid = prog.info().id
+        except BPFError:
+            return f"pins lost: {pin} is missing"
+        running = _effective(cg, ATTACH[direction])
+        if pid not in running:
+            return (f"programs missing: {pin} is not on the cgroup (systemd did not attach "
+                    "it, or a start read the previous policy's pin)")
+        for path in spec.filters(direction):
+            try:
+                with Program.open_pinned(path) as prog:
+                    fid = prog.info().id
+            except BPFError:
+                return f"programs missing: no filter program is pinned at {path}"
+            if fid not in running:
+                return f"programs missing: the filter {path} is not on the cgroup"
+    return None
+
+
+def _wanted_links(spec: Spec) -> list[tuple[str, Direction, str | None]]:
+    """The link pins a unit with ``spec`` has: (pin name, direction, user filter path)."""
+    out: list[tuple[str, Direction, str | None]] = [(LINK[d], d, None) for d in Direction]
+    for d in Direction:
+        out += [(f"{FILTER_PREFIX[d]}{i}", d, p) for i, p in enumerate(spec.filters(d))]
+    return out
+
+
+def _effective(cg: int, attach: AttachType) -> frozenset[int]:
+    """Ids of the programs that run on one hook of a cgroup (its own and inherited)."""
+    slots = 64
+    while True:
+        try:
+            return frozenset(prog_query(cg, attach, effective=True, slots=slots).prog_ids)
+        except BPFError as exc:
+            if exc.errno != errno.ENOSPC or slots >= 1 << 16:
+                raise
+            slots *= 8
+
+
+def cgroup_id(cgroup_path: str) -> int | None:
+    """The id of the cgroup at ``cgroup_path`` (its directory's inode on cgroup2, which is
+    what the kernel reports as the cgroup id); None when there is none."""
+    try:
+        return os.stat(cgroup_path).st_ino
+    except OSError:
+        return None
 
 
 def _open_cgroup(path: str) -> int:

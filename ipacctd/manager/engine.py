@@ -21,7 +21,7 @@ from ipacctd import cgroup
 from ipacctd.bpf import bpffs
 from ipacctd.datapath import denied as denied_mod
 from ipacctd.datapath.counters import Counters, Direction
-from ipacctd.datapath.unit import PROG_PIN, UnitDatapath
+from ipacctd.datapath.unit import COUNTERS, PROG_PIN, UnitDatapath, cgroup_id, link_problem
 from ipacctd.errors import (
     AlreadyExists,
     Busy,
@@ -31,10 +31,10 @@ from ipacctd.errors import (
     NotSupported,
     PermissionDenied,
 )
-from ipacctd.manager import generation, systemd
+from ipacctd.manager import generation, recovery, systemd
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store
-from ipacctd.manager.unit import Unit, UnitStatus, spec_for
+from ipacctd.manager.unit import POLICY_CUT_OFF, Enforcement, Unit, UnitStatus, spec_for
 from ipacctd.policy.names import transient_name, validate_unit_name
 from ipacctd.policy.properties import Properties, parse_assignment
 
@@ -97,6 +97,7 @@ class Manager:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config.from_env()
         self.store = Store(self.config)
+        self._mount: str | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -110,7 +111,9 @@ class Manager:
 
     def cgroup_fs(self, unit: Unit) -> str:
         """Filesystem path of the unit's cgroup."""
-        return cgroup.fs_path(unit.cgroup)
+        if self._mount is None:  # parsing mountinfo costs more than the rest of a status
+            self._mount = cgroup.mount_point()
+        return cgroup.fs_path(unit.cgroup, self._mount)
 
     def counters(self, name: str) -> Counters | None:
         """The unit's counters, or None when it has no datapath."""
@@ -139,13 +142,13 @@ class Manager:
         fs = self.cgroup_fs(unit)
         pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
         counters = None
-        attached = False
         kgen = None
         with contextlib.suppress(NotFound, OSError):
             with UnitDatapath.open(self.store.pin_dir(name)) as dp:
                 counters = dp.read()
-                attached = dp.attached_to(fs) if dp.pinned_programs else dp.attached()
             kgen = generation.read(self.store.pin_dir(name))
+        enf = self.enforcement(name, unit)
+        attached = enf.enforced or enf.policy_cut_off
         if pids:
             active, sub = "active", "running"
         elif unit.exit_status not in CLEAN_EXIT:
@@ -156,7 +159,37 @@ class Manager:
             active, sub = "active", "idle"
         else:
             active, sub = "inactive", "dead"
-        return UnitStatus(unit, active, sub, pids, counters, attached, kgen)
+        return UnitStatus(unit, active, sub, pids, counters, attached, kgen, enf)
+
+    def enforcement(self, name: str, unit: Unit | None = None) -> Enforcement:
+        """Whether the unit's recorded policy is in force on the cgroup now at its path,
+        and if not, why: the kernel is asked (links, the programs on the cgroup, the
+        enforced generation), not the metadata."""
+        unit = unit or self.unit(name)
+        fs = self.cgroup_fs(unit)
+        cid = cgroup_id(fs) if cgroup.exists(fs) else None
+        if cid is None:
+            return Enforcement(False, "cgroup gone", live=False)
+        if not unit.enforced:
+            return Enforcement(False, f"BPF unusable: {unit.not_enforced_reason}", cgroup_id=cid)
+        pin_dir = self.store.pin_dir(name)
+        if not os.path.exists(os.path.join(pin_dir, COUNTERS)):
+            problem: str | None = f"pins lost: nothing is pinned at {pin_dir}"
+        else:
+            try:
+                problem = link_problem(pin_dir, fs, spec_for(unit.properties), unit.cgroup_id)
+            except OSError as exc:  # BPFError included: the kernel refused to answer
+                problem = f"programs missing: {exc}"
+        if problem is None:
+            kgen = generation.read(pin_dir)
+            if kgen != unit.generation:
+                problem = (f"{POLICY_CUT_OFF}: the kernel enforces policy generation {kgen}, "
+                           f"recorded {unit.generation}")
+        if problem is None:
+            return Enforcement(True, cgroup_id=cid)
+        if problem == "cgroup gone":  # removed between the two looks
+            return Enforcement(False, problem, live=False)
+        return Enforcement(False, problem, cgroup_id=cid)
 
     def statuses(self, names: Sequence[str] | None = None) -> list[UnitStatus]:
         """Status of the named units (all when None); unknown names raise NotFound."""
@@ -278,6 +311,7 @@ class Manager:
         unit = replace(unit, generation=1, rollback=None, removing=False)
         if make_cgroup:
             cgroup.create(fs)
+        unit = replace(unit, cgroup_id=cgroup_id(fs))
         # Metadata first: pins never exist without it, and a crash before the pins are
         # complete leaves a unit that status reports ("programs missing") and reset removes.
         self.store.write(unit.name, unit.to_json())
@@ -460,6 +494,39 @@ class Manager:
                 systemd.restore(new.systemd_service, previous)
             raise
 
+    # -- re-created cgroups ----------------------------------------------------------------
+
+    def rebind(self, name: str) -> Unit:
+        """Re-attach the unit's datapath to the cgroup that is now at its path.
+
+        A service or container restart removes its cgroup and makes a new one at the same
+        path: the unit's links then hold its programs on nothing. This attaches the same
+        programs (the same counters map: counters carry on across re-created cgroups, as
+        systemd's do across a service's runs) to the new cgroup and records its id.
+        Idempotent: programs that already run on that cgroup (ours, or systemd's
+        attachment of our pinned programs) are never attached twice.
+        """
+        with self.store.locked():
+            return self._rebind(self.unit(name))
+
+    def _rebind(self, unit: Unit) -> Unit:
+        """:meth:`rebind` with the lock held."""
+        fs = cgroup.fs_path(unit.cgroup)
+        cid = recovery.live_cgroup_id(self, unit)
+        if cid is None:
+            raise NotFound(f"cgroup {unit.cgroup} of unit {unit.name} does not exist")
+        if unit.enforced:
+            rebuilt = recovery.rebuild_datapath(self, unit)
+            if rebuilt is not None and unit.systemd_service is None:
+                return rebuilt  # built on the live cgroup, links and all
+            unit = rebuilt or unit  # pinned programs only: attach them below
+            with UnitDatapath.open(self.store.pin_dir(unit.name)) as dp:
+                remade = dp.rebind(fs, spec_for(unit.properties))
+            if remade:
+                log.warning("unit %s: attached its programs to the cgroup now at %s (id %d): "
+                            "%s", unit.name, unit.cgroup, cid, ", ".join(remade))
+        return recovery.record_cgroup(self, unit, cid)
+
     # -- crash recovery --------------------------------------------------------------------
 
     def reconcile(self, name: str | None = None) -> list[str]:
@@ -552,24 +619,18 @@ class Manager:
                 return True
             return False
         fs = cgroup.fs_path(unit.cgroup)
-        if not os.path.exists(os.path.join(pin_dir, "counters")):
-            if not cgroup.exists(fs):
-                return False  # nothing to enforce on; status says "programs missing"
-            log.warning("unit %s: rebuilding its missing datapath", name)
-            bpffs.remove_tree(pin_dir)
-            # A unit systemd arms gets its pinned programs back (the drop-in names them);
-            # _reconcile_systemd then sees that they run on the cgroup.
-            target = None if unit.systemd_service is not None else fs
-            with UnitDatapath.create(pin_dir, target, spec_for(unit.properties)):
-                pass
-            generation.write(pin_dir, unit.generation)
-            if unit.rollback is not None:
-                self.store.write(name, replace(unit, rollback=None).to_json())
+        # Self-repair (see ipacctd.manager.recovery): lost pins, re-created cgroups.
+        if recovery.rebuild_datapath(self, unit) is not None:
             return True
+        if not os.path.exists(os.path.join(pin_dir, "counters")):
+            return False  # no live cgroup to build on; status says "pins lost"
+        relinked = recovery.restore_links(self, unit)
+        if relinked is not None:
+            unit = relinked
         kgen = generation.read(pin_dir)
         if kgen == unit.generation:
             if unit.rollback is None:
-                return False
+                return relinked is not None
             self.store.write(name, replace(unit, rollback=None).to_json())  # step 4 was cut
             return True
         live = cgroup.exists(fs)

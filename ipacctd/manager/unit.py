@@ -34,6 +34,9 @@ class Unit:
     # NAME.service when systemd attaches the unit's pinned programs at every start of that
     # service (a runtime drop-in; see ipacctd.manager.systemd); None: ipacctd's own links.
     systemd_service: str | None = None
+    # Id (inode) of the cgroup the unit's links were made for; None in metadata older than
+    # this field (the next rebind or repair records it).
+    cgroup_id: int | None = None
 
     @property
     def description(self) -> str:
@@ -45,6 +48,7 @@ class Unit:
             "version": META_VERSION,
             "name": self.name,
             "cgroup": self.cgroup,
+            "cgroup_id": self.cgroup_id,
             "properties": self.properties.to_json(),
             "transient": self.transient,
             "enforced": self.enforced,
@@ -67,6 +71,7 @@ class Unit:
         return cls(
             name=d["name"],
             cgroup=d["cgroup"],
+            cgroup_id=d.get("cgroup_id"),
             properties=Properties.from_json(d.get("properties", {})),
             transient=bool(d.get("transient", True)),
             enforced=bool(d.get("enforced", True)),
@@ -113,6 +118,31 @@ def spec_for(props: Properties) -> Spec:
     )
 
 
+#: Start of the problem an :class:`Enforcement` names when a policy change was cut off
+#: (the programs run on the cgroup, but not those of the recorded policy yet).
+POLICY_CUT_OFF = "policy change cut off"
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Whether a unit's recorded policy is in force on the live cgroup now at its path."""
+
+    enforced: bool
+    problem: str = ""  # the cause when not: "cgroup re-created: ...", "pins lost: ..."
+    live: bool = True  # a cgroup exists at the unit's path
+    cgroup_id: int | None = None  # of that cgroup
+
+    @property
+    def policy_cut_off(self) -> bool:
+        """The unit's programs run on its cgroup, but not those of the recorded policy."""
+        return self.problem.startswith(POLICY_CUT_OFF)
+
+    @property
+    def alarming(self) -> bool:
+        """Not in force on a live cgroup: processes there may send unfiltered."""
+        return self.live and not self.enforced
+
+
 @dataclass(frozen=True)
 class UnitStatus:
     """A unit and what the kernel says about it now."""
@@ -122,8 +152,9 @@ class UnitStatus:
     sub_state: str  # running | exited | dead | failed
     pids: tuple[int, ...]
     counters: Counters | None  # None when nothing is pinned (not enforced / broken)
-    attached: bool  # programs on a live cgroup
+    attached: bool  # the unit's programs run on the live cgroup now at its path
     kernel_generation: int | None = None  # policy generation the kernel enforces
+    enforcement: Enforcement = Enforcement(True)
 
     @property
     def policy_in_force(self) -> bool:
@@ -151,6 +182,10 @@ class UnitStatus:
             "transient": u.transient,
             "enforced": u.enforced and self.attached,
             "policy_in_force": self.policy_in_force,
+            "firewall_enforced": self.enforcement.enforced,
+            "firewall_problem": self.enforcement.problem,
+            "cgroup_id": u.cgroup_id,
+            "live_cgroup_id": self.enforcement.cgroup_id,
             "policy_generation": u.generation,
             "kernel_policy_generation": self.kernel_generation,
             "main_pid": u.main_pid,
