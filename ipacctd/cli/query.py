@@ -8,6 +8,7 @@ import json
 from ipacctd.cli.format import format_bytes, format_relative, format_timestamp, table
 from ipacctd.cli.main import manager_for
 from ipacctd.datapath.counters import Counters
+from ipacctd.manager.systemd import dropin_path as armed_dropin
 from ipacctd.manager.unit import UnitStatus, escape_command
 
 DENIED_SHOWN = 5
@@ -94,6 +95,9 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None) -> str:
                           for e in denied)
         lines.append(f"     Denied: {shown}")
     lines.append(f"   Firewall: {_policy(st)}")
+    if u.systemd_service:
+        lines.append(f"      Armed: by systemd at every start of {u.systemd_service} "
+                     f"({armed_dropin(u.systemd_service)})")
     lines.append(f"     CGroup: {u.cgroup}")
     for i, pid in enumerate(st.pids[:50]):
         branch = "└─" if i == min(len(st.pids), 50) - 1 else "├─"
@@ -208,6 +212,7 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
                       ("IPEgressAuditBytes", "egress_audit_bytes"),
                       ("IPEgressAuditPackets", "egress_audit_packets")):
         props[key] = str(getattr(c, attr)) if c is not None else "[no data]"
+    props["SystemdDropIn"] = armed_dropin(u.systemd_service) if u.systemd_service else ""
     props["IPFirewallEnforced"] = "yes" if (u.enforced and st.attached) else "no"
     if wanted:
         return {k: props.get(k, "") for k in wanted}

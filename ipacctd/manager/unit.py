@@ -180,6 +180,7 @@ class UnitStatus:
             "sub_state": self.sub_state,
             "cgroup": u.cgroup,
             "transient": u.transient,
+            "systemd_service": u.systemd_service,
             "enforced": u.enforced and self.attached,
             "policy_in_force": self.policy_in_force,
             "firewall_enforced": self.enforcement.enforced,

@@ -143,6 +143,12 @@ class SystemdRef:
             env={"PYTHONPATH": self.root, **(env or {})},
         )
 
+    def ipacctd_py(
+        self, code: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        """Python code with the project's package importable, inside the namespaces."""
+        return self.sh("python3", "-c", code, env={"PYTHONPATH": self.root, **(env or {})})
+
     def write(self, path: str, text: str) -> None:
         self.sh("sh", "-c", f'mkdir -p "$(dirname {path})" && cat > {path}', input=text)
 
@@ -330,6 +336,11 @@ def test_restarts_and_daemon_reloads_are_armed_by_systemd(sd: SystemdRef) -> Non
     assert all(r == ("eperm" if d == DENIED else "ok") for _, _, d, r in since), since
     _check_exact(sd, svc, unit, since)
     assert sd.counters(unit)["IPFirewallEnforced"] == "yes"
+    dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
+    assert sd.ipacctd("show", unit, "-p", "SystemdDropIn", "--value").stdout.strip() == dropin
+    status = sd.ipacctd("status", unit).stdout
+    assert f"      Armed: by systemd at every start of {unit} ({dropin})" in status, status
+    assert "(enforced)" in status, status
     sd.systemctl("stop", f"{svc}.service")
     sd.ipacctd("detach", unit)
 
@@ -414,6 +425,65 @@ def test_set_property_swaps_while_restarting_then_detach_disarms(sd: SystemdRef)
     sd.systemctl("restart", f"{svc}.service")
     tail = sd.wait_sent(svc, n + 4)[n:]
     assert [r for *_, r in tail] == ["ok"] * 4, tail
+    sd.systemctl("stop", f"{svc}.service")
+
+
+BINDER = (
+    "from ipacctd.manager.engine import Manager\n"
+    "from ipacctd.daemon.binder import Binder\n"
+    "b = Binder(Manager()); b.load()\n"
+    "for line in b.reconcile(): print(line)\n"
+)
+
+
+def test_unit_file_binding_is_armed_and_survives_restarts_without_the_daemon(
+    sd: SystemdRef,
+) -> None:
+    svc, unit = "ipsd-file", "ipsd-file.service"
+    units = f"{sd.logdir}/units"
+    env = {"IPACCTD_UNIT_DIR": units}
+    sd.service(svc, "hold")
+    sd.systemctl("start", f"{svc}.service")
+    mark = len(sd.wait_sent(svc, 2))
+    sd.write(
+        f"{units}/{unit}",
+        f"""[Match]
+ControlGroup=/system.slice/{svc}.service
+[Service]
+IPAddressDeny={DENIED}
+""",
+    )
+    # The daemon's binder, once (as at daemon start or reload); then no daemon at all.
+    out = sd.ipacctd_py(BINDER, env=env).stdout
+    assert f"bound {unit} to /system.slice/{svc}.service" in out, out
+    dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
+    assert sd.exists(dropin)
+    expected = mark
+    for _ in range(5):
+        sd.systemctl("restart", f"{svc}.service")
+        expected += 2
+        sd.wait_sent(svc, expected)
+    # The binder sees the cgroup vanish and come back: the unit stays (armed by systemd),
+    # it is neither detached nor bound a second time.
+    sd.systemctl("stop", f"{svc}.service")
+    assert (
+        f"{unit}: cgroup /system.slice/{svc}.service vanished"
+        in sd.ipacctd_py(BINDER, env=env).stdout
+    )
+    sd.systemctl("start", f"{svc}.service")
+    expected += 2
+    sd.wait_sent(svc, expected)
+    out = sd.ipacctd_py(BINDER, env=env).stdout
+    assert f"{unit}: {unit} started again (armed by systemd)" in out, out
+    since = _after(sd.sent(svc), mark)
+    assert len(since) == 12
+    assert all(r == ("eperm" if d == DENIED else "ok") for _, _, d, r in since), since
+    _check_exact(sd, svc, unit, since)
+    assert sd.counters(unit)["IPFirewallEnforced"] == "yes"
+    # The file goes: the binder detaches the unit, and the drop-in goes with it.
+    sd.sh("rm", f"{units}/{unit}")
+    assert f"detached {unit} (unit file removed)" in sd.ipacctd_py(BINDER, env=env).stdout
+    assert not sd.exists(dropin)
     sd.systemctl("stop", f"{svc}.service")
 
 
