@@ -444,8 +444,10 @@ class Manager:
         if not new.enforced and new.properties.has_firewall():
             raise Unenforceable(f"unit {new.name} runs without BPF ({new.not_enforced_reason}); "
                                 "its firewall cannot be changed")
-        if new.enforced and not cgroup.exists(cgroup.fs_path(new.cgroup)):
+        if (new.enforced and new.systemd_service is None
+                and not cgroup.exists(cgroup.fs_path(new.cgroup))):
             # Its links are severed: nothing to swap programs on (LINK_UPDATE: ENOLINK).
+            # (A stopped service systemd arms takes the change: its next start reads the pins.)
             raise InvalidInput(f"unit {new.name} is inactive (its cgroup {new.cgroup} is "
                                "gone): its policy cannot change; reset it and start it again")
         if new.enforced:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -341,6 +342,11 @@ def test_restarts_and_daemon_reloads_are_armed_by_systemd(sd: SystemdRef) -> Non
     status = sd.ipacctd("status", unit).stdout
     assert f"      Armed: by systemd at every start of {unit} ({dropin})" in status, status
     assert "(enforced)" in status, status
+    progs = json.loads(sd.ipacctd("inspect", unit, "--json").stdout)["programs"]
+    assert sorted((p["link"], p["name"]) for p in progs) == [
+        ("prog_egress", "ipacctd_egress"),
+        ("prog_ingress", "ipacctd_ingress"),
+    ], progs
     sd.systemctl("stop", f"{svc}.service")
     sd.ipacctd("detach", unit)
 
@@ -369,6 +375,13 @@ def test_crash_loop_is_armed_at_every_start(sd: SystemdRef) -> None:
     _check_exact(sd, svc, unit, since)
     restarts = sd.sh("systemctl", "show", "-p", "NRestarts", "--value", f"{svc}.service")
     assert int(restarts.stdout) >= 12
+    # A stopped service's policy changes too: its next start reads the new pins.
+    sd.systemctl("stop", f"{svc}.service")
+    sd.ipacctd("set-property", unit, "IPAddressDeny=", f"IPAddressDeny={ALLOWED}")
+    n = len(sd.sent(svc))
+    sd.systemctl("start", f"{svc}.service")  # holds: the hold file is there
+    tail = sd.wait_sent(svc, n + 2)[n:]
+    assert [(d, r) for _, _, d, r in tail] == [(DENIED, "ok"), (ALLOWED, "eperm")], tail
     sd.systemctl("stop", f"{svc}.service")
     sd.ipacctd("detach", unit)
 
