@@ -67,7 +67,9 @@ out["daemon-reload (no drop-in)"] = [timed("systemctl", "daemon-reload") for _ i
 print(json.dumps(out))
 """
 
-SERVICE = """[Service]
+SERVICE = """[Unit]
+StartLimitIntervalSec=0
+[Service]
 ExecStart=/bin/sleep 3600
 {extra}"""
 
@@ -104,14 +106,16 @@ def main() -> int:
             subprocess.run([script, "up"], check=True, capture_output=True, timeout=180)
 
             def ns(*cmd: str, input: str | None = None) -> str:
-                return subprocess.run(
+                res = subprocess.run(
                     [script, "sh", "env", "-i", NS_PATH, *cmd],
                     input=input,
-                    check=True,
                     capture_output=True,
                     text=True,
                     timeout=900,
-                ).stdout
+                )
+                if res.returncode != 0:
+                    sys.exit(f"{cmd} failed: {res.stderr}{res.stdout}")
+                return res.stdout
 
             for name, extra in (
                 ("bench-plain", ""),
