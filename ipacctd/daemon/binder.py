@@ -5,21 +5,39 @@ A file naming one exact ``ControlGroup=`` gives a unit of the file's name. A glo
 ``<file stem>@<cgroup name>.service``. When a matching cgroup appears it is bound; when
 it vanishes its unit turns inactive (its counters stay readable until the retention
 time); when the file goes or stops matching, the unit is detached.
+
+A cgroup is known by its id (inode), not its path: a cgroup removed and made again at
+the same path (a service or container restart) is re-bound, its counters carried on,
+however the events were coalesced. The same holds for units attached by hand
+(``ipacctd attach``): their cgroups are watched, re-bound when made again, and their
+exit is recorded when they vanish (so that they expire after the retention time).
+
+Overlapping files — several files matching the same cgroup — merge like systemd's
+drop-ins: their assignments apply in order, glob files first (by file name), then exact
+files (by file name), so list assignments append and later files override scalars; the
+unit takes the name the last file in that order gives it.
+
+Watches: the directory above each pattern's first glob component (or above an exact
+path), or, while that does not exist yet, its nearest existing ancestor, so a parent made
+later is followed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import glob
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ipacctd import cgroup
 from ipacctd.errors import Error, InvalidInput, NotFound
 from ipacctd.manager.engine import Manager
+from ipacctd.manager.recovery import live_cgroup_id
+from ipacctd.manager.unit import Unit
 from ipacctd.policy.names import validate_unit_name
+from ipacctd.policy.properties import Properties
 from ipacctd.policy.unitfile import UnitFile, load_unit_dir
 
 log = logging.getLogger("ipacctd.binder")
@@ -29,11 +47,23 @@ GLOB_CHARS = "*?["
 
 @dataclass(frozen=True)
 class Binding:
-    """One cgroup a unit file binds, and the unit name it gets."""
+    """One cgroup the unit files bind, and the unit name it gets.
+
+    ``files``: every file matching the cgroup, in merge order (see the module doc); the
+    last one names the unit and is recorded as its source.
+    """
 
     name: str
     cgroup: str
-    file: UnitFile
+    files: tuple[UnitFile, ...]
+
+    @property
+    def file(self) -> UnitFile:
+        return self.files[-1]
+
+    def properties(self) -> Properties:
+        """The merged policy: every file's assignments, in merge order."""
+        return Properties().apply(a for f in self.files for a in f.assignments)
 
 
 def _is_glob(pattern: str) -> bool:
@@ -54,8 +84,12 @@ def static_prefix(pattern: str) -> tuple[str, int]:
 class Binder:
     """Keeps units bound to the cgroups their files name."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager,
+                 units: Callable[[], Iterable[Unit]] | None = None) -> None:
+        """``units``: every unit as recorded now (default: read all metadata files; the
+        daemon passes its registry's view, kept current by inotify, which is cheaper)."""
         self.manager = manager
+        self._units = units
         self.files: list[UnitFile] = []
         self.errors: list[InvalidInput] = []
 
@@ -71,13 +105,15 @@ class Binder:
     def bindings(self) -> dict[str, Binding]:
         """Every (unit name → cgroup) the files ask for, among cgroups that exist now."""
         mount = cgroup.mount_point()
-        out: dict[str, Binding] = {}
+        # cgroup → [(is exact, file name, unit name it gives, file)]
+        matches: dict[str, list[tuple[bool, str, str, UnitFile]]] = {}
         for f in self.files:
             for pattern in f.cgroups:
                 if not _is_glob(pattern):
                     if cgroup.exists(cgroup.fs_path(pattern, mount)):
                         name = f.name if len(f.cgroups) == 1 else self._name(f, pattern)
-                        out.setdefault(name, Binding(name, pattern, f))
+                        rel = cgroup.validate_path(pattern)
+                        matches.setdefault(rel, []).append((True, f.path, name, f))
                     continue
                 for fs in sorted(glob.glob(os.path.join(mount, pattern.lstrip("/")))):
                     if not cgroup.exists(fs):
@@ -85,8 +121,19 @@ class Binder:
                     rel = cgroup.relative(fs, mount)
                     if not fnmatch.fnmatchcase(rel, pattern):
                         continue
-                    name = self._name(f, rel)
-                    out.setdefault(name, Binding(name, rel, f))
+                    matches.setdefault(rel, []).append((False, f.path, self._name(f, rel), f))
+        out: dict[str, Binding] = {}
+        for rel in sorted(matches):
+            # merge order: globs before exact paths, each by file name
+            ordered = sorted(matches[rel], key=lambda m: (m[0], os.path.basename(m[1]), m[1]))
+            files: list[UnitFile] = []
+            for _, path, _, f in ordered:  # a file matching twice applies once
+                if all(g.path != path for g in files):
+                    files.append(f)
+            name = ordered[-1][2]
+            if len(files) > 1:
+                log.debug("cgroup %s: merging %s", rel, ", ".join(f.path for f in files))
+            out.setdefault(name, Binding(name, rel, tuple(files)))
         return out
 
     @staticmethod
@@ -96,7 +143,11 @@ class Binder:
         return validate_unit_name(f"{stem}@{base}")
 
     def watch_dirs(self) -> list[str]:
-        """Filesystem directories whose subdirectory changes may change the bindings."""
+        """Filesystem directories whose subdirectory changes may change the bindings: for
+        each pattern the directory above its first glob (and the levels below it that a
+        glob spans) or above its exact path, and the directory above the cgroup of every
+        unit attached by hand. A directory that does not exist yet is stood in for by its
+        nearest existing ancestor, so that its creation is seen."""
         mount = cgroup.mount_point()
         dirs: set[str] = set()
         for f in self.files:
@@ -104,46 +155,44 @@ class Binder:
                 if _is_glob(pattern):
                     prefix, depth = static_prefix(pattern)
                     top = cgroup.fs_path(prefix, mount)
-                    dirs.add(top)
-                    if depth > 1:  # patterns like /*/docker-*.scope: watch levels below
+                    dirs.add(_existing(top, mount))
+                    if depth > 1 and os.path.isdir(top):  # /*/docker-*.scope: levels below
                         for dirpath, _, _ in _walk(top, depth - 1):
                             dirs.add(dirpath)
                 else:
-                    dirs.add(os.path.dirname(cgroup.fs_path(pattern, mount)))
+                    dirs.add(_existing(os.path.dirname(cgroup.fs_path(pattern, mount)), mount))
+        for unit in self._attached_units():
+            dirs.add(_existing(os.path.dirname(cgroup.fs_path(unit.cgroup, mount)), mount))
         return sorted(dirs)
 
+    def _attached_units(self) -> list[Unit]:
+        """Units bound to cgroups ipacctd did not create (by unit files or by hand)."""
+        if self._units is not None:
+            return [u for u in self._units() if not u.transient]
+        out = []
+        for name in self.manager.names():
+            try:
+                unit = self.manager.unit(name)
+            except (NotFound, InvalidInput) as exc:
+                log.debug("unit %s: %s", name, exc)
+                continue
+            if not unit.transient:
+                out.append(unit)
+        return out
+
     def reconcile(self) -> list[str]:
-        """Bind new matches, let go of vanished ones, follow edited files; returns log lines."""
+        """Bind new matches, let go of vanished ones, follow edited files, re-bind cgroups
+        made again at the same path (by id, not by path); returns log lines."""
         want = self.bindings()
         sources = {f.path for f in self.files}
         done: list[str] = []
-        bound: dict[str, object] = {}
-        for name in self.manager.names():
-            with contextlib.suppress(NotFound):
-                unit = self.manager.unit(name)
-                if not unit.transient and unit.source is not None:
-                    bound[name] = unit
+        bound = {u.name: u for u in self._attached_units()}
         for name, unit in bound.items():
-            b = want.get(name)
+            b = want.get(name) if unit.source is not None else None
             try:
-                if b is None:
-                    if unit.source not in sources:  # the file is gone: let go now
-                        self.manager.detach(name)
-                        done.append(f"detached {name} (unit file removed)")
-                    elif unit.exited_at is None:  # the cgroup vanished: inactive, kept
-                        self.manager.record_exit(name, 0)
-                        done.append(f"{name}: cgroup {unit.cgroup} vanished")
-                elif unit.exited_at is not None and unit.systemd_service is not None:
-                    # systemd attached the pinned programs to the new cgroup itself (the
-                    # drop-in): keep the unit, its pins and counters; detaching would disarm it.
-                    done.append(self.manager.resume_armed(name))
-                elif unit.exited_at is not None:
-                    self.manager.detach(name)  # it came back: bind afresh below
-                    bound_again = self._bind(b)
-                    done.append(bound_again)
-                elif unit.properties != b.file.properties():
-                    self.manager.replace_properties(name, b.file.properties())
-                    done.append(f"updated {name} from {b.file.path}")
+                line = self._follow(unit, b, sources)
+                if line:
+                    done.append(line)
             except Error as exc:
                 log.error("unit %s: %s", name, exc)
         for name, b in want.items():
@@ -157,9 +206,46 @@ class Binder:
             log.info("%s", line)
         return done
 
+    def _follow(self, unit: Unit, b: Binding | None, sources: set[str]) -> str | None:
+        """Bring one bound unit in line with its cgroup and its files."""
+        name = unit.name
+        if unit.source is not None and b is None:
+            if unit.source not in sources:  # the file is gone: let go now
+                self.manager.detach(name)
+                return f"detached {name} (unit file removed)"
+            if cgroup.exists(self.manager.cgroup_fs(unit)):  # no file matches it any more
+                self.manager.detach(name)
+                return f"detached {name} (no unit file matches {unit.cgroup} any more)"
+        live = live_cgroup_id(self.manager, unit)
+        if live is None:
+            if unit.exited_at is None:  # the cgroup vanished: inactive, kept until expiry
+                self.manager.record_exit(name, 0)
+                return f"{name}: cgroup {unit.cgroup} vanished"
+            return None
+        lines = []
+        if unit.exited_at is not None or unit.cgroup_id != live:
+            self.manager.rebind(name)
+            lines.append(f"re-bound {name} to the cgroup now at {unit.cgroup} (id {live})")
+        if b is not None and unit.properties != b.properties():
+            self.manager.replace_properties(name, b.properties())
+            lines.append(f"updated {name} from {', '.join(f.path for f in b.files)}")
+        return "; ".join(lines) or None
+
     def _bind(self, b: Binding) -> str:
-        self.manager.attach(b.cgroup, name=b.name, base=b.file.properties(), source=b.file.path)
-        return f"bound {b.name} to {b.cgroup}"
+        self.manager.attach(b.cgroup, name=b.name, base=b.properties(), source=b.file.path)
+        merged = f" (merged: {', '.join(f.path for f in b.files)})" if len(b.files) > 1 else ""
+        return f"bound {b.name} to {b.cgroup}{merged}"
+
+
+def _existing(path: str, mount: str) -> str:
+    """``path`` or, while it does not exist, its nearest existing ancestor (at most the
+    cgroup2 mount)."""
+    while not os.path.isdir(path) and path.rstrip("/") != mount.rstrip("/"):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
 
 
 def _walk(top: str, depth: int):

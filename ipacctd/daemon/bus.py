@@ -115,7 +115,10 @@ def unit_properties(entry: Entry) -> dict[str, Variant]:
         "ControlGroup": Variant("s", u.cgroup),
         "MainPID": Variant("u", u.main_pid if u.main_pid and st.active_state == "active" else 0),
         "Transient": Variant("b", u.transient),
-        "IPFirewallEnforced": Variant("b", bool(u.enforced and st.attached)),
+        # Whether the recorded policy is in force on the live cgroup now at the unit's
+        # path (asked of the kernel), and if not, why.
+        "IPFirewallEnforced": Variant("b", st.enforcement.enforced),
+        "IPFirewallProblem": Variant("s", st.enforcement.problem),
     }
     for name, (sig, value) in p.to_dbus().items():
         if name != "Description":

@@ -95,7 +95,8 @@ class UnitCollector(Collector):
         active = GaugeMetricFamily("ipacctd_unit_active", "1 when the unit has processes",
                                    labels=["unit", "state"])
         enforced = GaugeMetricFamily("ipacctd_unit_firewall_enforced",
-                                     "1 when the unit's programs are attached to a live cgroup",
+                                     "1 when the unit's recorded policy is in force on the live "
+                                     "cgroup at its path (0: not, or no live cgroup)",
                                      labels=["unit"])
         prefixes = GaugeMetricFamily("ipacctd_unit_policy_prefixes",
                                      "Prefixes in the unit's allow and deny lists",
@@ -126,7 +127,7 @@ class UnitCollector(Collector):
                     for direction in DIRECTIONS:
                         family.add_metric([name, direction], getattr(c, f"{direction}_{field}"))
             active.add_metric([name, st.active_state], 1 if st.active_state == "active" else 0)
-            enforced.add_metric([name], 1 if (st.unit.enforced and st.attached) else 0)
+            enforced.add_metric([name], 1 if st.enforcement.enforced else 0)
             prefixes.add_metric([name, "allow"], len(props.ip_address_allow))
             prefixes.add_metric([name, "deny"], len(props.ip_address_deny))
             # The denied-address log is written on the drop and audit paths only: nothing

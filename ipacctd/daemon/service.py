@@ -24,9 +24,9 @@ from ipacctd.daemon import metrics
 from ipacctd.daemon.binder import Binder
 from ipacctd.daemon.bus import BUS_NAME, BusService
 from ipacctd.daemon.config import DaemonConfig
-from ipacctd.daemon.inotify import Inotify
+from ipacctd.daemon.inotify import IN_CREATE, Inotify
 from ipacctd.daemon.registry import Registry
-from ipacctd.errors import Error, NotSupported
+from ipacctd.errors import Error, NotFound, NotSupported
 from ipacctd.manager.engine import Manager
 
 log = logging.getLogger("ipacctd.daemon")
@@ -42,7 +42,7 @@ class Daemon:
         self.config = config
         self.manager = Manager(config.paths)
         self.registry = Registry(self.manager)
-        self.binder = Binder(self.manager)
+        self.binder = Binder(self.manager, self._current_units)
         self.bus: MessageBus | None = None
         self.service: BusService | None = None
         self.http: asyncio.Server | None = None
@@ -50,6 +50,13 @@ class Daemon:
         self.stopping = asyncio.Event()
         self._pending: asyncio.TimerHandle | None = None
         self._rebind = False
+        self._reported: dict[str, str] = {}  # unit → enforcement problem last logged
+
+    def _current_units(self) -> list:
+        """Every unit as recorded now: the registry, brought up to date (a stat per unit;
+        only changed metadata files are read again)."""
+        self.registry.sync()
+        return [entry.status.unit for entry in self.registry.units.values()]
 
     async def start(self) -> None:
         """Rebuild state, connect to D-Bus, serve metrics, start watching."""
@@ -64,6 +71,7 @@ class Daemon:
         self.binder.load()
         self.binder.reconcile()
         self.registry.sync()
+        self.check_enforcement(list(self.registry.units))
         self.bus = await self._connect()
         self.service = BusService(self.bus, self.registry, __version__,
                                   self.config.poll_interval, self.reload)
@@ -109,9 +117,16 @@ class Daemon:
     def _on_inotify(self) -> None:
         assert self.inotify is not None
         units_dir = self.manager.config.units_dir
-        for path, _mask, _name in self.inotify.read():
+        made: set[str] = set()
+        for path, mask, name in self.inotify.read():
             if path != units_dir:
                 self._rebind = True
+                if mask & IN_CREATE and name:
+                    made.add(os.path.join(path, name))
+        if made:
+            # A cgroup made at a unit's path: re-bind now, without the debounce (every
+            # moment unbound is a moment unfiltered). The settle below binds new matches.
+            self.check_enforcement(self.registry.units_at(made))
         if self._pending is None:  # coalesce bursts (a CLI writes temp file + rename)
             self._pending = asyncio.get_running_loop().call_later(DEBOUNCE, self._settle)
 
@@ -119,21 +134,96 @@ class Daemon:
         self._pending = None
         if self._rebind:
             self._rebind = False
+            self._bind_and_watch()
+        self.registry.sync()
+        self.check_enforcement(self.registry.enforcement_due())
+
+    def _bind_and_watch(self) -> None:
+        """Watch first, then bind: a cgroup made before its directory is watched is found
+        by the binder's scan, one made after by the watch. Binding can make directories
+        worth watching appear (a parent made later): repeat while the watches grow."""
+        for _ in range(4):  # bounded: each round adds at least one level of watches
+            before = set(self.inotify.wds) if self.inotify is not None else set()
+            if self.inotify is not None:
+                self._watch_unit_dirs()
             try:
                 self.binder.reconcile()
             except Error as exc:
                 log.error("binding unit files: %s", exc)
+            if self.inotify is None:
+                return
             self._watch_unit_dirs()
-        self.registry.sync()
+            if set(self.inotify.wds) <= before:
+                return
 
     def reload(self) -> None:
-        """Re-read the unit files and re-bind (SIGHUP, D-Bus Reload, ``ipacctd reload``)."""
+        """Re-read the unit files, re-bind, and repair every unit whose policy is not in
+        force on the cgroup now at its path (SIGHUP, D-Bus Reload, ``ipacctd reload``)."""
         log.info("reloading unit files from %s", self.manager.config.unit_dir)
         self.binder.load()
-        self.binder.reconcile()
-        if self.inotify is not None:
-            self._watch_unit_dirs()
+        self._bind_and_watch()
+        try:
+            repaired = self.manager.reconcile()
+            if repaired:
+                log.warning("repaired on reload: %s", ", ".join(repaired))
+        except Error as exc:
+            log.error("reconciling units: %s", exc)
         self.registry.sync()
+        self.check_enforcement(list(self.registry.units))
+
+    def check_enforcement(self, names: list[str]) -> list[str]:
+        """Verify that each named unit's recorded policy is in force on the cgroup now at
+        its path, repair it where not (re-bind, rebuild lost pins), and report what stays
+        unenforced: the status (D-Bus, metrics) at once, the log at ERROR once per change.
+        Returns the units repaired."""
+        repaired = []
+        for name in names:
+            entry = self.registry.units.get(name)
+            if entry is None:
+                continue
+            try:
+                unit = entry.status.unit  # as last read: parsing metadata costs more
+                enf = self.manager.enforcement(name, unit)
+                if enf.alarming:  # be sure, with the metadata as it is now
+                    unit = self.manager.unit(name)
+                    enf = self.manager.enforcement(name, unit)
+                if enf.alarming and unit.enforced:
+                    if self.manager.reconcile(name):
+                        repaired.append(name)
+                        self.registry.reader.forget(name)  # the counters map may be new
+                        enf = self.manager.enforcement(name)
+                elif not enf.live and not unit.transient and unit.exited_at is None:
+                    self.manager.record_exit(name, 0)  # an attached unit's cgroup vanished
+            except NotFound:
+                continue
+            except Error as exc:
+                log.error("unit %s: cannot check or repair its firewall: %s", name, exc)
+                enf = None
+            self._report(name, enf)
+            old = entry.status.enforcement
+            if enf is None or name in repaired or (enf.enforced, enf.problem, enf.live) != (
+                    old.enforced, old.problem, old.live):
+                self.registry.refresh(name)
+            elif name in self.registry.units:
+                self.registry.units[name].identity = self.registry.identity(
+                    name, entry.status.unit.cgroup)
+        if repaired:
+            log.warning("repaired: %s", ", ".join(repaired))
+        return repaired
+
+    def _report(self, name: str, enf) -> None:
+        """Log a unit's enforcement at ERROR when it turns (or stays, with another cause)
+        not enforced on a live cgroup, and once when it is in force again."""
+        problem = enf.problem if enf is not None and enf.alarming else ""
+        before = self._reported.get(name, "")
+        if problem == before:
+            return
+        if problem:
+            log.error("unit %s: firewall NOT ENFORCED on its live cgroup: %s", name, problem)
+            self._reported[name] = problem
+        else:
+            log.warning("unit %s: firewall in force again", name)
+            self._reported.pop(name, None)
 
     def gc(self, now: float | None = None) -> list[str]:
         """Forget inactive units whose retention time has passed."""
@@ -159,7 +249,9 @@ class Daemon:
         return removed
 
     def poll(self, cycle: int) -> list[str]:
-        """One poll: counters always, states every few cycles."""
+        """One poll: enforcement (cheap identity checks, repair where needed) and counters
+        always, states every few cycles."""
+        self.check_enforcement(self.registry.enforcement_due())
         changed = self.registry.poll_counters()
         if self.service is not None:
             self.service.counters_changed(changed)

@@ -404,18 +404,6 @@ class Manager:
             self.store.write(name, unit.to_json(), durable=False)
             return unit
 
-    def resume_armed(self, name: str) -> str:
-        """A service systemd arms started again: check (and repair) that the new cgroup runs
-        the unit's programs, and mark the unit running again; returns a log line."""
-        with self.store.locked():
-            before = self.enforcement(name)  # what systemd did, before anything is repaired
-            self._reconcile(name)  # records the new cgroup's id; repairs what is missing
-            unit = replace(self.unit(name), exited_at=None, exit_status=None,
-                           started_at=time.time())
-            self.store.write(name, unit.to_json(), durable=False)
-        how = "armed by systemd" if before.enforced else f"repaired: {before.problem}"
-        return f"{name}: {unit.systemd_service} started again ({how})"
-
     # -- changing --------------------------------------------------------------------------
 
     def set_properties(self, name: str, assignments: Sequence[tuple[str, str]]) -> Unit:

@@ -108,5 +108,7 @@ def record_cgroup(manager: Manager, unit: Unit, cid: int | None,
     if not unit.transient and (recreated or unit.exited_at is not None):
         new = replace(new, started_at=time.time(), exited_at=None, exit_status=None)
     if new != unit:
-        manager.store.write(new.name, new.to_json())
+        # Not fsynced: losing this record in a host crash is harmless (the next check
+        # sees the links on the live cgroup and records its id again).
+        manager.store.write(new.name, new.to_json(), durable=False)
     return new

@@ -11,6 +11,7 @@ import os
 
 import model
 import pytest
+from support import wait_for
 from test_pinning import ADDRS, ALLOWED, DENIED, attached, udp
 
 from ipacctd.bpf import bpffs
@@ -128,8 +129,9 @@ def test_lost_link_pin_detaches_and_rebind_rebuilds_it(netns_factory, cgroup_dir
         assert udp(ns, [(DENIED, 20)], cgroup_dir) == ["EPERM"]
         before = dp.read()
         bpffs.unpin(os.path.join(pin_dir, LINK[Direction.EGRESS]))
-        # The only reference to the link is gone: the kernel detached it at once. The
-        # datagram leaves unfiltered ("lost", not EPERM: the ingress program, still in
+        # The last reference to the link is gone: the kernel detaches it (a moment later).
+        wait_for(lambda: attached(cgroup_dir)[Direction.EGRESS] == (), 5, "egress detached")
+        # The datagram leaves unfiltered ("lost", not EPERM: the ingress program, still in
         # place, drops it on its way back in, as its source is the denied address).
         assert udp(ns, [(DENIED, 20)], cgroup_dir) == ["lost"]
         problem = dp.problem(cgroup_dir, SPEC)

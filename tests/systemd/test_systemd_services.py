@@ -477,7 +477,7 @@ IPAddressDeny={DENIED}
         expected += 2
         sd.wait_sent(svc, expected)
     # The binder sees the cgroup vanish and come back: the unit stays (armed by systemd),
-    # it is neither detached nor bound a second time.
+    # it is neither detached nor are its programs attached a second time (counted below).
     sd.systemctl("stop", f"{svc}.service")
     assert (
         f"{unit}: cgroup /system.slice/{svc}.service vanished"
@@ -486,8 +486,10 @@ IPAddressDeny={DENIED}
     sd.systemctl("start", f"{svc}.service")
     expected += 2
     sd.wait_sent(svc, expected)
-    out = sd.ipacctd_py(BINDER, env=env).stdout
-    assert f"{unit}: {unit} started again (armed by systemd)" in out, out
+    # Armed by systemd before any ipacctd process looked at the new cgroup:
+    assert sd.counters(unit)["IPFirewallEnforced"] == "yes"
+    out = sd.ipacctd_py(BINDER, env=env).stdout  # records the new cgroup; attaches nothing
+    assert f"re-bound {unit} to the cgroup now at /system.slice/{svc}.service" in out, out
     since = _after(sd.sent(svc), mark)
     assert len(since) == 12
     assert all(r == ("eperm" if d == DENIED else "ok") for _, _, d, r in since), since
