@@ -468,6 +468,7 @@ class UnitDatapath:
                             raise
         finally:
             os.close(cg)
+        return done
 
     def replace_stale(self, cgroup_path: str) -> int:
         """Swap every older program of this unit on the cgroup at ``cgroup_path`` for the
