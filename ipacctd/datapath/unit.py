@@ -449,9 +449,9 @@ class UnitDatapath:
         BPF_F_ALLOW_MULTI), where they do not run yet; returns the pins attached. The
         kernel refuses a second PROG_ATTACH of a program on the same hook (EINVAL), so
         whichever of systemd and ipacctd comes second, each program runs once (verified on
-        systemd 252: a service whose cgroup already runs them starts normally, silently). Programs of
-        a previous policy there are swapped first (:meth:`replace_stale`): attached beside
-        them, the current ones would count every packet twice."""
+        systemd 252: a service whose cgroup already runs them starts normally, silently).
+        Programs of a previous policy there are swapped first (:meth:`replace_stale`):
+        attached beside them, the current ones would count every packet twice."""
         self.replace_stale(cgroup_path)
         cg = _open_cgroup(cgroup_path)
         done: list[str] = []
