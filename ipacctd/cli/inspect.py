@@ -39,13 +39,22 @@ def _when(ts: float) -> str:
 
 def inspect_text(d: dict[str, Any]) -> str:
     """Text layout close to ``bpftool cgroup show`` / ``prog show`` / ``map show``."""
-    out = [f"Unit: {d['unit']}", f"  cgroup {d['cgroup']}", f"  pins   {d['pin_dir']}", "",
-           "Links:"]
+    out = [f"Unit: {d['unit']}", f"  cgroup {d['cgroup']}"
+           f"{'  id ' + str(d['cgroup_id']) if d.get('cgroup_id') else ''}",
+           f"  pins   {d['pin_dir']}"]
+    if d.get("firewall_problem") and d.get("cgroup_id"):
+        out.append(f"  NOT ENFORCED: {d['firewall_problem']}")
+    out += ["", "Links:"]
     for link in d["links"]:
         if "error" in link:
             out.append(f"  {link['pin']}: {link['error']}")
             continue
-        state = "attached" if link["attached"] else "detached (cgroup gone)"
+        if not link["attached"]:
+            state = "detached (cgroup gone)"
+        elif link.get("on_live_cgroup", True):
+            state = "attached"
+        else:
+            state = "attached to another cgroup (not the one now at the path)"
         out.append(f"  {link['id']}: {link['attach_type']}  prog {link['prog_id']}  "
                    f"cgroup_id {link['cgroup_id']}  pin {link['pin']}  {state}")
     out += ["", "Programs:"]

@@ -84,8 +84,7 @@ def static_prefix(pattern: str) -> tuple[str, int]:
 class Binder:
     """Keeps units bound to the cgroups their files name."""
 
-    def __init__(self, manager: Manager,
-                 units: Callable[[], Iterable[Unit]] | None = None) -> None:
+    def __init__(self, manager: Manager, units: Callable[[], Iterable[Unit]] | None = None) -> None:
         """``units``: every unit as recorded now (default: read all metadata files; the
         daemon passes its registry's view, kept current by inotify, which is cheaper)."""
         self.manager = manager

@@ -177,6 +177,8 @@ class Daemon:
         unenforced: the status (D-Bus, metrics) at once, the log at ERROR once per change.
         Returns the units repaired."""
         repaired = []
+        for gone in set(self._reported) - set(self.registry.units):
+            del self._reported[gone]  # a later unit of that name is reported afresh
         for name in names:
             entry = self.registry.units.get(name)
             if entry is None:
@@ -188,10 +190,10 @@ class Daemon:
                     unit = self.manager.unit(name)
                     enf = self.manager.enforcement(name, unit)
                 if enf.alarming and unit.enforced:
-                    if self.manager.reconcile(name):
-                        repaired.append(name)
+                    if self.manager.reconcile(name):  # waits for the lock: a CLI's change
+                        repaired.append(name)        # in flight completes first
                         self.registry.reader.forget(name)  # the counters map may be new
-                        enf = self.manager.enforcement(name)
+                    enf = self.manager.enforcement(name)
                 elif not enf.live and not unit.transient and unit.exited_at is None:
                     self.manager.record_exit(name, 0)  # an attached unit's cgroup vanished
             except NotFound:

@@ -502,7 +502,7 @@ class Manager:
 
     def _rebind(self, unit: Unit) -> Unit:
         """:meth:`rebind` with the lock held."""
-        fs = cgroup.fs_path(unit.cgroup)
+        fs = self.cgroup_fs(unit)
         cid = recovery.live_cgroup_id(self, unit)
         if cid is None:
             raise NotFound(f"cgroup {unit.cgroup} of unit {unit.name} does not exist")

@@ -58,8 +58,12 @@ def rebuild_datapath(manager: Manager, unit: Unit) -> Unit | None:
     fs = manager.cgroup_fs(unit)
     if not cgroup.exists(fs):
         return None  # nothing to enforce on; status says "pins lost"
-    log.error("unit %s: its pins are lost; building its datapath again on %s (its counters "
-              "start from zero)", unit.name, unit.cgroup)
+    log.error(
+        "unit %s: its pins are lost; building its datapath again on %s (its counters "
+        "start from zero)",
+        unit.name,
+        unit.cgroup,
+    )
     bpffs.remove_tree(pin_dir)
     # A unit systemd arms gets its pinned programs back (its drop-in names them); step 2
     # then attaches them to the running cgroup as systemd would.
@@ -82,20 +86,24 @@ def restore_links(manager: Manager, unit: Unit) -> Unit | None:
         if unit.cgroup_id != enf.cgroup_id:  # metadata older than cgroup ids
             return record_cgroup(manager, unit, enf.cgroup_id)
         return None
-    log.warning("unit %s: policy not in force on its cgroup %s (%s); re-binding", unit.name,
-                unit.cgroup, enf.problem)
+    log.warning(
+        "unit %s: policy not in force on its cgroup %s (%s); re-binding",
+        unit.name,
+        unit.cgroup,
+        enf.problem,
+    )
     try:
         return manager._rebind(unit)
     except Error as exc:
         # What could be re-made is in place (ipacctd's own links come first); the unit
         # stays reported as not enforced, and a change of its policy may still fix it.
-        log.error("unit %s: cannot re-bind its programs to %s: %s", unit.name, unit.cgroup,
-                  exc)
+        log.error("unit %s: cannot re-bind its programs to %s: %s", unit.name, unit.cgroup, exc)
         return None
 
 
-def record_cgroup(manager: Manager, unit: Unit, cid: int | None,
-                  rollback_done: bool = False) -> Unit:
+def record_cgroup(
+    manager: Manager, unit: Unit, cid: int | None, rollback_done: bool = False
+) -> Unit:
     """Record the cgroup the unit's links are now on (lock held).
 
     An attached unit whose cgroup was made again runs again: as systemd shows a

@@ -74,6 +74,8 @@ def test_recreated_cgroup_is_reported_not_enforced_until_repaired(inst: Installa
     assert props["IPFirewallProblem"].startswith("cgroup re-created"), props
     listing = inst.ok("list-units").stdout
     assert "FIREWALL NOT ENFORCED on 1 live unit: svc.service" in listing, listing
+    shown = inst.ok("inspect", "svc.service").stdout
+    assert "  NOT ENFORCED: cgroup re-created" in shown, shown
 
     # A mutation of the unit repairs first: the deny list holds on the new cgroup, and the
     # counters carry on from the old one's.
@@ -153,3 +155,18 @@ def test_rebuilt_pin_directory_enforces_again(inst: Installation) -> None:
     assert inst.show("rebuilt.service")["IPFirewallEnforced"] == "yes"
     assert agent.send(DENIED, 10) == "err 1"
     assert inst.show("rebuilt.service")["IPEgressDroppedPackets"] == "1"  # a new map
+
+
+def test_attached_unit_whose_cgroup_vanished_shows_no_invented_stop_time(
+    inst: Installation,
+) -> None:
+    """Without a daemon nobody saw the cgroup go: status shows no time rather than the
+    attach time as the stop time (the daemon records the real one)."""
+    _, fs = _attach(inst, "vanished")
+    os.rmdir(fs)
+    res = inst.cli("status", "vanished.service")
+    assert res.returncode == 3, res.stderr  # inactive, as systemctl
+    lines = res.stdout.splitlines()
+    assert lines[2] == "     Active: inactive (dead)", lines
+    line_matching(res.stdout, r"   Firewall: IPAddressDeny=198\.51\.100\.1/32 \(cgroup gone; .*\)")
+    assert "NOT ENFORCED" not in res.stdout  # nothing runs there: nothing to enforce
