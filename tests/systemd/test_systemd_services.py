@@ -502,6 +502,35 @@ IPAddressDeny={DENIED}
     sd.systemctl("stop", f"{svc}.service")
 
 
+RECONCILE = "from ipacctd.manager.engine import Manager\nprint(' '.join(Manager().reconcile()))\n"
+
+
+def test_a_lost_dropin_is_reported_and_reconcile_arms_again(sd: SystemdRef) -> None:
+    svc, unit = "ipsd-heal", "ipsd-heal.service"
+    sd.service(svc, "hold")
+    mark = _attach(sd, svc, DENIED)
+    dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
+    text = sd.read(dropin)
+    # Lost behind ipacctd's back (or a crash between the pins and the drop-in): systemd
+    # detaches the programs at the reload, and every view says so.
+    sd.sh("rm", dropin)
+    sd.systemctl("daemon-reload")
+    c = sd.ipacctd("show", unit, "-p", "IPFirewallEnforced", "-p", "IPFirewallProblem").stdout
+    assert "IPFirewallEnforced=no" in c and "IPFirewallProblem=programs missing" in c, c
+    assert sd.ipacctd_py(RECONCILE).stdout.split() == [unit]
+    assert sd.read(dropin) == text
+    assert sd.counters(unit)["IPFirewallEnforced"] == "yes"
+    n = len(sd.sent(svc))
+    sd.systemctl("kill", "-s", "USR1", "--kill-who=main", f"{svc}.service")
+    sd.systemctl("restart", f"{svc}.service")
+    sd.wait_sent(svc, n + 4)
+    since = _after(sd.sent(svc), mark)
+    assert all(r == ("eperm" if d == DENIED else "ok") for _, _, d, r in since), since
+    _check_exact(sd, svc, unit, since)
+    sd.systemctl("stop", f"{svc}.service")
+    sd.ipacctd("detach", unit)
+
+
 def test_attach_fails_closed_when_systemd_cannot_be_told(sd: SystemdRef) -> None:
     svc, unit = "ipsd-fail", "ipsd-fail.service"
     sd.service(svc, "hold")
