@@ -10,6 +10,7 @@ import sys
 from ipacctd.cli.format import format_bytes, format_relative, format_timestamp, table
 from ipacctd.cli.main import manager_for
 from ipacctd.datapath.counters import Counters
+from ipacctd.manager.systemd import dropin_path as armed_dropin
 from ipacctd.manager.unit import UnitStatus, escape_command
 
 DENIED_SHOWN = 5
@@ -116,6 +117,9 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = 
         lines.append(f"   Firewall: {_policy(st)}")
     else:
         lines.append(f"     Policy: {_policy(st)}")
+    if u.systemd_service:
+        lines.append(f"      Armed: by systemd at every start of {u.systemd_service} "
+                     f"({armed_dropin(u.systemd_service)})")
     lines.append(f"     CGroup: {u.cgroup}")
     for i, pid in enumerate(st.pids[:50]):
         branch = "└─" if i == min(len(st.pids), 50) - 1 else "├─"
@@ -246,6 +250,7 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
                       ("IPEgressAuditBytes", "egress_audit_bytes"),
                       ("IPEgressAuditPackets", "egress_audit_packets")):
         props[key] = str(getattr(c, attr)) if c is not None else "[no data]"
+    props["SystemdDropIn"] = armed_dropin(u.systemd_service) if u.systemd_service else ""
     props["IPFirewallEnforced"] = "yes" if st.enforcement.enforced else "no"
     props["IPFirewallProblem"] = st.enforcement.problem
     if wanted:

@@ -34,7 +34,7 @@ from ipacctd.bpf.programs import Program, return_one
 from ipacctd.bpf.syscall import Cmd, close
 from ipacctd.daemon.registry import Registry
 from ipacctd.datapath.counters import Counters, Direction
-from ipacctd.datapath.unit import LINK
+from ipacctd.datapath.unit import LINK, PROG_PIN
 from ipacctd.manager.unit import UnitStatus
 
 log = logging.getLogger("ipacctd.metrics")
@@ -221,7 +221,11 @@ class UnitCollector(Collector):
             try:
                 run_time_ns, run_cnt = program_run_stats(f"{pin_dir}/{LINK[direction]}")
             except (BPFError, OSError):
-                continue  # the unit went away meanwhile, or has no link in this direction
+                try:  # a unit systemd arms: its program is pinned itself, no link of ours
+                    run_time_ns, run_cnt = pinned_program_run_stats(
+                        f"{pin_dir}/{PROG_PIN[direction]}")
+                except (BPFError, OSError):
+                    continue
             if run_cnt:
                 label = direction.name.lower()
                 run_time.add_metric([name, label], run_time_ns / 1e9)
@@ -248,6 +252,15 @@ def program_run_stats(link_pin: str) -> tuple[int, int]:
     finally:
         close(link_fd)
     prog_fd = fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id, "program")
+    try:
+        return struct.unpack_from("=QQ", info_by_fd(prog_fd, 208, "program"), 192)
+    finally:
+        close(prog_fd)
+
+
+def pinned_program_run_stats(prog_pin: str) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a pinned program."""
+    prog_fd = obj_get(prog_pin, "program")
     try:
         return struct.unpack_from("=QQ", info_by_fd(prog_fd, 208, "program"), 192)
     finally:

@@ -9,6 +9,12 @@ Pins in the unit's bpffs directory::
     filter_<dir>_N  links of user programs (IPIngressFilterPath=/IPEgressFilterPath=)
     <link>_new      a link attached but not yet renamed into place (make-before-break)
 
+or, for a unit whose cgroup systemd attaches the programs to (a systemd service: see
+:mod:`ipacctd.manager.systemd`), instead of the links::
+
+    prog_ingress    the ingress program, which systemd attaches at every start of the
+    prog_egress     service (and to its running cgroup at daemon-reload); no links of ours
+
 Any process can open the directory and carry on where another left off: the kernel
 holds the state, so a crash of the creator loses nothing. A policy change builds new
 programs (and their lookup tables) beside the running ones and swaps each link's program in one step
@@ -33,7 +39,7 @@ from dataclasses import dataclass, field
 
 from ipacctd.bpf import bpffs
 from ipacctd.bpf.errors import BPFError
-from ipacctd.bpf.links import CgroupLink, open_cgroup, prog_query
+from ipacctd.bpf.links import CgroupLink, open_cgroup, prog_attach, prog_detach, prog_query
 from ipacctd.bpf.maps import LPMTrieMap, LRUHashMap, Map, PerCPUArrayMap
 from ipacctd.bpf.programs import AttachType, Program
 from ipacctd.datapath import counters as counters_mod
@@ -52,6 +58,9 @@ ATTACH = {
     Direction.EGRESS: AttachType.CGROUP_INET_EGRESS,
 }
 PROG_NAME = {Direction.INGRESS: "ipacctd_ingress", Direction.EGRESS: "ipacctd_egress"}
+#: Pins of the programs themselves, for units whose cgroup systemd attaches them to.
+PROG_PIN = {Direction.INGRESS: "prog_ingress", Direction.EGRESS: "prog_egress"}
+NEW_PROG = "_new"  # pin suffix of a program built but not yet renamed into place
 NEW_FILTER = "_new"  # pin suffix of links attached but not yet in place
 FILTER_PREFIX = {Direction.INGRESS: "filter_ingress_", Direction.EGRESS: "filter_egress_"}
 
@@ -145,9 +154,14 @@ class UnitDatapath:
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, pin_dir: str, cgroup_path: str, spec: Spec) -> UnitDatapath:
+    def create(cls, pin_dir: str, cgroup_path: str | None, spec: Spec) -> UnitDatapath:
         """Build, attach and pin a unit's datapath; the pin directory appears complete or not
-        at all (built under a temporary name, then renamed)."""
+        at all (built under a temporary name, then renamed).
+
+        With ``cgroup_path`` None nothing is attached: the programs are pinned as
+        ``prog_ingress``/``prog_egress`` for systemd to attach (user filters included: they
+        are systemd's to attach too).
+        """
         if os.path.exists(pin_dir):
             raise AlreadyExists(f"datapath pins exist already at {pin_dir}")
         parent = os.path.dirname(pin_dir)
@@ -165,6 +179,12 @@ class UnitDatapath:
                 dmap = denied.create_map()
                 dmap.pin(os.path.join(tmp, denied.PIN))
             progs = build_programs(spec, cmap, dmap)
+            if cgroup_path is None:
+                with contextlib.closing(progs):
+                    for direction in Direction:
+                        progs.by_direction(direction).pin(os.path.join(tmp, PROG_PIN[direction]))
+                os.rename(tmp, pin_dir)
+                return cls(pin_dir, cmap)
             cg = _open_cgroup(cgroup_path)
             try:
                 for direction in Direction:
@@ -207,8 +227,15 @@ class UnitDatapath:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def remove(self) -> None:
-        """Detach every program from the cgroup and remove all pins."""
+    def remove(self, cgroup_path: str | None = None) -> None:
+        """Detach every program from the cgroup and remove all pins.
+
+        Programs pinned for systemd are detached from the cgroup at ``cgroup_path`` (where
+        systemd, or a policy swap, attached them); stop systemd attaching them first (remove
+        the drop-in and daemon-reload), or the next start attaches them again.
+        """
+        if cgroup_path is not None and self.pinned_programs:
+            self._detach_ours(cgroup_path)
         for name in self._link_pins():
             path = os.path.join(self.pin_dir, name)
             try:
@@ -263,6 +290,8 @@ class UnitDatapath:
         (``IPIngressFilterPath=``...): a filter program that is no longer pinned fails the
         call, but not before the unit's allow/deny lists are in force again.
         """
+        if self.pinned_programs:
+            return self.attach_pinned(cgroup_path)
         self._unpin_new()  # remnants of a crashed rebind or filter change (lock held)
         cg = _open_cgroup(cgroup_path)
         try:
@@ -358,6 +387,187 @@ class UnitDatapath:
             return []
         return sorted(n for n in names if n.startswith(("link_", "filter_")))
 
+    # -- programs systemd attaches (no links of ours) --------------------------------------
+    #
+    # systemd attaches each pinned program with BPF_PROG_ATTACH + BPF_F_ALLOW_MULTI at every
+    # start of the service, and to the running cgroup at daemon-reload. A policy swap
+    # therefore changes two things: the pins (what the next start reads) and the program on
+    # the running cgroup (BPF_PROG_ATTACH with BPF_F_REPLACE, whoever attached it). Order:
+    #
+    #   1. build the new programs on the same counters map (nothing changed yet);
+    #   2. pin each under a temporary name, rename it over the old pin: from here on every
+    #      start of the service attaches the new policy;
+    #   3. on the cgroup now at the path, replace each older program of this unit (one that
+    #      references the unit's counters map, is not the pinned one) by the new one;
+    #   4. look again (same as 3): a start that read the old pin before step 2 and attached
+    #      after step 3 looked is caught here.
+    #
+    # Remaining race: a start that read the old pin before step 2 and attaches after step 4
+    # (systemd loads and attaches in one main-loop iteration: microseconds). That cgroup
+    # runs the previous policy in full (never no policy); :meth:`attached_to` reports it as
+    # not in force (the pinned program is not there) and :meth:`replace_stale`, which the
+    # engine's reconcile runs, swaps it. A tail-call dispatcher (a fixed pinned program that
+    # tail-calls into a prog array the swap updates) would close that race, but it puts a
+    # second program between the hook and the policy on every packet, hides the policy
+    # program from PROG_QUERY (which is how ipacctd and bpftool tell what runs where) and
+    # binds the policy programs to the prog array's owner rules; the race it removes is
+    # bounded, visible and repaired, so the programs stay the ones on the hook.
+
+    @property
+    def pinned_programs(self) -> bool:
+        """True when the unit's programs are pinned for systemd to attach (no links)."""
+        return os.path.exists(os.path.join(self.pin_dir, PROG_PIN[Direction.INGRESS]))
+
+    def pinned_program(self, direction: Direction) -> Program:
+        """Open the pinned program of one direction (caller closes it)."""
+        return Program.open_pinned(os.path.join(self.pin_dir, PROG_PIN[direction]))
+
+    def program_ids(self) -> dict[Direction, int]:
+        """Kernel ids of the pinned programs."""
+        ids = {}
+        for direction in Direction:
+            with self.pinned_program(direction) as prog:
+                ids[direction] = prog.info().id
+        return ids
+
+    def attached_to(self, cgroup_path: str) -> bool:
+        """True when both pinned programs run on the cgroup at ``cgroup_path``."""
+        try:
+            ids = self.program_ids()
+            cg = _open_cgroup(cgroup_path)
+        except (BPFError, NotFound):
+            return False
+        try:
+            return all(ids[d] in prog_query(cg, ATTACH[d]).prog_ids for d in Direction)
+        except BPFError:
+            return False
+        finally:
+            os.close(cg)
+
+    def attach_pinned(self, cgroup_path: str) -> list[str]:
+        """Attach the pinned programs to the cgroup as systemd does (BPF_PROG_ATTACH with
+        BPF_F_ALLOW_MULTI), where they do not run yet; returns the pins attached. The
+        kernel refuses a second PROG_ATTACH of a program on the same hook (EINVAL), so
+        whichever of systemd and ipacctd comes second, each program runs once (verified on
+        systemd 252: a service whose cgroup already runs them starts normally, silently).
+        Programs of a previous policy there are swapped first (:meth:`replace_stale`):
+        attached beside them, the current ones would count every packet twice."""
+        self.replace_stale(cgroup_path)
+        cg = _open_cgroup(cgroup_path)
+        done: list[str] = []
+        try:
+            for direction in Direction:
+                with self.pinned_program(direction) as prog:
+                    if prog.info().id in prog_query(cg, ATTACH[direction]).prog_ids:
+                        continue
+                    try:
+                        prog_attach(cg, prog, ATTACH[direction])
+                        done.append(PROG_PIN[direction])
+                    except BPFError as exc:
+                        if exc.errno != errno.EINVAL or prog.info().id not in prog_query(
+                                cg, ATTACH[direction]).prog_ids:
+                            raise
+        finally:
+            os.close(cg)
+        return done
+
+    def replace_stale(self, cgroup_path: str) -> int:
+        """Swap every older program of this unit on the cgroup at ``cgroup_path`` for the
+        pinned one (step 3/4 above); returns how many were swapped."""
+        try:
+            cg = _open_cgroup(cgroup_path)
+        except NotFound:
+            return 0
+        swapped = 0
+        try:
+            for direction in Direction:
+                with self.pinned_program(direction) as new:
+                    for old in self._stale_on(cg, direction, new.info().id):
+                        with old:
+                            try:
+                                prog_attach(cg, new, ATTACH[direction], replace=old)
+                            except BPFError as exc:
+                                if exc.errno != errno.ENOENT:  # gone meanwhile: nothing to do
+                                    raise
+                            else:
+                                swapped += 1
+        finally:
+            os.close(cg)
+        return swapped
+
+    def _stale_on(self, cg: int, direction: Direction, current_id: int) -> list[Program]:
+        """Programs on one hook of the cgroup that are this unit's but not ``current_id``:
+        they count into the unit's counters map. Held by a link (never, for units systemd
+        arms) they are not ours to replace."""
+        cmap_id = self.counters_map.info().id
+        out = []
+        for pid in prog_query(cg, ATTACH[direction]).prog_ids:
+            if pid == current_id:
+                continue
+            try:
+                prog = Program.from_id(pid)
+            except BPFError:
+                continue
+            if cmap_id in prog.info().map_ids:
+                out.append(prog)
+            else:
+                prog.close()
+        return out
+
+    def _detach_ours(self, cgroup_path: str) -> None:
+        """PROG_DETACH every program of this unit (current or stale) from the cgroup."""
+        try:
+            cg = _open_cgroup(cgroup_path)
+        except NotFound:
+            return
+        try:
+            for direction in Direction:
+                try:
+                    current = self.pinned_program(direction)
+                except BPFError:
+                    continue
+                progs = [current, *self._stale_on(cg, direction, current.info().id)]
+                for prog in progs:
+                    with prog:
+                        try:
+                            prog_detach(cg, prog, ATTACH[direction])
+                        except BPFError as exc:
+                            if exc.errno != errno.ENOENT:  # not attached there
+                                raise
+        finally:
+            os.close(cg)
+
+    def _apply_pinned(self, progs: Programs, cgroup_path: str | None) -> None:
+        """Steps 2 to 4 for freshly built ``progs``; on failure the old pins and the old
+        programs on the cgroup are put back."""
+        old = {d: self.pinned_program(d) for d in Direction}
+        try:
+            try:
+                self._pin_programs({d: progs.by_direction(d) for d in Direction})  # 2
+                if cgroup_path is not None:
+                    self.replace_stale(cgroup_path)  # 3
+                    self.replace_stale(cgroup_path)  # 4
+            except BaseException:
+                self._pin_programs(old)
+                if cgroup_path is not None:
+                    with contextlib.suppress(Error):
+                        self.replace_stale(cgroup_path)  # the old ones are current again
+                raise
+        finally:
+            for prog in old.values():
+                prog.close()
+
+    def _pin_programs(self, progs: dict[Direction, Program]) -> None:
+        """Pin each program under a temporary name, then rename it over its pin (a start
+        that reads the pin meanwhile sees the old program or the new one, never none)."""
+        for direction, prog in progs.items():
+            tmp = os.path.join(self.pin_dir, PROG_PIN[direction] + NEW_PROG)
+            bpffs.unpin(tmp)
+            prog.pin(tmp)
+        for direction in progs:
+            path = os.path.join(self.pin_dir, PROG_PIN[direction])
+            os.rename(path + NEW_PROG, path)
+
     # -- changing --------------------------------------------------------------------------
 
     def denied_map(self, create: bool = False) -> Map | None:
@@ -376,13 +586,21 @@ class UnitDatapath:
         return dmap
 
     def apply(self, spec: Spec, cgroup_path: str | None = None) -> None:
-        """Swap in programs for ``spec``; counters carry on. On failure nothing changes."""
+        """Swap in programs for ``spec``; counters carry on. On failure nothing changes.
+
+        For programs pinned for systemd, ``cgroup_path`` is the cgroup to swap them on (see
+        above); user filters are systemd's to attach there (the drop-in names them).
+        """
         dmap = self.denied_map(create=bool(spec.deny))
         try:
             progs = build_programs(spec, self.counters_map, dmap)
         finally:
             if dmap is not None:
                 dmap.close()
+        if self.pinned_programs:
+            with contextlib.closing(progs):
+                self._apply_pinned(progs, cgroup_path)
+            return
         swapped: list[tuple[CgroupLink, Program]] = []
         try:
             for direction in Direction:
@@ -465,6 +683,8 @@ def link_problem(
     except NotFound:
         return "cgroup gone"
     try:
+        if os.path.exists(os.path.join(pin_dir, PROG_PIN[Direction.INGRESS])):
+            return _pinned_problem(pin_dir, cg, spec)
         now = os.fstat(cg).st_ino
         for pin, direction, _ in _wanted_links(spec):
             try:
@@ -490,6 +710,32 @@ def link_problem(
             return f"programs missing: the program of {pin} is not on the cgroup"
     finally:
         os.close(cg)
+    return None
+
+
+def _pinned_problem(pin_dir: str, cg: int, spec: Spec) -> str | None:
+    """:func:`link_problem` of a unit whose programs systemd attaches (pinned programs, no
+    links): each pinned program, and each user filter the drop-in names, runs on the
+    cgroup."""
+    for direction in Direction:
+        pin = PROG_PIN[direction]
+        try:
+            with Program.open_pinned(os.path.join(pin_dir, pin)) as prog:
+                pid = prog.info().id
+        except BPFError:
+            return f"pins lost: {pin} is missing"
+        running = _effective(cg, ATTACH[direction])
+        if pid not in running:
+            return (f"programs missing: {pin} is not on the cgroup (systemd did not attach "
+                    "it, or a start read the previous policy's pin)")
+        for path in spec.filters(direction):
+            try:
+                with Program.open_pinned(path) as prog:
+                    fid = prog.info().id
+            except BPFError:
+                return f"programs missing: no filter program is pinned at {path}"
+            if fid not in running:
+                return f"programs missing: the filter {path} is not on the cgroup"
     return None
 
 

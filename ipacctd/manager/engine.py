@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from ipacctd import cgroup
 from ipacctd.bpf import bpffs
 from ipacctd.datapath import denied as denied_mod
-from ipacctd.datapath.counters import Counters
-from ipacctd.datapath.unit import COUNTERS, UnitDatapath, cgroup_id, link_problem
+from ipacctd.datapath.counters import Counters, Direction
+from ipacctd.datapath.unit import COUNTERS, PROG_PIN, UnitDatapath, cgroup_id, link_problem
 from ipacctd.errors import (
     AlreadyExists,
     Busy,
@@ -31,7 +31,7 @@ from ipacctd.errors import (
     NotSupported,
     PermissionDenied,
 )
-from ipacctd.manager import generation, recovery
+from ipacctd.manager import generation, recovery, systemd
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store
 from ipacctd.manager.unit import POLICY_CUT_OFF, Enforcement, Unit, UnitStatus, spec_for
@@ -307,8 +307,20 @@ class Manager:
                 source = found.path if found else source
             props = base.apply(assignments).apply_dbus(dbus_items)
             unit = Unit(name, rel, props, transient=False, started_at=time.time(),
-                        source=source, container=container)
+                        source=source, container=container,
+                        systemd_service=self._systemd_service(name, rel))
             return self._create(unit, allow_unenforced, make_cgroup=False)
+
+    def _systemd_service(self, name: str, rel: str) -> str | None:
+        """The systemd service whose cgroup ``rel`` is, when systemd is to attach the unit's
+        programs at its every start (see :mod:`ipacctd.manager.systemd`); refuses a service
+        another unit armed already."""
+        if datapath_problem() is not None:
+            return None  # nothing to pin: the unit is refused or runs unenforced
+        service = systemd.service_for(rel)
+        if service is not None:
+            systemd.check_owner(service, name, self.store.pin_dir(name))
+        return service
 
     def _make_room(self, name: str) -> None:
         """Let a new run reuse the name of an inactive unit; refuse an active one."""
@@ -339,9 +351,12 @@ class Manager:
                 os.makedirs(self.config.bpf_dir, mode=0o700, exist_ok=True)
             try:
                 pin_dir = self.store.pin_dir(unit.name)
-                with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
-                    pass
-                generation.write(pin_dir, unit.generation)
+                if unit.systemd_service is not None:
+                    self._create_systemd_armed(unit, fs)
+                else:
+                    with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
+                        pass
+                    generation.write(pin_dir, unit.generation)
             except (NotSupported, PermissionDenied) as exc:
                 # UnitDatapath.create may leave its empty temporary directory when the very
                 # first map cannot be made (no CAP_BPF): ours, so remove it now.
@@ -358,6 +373,32 @@ class Manager:
                 raise
         return unit
 
+    def _create_systemd_armed(self, unit: Unit, fs: str) -> None:
+        """Pin the unit's programs and have systemd attach them: to the running cgroup now
+        (daemon-reload does), and at every later start of the service. No links of ours: a
+        second attachment of the same programs would count every packet twice. Fails —
+        with the drop-in as it was — unless both programs then run on the live cgroup;
+        the caller removes the pins."""
+        assert unit.systemd_service is not None
+        pin_dir = self.store.pin_dir(unit.name)
+        with UnitDatapath.create(pin_dir, None, spec_for(unit.properties)) as dp:
+            generation.write(pin_dir, unit.generation)
+            previous = systemd.arm(unit.systemd_service, self._dropin(unit))
+            if not dp.attached_to(fs) and cgroup.exists(fs):
+                systemd.restore(unit.systemd_service, previous)
+                raise Error(f"systemd did not attach the programs of unit {unit.name} to "
+                            f"{unit.cgroup} after daemon-reload (see its journal); nothing "
+                            "was applied")
+
+    def _dropin(self, unit: Unit) -> str:
+        """The systemd drop-in of a unit armed by systemd: its programs, then its filters."""
+        pin_dir = self.store.pin_dir(unit.name)
+        props = unit.properties
+        return systemd.dropin_text(
+            unit.name, pin_dir,
+            (os.path.join(pin_dir, PROG_PIN[Direction.INGRESS]), *props.ip_ingress_filter_path),
+            (os.path.join(pin_dir, PROG_PIN[Direction.EGRESS]), *props.ip_egress_filter_path))
+
     def _unenforced(self, unit: Unit, problem: str, allow: bool) -> Unit:
         if unit.properties.has_firewall() and not allow:
             raise Unenforceable(
@@ -367,7 +408,8 @@ class Manager:
 
     def _undo_create(self, unit: Unit, made_cgroup: bool) -> None:
         with contextlib.suppress(Error, OSError):
-            self._remove_datapath(unit.name)  # e.g. pinned, but the generation failed
+            # e.g. pinned, but the generation failed; programs systemd attached come off
+            self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
             self._sweep_stale_pins()
         self.store.delete(unit.name)
         if made_cgroup:
@@ -422,8 +464,10 @@ class Manager:
         if not new.enforced and new.properties.has_firewall():
             raise Unenforceable(f"unit {new.name} runs without BPF ({new.not_enforced_reason}); "
                                 "its firewall cannot be changed")
-        if new.enforced and not cgroup.exists(cgroup.fs_path(new.cgroup)):
+        if (new.enforced and new.systemd_service is None
+                and not cgroup.exists(cgroup.fs_path(new.cgroup))):
             # Its links are severed: nothing to swap programs on (LINK_UPDATE: ENOLINK).
+            # (A stopped service systemd arms takes the change: its next start reads the pins.)
             raise InvalidInput(f"unit {new.name} is inactive (its cgroup {new.cgroup} is "
                                "gone): its policy cannot change; reset it and start it again")
         if new.enforced:
@@ -440,7 +484,10 @@ class Manager:
             try:
                 # 2. the kernel: one atomic program swap per direction.
                 with UnitDatapath.open(pin_dir) as dp:
-                    dp.apply(spec_for(new.properties), fs if filters_changed else None)
+                    if new.systemd_service is not None:
+                        self._apply_systemd_armed(new, dp, fs, filters_changed)
+                    else:
+                        dp.apply(spec_for(new.properties), fs if filters_changed else None)
             except BaseException:
                 # Nothing changed in the kernel (apply rolls itself back): restore the
                 # metadata byte for byte.
@@ -452,6 +499,23 @@ class Manager:
         done = replace(intent, rollback=None)
         self.store.write(done.name, done.to_json())
         return done
+
+    def _apply_systemd_armed(self, new: Unit, dp: UnitDatapath, fs: str,
+                             filters_changed: bool) -> None:
+        """A policy change of a unit systemd arms: the pinned programs are replaced (for the
+        next start) and swapped on the running cgroup (see :class:`UnitDatapath`); user
+        filters are systemd's to attach, so a change of them rewrites the drop-in first
+        (daemon-reload attaches the new ones to the running cgroup and detaches the old).
+        On failure both are as they were."""
+        assert new.systemd_service is not None
+        previous = systemd.arm(new.systemd_service, self._dropin(new)) if filters_changed \
+            else None
+        try:
+            dp.apply(spec_for(new.properties), fs)
+        except BaseException:
+            if filters_changed:
+                systemd.restore(new.systemd_service, previous)
+            raise
 
     # -- re-created cgroups ----------------------------------------------------------------
 
@@ -476,8 +540,9 @@ class Manager:
             raise NotFound(f"cgroup {unit.cgroup} of unit {unit.name} does not exist")
         if unit.enforced:
             rebuilt = recovery.rebuild_datapath(self, unit)
-            if rebuilt is not None:
-                return rebuilt
+            if rebuilt is not None and unit.systemd_service is None:
+                return rebuilt  # built on the live cgroup, links and all
+            unit = rebuilt or unit  # pinned programs only: attach them below
             with UnitDatapath.open(self.store.pin_dir(unit.name)) as dp:
                 remade = dp.rebind(fs, spec_for(unit.properties))
             if remade:
@@ -517,6 +582,50 @@ class Manager:
 
     def _reconcile(self, name: str, unit: Unit | None = None) -> bool:
         """Repair one unit (lock held); True when something was done."""
+        done = self._reconcile_policy(name, unit)
+        return self._reconcile_systemd(name) or done
+
+    def _reconcile_systemd(self, name: str) -> bool:
+        """For a unit systemd arms: its drop-in is in place (else written again, and
+        reloaded), and the cgroup now at its path runs the pinned programs — a start that
+        read the pins just before a policy swap renamed them runs the previous programs:
+        swapped now; programs missing there (systemd failed to attach them) are attached
+        (BPF_PROG_ATTACH, as systemd would: never twice)."""
+        try:
+            unit = self.unit(name)
+        except NotFound:
+            return False
+        service = unit.systemd_service
+        if service is None or not unit.enforced or unit.removing:
+            return False
+        done = False
+        if systemd.read(service) != self._dropin(unit):
+            log.error("unit %s: the systemd drop-in %s is missing or changed; writing it again",
+                      name, systemd.dropin_path(service))
+            systemd.arm(service, self._dropin(unit))
+            done = True
+        fs = cgroup.fs_path(unit.cgroup)
+        if not cgroup.exists(fs):
+            return done
+        try:
+            dp = UnitDatapath.open(self.store.pin_dir(name))
+        except NotFound:
+            return done
+        with dp:
+            if dp.replace_stale(fs):
+                log.warning("unit %s: %s started with the previous policy's programs (a start "
+                            "during a policy change); swapped for the current ones", name,
+                            service)
+                done = True
+            if not dp.attached_to(fs) and cgroup.exists(fs):
+                log.error("unit %s: systemd did not attach its programs to %s; attaching them",
+                          name, unit.cgroup)
+                dp.attach_pinned(fs)
+                done = True
+        return done
+
+    def _reconcile_policy(self, name: str, unit: Unit | None = None) -> bool:
+        """Repair one unit's policy generation and datapath (lock held)."""
         if unit is None:
             try:
                 unit = self.unit(name)
@@ -655,20 +764,26 @@ class Manager:
         if not unit.removing:  # intent first: a crash part-way is finished by reconcile
             unit = replace(unit, removing=True)
             self.store.write(unit.name, unit.to_json())
-        self._remove_datapath(unit.name)
+        if unit.systemd_service is not None:
+            # Before the pins go: no start may look for them. A failed reload leaves the
+            # drop-in and the unit (marked removing) as they were; reconcile tries again.
+            systemd.disarm(unit.systemd_service)
+        self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
         if unit.transient:
             with contextlib.suppress(Error, OSError):
                 cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
         self.store.delete(unit.name)
 
-    def _remove_datapath(self, name: str) -> None:
+    def _remove_datapath(self, name: str, fs: str | None = None) -> None:
+        """Detach and unpin a unit's datapath (``fs``: its cgroup, where programs pinned for
+        systemd may run)."""
         pin_dir = self.store.pin_dir(name)
         try:
             dp = UnitDatapath.open(pin_dir)
         except NotFound:
             bpffs.remove_tree(pin_dir)
             return
-        dp.remove()
+        dp.remove(fs)
 
 
 def _check_filter_programs(old: Properties, new: Properties) -> None:

@@ -74,6 +74,17 @@ def inspect_unit(mgr: Manager, name: str, instructions: bool = False) -> dict[st
         with prog:
             out["programs"].append(_program(prog, entry, instructions))
             map_ids += [m for m in prog.info().map_ids if m not in map_ids]
+    for entry in sorted(os.listdir(pin_dir)):
+        # Programs pinned for systemd to attach (a unit systemd arms: no links of ours).
+        if not entry.startswith("prog_") or entry.endswith("_new"):
+            continue
+        try:
+            prog = Program.open_pinned(os.path.join(pin_dir, entry))
+        except BPFError:
+            continue
+        with prog:
+            out["programs"].append(_program(prog, entry, instructions))
+            map_ids += [m for m in prog.info().map_ids if m not in map_ids]
     for mid in map_ids:
         with contextlib.suppress(BPFError):
             with open_map_id(mid) as m:

@@ -65,7 +65,10 @@ def rebuild_datapath(manager: Manager, unit: Unit) -> Unit | None:
         unit.cgroup,
     )
     bpffs.remove_tree(pin_dir)
-    with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
+    # A unit systemd arms gets its pinned programs back (its drop-in names them); step 2
+    # then attaches them to the running cgroup as systemd would.
+    target = None if unit.systemd_service is not None else fs
+    with UnitDatapath.create(pin_dir, target, spec_for(unit.properties)):
         pass
     generation.write(pin_dir, unit.generation)
     return record_cgroup(manager, unit, cgroup_id(fs), rollback_done=True)

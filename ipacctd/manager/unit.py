@@ -32,6 +32,9 @@ class Unit:
     generation: int = 1  # policy generation (see ipacctd.manager.generation)
     rollback: Properties | None = None  # set while a policy change is in flight
     removing: bool = False  # set while the unit is being removed (finish on reconcile)
+    # NAME.service when systemd attaches the unit's pinned programs at every start of that
+    # service (a runtime drop-in; see ipacctd.manager.systemd); None: ipacctd's own links.
+    systemd_service: str | None = None
     # Id (inode) of the cgroup the unit's links were made for; None in metadata older than
     # this field (the next rebind or repair records it).
     cgroup_id: int | None = None
@@ -63,6 +66,7 @@ class Unit:
             "rollback": self.rollback.to_json() if self.rollback is not None else None,
             "removing": self.removing,
             "container": self.container.to_json() if self.container else None,
+            "systemd_service": self.systemd_service,
         }
 
     @classmethod
@@ -87,6 +91,7 @@ class Unit:
                       else None),
             removing=bool(d.get("removing", False)),
             container=ContainerInfo.from_json(d.get("container")),
+            systemd_service=d.get("systemd_service"),
         )
 
 
@@ -180,6 +185,7 @@ class UnitStatus:
             "sub_state": self.sub_state,
             "cgroup": u.cgroup,
             "transient": u.transient,
+            "systemd_service": u.systemd_service,
             "enforced": u.enforced and self.attached,
             "policy_in_force": self.policy_in_force,
             "firewall_enforced": self.enforcement.enforced,
