@@ -67,6 +67,17 @@ def _script() -> str | None:
     return None
 
 
+def _install_requirements() -> list[str]:
+    """What contrib/install.sh installs, from pyproject.toml (one list, not a copy): the build
+    backend, the dependencies and the daemon's extra."""
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        meta = tomllib.load(f)
+    return [*meta["build-system"]["requires"], *meta["project"]["dependencies"],
+            *meta["project"]["optional-dependencies"]["daemon"]]
+
+
 def _missing(reason: str) -> None:
     if REQUIRE:
         pytest.fail(f"systemd-ref tests cannot run under CI: {reason}")
@@ -162,9 +173,7 @@ def host() -> Iterator[Host]:
                 "--disable-pip-version-check",
                 "-d",
                 f"{root}/wheels",
-                "setuptools>=61",
-                "dbus-fast>=2.0",
-                "prometheus-client>=0.17",
+                *_install_requirements(),
             ],
             capture_output=True,
             text=True,
