@@ -48,7 +48,7 @@ from ipacctd.bpf.asm import (
     Label,
     W,
 )
-from ipacctd.bpf.maps import Map, PerCPUArrayMap
+from ipacctd.bpf.maps import PerCPUArrayMap
 from ipacctd.datapath import counters, denied, lookup
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.lookup import Table
@@ -90,7 +90,7 @@ def build(
     counters_map: PerCPUArrayMap,
     table4: Table | None,
     table6: Table | None,
-    denied_map: Map | None = None,
+    denied_map: denied.Log | None = None,
 ) -> list[Insn | Label]:
     """Instructions for one direction of a unit. ``table4``/``table6`` are the families'
     lookups (see :mod:`ipacctd.datapath.lookup`); None where the verdict is constant."""

@@ -10,9 +10,10 @@ from typing import Any
 from ipacctd.bpf import asm
 from ipacctd.bpf.errors import BPFError
 from ipacctd.bpf.links import CgroupLink
-from ipacctd.bpf.maps import LPMTrieMap, Map, MapType, open_map_id
+from ipacctd.bpf.maps import LPMTrieMap, Map, MapType, PerCPUArrayMap, open_map_id
 from ipacctd.bpf.programs import Program
 from ipacctd.datapath import counters as counters_mod
+from ipacctd.datapath import denied as denied_mod
 from ipacctd.datapath import lookup
 from ipacctd.datapath.rules import DENY
 from ipacctd.datapath.unit import COUNTERS
@@ -69,10 +70,17 @@ def inspect_unit(mgr: Manager, name: str, instructions: bool = False) -> dict[st
         with prog:
             out["programs"].append(_program(prog, entry, instructions))
             map_ids += [m for m in prog.info().map_ids if m not in map_ids]
-    for mid in map_ids:
-        with contextlib.suppress(BPFError):
-            with open_map_id(mid) as m:
-                out["maps"].append(_map(m))
+    # The denied-addresses log is its hash plus the per-CPU slots in front of it.
+    slots_path = os.path.join(pin_dir, denied_mod.SLOTS_PIN)
+    slots = PerCPUArrayMap.open_pinned(slots_path) if os.path.exists(slots_path) else None
+    try:
+        for mid in map_ids:
+            with contextlib.suppress(BPFError):
+                with open_map_id(mid) as m:
+                    out["maps"].append(_map(m, slots))
+    finally:
+        if slots is not None:
+            slots.close()
     return out
 
 
@@ -93,7 +101,7 @@ def _program(prog: Program, pin: str, instructions: bool) -> dict[str, Any]:
     return data
 
 
-def _map(m: Map) -> dict[str, Any]:
+def _map(m: Map, denied_slots: PerCPUArrayMap | None = None) -> dict[str, Any]:
     info = m.info()
     data: dict[str, Any] = {
         "id": info.id, "type": info.type_name, "name": info.name, "key_size": info.key_size,
@@ -130,16 +138,16 @@ def _map(m: Map) -> dict[str, Any]:
         data["count"] = meta["prefixes"] if meta is not None else None
     elif info.type == MapType.LRU_HASH and info.name == DENIED_MAP_NAME:
         data["role"] = "denied addresses"
-        data["entries"] = denied_entries(m)
+        data["entries"] = denied_entries(m, denied_slots)
+    elif info.type == MapType.PERCPU_ARRAY and info.name == denied_mod.SLOTS_NAME:
+        data["role"] = "denied addresses: per-CPU slots (counted in the log's entries)"
     return data
 
 
 DENIED_MAP_NAME = "ipacctd_denied"
 
 
-def denied_entries(m: Map) -> list[dict[str, Any]]:
-    """Decode the denied-addresses map (if the datapath keeps one)."""
-    from ipacctd.datapath.denied import decode
-
-    return decode(m)
+def denied_entries(m: Map, slots: PerCPUArrayMap | None = None) -> list[dict[str, Any]]:
+    """Decode the denied-addresses map, merged with its per-CPU slots when given."""
+    return denied_mod.decode(denied_mod.Log(m, slots) if slots is not None else m)
 

@@ -96,7 +96,8 @@ def test_every_shape_verifies(
     dmap = denied.create_map() if log_denied else None
     progs = build_programs(spec, cmap, dmap)
     try:
-        fixed = {cmap.info().id} | ({dmap.info().id} if dmap is not None else set())
+        log_ids = {dmap.table.info().id, dmap.slots.info().id} if dmap is not None else set()
+        fixed = {cmap.info().id} | log_ids
         need = _needs_lookup(allow_key, deny_key)
         has_drop_path = _has(DENY[deny_key], 4) or _has(DENY[deny_key], 6)
         for version in (4, 6):
@@ -116,8 +117,9 @@ def test_every_shape_verifies(
             assert len(ids) == len(info.map_ids)
             # The counters map is used when counting passed packets or dropped ones.
             assert (cmap.info().id in ids) == (accounting or has_drop_path)
-            if dmap is not None:
-                assert (dmap.info().id in ids) == has_drop_path
+            if dmap is not None:  # the log's hash and its per-CPU slots
+                assert (log_ids <= ids) == has_drop_path
+                assert bool(log_ids & ids) == has_drop_path
             maps = []
             for map_id in ids - fixed:
                 with open_map_id(map_id) as m:
