@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import ipaddress
 import os
 import platform
@@ -46,7 +47,7 @@ from ipacctd import cgroup  # noqa: E402
 from ipacctd.bpf.links import open_cgroup, prog_query  # noqa: E402
 from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap  # noqa: E402
 from ipacctd.bpf.programs import AttachType, Program, return_one  # noqa: E402
-from ipacctd.datapath import counters, lookup  # noqa: E402
+from ipacctd.datapath import counters, denied, lookup  # noqa: E402
 from ipacctd.datapath import program as program_mod  # noqa: E402
 from ipacctd.datapath.counters import Direction  # noqa: E402
 from ipacctd.datapath.rules import DENY, PASS, FamilyRules, compile_rules  # noqa: E402
@@ -61,6 +62,7 @@ SYSTEMD_REF = Path(
     )
 )
 SDREF_PIDFILE = Path("/tmp/sdref.pid")
+SDREF_LOCK = "/tmp/sdref.lock"
 SDREF_UNIT = "sdref/system.slice/sdref-long.service"  # relative to the cgroup2 mount
 
 # Prefix-length mix of the random lists (weights), shaped like real block lists: mostly
@@ -170,6 +172,19 @@ class Policy:
     spec: Spec
     addresses: dict[str, Address]  # packet label → checked address
     progs: Programs | None = None
+    log: denied.Log | None = None  # the denied-addresses log, as a unit with a deny list has
+
+    def build(self, counters_map: PerCPUArrayMap) -> None:
+        """Load the programs as UnitDatapath does: with the denied-addresses log when the
+        policy has a deny list."""
+        self.log = unit_log(self.spec)
+        self.progs = build_programs(self.spec, counters_map, self.log)
+
+    def close(self) -> None:
+        if self.progs is not None:
+            self.progs.close()
+        if self.log is not None:
+            self.log.close()
 
     @property
     def label(self) -> str:
@@ -189,6 +204,11 @@ class Policy:
     def strategy(self) -> str:
         table = self.table
         return table.strategy if table is not None else "none"
+
+
+def unit_log(spec: Spec) -> denied.Log | None:
+    """A fresh denied-addresses log when ``spec`` has a deny list (what UnitDatapath pins)."""
+    return denied.create_map() if spec.deny else None
 
 
 def size_label(n: int) -> str:
@@ -408,8 +428,9 @@ def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
     The total is one ``build_programs`` call (what applying a policy costs); compile, table
     build and load are timed again on their own.
     """
+    log = unit_log(policy.spec)
     start = time.perf_counter()
-    progs = build_programs(policy.spec, counters_map)
+    progs = build_programs(policy.spec, counters_map, log)
     total = time.perf_counter() - start
     try:
         start = time.perf_counter()
@@ -422,9 +443,14 @@ def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
             start = time.perf_counter()
             for direction in Direction:
                 shape = program_mod.Shape(
-                    direction, policy.spec.accounting, policy.spec.audit, v4, v6
+                    direction,
+                    policy.spec.accounting,
+                    policy.spec.audit,
+                    v4,
+                    v6,
+                    log_denied=log is not None,
                 )
-                insns = program_mod.build(shape, counters_map, tables[4], tables[6])
+                insns = program_mod.build(shape, counters_map, tables[4], tables[6], log)
                 Program.load(insns, attach_type=ATTACH[direction]).close()
             load_s = time.perf_counter() - start
         finally:
@@ -438,6 +464,8 @@ def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
             memory = memlock(table.map.fd)
     finally:
         progs.close()
+        if log is not None:
+            log.close()
     return BuildRow(
         policy.label, policy.strategy, entries, compile_s, table_s, load_s, total, memory
     )
@@ -515,6 +543,9 @@ def systemd_programs() -> Iterator[tuple[Program, Program]]:
     """systemd's (ingress, egress) programs of sdref-long.service, booting systemd-ref if
     needed; brings it down afterwards (also on error) when this function brought it up."""
     brought_up = False
+    # systemd-ref is a machine-wide singleton: hold its lock while using it.
+    lock = open(SDREF_LOCK, "a")  # noqa: SIM115 - held until the finally below
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         if not sdref_running():
             print(f"# starting systemd-ref ({SYSTEMD_REF} up)", file=sys.stderr)
@@ -542,6 +573,7 @@ def systemd_programs() -> Iterator[tuple[Program, Program]]:
         if brought_up:
             print(f"# stopping systemd-ref ({SYSTEMD_REF} down)", file=sys.stderr)
             sdref("down")
+        lock.close()
 
 
 def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, runs: int) -> None:
@@ -552,7 +584,8 @@ def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, r
         ("v4 miss     198.51.100.2", ip("198.51.100.2"), 1),
         ("v6 (no v6 rule) 2001:db8::2", ip("2001:db8::2"), 1),
     ]
-    mine = build_programs(spec, counters_map)
+    log = unit_log(spec)
+    mine = build_programs(spec, counters_map, log)
     try:
         with systemd_programs() as (sd_ing, sd_eg):
             info_i, info_e = sd_ing.info(), sd_eg.info()
@@ -577,6 +610,8 @@ def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, r
             measure([c for pair in pairs for c in pair], floor, repeat, runs)
     finally:
         mine.close()
+        if log is not None:
+            log.close()
     print(
         f"{'case':44} {'ns/pkt':>7} {'floor':>6} {'above':>6} {'x floor':>7} "
         f"{'ipacctd/systemd (above floor)':>30}"
@@ -625,7 +660,8 @@ def main() -> int:
     )
     print(
         "# frames: Ethernet + IPv4/UDP (106 B) or IPv6/UDP (126 B), 64 B payload; "
-        "accounting on; 'above' = median of (program - paired return-1 floor run)"
+        "accounting on; denied-address log on (as units run); "
+        "'above' = median of (program - paired return-1 floor run)"
     )
     counters_map = counters.create_map()
     floor = Program.load(return_one(), name="bench_floor")
@@ -638,8 +674,8 @@ def main() -> int:
                     continue
                 for version in (4, 6):
                     policy = make_policy(kind, size, version, args.seed)
-                    policy.progs = build_programs(policy.spec, counters_map)
                     policies.append(policy)
+                    policy.build(counters_map)
                     choose_addresses(policy, args.seed)
                     check_addresses(policy)
                     if kind == "deny" and size:
@@ -698,8 +734,7 @@ def main() -> int:
             compare_systemd(floor, counters_map, repeat, runs)
     finally:
         for policy in policies:
-            if policy.progs is not None:
-                policy.progs.close()
+            policy.close()
         floor.close()
         counters_map.close()
     return 0
