@@ -8,6 +8,7 @@ Shape of the emitted program (parts drop out when the policy does not need them)
           (skipped: constant verdict); the lookup is one of (see lookup.py)
             inline    compare with each entry, longest prefix first (≤ 8 entries)
             multibit  walk a 16-4-4-4-4 multibit table in an array map (large IPv4 tables)
+            lenhash   root slot, then one hash probe per prefix length under it (large IPv6)
             lpm       one LPM-trie lookup (helper call)
     ipv6: the same with 16-byte addresses
     pass:  count passed packets and skb->len bytes  (only with accounting on)
@@ -195,6 +196,8 @@ def _family_check(
         return _inline(direction, rules, alen, tag, drop, log_denied)
     if table.strategy == lookup.MULTIBIT:
         return _multibit(direction, table, tag, drop, log_denied)
+    if table.strategy == lookup.LENHASH:
+        return _lenhash(direction, table, tag, drop)
     hot, cold = _load_address(direction, alen, tag)
     key = -(4 + alen)  # stack: u32 prefixlen, then the address
     return [
@@ -307,6 +310,75 @@ def _multibit(
 
 # Registers holding each lower level's pointer into the table (chunk base not added yet).
 LEVEL_REGS = (R2, R4, R5, R7, R8, R9)
+
+# Stack: the lenhash probe key (u32 length, then up to four address words), below the
+# address (fp-16) and the LPM key (fp-20).
+PROBE_KEY = -40
+
+
+def _lenhash(
+    direction: Direction, table: Table, tag: str, drop: str
+) -> tuple[list[Insn | Label], list[Insn | Label]]:
+    """Root slot, then a hash probe for each length present under it, longest first.
+
+    r7 = the slot (bit 0: verdict of the short prefixes, bit j + 1: the table's j-th
+    longest length occurs under the slot), r8 = its upper half (JMP32 tests 32 bits, and a
+    JSET immediate is 32 bits). The address stays on the stack for the probes' keys.
+    """
+    lh = table.lenhash
+    if lh is None or table.map is None:
+        raise ValueError("lenhash lookup without its table")
+    hot, cold = _load_address(direction, 16, tag, (0,), stack=True)
+    done = f"{tag}_lh_slot"
+    hot += [
+        asm.to_be(R1, 32),
+        asm.ld_map_value(R3, table.map, 0),
+        asm.mov32_reg(R0, R1),
+        asm.alu32_imm(Alu.RSH, R0, 32 - lh.root_bits),
+        asm.alu64_imm(Alu.LSH, R0, 3),
+        asm.alu64_reg(Alu.ADD, R0, R3),
+        asm.ldx(DW, R7, R0, 0),
+        asm.mov64_reg(R1, R7),
+        asm.alu64_imm(Alu.RSH, R1, 1),
+        asm.jmp_imm(Jmp.JEQ, R1, 0, done),  # no longer prefix under this slot
+        asm.mov64_reg(R8, R7),
+        asm.alu64_imm(Alu.RSH, R8, 32),
+    ]
+    probes: list[Insn | Label] = []
+    for j, length in enumerate(lh.lengths):
+        bit = j + 1
+        reg, b = (R7, bit) if bit < 32 else (R8, bit - 32)
+        probe, after = f"{tag}_lh_p{j}", f"{tag}_lh_c{j + 1}"
+        if j:
+            hot.append(Label(f"{tag}_lh_c{j}"))
+        hot.append(asm.jmp32_imm(Jmp.JSET, reg, 1 << b, probe))
+        words = lookup.key_words(length)
+        probes += [Label(probe), asm.st_imm(W, FP, PROBE_KEY, length)]
+        for i in range(words):
+            probes.append(asm.ldx(W, R1, FP, -16 + 4 * i))
+            covered = min(length - 32 * i, 32)
+            if covered < 32:
+                mask = (0xFFFFFFFF << (32 - covered)) & 0xFFFFFFFF
+                probes.append(asm.alu32_imm(Alu.AND, R1, _as_loaded(mask)))
+            probes.append(asm.stx(W, FP, PROBE_KEY + 4 + 4 * i, R1))
+        probes += [
+            asm.ld_map(R1, table.hashes[words]),
+            asm.mov64_reg(R2, FP),
+            asm.alu64_imm(Alu.ADD, R2, PROBE_KEY),
+            asm.call(Helper.map_lookup_elem),
+            asm.jmp_imm(Jmp.JEQ, R0, 0, after),
+            asm.ldx(B, R1, R0, 0),
+            asm.jmp_imm(Jmp.JNE, R1, 0, drop),
+            asm.ja("pass"),
+        ]
+    hot += [
+        Label(f"{tag}_lh_c{len(lh.lengths)}"),
+        Label(done),
+        asm.jmp32_imm(Jmp.JSET, R7, 1, drop),
+        asm.ja("pass"),
+        *probes,
+    ]
+    return hot, cold
 
 
 def _count(counters_map: PerCPUArrayMap, direction: Direction, kind: str) -> list[Insn | Label]:

@@ -136,6 +136,24 @@ def _map(m: Map, denied_slots: PerCPUArrayMap | None = None) -> dict[str, Any]:
                             f"{info.value_size} bytes)")
             data["multibit"] = meta
         data["count"] = meta["prefixes"] if meta is not None else None
+    elif info.type == MapType.ARRAY and info.name == lookup.LENHASH_NAME:
+        # A lenhash root holds slots (verdicts and length bits): show its shape.
+        data["entries"] = []
+        value = m.lookup_raw(b"\0\0\0\0")
+        lh = lookup.parse_lenhash_trailer(value) if value is not None else None
+        if lh is None:
+            data["role"] = "policy (IPv6, lenhash root)"
+        else:
+            lengths = ",".join(str(n) for n in lh["lengths"])  # type: ignore[attr-defined]
+            data["role"] = (
+                f"policy (IPv6, lenhash root: {lh['prefixes']} prefixes, "
+                f"{lh['root_bits']} root bits, hashed lengths {lengths or '-'})"
+            )
+            data["lenhash"] = lh
+        data["count"] = lh["prefixes"] if lh is not None else None
+    elif info.type == MapType.HASH and info.name.startswith("ipacctd_lh_k"):
+        data["role"] = "policy (IPv6, lenhash: prefixes by length, one hash per key size)"
+        data["entries"] = []
     elif info.type == MapType.LRU_HASH and info.name == DENIED_MAP_NAME:
         data["role"] = "denied addresses"
         data["entries"] = denied_entries(m, denied_slots)

@@ -18,7 +18,7 @@ def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text, strict=False)
 
 
-@pytest.mark.parametrize("strategy", ["inline", "lpm", "multibit-16-4"])
+@pytest.mark.parametrize("strategy", ["inline", "lpm", "multibit-16-4", "lenhash-12"])
 @pytest.mark.parametrize("audit", [False, True])
 @pytest.mark.parametrize(
     "deny",
@@ -161,3 +161,29 @@ def test_a_log_pinned_without_slots_gets_them() -> None:
         assert os.path.exists(os.path.join(pin_dir, denied.SLOTS_PIN))
     finally:
         bpffs.remove_tree(pin_dir)
+
+
+def test_inspect_shows_a_lenhash_table(monkeypatch) -> None:
+    """inspect names the lenhash root's role and shape, and its hashes' role."""
+    from ipacctd.bpf.maps import open_map_id
+    from ipacctd.manager import inspect
+
+    force(monkeypatch, "lenhash-12")
+    spec = Spec(allow=(net("2001:db8:1::/48"),), deny=(net("2001:db8::/32"), net("2001:db9::7")))
+    with counters.create_map() as cmap:
+        progs = build_programs(spec, cmap)
+        try:
+            assert progs.strategy(6) == "lenhash"
+            shown = []
+            for map_id in progs.egress.info().map_ids:
+                with open_map_id(map_id) as m:
+                    shown.append(inspect._map(m))
+        finally:
+            progs.close()
+    roles = sorted(m["role"] for m in shown if m["role"].startswith("policy"))
+    assert roles == [
+        "policy (IPv6, lenhash root: 3 prefixes, 12 root bits, hashed lengths 128,48,32)",
+        "policy (IPv6, lenhash: prefixes by length, one hash per key size)",
+        "policy (IPv6, lenhash: prefixes by length, one hash per key size)",
+        "policy (IPv6, lenhash: prefixes by length, one hash per key size)",
+    ]

@@ -72,7 +72,16 @@ TABLE_MAP = {
     "lpm": {4: (MapType.LPM_TRIE, 8), 6: (MapType.LPM_TRIE, 20)},
     "multibit-16-4": {4: (MapType.ARRAY, 4), 6: (MapType.LPM_TRIE, 20)},
     "multibit-20-4": {4: (MapType.ARRAY, 4), 6: (MapType.LPM_TRIE, 20)},
+    # the root array, then one hash per key size in use (see _lenhash_maps)
+    "lenhash-12": {4: (MapType.LPM_TRIE, 8), 6: "lenhash"},
 }
+
+
+def _lenhash_maps(rules, root_bits: int) -> list[tuple[MapType, int]]:
+    """A lenhash table's maps: the root array and a hash per key size of the entries
+    longer than the root (u32 length + the address words the prefix touches)."""
+    sizes = {4 + 4 * ((n.prefixlen + 31) // 32) for n in rules.entries if n.prefixlen > root_bits}
+    return [(MapType.ARRAY, 4), *((MapType.HASH, k) for k in sorted(sizes))]
 
 
 @pytest.mark.parametrize("log_denied", [False, True], ids=["nolog", "log"])
@@ -103,9 +112,16 @@ def test_every_shape_verifies(
         for version in (4, 6):
             want = expected(strategy, version) if need[version] else None
             assert progs.strategy(version) == want
-        want_maps = sorted(
-            TABLE_MAP[strategy][v] for v in (4, 6) if need[v] and TABLE_MAP[strategy][v]
-        )
+        want_maps = []
+        for v in (4, 6):
+            kind = TABLE_MAP[strategy][v]
+            if not need[v] or not kind:
+                continue
+            if kind == "lenhash":
+                want_maps += _lenhash_maps(progs.rules[1], 12)
+            else:
+                want_maps.append(kind)
+        want_maps.sort()
         for direction in Direction:
             prog = progs.by_direction(direction)
             info = prog.info()
@@ -139,7 +155,9 @@ def test_every_shape_verifies(
                 # no map, no helper: only the cold bpf_skb_load_bytes and the counting of
                 # drops may call (the drop counter's lookup is inlined for per-CPU arrays)
                 assert len(calls) <= 2 + 2 * has_drop_path
-            if strategy.startswith("multibit") and need[4]:
+            if (strategy.startswith("multibit") and need[4]) or (
+                strategy.startswith("lenhash") and need[6]
+            ):
                 assert any(i.is_wide and i.src == asm.PSEUDO_MAP_VALUE for i in insns)
     finally:
         progs.close()
