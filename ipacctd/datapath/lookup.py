@@ -115,14 +115,14 @@ def strategy(rules: FamilyRules) -> str | None:
     is the same for every address)."""
     if rules.constant is not None:
         return None
-    n = len(rules.entries)
+    n = len(rules)
     if n <= INLINE_MAX:
         return INLINE
     if rules.version == 4 and n >= MULTIBIT_MIN:
         return MULTIBIT
     if rules.version == 6 and n >= LENHASH_MIN:
         root = lenhash_root_bits(n)
-        lengths = {net.prefixlen for net in rules.entries if net.prefixlen > root}
+        lengths = {plen for plen, _, _ in rules.items if plen > root}
         if len(lengths) <= LENHASH_MAX_LENGTHS:
             return LENHASH
     return LPM
@@ -221,7 +221,7 @@ def build_multibit(rules: FamilyRules, strides: tuple[int, ...] | None = None) -
     """
     if rules.version != 4:
         raise ValueError("multibit tables are IPv4 only")
-    items = sorted((n.prefixlen, int(n.network_address), v) for n, v in rules.entries.items())
+    items = list(rules.items)
     if strides is None:
         strides = choose_strides(items)
     if (
@@ -376,7 +376,7 @@ def build_lenhash(rules: FamilyRules, root_bits: int | None = None) -> LenHash:
     """
     if rules.version != 6:
         raise ValueError("lenhash tables are IPv6 only")
-    items = sorted((n.prefixlen, int(n.network_address), v) for n, v in rules.entries.items())
+    items = rules.items
     r = root_bits if root_bits is not None else lenhash_root_bits(len(items))
     if not 1 <= r <= 24:
         raise ValueError(f"bad lenhash root bits {r}")
@@ -457,10 +457,14 @@ def build_table(rules: FamilyRules) -> Table | None:
         return Table(rules, how, m, mb)
     if how == LENHASH:
         return _build_lenhash_table(rules)
-    trie = LPMTrieMap.new(rules.version, 1, len(rules.entries), f"ipacctd_ipv{rules.version}")
+    trie = LPMTrieMap.new(rules.version, 1, len(rules), f"ipacctd_ipv{rules.version}")
     try:
-        for net, verdict in rules.entries.items():
-            trie[net] = bytes([verdict])
+        alen = 4 if rules.version == 4 else 16
+        keys = b"".join(
+            plen.to_bytes(4, sys.byteorder) + addr.to_bytes(alen, "big")
+            for plen, addr, _ in rules.items
+        )
+        trie.update_batch_raw(keys, bytes(v for _, _, v in rules.items))
     except BaseException:
         trie.close()
         raise
