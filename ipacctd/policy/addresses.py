@@ -11,7 +11,7 @@ value with :class:`~ipacctd.errors.InvalidInput`: a firewall must not half-apply
 
 from __future__ import annotations
 
-import functools
+import collections
 import ipaddress
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -276,6 +276,8 @@ class AddressList:
     def __str__(self) -> str:
         if self._text is None:
             self._text = " ".join(format_network(n) for n in self.networks)
+            if len(self._text) >= CACHE_MIN:
+                _remember(self._text, self)  # parsing this text gives this list
         return self._text
 
     def __len__(self) -> int:
@@ -310,12 +312,25 @@ class AddressList:
 EMPTY = AddressList()
 
 # Long values are parsed once per process: the same list text comes back from unit files,
-# D-Bus and the unit's metadata again and again, and an AddressList never changes.
+# D-Bus and the unit's metadata (written with str(), read back with parse()) again and
+# again, and an AddressList never changes. Keyed by the text alone: a text that parses
+# gives the same list whatever property it is for.
 CACHE_MIN = 1 << 16  # a whole big list, not one line of a unit file (they would evict it)
+CACHE_SIZE = 8
+_cache: collections.OrderedDict[str, AddressList] = collections.OrderedDict()
 
 
-@functools.lru_cache(maxsize=16)
+def _remember(text: str, value: AddressList) -> None:
+    _cache[text] = value
+    _cache.move_to_end(text)
+    while len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+
+
 def _parse_cached(value: str, prop: str) -> AddressList:
-    result = AddressList(parse_words(value, prop))
-    result.networks  # noqa: B018 - reduce now, once for every user of the cached list
-    return result
+    got = _cache.get(value)
+    if got is None:
+        got = AddressList(parse_words(value, prop))
+        got.networks  # noqa: B018 - reduce now, once for every user of the cached list
+    _remember(value, got)
+    return got

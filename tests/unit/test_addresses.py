@@ -419,3 +419,15 @@ def test_long_values_parse_once_and_stay_equal() -> None:
     assert len(first) == 6000
     with pytest.raises(InvalidInput):
         AddressList.parse(text + " nonsense", "IPAddressDeny")
+
+
+def test_the_text_of_a_long_list_parses_back_to_it() -> None:
+    """A long list's text (what the metadata stores) parses back to the same list, without
+    parsing again; text that was never produced is still parsed and checked."""
+    nets = [N6((0x20010DB8 << 96 | i << 64, 64)) for i in range(5000)]
+    value = AddressList(nets)
+    text = str(value)
+    assert AddressList.parse(text, "IPAddressDeny") is value
+    other = AddressList.parse(text.replace("2001:db8:0:1::/64", "2001:db8:0:1::/128"))
+    assert other is not value and len(other) == 5000
+    assert N6("2001:db8:0:1::/128") in other.networks
