@@ -315,16 +315,21 @@ EMPTY = AddressList()
 # D-Bus and the unit's metadata (written with str(), read back with parse()) again and
 # again, and an AddressList never changes. Keyed by the text alone: a text that parses
 # gives the same list whatever property it is for.
-CACHE_MIN = 1 << 16  # a whole big list, not one line of a unit file (they would evict it)
-CACHE_SIZE = 8
+CACHE_MIN = 1024  # shorter texts are parsed again: cheap, and they would crowd the cache
+CACHE_CHARS = 1 << 25  # bound on the cached texts' total length (the networks are shared)
 _cache: collections.OrderedDict[str, AddressList] = collections.OrderedDict()
+_cached_chars = 0
 
 
 def _remember(text: str, value: AddressList) -> None:
+    global _cached_chars
+    if text not in _cache:
+        _cached_chars += len(text)
     _cache[text] = value
     _cache.move_to_end(text)
-    while len(_cache) > CACHE_SIZE:
-        _cache.popitem(last=False)
+    while _cached_chars > CACHE_CHARS and len(_cache) > 1:
+        old, _ = _cache.popitem(last=False)
+        _cached_chars -= len(old)
 
 
 def _parse_cached(value: str, prop: str) -> AddressList:
