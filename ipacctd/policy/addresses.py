@@ -335,7 +335,6 @@ def _remember(text: str, value: AddressList) -> None:
 def _parse_cached(value: str, prop: str) -> AddressList:
     got = _cache.get(value)
     if got is None:
-        got = AddressList(parse_words(value, prop))
-        got.networks  # noqa: B018 - reduce now, once for every user of the cached list
+        got = AddressList(parse_words(value, prop))  # reduced when first read, once
     _remember(value, got)
     return got
