@@ -56,11 +56,16 @@ from ipacctd.datapath.unit import ATTACH, Programs, Spec, build_programs  # noqa
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SYSTEMD_REF = Path(
-    os.environ.get(
-        "SYSTEMD_REF", ROOT.parent / "shared" / "tools" / "systemd-ref" / "systemd-ref.sh"
-    )
-)
+
+def shared_tools() -> Path:
+    """``shared/tools`` beside the checkout (or beside a parent: worktrees nest deeper)."""
+    for parent in ROOT.parents:
+        if (parent / "shared" / "tools").is_dir():
+            return parent / "shared" / "tools"
+    return ROOT.parent / "shared" / "tools"
+
+
+SYSTEMD_REF = Path(os.environ.get("SYSTEMD_REF", shared_tools() / "systemd-ref" / "systemd-ref.sh"))
 SDREF_PIDFILE = Path("/tmp/sdref.pid")
 SDREF_LOCK = "/tmp/sdref.lock"
 SDREF_UNIT = "sdref/system.slice/sdref-long.service"  # relative to the cgroup2 mount
