@@ -581,7 +581,11 @@ def systemd_programs() -> Iterator[tuple[Program, Program]]:
         lock.close()
 
 
-def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, runs: int) -> None:
+def compare_systemd(
+    floor: Program, counters_map: PerCPUArrayMap, repeat: int, runs: int, extra: list[Case]
+) -> None:
+    """systemd's programs beside ipacctd's for the same policy, and ``extra`` cases (the
+    100k-prefix IPv6 lists) measured in the same rounds against systemd's 1-prefix ones."""
     ip = ipaddress.ip_address
     spec = Spec(deny=(ipaddress.ip_network("198.51.100.1/32"),), accounting=True)
     frames = [
@@ -612,7 +616,8 @@ def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, r
                             Case(f"ipacctd {label}", mine.by_direction(direction), data, expect),
                         )
                     )
-            measure([c for pair in pairs for c in pair], floor, repeat, runs)
+            extra = [Case(c.label, c.prog, c.data, c.expect, c.key) for c in extra]
+            measure([c for pair in pairs for c in pair] + extra, floor, repeat, runs)
     finally:
         mine.close()
         if log is not None:
@@ -628,6 +633,20 @@ def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, r
                 f"{case.label:44} {case.median:7.1f} {case.floor_median:6.1f} "
                 f"{case.above:6.1f} {ratio(case.median, case.floor_median):>7} {rel:>30}"
             )
+    if extra:
+        sd_one = {c.label: c for c, _ in pairs}
+        hit = sd_one["systemd egress  v4 deny-hit 198.51.100.1"]
+        miss = sd_one["systemd egress  v4 miss     198.51.100.2"]
+        print()
+        print(
+            "## large lists vs systemd's program holding one prefix (same rounds): above-floor "
+            "cost / systemd's (egress, 1 prefix) for the same verdict"
+        )
+        print(f"systemd 1 prefix: drop {hit.above:.1f} ns above floor, pass {miss.above:.1f} ns")
+        print(f"{'case':86} {'above':>6} {'x systemd':>9}")
+        for case in extra:
+            ref = hit if case.expect == 0 else miss
+            print(f"{case.label:86} {case.above:6.1f} {ratio(case.above, ref.above):>9}")
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -736,7 +755,12 @@ def main() -> int:
                 "## systemd 252 vs ipacctd, IPAccounting=yes + IPAddressDeny=198.51.100.1, "
                 "same frames"
             )
-            compare_systemd(floor, counters_map, repeat, runs)
+            large = [
+                c
+                for c, p in zip(cases, _case_policies(policies), strict=True)
+                if p.size >= 10_000 and p.version == 6
+            ]
+            compare_systemd(floor, counters_map, repeat, runs, large)
     finally:
         for policy in policies:
             policy.close()

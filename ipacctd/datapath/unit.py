@@ -4,6 +4,7 @@ Pins in the unit's bpffs directory::
 
     counters        per-CPU array of the unit's counters (kept across policy changes)
     denied          LRU hash of denied remote addresses (once the unit has a deny list)
+    denied_slots    per-CPU slots in front of it: the address each CPU denied last
     link_ingress    bpf_link of the ingress program on the unit's cgroup
     link_egress     bpf_link of the egress program
     filter_<dir>_N  links of user programs (IPIngressFilterPath=/IPEgressFilterPath=)
