@@ -466,7 +466,7 @@ def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
         table = progs.table(policy.version)
         memory = 0
         if table is not None and table.map is not None:
-            memory = memlock(table.map.fd)
+            memory = memlock(table.map.fd) + sum(memlock(h.fd) for h in table.hashes.values())
     finally:
         progs.close()
         if log is not None:
@@ -740,7 +740,7 @@ def main() -> int:
         print()
         print(
             "## policy build (compile + table build/fill + load of both programs), deny "
-            "list, one family; table MiB = the map's memlock"
+            "list, one family; table MiB = the memlock of the table's maps"
         )
         print(
             f"{'policy':24} {'strategy':8} {'entries':>8} {'compile ms':>11} {'table ms':>9} "

@@ -46,7 +46,7 @@ address (no match: pass). Which one a family gets depends on the table's size:
     strides (or huge chunks with wider ones), and each /48-/128 prefix of a random list
     drags a private chain of chunks behind it, ~1-2 KiB per prefix (100k prefixes:
     ~150 MiB). The trie walks ~20 levels at 100k prefixes (~117 ns). Instead: a root
-    table indexed by the first ``r`` bits of the address (12-20, growing with the table:
+    table indexed by the first ``r`` bits of the address (16 or 20 by the table's size:
     :func:`lenhash_root_bits`), one u64 slot each, in ONE value of a one-element array
     read with a direct value load (as the multibit table); below it one hash per prefix
     length, searched longest first but only for the lengths that occur under the slot.
@@ -285,12 +285,18 @@ KEY_WORDS = (1, 2, 3, 4)  # hashes by key size: address words after the u32 leng
 
 
 def lenhash_root_bits(entries: int) -> int:
-    """Root bits for a table of ``entries`` prefixes: about eight slots per prefix, so a
-    random list puts rarely more than one prefix under a slot, within 12-20 bits (32 KiB
-    to 8 MiB of slots)."""
+    """Root bits for a table of ``entries`` prefixes: 20 (8 MiB of slots) from 4096
+    prefixes on, 16 (512 KiB) below.
+
+    A miss costs a probe per length under its slot, so the root should leave most slots
+    empty. Real lists (and bench/datapath.py's) sit in 2000::/3, which wastes the first
+    three bits: 2^17 slots at r = 20 leave 100k random prefixes one prefix per occupied
+    slot and half the slots empty, 10k prefixes 93% empty (r = 17 left only 40% empty
+    and cost misses two probes, ~25 ns).
+    """
     if LENHASH_ROOT is not None:
         return LENHASH_ROOT
-    return min(20, max(12, entries.bit_length() + 3))
+    return 20 if entries >= 4096 else 16
 
 
 def key_words(length: int) -> int:
