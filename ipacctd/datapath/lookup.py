@@ -64,13 +64,21 @@ address (no match: pass). Which one a family gets depends on the table's size:
     bytes), one map each, ``BPF_F_RDONLY_PROG``, filled by batch updates. A 128-byte
     trailer after the slots describes the table for ``inspect``.
 
-    Cost: one u64 load and the JSETs; one hash probe per length present under the slot
-    until one hits. A random 100k list in 2000::/3 (bench/datapath.py) puts about one
-    prefix under each occupied /20 slot: a hit costs one probe, most misses none. A list
+    Most slots of a big random list hold one longer prefix: such a slot is a *single*
+    (bit 63, and in bits 32-62 the index of a 40-byte entry stored after the slots: the
+    prefix's address and mask words as the packet holds them, and its verdict). The
+    program compares the address with it under the mask, no hash probe; no match leaves
+    the slot's own verdict.
+
+    Cost: one u64 load, then for a single four masked compares, else the JSETs and one
+    hash probe per length present under the slot until one hits. A random 100k list in
+    2000::/3 (bench/datapath.py) puts about one prefix under each occupied /20 slot: most
+    hits and misses cost no probe. A list
     crowded into a few /20s with many different lengths costs one probe per length below
     the matching one: lists of that kind (many lengths in one /20) are rare; its worst
     case is bounded by the number of lengths. Memory (the kernel's memlock): 8 MiB of
-    root slots at r = 20 (100k prefixes) plus about 80 bytes per prefix in the hashes.
+    root slots at r = 20, 40 bytes per single entry and about 80 bytes per prefix in the
+    hashes (100k random prefixes: about 12 MiB).
 
 ``lpm`` (everything else: 9-1023 IPv4 or IPv6 entries, IPv6 tables with too many lengths)
     The kernel's ``BPF_MAP_TYPE_LPM_TRIE`` (one helper call, ~5-6 ns per trie level).
@@ -88,7 +96,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from ipacctd.bpf.maps import ArrayMap, HashMap, LPMTrieMap, Map
-from ipacctd.datapath.rules import FamilyRules
+from ipacctd.datapath.rules import FamilyRules, Item
 
 INLINE_MAX = 8
 MULTIBIT_MIN = 1024
@@ -281,6 +289,8 @@ def build_multibit(rules: FamilyRules, strides: tuple[int, ...] | None = None) -
 LENHASH_NAME = "ipacctd_lh_root"
 LENHASH_MAGIC = b"ipaclh01"
 LENHASH_TRAILER = 128
+SINGLE = 1 << 63  # slot flag: exactly one longer prefix below; its entry index in bits 32-62
+SINGLE_SIZE = 40  # u32 address words[4], u32 mask words[4] (as in the packet), u32 verdict
 KEY_WORDS = (1, 2, 3, 4)  # hashes by key size: address words after the u32 length
 
 
@@ -306,24 +316,38 @@ def key_words(length: int) -> int:
 
 @dataclass(frozen=True)
 class LenHash:
-    """A built lenhash table: the root slots, the lengths above the root and the hash
-    entries (per key class: concatenated keys and verdict bytes)."""
+    """A built lenhash table: the root slots, the single entries, the lengths above the
+    root that share a slot with others, and the hash entries (per key class:
+    concatenated keys and verdict bytes)."""
 
     root_bits: int
     slots: array  # array("Q")
-    lengths: tuple[int, ...]  # the lengths above the root, longest first: bit j + 1
+    singles: bytes  # SINGLE_SIZE bytes per slot holding exactly one longer prefix
+    lengths: tuple[int, ...]  # lengths of the shared slots' prefixes, longest first: bit j+1
     keys: dict[int, bytes]  # key words -> concatenated keys
     values: dict[int, bytes]  # key words -> one verdict byte per key
     prefixes: int
 
     @property
+    def n_singles(self) -> int:
+        return len(self.singles) // SINGLE_SIZE
+
+    @property
+    def slots_size(self) -> int:
+        return len(self.slots) * 8
+
+    @property
     def size(self) -> int:
-        """Bytes of the root map's value (slots and trailer)."""
-        return len(self.slots) * 8 + LENHASH_TRAILER
+        """Bytes of the root map's value (slots, single entries and trailer)."""
+        return self.slots_size + len(self.singles) + LENHASH_TRAILER
 
     def value(self) -> bytes:
-        """The root map's value: slots in host byte order, then the trailer."""
-        return self.slots.tobytes() + lenhash_trailer(self.root_bits, self.lengths, self.prefixes)
+        """The root map's value: slots in host byte order, the single entries, the trailer."""
+        return (
+            self.slots.tobytes()
+            + self.singles
+            + lenhash_trailer(self.root_bits, self.lengths, self.prefixes, self.n_singles)
+        )
 
     def count(self, words: int) -> int:
         """Entries in the hash of one key class."""
@@ -332,6 +356,13 @@ class LenHash:
     def lookup(self, address: int) -> int:
         """The verdict for an IPv6 address as an integer (what the program computes)."""
         slot = self.slots[address >> (128 - self.root_bits)]
+        if slot & SINGLE:
+            i = (slot >> 32 & 0x7FFF_FFFF) * SINGLE_SIZE
+            value = int.from_bytes(self.singles[i : i + 16], "big")
+            mask = int.from_bytes(self.singles[i + 16 : i + 32], "big")
+            if address & mask == value:
+                return struct.unpack_from("=I", self.singles, i + 32)[0]
+            return slot & 1
         found: dict[bytes, int] = {}
         for j, length in enumerate(self.lengths):
             if not slot >> (j + 1) & 1:
@@ -357,10 +388,13 @@ class LenHash:
         return out
 
 
-def lenhash_trailer(root_bits: int, lengths: tuple[int, ...], prefixes: int) -> bytes:
-    """magic, u32 prefixes, u8 root bits, u8 number of lengths, u8 lengths[62]."""
+def lenhash_trailer(
+    root_bits: int, lengths: tuple[int, ...], prefixes: int, singles: int = 0
+) -> bytes:
+    """magic, u32 prefixes, u8 root bits, u8 number of lengths, u8 lengths[62], u32
+    single entries (at offset 80)."""
     body = LENHASH_MAGIC + struct.pack("=IBB", prefixes, root_bits, len(lengths)) + bytes(lengths)
-    return body.ljust(LENHASH_TRAILER, b"\0")
+    return body.ljust(80, b"\0") + struct.pack("=I", singles) + bytes(LENHASH_TRAILER - 84)
 
 
 def parse_lenhash_trailer(value: bytes) -> dict[str, object] | None:
@@ -370,15 +404,22 @@ def parse_lenhash_trailer(value: bytes) -> dict[str, object] | None:
         return None
     prefixes, root, n = struct.unpack_from("=IBB", tail, len(LENHASH_MAGIC))
     start = len(LENHASH_MAGIC) + 6
-    return {"prefixes": prefixes, "root_bits": root, "lengths": list(tail[start : start + n])}
+    (singles,) = struct.unpack_from("=I", tail, 80)
+    return {
+        "prefixes": prefixes,
+        "root_bits": root,
+        "lengths": list(tail[start : start + n]),
+        "singles": singles,
+    }
 
 
 def build_lenhash(rules: FamilyRules, root_bits: int | None = None) -> LenHash:
     """The root slots and hash entries of an IPv6 table (see the module's notes).
 
     Prefixes are handled shortest first: one of at most ``root_bits`` bits paints its
-    verdict over the slots it covers (a longer one overwrites a shorter one inside it);
-    a longer one sets its length's bit in its slot and adds a hash entry.
+    verdict over the slots it covers (a longer one overwrites a shorter one inside it).
+    A longer prefix alone under its slot becomes a single entry; several under one slot
+    set their lengths' bits and go into the hashes.
     """
     if rules.version != 6:
         raise ValueError("lenhash tables are IPv6 only")
@@ -386,33 +427,50 @@ def build_lenhash(rules: FamilyRules, root_bits: int | None = None) -> LenHash:
     r = root_bits if root_bits is not None else lenhash_root_bits(len(items))
     if not 1 <= r <= 24:
         raise ValueError(f"bad lenhash root bits {r}")
-    lengths = tuple(sorted({plen for plen, _, _ in items if plen > r}, reverse=True))
-    if len(lengths) > LENHASH_MAX_LENGTHS:
-        raise ValueError(f"{len(lengths)} prefix lengths above the root: too many for lenhash")
-    bit = {length: 1 << (j + 1) for j, length in enumerate(lengths)}
+    shift = 128 - r
     slots = array("Q", [0]) * (1 << r)
     fills: dict[tuple[int, int], array] = {}
-    keys: dict[int, list[bytes]] = {}
-    values: dict[int, bytearray] = {}
-    shift = 128 - r
-    for plen, addr, verdict in items:
+    under: dict[int, list[Item]] = {}  # slot -> the longer prefixes under it
+    for item in items:
+        plen, addr, verdict = item
         if plen <= r:
             first, count = addr >> shift, 1 << (r - plen)
             fill = fills.get((verdict, count))
             if fill is None:
                 fill = fills[verdict, count] = array("Q", [verdict]) * count
             slots[first : first + count] = fill
+        else:
+            under.setdefault(addr >> shift, []).append(item)
+    shared = [i for group in under.values() if len(group) > 1 for i in group]
+    lengths = tuple(sorted({plen for plen, _, _ in shared}, reverse=True))
+    if len(lengths) > LENHASH_MAX_LENGTHS:
+        raise ValueError(f"{len(lengths)} prefix lengths above the root: too many for lenhash")
+    bit = {length: 1 << (j + 1) for j, length in enumerate(lengths)}
+    keys: dict[int, list[bytes]] = {}
+    values: dict[int, bytearray] = {}
+    singles: list[bytes] = []
+    top = (1 << 128) - 1
+    for index, group in under.items():
+        if len(group) == 1:
+            ((plen, addr, verdict),) = group
+            mask = top >> (128 - plen) << (128 - plen)
+            slots[index] |= SINGLE | len(singles) << 32
+            singles.append(
+                addr.to_bytes(16, "big") + mask.to_bytes(16, "big") + struct.pack("=II", verdict, 0)
+            )
             continue
-        slots[addr >> shift] |= bit[plen]
-        words = key_words(plen)
-        keys.setdefault(words, []).append(
-            plen.to_bytes(4, sys.byteorder)
-            + (addr >> (128 - 32 * words)).to_bytes(4 * words, "big")
-        )
-        values.setdefault(words, bytearray()).append(verdict)
+        for plen, addr, verdict in group:
+            slots[index] |= bit[plen]
+            words = key_words(plen)
+            keys.setdefault(words, []).append(
+                plen.to_bytes(4, sys.byteorder)
+                + (addr >> (128 - 32 * words)).to_bytes(4 * words, "big")
+            )
+            values.setdefault(words, bytearray()).append(verdict)
     return LenHash(
         r,
         slots,
+        b"".join(singles),
         lengths,
         {w: b"".join(k) for w, k in keys.items()},
         {w: bytes(v) for w, v in values.items()},

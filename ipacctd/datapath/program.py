@@ -322,21 +322,23 @@ def _lenhash(
     """Root slot, then a hash probe for each length present under it, longest first.
 
     r7 = the slot (bit 0: verdict of the short prefixes, bit j + 1: the table's j-th
-    longest length occurs under the slot), r8 = its upper half (JMP32 tests 32 bits, and a
-    JSET immediate is 32 bits). The address stays on the stack for the probes' keys.
+    longest length occurs under the slot, bit 63: a single entry, its index in bits
+    32-62), r8 = its upper half (JMP32 tests 32 bits, and a JSET immediate is 32 bits),
+    r9 = the table's value. The address stays on the stack for the compares and keys.
     """
     lh = table.lenhash
     if lh is None or table.map is None:
         raise ValueError("lenhash lookup without its table")
     hot, cold = _load_address(direction, 16, tag, (0,), stack=True)
     done = f"{tag}_lh_slot"
+    single = f"{tag}_lh_single"
     hot += [
         asm.to_be(R1, 32),
-        asm.ld_map_value(R3, table.map, 0),
+        asm.ld_map_value(R9, table.map, 0),
         asm.mov32_reg(R0, R1),
         asm.alu32_imm(Alu.RSH, R0, 32 - lh.root_bits),
         asm.alu64_imm(Alu.LSH, R0, 3),
-        asm.alu64_reg(Alu.ADD, R0, R3),
+        asm.alu64_reg(Alu.ADD, R0, R9),
         asm.ldx(DW, R7, R0, 0),
         asm.mov64_reg(R1, R7),
         asm.alu64_imm(Alu.RSH, R1, 1),
@@ -344,6 +346,8 @@ def _lenhash(
         asm.mov64_reg(R8, R7),
         asm.alu64_imm(Alu.RSH, R8, 32),
     ]
+    if lh.n_singles:
+        hot.append(asm.jmp32_imm(Jmp.JSET, R8, 1 << 31, single))
     probes: list[Insn | Label] = []
     for j, length in enumerate(lh.lengths):
         bit = j + 1
@@ -371,11 +375,38 @@ def _lenhash(
             asm.jmp_imm(Jmp.JNE, R1, 0, drop),
             asm.ja("pass"),
         ]
+    singles: list[Insn | Label] = []
+    if lh.n_singles:
+        # r1 = the entry: value + slots + index * SINGLE_SIZE (the bound check lets the
+        # verifier prove the entry inside the value; it never fails)
+        singles = [
+            Label(single),
+            asm.mov32_reg(R1, R8),
+            asm.alu32_imm(Alu.AND, R1, 0x7FFF_FFFF),
+            asm.jmp_imm(Jmp.JGE, R1, lh.n_singles, done),
+            asm.alu64_imm(Alu.MUL, R1, lookup.SINGLE_SIZE),
+            asm.alu64_reg(Alu.ADD, R1, R9),
+            asm.alu64_imm(Alu.ADD, R1, lh.slots_size),
+        ]
+        for i in range(4):
+            singles += [
+                asm.ldx(W, R2, FP, -16 + 4 * i),
+                asm.ldx(W, R4, R1, 16 + 4 * i),
+                asm.alu32_reg(Alu.AND, R2, R4),
+                asm.ldx(W, R4, R1, 4 * i),
+                asm.jmp_reg(Jmp.JNE, R2, R4, done),
+            ]
+        singles += [
+            asm.ldx(W, R2, R1, 32),
+            asm.jmp_imm(Jmp.JNE, R2, 0, drop),
+            asm.ja("pass"),
+        ]
     hot += [
         Label(f"{tag}_lh_c{len(lh.lengths)}"),
         Label(done),
         asm.jmp32_imm(Jmp.JSET, R7, 1, drop),
         asm.ja("pass"),
+        *singles,
         *probes,
     ]
     return hot, cold

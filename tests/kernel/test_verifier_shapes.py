@@ -78,9 +78,14 @@ TABLE_MAP = {
 
 
 def _lenhash_maps(rules, root_bits: int) -> list[tuple[MapType, int]]:
-    """A lenhash table's maps: the root array and a hash per key size of the entries
-    longer than the root (u32 length + the address words the prefix touches)."""
-    sizes = {4 + 4 * ((n.prefixlen + 31) // 32) for n in rules.entries if n.prefixlen > root_bits}
+    """A lenhash table's maps: the root array and a hash per key size (u32 length + the
+    address words the prefix touches) of the entries longer than the root that share
+    their root slot with another (one alone is stored in the root's value)."""
+    under: dict[int, list] = {}
+    for n in rules.entries:
+        if n.prefixlen > root_bits:
+            under.setdefault(int(n.network_address) >> (128 - root_bits), []).append(n)
+    sizes = {4 + 4 * ((n.prefixlen + 31) // 32) for g in under.values() if len(g) > 1 for n in g}
     return [(MapType.ARRAY, 4), *((MapType.HASH, k) for k in sorted(sizes))]
 
 

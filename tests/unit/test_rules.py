@@ -268,7 +268,19 @@ def test_lenhash_needs_few_enough_lengths_above_its_root() -> None:
     assert table.lengths == tuple(range(128, 68, -1))
     assert sum(table.count(w) for w in lookup.KEY_WORDS) == n
     meta = lookup.parse_lenhash_trailer(table.value())
-    assert meta == {"prefixes": n, "root_bits": root, "lengths": list(table.lengths)}
+    assert meta == {
+        "prefixes": n,
+        "root_bits": root,
+        "lengths": list(table.lengths),
+        "singles": 0,  # all share slot 0
+    }
+    # the same prefixes spread over the root: each alone under its slot, no hash at all
+    spread = {net(((i + 1) << (128 - root), 128 - i % 100)): DENY for i in range(n)}
+    table = lookup.build_lenhash(FamilyRules(6, spread))
+    assert table.n_singles == n and table.lengths == () and table.keys == {}
+    for p in spread:
+        assert table.lookup(int(p.network_address)) == DENY
+        assert table.lookup(int(p.network_address) - 1) == PASS
 
 
 @settings(max_examples=200, deadline=None)
