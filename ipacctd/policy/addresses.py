@@ -11,7 +11,6 @@ value with :class:`~ipacctd.errors.InvalidInput`: a firewall must not half-apply
 
 from __future__ import annotations
 
-import collections
 import ipaddress
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -220,8 +219,6 @@ class AddressList:
         Raises:
             InvalidInput: if any word is invalid.
         """
-        if len(value) >= CACHE_MIN:
-            return _parse_cached(value, prop)
         return cls(parse_words(value, prop))
 
     def assign(self, value: str, prop: str = "IPAddressAllow") -> AddressList:
@@ -276,8 +273,6 @@ class AddressList:
     def __str__(self) -> str:
         if self._text is None:
             self._text = " ".join(format_network(n) for n in self.networks)
-            if len(self._text) >= CACHE_MIN:
-                _remember(self._text, self)  # parsing this text gives this list
         return self._text
 
     def __len__(self) -> int:
@@ -310,31 +305,3 @@ class AddressList:
 
 #: The empty address list.
 EMPTY = AddressList()
-
-# Long values are parsed once per process: the same list text comes back from unit files,
-# D-Bus and the unit's metadata (written with str(), read back with parse()) again and
-# again, and an AddressList never changes. Keyed by the text alone: a text that parses
-# gives the same list whatever property it is for.
-CACHE_MIN = 1024  # shorter texts are parsed again: cheap, and they would crowd the cache
-CACHE_CHARS = 1 << 25  # bound on the cached texts' total length (the networks are shared)
-_cache: collections.OrderedDict[str, AddressList] = collections.OrderedDict()
-_cached_chars = 0
-
-
-def _remember(text: str, value: AddressList) -> None:
-    global _cached_chars
-    if text not in _cache:
-        _cached_chars += len(text)
-    _cache[text] = value
-    _cache.move_to_end(text)
-    while _cached_chars > CACHE_CHARS and len(_cache) > 1:
-        old, _ = _cache.popitem(last=False)
-        _cached_chars -= len(old)
-
-
-def _parse_cached(value: str, prop: str) -> AddressList:
-    got = _cache.get(value)
-    if got is None:
-        got = AddressList(parse_words(value, prop))  # reduced when first read, once
-    _remember(value, got)
-    return got
