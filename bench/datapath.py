@@ -680,7 +680,8 @@ def main() -> int:
 
     print(
         f"# ipacctd datapath benchmark: kernel {platform.release()}, {os.cpu_count()} CPUs, "
-        f"repeat {repeat}, median of {runs} rounds, seed {args.seed}"
+        f"repeat {repeat}, median of {runs} rounds, seed {args.seed}; load average at "
+        f"start {loadavg()}"
     )
     print(
         "# frames: Ethernet + IPv4/UDP (106 B) or IPv6/UDP (126 B), 64 B payload; "
@@ -761,12 +762,20 @@ def main() -> int:
                 if p.size >= 10_000 and p.version == 6
             ]
             compare_systemd(floor, counters_map, repeat, runs, large)
+        print()
+        print(f"# load average at end {loadavg()}")
     finally:
         for policy in policies:
             policy.close()
         floor.close()
         counters_map.close()
     return 0
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine moves every figure."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def _case_policies(policies: list[Policy]) -> Iterator[Policy]:
