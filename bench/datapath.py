@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import ipaddress
 import os
 import platform
@@ -46,7 +47,7 @@ from ipacctd import cgroup  # noqa: E402
 from ipacctd.bpf.links import open_cgroup, prog_query  # noqa: E402
 from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap  # noqa: E402
 from ipacctd.bpf.programs import AttachType, Program, return_one  # noqa: E402
-from ipacctd.datapath import counters, lookup  # noqa: E402
+from ipacctd.datapath import counters, denied, lookup  # noqa: E402
 from ipacctd.datapath import program as program_mod  # noqa: E402
 from ipacctd.datapath.counters import Direction  # noqa: E402
 from ipacctd.datapath.rules import DENY, PASS, FamilyRules, compile_rules  # noqa: E402
@@ -55,12 +56,18 @@ from ipacctd.datapath.unit import ATTACH, Programs, Spec, build_programs  # noqa
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SYSTEMD_REF = Path(
-    os.environ.get(
-        "SYSTEMD_REF", ROOT.parent / "shared" / "tools" / "systemd-ref" / "systemd-ref.sh"
-    )
-)
+
+def shared_tools() -> Path:
+    """``shared/tools`` beside the checkout (or beside a parent: worktrees nest deeper)."""
+    for parent in ROOT.parents:
+        if (parent / "shared" / "tools").is_dir():
+            return parent / "shared" / "tools"
+    return ROOT.parent / "shared" / "tools"
+
+
+SYSTEMD_REF = Path(os.environ.get("SYSTEMD_REF", shared_tools() / "systemd-ref" / "systemd-ref.sh"))
 SDREF_PIDFILE = Path("/tmp/sdref.pid")
+SDREF_LOCK = "/tmp/sdref.lock"
 SDREF_UNIT = "sdref/system.slice/sdref-long.service"  # relative to the cgroup2 mount
 
 # Prefix-length mix of the random lists (weights), shaped like real block lists: mostly
@@ -170,6 +177,19 @@ class Policy:
     spec: Spec
     addresses: dict[str, Address]  # packet label → checked address
     progs: Programs | None = None
+    log: denied.Log | None = None  # the denied-addresses log, as a unit with a deny list has
+
+    def build(self, counters_map: PerCPUArrayMap) -> None:
+        """Load the programs as UnitDatapath does: with the denied-addresses log when the
+        policy has a deny list."""
+        self.log = unit_log(self.spec)
+        self.progs = build_programs(self.spec, counters_map, self.log)
+
+    def close(self) -> None:
+        if self.progs is not None:
+            self.progs.close()
+        if self.log is not None:
+            self.log.close()
 
     @property
     def label(self) -> str:
@@ -189,6 +209,11 @@ class Policy:
     def strategy(self) -> str:
         table = self.table
         return table.strategy if table is not None else "none"
+
+
+def unit_log(spec: Spec) -> denied.Log | None:
+    """A fresh denied-addresses log when ``spec`` has a deny list (what UnitDatapath pins)."""
+    return denied.create_map() if spec.deny else None
 
 
 def size_label(n: int) -> str:
@@ -408,8 +433,9 @@ def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
     The total is one ``build_programs`` call (what applying a policy costs); compile, table
     build and load are timed again on their own.
     """
+    log = unit_log(policy.spec)
     start = time.perf_counter()
-    progs = build_programs(policy.spec, counters_map)
+    progs = build_programs(policy.spec, counters_map, log)
     total = time.perf_counter() - start
     try:
         start = time.perf_counter()
@@ -422,9 +448,14 @@ def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
             start = time.perf_counter()
             for direction in Direction:
                 shape = program_mod.Shape(
-                    direction, policy.spec.accounting, policy.spec.audit, v4, v6
+                    direction,
+                    policy.spec.accounting,
+                    policy.spec.audit,
+                    v4,
+                    v6,
+                    log_denied=log is not None,
                 )
-                insns = program_mod.build(shape, counters_map, tables[4], tables[6])
+                insns = program_mod.build(shape, counters_map, tables[4], tables[6], log)
                 Program.load(insns, attach_type=ATTACH[direction]).close()
             load_s = time.perf_counter() - start
         finally:
@@ -435,9 +466,11 @@ def time_build(policy: Policy, counters_map: PerCPUArrayMap) -> BuildRow:
         table = progs.table(policy.version)
         memory = 0
         if table is not None and table.map is not None:
-            memory = memlock(table.map.fd)
+            memory = memlock(table.map.fd) + sum(memlock(h.fd) for h in table.hashes.values())
     finally:
         progs.close()
+        if log is not None:
+            log.close()
     return BuildRow(
         policy.label, policy.strategy, entries, compile_s, table_s, load_s, total, memory
     )
@@ -515,6 +548,9 @@ def systemd_programs() -> Iterator[tuple[Program, Program]]:
     """systemd's (ingress, egress) programs of sdref-long.service, booting systemd-ref if
     needed; brings it down afterwards (also on error) when this function brought it up."""
     brought_up = False
+    # systemd-ref is a machine-wide singleton: hold its lock while using it.
+    lock = open(SDREF_LOCK, "a")  # noqa: SIM115 - held until the finally below
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         if not sdref_running():
             print(f"# starting systemd-ref ({SYSTEMD_REF} up)", file=sys.stderr)
@@ -542,9 +578,14 @@ def systemd_programs() -> Iterator[tuple[Program, Program]]:
         if brought_up:
             print(f"# stopping systemd-ref ({SYSTEMD_REF} down)", file=sys.stderr)
             sdref("down")
+        lock.close()
 
 
-def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, runs: int) -> None:
+def compare_systemd(
+    floor: Program, counters_map: PerCPUArrayMap, repeat: int, runs: int, extra: list[Case]
+) -> None:
+    """systemd's programs beside ipacctd's for the same policy, and ``extra`` cases (the
+    100k-prefix IPv6 lists) measured in the same rounds against systemd's 1-prefix ones."""
     ip = ipaddress.ip_address
     spec = Spec(deny=(ipaddress.ip_network("198.51.100.1/32"),), accounting=True)
     frames = [
@@ -552,7 +593,8 @@ def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, r
         ("v4 miss     198.51.100.2", ip("198.51.100.2"), 1),
         ("v6 (no v6 rule) 2001:db8::2", ip("2001:db8::2"), 1),
     ]
-    mine = build_programs(spec, counters_map)
+    log = unit_log(spec)
+    mine = build_programs(spec, counters_map, log)
     try:
         with systemd_programs() as (sd_ing, sd_eg):
             info_i, info_e = sd_ing.info(), sd_eg.info()
@@ -574,9 +616,12 @@ def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, r
                             Case(f"ipacctd {label}", mine.by_direction(direction), data, expect),
                         )
                     )
-            measure([c for pair in pairs for c in pair], floor, repeat, runs)
+            extra = [Case(c.label, c.prog, c.data, c.expect, c.key) for c in extra]
+            measure([c for pair in pairs for c in pair] + extra, floor, repeat, runs)
     finally:
         mine.close()
+        if log is not None:
+            log.close()
     print(
         f"{'case':44} {'ns/pkt':>7} {'floor':>6} {'above':>6} {'x floor':>7} "
         f"{'ipacctd/systemd (above floor)':>30}"
@@ -588,6 +633,20 @@ def compare_systemd(floor: Program, counters_map: PerCPUArrayMap, repeat: int, r
                 f"{case.label:44} {case.median:7.1f} {case.floor_median:6.1f} "
                 f"{case.above:6.1f} {ratio(case.median, case.floor_median):>7} {rel:>30}"
             )
+    if extra:
+        sd_one = {c.label: c for c, _ in pairs}
+        hit = sd_one["systemd egress  v4 deny-hit 198.51.100.1"]
+        miss = sd_one["systemd egress  v4 miss     198.51.100.2"]
+        print()
+        print(
+            "## large lists vs systemd's program holding one prefix (same rounds): above-floor "
+            "cost / systemd's (egress, 1 prefix) for the same verdict"
+        )
+        print(f"systemd 1 prefix: drop {hit.above:.1f} ns above floor, pass {miss.above:.1f} ns")
+        print(f"{'case':86} {'above':>6} {'x systemd':>9}")
+        for case in extra:
+            ref = hit if case.expect == 0 else miss
+            print(f"{case.label:86} {case.above:6.1f} {ratio(case.above, ref.above):>9}")
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -621,11 +680,13 @@ def main() -> int:
 
     print(
         f"# ipacctd datapath benchmark: kernel {platform.release()}, {os.cpu_count()} CPUs, "
-        f"repeat {repeat}, median of {runs} rounds, seed {args.seed}"
+        f"repeat {repeat}, median of {runs} rounds, seed {args.seed}; load average at "
+        f"start {loadavg()}"
     )
     print(
         "# frames: Ethernet + IPv4/UDP (106 B) or IPv6/UDP (126 B), 64 B payload; "
-        "accounting on; 'above' = median of (program - paired return-1 floor run)"
+        "accounting on; denied-address log on (as units run); "
+        "'above' = median of (program - paired return-1 floor run)"
     )
     counters_map = counters.create_map()
     floor = Program.load(return_one(), name="bench_floor")
@@ -638,8 +699,8 @@ def main() -> int:
                     continue
                 for version in (4, 6):
                     policy = make_policy(kind, size, version, args.seed)
-                    policy.progs = build_programs(policy.spec, counters_map)
                     policies.append(policy)
+                    policy.build(counters_map)
                     choose_addresses(policy, args.seed)
                     check_addresses(policy)
                     if kind == "deny" and size:
@@ -680,7 +741,7 @@ def main() -> int:
         print()
         print(
             "## policy build (compile + table build/fill + load of both programs), deny "
-            "list, one family; table MiB = the map's memlock"
+            "list, one family; table MiB = the memlock of the table's maps"
         )
         print(
             f"{'policy':24} {'strategy':8} {'entries':>8} {'compile ms':>11} {'table ms':>9} "
@@ -695,14 +756,26 @@ def main() -> int:
                 "## systemd 252 vs ipacctd, IPAccounting=yes + IPAddressDeny=198.51.100.1, "
                 "same frames"
             )
-            compare_systemd(floor, counters_map, repeat, runs)
+            large = [
+                c
+                for c, p in zip(cases, _case_policies(policies), strict=True)
+                if p.size >= 10_000 and p.version == 6
+            ]
+            compare_systemd(floor, counters_map, repeat, runs, large)
+        print()
+        print(f"# load average at end {loadavg()}")
     finally:
         for policy in policies:
-            if policy.progs is not None:
-                policy.progs.close()
+            policy.close()
         floor.close()
         counters_map.close()
     return 0
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine moves every figure."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def _case_policies(policies: list[Policy]) -> Iterator[Policy]:

@@ -197,6 +197,35 @@ class Map(Object):
                 return
             in_batch = ctypes.create_string_buffer(out_batch.raw, len(out_batch))
 
+    def update_batch_raw(self, keys: bytes, values: bytes, chunk: int = 8192) -> None:
+        """Store many elements: ``keys`` and ``values`` are the concatenated keys and values
+        (BPF_MAP_UPDATE_BATCH, one syscall per ``chunk`` elements; element by element where
+        the kernel has no batch operation for this map type)."""
+        count = len(keys) // self.key_size
+        vsize = self._value_buf_size
+        if len(keys) != count * self.key_size or len(values) != count * vsize:
+            raise ValueError("keys and values do not match the map's sizes")
+        done = 0
+        while done < count:
+            n = min(chunk, count - done)
+            kbuf = ctypes.create_string_buffer(
+                keys[done * self.key_size : (done + n) * self.key_size], n * self.key_size
+            )
+            vbuf = ctypes.create_string_buffer(values[done * vsize : (done + n) * vsize], n * vsize)
+            attr = Attr(struct.pack("=QQQQIIQQ", 0, 0, addr(kbuf), addr(vbuf), n, self.fd, 0, 0))
+            try:
+                bpf(Cmd.MAP_UPDATE_BATCH, attr, self._what())
+            except BPFError as exc:
+                if done or exc.errno not in (errno.EINVAL, errno.ENOTSUP, 524):
+                    raise
+                for i in range(count):
+                    self.update_raw(
+                        keys[i * self.key_size : (i + 1) * self.key_size],
+                        values[i * vsize : (i + 1) * vsize],
+                    )
+                return
+            done += n
+
     def _what(self) -> str:
         return f"{self.map_type.name.lower()} {self.name!r}"
 

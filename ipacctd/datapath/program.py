@@ -8,6 +8,7 @@ Shape of the emitted program (parts drop out when the policy does not need them)
           (skipped: constant verdict); the lookup is one of (see lookup.py)
             inline    compare with each entry, longest prefix first (≤ 8 entries)
             multibit  walk a 16-4-4-4-4 multibit table in an array map (large IPv4 tables)
+            lenhash   root slot, then one hash probe per prefix length under it (large IPv6)
             lpm       one LPM-trie lookup (helper call)
     ipv6: the same with 16-byte addresses
     pass:  count passed packets and skb->len bytes  (only with accounting on)
@@ -48,7 +49,7 @@ from ipacctd.bpf.asm import (
     Label,
     W,
 )
-from ipacctd.bpf.maps import Map, PerCPUArrayMap
+from ipacctd.bpf.maps import PerCPUArrayMap
 from ipacctd.datapath import counters, denied, lookup
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.lookup import Table
@@ -90,7 +91,7 @@ def build(
     counters_map: PerCPUArrayMap,
     table4: Table | None,
     table6: Table | None,
-    denied_map: Map | None = None,
+    denied_map: denied.Log | None = None,
 ) -> list[Insn | Label]:
     """Instructions for one direction of a unit. ``table4``/``table6`` are the families'
     lookups (see :mod:`ipacctd.datapath.lookup`); None where the verdict is constant."""
@@ -195,6 +196,8 @@ def _family_check(
         return _inline(direction, rules, alen, tag, drop, log_denied)
     if table.strategy == lookup.MULTIBIT:
         return _multibit(direction, table, tag, drop, log_denied)
+    if table.strategy == lookup.LENHASH:
+        return _lenhash(direction, table, tag, drop)
     hot, cold = _load_address(direction, alen, tag)
     key = -(4 + alen)  # stack: u32 prefixlen, then the address
     return [
@@ -307,6 +310,106 @@ def _multibit(
 
 # Registers holding each lower level's pointer into the table (chunk base not added yet).
 LEVEL_REGS = (R2, R4, R5, R7, R8, R9)
+
+# Stack: the lenhash probe key (u32 length, then up to four address words), below the
+# address (fp-16) and the LPM key (fp-20).
+PROBE_KEY = -40
+
+
+def _lenhash(
+    direction: Direction, table: Table, tag: str, drop: str
+) -> tuple[list[Insn | Label], list[Insn | Label]]:
+    """Root slot, then a hash probe for each length present under it, longest first.
+
+    r7 = the slot (bit 0: verdict of the short prefixes, bit j + 1: the table's j-th
+    longest length occurs under the slot, bit 63: a single entry, its index in bits
+    32-62), r8 = its upper half (JMP32 tests 32 bits, and a JSET immediate is 32 bits),
+    r9 = the table's value. The address stays on the stack for the compares and keys.
+    """
+    lh = table.lenhash
+    if lh is None or table.map is None:
+        raise ValueError("lenhash lookup without its table")
+    hot, cold = _load_address(direction, 16, tag, (0,), stack=True)
+    done = f"{tag}_lh_slot"
+    single = f"{tag}_lh_single"
+    hot += [
+        asm.to_be(R1, 32),
+        asm.ld_map_value(R9, table.map, 0),
+        asm.mov32_reg(R0, R1),
+        asm.alu32_imm(Alu.RSH, R0, 32 - lh.root_bits),
+        asm.alu64_imm(Alu.LSH, R0, 3),
+        asm.alu64_reg(Alu.ADD, R0, R9),
+        asm.ldx(DW, R7, R0, 0),
+        asm.mov64_reg(R1, R7),
+        asm.alu64_imm(Alu.RSH, R1, 1),
+        asm.jmp_imm(Jmp.JEQ, R1, 0, done),  # no longer prefix under this slot
+        asm.mov64_reg(R8, R7),
+        asm.alu64_imm(Alu.RSH, R8, 32),
+    ]
+    if lh.n_singles:
+        hot.append(asm.jmp32_imm(Jmp.JSET, R8, 1 << 31, single))
+    probes: list[Insn | Label] = []
+    for j, length in enumerate(lh.lengths):
+        bit = j + 1
+        reg, b = (R7, bit) if bit < 32 else (R8, bit - 32)
+        probe, after = f"{tag}_lh_p{j}", f"{tag}_lh_c{j + 1}"
+        if j:
+            hot.append(Label(f"{tag}_lh_c{j}"))
+        hot.append(asm.jmp32_imm(Jmp.JSET, reg, 1 << b, probe))
+        words = lookup.key_words(length)
+        probes += [Label(probe), asm.st_imm(W, FP, PROBE_KEY, length)]
+        for i in range(words):
+            probes.append(asm.ldx(W, R1, FP, -16 + 4 * i))
+            covered = min(length - 32 * i, 32)
+            if covered < 32:
+                mask = (0xFFFFFFFF << (32 - covered)) & 0xFFFFFFFF
+                probes.append(asm.alu32_imm(Alu.AND, R1, _as_loaded(mask)))
+            probes.append(asm.stx(W, FP, PROBE_KEY + 4 + 4 * i, R1))
+        probes += [
+            asm.ld_map(R1, table.hashes[words]),
+            asm.mov64_reg(R2, FP),
+            asm.alu64_imm(Alu.ADD, R2, PROBE_KEY),
+            asm.call(Helper.map_lookup_elem),
+            asm.jmp_imm(Jmp.JEQ, R0, 0, after),
+            asm.ldx(B, R1, R0, 0),
+            asm.jmp_imm(Jmp.JNE, R1, 0, drop),
+            asm.ja("pass"),
+        ]
+    singles: list[Insn | Label] = []
+    if lh.n_singles:
+        # r1 = the entry: value + slots + index * SINGLE_SIZE (the bound check lets the
+        # verifier prove the entry inside the value; it never fails)
+        singles = [
+            Label(single),
+            asm.mov32_reg(R1, R8),
+            asm.alu32_imm(Alu.AND, R1, 0x7FFF_FFFF),
+            asm.jmp_imm(Jmp.JGE, R1, lh.n_singles, done),
+            asm.alu64_imm(Alu.MUL, R1, lookup.SINGLE_SIZE),
+            asm.alu64_reg(Alu.ADD, R1, R9),
+            asm.alu64_imm(Alu.ADD, R1, lh.slots_size),
+        ]
+        for i in range(4):
+            singles += [
+                asm.ldx(W, R2, FP, -16 + 4 * i),
+                asm.ldx(W, R4, R1, 16 + 4 * i),
+                asm.alu32_reg(Alu.AND, R2, R4),
+                asm.ldx(W, R4, R1, 4 * i),
+                asm.jmp_reg(Jmp.JNE, R2, R4, done),
+            ]
+        singles += [
+            asm.ldx(W, R2, R1, 32),
+            asm.jmp_imm(Jmp.JNE, R2, 0, drop),
+            asm.ja("pass"),
+        ]
+    hot += [
+        Label(f"{tag}_lh_c{len(lh.lengths)}"),
+        Label(done),
+        asm.jmp32_imm(Jmp.JSET, R7, 1, drop),
+        asm.ja("pass"),
+        *singles,
+        *probes,
+    ]
+    return hot, cold
 
 
 def _count(counters_map: PerCPUArrayMap, direction: Direction, kind: str) -> list[Insn | Label]:

@@ -17,42 +17,91 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PASS, DENY = 0, 1
 
 
-@dataclass(frozen=True)
-class FamilyRules:
-    """The compiled table of one address family: prefix → verdict (PASS or DENY)."""
+Item = tuple[int, int, int]  # (prefix length, network address as an integer, verdict)
 
-    version: int
-    entries: dict[Network, int]
+
+class FamilyRules:
+    """The compiled table of one address family: prefix → verdict (PASS or DENY).
+
+    Two views of the same table: ``items``, (prefix length, address, verdict) integers
+    sorted by length then address, which the lookup builders use; and ``entries``, a dict
+    of ``ipaddress`` networks, made on first use (100k network objects cost a second, and
+    building a unit's programs does not need them).
+    """
+
+    __slots__ = ("_entries", "_items", "version")
+
+    def __init__(
+        self,
+        version: int,
+        entries: dict[Network, int] | None = None,
+        *,
+        items: tuple[Item, ...] | None = None,
+    ) -> None:
+        self.version = version
+        self._entries = entries
+        if items is None:
+            items = tuple(
+                sorted((n.prefixlen, int(n.network_address), v) for n, v in (entries or {}).items())
+            )
+        self._items = items
+
+    @property
+    def items(self) -> tuple[Item, ...]:
+        """(prefix length, network address, verdict), sorted by length, then address."""
+        return self._items
+
+    @property
+    def entries(self) -> dict[Network, int]:
+        """Network → verdict."""
+        if self._entries is None:
+            cls = ipaddress.IPv4Network if self.version == 4 else ipaddress.IPv6Network
+            self._entries = {cls((addr, plen)): v for plen, addr, v in self._items}
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FamilyRules):
+            return NotImplemented
+        return (self.version, self._items) == (other.version, other._items)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"FamilyRules(version={self.version}, entries={self.entries!r})"
 
     @property
     def empty(self) -> bool:
         """No entry: every address of this family passes; no lookup needed."""
-        return not self.entries
+        return not self._items
 
     @property
     def constant(self) -> int | None:
         """The verdict when it is the same for every address of the family, else None."""
-        if not self.entries:
+        if not self._items:
             return PASS
-        if len(self.entries) == 1:
-            ((net, verdict),) = self.entries.items()
-            if net.prefixlen == 0:
+        if len(self._items) == 1:
+            ((plen, _, verdict),) = self._items
+            if plen == 0:
                 return verdict
         return None
 
     def verdict(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
         """Longest-prefix-match lookup in Python (what the kernel trie answers)."""
+        bits = 32 if self.version == 4 else 128
+        value = int(address)
         best: tuple[int, int] | None = None
-        for net, v in self.entries.items():
-            if address in net and (best is None or net.prefixlen > best[0]):
-                best = (net.prefixlen, v)
+        for plen, addr, v in self._items:
+            if value >> (bits - plen) == addr >> (bits - plen) and (best is None or plen > best[0]):
+                best = (plen, v)
         return PASS if best is None else best[1]
 
 
@@ -68,22 +117,15 @@ def compile_family(version: int, allow: Iterable[Network], deny: Iterable[Networ
     cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
     # key: start address << 8 | prefix length; sorts by address, then shorter first
     flags: dict[int, int] = {}  # key -> 1 in allow | 2 in deny
-    nets: dict[int, Network] = {}
     for prefixes, which in ((allow, 1), (deny, 2)):
         for n in prefixes:
-            if not isinstance(n, cls):
+            if n.__class__ is not cls and not isinstance(n, cls):
                 continue
             key = (int(n.network_address) << 8) | n.prefixlen
-            old = flags.get(key)
-            if old is None:
-                flags[key] = which
-                nets[key] = n
-            else:
-                flags[key] = old | which
+            flags[key] = flags.get(key, 0) | which
     if not any(f & 2 for f in flags.values()):
         return FamilyRules(version, {})
-    kept: list[int] = []  # prefix length << bits | start: sorts like (length, address)
-    verdict_of: dict[int, int] = {}
+    kept: list[Item] = []
     # The enclosing prefixes: last address, and state = verdict | in allow << 1 | in deny << 2.
     ends: list[int] = []
     states: list[int] = []
@@ -98,17 +140,11 @@ def compile_family(version: int, allow: Iterable[Network], deny: Iterable[Networ
         # Keep an entry only where its verdict differs from the nearest enclosing entry's
         # (or from PASS when none encloses it).
         if verdict != parent & 1:
-            kept.append((plen << bits) | start)
-            verdict_of[key] = verdict
+            kept.append((plen, start, verdict))
         ends.append(start + (1 << (bits - plen)) - 1)
         states.append(verdict | inside << 1)
     kept.sort()
-    mask = (1 << bits) - 1
-    entries = {}
-    for k in kept:
-        key = ((k & mask) << 8) | (k >> bits)
-        entries[nets[key]] = verdict_of[key]
-    return FamilyRules(version, entries)
+    return FamilyRules(version, items=tuple(kept))
 
 
 def compile_rules(

@@ -4,6 +4,7 @@ Pins in the unit's bpffs directory::
 
     counters        per-CPU array of the unit's counters (kept across policy changes)
     denied          LRU hash of denied remote addresses (once the unit has a deny list)
+    denied_slots    per-CPU slots in front of it: the address each CPU denied last
     link_ingress    bpf_link of the ingress program on the unit's cgroup
     link_egress     bpf_link of the egress program
     filter_<dir>_N  links of user programs (IPIngressFilterPath=/IPEgressFilterPath=)
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from ipacctd.bpf import bpffs
 from ipacctd.bpf.errors import BPFError
 from ipacctd.bpf.links import CgroupLink, open_cgroup, prog_attach, prog_detach, prog_query
-from ipacctd.bpf.maps import LPMTrieMap, LRUHashMap, Map, PerCPUArrayMap
+from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap
 from ipacctd.bpf.programs import AttachType, Program
 from ipacctd.datapath import counters as counters_mod
 from ipacctd.datapath import denied, lookup
@@ -114,7 +115,7 @@ class Programs:
 
 
 def build_programs(
-    spec: Spec, counters_map: PerCPUArrayMap, denied_map: Map | None = None
+    spec: Spec, counters_map: PerCPUArrayMap, denied_map: denied.Log | None = None
 ) -> Programs:
     """Compile the spec and load ingress and egress programs that use ``counters_map``
     (and record denied addresses in ``denied_map`` when given). Each family's lookup
@@ -172,7 +173,7 @@ class UnitDatapath:
         bpffs.make_dir(tmp)
         cmap = counters_mod.create_map()
         links: list[CgroupLink] = []
-        dmap: Map | None = None
+        dmap: denied.Log | None = None
         try:
             cmap.pin(os.path.join(tmp, COUNTERS))
             if spec.deny:
@@ -570,11 +571,12 @@ class UnitDatapath:
 
     # -- changing --------------------------------------------------------------------------
 
-    def denied_map(self, create: bool = False) -> Map | None:
-        """Open the unit's denied-addresses map; with ``create``, make and pin it if missing."""
+    def denied_map(self, create: bool = False) -> denied.Log | None:
+        """Open the unit's denied-addresses log; with ``create``, make and pin what is
+        missing of it."""
         path = os.path.join(self.pin_dir, denied.PIN)
         if os.path.exists(path):
-            return LRUHashMap.open_pinned(path)
+            return denied.open_pinned(path, create)
         if not create:
             return None
         dmap = denied.create_map()

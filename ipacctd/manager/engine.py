@@ -234,7 +234,7 @@ class Manager:
         """The policy file for ``name`` in the unit directory, if there is one."""
         from ipacctd.policy.unitfile import load_unit_dir
 
-        files, errors = load_unit_dir(self.config.unit_dir)
+        files, errors = load_unit_dir(self.config.unit_dir, only=name)
         for f in files:
             if f.name == name:
                 return f

@@ -10,9 +10,10 @@ from typing import Any
 from ipacctd.bpf import asm
 from ipacctd.bpf.errors import BPFError
 from ipacctd.bpf.links import CgroupLink
-from ipacctd.bpf.maps import LPMTrieMap, Map, MapType, open_map_id
+from ipacctd.bpf.maps import LPMTrieMap, Map, MapType, PerCPUArrayMap, open_map_id
 from ipacctd.bpf.programs import Program
 from ipacctd.datapath import counters as counters_mod
+from ipacctd.datapath import denied as denied_mod
 from ipacctd.datapath import lookup
 from ipacctd.datapath.rules import DENY
 from ipacctd.datapath.unit import COUNTERS
@@ -85,10 +86,17 @@ def inspect_unit(mgr: Manager, name: str, instructions: bool = False) -> dict[st
         with prog:
             out["programs"].append(_program(prog, entry, instructions))
             map_ids += [m for m in prog.info().map_ids if m not in map_ids]
-    for mid in map_ids:
-        with contextlib.suppress(BPFError):
-            with open_map_id(mid) as m:
-                out["maps"].append(_map(m))
+    # The denied-addresses log is its hash plus the per-CPU slots in front of it.
+    slots_path = os.path.join(pin_dir, denied_mod.SLOTS_PIN)
+    slots = PerCPUArrayMap.open_pinned(slots_path) if os.path.exists(slots_path) else None
+    try:
+        for mid in map_ids:
+            with contextlib.suppress(BPFError):
+                with open_map_id(mid) as m:
+                    out["maps"].append(_map(m, slots))
+    finally:
+        if slots is not None:
+            slots.close()
     return out
 
 
@@ -109,7 +117,7 @@ def _program(prog: Program, pin: str, instructions: bool) -> dict[str, Any]:
     return data
 
 
-def _map(m: Map) -> dict[str, Any]:
+def _map(m: Map, denied_slots: PerCPUArrayMap | None = None) -> dict[str, Any]:
     info = m.info()
     data: dict[str, Any] = {
         "id": info.id, "type": info.type_name, "name": info.name, "key_size": info.key_size,
@@ -144,18 +152,36 @@ def _map(m: Map) -> dict[str, Any]:
                             f"{info.value_size} bytes)")
             data["multibit"] = meta
         data["count"] = meta["prefixes"] if meta is not None else None
+    elif info.type == MapType.ARRAY and info.name == lookup.LENHASH_NAME:
+        # A lenhash root holds slots (verdicts and length bits): show its shape.
+        data["entries"] = []
+        value = m.lookup_raw(b"\0\0\0\0")
+        lh = lookup.parse_lenhash_trailer(value) if value is not None else None
+        if lh is None:
+            data["role"] = "policy (IPv6, lenhash root)"
+        else:
+            lengths = ",".join(str(n) for n in lh["lengths"])  # type: ignore[attr-defined]
+            data["role"] = (
+                f"policy (IPv6, lenhash root: {lh['prefixes']} prefixes, "
+                f"{lh['root_bits']} root bits, hashed lengths {lengths or '-'})"
+            )
+            data["lenhash"] = lh
+        data["count"] = lh["prefixes"] if lh is not None else None
+    elif info.type == MapType.HASH and info.name.startswith("ipacctd_lh_k"):
+        data["role"] = "policy (IPv6, lenhash: prefixes by length, one hash per key size)"
+        data["entries"] = []
     elif info.type == MapType.LRU_HASH and info.name == DENIED_MAP_NAME:
         data["role"] = "denied addresses"
-        data["entries"] = denied_entries(m)
+        data["entries"] = denied_entries(m, denied_slots)
+    elif info.type == MapType.PERCPU_ARRAY and info.name == denied_mod.SLOTS_NAME:
+        data["role"] = "denied addresses: per-CPU slots (counted in the log's entries)"
     return data
 
 
 DENIED_MAP_NAME = "ipacctd_denied"
 
 
-def denied_entries(m: Map) -> list[dict[str, Any]]:
-    """Decode the denied-addresses map (if the datapath keeps one)."""
-    from ipacctd.datapath.denied import decode
-
-    return decode(m)
+def denied_entries(m: Map, slots: PerCPUArrayMap | None = None) -> list[dict[str, Any]]:
+    """Decode the denied-addresses map, merged with its per-CPU slots when given."""
+    return denied_mod.decode(denied_mod.Log(m, slots) if slots is not None else m)
 

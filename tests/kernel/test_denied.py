@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import pytest
 from lookup_strategies import force
@@ -17,7 +18,7 @@ def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text, strict=False)
 
 
-@pytest.mark.parametrize("strategy", ["inline", "lpm", "multibit-16-4"])
+@pytest.mark.parametrize("strategy", ["inline", "lpm", "multibit-16-4", "lenhash-12"])
 @pytest.mark.parametrize("audit", [False, True])
 @pytest.mark.parametrize(
     "deny",
@@ -106,3 +107,83 @@ def test_inspect_shows_a_multibit_table(monkeypatch) -> None:
     # the /24 needs a chunk at levels 1 and 2, the /32 one at each of the four levels
     assert table["multibit"] == {"prefixes": 3, "chunks": 2 + 4, "strides": [16, 4, 4, 4, 4]}
     assert "multibit table: 3 prefixes, strides 16-4-4-4-4" in table["role"]
+
+
+def test_slots_hold_a_flood_and_hand_it_to_the_hash_exactly() -> None:
+    """A run of packets to one address is counted in the CPU's slot, not the hash; the log
+    shows it all the same, and the next address moves it into the hash without loss."""
+    spec = Spec(deny=(net("198.51.100.0/24"), net("2001:db8::/64")))
+    first = udp_frame("192.0.2.1", "198.51.100.9")
+    second = udp_frame("2001:db8::1", "2001:db8::9")
+    with counters.create_map() as cmap, denied.create_map() as log:
+        progs = build_programs(spec, cmap, log)
+        try:
+            progs.egress.test_run(first, 50)  # one run of 50 packets on one CPU
+            assert list(log.table.items_raw()) == []  # all in the slot
+            (entry,) = denied.decode(log)
+            assert (entry["address"], entry["packets"]) == ("198.51.100.9", 50)
+            assert entry["bytes"] == 50 * ip_length(first)
+            progs.egress.test_run(second, 7)  # takes the slot over: the 50 go to the hash
+            in_hash = denied.decode(log.table)
+            assert [(e["address"], e["packets"]) for e in in_hash] == [("198.51.100.9", 50)]
+            got = {e["address"]: (e["packets"], e["bytes"]) for e in denied.decode(log)}
+            assert got == {
+                "198.51.100.9": (50, 50 * ip_length(first)),
+                "2001:db8::9": (7, 7 * ip_length(second)),
+            }
+            progs.egress.test_run(first, 3)  # back again: added to the hash's entry
+            progs.egress.test_run(second, 1)
+            got = {e["address"]: e["packets"] for e in denied.decode(log)}
+            assert got == {"198.51.100.9": 53, "2001:db8::9": 8}
+        finally:
+            progs.close()
+        assert counters.read(cmap).egress_dropped_packets == 50 + 7 + 3 + 1
+
+
+def test_a_log_pinned_without_slots_gets_them() -> None:
+    """A unit pinned before the slots existed: opening its log to build programs adds and
+    pins them; opening it to read does not."""
+    from ipacctd.bpf import bpffs
+    from ipacctd.bpf.maps import LRUHashMap
+
+    pin_dir = os.path.join(bpffs.ensure_mounted(), f"ipacctd-test-denied-{os.getpid()}")
+    bpffs.make_dir(pin_dir)
+    try:
+        path = os.path.join(pin_dir, denied.PIN)
+        with LRUHashMap.new(denied.KEY_SIZE, denied.VALUE_SIZE, 8, denied.MAP_NAME) as old:
+            old.pin(path)
+        with denied.open_pinned(path) as log:
+            assert log.slots is None
+            assert denied.decode(log) == []
+        assert not os.path.exists(os.path.join(pin_dir, denied.SLOTS_PIN))
+        with denied.open_pinned(path, create=True) as log:
+            assert log.slots is not None
+        assert os.path.exists(os.path.join(pin_dir, denied.SLOTS_PIN))
+    finally:
+        bpffs.remove_tree(pin_dir)
+
+
+def test_inspect_shows_a_lenhash_table(monkeypatch) -> None:
+    """inspect names the lenhash root's role and shape, and its hashes' role."""
+    from ipacctd.bpf.maps import open_map_id
+    from ipacctd.manager import inspect
+
+    force(monkeypatch, "lenhash-12")
+    spec = Spec(allow=(net("2001:db8:1::/48"),), deny=(net("2001:db8::/32"), net("2001:db9::7")))
+    with counters.create_map() as cmap:
+        progs = build_programs(spec, cmap)
+        try:
+            assert progs.strategy(6) == "lenhash"
+            shown = []
+            for map_id in progs.egress.info().map_ids:
+                with open_map_id(map_id) as m:
+                    shown.append(inspect._map(m))
+        finally:
+            progs.close()
+    roles = sorted(m["role"] for m in shown if m["role"].startswith("policy"))
+    assert roles == [
+        "policy (IPv6, lenhash root: 3 prefixes, 12 root bits, hashed lengths 128,48,32)",
+        "policy (IPv6, lenhash: prefixes by length, one hash per key size)",
+        "policy (IPv6, lenhash: prefixes by length, one hash per key size)",
+        "policy (IPv6, lenhash: prefixes by length, one hash per key size)",
+    ]

@@ -98,7 +98,9 @@ def test_datapath_outlives_its_creator(netns_factory, cgroup_dir, pin_dir) -> No
     create_in_subprocess(pin_dir, cgroup_dir, f"{DENIED}/32")
     # The creator has exited: only the pins hold the maps, programs and links.
     # counters and links; with a deny list also the denied-addresses log
-    assert sorted(os.listdir(pin_dir)) == sorted([COUNTERS, denied.PIN, *LINK.values()])
+    assert sorted(os.listdir(pin_dir)) == sorted(
+        [COUNTERS, denied.PIN, denied.SLOTS_PIN, *LINK.values()]
+    )
     hooks = attached(cgroup_dir)
     with UnitDatapath.open(pin_dir) as dp:
         assert dp.attached()

@@ -72,7 +72,21 @@ TABLE_MAP = {
     "lpm": {4: (MapType.LPM_TRIE, 8), 6: (MapType.LPM_TRIE, 20)},
     "multibit-16-4": {4: (MapType.ARRAY, 4), 6: (MapType.LPM_TRIE, 20)},
     "multibit-20-4": {4: (MapType.ARRAY, 4), 6: (MapType.LPM_TRIE, 20)},
+    # the root array, then one hash per key size in use (see _lenhash_maps)
+    "lenhash-12": {4: (MapType.LPM_TRIE, 8), 6: "lenhash"},
 }
+
+
+def _lenhash_maps(rules, root_bits: int) -> list[tuple[MapType, int]]:
+    """A lenhash table's maps: the root array and a hash per key size (u32 length + the
+    address words the prefix touches) of the entries longer than the root that share
+    their root slot with another (one alone is stored in the root's value)."""
+    under: dict[int, list] = {}
+    for n in rules.entries:
+        if n.prefixlen > root_bits:
+            under.setdefault(int(n.network_address) >> (128 - root_bits), []).append(n)
+    sizes = {4 + 4 * ((n.prefixlen + 31) // 32) for g in under.values() if len(g) > 1 for n in g}
+    return [(MapType.ARRAY, 4), *((MapType.HASH, k) for k in sorted(sizes))]
 
 
 @pytest.mark.parametrize("log_denied", [False, True], ids=["nolog", "log"])
@@ -96,15 +110,23 @@ def test_every_shape_verifies(
     dmap = denied.create_map() if log_denied else None
     progs = build_programs(spec, cmap, dmap)
     try:
-        fixed = {cmap.info().id} | ({dmap.info().id} if dmap is not None else set())
+        log_ids = {dmap.table.info().id, dmap.slots.info().id} if dmap is not None else set()
+        fixed = {cmap.info().id} | log_ids
         need = _needs_lookup(allow_key, deny_key)
         has_drop_path = _has(DENY[deny_key], 4) or _has(DENY[deny_key], 6)
         for version in (4, 6):
             want = expected(strategy, version) if need[version] else None
             assert progs.strategy(version) == want
-        want_maps = sorted(
-            TABLE_MAP[strategy][v] for v in (4, 6) if need[v] and TABLE_MAP[strategy][v]
-        )
+        want_maps = []
+        for v in (4, 6):
+            kind = TABLE_MAP[strategy][v]
+            if not need[v] or not kind:
+                continue
+            if kind == "lenhash":
+                want_maps += _lenhash_maps(progs.rules[1], 12)
+            else:
+                want_maps.append(kind)
+        want_maps.sort()
         for direction in Direction:
             prog = progs.by_direction(direction)
             info = prog.info()
@@ -116,8 +138,9 @@ def test_every_shape_verifies(
             assert len(ids) == len(info.map_ids)
             # The counters map is used when counting passed packets or dropped ones.
             assert (cmap.info().id in ids) == (accounting or has_drop_path)
-            if dmap is not None:
-                assert (dmap.info().id in ids) == has_drop_path
+            if dmap is not None:  # the log's hash and its per-CPU slots
+                assert (log_ids <= ids) == has_drop_path
+                assert bool(log_ids & ids) == has_drop_path
             maps = []
             for map_id in ids - fixed:
                 with open_map_id(map_id) as m:
@@ -137,7 +160,9 @@ def test_every_shape_verifies(
                 # no map, no helper: only the cold bpf_skb_load_bytes and the counting of
                 # drops may call (the drop counter's lookup is inlined for per-CPU arrays)
                 assert len(calls) <= 2 + 2 * has_drop_path
-            if strategy.startswith("multibit") and need[4]:
+            if (strategy.startswith("multibit") and need[4]) or (
+                strategy.startswith("lenhash") and need[6]
+            ):
                 assert any(i.is_wide and i.src == asm.PSEUDO_MAP_VALUE for i in insns)
     finally:
         progs.close()

@@ -248,7 +248,54 @@ def test_strategy_follows_the_table_size() -> None:
         assert lookup.strategy(_table(version, lookup.INLINE_MAX + 1)) == lookup.LPM
         assert lookup.strategy(_table(version, lookup.MULTIBIT_MIN - 1)) == lookup.LPM
     assert lookup.strategy(_table(4, lookup.MULTIBIT_MIN)) == lookup.MULTIBIT
-    assert lookup.strategy(_table(6, lookup.MULTIBIT_MIN)) == lookup.LPM
+    assert lookup.strategy(_table(6, lookup.LENHASH_MIN - 1)) == lookup.LPM
+    assert lookup.strategy(_table(6, lookup.LENHASH_MIN)) == lookup.LENHASH
+
+
+def test_lenhash_needs_few_enough_lengths_above_its_root() -> None:
+    """Each length above the root is a bit of a slot: a table with more lengths than the
+    slot has bits gets the trie."""
+    from ipacctd.datapath import lookup
+
+    n = lookup.LENHASH_MIN
+    root = lookup.lenhash_root_bits(n)
+    many = {net(((i + 1) << 99, 128 - i % 100)): DENY for i in range(n)}  # 100 lengths
+    assert len({p.prefixlen for p in many if p.prefixlen > root}) > lookup.LENHASH_MAX_LENGTHS
+    assert lookup.strategy(FamilyRules(6, many)) == lookup.LPM
+    few = {net(((i + 1) << 99, 128 - i % 60)): DENY for i in range(n)}
+    assert lookup.strategy(FamilyRules(6, few)) == lookup.LENHASH
+    table = lookup.build_lenhash(FamilyRules(6, few))
+    assert table.lengths == tuple(range(128, 68, -1))
+    assert sum(table.count(w) for w in lookup.KEY_WORDS) == n
+    meta = lookup.parse_lenhash_trailer(table.value())
+    assert meta == {
+        "prefixes": n,
+        "root_bits": root,
+        "lengths": list(table.lengths),
+        "singles": 0,  # all share slot 0
+    }
+    # the same prefixes spread over the root: each alone under its slot, no hash at all
+    spread = {net(((i + 1) << (128 - root), 128 - i % 100)): DENY for i in range(n)}
+    table = lookup.build_lenhash(FamilyRules(6, spread))
+    assert table.n_singles == n and table.lengths == () and table.keys == {}
+    for p in spread:
+        assert table.lookup(int(p.network_address)) == DENY
+        assert table.lookup(int(p.network_address) - 1) == PASS
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    allow=st.lists(v6_prefix, max_size=7),
+    deny=st.lists(v6_prefix, max_size=7),
+    root=st.sampled_from([1, 4, 12, 20]),
+)
+def test_lenhash_table_decides_like_the_compiled_table(allow, deny, root) -> None:
+    from ipacctd.datapath import lookup
+
+    rules = compile_family(6, allow, deny)
+    table = lookup.build_lenhash(rules, root)
+    for a in (a for a in _probe_set(allow, deny) if a.version == 6):
+        assert table.lookup(int(a)) == rules.verdict(a), (root, a, rules.entries)
 
 
 @settings(max_examples=200, deadline=None)
