@@ -15,6 +15,7 @@ from test_pinning import ADDRS, ALLOWED, DENIED, attached, udp
 
 from ipacctd.bpf.errors import BPFError
 from ipacctd.bpf.links import open_cgroup, prog_attach
+from ipacctd.datapath import denied
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.datapath.unit import ATTACH, PROG_PIN, Spec, UnitDatapath, link_problem
 
@@ -42,7 +43,8 @@ def test_pinned_programs_run_once_swap_in_place_and_stale_ones_are_replaced(
     ns = netns_factory(ADDRS)
     with UnitDatapath.create(pin_dir, None, DENY_DENIED) as dp:
         assert dp.pinned_programs
-        assert sorted(os.listdir(pin_dir)) == sorted(["counters", "denied", *PROG_PIN.values()])
+        pins = ["counters", denied.PIN, denied.SLOTS_PIN, *PROG_PIN.values()]
+        assert sorted(os.listdir(pin_dir)) == sorted(pins)
         assert attached(cgroup_dir) == {d: () for d in Direction}, "nothing attached by create"
         assert not dp.attached_to(cgroup_dir)
 
