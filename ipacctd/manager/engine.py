@@ -329,6 +329,12 @@ class Manager:
                 self._reconcile(name)
             if self.store.exists(name):
                 old = self.status(name)
+                if old.unit.systemd_service is not None and old.unit.cgroup == rel:
+                    # Armed already (the service is merely stopped): removing it to bind
+                    # again would leave a start in between unarmed.
+                    raise AlreadyExists(f"unit {name} is bound to {old.unit.systemd_service} "
+                                        "already (systemd arms its every start); change it "
+                                        f"with 'ipacctd set-property {name}'")
                 if old.unit.transient or old.active_state == "active" or old.unit.cgroup != rel:
                     raise AlreadyExists(f"unit {name} exists already; pick another with --unit")
                 self._remove(old.unit)  # a bound cgroup that vanished and came back

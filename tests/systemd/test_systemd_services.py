@@ -628,6 +628,20 @@ def test_a_stopped_service_attached_is_armed_from_its_first_start(sd: SystemdRef
     assert "Active: active (running)" in status and "(enforced)" in status, status
     assert sd.counters(unit)["IPFirewallEnforced"] == "yes"
     sd.systemctl("stop", f"{svc}.service")
+    # Binding it again would disarm it in between: refused, nothing changes.
+    res = sd.ipacctd("attach", f"/system.slice/{svc}.service", check=False)
+    assert res.returncode != 0 and f"bound to {unit} already" in res.stderr, res.stderr
+    assert sd.read(f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf") == dropin
+    # The drop-in lost while the service is stopped: its next start would run unarmed,
+    # and every view says so; reconcile (daemon poll, reload) arms it again.
+    sd.sh("rm", f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf")
+    sd.systemctl("daemon-reload")
+    res = sd.ipacctd("status", unit, check=False)
+    assert "(NOT ARMED: the systemd drop-in" in res.stdout, res.stdout
+    show = sd.ipacctd("show", unit, "-p", "IPFirewallProblem", "--value").stdout
+    assert show.startswith("not armed:") and "runs without the firewall" in show, show
+    assert sd.ipacctd_py(RECONCILE).stdout.split() == [unit]
+    assert sd.read(f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf") == dropin
     _start_stop(sd, svc, STARTS - 1)
     _check_every_start_armed(sd, svc, unit, STARTS)
     _check_armed_and_stopped(sd, unit)
