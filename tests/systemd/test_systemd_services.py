@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -697,3 +698,58 @@ def test_a_path_naming_no_loaded_service_does_not_exist(sd: SystemdRef) -> None:
         assert f"cgroup {path} does not exist" in res.stderr, res.stderr
         assert path.rsplit("/", 1)[1] not in sd.ipacctd("list-units", "--all").stdout
         assert not sd.exists(f"/run/systemd/system/{path.rsplit('/', 1)[1]}.d")
+
+
+def _wait_for(what: str, check) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        assert time.monotonic() < deadline, f"waited {DEADLINE}s for {what}"
+        time.sleep(0.1)
+
+
+def test_the_daemon_arms_a_stopped_service_and_keeps_it_past_retention(sd: SystemdRef) -> None:
+    svc, unit = "ipsd-firstd", "ipsd-firstd.service"
+    units = f"{sd.logdir}/units-firstd"
+    dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
+    sd.service(svc, "hold")
+    sd.write(
+        f"{units}/{unit}",
+        f"""[Match]
+ControlGroup=/system.slice/{svc}.service
+[Service]
+IPAddressDeny={DENIED}
+""",
+    )
+    # The daemon, with retention 0: an inactive unit it may forget goes at its next poll.
+    sd.sh(
+        "systemd-run",
+        "--unit=ipsd-daemon.service",
+        f"--setenv=PYTHONPATH={sd.root}",
+        f"--setenv=IPACCTD_UNIT_DIR={units}",
+        sys.executable,  # the daemon's dependencies are this interpreter's (/ is shared)
+        "-m",
+        "ipacctd",
+        "daemon",
+        "--no-bus",
+        "--listen=",
+        "--retention=0",
+        "--poll-interval=0.2",
+    )
+    try:
+        _wait_for("the daemon to arm the stopped service", lambda: sd.exists(dropin))
+        _check_armed_and_stopped(sd, unit)
+        _start_stop(sd, svc, STARTS // 2)
+        time.sleep(2)  # ten polls past retention: an armed unit is never forgotten
+        assert sd.exists(dropin)
+        _check_armed_and_stopped(sd, unit)
+        _start_stop(sd, svc, STARTS - STARTS // 2)
+        _check_every_start_armed(sd, svc, unit, STARTS)
+        # The file goes and the daemon reloads (SIGHUP, as `ipacctd reload` without D-Bus):
+        # it detaches the unit and the drop-in goes with it.
+        sd.sh("rm", f"{units}/{unit}")
+        sd.systemctl("kill", "-s", "HUP", "ipsd-daemon.service")
+        _wait_for("the daemon to disarm the service", lambda: not sd.exists(dropin))
+    finally:
+        sd.sh("systemctl", "stop", "ipsd-daemon.service", check=False)
+        log = sd.sh("journalctl", "-u", "ipsd-daemon.service", "--no-pager", check=False)
+        print(log.stdout[-3000:])
