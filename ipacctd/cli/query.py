@@ -69,7 +69,9 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = 
     u = st.unit
     enf = st.enforcement
     lines = [f"{DOTS.get(st.active_state, '●')} {u.name} - {u.description}"]
-    kind = "transient" if u.transient else "attached to existing cgroup"
+    kind = ("transient" if u.transient
+            else f"bound to the systemd service {u.systemd_service}" if u.systemd_service
+            else "attached to existing cgroup")
     loaded = f"{u.source}; {kind}" if u.source else kind
     lines.append(f"     Loaded: loaded ({loaded})")
     if u.container is not None:
@@ -152,6 +154,11 @@ def _policy(st: UnitStatus) -> str:
         return (f"{policy} (NOT IN FORCE YET: a change was cut off; the kernel enforces "
                 f"policy generation {st.kernel_generation}, recorded "
                 f"{st.unit.generation}; the next change or daemon start completes it)")
+    if not enf.live and st.unit.systemd_service is not None:
+        if enf.disarmed:
+            return f"{policy} (NOT ARMED: {enf.problem.split(': ', 1)[1]})"
+        return (f"{policy} (armed: in force from the first instruction of the next start "
+                f"of {st.unit.systemd_service}; not running now)")
     if not enf.live:
         if st.counters is None:
             return f"{policy} (cgroup gone; pins lost)"

@@ -6,7 +6,10 @@ A file naming one exact ``ControlGroup=`` gives a unit of the file's name. A glo
 (``podman-web-5522d0d1ae87.service``, as the OCI hook names it: see
 :mod:`ipacctd.containers`). When a matching cgroup appears it is bound; when it vanishes
 its unit turns inactive (its counters stay readable until the retention time); when the
-file goes or stops matching, the unit is detached.
+file goes or stops matching, the unit is detached. An exact path naming a systemd service
+that is loaded but not running is bound at once, before its cgroup exists: systemd then
+arms the service's first start (:mod:`ipacctd.manager.systemd`), and the unit is kept
+across the service's stops and starts (systemd arms every one) until the file goes.
 
 A cgroup is known by its id (inode), not its path: a cgroup removed and made again at
 the same path (a service or container restart) is re-bound, its counters carried on,
@@ -116,7 +119,8 @@ class Binder:
         for f in self.files:
             for pattern in f.cgroups:
                 if not _is_glob(pattern):
-                    if cgroup.exists(cgroup.fs_path(pattern, mount)):
+                    if cgroup.exists(cgroup.fs_path(pattern, mount)) or \
+                            self._stopped_service(pattern):
                         rel = cgroup.validate_path(pattern)
                         matches.setdefault(rel, []).append((f, pattern))
                     continue
@@ -135,6 +139,19 @@ class Binder:
                 log.debug("cgroup %s: merging %s", rel, ", ".join(f.path for f in files))
             out.setdefault(name, Binding(name, rel, files, self._found.get(rel)))
         return out
+
+    def _stopped_service(self, pattern: str) -> bool:
+        """An exact path naming a systemd service that is loaded but not running: bound at
+        once, before its cgroup exists, so that systemd arms its first start (see
+        :mod:`ipacctd.manager.systemd`). A unit armed for it already needs no systemctl."""
+        try:
+            rel = cgroup.validate_path(pattern)
+        except InvalidInput:
+            return False
+        for unit in self._attached_units():
+            if unit.cgroup == rel and unit.systemd_service is not None:
+                return True
+        return self.manager.stopped_systemd_service(rel)
 
     def _name(self, f: UnitFile, pattern: str, rel: str) -> str:
         """The unit name ``f``'s ``pattern`` gives ``rel`` (:meth:`UnitFile.unit_name_for`);
@@ -231,6 +248,8 @@ class Binder:
                 return f"detached {name} (no unit file matches {unit.cgroup} any more)"
         live = live_cgroup_id(self.manager, unit)
         if live is None:
+            if unit.cgroup_id is None and unit.systemd_service is not None:
+                return None  # armed before its service's first start: nothing vanished
             if unit.exited_at is None:  # the cgroup vanished: inactive, kept until expiry
                 self.manager.record_exit(name, 0)
                 return f"{name}: cgroup {unit.cgroup} vanished"

@@ -251,10 +251,10 @@ class Daemon:
             try:
                 unit = entry.status.unit  # as last read: parsing metadata costs more
                 enf = self.manager.enforcement(name, unit)
-                if enf.alarming:  # be sure, with the metadata as it is now
+                if enf.alarming or enf.disarmed:  # be sure, with the metadata as it is now
                     unit = self.manager.unit(name)
                     enf = self.manager.enforcement(name, unit)
-                if enf.alarming and unit.enforced:
+                if (enf.alarming or enf.disarmed) and unit.enforced:
                     if self.manager.reconcile(name):  # waits for the lock: a CLI's change
                         repaired.append(name)        # in flight completes first
                         self.registry.reader.forget(name)  # the counters map may be new
@@ -281,7 +281,7 @@ class Daemon:
     def _report(self, name: str, enf) -> None:
         """Log a unit's enforcement at ERROR when it turns (or stays, with another cause)
         not enforced on a live cgroup, and once when it is in force again."""
-        problem = enf.problem if enf is not None and enf.alarming else ""
+        problem = enf.problem if enf is not None and (enf.alarming or enf.disarmed) else ""
         before = self._reported.get(name, "")
         if problem == before:
             return
@@ -293,7 +293,12 @@ class Daemon:
             self._reported.pop(name, None)
 
     def gc(self, now: float | None = None) -> list[str]:
-        """Forget inactive units whose retention time has passed."""
+        """Forget inactive units whose retention time has passed.
+
+        Not a unit systemd arms: it is bound to the service, not to one run's cgroup, and
+        its drop-in arms every later start; forgetting it would let the next start run
+        without the firewall. It stays (counting on across runs) until detached or its
+        unit file goes."""
         now = time.time() if now is None else now
         removed = []
         for name, entry in list(self.registry.units.items()):
@@ -301,6 +306,8 @@ class Daemon:
             ended = st.unit.exited_at
             if st.active_state == "active" or ended is None:
                 continue
+            if st.unit.systemd_service is not None and st.unit.enforced:
+                continue  # armed by systemd: kept across the service's stops (see below)
             if now - ended >= self.config.retention:
                 try:
                     if st.unit.transient:

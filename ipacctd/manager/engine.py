@@ -34,7 +34,14 @@ from ipacctd.errors import (
 from ipacctd.manager import generation, recovery, systemd
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store
-from ipacctd.manager.unit import POLICY_CUT_OFF, Enforcement, Unit, UnitStatus, spec_for
+from ipacctd.manager.unit import (
+    NOT_ARMED,
+    POLICY_CUT_OFF,
+    Enforcement,
+    Unit,
+    UnitStatus,
+    spec_for,
+)
 from ipacctd.policy.names import transient_name, validate_unit_name
 from ipacctd.policy.properties import Properties, parse_assignment
 
@@ -197,7 +204,7 @@ class Manager:
         fs = self.cgroup_fs(unit)
         cid = cgroup_id(fs) if cgroup.exists(fs) else None
         if cid is None:
-            return Enforcement(False, "cgroup gone", live=False)
+            return self._armed_for_next_start(name, unit)
         if not unit.enforced:
             return Enforcement(False, f"BPF unusable: {unit.not_enforced_reason}", cgroup_id=cid)
         pin_dir = self.store.pin_dir(name)
@@ -218,6 +225,34 @@ class Manager:
         if problem == "cgroup gone":  # removed between the two looks
             return Enforcement(False, problem, live=False)
         return Enforcement(False, problem, cgroup_id=cid)
+
+    def _armed_for_next_start(self, name: str, unit: Unit) -> Enforcement:
+        """No cgroup at the unit's path: nothing to enforce on now. For a unit systemd arms
+        (a stopped service, or one never started since it was bound) what must hold is its
+        next start: the drop-in naming its pinned programs, and those pins — else the
+        problem says ``not armed`` (:attr:`Enforcement.disarmed`), and reconcile (daemon
+        poll, ``reload``) writes them again."""
+        service = unit.systemd_service
+        if service is None or not unit.enforced:
+            return Enforcement(False, "cgroup gone", live=False)
+        pin_dir = self.store.pin_dir(name)
+        lost = [p for p in PROG_PIN.values() if not os.path.exists(os.path.join(pin_dir, p))]
+        problem = ""
+        if lost:
+            problem = f"{NOT_ARMED}: pins lost ({', '.join(sorted(lost))} in {pin_dir})"
+        else:
+            try:
+                same = systemd.read(service) == self._dropin(unit)
+            except Error:
+                same = False
+            if not same:
+                problem = (f"{NOT_ARMED}: the systemd drop-in {systemd.dropin_path(service)} "
+                           "is missing or changed")
+        if problem:
+            problem += f"; the next start of {service} runs without the firewall"
+        else:  # nothing to enforce on, and in force from the next start's first instruction
+            problem = f"cgroup gone: {service} is not running; systemd arms its next start"
+        return Enforcement(False, problem, live=False)
 
     def statuses(self, names: Sequence[str] | None = None) -> list[UnitStatus]:
         """Status of the named units (all when None); unknown names raise NotFound."""
@@ -285,7 +320,7 @@ class Manager:
         """
         rel = cgroup.validate_path(cgroup_path)
         fs = cgroup.fs_path(rel)
-        if not cgroup.exists(fs):
+        if not cgroup.exists(fs) and not self.stopped_systemd_service(rel):
             raise NotFound(f"cgroup {rel} does not exist (looked at {fs})")
         name = validate_unit_name(name or os.path.basename(rel) or "root")
         with self.store.locked():
@@ -294,6 +329,12 @@ class Manager:
                 self._reconcile(name)
             if self.store.exists(name):
                 old = self.status(name)
+                if old.unit.systemd_service is not None and old.unit.cgroup == rel:
+                    # Armed already (the service is merely stopped): removing it to bind
+                    # again would leave a start in between unarmed.
+                    raise AlreadyExists(f"unit {name} is bound to {old.unit.systemd_service} "
+                                        "already (systemd arms its every start); change it "
+                                        f"with 'ipacctd set-property {name}'")
                 if old.unit.transient or old.active_state == "active" or old.unit.cgroup != rel:
                     raise AlreadyExists(f"unit {name} exists already; pick another with --unit")
                 self._remove(old.unit)  # a bound cgroup that vanished and came back
@@ -322,6 +363,15 @@ class Manager:
             systemd.check_owner(service, name, self.store.pin_dir(name))
         return service
 
+    @staticmethod
+    def stopped_systemd_service(rel: str) -> bool:
+        """True when ``rel`` is where a loaded but stopped systemd service's next start makes
+        its cgroup (see :mod:`ipacctd.manager.systemd`): binding it arms the service at
+        once — pins, drop-in, daemon-reload — so that its first start is enforced before
+        its first instruction. Only where the programs can be pinned: an unenforced unit
+        on no cgroup would be nothing at all."""
+        return datapath_problem() is None and systemd.service_for(rel) is not None
+
     def _make_room(self, name: str) -> None:
         """Let a new run reuse the name of an inactive unit; refuse an active one."""
         if not self.store.exists(name):
@@ -342,6 +392,8 @@ class Manager:
         unit = replace(unit, generation=1, rollback=None, removing=False)
         if make_cgroup:
             cgroup.create(fs)
+        # None: a stopped systemd service, armed before its cgroup exists (systemd makes it
+        # at the next start; the binder or the next rebind records its id).
         unit = replace(unit, cgroup_id=cgroup_id(fs))
         # Metadata first: pins never exist without it, and a crash before the pins are
         # complete leaves a unit that status reports ("programs missing") and reset removes.
@@ -598,7 +650,7 @@ class Manager:
         service = unit.systemd_service
         if service is None or not unit.enforced or unit.removing:
             return False
-        done = False
+        done = self._repin_stopped_service(unit)
         if systemd.read(service) != self._dropin(unit):
             log.error("unit %s: the systemd drop-in %s is missing or changed; writing it again",
                       name, systemd.dropin_path(service))
@@ -623,6 +675,23 @@ class Manager:
                 dp.attach_pinned(fs)
                 done = True
         return done
+
+    def _repin_stopped_service(self, unit: Unit) -> bool:
+        """A unit systemd arms whose pins are lost (a reboot empties bpffs) while its service
+        has no cgroup: pin its programs again — a fresh counters map, as
+        :func:`recovery.rebuild_datapath` does for a live cgroup — so that the drop-in
+        names programs that exist before the service's next start."""
+        pin_dir = self.store.pin_dir(unit.name)
+        fs = cgroup.fs_path(unit.cgroup)
+        if os.path.exists(os.path.join(pin_dir, COUNTERS)) or cgroup.exists(fs):
+            return False
+        log.error("unit %s: its pins are lost while %s is stopped; pinning its programs "
+                  "again (its counters start from zero)", unit.name, unit.systemd_service)
+        bpffs.remove_tree(pin_dir)
+        with UnitDatapath.create(pin_dir, None, spec_for(unit.properties)):
+            pass
+        generation.write(pin_dir, unit.generation)
+        return True
 
     def _reconcile_policy(self, name: str, unit: Unit | None = None) -> bool:
         """Repair one unit's policy generation and datapath (lock held)."""

@@ -22,8 +22,16 @@ these two properties in 252, hence the drop-in; ``/run`` makes it vanish at rebo
 the pins (bpffs) it names.
 
 Which cgroups: systemd is PID 1 (``/run/systemd/system`` exists, as ``sd_booted(3)``
-checks), the cgroup's last component is ``NAME.service`` and systemd reports exactly that
-cgroup as ``NAME.service``'s ``ControlGroup``. A ``.scope`` is not armed this way: systemd
+checks), the cgroup's last component is ``NAME.service``, and either systemd reports
+exactly that cgroup as ``NAME.service``'s ``ControlGroup`` (a running service), or — a
+service that is not running has no cgroup, and systemd reports its ``ControlGroup`` empty —
+``NAME.service`` is loaded (``LoadState=loaded``: a unit file exists, it is not masked) and
+the cgroup its ``Slice=`` gives it is exactly that path (``a-b.slice`` is
+``/a.slice/a-b.slice``, ``-.slice`` the root, as systemd's ``cg_slice_to_path()`` builds
+it: the place where its next start makes the cgroup). Such a service is armed at once,
+before its cgroup exists, so that its FIRST start is enforced before its first instruction
+too — with or without the daemon. A path that names no loaded service is not one: it
+stays "does not exist". A ``.scope`` is not armed this way: systemd
 makes a scope around processes that exist already (``systemd-run --scope``, a container
 runtime, a login session), never starts it again, and a new scope has a new name — there
 is no later start to arm, and ipacctd's own links hold its programs for its whole life.
@@ -55,14 +63,32 @@ def booted() -> bool:
 def service_for(cgroup_rel: str) -> str | None:
     """``NAME.service`` when the cgroup at ``cgroup_rel`` (relative to the cgroup2 root) is a
     systemd service's own cgroup on this host; None otherwise."""
-    name = cgroup_rel.rstrip("/").rsplit("/", 1)[-1]
+    rel = cgroup_rel.rstrip("/")
+    name = rel.rsplit("/", 1)[-1]
     if not name.endswith(".service") or not booted():
         return None
-    try:
-        out = _systemctl("show", "-p", "ControlGroup", "--value", "--", name)
+    try:  # (--value would print in systemd's order, not ours: parse KEY=VALUE)
+        out = _systemctl("show", "-p", "ControlGroup,Slice,LoadState", "--", name)
     except Error:
         return None
-    return name if out.strip() == cgroup_rel.rstrip("/") else None
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    group = props.get("ControlGroup", "")
+    if group:  # running (or its cgroup still being emptied): systemd says where
+        return name if group == rel else None
+    if props.get("LoadState") != "loaded" or not props.get("Slice"):
+        return None
+    return name if f"{slice_path(props['Slice'])}/{name}" == rel else None
+
+
+def slice_path(slice_name: str) -> str:
+    """The cgroup (relative to the cgroup2 root, no trailing slash; "" for ``-.slice``)
+    systemd makes for a slice: each dash-separated prefix is a parent slice, as
+    ``cg_slice_to_path()`` builds it (``a-b.slice`` → ``/a.slice/a-b.slice``)."""
+    stem = slice_name.removesuffix(".slice")
+    if stem in ("", "-"):
+        return ""
+    parts = stem.split("-")
+    return "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
 
 
 def dropin_path(service: str) -> str:

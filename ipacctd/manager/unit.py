@@ -128,6 +128,11 @@ def spec_for(props: Properties) -> Spec:
 POLICY_CUT_OFF = "policy change cut off"
 
 
+#: Start of the problem an :class:`Enforcement` names when a unit systemd arms is not armed
+#: while its service is not running: its next start would run without the firewall.
+NOT_ARMED = "not armed"
+
+
 @dataclass(frozen=True)
 class Enforcement:
     """Whether a unit's recorded policy is in force on the live cgroup now at its path."""
@@ -141,6 +146,11 @@ class Enforcement:
     def policy_cut_off(self) -> bool:
         """The unit's programs run on its cgroup, but not those of the recorded policy."""
         return self.problem.startswith(POLICY_CUT_OFF)
+
+    @property
+    def disarmed(self) -> bool:
+        """No cgroup now, but the next start of the systemd service would be unenforced."""
+        return not self.live and self.problem.startswith(NOT_ARMED)
 
     @property
     def alarming(self) -> bool:

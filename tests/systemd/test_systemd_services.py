@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -570,3 +571,185 @@ def test_attach_fails_closed_when_systemd_cannot_be_told(sd: SystemdRef) -> None
     nothing_applied()
     with contextlib.suppress(AssertionError):
         sd.systemctl("stop", f"{svc}.service")
+
+
+# -- a service bound while it is stopped: its FIRST start is armed too ---------------------
+
+STARTS = 10
+
+
+def _start_stop(sd: SystemdRef, svc: str, times: int) -> None:
+    """Start the service and stop it again ``times`` times; each start sends first thing."""
+    for _ in range(times):
+        n = len(sd.sent(svc))
+        sd.systemctl("start", f"{svc}.service")
+        sd.wait_sent(svc, n + 2)
+        sd.systemctl("stop", f"{svc}.service")
+
+
+def _check_every_start_armed(sd: SystemdRef, svc: str, unit: str, starts: int) -> None:
+    """Every send of every start (the first one included) obeyed the policy, and the
+    counters are exact: bound before the service ever ran, no send is outside the unit."""
+    sent = sd.sent(svc)
+    assert len({i for i, t, _, _ in sent if t == "start"}) == starts, sent
+    assert len(sent) == 2 * starts, sent
+    assert all(r == ("eperm" if d == DENIED else "ok") for _, _, d, r in sent), sent
+    _check_exact(sd, svc, unit, sent)
+
+
+def _check_armed_and_stopped(sd: SystemdRef, unit: str) -> None:
+    res = sd.ipacctd("status", unit, check=False)
+    status = res.stdout
+    assert res.returncode == 3, (res.returncode, res.stderr)  # inactive, as systemctl says
+    assert "Active: inactive (dead)" in status, status
+    dropin = f"/run/systemd/system/{unit}.d/50-ipacctd.conf"
+    assert f"      Armed: by systemd at every start of {unit} ({dropin})" in status, status
+    armed = f"(armed: in force from the first instruction of the next start of {unit}"
+    assert armed in status, status
+    assert "active (running)" not in status and "NOT" not in status, status
+    show = sd.ipacctd("show", unit, "-p", "IPFirewallEnforced", "-p", "IPFirewallProblem")
+    assert "IPFirewallEnforced=no" in show.stdout, show.stdout  # no cgroup: nothing in force
+    assert f"{unit} is not running; systemd arms its next start" in show.stdout, show.stdout
+
+
+def test_a_stopped_service_attached_is_armed_from_its_first_start(sd: SystemdRef) -> None:
+    svc, unit = "ipsd-first", "ipsd-first.service"
+    sd.service(svc, "hold")
+    load = sd.sh("systemctl", "show", "-p", "LoadState,ActiveState", f"{svc}.service").stdout
+    assert "LoadState=loaded" in load and "ActiveState=inactive" in load, load
+    assert not sd.exists(f"/sys/fs/cgroup/system.slice/{svc}.service")
+    sd.ipacctd("attach", f"/system.slice/{svc}.service", "-p", f"IPAddressDeny={DENIED}")
+    dropin = sd.read(f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf")
+    assert "IPEgressFilterPath=" in dropin and "prog_egress" in dropin, dropin
+    _check_armed_and_stopped(sd, unit)
+    # The first start, no daemon anywhere: running, and enforced by systemd's attachment.
+    sd.systemctl("start", f"{svc}.service")
+    sd.wait_sent(svc, 2)
+    status = sd.ipacctd("status", unit).stdout
+    assert "Active: active (running)" in status and "(enforced)" in status, status
+    assert sd.counters(unit)["IPFirewallEnforced"] == "yes"
+    sd.systemctl("stop", f"{svc}.service")
+    # Binding it again would disarm it in between: refused, nothing changes.
+    res = sd.ipacctd("attach", f"/system.slice/{svc}.service", check=False)
+    assert res.returncode != 0 and f"bound to {unit} already" in res.stderr, res.stderr
+    assert sd.read(f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf") == dropin
+    # The drop-in lost while the service is stopped: its next start would run unarmed,
+    # and every view says so; reconcile (daemon poll, reload) arms it again.
+    sd.sh("rm", f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf")
+    sd.systemctl("daemon-reload")
+    res = sd.ipacctd("status", unit, check=False)
+    assert "(NOT ARMED: the systemd drop-in" in res.stdout, res.stdout
+    show = sd.ipacctd("show", unit, "-p", "IPFirewallProblem", "--value").stdout
+    assert show.startswith("not armed:") and "runs without the firewall" in show, show
+    assert sd.ipacctd_py(RECONCILE).stdout.split() == [unit]
+    assert sd.read(f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf") == dropin
+    _start_stop(sd, svc, STARTS - 1)
+    _check_every_start_armed(sd, svc, unit, STARTS)
+    _check_armed_and_stopped(sd, unit)
+    sd.ipacctd("detach", unit)
+    assert not sd.exists(f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf")
+
+
+def test_a_unit_file_for_a_stopped_service_arms_its_first_start(sd: SystemdRef) -> None:
+    svc, unit = "ipsd-firstfile", "ipsd-firstfile.service"
+    units = f"{sd.logdir}/units-first"
+    env = {"IPACCTD_UNIT_DIR": units}
+    sd.service(svc, "hold")
+    sd.write(
+        f"{units}/{unit}",
+        f"""[Match]
+ControlGroup=/system.slice/{svc}.service
+[Service]
+IPAddressDeny={DENIED}
+""",
+    )
+    # The daemon's binder, once (as at daemon start or reload); then no daemon at all.
+    out = sd.ipacctd_py(BINDER, env=env).stdout
+    assert f"bound {unit} to /system.slice/{svc}.service" in out, out
+    dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
+    assert sd.exists(dropin)
+    _check_armed_and_stopped(sd, unit)
+    assert sd.ipacctd_py(BINDER, env=env).stdout.strip() == ""  # bound: nothing to do
+    _start_stop(sd, svc, STARTS // 2 - 1)
+    # The binder sees the service run (it records the cgroup, attaching nothing: counted
+    # below) and stop: the unit stays, armed for the starts that follow.
+    n = len(sd.sent(svc))
+    sd.systemctl("start", f"{svc}.service")
+    sd.wait_sent(svc, n + 2)
+    out = sd.ipacctd_py(BINDER, env=env).stdout
+    assert f"re-bound {unit} to the cgroup now at /system.slice/{svc}.service" in out, out
+    sd.systemctl("stop", f"{svc}.service")
+    out = sd.ipacctd_py(BINDER, env=env).stdout
+    assert f"{unit}: cgroup /system.slice/{svc}.service vanished" in out, out
+    _start_stop(sd, svc, STARTS - STARTS // 2)
+    _check_every_start_armed(sd, svc, unit, STARTS)
+    _check_armed_and_stopped(sd, unit)
+    # The file goes: the binder detaches the unit, and the drop-in goes with it.
+    sd.sh("rm", f"{units}/{unit}")
+    assert f"detached {unit} (unit file removed)" in sd.ipacctd_py(BINDER, env=env).stdout
+    assert not sd.exists(dropin)
+
+
+def test_a_path_naming_no_loaded_service_does_not_exist(sd: SystemdRef) -> None:
+    sd.service("ipsd-other", "hold")  # loaded, but in system.slice
+    for path in ("/system.slice/ipsd-nosuch.service", "/user.slice/ipsd-other.service"):
+        res = sd.ipacctd("attach", path, "-p", f"IPAddressDeny={DENIED}", check=False)
+        assert res.returncode != 0
+        assert f"cgroup {path} does not exist" in res.stderr, res.stderr
+        assert path.rsplit("/", 1)[1] not in sd.ipacctd("list-units", "--all").stdout
+        assert not sd.exists(f"/run/systemd/system/{path.rsplit('/', 1)[1]}.d")
+
+
+def _wait_for(what: str, check) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        assert time.monotonic() < deadline, f"waited {DEADLINE}s for {what}"
+        time.sleep(0.1)
+
+
+def test_the_daemon_arms_a_stopped_service_and_keeps_it_past_retention(sd: SystemdRef) -> None:
+    svc, unit = "ipsd-firstd", "ipsd-firstd.service"
+    units = f"{sd.logdir}/units-firstd"
+    dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
+    sd.service(svc, "hold")
+    sd.write(
+        f"{units}/{unit}",
+        f"""[Match]
+ControlGroup=/system.slice/{svc}.service
+[Service]
+IPAddressDeny={DENIED}
+""",
+    )
+    # The daemon, with retention 0: an inactive unit it may forget goes at its next poll.
+    sd.sh(
+        "systemd-run",
+        "--unit=ipsd-daemon.service",
+        f"--setenv=PYTHONPATH={sd.root}",
+        f"--setenv=IPACCTD_UNIT_DIR={units}",
+        sys.executable,  # the daemon's dependencies are this interpreter's (/ is shared)
+        "-m",
+        "ipacctd",
+        "daemon",
+        "--no-bus",
+        "--listen=",
+        "--retention=0",
+        "--poll-interval=0.2",
+    )
+    try:
+        _wait_for("the daemon to arm the stopped service", lambda: sd.exists(dropin))
+        _check_armed_and_stopped(sd, unit)
+        _start_stop(sd, svc, STARTS // 2)
+        time.sleep(2)  # ten polls past retention: an armed unit is never forgotten
+        assert sd.exists(dropin)
+        _check_armed_and_stopped(sd, unit)
+        _start_stop(sd, svc, STARTS - STARTS // 2)
+        _check_every_start_armed(sd, svc, unit, STARTS)
+        # The file goes and the daemon reloads (SIGHUP, as `ipacctd reload` without D-Bus):
+        # it detaches the unit and the drop-in goes with it.
+        sd.sh("rm", f"{units}/{unit}")
+        sd.systemctl("kill", "-s", "HUP", "ipsd-daemon.service")
+        _wait_for("the daemon to disarm the service", lambda: not sd.exists(dropin))
+    finally:
+        sd.sh("systemctl", "stop", "ipsd-daemon.service", check=False)
+        log = sd.sh("journalctl", "-u", "ipsd-daemon.service", "--no-pager", check=False)
+        print(log.stdout[-3000:])
