@@ -178,6 +178,10 @@ def connect(config: Config) -> DaemonLink | None:
             why_no_daemon = f"no ipacctd daemon owns {BUS_NAME} on the system bus {address}"
             link.close()
             return None
+    except _Unreachable:  # the owner left between the name lookup and its checks
+        why_no_daemon = f"the ipacctd daemon left the system bus {address}"
+        link.close()
+        return None
     except BaseException:
         link.close()
         raise
