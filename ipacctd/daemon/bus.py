@@ -361,7 +361,9 @@ class BusService:
         if member in mutations:
             sig, fn, out = mutations[member]
             self._check(msg, sig)
-            self._spawn(self._mutate(msg, fn, body, out))
+            # The caller starts the command in the new unit: the name is reserved for it.
+            self._spawn(self._mutate(msg, fn, body, out,
+                                     with_owner=member == "StartTransientUnit"))
             return True
         raise InvalidInput(f"unknown method {member}")
 
@@ -406,12 +408,27 @@ class BusService:
             raise AccessDenied("cannot determine the caller's uid")
         return int(reply.body[0])
 
+    async def caller_owner(self, msg: Message) -> tuple[int, int] | None:
+        """(pid, start time) of the message's sender, asked of the bus daemon; None when
+        the bus cannot say (the unit then has no owner, as one started by busctl)."""
+        from ipacctd.manager import owner
+
+        reply = await self.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="GetConnectionUnixProcessID",
+            signature="s", body=[msg.sender]))
+        if reply.message_type != MessageType.METHOD_RETURN:
+            return None
+        return owner.identify(int(reply.body[0]))
+
     async def _mutate(self, msg: Message, fn: Callable[..., Any], args: list[Any],
-                      out: str) -> None:
+                      out: str, with_owner: bool = False) -> None:
         try:
             uid = await self.caller_uid(msg)
             if uid != 0:
                 raise AccessDenied(f"uid {uid} may not change units: only root may")
+            if with_owner:
+                args = [*args, await self.caller_owner(msg)]
             result = await asyncio.get_running_loop().run_in_executor(None, fn, *args)
             self.registry.sync()
             if out == "o":
@@ -422,7 +439,8 @@ class BusService:
             reply = self._error(msg, exc)
         self.bus.send(reply)
 
-    def _start_transient(self, name: str, props: list[Any]) -> Any:
+    def _start_transient(self, name: str, props: list[Any],
+                         owned_by: tuple[int, int] | None = None) -> Any:
         command: tuple[str, ...] = ()
         items = []
         for pname, sig, value in _items(props):
@@ -431,7 +449,7 @@ class BusService:
             else:
                 items.append((pname, sig, value))
         return self.manager.start_transient(name=name or None, command=command,
-                                            dbus_items=items)
+                                            dbus_items=items, owned_by=owned_by)
 
     def _attach(self, cgroup_path: str, name: str, props: list[Any]) -> Any:
         return self.manager.attach(cgroup_path, name=name or None, dbus_items=_items(props))

@@ -31,7 +31,7 @@ from ipacctd.errors import (
     NotSupported,
     PermissionDenied,
 )
-from ipacctd.manager import generation
+from ipacctd.manager import generation, owner
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store
 from ipacctd.manager.unit import Unit, UnitStatus, spec_for
@@ -64,6 +64,10 @@ log = _Log()
 #: (what ``stop`` sends), recorded as minus the signal number.
 CLEAN_EXIT = frozenset({None, 0, -signal.SIGHUP, -signal.SIGINT, -signal.SIGTERM,
                         -signal.SIGPIPE})
+
+#: Active states in which a unit's name is in use: its processes run, or the ``ipacctd run``
+#: that owns it is starting its command or recording its exit. Such a unit is never removed.
+BUSY_STATES = frozenset({"active", "activating", "deactivating"})
 
 
 class Unenforceable(NotSupported):
@@ -148,6 +152,11 @@ class Manager:
             kgen = generation.read(self.store.pin_dir(name))
         if pids:
             active, sub = "active", "running"
+        elif unit.transient and unit.exited_at is None and owner.alive(unit.owner):
+            # Its run reserved the name and is about to start the command, or the command
+            # ended and the run is recording it: the name is taken either way.
+            active, sub = (("activating", "start") if unit.main_pid is None
+                           else ("deactivating", "stop"))
         elif unit.exit_status not in CLEAN_EXIT:
             active, sub = "failed", "failed"
         elif unit.exited_at is not None:
@@ -187,19 +196,29 @@ class Manager:
     def start_transient(self, assignments: Sequence[tuple[str, str]] = (), *,
                         name: str | None = None, description: str | None = None,
                         command: Sequence[str] = (), allow_unenforced: bool = False,
-                        dbus_items: Sequence[tuple[str, str, object]] = ()) -> Unit:
+                        dbus_items: Sequence[tuple[str, str, object]] = (),
+                        owned_by: owner.Owner | None | str = "self") -> Unit:
         """Create a unit with its own cgroup under the cgroup root, programs attached.
 
         The unit's file in the unit directory (if any) supplies the base properties;
         ``assignments`` apply on top. Nothing runs in the cgroup yet: the caller starts
         the command there, so the firewall is in force before the first packet.
+
+        The name is reserved for ``owned_by`` ("self": this process; None: nobody, e.g. a
+        D-Bus caller the bus cannot name), which starts the
+        command and records its exit: a name that is taken in any way (a unit of any
+        state, or pins left without metadata) is refused, never reused, so no start and
+        no cleanup of one process can act on a unit another process is starting.
         """
         name = validate_unit_name(name) if name else None
+        # The unit file is read before the lock (bounded, see policy.unitfile): a slow or
+        # hostile file delays only this start.
+        source = self.unit_file(name) if name is not None else None
         with self.store.locked():
             self._sweep_stale_pins()
             if name is None:
                 name = transient_name(self.names())
-            source = self.unit_file(name)
+                source = self.unit_file(name)
             props = source.properties() if source else Properties()
             props = props.apply(assignments).apply_dbus(dbus_items)
             if description is not None:
@@ -208,7 +227,8 @@ class Manager:
             root = cgroup.validate_path(self.config.cgroup_root)
             rel = f"{root.rstrip('/')}/{name}"
             unit = Unit(name, rel, props, transient=True, command=tuple(command),
-                        started_at=time.time(), source=source.path if source else None)
+                        started_at=time.time(), source=source.path if source else None,
+                        owner=owner.me() if isinstance(owned_by, str) else owned_by)
             return self._create(unit, allow_unenforced, make_cgroup=True)
 
     def attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
@@ -248,16 +268,34 @@ class Manager:
             return self._create(unit, allow_unenforced, make_cgroup=False)
 
     def _make_room(self, name: str) -> None:
-        """Let a new run reuse the name of an inactive unit; refuse an active one."""
-        if not self.store.exists(name):
-            if os.path.exists(self.store.pin_dir(name)):  # pins without metadata: a crash
-                self._remove_datapath(name)
-            return
-        st = self.status(name)
-        if st.active_state == "active":
-            raise AlreadyExists(f"unit {name} is active already; stop it first or choose "
+        """Refuse a name that is taken (lock held), as systemd-run refuses a loaded unit.
+
+        Only the remains of an interrupted removal are cleared first: that unit was being
+        forgotten already. Anything else stays for its owner (or for ``reset``): an
+        inactive unit keeps its counters until reset, and a unit that seems inactive may
+        be one another ``ipacctd run`` is about to start its command in.
+        """
+        if self.store.exists(name):
+            with contextlib.suppress(NotFound):
+                if self.unit(name).removing:
+                    self._reconcile(name)  # completes the removal
+        if self.store.exists(name):
+            st = self.status(name)
+            if st.active_state in BUSY_STATES:
+                raise AlreadyExists(f"unit {name} is {st.active_state} already; stop it "
+                                    "first or pick another name with --unit")
+            raise AlreadyExists(f"unit {name} exists already ({st.active_state}, counters "
+                                f"kept); reset it first ('ipacctd reset {name}') or pick "
                                 "another name with --unit")
-        self._remove(st.unit)
+        if os.path.lexists(self.store.pin_dir(name)):
+            raise AlreadyExists(f"unit {name} has pins but no metadata (a broken unit); "
+                                f"reset it first ('ipacctd reset {name}') or pick another "
+                                "name with --unit")
+        root = cgroup.validate_path(self.config.cgroup_root)
+        fs = cgroup.fs_path(f"{root.rstrip('/')}/{name}")
+        if cgroup.exists(fs) and cgroup.procs_recursive(fs):
+            raise AlreadyExists(f"cgroup {fs} of unit {name} holds processes but ipacctd has "
+                                "no record of it; pick another name with --unit")
 
     def _create(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
         fs = cgroup.fs_path(unit.cgroup)
@@ -267,9 +305,14 @@ class Manager:
         unit = replace(unit, generation=1, rollback=None, removing=False)
         if make_cgroup:
             cgroup.create(fs)
-        # Metadata first: pins never exist without it, and a crash before the pins are
-        # complete leaves a unit that status reports ("programs missing") and reset removes.
-        self.store.write(unit.name, unit.to_json())
+        try:
+            # Metadata first: pins never exist without it, and a crash before the pins are
+            # complete leaves a unit that status reports ("programs missing") and reset
+            # removes. It also reserves the name (the lock is held).
+            self.store.write(unit.name, unit.to_json())
+        except BaseException:  # e.g. a full state directory: nothing may stay behind
+            self._undo_create(unit, make_cgroup)
+            raise
         if unit.enforced:
             with contextlib.suppress(OSError):  # the installation's pins: root's only
                 os.makedirs(self.config.bpf_dir, mode=0o700, exist_ok=True)
@@ -285,10 +328,10 @@ class Manager:
                     self._sweep_stale_pins()
                 try:
                     unit = self._unenforced(unit, str(exc), allow_unenforced)
-                except Unenforceable:
+                    self.store.write(unit.name, unit.to_json())
+                except BaseException:
                     self._undo_create(unit, make_cgroup)
                     raise
-                self.store.write(unit.name, unit.to_json())
             except BaseException:
                 self._undo_create(unit, make_cgroup)
                 raise
@@ -302,32 +345,56 @@ class Manager:
         return replace(unit, enforced=False, not_enforced_reason=problem)
 
     def _undo_create(self, unit: Unit, made_cgroup: bool) -> None:
+        """Remove what a failed creation made: pins (also its own temporary directory),
+        metadata (and its temporary file), cgroup. Each step on its own, so that one that
+        fails (no file descriptors left, no space) does not keep the others from running."""
         with contextlib.suppress(Error, OSError):
             self._remove_datapath(unit.name)  # e.g. pinned, but the generation failed
+        with contextlib.suppress(Error, OSError):
+            bpffs.remove_tree(os.path.join(self.config.pins_dir, self._own_tmp_pin(unit.name)))
+        with contextlib.suppress(Error, OSError):
             self._sweep_stale_pins()
-        self.store.delete(unit.name)
+        with contextlib.suppress(OSError):
+            self.store.delete(unit.name)
+        with contextlib.suppress(OSError):
+            self.store.delete_tmp(unit.name)
         if made_cgroup:
             with contextlib.suppress(Error, OSError):
                 cgroup.remove(cgroup.fs_path(unit.cgroup))
 
+    def _own_tmp_pin(self, name: str) -> str:
+        """The temporary directory this process builds ``name``'s datapath in."""
+        from ipacctd.manager.store import pin_name
+
+        return f"{TMP_PIN_PREFIX}{pin_name(name)}-{os.getpid()}"
+
     # -- recording a run -------------------------------------------------------------------
 
-    def record_start(self, name: str, pid: int) -> Unit:
-        """Note the main PID of a unit's command."""
+    def record_start(self, name: str, pid: int, owned_by: owner.Owner | None = None) -> Unit:
+        """Note the main PID of a unit's command (``owned_by``: only if the unit is still
+        the one that process created)."""
         with self.store.locked():
-            unit = replace(self.unit(name), main_pid=pid, started_at=time.time())
+            unit = replace(self._owned(name, owned_by), main_pid=pid, started_at=time.time())
             # Not fsynced: a crash that loses the main PID loses nothing that matters.
             self.store.write(name, unit.to_json(), durable=False)
             return unit
 
-    def record_exit(self, name: str, status: int) -> Unit:
+    def record_exit(self, name: str, status: int, owned_by: owner.Owner | None = None) -> Unit:
         """Note that a unit's main process ended (exit code, or -signal)."""
         with self.store.locked():
-            unit = replace(self.unit(name), exit_status=status, exited_at=time.time())
+            unit = replace(self._owned(name, owned_by), exit_status=status,
+                           exited_at=time.time())
             # Not fsynced either (the unit's creation was): a crash may lose the exit
             # record, never leave half of one (rename).
             self.store.write(name, unit.to_json(), durable=False)
             return unit
+
+    def _owned(self, name: str, owned_by: owner.Owner | None) -> Unit:
+        """The unit, if ``owned_by`` (when given) is the process that created it."""
+        unit = self.unit(name)
+        if owned_by is not None and unit.owner != owned_by:
+            raise NotFound(f"unit {name} is no longer the one this process started")
+        return unit
 
     # -- changing --------------------------------------------------------------------------
 
@@ -484,8 +551,11 @@ class Manager:
     def _sweep_stale_pins(self) -> None:
         """Remove datapaths a crashed creator left in its temporary directory (lock held).
 
-        Unpinning their links detaches them: the creator's fds died with it.
+        Unpinning their links detaches them: the creator's fds died with it. Temporary
+        metadata files of writers that died go too.
         """
+        for entry in self.store.sweep_tmp():
+            log.info("removed %s left by a crashed ipacctd", entry)
         try:
             entries = os.listdir(self.config.pins_dir)
         except OSError:  # none yet, or not ours to read (the datapath step will say so)
@@ -524,12 +594,14 @@ class Manager:
                     self.store.write(name, unit.to_json())
         return pids
 
-    def release_cgroup(self, name: str, timeout: float = 5.0) -> None:
+    def release_cgroup(self, name: str, timeout: float = 5.0,
+                       owned_by: owner.Owner | None = None) -> None:
         """End what is left in a transient unit's cgroup and remove the cgroup.
 
         The counters stay pinned and readable; the links detach as the cgroup goes.
+        ``owned_by``: only if the unit is still the one that process created.
         """
-        unit = self.unit(name)
+        unit = self._owned(name, owned_by)
         if not unit.transient:
             return
         fs = self.cgroup_fs(unit)
@@ -553,8 +625,9 @@ class Manager:
         with self.store.locked():
             self._sweep_stale_pins()
             st = self.status(name)
-            if st.active_state == "active" and st.unit.transient:
-                raise Busy(f"unit {name} is active; stop it first ('ipacctd stop {name}')")
+            if st.active_state in BUSY_STATES and st.unit.transient:
+                raise Busy(f"unit {name} is {st.active_state}; stop it first "
+                           f"('ipacctd stop {name}')")
             self._remove(st.unit)
 
     def _remove(self, unit: Unit) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ipacctd.errors import Busy, NotFound, PermissionDenied
 from ipacctd.manager.config import Config
-from ipacctd.policy.names import validate_unit_name
+from ipacctd.policy.names import pin_name, unpin_name, validate_unit_name
 
 SUFFIX = ".json"
 
@@ -32,14 +32,6 @@ def canonical(unit: str) -> str:
     anything that is not a valid unit name (``/``, ``..``, NUL, ...) is refused here.
     """
     return validate_unit_name(unit)
-
-
-def pin_name(unit: str) -> str:
-    """The bpffs directory name of a unit (bpffs refuses names with a dot).
-
-    ``_`` becomes ``__`` and ``.`` becomes ``_d``: reversible, so names never collide.
-    """
-    return unit.replace("_", "__").replace(".", "_d")
 
 
 def _denied(path: str, exc: OSError) -> PermissionDenied:
@@ -100,7 +92,7 @@ class Store:
         """
         self.ensure_dirs()
         path = self.meta_path(unit)
-        tmp = os.path.join(self.config.units_dir, f".{unit}.{os.getpid()}.tmp")
+        tmp = self._tmp_path(unit, os.getpid())
         text = json.dumps(data, indent=1, sort_keys=True)
         # A stale temporary file (a crashed writer with our pid) goes first; then the file
         # is created exclusively and never through a symlink planted at its predictable name.
@@ -123,6 +115,38 @@ class Store:
     def delete(self, unit: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.meta_path(unit))
+
+    def _tmp_path(self, unit: str, pid: int) -> str:
+        return os.path.join(self.config.units_dir, f".{canonical(unit)}.{pid}.tmp")
+
+    def delete_tmp(self, unit: str) -> None:
+        """Remove this process's temporary metadata file of ``unit`` (a failed write)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp_path(unit, os.getpid()))
+
+    def sweep_tmp(self) -> list[str]:
+        """Remove temporary metadata files of writers that died (kill -9 mid-write).
+
+        A temporary file is ``.NAME.PID.tmp``: one whose PID runs is being written now.
+        """
+        removed = []
+        try:
+            entries = os.listdir(self.config.units_dir)
+        except OSError:
+            return removed
+        for entry in entries:
+            if not (entry.startswith(".") and entry.endswith(".tmp")):
+                continue
+            try:
+                pid = int(entry[: -len(".tmp")].rsplit(".", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if pid == os.getpid() or os.path.exists(f"/proc/{pid}"):
+                continue  # being written now (ours: write() replaces it itself)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.config.units_dir, entry))
+                removed.append(entry)
+        return removed
 
     @contextlib.contextmanager
     def locked(self, timeout: float = 30.0) -> Iterator[None]:

@@ -31,6 +31,9 @@ class Unit:
     generation: int = 1  # policy generation (see ipacctd.manager.generation)
     rollback: Properties | None = None  # set while a policy change is in flight
     removing: bool = False  # set while the unit is being removed (finish on reconcile)
+    #: (pid, start time) of the process that starts the command and records its exit: while
+    #: it lives and no exit is recorded, the name is taken (see ipacctd.manager.owner).
+    owner: tuple[int, int] | None = None
 
     @property
     def description(self) -> str:
@@ -55,6 +58,7 @@ class Unit:
             "generation": self.generation,
             "rollback": self.rollback.to_json() if self.rollback is not None else None,
             "removing": self.removing,
+            "owner": list(self.owner) if self.owner is not None else None,
         }
 
     @classmethod
@@ -77,7 +81,15 @@ class Unit:
             rollback=(Properties.from_json(d["rollback"]) if d.get("rollback") is not None
                       else None),
             removing=bool(d.get("removing", False)),
+            owner=_owner(d.get("owner")),
         )
+
+
+def _owner(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    pid, started = value
+    return int(pid), int(started)
 
 
 def escape_command(argv: tuple[str, ...] | list[str]) -> str:
