@@ -208,6 +208,44 @@ class AccessDenied(Error, PermissionError):
     """The caller may not change units."""
 
 
+class LogLimit:
+    """How many refused or failed calls of one sender are logged: ``burst`` at once, then
+    one per ``interval`` seconds, with the count of those left out; a caller looping on bad
+    calls cannot fill the log. At most ``senders`` senders are tracked (oldest dropped)."""
+
+    def __init__(self, burst: int = 5, interval: float = 60.0, senders: int = 1024) -> None:
+        self.burst, self.interval, self.senders = burst, interval, senders
+        self.state: dict[str, list[float]] = {}  # sender -> [tokens, last refill, dropped]
+        # Every connection is a new sender: a caller reconnecting for each call shares one
+        # bucket with all the others, ten times one sender's.
+        self.everyone: LogLimit | None = (
+            LogLimit(burst * 10, interval / 10, 1) if senders > 1 else None)
+
+    def allow(self, sender: str | None, now: float | None = None) -> bool:
+        import time
+
+        now = time.monotonic() if now is None else now
+        if self.everyone is not None and not self.everyone.allow("*", now):
+            return False
+        key = sender or "?"
+        st = self.state.pop(key, None)
+        if st is None:
+            st = [float(self.burst), now, 0.0]
+        st[0] = min(float(self.burst), st[0] + (now - st[1]) / self.interval)
+        st[1] = now
+        self.state[key] = st  # most recent last
+        while len(self.state) > self.senders:
+            del self.state[next(iter(self.state))]
+        if st[0] >= 1.0:
+            st[0] -= 1.0
+            if st[2]:
+                log.info("%d more refused calls from %s were not logged", int(st[2]), key)
+                st[2] = 0.0
+            return True
+        st[2] += 1
+        return False
+
+
 class BusService:
     """Serves the Manager and Unit objects of a :class:`Registry` on a connected bus."""
 
@@ -220,6 +258,7 @@ class BusService:
         self.reload_cb = reload
         self.manager = registry.manager
         self.tasks: set[asyncio.Task] = set()
+        self.log_limit = LogLimit()
         bus.add_message_handler(self._handle)
         registry.listeners.append(self._on_registry)
 
@@ -267,18 +306,32 @@ class BusService:
     def _error(self, msg: Message, exc: Exception) -> Message:
         for cls, name in ERRORS:
             if isinstance(exc, cls):
+                if self.log_limit.allow(msg.sender):
+                    log.info("%s.%s from %s refused: %s", msg.interface, msg.member,
+                             msg.sender, exc)
                 return Message.new_error(msg, name, str(exc))
-        log.exception("internal error in %s.%s", msg.interface, msg.member)
+        if isinstance(exc, OSError):  # the system said no (no space, no fds): no bug of ours
+            if self.log_limit.allow(msg.sender):
+                log.error("%s.%s from %s failed: %s", msg.interface, msg.member, msg.sender,
+                          exc)
+            return Message.new_error(msg, "org.ipacctd1.Error.Failed",
+                                     exc.strerror or str(exc))
+        if self.log_limit.allow(msg.sender):
+            log.exception("internal error in %s.%s", msg.interface, msg.member)
         return Message.new_error(msg, "org.freedesktop.DBus.Error.Failed",
                                  f"internal error: {type(exc).__name__}")
 
     def _dispatch(self, msg: Message, path: str) -> Message | bool:
         iface, member = msg.interface, msg.member
         if iface == INTROSPECT_IFACE and member == "Introspect":
+            self._check(msg, "")
             return Message.new_method_return(msg, "s", [self._introspect(path)])
         if iface == PEER_IFACE:
+            self._check(msg, "")
             if member == "Ping":
                 return Message.new_method_return(msg)
+            if member != "GetMachineId":
+                raise InvalidInput(f"unknown method {member}")
             with open("/etc/machine-id") as f:
                 return Message.new_method_return(msg, "s", [f.read().strip()])
         if path == ROOT:
@@ -319,17 +372,22 @@ class BusService:
 
     def _props_call(self, msg: Message, member: str, iface_name: str,
                     props: dict[str, Variant]) -> Message:
-        want = msg.body[0] if msg.body else ""
+        signatures = {"Get": "ss", "GetAll": "s", "Set": "ssv"}
+        if member not in signatures:
+            raise InvalidInput(f"unknown method {member}")
+        self._check(msg, signatures[member])
+        want = msg.body[0]
         if member == "GetAll":
             return Message.new_method_return(msg, "a{sv}", [props if want in ("", iface_name)
                                                             else {}])
         if member == "Get":
-            if want not in ("", iface_name) or msg.body[1] not in props:
+            if want not in ("", iface_name):
+                raise InvalidInput(f"unknown interface {want!r} (properties are on "
+                                   f"{iface_name})")
+            if msg.body[1] not in props:
                 raise InvalidInput(f"unknown property {msg.body[1]!r} of {iface_name}")
             return Message.new_method_return(msg, "v", [props[msg.body[1]]])
-        if member == "Set":
-            raise InvalidInput("properties are read-only here; use SetUnitProperties")
-        raise InvalidInput(f"unknown method {member}")
+        raise InvalidInput("properties are read-only here; use SetUnitProperties")
 
     def _manager_call(self, msg: Message, iface: str | None, member: str | None) -> Message | bool:
         if iface == PROPS_IFACE:
