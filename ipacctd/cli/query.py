@@ -62,7 +62,10 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None) -> str:
     lines = [f"{DOTS.get(st.active_state, '●')} {u.name} - {u.description}"]
     kind = "transient" if u.transient else "attached to existing cgroup"
     loaded = f"{u.source}; {kind}" if u.source else kind
-    lines.append(f"     Loaded: loaded ({loaded})")
+    if st.broken is not None:
+        lines.append(f"     Loaded: error (broken: {st.broken})")
+    else:
+        lines.append(f"     Loaded: loaded ({loaded})")
     since = u.started_at if st.active_state == "active" else (u.exited_at or u.started_at)
     active = f"{st.active_state} ({st.sub_state})"
     if since:
@@ -104,6 +107,8 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None) -> str:
 
 
 def _policy(st: UnitStatus) -> str:
+    if st.broken is not None:
+        return f"unknown (NOT ENFORCED: {st.unit.not_enforced_reason})"
     p = st.unit.properties
     parts = []
     if p.ip_address_allow:
@@ -183,7 +188,7 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
     props: dict[str, str] = {
         "Id": u.name,
         "Description": u.description,
-        "LoadState": "loaded",
+        "LoadState": "error" if st.broken is not None else "loaded",
         "ActiveState": st.active_state,
         "SubState": st.sub_state,
         "Transient": "yes" if u.transient else "no",

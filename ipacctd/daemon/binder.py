@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 
 from ipacctd import cgroup
-from ipacctd.errors import Error, InvalidInput, NotFound
+from ipacctd.errors import Corrupt, Error, InvalidInput, NotFound
 from ipacctd.manager.engine import Manager
 from ipacctd.policy.names import validate_unit_name
 from ipacctd.policy.unitfile import UnitFile, load_unit_dir
@@ -119,7 +119,7 @@ class Binder:
         done: list[str] = []
         bound: dict[str, object] = {}
         for name in self.manager.names():
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(NotFound, Corrupt):  # a broken unit: status reports it
                 unit = self.manager.unit(name)
                 if not unit.transient and unit.source is not None:
                     bound[name] = unit

@@ -109,7 +109,7 @@ def unit_properties(entry: Entry) -> dict[str, Variant]:
     props: dict[str, Variant] = {
         "Id": Variant("s", u.name),
         "Description": Variant("s", u.description),
-        "LoadState": Variant("s", "loaded"),
+        "LoadState": Variant("s", "error" if st.broken is not None else "loaded"),
         "ActiveState": Variant("s", st.active_state),
         "SubState": Variant("s", st.sub_state),
         "ControlGroup": Variant("s", u.cgroup),

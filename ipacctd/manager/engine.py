@@ -25,6 +25,7 @@ from ipacctd.datapath.unit import UnitDatapath
 from ipacctd.errors import (
     AlreadyExists,
     Busy,
+    Corrupt,
     Error,
     InvalidInput,
     NotFound,
@@ -33,7 +34,7 @@ from ipacctd.errors import (
 )
 from ipacctd.manager import generation, owner
 from ipacctd.manager.config import Config
-from ipacctd.manager.store import Store
+from ipacctd.manager.store import Store, canonical
 from ipacctd.manager.unit import Unit, UnitStatus, spec_for
 from ipacctd.policy.names import transient_name, validate_unit_name
 from ipacctd.policy.properties import Properties, parse_assignment
@@ -105,12 +106,39 @@ class Manager:
     # -- queries ---------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        """All unit names, sorted."""
-        return self.store.names()
+        """All unit names, sorted: those with metadata, and broken ones that have only pins
+        (their metadata deleted by hand) so that they can be seen and reset."""
+        names = self.store.names()
+        orphans = set(self.store.pinned_names()) - set(names)
+        return sorted([*names, *orphans]) if orphans else names
 
     def unit(self, name: str) -> Unit:
-        """A unit's recorded metadata (NotFound when unknown)."""
-        return Unit.from_json(self.store.read(name))
+        """A unit's recorded metadata (NotFound when unknown, Corrupt when unreadable)."""
+        data = self.store.read(name)
+        if data.get("name") != canonical(name):
+            raise Corrupt(f"metadata {self.store.meta_path(name)} is of another unit "
+                          f"({str(data.get('name'))[:100]!r})")
+        return Unit.from_json(data)
+
+    def broken(self, name: str) -> tuple[Unit, str] | None:
+        """For a unit whose metadata is unreadable or missing while its pins exist: a
+        stand-in (its default cgroup, no known policy, not enforced) and the cause.
+        None for a sound unit; NotFound when there is nothing of it at all."""
+        try:
+            self.unit(name)
+            return None
+        except Corrupt as exc:
+            cause = str(exc)
+        except NotFound:
+            if not os.path.lexists(self.store.pin_dir(name)):
+                raise
+            cause = "pins without metadata (metadata deleted?)"
+        full = canonical(name)
+        root = cgroup.validate_path(self.config.cgroup_root)
+        unit = Unit(full, f"{root.rstrip('/')}/{full}", transient=True, enforced=False,
+                    not_enforced_reason=f"broken unit: {cause}; its policy is unknown "
+                                        f"('ipacctd reset {full}' removes what is left)")
+        return unit, cause
 
     def cgroup_fs(self, unit: Unit) -> str:
         """Filesystem path of the unit's cgroup."""
@@ -138,14 +166,24 @@ class Manager:
         return entries[:limit] if limit is not None else entries
 
     def status(self, name: str) -> UnitStatus:
-        """The unit with its live state: processes, counters, attachment."""
-        unit = self.unit(name)
+        """The unit with its live state: processes, counters, attachment.
+
+        A broken unit (see :meth:`broken`) has a status too: ``failed (broken)``, or active
+        while processes run in its cgroup, with the cause as ``broken``.
+        """
+        try:
+            unit = self.unit(name)
+        except (Corrupt, NotFound):
+            found = self.broken(name)
+            if found is None:  # repaired meanwhile
+                return self.status(name)
+            return self._broken_status(*found)
         fs = self.cgroup_fs(unit)
         pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
         counters = None
         attached = False
         kgen = None
-        with contextlib.suppress(NotFound, OSError):
+        with contextlib.suppress(Error, OSError):  # an unreadable pin: "programs missing"
             with UnitDatapath.open(self.store.pin_dir(name)) as dp:
                 counters = dp.read()
                 attached = dp.attached()
@@ -166,6 +204,18 @@ class Manager:
         else:
             active, sub = "inactive", "dead"
         return UnitStatus(unit, active, sub, pids, counters, attached, kgen)
+
+    def _broken_status(self, unit: Unit, cause: str) -> UnitStatus:
+        fs = self.cgroup_fs(unit)
+        pids: tuple[int, ...] = ()
+        with contextlib.suppress(Error, OSError):
+            pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
+        counters = None
+        with contextlib.suppress(Error, OSError):
+            with UnitDatapath.open(self.store.pin_dir(unit.name)) as dp:
+                counters = dp.read()
+        active, sub = ("active", "broken") if pids else ("failed", "broken")
+        return UnitStatus(unit, active, sub, pids, counters, False, None, broken=cause)
 
     def statuses(self, names: Sequence[str] | None = None) -> list[UnitStatus]:
         """Status of the named units (all when None); unknown names raise NotFound."""
@@ -197,7 +247,7 @@ class Manager:
                         name: str | None = None, description: str | None = None,
                         command: Sequence[str] = (), allow_unenforced: bool = False,
                         dbus_items: Sequence[tuple[str, str, object]] = (),
-                        owned_by: owner.Owner | None | str = "self") -> Unit:
+                        owned_by: owner.Owner | str | None = "self") -> Unit:
         """Create a unit with its own cgroup under the cgroup root, programs attached.
 
         The unit's file in the unit directory (if any) supplies the base properties;
@@ -276,7 +326,7 @@ class Manager:
         be one another ``ipacctd run`` is about to start its command in.
         """
         if self.store.exists(name):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(NotFound, Corrupt):  # a broken one: refused below
                 if self.unit(name).removing:
                     self._reconcile(name)  # completes the removal
         if self.store.exists(name):
@@ -573,8 +623,13 @@ class Manager:
             bpffs.remove_tree(os.path.join(self.config.pins_dir, entry))
 
     def stop(self, name: str, timeout: float = 5.0) -> list[int]:
-        """Terminate the unit's processes: SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        unit = self.unit(name)
+        """Terminate the unit's processes: SIGTERM, then SIGKILL after ``timeout`` seconds.
+
+        Works on a broken unit too (its default cgroup). The exit is recorded when it can
+        be: a full state directory does not make a stop that ended the processes fail.
+        """
+        found = self.broken(name)
+        unit = found[0] if found else self.unit(name)
         fs = self.cgroup_fs(unit)
         pids = cgroup.kill_all(fs, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -585,13 +640,18 @@ class Manager:
             deadline = time.monotonic() + timeout
             while cgroup.procs_recursive(fs) and time.monotonic() < deadline:
                 time.sleep(0.02)
-        with self.store.locked():
-            with contextlib.suppress(NotFound):
-                unit = self.unit(name)
-                if unit.exited_at is None:
-                    unit = replace(unit, exited_at=time.time(),
-                                   exit_status=unit.exit_status)
-                    self.store.write(name, unit.to_json())
+        if found:
+            return pids
+        try:
+            with self.store.locked():
+                with contextlib.suppress(NotFound, Corrupt):
+                    unit = self.unit(name)
+                    if unit.exited_at is None:
+                        unit = replace(unit, exited_at=time.time(),
+                                       exit_status=unit.exit_status)
+                        self.store.write(name, unit.to_json(), durable=False)
+        except OSError as exc:  # ENOSPC: the processes are gone all the same
+            log.warning("unit %s: stopped, but its exit cannot be recorded: %s", name, exc)
         return pids
 
     def release_cgroup(self, name: str, timeout: float = 5.0,
@@ -623,29 +683,57 @@ class Manager:
     def reset(self, name: str) -> None:
         """Forget an inactive unit: its counters, pins, metadata and (own) cgroup."""
         with self.store.locked():
-            self._sweep_stale_pins()
+            with contextlib.suppress(Error, OSError):  # a full disk must not stop a reset
+                self._sweep_stale_pins()
             st = self.status(name)
             if st.active_state in BUSY_STATES and st.unit.transient:
                 raise Busy(f"unit {name} is {st.active_state}; stop it first "
                            f"('ipacctd stop {name}')")
-            self._remove(st.unit)
+            if st.broken is not None:
+                self._remove_broken(st.unit)
+            else:
+                self._remove(st.unit)
 
     def _remove(self, unit: Unit) -> None:
         if not unit.removing:  # intent first: a crash part-way is finished by reconcile
             unit = replace(unit, removing=True)
-            self.store.write(unit.name, unit.to_json())
+            try:
+                self.store.write(unit.name, unit.to_json())
+            except OSError as exc:
+                # No space for the intent (ENOSPC): remove without it; removing frees
+                # space. A crash part-way leaves pins without metadata or metadata without
+                # pins, both of which status reports and reset removes.
+                log.warning("unit %s: removing without recording the intent: %s",
+                            unit.name, exc)
         self._remove_datapath(unit.name)
         if unit.transient:
             with contextlib.suppress(Error, OSError):
                 cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
         self.store.delete(unit.name)
 
+    def _remove_broken(self, unit: Unit) -> None:
+        """Remove what is left of a broken unit: pins, its (empty) default cgroup, the
+        unreadable metadata file."""
+        log.warning("unit %s: removing a broken unit (%s)", unit.name,
+                    unit.not_enforced_reason)
+        self._remove_datapath(unit.name)
+        with contextlib.suppress(Error, OSError):
+            cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
+        path = self.store.meta_path(unit.name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            self.store.delete(unit.name)
+
     def _remove_datapath(self, name: str) -> None:
         pin_dir = self.store.pin_dir(name)
         try:
             dp = UnitDatapath.open(pin_dir)
-        except NotFound:
-            bpffs.remove_tree(pin_dir)
+        except (Error, OSError):  # none, or not a datapath (damaged): unpin what is there
+            if os.path.isdir(pin_dir) and not os.path.islink(pin_dir):
+                bpffs.remove_tree(pin_dir)
+            elif os.path.lexists(pin_dir):
+                os.unlink(pin_dir)
             return
         dp.remove()
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from ipacctd.datapath.counters import Counters
 from ipacctd.datapath.unit import Spec
-from ipacctd.policy.properties import DenyMode, Properties
+from ipacctd.errors import Corrupt, Error
+from ipacctd.policy.properties import PROPERTIES, DenyMode, Properties
 
 META_VERSION = 1
+
+#: (unit, property) pairs already warned about in this process: one warning each, not one
+#: per poll.
+_WARNED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,9 @@ class Unit:
     #: (pid, start time) of the process that starts the command and records its exit: while
     #: it lives and no exit is recorded, the name is taken (see ipacctd.manager.owner).
     owner: tuple[int, int] | None = None
+    #: Properties this version does not know (metadata of another version): written back
+    #: unchanged, never applied.
+    unknown_properties: tuple[tuple[str, Any], ...] = ()
 
     @property
     def description(self) -> str:
@@ -45,7 +54,7 @@ class Unit:
             "version": META_VERSION,
             "name": self.name,
             "cgroup": self.cgroup,
-            "properties": self.properties.to_json(),
+            "properties": {**dict(self.unknown_properties), **self.properties.to_json()},
             "transient": self.transient,
             "enforced": self.enforced,
             "not_enforced_reason": self.not_enforced_reason,
@@ -63,11 +72,37 @@ class Unit:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Unit:
-        """Rebuild from a metadata file."""
+        """Rebuild from a metadata file.
+
+        Raises:
+            Corrupt: for metadata that does not describe a unit (missing or mistyped
+                fields, bad property values). Unknown properties are kept and ignored.
+        """
+        try:
+            return cls._from_json(d)
+        except (Error, KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise Corrupt(f"metadata of unit {d.get('name', '?')!s:.100} is invalid: "
+                          f"{what:.200}") from None
+
+    @classmethod
+    def _from_json(cls, d: dict[str, Any]) -> Unit:
+        props = d.get("properties", {})
+        if not isinstance(props, dict):
+            raise TypeError("properties: expected an object")
+        unknown = tuple(sorted((k, v) for k, v in props.items() if k not in PROPERTIES))
+        for key, _ in unknown:
+            if (d["name"], key) not in _WARNED:
+                _WARNED.add((d["name"], key))
+                logging.getLogger("ipacctd.engine").warning(
+                    "unit %s: ignoring property %s unknown to this version (kept)",
+                    d["name"], key[:100])
         return cls(
-            name=d["name"],
-            cgroup=d["cgroup"],
-            properties=Properties.from_json(d.get("properties", {})),
+            name=str(d["name"]),
+            cgroup=str(d["cgroup"]),
+            properties=Properties.from_json({k: v for k, v in props.items()
+                                             if k in PROPERTIES}),
+            unknown_properties=unknown,
             transient=bool(d.get("transient", True)),
             enforced=bool(d.get("enforced", True)),
             not_enforced_reason=d.get("not_enforced_reason", ""),
@@ -131,6 +166,7 @@ class UnitStatus:
     counters: Counters | None  # None when nothing is pinned (not enforced / broken)
     attached: bool  # programs on a live cgroup
     kernel_generation: int | None = None  # policy generation the kernel enforces
+    broken: str | None = None  # why the unit's state cannot be read (None: it can)
 
     @property
     def policy_in_force(self) -> bool:
@@ -152,6 +188,8 @@ class UnitStatus:
         return {
             "name": u.name,
             "description": u.description,
+            "load_state": "error" if self.broken is not None else "loaded",
+            "broken": self.broken,
             "active_state": self.active_state,
             "sub_state": self.sub_state,
             "cgroup": u.cgroup,

@@ -73,10 +73,10 @@ def validate_unit_name(name: str) -> str:
 
     Rules: characters ``A-Z a-z 0-9 : _ . \\ @ -`` only, not starting with ``.`` or ``-``,
     at most :data:`MAX_NAME_LENGTH` characters with the suffix and at most
-    :data:`MAX_PIN_NAME_LENGTH` bytes escaped (every place it is stored fits NAME_MAX), type ``.service`` or
-    ``.scope`` (another systemd type is an error; any other ending counts as part of the
-    name, so ``org.example.web`` becomes ``org.example.web.service``), at most one ``@``
-    with a non-empty prefix and instance (templates cannot be run).
+    :data:`MAX_PIN_NAME_LENGTH` bytes escaped (every place it is stored fits NAME_MAX),
+    type ``.service`` or ``.scope`` (another systemd type is an error; any other ending
+    counts as part of the name, so ``org.example.web`` becomes ``org.example.web.service``),
+    at most one ``@`` with a non-empty prefix and instance (templates cannot be run).
 
     Raises:
         InvalidInput: naming the name and the rule it breaks.
