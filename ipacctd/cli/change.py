@@ -17,12 +17,12 @@ def dispatch(args: argparse.Namespace) -> int:
         mgr.set_properties(args.unit, pairs)
     elif args.verb == "stop":
         for name in args.units:
-            mgr.unit(name)
+            mgr.status(name)  # unknown unit: NotFound first; a broken one is fine here
         for name in args.units:
             mgr.stop(name)
     elif args.verb == "reset":
         for name in args.units:
-            mgr.unit(name)
+            mgr.status(name)  # unknown unit: NotFound first; a broken one is fine here
         for name in args.units:
             mgr.reset(name)
     elif args.verb == "attach":
