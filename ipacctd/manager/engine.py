@@ -229,16 +229,26 @@ class Manager:
         return out
 
     def unit_file(self, name: str) -> UnitFile | None:
-        """The policy file for ``name`` in the unit directory, if there is one."""
-        from ipacctd.policy.unitfile import load_unit_dir
+        """The policy file for ``name`` in the unit directory, if there is one.
 
-        files, errors = load_unit_dir(self.config.unit_dir)
-        for f in files:
-            if f.name == name:
-                return f
-        for err in errors:
-            if _mentions(str(err), name):
-                raise err
+        Only the files that can define ``name`` are read (not every file on every run),
+        each bounded (see :func:`~ipacctd.policy.unitfile.load_unit_file`).
+        """
+        from ipacctd.policy.unitfile import candidate_paths, load_unit_file
+
+        first_error: InvalidInput | None = None
+        for path in candidate_paths(self.config.unit_dir, name):
+            if not os.path.lexists(path):
+                continue
+            try:
+                found = load_unit_file(path, self.config.unit_dir)
+            except InvalidInput as exc:
+                first_error = first_error or exc
+                continue
+            if found.name == canonical(name):
+                return found
+        if first_error is not None:
+            raise first_error
         return None
 
     # -- creating --------------------------------------------------------------------------
@@ -768,9 +778,4 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _mentions(message: str, name: str) -> bool:
-    stem = name.rsplit(".", 1)[0]
-    return f"/{name}" in message or f"/{stem}." in message
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from e2e_helpers import Installation
@@ -34,7 +35,7 @@ def test_corrupt_and_missing_metadata(denv) -> None:
     with open(_meta(inst, "corrupt"), "w") as f:
         f.write('{"name": ')
     os.unlink(_meta(inst, "orphan"))  # by hand: its pins stay
-    data = json.loads(open(_meta(inst, "old")).read())
+    data = json.loads(Path(_meta(inst, "old")).read_text())
     data["properties"]["IPFutureSetting"] = "yes"
     with open(_meta(inst, "old"), "w") as f:
         json.dump(data, f)
@@ -74,7 +75,8 @@ def test_corrupt_and_missing_metadata(denv) -> None:
 
     # a write keeps the unknown property (another version's) untouched
     inst.manager().record_exit("old.service", 0)
-    assert json.loads(open(_meta(inst, "old")).read())["properties"]["IPFutureSetting"] == "yes"
+    kept = json.loads(Path(_meta(inst, "old")).read_text())["properties"]
+    assert kept["IPFutureSetting"] == "yes"
 
     # reset removes what is left of the broken units: pins, metadata, cgroup
     for name in ("corrupt", "orphan"):
