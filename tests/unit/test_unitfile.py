@@ -255,7 +255,7 @@ def test_load_unit_dir(tmp_path: Path) -> None:
     assert len(messages) == 3
     assert messages[0].startswith(f"{tmp_path / 'a.unit'}: unit a.service is already defined")
     assert messages[1].startswith(f"{tmp_path / 'bad.unit'}:2: invalid address 'nope'")
-    assert messages[2].startswith(f"{tmp_path / 'dir.unit'}: cannot read")
+    assert messages[2].startswith(f"{tmp_path / 'dir.unit'}: not a regular file")
 
 
 def test_load_missing_dir(tmp_path: Path) -> None:
