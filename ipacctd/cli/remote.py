@@ -87,6 +87,10 @@ class DaemonManager(Manager):
         """Call a Manager method; raises _Unreachable when the bus cannot be reached."""
         import asyncio  # only here: a CLI without a daemon never pays for it
 
+        # An event loop needs descriptors (epoll, a self-pipe) and the bus a socket; when
+        # they cannot be had (RLIMIT_NOFILE), asyncio fails half-built and its finaliser
+        # prints a traceback. Say so plainly instead, before anything is started.
+        _need_descriptors(4)
         return asyncio.run(self._acall(member, signature, body))
 
     async def _acall(self, member: str, signature: str, body: list[Any]) -> list[Any]:
@@ -186,6 +190,17 @@ class DaemonManager(Manager):
             self._call("DetachUnit", "s", [name])
         except _Unreachable:
             super().detach(name)
+
+
+def _need_descriptors(n: int) -> None:
+    """Raise OSError(EMFILE) unless ``n`` more file descriptors can be opened now."""
+    fds: list[int] = []
+    try:
+        for _ in range(n):
+            fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def manager(config: Config) -> Manager:

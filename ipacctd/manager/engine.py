@@ -358,6 +358,21 @@ class Manager:
                                 "no record of it; pick another name with --unit")
 
     def _create(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
+        # One file descriptor is held in reserve while the unit is built: when the process
+        # runs out of them (RLIMIT_NOFILE) part-way, :meth:`_undo_create` frees it first,
+        # so the cleanup can still list the directories it removes.
+        self._spare_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return self._build(unit, allow_unenforced, make_cgroup)
+        finally:
+            self._release_spare_fd()
+
+    def _release_spare_fd(self) -> None:
+        fd, self._spare_fd = getattr(self, "_spare_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def _build(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
         fs = cgroup.fs_path(unit.cgroup)
         problem = datapath_problem()
         if problem is not None:
@@ -408,6 +423,7 @@ class Manager:
         """Remove what a failed creation made: pins (also its own temporary directory),
         metadata (and its temporary file), cgroup. Each step on its own, so that one that
         fails (no file descriptors left, no space) does not keep the others from running."""
+        self._release_spare_fd()
         with contextlib.suppress(Error, OSError):
             self._remove_datapath(unit.name)  # e.g. pinned, but the generation failed
         with contextlib.suppress(Error, OSError):
