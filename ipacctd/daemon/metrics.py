@@ -139,7 +139,7 @@ class UnitCollector(Collector):
             if program_stats and st.attached:
                 self._program_stats(name, run_time, run_count)
         units = GaugeMetricFamily("ipacctd_units", "Units by active state", labels=["state"])
-        for state in ("active", "inactive", "failed"):
+        for state in ("active", "activating", "deactivating", "inactive", "failed"):
             units.add_metric([state], states.get(state, 0))
         yield from (family for family, _, _ in traffic)
         yield from (active, enforced, prefixes, units, denied)

@@ -190,9 +190,11 @@ class Manager:
             kgen = generation.read(self.store.pin_dir(name))
         if pids:
             active, sub = "active", "running"
-        elif unit.transient and unit.exited_at is None and owner.alive(unit.owner):
-            # Its run reserved the name and is about to start the command, or the command
-            # ended and the run is recording it: the name is taken either way.
+        elif unit.transient and owner.alive(unit.owner) and (
+                unit.exited_at is None or (unit.main_pid is None and unit.exit_status is None)):
+            # Its run reserved the name and is about to start the command (also after a
+            # stop that came first), or the command ended and the run is recording it: the
+            # name is taken either way.
             active, sub = (("activating", "start") if unit.main_pid is None
                            else ("deactivating", "stop"))
         elif unit.exit_status not in CLEAN_EXIT:
@@ -721,6 +723,7 @@ class Manager:
                 self._remove(st.unit)
 
     def _remove(self, unit: Unit) -> None:
+        self._remove_own_cgroup(unit)
         if not unit.removing:  # intent first: a crash part-way is finished by reconcile
             unit = replace(unit, removing=True)
             try:
@@ -732,19 +735,33 @@ class Manager:
                 log.warning("unit %s: removing without recording the intent: %s",
                             unit.name, exc)
         self._remove_datapath(unit.name)
-        if unit.transient:
-            with contextlib.suppress(Error, OSError):
-                cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
         self.store.delete(unit.name)
+
+    def _remove_own_cgroup(self, unit: Unit) -> None:
+        """Remove a transient unit's cgroup before its programs (lock held).
+
+        Once the cgroup is gone no process can be started in it (``clone3`` into a removed
+        cgroup fails), so removing the programs afterwards can never leave a process of the
+        unit unfirewalled, even one that another ``ipacctd run`` starts at this moment.
+        A cgroup that still holds processes stops the removal with nothing removed.
+        """
+        if not unit.transient:
+            return
+        try:
+            cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
+        except Busy:
+            raise Busy(f"unit {unit.name} still has processes in {unit.cgroup}; stop it "
+                       f"first ('ipacctd stop {unit.name}')") from None
+        except (Error, OSError) as exc:
+            log.warning("unit %s: cannot remove its cgroup: %s", unit.name, exc)
 
     def _remove_broken(self, unit: Unit) -> None:
         """Remove what is left of a broken unit: pins, its (empty) default cgroup, the
         unreadable metadata file."""
         log.warning("unit %s: removing a broken unit (%s)", unit.name,
                     unit.not_enforced_reason)
+        self._remove_own_cgroup(unit)
         self._remove_datapath(unit.name)
-        with contextlib.suppress(Error, OSError):
-            cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
         path = self.store.meta_path(unit.name)
         if os.path.isdir(path) and not os.path.islink(path):
             os.rmdir(path)

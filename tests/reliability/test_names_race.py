@@ -149,3 +149,29 @@ def test_run_refuses_an_existing_inactive_name(inst: Installation) -> None:
     assert inst.manager().store.read("kept") == before  # nothing changed, nothing wiped
     inst.ok("reset", "kept")
     inst.ok("run", "--unit", "kept", "--", "true")
+
+
+def test_reserved_name_survives_reset_and_stop(inst: Installation) -> None:
+    """A unit created but whose command has not started yet is "activating": no reset,
+    stop or run of another process takes its name or its programs away."""
+    from ipacctd.errors import Busy
+
+    mgr = inst.manager()
+    unit = mgr.start_transient([("IPAddressDeny", DENIED)], name="resv", command=["x"])
+    assert mgr.status("resv").active_state == "activating"
+    res = inst.cli("reset", "resv", env={"IPACCTD_NO_DAEMON": "1"})
+    assert res.returncode != 0 and "is activating" in res.stderr, res.stderr
+    res = inst.cli("stop", "resv", env={"IPACCTD_NO_DAEMON": "1"})
+    assert res.returncode == 0, res.stderr
+    assert mgr.status("resv").active_state == "activating"  # still ours to start
+    with pytest.raises(Busy):
+        mgr.reset("resv")
+    res = inst.cli("run", "--unit", "resv", "--", "true", env={"IPACCTD_NO_DAEMON": "1"})
+    assert res.returncode != 0 and "is activating" in res.stderr, res.stderr
+    st = mgr.status("resv")
+    assert st.attached and st.policy_in_force  # its programs stayed on its cgroup
+    mgr.record_exit("resv", 1, unit.owner)
+    mgr.release_cgroup("resv", owned_by=unit.owner)
+    assert mgr.status("resv").active_state == "failed"
+    mgr.reset("resv")
+    assert inst.unit_names() == []
