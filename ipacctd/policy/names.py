@@ -36,7 +36,7 @@ def unpin_name(pin: str) -> str | None:
     while i < len(pin):
         c = pin[i]
         if c == "_":
-            nxt = pin[i + 1:i + 2]
+            nxt = pin[i + 1 : i + 2]
             if nxt == "_":
                 out.append("_")
             elif nxt == "d":
@@ -48,6 +48,7 @@ def unpin_name(pin: str) -> str | None:
             out.append(c)
             i += 1
     return "".join(out)
+
 
 #: Unit types ipacctd manages.
 SUFFIXES = (".service", ".scope")
@@ -110,8 +111,10 @@ def validate_unit_name(name: str) -> str:
         raise bad(f"longer than {MAX_NAME_LENGTH} characters")
     escaped = len(pin_name(full))
     if escaped > MAX_PIN_NAME_LENGTH:
-        raise bad(f"too long: stored as a {escaped}-byte file name ('_' and '.' count twice), "
-                  f"at most {MAX_PIN_NAME_LENGTH}")
+        raise bad(
+            f"too long: stored as a {escaped}-byte file name ('_' and '.' count twice), "
+            f"at most {MAX_PIN_NAME_LENGTH}"
+        )
     if "@" in prefix:
         head, _, instance = prefix.partition("@")
         if "@" in instance:

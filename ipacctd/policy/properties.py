@@ -413,8 +413,11 @@ class Properties:
         for attr, items in pending.items():
             old = values.get(attr, getattr(self, attr))
             spec = specs[attr]
-            values[attr] = (spec.combine_all(old, items) if spec.combine_all is not None
-                            else functools.reduce(spec.combine, items, old))
+            values[attr] = (
+                spec.combine_all(old, items)
+                if spec.combine_all is not None
+                else functools.reduce(spec.combine, items, old)
+            )
         return dataclasses.replace(self, **values)
 
     def apply_dbus(self, items: Iterable[tuple[str, str, Any]]) -> Properties:

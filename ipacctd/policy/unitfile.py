@@ -185,8 +185,9 @@ def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) 
                 (f" (it belongs in [{s}])" for s, k in SECTION_KEYS.items() if key in k), ""
             )
             known = ", ".join(sorted(SECTION_KEYS[section]))
-            raise fail(f"unknown key {_excerpt(key)!r} in section [{section}]{where}; "
-                       f"known keys: {known}")
+            raise fail(
+                f"unknown key {_excerpt(key)!r} in section [{section}]{where}; known keys: {known}"
+            )
         try:
             if key == "ControlGroup":
                 if not value:
@@ -244,8 +245,10 @@ def load_unit_file(path: str | os.PathLike[str], directory: str | None = None) -
             target = os.path.realpath(spath)
             home = os.path.realpath(directory)
             if os.path.dirname(target) != home:
-                raise InvalidInput(f"{spath}: a symlink that leads out of the unit directory "
-                                   f"{directory}; refused (not read)")
+                raise InvalidInput(
+                    f"{spath}: a symlink that leads out of the unit directory "
+                    f"{directory}; refused (not read)"
+                )
         # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the path
         # checked above is the file opened.
         fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -254,12 +257,15 @@ def load_unit_file(path: str | os.PathLike[str], directory: str | None = None) -
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise InvalidInput(f"{spath}: not a regular file (a FIFO, device, socket or "
-                           "directory); refused (not read)")
+        raise InvalidInput(
+            f"{spath}: not a regular file (a FIFO, device, socket or directory); refused (not read)"
+        )
     with os.fdopen(fd, "rb") as f:
         if st.st_size > MAX_UNIT_FILE_BYTES:
-            raise InvalidInput(f"{spath}: {st.st_size} bytes, more than the "
-                               f"{MAX_UNIT_FILE_BYTES} a unit file may have; refused")
+            raise InvalidInput(
+                f"{spath}: {st.st_size} bytes, more than the "
+                f"{MAX_UNIT_FILE_BYTES} a unit file may have; refused"
+            )
         key = (spath, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         cached = _CACHE.get(key)
         if cached is not None:
@@ -269,8 +275,9 @@ def load_unit_file(path: str | os.PathLike[str], directory: str | None = None) -
         except OSError as e:
             raise InvalidInput(f"{spath}: cannot read: {e.strerror or e}") from None
     if len(data) > MAX_UNIT_FILE_BYTES:  # grew while read
-        raise InvalidInput(f"{spath}: more than the {MAX_UNIT_FILE_BYTES} bytes a unit file "
-                           "may have; refused")
+        raise InvalidInput(
+            f"{spath}: more than the {MAX_UNIT_FILE_BYTES} bytes a unit file may have; refused"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -26,6 +26,7 @@ MAX_PIN_NAME_LENGTH = 255 - 13
 PROPS = "org.freedesktop.DBus.Properties"
 MANAGER = "org.ipacctd1.Manager"
 
+
 def _bad_calls(unit: str) -> list[tuple[str, str, str, str, list]]:
     root = "/org/ipacctd1"
     return [
@@ -58,9 +59,16 @@ def _as_nobody(address: str, calls: list, rounds: int) -> dict[str, list[str]]:
         seen: dict[str, list[str]] = {}
         for _ in range(rounds):
             for path, iface, member, sig, body in calls:
-                reply = await bus.call(Message(destination="org.ipacctd1", path=path,
-                                               interface=iface, member=member,
-                                               signature=sig, body=body))
+                reply = await bus.call(
+                    Message(
+                        destination="org.ipacctd1",
+                        path=path,
+                        interface=iface,
+                        member=member,
+                        signature=sig,
+                        body=body,
+                    )
+                )
                 key = f"{path} {iface}.{member}({sig})"
                 ok = reply.message_type == MessageType.METHOD_RETURN
                 seen[key] = ["return", ""] if ok else [reply.error_name, (reply.body or [""])[0]]
@@ -90,8 +98,15 @@ def _as_nobody(address: str, calls: list, rounds: int) -> dict[str, list[str]]:
     return json.loads(data)
 
 
-EXPECTED_SIG = {"Get(": "(ss)", "GetAll(": "(s)", "Set(": "(ssv)", "GetUnit(": "(s)",
-                "StartTransientUnit(": "(sa(sv))", "GetMachineId(": "()", "Introspect(": "()"}
+EXPECTED_SIG = {
+    "Get(": "(ss)",
+    "GetAll(": "(s)",
+    "Set(": "(ssv)",
+    "GetUnit(": "(s)",
+    "StartTransientUnit(": "(sa(sv))",
+    "GetMachineId(": "()",
+    "Introspect(": "()",
+}
 
 
 def test_dbus_bad_arguments_as_nobody(denv) -> None:
@@ -112,8 +127,12 @@ def test_dbus_bad_arguments_as_nobody(denv) -> None:
     refused_lines = [ln for ln in log.splitlines() if "refused" in ln]
     # rate-limited per sender: a burst, then a line per minute at most (+ a summary line)
     assert len(refused_lines) <= 12, refused_lines
-    report("dbus_bad_arguments", calls=calls, log_lines=len(log.splitlines()),
-           refused_lines=len(refused_lines))
+    report(
+        "dbus_bad_arguments",
+        calls=calls,
+        log_lines=len(log.splitlines()),
+        refused_lines=len(refused_lines),
+    )
 
 
 def test_long_names_fit_or_are_refused(denv) -> None:
@@ -130,20 +149,30 @@ def test_long_names_fit_or_are_refused(denv) -> None:
     # the longest names accepted are usable: run, status, reset
     from ipacctd.policy.names import pin_name
 
-    longest = ["x" * (MAX_PIN_NAME_LENGTH - len("_dservice")),
-               "a." * ((MAX_PIN_NAME_LENGTH - len("_dservice")) // 3)]
+    longest = [
+        "x" * (MAX_PIN_NAME_LENGTH - len("_dservice")),
+        "a." * ((MAX_PIN_NAME_LENGTH - len("_dservice")) // 3),
+    ]
     for name in longest:
         assert len(pin_name(name + ".service")) <= MAX_PIN_NAME_LENGTH
-        inst.ok("run", "--unit", name, "-p", "IPAddressDeny=198.51.100.9", "--", "true",
-                env={"IPACCTD_NO_DAEMON": "1"})
+        inst.ok(
+            "run",
+            "--unit",
+            name,
+            "-p",
+            "IPAddressDeny=198.51.100.9",
+            "--",
+            "true",
+            env={"IPACCTD_NO_DAEMON": "1"},
+        )
         assert inst.cli("status", name, env={"IPACCTD_NO_DAEMON": "1"}).returncode == 3
         inst.ok("reset", name, env={"IPACCTD_NO_DAEMON": "1"})
     assert inst.unit_names() == []
     # over D-Bus: the same refusal as InvalidArgs, no internal error
     denv.start()
     err, msg = denv.client.manager_error(
-        "StartTransientUnit", "sa(sv)", "b." * 95 + "x",
-        [["ExecCommand", Variant("as", ["true"])]])
+        "StartTransientUnit", "sa(sv)", "b." * 95 + "x", [["ExecCommand", Variant("as", ["true"])]]
+    )
     assert err == INVALID_ARGS, (err, msg)
     assert f"at most {MAX_PIN_NAME_LENGTH}" in msg
     assert "Traceback" not in denv.log()

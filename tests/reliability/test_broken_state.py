@@ -30,8 +30,7 @@ def test_corrupt_and_missing_metadata(denv) -> None:
     inst: Installation = denv.inst
     direct = {"IPACCTD_NO_DAEMON": "1"}
     for name in ("good", "corrupt", "orphan", "old"):
-        inst.ok("run", "--unit", name, "-p", "IPAddressDeny=198.51.100.9", "--", "true",
-                env=direct)
+        inst.ok("run", "--unit", name, "-p", "IPAddressDeny=198.51.100.9", "--", "true", env=direct)
     with open(_meta(inst, "corrupt"), "w") as f:
         f.write('{"name": ')
     os.unlink(_meta(inst, "orphan"))  # by hand: its pins stay
@@ -88,8 +87,7 @@ def test_corrupt_and_missing_metadata(denv) -> None:
     # and the name is usable again
     inst.ok("run", "--unit", "corrupt", "--", "true")
     inst.ok("reset", "corrupt")
-    report("broken_state", broken_units=2, unknown_properties=1, warnings=1,
-           pins_left=0)
+    report("broken_state", broken_units=2, unknown_properties=1, warnings=1, pins_left=0)
 
 
 def test_broken_name_is_not_reused_silently(inst: Installation) -> None:

@@ -45,8 +45,9 @@ def _listdir(path: str) -> list[str]:
 @contextlib.contextmanager
 def _small_tmpfs(path: str, size: str):
     os.makedirs(path, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path],
-                   check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path], check=True
+    )
     try:
         yield
     finally:
@@ -69,16 +70,24 @@ def _fill(path: str) -> None:
 def test_full_state_dir(inst: Installation) -> None:
     env = {"IPACCTD_NO_DAEMON": "1"}
     with _small_tmpfs(inst.state_dir, "256k"):
-        inst.ok("run", "--unit", "done", "-p", "IPAddressDeny=198.51.100.9", "--", "true",
-                env=env)
-        live = subprocess.Popen(inst.argv("run", "--unit", "live", "--", "sleep", "300"),
-                                env=inst.environ(env), cwd=REPO, stderr=subprocess.DEVNULL)
+        inst.ok("run", "--unit", "done", "-p", "IPAddressDeny=198.51.100.9", "--", "true", env=env)
+        live = subprocess.Popen(
+            inst.argv("run", "--unit", "live", "--", "sleep", "300"),
+            env=inst.environ(env),
+            cwd=REPO,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             from support import wait_for
 
-            wait_for(lambda: "live.service" in inst.unit_names()
-                     and inst.manager().status("live").active_state == "active", 30,
-                     "the live unit")
+            wait_for(
+                lambda: (
+                    "live.service" in inst.unit_names()
+                    and inst.manager().status("live").active_state == "active"
+                ),
+                30,
+                "the live unit",
+            )
             _fill(inst.state_dir)
             res = inst.cli("run", "--unit", "new", "--", "true", env=env)
             assert res.returncode != 0
@@ -106,8 +115,17 @@ def test_full_state_dir(inst: Installation) -> None:
 def _nofile_runs(inst: Installation, env: dict[str, str], tag: str) -> dict[str, int]:
     failed = started = 0
     for n in range(5, 5 + count(8, 30)):  # 5..12: every step that can fail (12 works)
-        res = inst.cli("run", "--unit", f"{tag}{n}", "-p", "IPAddressDeny=198.51.100.9",
-                       "--", "true", prefix=["prlimit", f"--nofile={n}", "--"], env=env)
+        res = inst.cli(
+            "run",
+            "--unit",
+            f"{tag}{n}",
+            "-p",
+            "IPAddressDeny=198.51.100.9",
+            "--",
+            "true",
+            prefix=["prlimit", f"--nofile={n}", "--"],
+            env=env,
+        )
         assert "Traceback" not in res.stderr, (n, res.stderr)
         assert "AttributeError" not in res.stderr, (n, res.stderr)
         if res.returncode == 0:
@@ -131,8 +149,14 @@ def test_nofile_limits(denv) -> None:
     denv.start()
     daemon = _nofile_runs(inst, {}, "dd")
     assert "Traceback" not in denv.log()
-    report("nofile_limits", direct_failed=direct["failed"], direct_started=direct["started"],
-           daemon_failed=daemon["failed"], daemon_started=daemon["started"], leaks=0)
+    report(
+        "nofile_limits",
+        direct_failed=direct["failed"],
+        direct_started=direct["started"],
+        daemon_failed=daemon["failed"],
+        daemon_started=daemon["started"],
+        leaks=0,
+    )
 
 
 def test_temp_files_of_killed_writers_swept(inst: Installation) -> None:

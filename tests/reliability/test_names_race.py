@@ -79,14 +79,36 @@ def _race(inst: Installation, env: dict[str, str], rounds: int, tag: str) -> dic
             for r in range(base, min(base + parallel, rounds)):
                 name = f"{tag}-r{r}"
                 out_a, out_b = inst.tmp / f"{name}.a.json", inst.tmp / f"{name}.b.json"
-                a_argv = inst.argv("run", "--quiet", "--unit", name, "-p",
-                                   f"IPAddressDeny={DENIED}", "--",
-                                   "bash", "-c", SEND, "send", str(port_a), str(out_a))
-                b_argv = inst.argv("run", "--quiet", "--unit", name, "--",
-                                   "bash", "-c", SEND, "send", str(port_b), str(out_b))
+                a_argv = inst.argv(
+                    "run",
+                    "--quiet",
+                    "--unit",
+                    name,
+                    "-p",
+                    f"IPAddressDeny={DENIED}",
+                    "--",
+                    "bash",
+                    "-c",
+                    SEND,
+                    "send",
+                    str(port_a),
+                    str(out_a),
+                )
+                b_argv = inst.argv(
+                    "run",
+                    "--quiet",
+                    "--unit",
+                    name,
+                    "--",
+                    "bash",
+                    "-c",
+                    SEND,
+                    "send",
+                    str(port_b),
+                    str(out_b),
+                )
                 first, second = (a_argv, b_argv) if rng.random() < 0.5 else (b_argv, a_argv)
-                kw = dict(env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+                kw = dict(env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 p1 = ns.popen(first, **kw)
                 time.sleep(rng.uniform(0, 0.009))
                 p2 = ns.popen(second, **kw)
@@ -98,7 +120,7 @@ def _race(inst: Installation, env: dict[str, str], rounds: int, tag: str) -> dic
                 assert "Traceback" not in err_a + err_b, (err_a, err_b)
                 ran_a, ran_b = out_a.exists(), out_b.exists()
                 assert ran_a != ran_b, (name, pa.returncode, err_a, pb.returncode, err_b)
-                winner, loser, err = (("A", pb, err_b) if ran_a else ("B", pa, err_a))
+                winner, loser, err = ("A", pb, err_b) if ran_a else ("B", pa, err_a)
                 wins[winner] += 1
                 assert loser.returncode != 0, (name, err)
                 assert any(m in err for m in REFUSED), (name, err)
@@ -118,8 +140,15 @@ def _race(inst: Installation, env: dict[str, str], rounds: int, tag: str) -> dic
     received = json.loads(recv_out.read_text())
     assert received == 0, f"{received} datagrams to the denied {DENIED} arrived"
     assert wins["A"] + wins["B"] == rounds and refused == rounds
-    return {"rounds": rounds, "wins_a": wins["A"], "wins_b": wins["B"], "refused": refused,
-            "denied_sent": denied_sent, "denied_received": received, "eperm": a_eperm}
+    return {
+        "rounds": rounds,
+        "wins_a": wins["A"],
+        "wins_b": wins["B"],
+        "refused": refused,
+        "denied_sent": denied_sent,
+        "denied_received": received,
+        "eperm": a_eperm,
+    }
 
 
 def test_same_name_race_without_daemon(inst: Installation) -> None:

@@ -61,8 +61,13 @@ def test_hostile_unit_files(denv) -> None:
     # the big file works, and other units start meanwhile (its parse holds no lock)
     env = inst.environ()
     started = time.monotonic()
-    big = subprocess.Popen(inst.argv("run", "--unit", "big", "--", "true"), env=env,
-                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    big = subprocess.Popen(
+        inst.argv("run", "--unit", "big", "--", "true"),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     others = 0
     for i in range(count(5, 20)):
         inst.ok("run", "--unit", f"other{i}", "--", "true", timeout=60)
@@ -74,5 +79,10 @@ def test_hostile_unit_files(denv) -> None:
     log = denv.log()
     assert SECRET not in log, "the daemon's log quotes a file that is not a unit file"
     assert "Traceback" not in log
-    report("hostile_unit_files", lines=lines, big_seconds=round(big_seconds, 1),
-           other_runs=others, refused=len(refused))
+    report(
+        "hostile_unit_files",
+        lines=lines,
+        big_seconds=round(big_seconds, 1),
+        other_runs=others,
+        refused=len(refused),
+    )
