@@ -506,8 +506,12 @@ class BusService:
                 command = tuple(value)  # recorded as the unit's description/command
             else:
                 items.append((pname, sig, value))
+        # With ExecCommand the caller starts the command itself (as ``ipacctd run`` does):
+        # the name is reserved for it until it records the exit. Without, the caller puts
+        # processes in the cgroup as it likes; nobody holds the name.
         return self.manager.start_transient(name=name or None, command=command,
-                                            dbus_items=items, owned_by=owned_by)
+                                            dbus_items=items,
+                                            owned_by=owned_by if command else None)
 
     def _attach(self, cgroup_path: str, name: str, props: list[Any]) -> Any:
         return self.manager.attach(cgroup_path, name=name or None, dbus_items=_items(props))
