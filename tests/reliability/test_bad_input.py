@@ -130,6 +130,7 @@ def test_dbus_bad_arguments_as_nobody(denv) -> None:
     report(
         "dbus_bad_arguments",
         calls=calls,
+        inputs_tried=calls,
         log_lines=len(log.splitlines()),
         refused_lines=len(refused_lines),
     )

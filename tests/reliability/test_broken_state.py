@@ -87,7 +87,9 @@ def test_corrupt_and_missing_metadata(denv) -> None:
     # and the name is usable again
     inst.ok("run", "--unit", "corrupt", "--", "true")
     inst.ok("reset", "corrupt")
-    report("broken_state", broken_units=2, unknown_properties=1, warnings=1, pins_left=0)
+    report(
+        "broken_state", inputs_tried=3, broken_units=2, warnings=1, leaks_found=0, objects_tracked=2
+    )
 
 
 def test_broken_name_is_not_reused_silently(inst: Installation) -> None:

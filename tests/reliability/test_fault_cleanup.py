@@ -109,7 +109,7 @@ def test_full_state_dir(inst: Installation) -> None:
             if live.poll() is None:
                 live.kill()
                 live.wait()
-    report("full_state_dir", leaks=0, stop_rc=0, reset_rc=0)
+    report("full_state_dir", runs=1, leaks_found=0, objects_tracked=3, stop_rc=0, reset_rc=0)
 
 
 def _nofile_runs(inst: Installation, env: dict[str, str], tag: str) -> dict[str, int]:
@@ -155,7 +155,9 @@ def test_nofile_limits(denv) -> None:
         direct_started=direct["started"],
         daemon_failed=daemon["failed"],
         daemon_started=daemon["started"],
-        leaks=0,
+        runs=direct["failed"] + direct["started"] + daemon["failed"] + daemon["started"],
+        leaks_found=0,
+        objects_tracked=3 * 2 * len(range(5, 5 + count(8, 30))),  # cgroup, pins, temp file
     )
 
 

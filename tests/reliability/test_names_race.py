@@ -148,6 +148,10 @@ def _race(inst: Installation, env: dict[str, str], rounds: int, tag: str) -> dic
         "denied_sent": denied_sent,
         "denied_received": received,
         "eperm": a_eperm,
+        # the soak table's columns
+        "runs": 2 * rounds,
+        "packets_sent": denied_sent + a_eperm,
+        "packets_leaked": denied_sent + received,
     }
 
 

@@ -85,4 +85,5 @@ def test_hostile_unit_files(denv) -> None:
         big_seconds=round(big_seconds, 1),
         other_runs=others,
         refused=len(refused),
+        inputs_tried=len(refused) + 1,
     )
