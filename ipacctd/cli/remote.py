@@ -128,21 +128,25 @@ class DaemonManager(Manager):
     def start_transient(self, assignments: Sequence[tuple[str, str]] = (), *,
                         name: str | None = None, description: str | None = None,
                         command: Sequence[str] = (), allow_unenforced: bool = False,
-                        dbus_items: Sequence[tuple[str, str, object]] = ()) -> Unit:
+                        dbus_items: Sequence[tuple[str, str, object]] = (),
+                        owned_by: tuple[int, int] | None = None) -> Unit:
         from dbus_fast import Variant
 
         if allow_unenforced:  # an override the D-Bus API does not offer: act directly
             return super().start_transient(assignments, name=name, description=description,
-                                           command=command, allow_unenforced=True)
+                                           command=command, allow_unenforced=True,
+                                           owned_by=owned_by)
         items = assignments_to_dbus(assignments)
         if description is not None:
             items.append(("Description", Variant("s", description)))
         items.append(("ExecCommand", Variant("as", list(command))))
+        if owned_by is not None:  # the daemon asks the bus who we are: it must be us
+            items.append(("CallerStartsCommand", Variant("b", True)))
         try:
             path = self._call("StartTransientUnit", "sa(sv)", [name or "", items])[0]
         except _Unreachable:
             return super().start_transient(assignments, name=name, description=description,
-                                           command=command)
+                                           command=command, owned_by=owned_by)
         return self.unit(self._name_of(path))
 
     def _name_of(self, path: str) -> str:

@@ -13,6 +13,7 @@ from ipacctd.cli.format import format_bytes, format_timespan
 from ipacctd.cli.main import manager_for
 from ipacctd.cli.spawn import spawn
 from ipacctd.errors import Error, InvalidInput, NotFound
+from ipacctd.manager import owner
 from ipacctd.manager.engine import CLEAN_EXIT, Manager, parse_assignments
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
@@ -28,8 +29,10 @@ def dispatch(args: argparse.Namespace) -> int:
         raise InvalidInput("no command given: ipacctd run [-p NAME=VALUE]... -- CMD [ARGS...]")
     pairs = parse_assignments(args.property)
     mgr = manager_for(args)
+    # The name is ours from now until our record of the command's exit (see manager.owner).
     unit = mgr.start_transient(pairs, name=args.unit, description=args.description,
-                               command=command, allow_unenforced=args.allow_unenforced)
+                               command=command, allow_unenforced=args.allow_unenforced,
+                               owned_by=owner.me())
     if not args.quiet:
         print(f"Running as unit: {unit.name}", file=sys.stderr)
     if not unit.enforced:

@@ -53,6 +53,8 @@ DROP_PROPS = (
     ("IPEgressAuditPackets", "egress_audit_packets"),
 )
 COUNTERS_SIG = "a(sat)"
+#: StartTransientUnit property (b): the caller starts the command and records its exit.
+CALLER_STARTS = "CallerStartsCommand"
 
 
 def escape_label(name: str) -> str:
@@ -500,18 +502,21 @@ class BusService:
     def _start_transient(self, name: str, props: list[Any],
                          owned_by: tuple[int, int] | None = None) -> Any:
         command: tuple[str, ...] = ()
+        reserve = False
         items = []
         for pname, sig, value in _items(props):
             if pname == "ExecCommand" and sig == "as":
                 command = tuple(value)  # recorded as the unit's description/command
+            elif pname == CALLER_STARTS and sig == "b":
+                reserve = bool(value)
             else:
                 items.append((pname, sig, value))
-        # With ExecCommand the caller starts the command itself (as ``ipacctd run`` does):
-        # the name is reserved for it until it records the exit. Without, the caller puts
-        # processes in the cgroup as it likes; nobody holds the name.
+        # CallerStartsCommand=true: the caller starts the command itself (as ``ipacctd run``
+        # does) and records its exit; the name is reserved for it until then. Otherwise
+        # the caller puts processes in the cgroup as it likes, and nobody holds the name.
         return self.manager.start_transient(name=name or None, command=command,
                                             dbus_items=items,
-                                            owned_by=owned_by if command else None)
+                                            owned_by=owned_by if reserve else None)
 
     def _attach(self, cgroup_path: str, name: str, props: list[Any]) -> Any:
         return self.manager.attach(cgroup_path, name=name or None, dbus_items=_items(props))

@@ -259,18 +259,18 @@ class Manager:
                         name: str | None = None, description: str | None = None,
                         command: Sequence[str] = (), allow_unenforced: bool = False,
                         dbus_items: Sequence[tuple[str, str, object]] = (),
-                        owned_by: owner.Owner | str | None = "self") -> Unit:
+                        owned_by: owner.Owner | None = None) -> Unit:
         """Create a unit with its own cgroup under the cgroup root, programs attached.
 
         The unit's file in the unit directory (if any) supplies the base properties;
         ``assignments`` apply on top. Nothing runs in the cgroup yet: the caller starts
         the command there, so the firewall is in force before the first packet.
 
-        The name is reserved for ``owned_by`` ("self": this process; None: nobody, e.g. a
-        D-Bus caller the bus cannot name), which starts the
-        command and records its exit: a name that is taken in any way (a unit of any
-        state, or pins left without metadata) is refused, never reused, so no start and
-        no cleanup of one process can act on a unit another process is starting.
+        A name that is taken in any way (a unit of any state, or pins left without
+        metadata) is refused, never reused, so no start and no cleanup of one process can
+        act on a unit another process is starting. ``owned_by``: the process that will
+        start the command and record its exit (``ipacctd run``): until then the unit is
+        "activating" and nothing removes it (see :mod:`ipacctd.manager.owner`).
         """
         name = validate_unit_name(name) if name else None
         # The unit file is read before the lock (bounded, see policy.unitfile): a slow or
@@ -290,7 +290,7 @@ class Manager:
             rel = f"{root.rstrip('/')}/{name}"
             unit = Unit(name, rel, props, transient=True, command=tuple(command),
                         started_at=time.time(), source=source.path if source else None,
-                        owner=owner.me() if isinstance(owned_by, str) else owned_by)
+                        owner=owned_by)
             return self._create(unit, allow_unenforced, make_cgroup=True)
 
     def attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,

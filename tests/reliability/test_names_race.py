@@ -188,9 +188,12 @@ def test_reserved_name_survives_reset_and_stop(inst: Installation) -> None:
     """A unit created but whose command has not started yet is "activating": no reset,
     stop or run of another process takes its name or its programs away."""
     from ipacctd.errors import Busy
+    from ipacctd.manager import owner
 
     mgr = inst.manager()
-    unit = mgr.start_transient([("IPAddressDeny", DENIED)], name="resv", command=["x"])
+    unit = mgr.start_transient(
+        [("IPAddressDeny", DENIED)], name="resv", command=["x"], owned_by=owner.me()
+    )
     assert mgr.status("resv").active_state == "activating"
     res = inst.cli("reset", "resv", env={"IPACCTD_NO_DAEMON": "1"})
     assert res.returncode != 0 and "is activating" in res.stderr, res.stderr
