@@ -142,3 +142,108 @@ def remove(fs: str, timeout: float = 5.0) -> None:
                     raise Busy(f"cgroup {fs} still has processes") from exc
                 raise
             time.sleep(0.01)
+
+
+# -- systemd delegation ---------------------------------------------------------------------
+#
+# systemd owns the cgroup tree on its hosts ("Control Group APIs and Delegation"): a
+# service may create cgroups only inside its own cgroup, and only when systemd delegated
+# it (Delegate=yes). systemd marks a delegated cgroup with the xattr trusted.delegate=1
+# (user.delegate=1 for user managers); where xattrs are unavailable the unit's Delegate=
+# property answers. The delegating service's own processes must then live in a leaf
+# (cgroup v2 forbids processes beside child cgroups once controllers are enabled), so the
+# daemon moves itself to ``<service>/daemon``.
+
+SYSTEMD_RUNTIME = "/run/systemd/system"  # exists exactly when systemd is PID 1 (sd_booted)
+SERVICE = "ipacctd.service"
+SERVICE_CGROUP = "/system.slice/ipacctd.service"  # where systemd puts the shipped unit
+DAEMON_LEAF = "daemon"
+
+
+def systemd_booted() -> bool:
+    """True when systemd is the init system (its runtime directory exists)."""
+    return os.path.isdir(SYSTEMD_RUNTIME)
+
+
+def own_cgroup(pid: int | str = "self") -> str:
+    """The cgroup v2 path of a process (``0::`` line of /proc/PID/cgroup)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip() or "/"
+    except OSError:
+        pass
+    return "/"
+
+
+def service_cgroup(path: str) -> str | None:
+    """The systemd service cgroup a cgroup path lies in (``/system.slice/x.service`` for
+    ``/system.slice/x.service/daemon``), or None outside any service (a scope — a login
+    session, a terminal — is not one)."""
+    parts = [p for p in path.split("/") if p]
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i].endswith(".scope"):
+            return None
+        if parts[i].endswith(".service"):
+            return "/" + "/".join(parts[: i + 1])
+    return None
+
+
+def is_delegated(rel: str) -> bool:
+    """Whether systemd delegated the cgroup ``rel`` (xattr, else the unit's Delegate=)."""
+    try:
+        fs = fs_path(rel)
+    except (NotSupported, InvalidInput):
+        return False
+    for attr in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(fs, attr).strip(b"\0").strip() == b"1":
+                return True
+        except OSError:
+            continue
+    unit = os.path.basename(rel)
+    if not unit.endswith(".service"):
+        return False
+    import subprocess
+
+    try:
+        out = subprocess.run(["systemctl", "show", "-p", "Delegate,ControlGroup", "--", unit],
+                             capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return props.get("Delegate") == "yes" and props.get("ControlGroup") == rel
+
+
+def default_root() -> str:
+    """Where ipacctd makes its units' cgroups when ``cgroup_root`` is not configured.
+
+    Without systemd: ``/ipacctd``. Under systemd: the delegated service cgroup this
+    process runs in (the daemon in ``ipacctd.service``; ``ipacctd run`` in another
+    service with ``Delegate=yes``, so that its command stays in that service's tree), else
+    ``ipacctd.service``'s delegated cgroup when that service runs, else ``/ipacctd``.
+    """
+    from ipacctd.manager.config import DEFAULT_CGROUP_ROOT
+
+    if not systemd_booted():
+        return DEFAULT_CGROUP_ROOT
+    own = service_cgroup(own_cgroup())
+    if own is not None and is_delegated(own):
+        return own
+    try:
+        if exists(fs_path(SERVICE_CGROUP)) and is_delegated(SERVICE_CGROUP):
+            return SERVICE_CGROUP
+    except (NotSupported, InvalidInput):
+        pass
+    return DEFAULT_CGROUP_ROOT
+
+
+def move_self_to_leaf(service: str) -> str:
+    """Move this process into ``<service>/daemon`` (created if needed); its path."""
+    leaf = f"{service.rstrip('/')}/{DAEMON_LEAF}"
+    fs = fs_path(leaf)
+    create(fs)
+    with open(os.path.join(fs, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+    return leaf

@@ -9,7 +9,9 @@
   ``IPACCTD_CGROUP_ROOT=/ipacctd-test-<id>``);
 * ``python -m ipacctd daemon --bus <addr> --listen 127.0.0.1:<free port>`` as a
   subprocess, started (and restarted) on demand and ended by its PID;
-* :class:`Client`: synchronous dbus-fast connections to the bus.
+* :class:`Client`: synchronous dbus-fast connections to the bus;
+* the installation's CLI (``inst.cli``) with ``DBUS_SYSTEM_BUS_ADDRESS`` set to the bus, so
+  that it finds the daemon by its bus name as on a host.
 
 Closing it ends the daemon, then the processes, units, cgroups and pins of the
 installation, then the bus daemon. Used by tests/daemon and tests/reliability.
@@ -196,11 +198,14 @@ class Client:
 class DaemonEnv:
     """A private bus, an isolated installation and the ipacctd daemon serving them."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, bus_config: str | None = None) -> None:
         self.tmp = tmp_path
         self.inst = Installation(tmp_path)
-        self.bus = PrivateBus()
+        self.bus = PrivateBus() if bus_config is None else PrivateBus(bus_config)
         self.address = self.bus.address
+        # The CLI finds the daemon as the owner of org.ipacctd1 on the system bus: in the
+        # tests, "the system bus" of the installation's CLI is this private bus.
+        self.inst.env["DBUS_SYSTEM_BUS_ADDRESS"] = self.address
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = tmp_path / "daemon.log"
@@ -210,7 +215,8 @@ class DaemonEnv:
     # -- the daemon ----------------------------------------------------------------------
 
     def start(self, *extra: str, timeout: float = 20.0, nofile_soft: int | None = None) -> None:
-        """Start the daemon and wait until it owns its bus name and /metrics answers.
+        """Start the daemon and wait until it owns its bus name (unless ``--no-bus`` is among
+        ``extra``) and /metrics answers.
 
         ``nofile_soft`` starts it with that soft RLIMIT_NOFILE (as a login shell's 1,024).
         """
@@ -245,12 +251,13 @@ class DaemonEnv:
                 stderr=log,
                 preexec_fn=limit,
             )
+        on_bus = "--no-bus" not in extra  # --no-bus: /metrics alone tells it is up
         client = self.client
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            if not client.has_owner():
+            if on_bus and not client.has_owner():
                 return False
             try:
                 self.scrape_text(timeout=2)

@@ -113,14 +113,16 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configur
 class PrivateBus:
     """A ``dbus-daemon`` of our own, reachable by every local user; ended by its PID."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: str = BUS_CONF) -> None:
+        """``config``: the bus configuration, ``{dir}`` standing for the socket directory
+        (default: everyone may do everything)."""
         # Not under pytest's tmp_path: that is 0700, and a uid-65534 client must reach the
         # socket. mkdtemp gives a fresh, unguessable directory that we open up.
         self.dir = tempfile.mkdtemp(prefix="ipacctd-bus-")
         os.chmod(self.dir, 0o755)
         conf = os.path.join(self.dir, "bus.conf")
         with open(conf, "w") as f:
-            f.write(BUS_CONF.format(dir=self.dir))
+            f.write(config.format(dir=self.dir))
         self.proc = subprocess.Popen(
             ["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
             stdout=subprocess.PIPE,

@@ -14,6 +14,7 @@ from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf
 if TYPE_CHECKING:
     from ipacctd.bpf.info import Attached, LinkInfo
 
+F_ALLOW_MULTI = 1 << 1
 F_REPLACE = 1 << 2
 F_QUERY_EFFECTIVE = 1 << 0
 
@@ -74,6 +75,29 @@ class CgroupLink(Object):
     def program(self) -> Program:
         """Open the program this link currently holds."""
         return Program.from_id(self.info().prog_id)
+
+
+def prog_attach(cgroup_fd: int, prog: Program, attach_type: AttachType,
+                replace: Program | None = None) -> None:
+    """BPF_PROG_ATTACH with ``BPF_F_ALLOW_MULTI`` (the attachment systemd makes for
+    ``IPIngressFilterPath=``; it lives on without any fd or pin, until detached or until the
+    cgroup goes).
+
+    With ``replace`` (``BPF_F_REPLACE``), ``prog`` takes the place of ``replace`` in the
+    cgroup's program list in one step, whoever attached it; ENOENT when ``replace`` is not
+    attached there. The kernel refuses (EINVAL) to attach a program that is attached to the
+    hook by PROG_ATTACH already: one program runs at most once per hook that way.
+    """
+    flags = F_ALLOW_MULTI | (F_REPLACE if replace is not None else 0)
+    attr = Attr(struct.pack("=IIIII", cgroup_fd, prog.fd, attach_type, flags,
+                            replace.fd if replace is not None else 0))
+    bpf(Cmd.PROG_ATTACH, attr, f"attach program {prog.name!r}")
+
+
+def prog_detach(cgroup_fd: int, prog: Program, attach_type: AttachType) -> None:
+    """BPF_PROG_DETACH of one program attached with ``BPF_F_ALLOW_MULTI`` (by whoever)."""
+    bpf(Cmd.PROG_DETACH, Attr(struct.pack("=IIIII", cgroup_fd, prog.fd, attach_type, 0, 0)),
+        f"detach program {prog.name!r}")
 
 
 def prog_query(cgroup_fd: int, attach_type: AttachType, effective: bool = False,

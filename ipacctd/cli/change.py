@@ -11,18 +11,18 @@ from ipacctd.manager.engine import parse_assignments
 
 def dispatch(args: argparse.Namespace) -> int:
     mgr = manager_for(args)
+    if args.verb in ("stop", "reset", "detach"):
+        # Unknown units fail here, before anything changes; a container's unit may also be
+        # named by the container's name or short id.
+        args.units = [mgr.resolve(n) for n in args.units]
     if args.verb == "set-property":
         pairs = parse_assignments(args.assignments)
-        mgr.unit(args.unit)  # unknown unit: NotFound before anything else
-        mgr.set_properties(args.unit, pairs)
+        name = mgr.resolve(args.unit)  # unknown unit: NotFound before anything else
+        mgr.set_properties(name, pairs)
     elif args.verb == "stop":
-        for name in args.units:
-            mgr.status(name)  # unknown unit: NotFound first; a broken one is fine here
         for name in args.units:
             mgr.stop(name)
     elif args.verb == "reset":
-        for name in args.units:
-            mgr.status(name)  # unknown unit: NotFound first; a broken one is fine here
         for name in args.units:
             mgr.reset(name)
     elif args.verb == "attach":
@@ -34,8 +34,6 @@ def dispatch(args: argparse.Namespace) -> int:
             print(f"ipacctd: warning: unit {unit.name} is not counting or filtering: "
                   f"{unit.not_enforced_reason}", file=sys.stderr)
     elif args.verb == "detach":
-        for name in args.units:
-            mgr.unit(name)
         for name in args.units:
             mgr.detach(name)
     return 0

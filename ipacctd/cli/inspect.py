@@ -9,6 +9,7 @@ from typing import Any
 
 from ipacctd.cli.format import format_bytes, format_timespan
 from ipacctd.cli.main import manager_for
+from ipacctd.cli.remote import DaemonManager
 from ipacctd.manager.inspect import inspect_unit
 
 COUNTER_ROWS = (
@@ -21,10 +22,13 @@ COUNTER_ROWS = (
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    mgr = manager_for(args)
+    mgr = manager_for(args, write=False)
     blocks = []
-    for name in args.units:
-        data = inspect_unit(mgr, name, instructions=args.instructions)
+    for name in [mgr.resolve(n) for n in args.units]:
+        if isinstance(mgr, DaemonManager) and mgr.remote_reads:  # the pins are root's
+            data = mgr.inspect(name, instructions=args.instructions)
+        else:
+            data = inspect_unit(mgr, name, instructions=args.instructions)
         blocks.append(data)
     if args.json:
         print(json.dumps(blocks if len(blocks) > 1 else blocks[0], indent=2))
@@ -39,13 +43,22 @@ def _when(ts: float) -> str:
 
 def inspect_text(d: dict[str, Any]) -> str:
     """Text layout close to ``bpftool cgroup show`` / ``prog show`` / ``map show``."""
-    out = [f"Unit: {d['unit']}", f"  cgroup {d['cgroup']}", f"  pins   {d['pin_dir']}", "",
-           "Links:"]
+    out = [f"Unit: {d['unit']}", f"  cgroup {d['cgroup']}"
+           f"{'  id ' + str(d['cgroup_id']) if d.get('cgroup_id') else ''}",
+           f"  pins   {d['pin_dir']}"]
+    if d.get("firewall_problem") and d.get("cgroup_id"):
+        out.append(f"  NOT ENFORCED: {d['firewall_problem']}")
+    out += ["", "Links:"]
     for link in d["links"]:
         if "error" in link:
             out.append(f"  {link['pin']}: {link['error']}")
             continue
-        state = "attached" if link["attached"] else "detached (cgroup gone)"
+        if not link["attached"]:
+            state = "detached (cgroup gone)"
+        elif link.get("on_live_cgroup", True):
+            state = "attached"
+        else:
+            state = "attached to another cgroup (not the one now at the path)"
         out.append(f"  {link['id']}: {link['attach_type']}  prog {link['prog_id']}  "
                    f"cgroup_id {link['cgroup_id']}  pin {link['pin']}  {state}")
     out += ["", "Programs:"]

@@ -109,7 +109,9 @@ def _add_detach(sub: argparse._SubParsersAction) -> None:
 def _add_daemon(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("daemon", help="serve D-Bus and Prometheus, follow unit files")
     d.add_argument("--config", help="config file (default /etc/ipacctd/ipacctd.conf)")
-    d.add_argument("--bus", help="'system', 'session' or a D-Bus address")
+    d.add_argument("--bus", help="'system', 'session' or a D-Bus address ('' = none)")
+    d.add_argument("--no-bus", action="store_true",
+                   help="no D-Bus: serve /metrics and the unit files alone")
     d.add_argument("--listen", help="HOST:PORT of /metrics ('' turns it off)")
     d.add_argument("--poll-interval", type=float, help="seconds between counter polls")
     d.add_argument("--retention", type=float,
@@ -137,6 +139,20 @@ def _add_top(sub: argparse._SubParsersAction) -> None:
                     help="do not switch on BPF run-time statistics")
 
 
+def _add_completion(sub: argparse._SubParsersAction) -> None:
+    from ipacctd.cli.completion import add_parser
+
+    add_parser(sub)
+
+
+def _add_oci_hook(sub: argparse._SubParsersAction) -> None:
+    oh = sub.add_parser(
+        "oci-hook", help="(run by the container runtime as an OCI prestart hook) bind a "
+        "container's unit file policy before the container runs; see contrib/oci/")
+    oh.add_argument("--verbose", "-v", action="store_true",
+                    help="say on stderr which unit was bound")
+
+
 #: Sub-parser builders in help order.
 _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "run": _add_run,
@@ -152,6 +168,8 @@ _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "reload": _add_reload,
     "inspect": _add_inspect,
     "top": _add_top,
+    "completion": _add_completion,
+    "oci-hook": _add_oci_hook,
 }
 #: Global options that take a value (in a separate word unless written ``--opt=value``).
 _VALUED = ("--state-dir", "--bpf-dir", "--cgroup-root", "--unit-dir")
@@ -176,6 +194,7 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported, PermissionDenied
+    from ipacctd.journal import error_line
 
     if argv is None:
         argv = sys.argv[1:]
@@ -187,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ipacctd.cli import inspect as mod  # type: ignore[no-redef]
         elif args.verb == "top":
             from ipacctd.cli import top as mod  # type: ignore[no-redef]
+        elif args.verb == "completion":
+            from ipacctd.cli import completion as mod  # type: ignore[no-redef]
+        elif args.verb == "oci-hook":
+            from ipacctd.cli import ocihook as mod  # type: ignore[no-redef]
         elif args.verb in ("daemon", "reload"):
             from ipacctd.cli import daemon as mod  # type: ignore[no-redef]
         elif args.verb in ("status", "list-units", "show"):
@@ -199,22 +222,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Error as exc:
-        print(f"ipacctd: {exc}", file=sys.stderr)
+        # an error in the journal too
+        print(error_line(f"ipacctd: {exc}{_missing(args.verb, exc)}"), file=sys.stderr)
         codes = ((InvalidInput, EXIT_USAGE), (NotFound, EXIT_NOT_FOUND),
                  (PermissionDenied, EXIT_PERMISSION), (NotSupported, EXIT_UNSUPPORTED))
         return next((code for cls, code in codes if isinstance(exc, cls)), EXIT_FAILURE)
     except OSError as exc:
         # A safety net: an unmapped system error is still one line, not a traceback.
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"ipacctd: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(error_line(f"ipacctd: {exc.strerror or exc}{where}"), file=sys.stderr)
         return EXIT_PERMISSION if isinstance(exc, PermissionError) else EXIT_FAILURE
 
 
-def manager_for(args: argparse.Namespace):
-    """The engine for the paths given on the command line (or the defaults); through the
-    daemon when one serves this installation."""
-    from ipacctd.cli.remote import manager
+READ_VERBS = frozenset({"status", "list-units", "show", "inspect", "top"})
+
+
+def _missing(verb: str, exc: Exception) -> str:
+    """For a user refused a read: what is missing, and the two ways to get it."""
+    import os
+
+    from ipacctd.errors import PermissionDenied
+
+    if not isinstance(exc, PermissionDenied) or os.geteuid() == 0 or verb not in READ_VERBS:
+        return ""
+    from ipacctd.cli import remote
+
+    why = remote.why_no_daemon or "the ipacctd daemon is not reachable"
+    return (f". '{verb}' reads root's state directly, or — for any user — through "
+            f"the ipacctd daemon's D-Bus API ({remote.BUS_NAME} on the system bus), and {why}."
+            " Run it as root, or start the daemon (systemctl start ipacctd).")
+
+
+def config_for(args: argparse.Namespace):
+    """The paths: defaults, the configuration file, the environment, then the options."""
     from ipacctd.manager.config import Config
 
-    return manager(Config.from_env(state_dir=args.state_dir, bpf_dir=args.bpf_dir,
-                                   cgroup_root=args.cgroup_root, unit_dir=args.unit_dir))
+    return Config.from_env(state_dir=args.state_dir, bpf_dir=args.bpf_dir,
+                           cgroup_root=args.cgroup_root, unit_dir=args.unit_dir)
+
+
+def manager_for(args: argparse.Namespace, write: bool = True):
+    """The engine for the paths given on the command line (or the configured ones);
+    through the daemon when one serves this installation (see :mod:`ipacctd.cli.remote`)."""
+    from ipacctd.cli.remote import manager
+
+    return manager(config_for(args), write=write)

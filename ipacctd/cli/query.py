@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 from ipacctd.cli.format import format_bytes, format_relative, format_timestamp, table
 from ipacctd.cli.main import manager_for
 from ipacctd.datapath.counters import Counters
+from ipacctd.manager.systemd import dropin_path as armed_dropin
 from ipacctd.manager.unit import UnitStatus, escape_command
 
 DENIED_SHOWN = 5
@@ -15,19 +18,21 @@ DOTS = {"active": "●", "inactive": "○", "failed": "×"}  # noqa: RUF001 — 
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    mgr = manager_for(args)
+    mgr = manager_for(args, write=False)
     if args.verb == "list-units":
         statuses = mgr.statuses()
         if not args.all:
             statuses = [s for s in statuses if s.active_state == "active"]
         _emit(args, [s.to_json() for s in statuses], lambda: list_units_text(statuses))
         return 0
-    names = args.units or None
+    # A container's unit may also be named by the container's name or short id.
+    names = [mgr.resolve(n) for n in args.units] or None
     statuses = mgr.statuses(names)
     if args.verb == "status":
         denied = {s.name: mgr.denied(s.name, DENIED_SHOWN) for s in statuses}
+        color = sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
         _emit(args, [{**s.to_json(), "denied": denied[s.name]} for s in statuses],
-              lambda: "\n\n".join(status_text(s, denied[s.name]) for s in statuses))
+              lambda: "\n\n".join(status_text(s, denied[s.name], color) for s in statuses))
         return 0 if names is None or all(s.active_state == "active" for s in statuses) else 3
     wanted = [p for group in args.property for p in group.split(",") if p]
     blocks = [show_properties(s, wanted) for s in statuses]
@@ -53,12 +58,16 @@ def _emit(args: argparse.Namespace, data: list[dict], text) -> None:
 # -- status -------------------------------------------------------------------------------
 
 
-def status_text(st: UnitStatus, denied: list[dict] | None = None) -> str:
+def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = False) -> str:
     """The ``ipacctd status`` block of one unit, laid out like ``systemctl status``.
 
     ``denied``: the most denied remote addresses (from the unit's denied-addresses log).
+    A unit whose policy is not in force on its live cgroup says so first: in its state
+    (``active (running) — NOT ENFORCED``) and on the next line, with the cause (in red
+    with ``color``).
     """
     u = st.unit
+    enf = st.enforcement
     lines = [f"{DOTS.get(st.active_state, '●')} {u.name} - {u.description}"]
     kind = "transient" if u.transient else "attached to existing cgroup"
     loaded = f"{u.source}; {kind}" if u.source else kind
@@ -66,11 +75,22 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None) -> str:
         lines.append(f"     Loaded: error (broken: {st.broken})")
     else:
         lines.append(f"     Loaded: loaded ({loaded})")
-    since = u.started_at if st.active_state == "active" else (u.exited_at or u.started_at)
+    if u.container is not None:
+        c = u.container
+        pod = f", pod {c.pod}" if c.pod else ""
+        lines.append(f"  Container: {c.name or '(no name)'} ({c.engine} {c.short_id}{pod})")
+    if st.active_state == "active":
+        since = u.started_at
+    else:  # an attached unit whose cgroup vanished unseen has no known end: no time
+        since = u.exited_at or (u.started_at if u.transient else None)
     active = f"{st.active_state} ({st.sub_state})"
+    if enf.alarming:
+        active += f" {NOT_ENFORCED}"
     if since:
         active += f" since {format_timestamp(since)}; {format_relative(since)}"
-    lines.append(f"     Active: {active}")
+    lines.append(f"     Active: {_red(active, color) if enf.alarming else active}")
+    if enf.alarming:
+        lines.append(_red(f"   Firewall: NOT ENFORCED: {enf.problem}", color))
     if u.main_pid and st.active_state == "active":
         lines.append(f"   Main PID: {u.main_pid} ({_comm(u.main_pid)})")
     elif u.main_pid and u.exit_status is not None:
@@ -96,7 +116,13 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None) -> str:
         shown = ", ".join(f"{e['address']} ({e['direction']}, {_packets(e['packets'])})"
                           for e in denied)
         lines.append(f"     Denied: {shown}")
-    lines.append(f"   Firewall: {_policy(st)}")
+    if not enf.alarming:  # else said above
+        lines.append(f"   Firewall: {_policy(st)}")
+    else:
+        lines.append(f"     Policy: {_policy(st)}")
+    if u.systemd_service:
+        lines.append(f"      Armed: by systemd at every start of {u.systemd_service} "
+                     f"({armed_dropin(u.systemd_service)})")
     lines.append(f"     CGroup: {u.cgroup}")
     for i, pid in enumerate(st.pids[:50]):
         branch = "└─" if i == min(len(st.pids), 50) - 1 else "├─"
@@ -122,17 +148,27 @@ def _policy(st: UnitStatus) -> str:
     for path in p.ip_egress_filter_path:
         parts.append(f"IPEgressFilterPath={path}")
     policy = "; ".join(parts) if parts else "none (all traffic allowed)"
+    enf = st.enforcement
     if not st.unit.enforced:
         return f"{policy} (NOT ENFORCED: {st.unit.not_enforced_reason})"
-    if st.counters is None:
-        return f"{policy} (NOT ENFORCED: programs missing; reset the unit)"
-    if st.attached and not st.policy_in_force:
+    if enf.enforced:
+        return f"{policy} (enforced)"
+    if enf.policy_cut_off:
         return (f"{policy} (NOT IN FORCE YET: a change was cut off; the kernel enforces "
                 f"policy generation {st.kernel_generation}, recorded "
                 f"{st.unit.generation}; the next change or daemon start completes it)")
-    if st.attached:
-        return f"{policy} (enforced)"
-    return f"{policy} (cgroup gone; counters kept)"
+    if not enf.live:
+        if st.counters is None:
+            return f"{policy} (cgroup gone; pins lost)"
+        return f"{policy} (cgroup gone; counters kept)"
+    return f"{policy} (NOT ENFORCED, see above)"
+
+
+NOT_ENFORCED = "— NOT ENFORCED"
+
+
+def _red(text: str, color: bool) -> str:
+    return f"\x1b[1;31m{text}\x1b[0m" if color else text
 
 
 def _packets(n: int) -> str:
@@ -176,7 +212,13 @@ def list_units_text(statuses: list[UnitStatus]) -> str:
         return "0 units listed."
     text = table(["UNIT", "ACTIVE", "SUB", "IP IN", "IP OUT", "DROPPED", "DESCRIPTION"], rows,
                  right=frozenset({3, 4, 5}))
-    return f"{text}\n\n{len(rows)} unit{'s' if len(rows) != 1 else ''} listed."
+    text = f"{text}\n\n{len(rows)} unit{'s' if len(rows) != 1 else ''} listed."
+    unenforced = [s.name for s in statuses if s.enforcement.alarming]
+    if unenforced:
+        text += (f"\nFIREWALL NOT ENFORCED on {len(unenforced)} live "
+                 f"unit{'s' if len(unenforced) != 1 else ''}: {', '.join(unenforced)} "
+                 "(see 'ipacctd status')")
+    return text
 
 
 # -- show -----------------------------------------------------------------------------------
@@ -213,7 +255,9 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
                       ("IPEgressAuditBytes", "egress_audit_bytes"),
                       ("IPEgressAuditPackets", "egress_audit_packets")):
         props[key] = str(getattr(c, attr)) if c is not None else "[no data]"
-    props["IPFirewallEnforced"] = "yes" if (u.enforced and st.attached) else "no"
+    props["SystemdDropIn"] = armed_dropin(u.systemd_service) if u.systemd_service else ""
+    props["IPFirewallEnforced"] = "yes" if st.enforcement.enforced else "no"
+    props["IPFirewallProblem"] = st.enforcement.problem
     if wanted:
         return {k: props.get(k, "") for k in wanted}
     return props

@@ -9,10 +9,11 @@ import signal
 import sys
 import time
 
+from ipacctd import cgroup
 from ipacctd.cli.format import format_bytes, format_timespan
 from ipacctd.cli.main import manager_for
 from ipacctd.cli.spawn import spawn
-from ipacctd.errors import Error, InvalidInput, NotFound
+from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported
 from ipacctd.manager import owner
 from ipacctd.manager.engine import CLEAN_EXIT, Manager, parse_assignments
 
@@ -29,6 +30,7 @@ def dispatch(args: argparse.Namespace) -> int:
         raise InvalidInput("no command given: ipacctd run [-p NAME=VALUE]... -- CMD [ARGS...]")
     pairs = parse_assignments(args.property)
     mgr = manager_for(args)
+    stay_in_service(mgr.config.cgroup_root)
     # The name is ours from now until our record of the command's exit (see manager.owner).
     unit = mgr.start_transient(pairs, name=args.unit, description=args.description,
                                command=command, allow_unenforced=args.allow_unenforced,
@@ -40,6 +42,25 @@ def dispatch(args: argparse.Namespace) -> int:
               f"{unit.not_enforced_reason}", file=sys.stderr)
     return run_in_unit(mgr, unit.name, mgr.cgroup_fs(unit), command, args.wait,
                        owned_by=unit.owner)
+
+
+def stay_in_service(root: str) -> None:
+    """``ipacctd run`` inside a systemd service keeps its command in that service's cgroup
+    tree, so that ``systemctl stop``/``kill`` and the service's accounting still reach it:
+    the unit's cgroup is a child of the service's cgroup. systemd allows that only in a
+    delegated cgroup (``Delegate=yes``, which makes the service cgroup the cgroup root, see
+    :func:`ipacctd.cgroup.default_root`); anywhere else the command would leave the
+    service, so the run is refused, saying what the service needs."""
+    if not cgroup.systemd_booted():
+        return
+    service = cgroup.service_cgroup(cgroup.own_cgroup())
+    if service is None or root == service or root.startswith(service.rstrip("/") + "/"):
+        return
+    raise NotSupported(
+        f"ipacctd run inside {os.path.basename(service)} would take the command out of the "
+        f"service's cgroup ({service}) into {root}, beyond the reach of systemctl stop/kill: "
+        f"give the service Delegate=yes, so that the command runs in a child cgroup of "
+        f"{service}")
 
 
 def run_in_unit(mgr: Manager, name: str, cgroup_fs: str, command: list[str], wait: bool,

@@ -2,9 +2,26 @@
 
 A file naming one exact ``ControlGroup=`` gives a unit of the file's name. A glob (e.g.
 ``/system.slice/docker-*.scope``) gives one unit per matching cgroup, named
-``<file stem>@<cgroup name>.service``. When a matching cgroup appears it is bound; when
-it vanishes its unit turns inactive (its counters stay readable until the retention
-time); when the file goes or stops matching, the unit is detached.
+``<file stem>@<cgroup name>.service``, or for a container's cgroup after the container
+(``podman-web-5522d0d1ae87.service``, as the OCI hook names it: see
+:mod:`ipacctd.containers`). When a matching cgroup appears it is bound; when it vanishes
+its unit turns inactive (its counters stay readable until the retention time); when the
+file goes or stops matching, the unit is detached.
+
+A cgroup is known by its id (inode), not its path: a cgroup removed and made again at
+the same path (a service or container restart) is re-bound, its counters carried on,
+however the events were coalesced. The same holds for units attached by hand
+(``ipacctd attach``): their cgroups are watched, re-bound when made again, and their
+exit is recorded when they vanish (so that they expire after the retention time).
+
+Overlapping files — several files matching the same cgroup — merge like systemd's
+drop-ins: their assignments apply in order, glob files first (by file name), then exact
+files (by file name), so list assignments append and later files override scalars; the
+unit takes the name the last file in that order gives it.
+
+Watches: the directory above each pattern's first glob component (or above an exact
+path), or, while that does not exist yet, its nearest existing ancestor, so a parent made
+later is followed.
 """
 
 from __future__ import annotations
@@ -14,13 +31,17 @@ import fnmatch
 import glob
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ipacctd import cgroup
-from ipacctd.errors import Corrupt, Error, InvalidInput, NotFound
+from ipacctd import cgroup, containers
+from ipacctd.containers import ContainerInfo
+from ipacctd.errors import AlreadyExists, Corrupt, Error, InvalidInput, NotFound
 from ipacctd.manager.engine import Manager
-from ipacctd.policy.names import validate_unit_name
-from ipacctd.policy.unitfile import UnitFile, load_unit_dir
+from ipacctd.manager.recovery import live_cgroup_id
+from ipacctd.manager.unit import Unit
+from ipacctd.policy.properties import Properties
+from ipacctd.policy.unitfile import UnitFile, load_unit_dir, merge_order, merged_properties
 
 log = logging.getLogger("ipacctd.binder")
 
@@ -29,11 +50,24 @@ GLOB_CHARS = "*?["
 
 @dataclass(frozen=True)
 class Binding:
-    """One cgroup a unit file binds, and the unit name it gets."""
+    """One cgroup the unit files bind, and the unit name it gets.
+
+    ``files``: every file matching the cgroup, in merge order (see the module doc); the
+    last one names the unit and is recorded as its source.
+    """
 
     name: str
     cgroup: str
-    file: UnitFile
+    files: tuple[UnitFile, ...]
+    container: ContainerInfo | None = None
+
+    @property
+    def file(self) -> UnitFile:
+        return self.files[-1]
+
+    def properties(self) -> Properties:
+        """The merged policy: every file's assignments, in merge order."""
+        return merged_properties(self.files)
 
 
 def _is_glob(pattern: str) -> bool:
@@ -54,10 +88,15 @@ def static_prefix(pattern: str) -> tuple[str, int]:
 class Binder:
     """Keeps units bound to the cgroups their files name."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, units: Callable[[], Iterable[Unit]] | None = None) -> None:
+        """``units``: every unit as recorded now (default: read all metadata files; the
+        daemon passes its registry's view, kept current by inotify, which is cheaper)."""
         self.manager = manager
+        self._units = units
         self.files: list[UnitFile] = []
         self.errors: list[InvalidInput] = []
+        self._known: dict[str, str] | None = None  # container id → unit, per bindings()
+        self._found: dict[str, ContainerInfo] = {}  # cgroup → container, per bindings()
 
     def load(self) -> list[InvalidInput]:
         """(Re)read the unit directory; bad files are reported and skipped."""
@@ -71,13 +110,15 @@ class Binder:
     def bindings(self) -> dict[str, Binding]:
         """Every (unit name → cgroup) the files ask for, among cgroups that exist now."""
         mount = cgroup.mount_point()
-        out: dict[str, Binding] = {}
+        self._known, self._found = None, {}
+        # cgroup → [(file, the pattern of it that matches)]
+        matches: dict[str, list[tuple[UnitFile, str]]] = {}
         for f in self.files:
             for pattern in f.cgroups:
                 if not _is_glob(pattern):
                     if cgroup.exists(cgroup.fs_path(pattern, mount)):
-                        name = f.name if len(f.cgroups) == 1 else self._name(f, pattern)
-                        out.setdefault(name, Binding(name, pattern, f))
+                        rel = cgroup.validate_path(pattern)
+                        matches.setdefault(rel, []).append((f, pattern))
                     continue
                 for fs in sorted(glob.glob(os.path.join(mount, pattern.lstrip("/")))):
                     if not cgroup.exists(fs):
@@ -85,18 +126,41 @@ class Binder:
                     rel = cgroup.relative(fs, mount)
                     if not fnmatch.fnmatchcase(rel, pattern):
                         continue
-                    name = self._name(f, rel)
-                    out.setdefault(name, Binding(name, rel, f))
+                    matches.setdefault(rel, []).append((f, pattern))
+        out: dict[str, Binding] = {}
+        for rel in sorted(matches):
+            files, (last, pattern) = merge_order(matches[rel])  # the OCI hook's order too
+            name = self._name(last, pattern, rel)
+            if len(files) > 1:
+                log.debug("cgroup %s: merging %s", rel, ", ".join(f.path for f in files))
+            out.setdefault(name, Binding(name, rel, files, self._found.get(rel)))
         return out
 
-    @staticmethod
-    def _name(f: UnitFile, rel: str) -> str:
-        stem = f.name.rsplit(".", 1)[0]
-        base = os.path.basename(rel).replace("@", "-")
-        return validate_unit_name(f"{stem}@{base}")
+    def _name(self, f: UnitFile, pattern: str, rel: str) -> str:
+        """The unit name ``f``'s ``pattern`` gives ``rel`` (:meth:`UnitFile.unit_name_for`);
+        a container's cgroup keeps the unit the OCI hook (or an earlier binding) made for
+        the container."""
+        info = containers.from_cgroup(rel) if _is_glob(pattern) or len(f.cgroups) > 1 \
+            else None
+        if info is None:
+            return f.unit_name_for(pattern, rel)
+        if self._known is None:
+            self._known = {}
+            for unit in self._attached_units():
+                if unit.container is not None:
+                    self._known[unit.container.id] = unit.name
+        if info.id in self._known:
+            return self._known[info.id]
+        info = containers.identify(rel) or info  # with the container's name
+        self._found[rel] = info
+        return f.unit_name_for(pattern, rel, info)
 
     def watch_dirs(self) -> list[str]:
-        """Filesystem directories whose subdirectory changes may change the bindings."""
+        """Filesystem directories whose subdirectory changes may change the bindings: for
+        each pattern the directory above its first glob (and the levels below it that a
+        glob spans) or above its exact path, and the directory above the cgroup of every
+        unit attached by hand. A directory that does not exist yet is stood in for by its
+        nearest existing ancestor, so that its creation is seen."""
         mount = cgroup.mount_point()
         dirs: set[str] = set()
         for f in self.files:
@@ -104,42 +168,44 @@ class Binder:
                 if _is_glob(pattern):
                     prefix, depth = static_prefix(pattern)
                     top = cgroup.fs_path(prefix, mount)
-                    dirs.add(top)
-                    if depth > 1:  # patterns like /*/docker-*.scope: watch levels below
+                    dirs.add(_existing(top, mount))
+                    if depth > 1 and os.path.isdir(top):  # /*/docker-*.scope: levels below
                         for dirpath, _, _ in _walk(top, depth - 1):
                             dirs.add(dirpath)
                 else:
-                    dirs.add(os.path.dirname(cgroup.fs_path(pattern, mount)))
+                    dirs.add(_existing(os.path.dirname(cgroup.fs_path(pattern, mount)), mount))
+        for unit in self._attached_units():
+            dirs.add(_existing(os.path.dirname(cgroup.fs_path(unit.cgroup, mount)), mount))
         return sorted(dirs)
 
+    def _attached_units(self) -> list[Unit]:
+        """Units bound to cgroups ipacctd did not create (by unit files or by hand)."""
+        if self._units is not None:
+            return [u for u in self._units() if not u.transient]
+        out = []
+        for name in self.manager.names():
+            try:
+                unit = self.manager.unit(name)
+            except (NotFound, InvalidInput, Corrupt) as exc:  # a broken unit: status reports it
+                log.debug("unit %s: %s", name, exc)
+                continue
+            if not unit.transient:
+                out.append(unit)
+        return out
+
     def reconcile(self) -> list[str]:
-        """Bind new matches, let go of vanished ones, follow edited files; returns log lines."""
+        """Bind new matches, let go of vanished ones, follow edited files, re-bind cgroups
+        made again at the same path (by id, not by path); returns log lines."""
         want = self.bindings()
         sources = {f.path for f in self.files}
         done: list[str] = []
-        bound: dict[str, object] = {}
-        for name in self.manager.names():
-            with contextlib.suppress(NotFound, Corrupt):  # a broken unit: status reports it
-                unit = self.manager.unit(name)
-                if not unit.transient and unit.source is not None:
-                    bound[name] = unit
+        bound = {u.name: u for u in self._attached_units()}
         for name, unit in bound.items():
-            b = want.get(name)
+            b = want.get(name) if unit.source is not None else None
             try:
-                if b is None:
-                    if unit.source not in sources:  # the file is gone: let go now
-                        self.manager.detach(name)
-                        done.append(f"detached {name} (unit file removed)")
-                    elif unit.exited_at is None:  # the cgroup vanished: inactive, kept
-                        self.manager.record_exit(name, 0)
-                        done.append(f"{name}: cgroup {unit.cgroup} vanished")
-                elif unit.exited_at is not None:
-                    self.manager.detach(name)  # it came back: bind afresh below
-                    bound_again = self._bind(b)
-                    done.append(bound_again)
-                elif unit.properties != b.file.properties():
-                    self.manager.replace_properties(name, b.file.properties())
-                    done.append(f"updated {name} from {b.file.path}")
+                line = self._follow(unit, b, sources)
+                if line:
+                    done.append(line)
             except Error as exc:
                 log.error("unit %s: %s", name, exc)
         for name, b in want.items():
@@ -153,9 +219,55 @@ class Binder:
             log.info("%s", line)
         return done
 
+    def _follow(self, unit: Unit, b: Binding | None, sources: set[str]) -> str | None:
+        """Bring one bound unit in line with its cgroup and its files."""
+        name = unit.name
+        if unit.source is not None and b is None:
+            if unit.source not in sources:  # the file is gone: let go now
+                self.manager.detach(name)
+                return f"detached {name} (unit file removed)"
+            if cgroup.exists(self.manager.cgroup_fs(unit)):  # no file matches it any more
+                self.manager.detach(name)
+                return f"detached {name} (no unit file matches {unit.cgroup} any more)"
+        live = live_cgroup_id(self.manager, unit)
+        if live is None:
+            if unit.exited_at is None:  # the cgroup vanished: inactive, kept until expiry
+                self.manager.record_exit(name, 0)
+                return f"{name}: cgroup {unit.cgroup} vanished"
+            return None
+        lines = []
+        if unit.exited_at is not None or unit.cgroup_id != live:
+            self.manager.rebind(name)
+            lines.append(f"re-bound {name} to the cgroup now at {unit.cgroup} (id {live})")
+        if b is not None and unit.properties != b.properties():
+            self.manager.replace_properties(name, b.properties())
+            lines.append(f"updated {name} from {', '.join(f.path for f in b.files)}")
+        return "; ".join(lines) or None
+
     def _bind(self, b: Binding) -> str:
-        self.manager.attach(b.cgroup, name=b.name, base=b.file.properties(), source=b.file.path)
-        return f"bound {b.name} to {b.cgroup}"
+        try:
+            self.manager.attach(b.cgroup, name=b.name, base=b.properties(),
+                                source=b.file.path, container=b.container)
+        except AlreadyExists:
+            # The OCI hook bound this container a moment ago (our view of the units is
+            # older): the same unit on the same cgroup is done, not a conflict.
+            with contextlib.suppress(NotFound):
+                if self.manager.unit(b.name).cgroup == b.cgroup:
+                    return f"{b.name}: bound to {b.cgroup} already (by the OCI hook)"
+            raise
+        merged = f" (merged: {', '.join(f.path for f in b.files)})" if len(b.files) > 1 else ""
+        return f"bound {b.name} to {b.cgroup}{merged}"
+
+
+def _existing(path: str, mount: str) -> str:
+    """``path`` or, while it does not exist, its nearest existing ancestor (at most the
+    cgroup2 mount)."""
+    while not os.path.isdir(path) and path.rstrip("/") != mount.rstrip("/"):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
 
 
 def _walk(top: str, depth: int):

@@ -15,6 +15,7 @@ Names::
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from ipacctd.daemon.registry import Entry, Registry
 from ipacctd.datapath.counters import Counters
 from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound, NotSupported
 from ipacctd.manager.store import canonical
+from ipacctd.manager.unit import Unit, UnitStatus
 
 log = logging.getLogger("ipacctd.bus")
 
@@ -117,7 +119,10 @@ def unit_properties(entry: Entry) -> dict[str, Variant]:
         "ControlGroup": Variant("s", u.cgroup),
         "MainPID": Variant("u", u.main_pid if u.main_pid and st.active_state == "active" else 0),
         "Transient": Variant("b", u.transient),
-        "IPFirewallEnforced": Variant("b", bool(u.enforced and st.attached)),
+        # Whether the recorded policy is in force on the live cgroup now at the unit's
+        # path (asked of the kernel), and if not, why.
+        "IPFirewallEnforced": Variant("b", st.enforcement.enforced),
+        "IPFirewallProblem": Variant("s", st.enforcement.problem),
     }
     for name, (sig, value) in p.to_dbus().items():
         if name != "Description":
@@ -128,6 +133,24 @@ def unit_properties(entry: Entry) -> dict[str, Variant]:
     for name, attr in DROP_PROPS:
         props[name] = Variant("t", getattr(c, attr) if c is not None else UINT64_MAX)
     return props
+
+
+def status_to_wire(st: UnitStatus) -> dict[str, Any]:
+    """A :class:`UnitStatus` as plain data (inverse: :func:`status_from_wire`)."""
+    return {"unit": st.unit.to_json(), "active_state": st.active_state,
+            "sub_state": st.sub_state, "pids": list(st.pids),
+            "counters": st.counters.to_dict() if st.counters is not None else None,
+            "attached": st.attached, "kernel_generation": st.kernel_generation,
+            "broken": st.broken}
+
+
+def status_from_wire(d: dict[str, Any]) -> UnitStatus:
+    c = d.get("counters")
+    return UnitStatus(Unit.from_json(d["unit"]), str(d["active_state"]), str(d["sub_state"]),
+                      tuple(int(p) for p in d.get("pids", ())),
+                      Counters(**c) if c is not None else None, bool(d.get("attached")),
+                      d.get("kernel_generation"),
+                      broken=str(d["broken"]) if d.get("broken") is not None else None)
 
 
 def counter_properties(entry: Entry) -> dict[str, Variant]:
@@ -160,11 +183,18 @@ MANAGER_METHODS = """
 <method name="ResetUnit"><arg name="name" type="s" direction="in"/></method>
 <method name="DetachUnit"><arg name="name" type="s" direction="in"/></method>
 <method name="Reload"/>
+<method name="DescribeUnits"><arg name="names" type="as" direction="in"/>
+ <arg name="denied" type="u" direction="in"/><arg name="json" type="s" direction="out"/></method>
+<method name="InspectUnit"><arg name="name" type="s" direction="in"/>
+ <arg name="instructions" type="b" direction="in"/><arg name="json" type="s" direction="out"/>
+</method>
 <signal name="UnitNew"><arg name="id" type="s"/><arg name="unit" type="o"/></signal>
 <signal name="UnitRemoved"><arg name="id" type="s"/><arg name="unit" type="o"/></signal>
 <signal name="CountersChanged"><arg name="counters" type="a(sat)"/></signal>
 <property name="Version" type="s" access="read"/>
 <property name="PollIntervalSec" type="d" access="read"/>
+<property name="StateDirectory" type="s" access="read"/>
+<property name="ControlGroupRoot" type="s" access="read"/>
 """
 
 UNIT_METHODS = """
@@ -368,9 +398,21 @@ class BusService:
             raise NotFound(f"unit {name} not found")
         return entry
 
+    def _describe(self, names: list[str], denied: int) -> str:
+        """What the CLI's views need of each unit (the engine's own status, read from the
+        kernel now), as JSON: how ``status``/``show``/``list-units`` work for users who may
+        not read the pins and metadata themselves."""
+        statuses = self.manager.statuses([canonical(n) for n in names] or None)
+        return json.dumps([{**status_to_wire(st),
+                            "denied": self.manager.denied(st.name, min(denied, 100))}
+                           for st in statuses])
+
     def _manager_props(self) -> dict[str, Variant]:
+        cfg = self.manager.config
         return {"Version": Variant("s", self.version),
-                "PollIntervalSec": Variant("d", float(self.poll_interval))}
+                "PollIntervalSec": Variant("d", float(self.poll_interval)),
+                "StateDirectory": Variant("s", cfg.state_dir),
+                "ControlGroupRoot": Variant("s", cfg.cgroup_root)}
 
     def _props_call(self, msg: Message, member: str, iface_name: str,
                     props: dict[str, Variant]) -> Message:
@@ -409,6 +451,15 @@ class BusService:
         if member == "GetCounters":
             rows = [(n, counter_values(e.counters)) for n, e in sorted(self.registry.units.items())]
             return Message.new_method_return(msg, COUNTERS_SIG, [rows])
+        if member == "DescribeUnits":
+            self._check(msg, "asu")
+            return Message.new_method_return(msg, "s", [self._describe(body[0], body[1])])
+        if member == "InspectUnit":
+            self._check(msg, "sb")
+            from ipacctd.manager.inspect import inspect_unit
+
+            data = inspect_unit(self.manager, canonical(body[0]), instructions=bool(body[1]))
+            return Message.new_method_return(msg, "s", [json.dumps(data)])
         mutations: dict[str, tuple[str, Callable[..., Any], str]] = {
             "StartTransientUnit": ("sa(sv)", self._start_transient, "o"),
             "AttachUnit": ("ssa(sv)", self._attach, "o"),

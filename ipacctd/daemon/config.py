@@ -3,7 +3,7 @@
 Example file::
 
     [daemon]
-    bus = "system"              # "system", "session" or a D-Bus address
+    bus = "system"              # "system", "session", a D-Bus address, "" = no D-Bus
     listen = "127.0.0.1:9813"   # Prometheus endpoint; "" turns it off
     poll_interval = 1.0         # seconds between counter polls
     retention = 600             # seconds an inactive unit's counters stay readable
@@ -12,21 +12,19 @@ Example file::
     [paths]
     state_dir = "/run/ipacctd"
     bpf_dir = "/sys/fs/bpf/ipacctd"
-    cgroup_root = "/ipacctd"
+    cgroup_root = "auto"        # under systemd: the delegated subtree; else /ipacctd
     unit_dir = "/etc/ipacctd/units"
 """
 
 from __future__ import annotations
 
-import os
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ipacctd.errors import InvalidInput
-from ipacctd.manager.config import Config
+from ipacctd.manager.config import DEFAULT_FILE, Config, config_file, file_paths, read_file
 
-DEFAULT_FILE = "/etc/ipacctd/ipacctd.conf"
+__all__ = ["DEFAULT_FILE", "DEFAULT_PORT", "DaemonConfig"]
 DEFAULT_PORT = 9813
 
 
@@ -53,40 +51,25 @@ class DaemonConfig:
 
     @classmethod
     def load(cls, path: str | None = None, **overrides: Any) -> DaemonConfig:
-        """Read the config file (missing default file = defaults), then apply overrides."""
-        cfg = cls()
-        file = path or DEFAULT_FILE
-        if path is not None or os.path.exists(file):
-            cfg = cfg._merge_file(file)
-        path_over = {k: overrides.pop(k) for k in ("state_dir", "bpf_dir", "cgroup_root",
-                                                    "unit_dir") if overrides.get(k) is not None}
-        if path_over:
-            cfg = replace(cfg, paths=replace(cfg.paths, **path_over))
-        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-        cfg.validate()
-        return cfg
+        """Read the config file (missing default file = defaults), then apply overrides.
 
-    def _merge_file(self, file: str) -> DaemonConfig:
-        try:
-            with open(file, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise InvalidInput(f"config file {file} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidInput(f"{file}: {exc}") from None
-        unknown = set(data) - {"daemon", "paths"}
-        if unknown:
-            raise InvalidInput(f"{file}: unknown section(s) {', '.join(sorted(unknown))}")
+        The ``[paths]`` come from the same file, environment and resolution as the CLI's
+        (:meth:`Config.from_env`), so both agree on every directory and the cgroup root.
+        """
+        data = read_file(path)
+        file = path or config_file()
         daemon = dict(data.get("daemon", {}))
-        known = {f.name for f in fields(self)} - {"paths"}
+        known = {f.name for f in fields(cls)} - {"paths"}
         bad = set(daemon) - known
         if bad:
             raise InvalidInput(f"{file}: unknown key(s) in [daemon]: {', '.join(sorted(bad))}")
-        paths = dict(data.get("paths", {}))
-        bad = set(paths) - {f.name for f in fields(Config)}
-        if bad:
-            raise InvalidInput(f"{file}: unknown key(s) in [paths]: {', '.join(sorted(bad))}")
-        return replace(self, paths=replace(self.paths, **paths), **daemon)
+        path_over = {k: overrides.pop(k) for k in ("state_dir", "bpf_dir", "cgroup_root",
+                                                    "unit_dir") if overrides.get(k) is not None}
+        paths = Config.load(file_paths(data), **path_over)
+        cfg = replace(cls(paths=paths), **daemon)
+        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        cfg.validate()
+        return cfg
 
     def validate(self) -> None:
         """Check types and ranges; InvalidInput names the setting."""
@@ -95,6 +78,6 @@ class DaemonConfig:
             raise InvalidInput(f"poll_interval={self.poll_interval!r}: expected 0.05 to 3600 s")
         if not isinstance(self.retention, int | float) or self.retention < 0:
             raise InvalidInput(f"retention={self.retention!r}: expected seconds >= 0")
-        if not isinstance(self.bus, str) or not self.bus:
-            raise InvalidInput("bus must be 'system', 'session' or a D-Bus address")
+        if not isinstance(self.bus, str):
+            raise InvalidInput("bus must be 'system', 'session', a D-Bus address or '' (none)")
         self.listen_address  # noqa: B018 — raises on a malformed value

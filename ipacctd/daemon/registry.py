@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ipacctd import cgroup
 from ipacctd.datapath.counters import Counters
-from ipacctd.errors import NotFound
+from ipacctd.errors import Error, NotFound
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.reader import CounterReader
 from ipacctd.manager.unit import UnitStatus
@@ -29,12 +29,18 @@ class Entry:
     counters: Counters | None = None
     extra: dict = field(default_factory=dict)
     probe: tuple[bool, bool] | None = None  # (cgroup exists, populated) when status was read
+    identity: tuple | None = None  # (cgroup id at the path, pin dir) when status was read
 
 
 #: A state poll re-reads every unit whose cgroup changed (exists / populated), and besides
 #: them a rolling slice of the others, so that each unit is read in full at least once in
 #: this many state polls (catching changes no cgroup event shows, e.g. links removed by hand).
 FULL_EVERY = 20
+
+#: Each poll checks every unit's enforcement cheaply (:meth:`Registry.identity`), and in
+#: full those that changed and a rolling slice of the others, so that each unit is checked
+#: in full at least once in this many polls.
+ENFORCEMENT_FULL_EVERY = 50
 
 Listener = Callable[[str, str, "Entry | None"], None]  # (event, name, entry)
 
@@ -49,6 +55,8 @@ class Registry:
         self.listeners: list[Listener] = []
         self._mount: str | None = None
         self._cursor = 0
+        self._enf_cursor = 0
+        self._paths: dict[tuple[str, str], tuple[str, str]] = {}  # (name, cgroup) → fs, pins
 
     def _emit(self, event: str, name: str, entry: Entry | None) -> None:
         for listener in self.listeners:
@@ -93,11 +101,68 @@ class Registry:
         finally:
             os.close(fd)
 
+    def identity(self, name: str, cgroup_path: str) -> tuple:
+        """What every poll compares to see that a unit needs a full enforcement check: the
+        id of the cgroup at its path, and the identity and modification time of its pin
+        directory (bpffs updates it when a pin is added, removed or renamed): two stats,
+        where the full check asks the kernel about each link."""
+        paths = self._paths.get((name, cgroup_path))
+        if paths is None:
+            try:
+                if self._mount is None:
+                    self._mount = cgroup.mount_point()
+                paths = (cgroup.fs_path(cgroup_path, self._mount),
+                         self.manager.store.pin_dir(name))
+            except Error:
+                return None, None
+            if len(self._paths) > 4 * len(self.units) + 64:  # names and paths come and go
+                self._paths.clear()
+            self._paths[(name, cgroup_path)] = paths
+        try:
+            cid: int | None = os.stat(paths[0]).st_ino
+        except OSError:
+            cid = None
+        try:
+            st = os.stat(paths[1])
+            pins: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            pins = None
+        return cid, pins
+
+    def units_at(self, fs_paths: set[str]) -> list[str]:
+        """Units whose cgroup is at one of these filesystem paths."""
+        out = []
+        for name, entry in self.units.items():
+            paths = self._paths.get((name, entry.status.unit.cgroup))
+            if paths is not None and paths[0] in fs_paths:
+                out.append(name)
+        return out
+
+    def enforcement_due(self) -> list[str]:
+        """Units whose enforcement must be checked in full now: those whose cgroup or pins
+        changed since their status was read, and a rolling :data:`ENFORCEMENT_FULL_EVERY`-th
+        of the others (catching what neither shows, e.g. a link detached by hand)."""
+        names = list(self.units)
+        rolling: set[str] = set()
+        if names:
+            k = -(-len(names) // ENFORCEMENT_FULL_EVERY)
+            start = self._enf_cursor % len(names)
+            rolling = set((names + names)[start:start + k])
+            self._enf_cursor = start + k
+        due = []
+        for name in names:
+            entry = self.units[name]
+            ident = self.identity(name, entry.status.unit.cgroup)
+            if name in rolling or ident != entry.identity:
+                due.append(name)
+        return due
+
     def refresh(self, name: str, mtime: int | None = None) -> Entry | None:
         """Re-read one unit's metadata and live state; announce it."""
         old = self.units.get(name)
         # Probe before reading the status: a change in between shows on the next poll.
         probe = self._probe(old.status.unit.cgroup) if old is not None else None
+        ident = self.identity(name, old.status.unit.cgroup) if old is not None else None
         try:
             status = self.manager.status(name)
         except NotFound:
@@ -114,8 +179,12 @@ class Registry:
             probe = self._probe(status.unit.cgroup)
             if probe is not None and probe[1] != bool(status.pids):
                 probe = None
+        if old is None or old.status.unit.cgroup != status.unit.cgroup:
+            ident = self.identity(name, status.unit.cgroup)
+            if ident[0] != status.enforcement.cgroup_id:  # changed meanwhile: check again
+                ident = None
         entry = Entry(status, self._mtime(name) if mtime is None else mtime, status.counters,
-                      probe=probe)
+                      probe=probe, identity=ident)
         self.units[name] = entry
         self._emit("changed" if old is not None else "new", name, entry)
         return entry

@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import fcntl
 import logging
 import os
 import signal
 import time
 
-from dbus_fast import BusType, RequestNameReply
+from dbus_fast import BusType, DBusError, RequestNameReply
 from dbus_fast.aio import MessageBus
 
-from ipacctd import __version__
-from ipacctd.daemon import metrics
+from ipacctd import __version__, cgroup
+from ipacctd.daemon import metrics, runtime
 from ipacctd.daemon.binder import Binder
 from ipacctd.daemon.bus import BUS_NAME, BusService
 from ipacctd.daemon.config import DaemonConfig
-from ipacctd.daemon.inotify import Inotify
+from ipacctd.daemon.inotify import IN_CREATE, Inotify
 from ipacctd.daemon.registry import Registry
-from ipacctd.errors import Error, NotSupported
+from ipacctd.errors import Busy, Error, NotFound, NotSupported, PermissionDenied
+from ipacctd.journal import setup_logging
 from ipacctd.manager.engine import Manager
 
 log = logging.getLogger("ipacctd.daemon")
@@ -42,17 +43,28 @@ class Daemon:
         self.config = config
         self.manager = Manager(config.paths)
         self.registry = Registry(self.manager)
-        self.binder = Binder(self.manager)
+        self.binder = Binder(self.manager, self._current_units)
         self.bus: MessageBus | None = None
         self.service: BusService | None = None
-        self.http: asyncio.Server | None = None
+        self.http: metrics.MetricsServer | None = None
         self.inotify: Inotify | None = None
         self.stopping = asyncio.Event()
         self._pending: asyncio.TimerHandle | None = None
         self._rebind = False
+        self._reported: dict[str, str] = {}  # unit → enforcement problem last logged
+        self._lock_fd: int | None = None
+        self._pins_fd: int | None = None
+
+    def _current_units(self) -> list:
+        """Every unit as recorded now: the registry, brought up to date (a stat per unit;
+        only changed metadata files are read again)."""
+        self.registry.sync()
+        return [entry.status.unit for entry in self.registry.units.values()]
 
     async def start(self) -> None:
-        """Rebuild state, connect to D-Bus, serve metrics, start watching."""
+        """Claim the installation, rebuild state, connect to D-Bus, serve metrics, watch."""
+        self._claim()
+        self._own_leaf()
         self.manager.store.ensure_dirs()
         try:  # finish what a crashed ipacctd left half done (policy changes, removals)
             repaired = self.manager.reconcile()
@@ -64,25 +76,86 @@ class Daemon:
         self.binder.load()
         self.binder.reconcile()
         self.registry.sync()
-        self.bus = await self._connect()
-        self.service = BusService(self.bus, self.registry, __version__,
-                                  self.config.poll_interval, self.reload)
-        reply = await self.bus.request_name(BUS_NAME)
-        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
-            raise Error(f"the D-Bus name {BUS_NAME} is taken: is another ipacctd daemon "
-                        "running?")
+        self.check_enforcement(list(self.registry.units))
+        if self.config.bus:  # bus = "" (--no-bus): /metrics and unit files alone
+            self.bus = await self._connect()
+            self.service = BusService(self.bus, self.registry, __version__,
+                                      self.config.poll_interval, self.reload)
+            try:
+                reply = await self.bus.request_name(BUS_NAME)
+            except DBusError as exc:  # the bus policy (contrib/dbus) is not installed/loaded
+                raise PermissionDenied(f"the D-Bus name {BUS_NAME} on the {self.config.bus} bus "
+                                       f"is refused to us: {exc}") from None
+            if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+                raise Error(f"the D-Bus name {BUS_NAME} is taken: is another ipacctd daemon "
+                            "running?")
         addr = self.config.listen_address
         if addr is not None:
-            reg = metrics.make_registry(self.registry, self.config.program_stats)
-            self.http = await metrics.serve(reg, *addr)
+            reg = metrics.make_registry(self.registry, self.config.program_stats,
+                                        asyncio.get_running_loop())
+            self.http = metrics.serve(reg, *addr)
         self._start_watching()
         self._write_runtime_file()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        log.info("ipacctd %s: %d units, D-Bus %s, metrics %s", __version__,
-                 len(self.registry.units), BUS_NAME, self.config.listen or "off")
+        log.info("ipacctd %s: %d units in %s, D-Bus %s, metrics %s, cgroups under %s",
+                 __version__, len(self.registry.units), self.manager.config.state_dir,
+                 f"{BUS_NAME} on {self.config.bus}" if self.config.bus else "off",
+                 self.config.listen or "off", self.manager.config.cgroup_root)
+
+    def _claim(self) -> None:
+        """Take the installation's daemon lock for our whole life, before touching any
+        unit: a second daemon on the same state directory stops here, having changed
+        nothing (no reconcile, no GC, no runtime file written or removed)."""
+        state = self.manager.config.state_dir
+        try:
+            os.makedirs(state, mode=0o755, exist_ok=True)
+            fd = os.open(self.manager.config.daemon_lock_path,
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except PermissionError as exc:
+            raise PermissionDenied(f"cannot open {exc.filename or state}: run as root") \
+                from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = runtime.read(self.manager.config.runtime_file)
+            who = f" (pid {holder['pid']})" if holder and runtime.alive(holder) else ""
+            raise Busy(f"another ipacctd daemon{who} serves {state} already: refusing to "
+                       "start a second one on the same state directory") from None
+        self._lock_fd = fd
+        # The pins are per installation too: a daemon with another state directory but the
+        # same pin directory would garbage-collect units it does not know. bpffs directories
+        # take an flock like any file.
+        bpf_dir = self.manager.config.bpf_dir
+        try:
+            os.makedirs(bpf_dir, mode=0o700, exist_ok=True)
+            pfd = os.open(bpf_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return  # no bpffs here: units are unenforced, nothing of another daemon's to lose
+        try:
+            fcntl.flock(pfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(pfd)
+            raise Busy(f"another ipacctd daemon uses the pin directory {bpf_dir} (with another "
+                       "state directory): refusing to start a second one on it") from None
+        self._pins_fd = pfd
+
+    def _own_leaf(self) -> None:
+        """Under systemd with our units in our own delegated service cgroup, move this
+        process into the leaf ``<service>/daemon`` (the no-internal-process rule)."""
+        root = self.manager.config.cgroup_root
+        own = cgroup.own_cgroup()
+        if cgroup.service_cgroup(own) != root or own != root:
+            return  # not in the delegated cgroup our units live in (or in the leaf already)
+        try:
+            leaf = cgroup.move_self_to_leaf(root)
+        except (Error, OSError) as exc:
+            log.warning("cannot move into a leaf cgroup of %s: %s", root, exc)
+            return
+        log.info("delegated cgroup %s: units below it, the daemon in %s", root, leaf)
 
     async def _connect(self) -> MessageBus:
         bus = self.config.bus
@@ -109,9 +182,16 @@ class Daemon:
     def _on_inotify(self) -> None:
         assert self.inotify is not None
         units_dir = self.manager.config.units_dir
-        for path, _mask, _name in self.inotify.read():
+        made: set[str] = set()
+        for path, mask, name in self.inotify.read():
             if path != units_dir:
                 self._rebind = True
+                if mask & IN_CREATE and name:
+                    made.add(os.path.join(path, name))
+        if made:
+            # A cgroup made at a unit's path: re-bind now, without the debounce (every
+            # moment unbound is a moment unfiltered). The settle below binds new matches.
+            self.check_enforcement(self.registry.units_at(made))
         if self._pending is None:  # coalesce bursts (a CLI writes temp file + rename)
             self._pending = asyncio.get_running_loop().call_later(DEBOUNCE, self._settle)
 
@@ -119,21 +199,101 @@ class Daemon:
         self._pending = None
         if self._rebind:
             self._rebind = False
+            self._bind_and_watch()
+        self.registry.sync()
+        self.check_enforcement(self.registry.enforcement_due())
+
+    def _bind_and_watch(self) -> None:
+        """Watch first, then bind: a cgroup made before its directory is watched is found
+        by the binder's scan, one made after by the watch. Binding can make directories
+        worth watching appear (a parent made later): repeat while the watches grow."""
+        for _ in range(4):  # bounded: each round adds at least one level of watches
+            before = set(self.inotify.wds) if self.inotify is not None else set()
+            if self.inotify is not None:
+                self._watch_unit_dirs()
             try:
                 self.binder.reconcile()
             except Error as exc:
                 log.error("binding unit files: %s", exc)
+            if self.inotify is None:
+                return
             self._watch_unit_dirs()
-        self.registry.sync()
+            if set(self.inotify.wds) <= before:
+                return
 
     def reload(self) -> None:
-        """Re-read the unit files and re-bind (SIGHUP, D-Bus Reload, ``ipacctd reload``)."""
+        """Re-read the unit files, re-bind, and repair every unit whose policy is not in
+        force on the cgroup now at its path (SIGHUP, D-Bus Reload, ``ipacctd reload``)."""
         log.info("reloading unit files from %s", self.manager.config.unit_dir)
         self.binder.load()
-        self.binder.reconcile()
-        if self.inotify is not None:
-            self._watch_unit_dirs()
+        self._bind_and_watch()
+        try:
+            repaired = self.manager.reconcile()
+            if repaired:
+                log.warning("repaired on reload: %s", ", ".join(repaired))
+        except Error as exc:
+            log.error("reconciling units: %s", exc)
         self.registry.sync()
+        self.check_enforcement(list(self.registry.units))
+
+    def check_enforcement(self, names: list[str]) -> list[str]:
+        """Verify that each named unit's recorded policy is in force on the cgroup now at
+        its path, repair it where not (re-bind, rebuild lost pins), and report what stays
+        unenforced: the status (D-Bus, metrics) at once, the log at ERROR once per change.
+        Returns the units repaired."""
+        repaired = []
+        for gone in set(self._reported) - set(self.registry.units):
+            del self._reported[gone]  # a later unit of that name is reported afresh
+        for name in names:
+            entry = self.registry.units.get(name)
+            if entry is None:
+                continue
+            if entry.status.broken is not None:  # its policy is unknown: nothing to repair
+                self._report(name, entry.status.enforcement)  # but say it is not in force
+                continue
+            try:
+                unit = entry.status.unit  # as last read: parsing metadata costs more
+                enf = self.manager.enforcement(name, unit)
+                if enf.alarming:  # be sure, with the metadata as it is now
+                    unit = self.manager.unit(name)
+                    enf = self.manager.enforcement(name, unit)
+                if enf.alarming and unit.enforced:
+                    if self.manager.reconcile(name):  # waits for the lock: a CLI's change
+                        repaired.append(name)        # in flight completes first
+                        self.registry.reader.forget(name)  # the counters map may be new
+                    enf = self.manager.enforcement(name)
+                elif not enf.live and not unit.transient and unit.exited_at is None:
+                    self.manager.record_exit(name, 0)  # an attached unit's cgroup vanished
+            except NotFound:
+                continue
+            except Error as exc:
+                log.error("unit %s: cannot check or repair its firewall: %s", name, exc)
+                enf = None
+            self._report(name, enf)
+            old = entry.status.enforcement
+            if enf is None or name in repaired or (enf.enforced, enf.problem, enf.live) != (
+                    old.enforced, old.problem, old.live):
+                self.registry.refresh(name)
+            elif name in self.registry.units:
+                self.registry.units[name].identity = self.registry.identity(
+                    name, entry.status.unit.cgroup)
+        if repaired:
+            log.warning("repaired: %s", ", ".join(repaired))
+        return repaired
+
+    def _report(self, name: str, enf) -> None:
+        """Log a unit's enforcement at ERROR when it turns (or stays, with another cause)
+        not enforced on a live cgroup, and once when it is in force again."""
+        problem = enf.problem if enf is not None and enf.alarming else ""
+        before = self._reported.get(name, "")
+        if problem == before:
+            return
+        if problem:
+            log.error("unit %s: firewall NOT ENFORCED on its live cgroup: %s", name, problem)
+            self._reported[name] = problem
+        else:
+            log.warning("unit %s: firewall in force again", name)
+            self._reported.pop(name, None)
 
     def gc(self, now: float | None = None) -> list[str]:
         """Forget inactive units whose retention time has passed."""
@@ -159,7 +319,9 @@ class Daemon:
         return removed
 
     def poll(self, cycle: int) -> list[str]:
-        """One poll: counters always, states every few cycles."""
+        """One poll: enforcement (cheap identity checks, repair where needed) and counters
+        always, states every few cycles."""
+        self.check_enforcement(self.registry.enforcement_due())
         changed = self.registry.poll_counters()
         if self.service is not None:
             self.service.counters_changed(changed)
@@ -182,9 +344,8 @@ class Daemon:
 
     async def close(self) -> None:
         """Stop serving; the kernel keeps counting and enforcing."""
-        if self.http is not None:
-            self.http.close()
-            await self.http.wait_closed()
+        if self.http is not None:  # its thread waits up to 0.5 s to see the shutdown
+            await asyncio.get_running_loop().run_in_executor(None, self.http.close)
         if self.inotify is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.inotify.fd)
@@ -192,31 +353,36 @@ class Daemon:
         if self.bus is not None:
             self.bus.disconnect()
         self.registry.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.runtime_file)
+        if self._lock_fd is not None:  # only the lock holder's file is ours to remove
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.runtime_file)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self._pins_fd is not None:
+            os.close(self._pins_fd)
+            self._pins_fd = None
 
     @property
     def runtime_file(self) -> str:
-        return os.path.join(self.manager.config.state_dir, "daemon.json")
+        return self.manager.config.runtime_file
 
     def _write_runtime_file(self) -> None:
-        data = {"pid": os.getpid(), "bus": self.config.bus, "listen": self.config.listen,
-                "version": __version__, "started_at": time.time()}
-        tmp = self.runtime_file + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.rename(tmp, self.runtime_file)
+        runtime.write(self.runtime_file, {"bus": self.config.bus, "listen": self.config.listen,
+                                          "version": __version__})
 
 
 async def serve(config: DaemonConfig) -> None:
     """Run a daemon until SIGTERM/SIGINT."""
     daemon = Daemon(config)
+    started = False
     try:
         await daemon.start()
+        started = True
         await daemon.run()
     finally:
         await daemon.close()
+        if started:  # a start that failed says why instead (the CLI prints the error)
+            log.info("ipacctd stopped; its units keep counting and enforcing in the kernel")
 
 
 def raise_fd_limit() -> None:
@@ -232,8 +398,16 @@ def raise_fd_limit() -> None:
 
 
 def main(config: DaemonConfig) -> int:
-    """Entry point of ``ipacctd daemon``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Entry point of ``ipacctd daemon``. Under systemd its lines reach the journal at their
+    priority (``ipacctd.journal``); an ipacctd error ends it through the CLI's one-line
+    message and exit code, anything unexpected is logged as critical with its traceback."""
+    setup_logging()
     raise_fd_limit()
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (Error, OSError):
+        raise
+    except Exception:
+        log.critical("ipacctd daemon failed", exc_info=True)
+        return 1
     return 0

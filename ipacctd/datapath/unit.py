@@ -7,12 +7,26 @@ Pins in the unit's bpffs directory::
     link_ingress    bpf_link of the ingress program on the unit's cgroup
     link_egress     bpf_link of the egress program
     filter_<dir>_N  links of user programs (IPIngressFilterPath=/IPEgressFilterPath=)
+    <link>_new      a link attached but not yet renamed into place (make-before-break)
+
+or, for a unit whose cgroup systemd attaches the programs to (a systemd service: see
+:mod:`ipacctd.manager.systemd`), instead of the links::
+
+    prog_ingress    the ingress program, which systemd attaches at every start of the
+    prog_egress     service (and to its running cgroup at daemon-reload); no links of ours
 
 Any process can open the directory and carry on where another left off: the kernel
 holds the state, so a crash of the creator loses nothing. A policy change builds new
 programs (and their lookup tables) beside the running ones and swaps each link's program in one step
 (``BPF_LINK_UPDATE`` with the old program as the expected value), so no packet ever
 meets an empty hook, and the counters map goes on unchanged.
+
+A cgroup is known by its id (the inode of its directory on cgroup2, which is the kernel's
+cgroup id). When the cgroup at a unit's path is removed and made again (a service or
+container restart), the unit's links stay pinned but hold their programs on nothing (the
+kernel reports cgroup id 0); :meth:`UnitDatapath.rebind` attaches the same programs to
+the cgroup now at the path, and :meth:`UnitDatapath.problem` says whether they are in
+force there.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ from dataclasses import dataclass, field
 
 from ipacctd.bpf import bpffs
 from ipacctd.bpf.errors import BPFError
-from ipacctd.bpf.links import CgroupLink, open_cgroup
+from ipacctd.bpf.links import CgroupLink, open_cgroup, prog_attach, prog_detach, prog_query
 from ipacctd.bpf.maps import LPMTrieMap, LRUHashMap, Map, PerCPUArrayMap
 from ipacctd.bpf.programs import AttachType, Program
 from ipacctd.datapath import counters as counters_mod
@@ -44,7 +58,10 @@ ATTACH = {
     Direction.EGRESS: AttachType.CGROUP_INET_EGRESS,
 }
 PROG_NAME = {Direction.INGRESS: "ipacctd_ingress", Direction.EGRESS: "ipacctd_egress"}
-NEW_FILTER = "_new"  # pin suffix of filter links attached but not yet in place
+#: Pins of the programs themselves, for units whose cgroup systemd attaches them to.
+PROG_PIN = {Direction.INGRESS: "prog_ingress", Direction.EGRESS: "prog_egress"}
+NEW_PROG = "_new"  # pin suffix of a program built but not yet renamed into place
+NEW_FILTER = "_new"  # pin suffix of links attached but not yet in place
 FILTER_PREFIX = {Direction.INGRESS: "filter_ingress_", Direction.EGRESS: "filter_egress_"}
 
 
@@ -137,9 +154,14 @@ class UnitDatapath:
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, pin_dir: str, cgroup_path: str, spec: Spec) -> UnitDatapath:
+    def create(cls, pin_dir: str, cgroup_path: str | None, spec: Spec) -> UnitDatapath:
         """Build, attach and pin a unit's datapath; the pin directory appears complete or not
-        at all (built under a temporary name, then renamed)."""
+        at all (built under a temporary name, then renamed).
+
+        With ``cgroup_path`` None nothing is attached: the programs are pinned as
+        ``prog_ingress``/``prog_egress`` for systemd to attach (user filters included: they
+        are systemd's to attach too).
+        """
         if os.path.exists(pin_dir):
             raise AlreadyExists(f"datapath pins exist already at {pin_dir}")
         parent = os.path.dirname(pin_dir)
@@ -157,6 +179,12 @@ class UnitDatapath:
                 dmap = denied.create_map()
                 dmap.pin(os.path.join(tmp, denied.PIN))
             progs = build_programs(spec, cmap, dmap)
+            if cgroup_path is None:
+                with contextlib.closing(progs):
+                    for direction in Direction:
+                        progs.by_direction(direction).pin(os.path.join(tmp, PROG_PIN[direction]))
+                os.rename(tmp, pin_dir)
+                return cls(pin_dir, cmap)
             cg = _open_cgroup(cgroup_path)
             try:
                 for direction in Direction:
@@ -199,8 +227,15 @@ class UnitDatapath:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def remove(self) -> None:
-        """Detach every program from the cgroup and remove all pins."""
+    def remove(self, cgroup_path: str | None = None) -> None:
+        """Detach every program from the cgroup and remove all pins.
+
+        Programs pinned for systemd are detached from the cgroup at ``cgroup_path`` (where
+        systemd, or a policy swap, attached them); stop systemd attaching them first (remove
+        the drop-in and daemon-reload), or the next start attaches them again.
+        """
+        if cgroup_path is not None and self.pinned_programs:
+            self._detach_ours(cgroup_path)
         for name in self._link_pins():
             path = os.path.join(self.pin_dir, name)
             try:
@@ -233,12 +268,305 @@ class UnitDatapath:
             return False
         return True
 
+    def problem(self, cgroup_path: str, spec: Spec, bound_id: int | None = None) -> str | None:
+        """Why ``spec``'s programs are not in force on the cgroup now at ``cgroup_path``
+        (None when they are); see :func:`link_problem`."""
+        return link_problem(self.pin_dir, cgroup_path, spec, bound_id)
+
+    def rebind(self, cgroup_path: str, spec: Spec) -> list[str]:
+        """Attach the unit's programs to the cgroup now at ``cgroup_path`` wherever they do
+        not run yet; returns the pins re-made (empty: all was in force, nothing changed).
+
+        The programs come from the unit's links (a link keeps its program after its cgroup
+        is removed) or, where a link pin was lost (which detached the link, and freed its
+        program), are built again from ``spec`` on the same counters map, so counters carry
+        on. A program already running on the cgroup (attached by an earlier rebind, or by
+        systemd from a pinned program) is never attached a second time: it would count
+        every packet twice. Make-before-break, as :meth:`_apply_filters`: the new links are
+        pinned under temporary names, then renamed over the old pins (releasing the old
+        links); a failure detaches what was made and leaves the old pins as they were.
+
+        ipacctd's own two links are re-made first and in place before the user filters
+        (``IPIngressFilterPath=``...): a filter program that is no longer pinned fails the
+        call, but not before the unit's allow/deny lists are in force again.
+        """
+        if self.pinned_programs:
+            return self.attach_pinned(cgroup_path)
+        self._unpin_new()  # remnants of a crashed rebind or filter change (lock held)
+        cg = _open_cgroup(cgroup_path)
+        try:
+            wanted = _wanted_links(spec)
+            made = self._relink(cg, [w for w in wanted if w[2] is None], spec)
+            return made + self._relink(cg, [w for w in wanted if w[2] is not None], spec)
+        finally:
+            os.close(cg)
+
+    def _relink(
+        self, cg: int, wanted: list[tuple[str, Direction, str | None]], spec: Spec
+    ) -> list[str]:
+        """:meth:`rebind` of some of the unit's links, all or none."""
+        built: Programs | None = None
+        made: list[tuple[str, CgroupLink]] = []
+        try:
+            for pin, direction, filter_path in wanted:
+                if filter_path is None and built is None and not self._has_link(pin):
+                    built = self._build(spec)
+                prog = self._program_of(pin, direction, filter_path, built)
+                try:
+                    if prog.info().id in _effective(cg, ATTACH[direction]):
+                        continue
+                    link = CgroupLink.create(cg, prog, ATTACH[direction])
+                finally:
+                    if built is None or prog is not built.by_direction(direction):
+                        prog.close()
+                made.append((pin, link))
+                link.pin(os.path.join(self.pin_dir, pin + NEW_FILTER))
+            for pin, _ in made:  # break: each rename releases one old link
+                os.rename(
+                    os.path.join(self.pin_dir, pin + NEW_FILTER), os.path.join(self.pin_dir, pin)
+                )
+        except BaseException:
+            for _, link in made:
+                _detach_quietly(link)
+            self._unpin_new()
+            raise
+        finally:
+            for _, link in made:
+                link.close()
+            if built is not None:
+                built.close()
+        return [pin for pin, _ in made]
+
+    def _has_link(self, pin: str) -> bool:
+        try:
+            CgroupLink.open_pinned(os.path.join(self.pin_dir, pin)).close()
+        except BPFError:
+            return False
+        return True
+
+    def _build(self, spec: Spec) -> Programs:
+        dmap = self.denied_map(create=bool(spec.deny))
+        try:
+            return build_programs(spec, self.counters_map, dmap)
+        finally:
+            if dmap is not None:
+                dmap.close()
+
+    def _program_of(
+        self, pin: str, direction: Direction, filter_path: str | None, built: Programs | None
+    ) -> Program:
+        """The program link ``pin`` holds; a lost link's program from ``built`` (ours) or
+        from its pinned path (a user filter)."""
+        try:
+            with CgroupLink.open_pinned(os.path.join(self.pin_dir, pin)) as link:
+                return link.program()
+        except BPFError:
+            pass
+        if filter_path is not None:
+            try:
+                return Program.open_pinned(filter_path)
+            except BPFError as exc:
+                raise Error(f"cannot open BPF program pinned at {filter_path}: {exc}") from exc
+        assert built is not None
+        return built.by_direction(direction)
+
+    def _unpin_new(self) -> None:
+        for name in self._link_pins():
+            if name.endswith(NEW_FILTER):
+                with (
+                    contextlib.suppress(BPFError),
+                    CgroupLink.open_pinned(os.path.join(self.pin_dir, name)) as link,
+                ):
+                    _detach_quietly(link)
+                bpffs.unpin(os.path.join(self.pin_dir, name))
+
     def _link_pins(self) -> list[str]:
         try:
             names = os.listdir(self.pin_dir)
         except FileNotFoundError:
             return []
         return sorted(n for n in names if n.startswith(("link_", "filter_")))
+
+    # -- programs systemd attaches (no links of ours) --------------------------------------
+    #
+    # systemd attaches each pinned program with BPF_PROG_ATTACH + BPF_F_ALLOW_MULTI at every
+    # start of the service, and to the running cgroup at daemon-reload. A policy swap
+    # therefore changes two things: the pins (what the next start reads) and the program on
+    # the running cgroup (BPF_PROG_ATTACH with BPF_F_REPLACE, whoever attached it). Order:
+    #
+    #   1. build the new programs on the same counters map (nothing changed yet);
+    #   2. pin each under a temporary name, rename it over the old pin: from here on every
+    #      start of the service attaches the new policy;
+    #   3. on the cgroup now at the path, replace each older program of this unit (one that
+    #      references the unit's counters map, is not the pinned one) by the new one;
+    #   4. look again (same as 3): a start that read the old pin before step 2 and attached
+    #      after step 3 looked is caught here.
+    #
+    # Remaining race: a start that read the old pin before step 2 and attaches after step 4
+    # (systemd loads and attaches in one main-loop iteration: microseconds). That cgroup
+    # runs the previous policy in full (never no policy); :meth:`attached_to` reports it as
+    # not in force (the pinned program is not there) and :meth:`replace_stale`, which the
+    # engine's reconcile runs, swaps it. A tail-call dispatcher (a fixed pinned program that
+    # tail-calls into a prog array the swap updates) would close that race, but it puts a
+    # second program between the hook and the policy on every packet, hides the policy
+    # program from PROG_QUERY (which is how ipacctd and bpftool tell what runs where) and
+    # binds the policy programs to the prog array's owner rules; the race it removes is
+    # bounded, visible and repaired, so the programs stay the ones on the hook.
+
+    @property
+    def pinned_programs(self) -> bool:
+        """True when the unit's programs are pinned for systemd to attach (no links)."""
+        return os.path.exists(os.path.join(self.pin_dir, PROG_PIN[Direction.INGRESS]))
+
+    def pinned_program(self, direction: Direction) -> Program:
+        """Open the pinned program of one direction (caller closes it)."""
+        return Program.open_pinned(os.path.join(self.pin_dir, PROG_PIN[direction]))
+
+    def program_ids(self) -> dict[Direction, int]:
+        """Kernel ids of the pinned programs."""
+        ids = {}
+        for direction in Direction:
+            with self.pinned_program(direction) as prog:
+                ids[direction] = prog.info().id
+        return ids
+
+    def attached_to(self, cgroup_path: str) -> bool:
+        """True when both pinned programs run on the cgroup at ``cgroup_path``."""
+        try:
+            ids = self.program_ids()
+            cg = _open_cgroup(cgroup_path)
+        except (BPFError, NotFound):
+            return False
+        try:
+            return all(ids[d] in prog_query(cg, ATTACH[d]).prog_ids for d in Direction)
+        except BPFError:
+            return False
+        finally:
+            os.close(cg)
+
+    def attach_pinned(self, cgroup_path: str) -> list[str]:
+        """Attach the pinned programs to the cgroup as systemd does (BPF_PROG_ATTACH with
+        BPF_F_ALLOW_MULTI), where they do not run yet; returns the pins attached. The
+        kernel refuses a second PROG_ATTACH of a program on the same hook (EINVAL), so
+        whichever of systemd and ipacctd comes second, each program runs once (verified on
+        systemd 252: a service whose cgroup already runs them starts normally, silently).
+        Programs of a previous policy there are swapped first (:meth:`replace_stale`):
+        attached beside them, the current ones would count every packet twice."""
+        self.replace_stale(cgroup_path)
+        cg = _open_cgroup(cgroup_path)
+        done: list[str] = []
+        try:
+            for direction in Direction:
+                with self.pinned_program(direction) as prog:
+                    if prog.info().id in prog_query(cg, ATTACH[direction]).prog_ids:
+                        continue
+                    try:
+                        prog_attach(cg, prog, ATTACH[direction])
+                        done.append(PROG_PIN[direction])
+                    except BPFError as exc:
+                        if exc.errno != errno.EINVAL or prog.info().id not in prog_query(
+                                cg, ATTACH[direction]).prog_ids:
+                            raise
+        finally:
+            os.close(cg)
+        return done
+
+    def replace_stale(self, cgroup_path: str) -> int:
+        """Swap every older program of this unit on the cgroup at ``cgroup_path`` for the
+        pinned one (step 3/4 above); returns how many were swapped."""
+        try:
+            cg = _open_cgroup(cgroup_path)
+        except NotFound:
+            return 0
+        swapped = 0
+        try:
+            for direction in Direction:
+                with self.pinned_program(direction) as new:
+                    for old in self._stale_on(cg, direction, new.info().id):
+                        with old:
+                            try:
+                                prog_attach(cg, new, ATTACH[direction], replace=old)
+                            except BPFError as exc:
+                                if exc.errno != errno.ENOENT:  # gone meanwhile: nothing to do
+                                    raise
+                            else:
+                                swapped += 1
+        finally:
+            os.close(cg)
+        return swapped
+
+    def _stale_on(self, cg: int, direction: Direction, current_id: int) -> list[Program]:
+        """Programs on one hook of the cgroup that are this unit's but not ``current_id``:
+        they count into the unit's counters map. Held by a link (never, for units systemd
+        arms) they are not ours to replace."""
+        cmap_id = self.counters_map.info().id
+        out = []
+        for pid in prog_query(cg, ATTACH[direction]).prog_ids:
+            if pid == current_id:
+                continue
+            try:
+                prog = Program.from_id(pid)
+            except BPFError:
+                continue
+            if cmap_id in prog.info().map_ids:
+                out.append(prog)
+            else:
+                prog.close()
+        return out
+
+    def _detach_ours(self, cgroup_path: str) -> None:
+        """PROG_DETACH every program of this unit (current or stale) from the cgroup."""
+        try:
+            cg = _open_cgroup(cgroup_path)
+        except NotFound:
+            return
+        try:
+            for direction in Direction:
+                try:
+                    current = self.pinned_program(direction)
+                except BPFError:
+                    continue
+                progs = [current, *self._stale_on(cg, direction, current.info().id)]
+                for prog in progs:
+                    with prog:
+                        try:
+                            prog_detach(cg, prog, ATTACH[direction])
+                        except BPFError as exc:
+                            if exc.errno != errno.ENOENT:  # not attached there
+                                raise
+        finally:
+            os.close(cg)
+
+    def _apply_pinned(self, progs: Programs, cgroup_path: str | None) -> None:
+        """Steps 2 to 4 for freshly built ``progs``; on failure the old pins and the old
+        programs on the cgroup are put back."""
+        old = {d: self.pinned_program(d) for d in Direction}
+        try:
+            try:
+                self._pin_programs({d: progs.by_direction(d) for d in Direction})  # 2
+                if cgroup_path is not None:
+                    self.replace_stale(cgroup_path)  # 3
+                    self.replace_stale(cgroup_path)  # 4
+            except BaseException:
+                self._pin_programs(old)
+                if cgroup_path is not None:
+                    with contextlib.suppress(Error):
+                        self.replace_stale(cgroup_path)  # the old ones are current again
+                raise
+        finally:
+            for prog in old.values():
+                prog.close()
+
+    def _pin_programs(self, progs: dict[Direction, Program]) -> None:
+        """Pin each program under a temporary name, then rename it over its pin (a start
+        that reads the pin meanwhile sees the old program or the new one, never none)."""
+        for direction, prog in progs.items():
+            tmp = os.path.join(self.pin_dir, PROG_PIN[direction] + NEW_PROG)
+            bpffs.unpin(tmp)
+            prog.pin(tmp)
+        for direction in progs:
+            path = os.path.join(self.pin_dir, PROG_PIN[direction])
+            os.rename(path + NEW_PROG, path)
 
     # -- changing --------------------------------------------------------------------------
 
@@ -258,13 +586,21 @@ class UnitDatapath:
         return dmap
 
     def apply(self, spec: Spec, cgroup_path: str | None = None) -> None:
-        """Swap in programs for ``spec``; counters carry on. On failure nothing changes."""
+        """Swap in programs for ``spec``; counters carry on. On failure nothing changes.
+
+        For programs pinned for systemd, ``cgroup_path`` is the cgroup to swap them on (see
+        above); user filters are systemd's to attach there (the drop-in names them).
+        """
         dmap = self.denied_map(create=bool(spec.deny))
         try:
             progs = build_programs(spec, self.counters_map, dmap)
         finally:
             if dmap is not None:
                 dmap.close()
+        if self.pinned_programs:
+            with contextlib.closing(progs):
+                self._apply_pinned(progs, cgroup_path)
+            return
         swapped: list[tuple[CgroupLink, Program]] = []
         try:
             for direction in Direction:
@@ -329,6 +665,107 @@ class UnitDatapath:
             for link in links:
                 link.close()
             os.close(cg)
+
+
+def link_problem(
+    pin_dir: str, cgroup_path: str, spec: Spec, bound_id: int | None = None
+) -> str | None:
+    """Why ``spec``'s programs are not in force on the cgroup now at ``cgroup_path``;
+    None when every link's program runs there (whoever attached it: for a systemd
+    service, systemd attaches the pinned programs itself at each start).
+
+    ``bound_id``: the id of the cgroup the links were made for, if known. The kernel
+    severs the links of a removed cgroup (id 0) a moment after the rmdir, not at once;
+    until then they still name the removed cgroup's id.
+    """
+    try:
+        cg = _open_cgroup(cgroup_path)
+    except NotFound:
+        return "cgroup gone"
+    try:
+        if os.path.exists(os.path.join(pin_dir, PROG_PIN[Direction.INGRESS])):
+            return _pinned_problem(pin_dir, cg, spec)
+        now = os.fstat(cg).st_ino
+        for pin, direction, _ in _wanted_links(spec):
+            try:
+                link = CgroupLink.open_pinned(os.path.join(pin_dir, pin))
+            except BPFError:
+                return f"pins lost: {pin} is missing"
+            with link:
+                info = link.info()
+            # A link on this very cgroup runs its program there; otherwise ask the cgroup
+            # (systemd may run the program from its own attachment).
+            if info.cgroup_id == now or info.prog_id in _effective(cg, ATTACH[direction]):
+                continue
+            if info.cgroup_id in (0, bound_id) and info.cgroup_id != now:
+                return (
+                    f"cgroup re-created: {pin} holds its program on a removed cgroup, "
+                    f"not on the one now at the path (id {now})"
+                )
+            if info.cgroup_id != now:
+                return (
+                    f"link on another cgroup: {pin} is on cgroup id {info.cgroup_id}, "
+                    f"the one at the path is id {now}"
+                )
+            return f"programs missing: the program of {pin} is not on the cgroup"
+    finally:
+        os.close(cg)
+    return None
+
+
+def _pinned_problem(pin_dir: str, cg: int, spec: Spec) -> str | None:
+    """:func:`link_problem` of a unit whose programs systemd attaches (pinned programs, no
+    links): each pinned program, and each user filter the drop-in names, runs on the
+    cgroup."""
+    for direction in Direction:
+        pin = PROG_PIN[direction]
+        try:
+            with Program.open_pinned(os.path.join(pin_dir, pin)) as prog:
+                pid = prog.info().id
+        except BPFError:
+            return f"pins lost: {pin} is missing"
+        running = _effective(cg, ATTACH[direction])
+        if pid not in running:
+            return (f"programs missing: {pin} is not on the cgroup (systemd did not attach "
+                    "it, or a start read the previous policy's pin)")
+        for path in spec.filters(direction):
+            try:
+                with Program.open_pinned(path) as prog:
+                    fid = prog.info().id
+            except BPFError:
+                return f"programs missing: no filter program is pinned at {path}"
+            if fid not in running:
+                return f"programs missing: the filter {path} is not on the cgroup"
+    return None
+
+
+def _wanted_links(spec: Spec) -> list[tuple[str, Direction, str | None]]:
+    """The link pins a unit with ``spec`` has: (pin name, direction, user filter path)."""
+    out: list[tuple[str, Direction, str | None]] = [(LINK[d], d, None) for d in Direction]
+    for d in Direction:
+        out += [(f"{FILTER_PREFIX[d]}{i}", d, p) for i, p in enumerate(spec.filters(d))]
+    return out
+
+
+def _effective(cg: int, attach: AttachType) -> frozenset[int]:
+    """Ids of the programs that run on one hook of a cgroup (its own and inherited)."""
+    slots = 64
+    while True:
+        try:
+            return frozenset(prog_query(cg, attach, effective=True, slots=slots).prog_ids)
+        except BPFError as exc:
+            if exc.errno != errno.ENOSPC or slots >= 1 << 16:
+                raise
+            slots *= 8
+
+
+def cgroup_id(cgroup_path: str) -> int | None:
+    """The id of the cgroup at ``cgroup_path`` (its directory's inode on cgroup2, which is
+    what the kernel reports as the cgroup id); None when there is none."""
+    try:
+        return os.stat(cgroup_path).st_ino
+    except OSError:
+        return None
 
 
 def _open_cgroup(path: str) -> int:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from ipacctd import cgroup
 from ipacctd.bpf import bpffs
 from ipacctd.datapath import denied as denied_mod
-from ipacctd.datapath.counters import Counters
-from ipacctd.datapath.unit import UnitDatapath
+from ipacctd.datapath.counters import Counters, Direction
+from ipacctd.datapath.unit import COUNTERS, PROG_PIN, UnitDatapath, cgroup_id, link_problem
 from ipacctd.errors import (
     AlreadyExists,
     Busy,
@@ -32,14 +32,15 @@ from ipacctd.errors import (
     NotSupported,
     PermissionDenied,
 )
-from ipacctd.manager import generation, owner
+from ipacctd.manager import generation, owner, recovery, systemd
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store, canonical
-from ipacctd.manager.unit import Unit, UnitStatus, spec_for
+from ipacctd.manager.unit import POLICY_CUT_OFF, Enforcement, Unit, UnitStatus, spec_for
 from ipacctd.policy.names import transient_name, validate_unit_name
 from ipacctd.policy.properties import Properties, parse_assignment
 
 if TYPE_CHECKING:
+    from ipacctd.containers import ContainerInfo
     from ipacctd.policy.unitfile import UnitFile
 
 ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
@@ -102,6 +103,7 @@ class Manager:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config.from_env()
         self.store = Store(self.config)
+        self._mount: str | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -140,9 +142,40 @@ class Manager:
                                         f"('ipacctd reset {full}' removes what is left)")
         return unit, cause
 
+    def resolve(self, query: str) -> str:
+        """The unit a user means: its name, or for a container's unit also the container's
+        name or (short) id, as ``podman ps`` shows them. Among several units of one
+        container name (a name reused), the active one; NotFound or, when ambiguous,
+        InvalidInput naming the candidates.
+        """
+        with contextlib.suppress(InvalidInput):
+            if self.store.exists(query):
+                return validate_unit_name(query)
+        hits = []
+        for name in self.names():
+            with contextlib.suppress(NotFound, Corrupt):  # a broken unit names no container
+                c = self.unit(name).container
+                if c is not None and (c.name == query
+                                      or (len(query) >= 4 and c.id.startswith(query))):
+                    hits.append(name)
+        if len(hits) > 1:
+            live = [n for n in hits if self.status(n).active_state == "active"]
+            if len(live) == 1:
+                return live[0]
+            raise InvalidInput(f"{query!r} names several container units: {', '.join(hits)}; "
+                               "give the unit's full name")
+        if hits:
+            return hits[0]
+        # NotFound with the usual message (or InvalidInput for bad names); a broken unit
+        # (unreadable metadata, or pins only) is found, so that it can be stopped and reset.
+        self.broken(query)
+        return validate_unit_name(query)
+
     def cgroup_fs(self, unit: Unit) -> str:
         """Filesystem path of the unit's cgroup."""
-        return cgroup.fs_path(unit.cgroup)
+        if self._mount is None:  # parsing mountinfo costs more than the rest of a status
+            self._mount = cgroup.mount_point()
+        return cgroup.fs_path(unit.cgroup, self._mount)
 
     def counters(self, name: str) -> Counters | None:
         """The unit's counters, or None when it has no datapath."""
@@ -181,13 +214,13 @@ class Manager:
         fs = self.cgroup_fs(unit)
         pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
         counters = None
-        attached = False
         kgen = None
         with contextlib.suppress(Error, OSError):  # an unreadable pin: "programs missing"
             with UnitDatapath.open(self.store.pin_dir(name)) as dp:
                 counters = dp.read()
-                attached = dp.attached()
             kgen = generation.read(self.store.pin_dir(name))
+        enf = self.enforcement(name, unit)
+        attached = enf.enforced or enf.policy_cut_off
         if pids:
             active, sub = "active", "running"
         elif unit.transient and owner.alive(unit.owner) and (
@@ -205,7 +238,37 @@ class Manager:
             active, sub = "active", "idle"
         else:
             active, sub = "inactive", "dead"
-        return UnitStatus(unit, active, sub, pids, counters, attached, kgen)
+        return UnitStatus(unit, active, sub, pids, counters, attached, kgen, enf)
+
+    def enforcement(self, name: str, unit: Unit | None = None) -> Enforcement:
+        """Whether the unit's recorded policy is in force on the cgroup now at its path,
+        and if not, why: the kernel is asked (links, the programs on the cgroup, the
+        enforced generation), not the metadata."""
+        unit = unit or self.unit(name)
+        fs = self.cgroup_fs(unit)
+        cid = cgroup_id(fs) if cgroup.exists(fs) else None
+        if cid is None:
+            return Enforcement(False, "cgroup gone", live=False)
+        if not unit.enforced:
+            return Enforcement(False, f"BPF unusable: {unit.not_enforced_reason}", cgroup_id=cid)
+        pin_dir = self.store.pin_dir(name)
+        if not os.path.exists(os.path.join(pin_dir, COUNTERS)):
+            problem: str | None = f"pins lost: nothing is pinned at {pin_dir}"
+        else:
+            try:
+                problem = link_problem(pin_dir, fs, spec_for(unit.properties), unit.cgroup_id)
+            except OSError as exc:  # BPFError included: the kernel refused to answer
+                problem = f"programs missing: {exc}"
+        if problem is None:
+            kgen = generation.read(pin_dir)
+            if kgen != unit.generation:
+                problem = (f"{POLICY_CUT_OFF}: the kernel enforces policy generation {kgen}, "
+                           f"recorded {unit.generation}")
+        if problem is None:
+            return Enforcement(True, cgroup_id=cid)
+        if problem == "cgroup gone":  # removed between the two looks
+            return Enforcement(False, problem, live=False)
+        return Enforcement(False, problem, cgroup_id=cid)
 
     def _broken_status(self, unit: Unit, cause: str) -> UnitStatus:
         fs = self.cgroup_fs(unit)
@@ -217,7 +280,13 @@ class Manager:
             with UnitDatapath.open(self.store.pin_dir(unit.name)) as dp:
                 counters = dp.read()
         active, sub = ("active", "broken") if pids else ("failed", "broken")
-        return UnitStatus(unit, active, sub, pids, counters, False, None, broken=cause)
+        # Its policy is unknown, so it is not known to be in force: never report it so.
+        live = False
+        with contextlib.suppress(Error, OSError):
+            live = cgroup.exists(fs)
+        enf = Enforcement(False, f"broken unit: {cause}", live=live)
+        return UnitStatus(unit, active, sub, pids, counters, False, None, broken=cause,
+                          enforcement=enf)
 
     def statuses(self, names: Sequence[str] | None = None) -> list[UnitStatus]:
         """Status of the named units (all when None); unknown names raise NotFound."""
@@ -296,11 +365,13 @@ class Manager:
     def attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
                name: str | None = None, allow_unenforced: bool = False,
                dbus_items: Sequence[tuple[str, str, object]] = (),
-               base: Properties | None = None, source: str | None = None) -> Unit:
+               base: Properties | None = None, source: str | None = None,
+               container: ContainerInfo | None = None) -> Unit:
         """Bind a policy to an existing cgroup that ipacctd did not create.
 
         ``base`` (with ``source``, the unit file it came from) replaces the lookup of a
-        unit file by name; ``assignments`` and ``dbus_items`` apply on top.
+        unit file by name; ``assignments`` and ``dbus_items`` apply on top. ``container``
+        records the container the cgroup belongs to (OCI hook, binder).
         """
         rel = cgroup.validate_path(cgroup_path)
         fs = cgroup.fs_path(rel)
@@ -326,8 +397,20 @@ class Manager:
                 source = found.path if found else source
             props = base.apply(assignments).apply_dbus(dbus_items)
             unit = Unit(name, rel, props, transient=False, started_at=time.time(),
-                        source=source)
+                        source=source, container=container,
+                        systemd_service=self._systemd_service(name, rel))
             return self._create(unit, allow_unenforced, make_cgroup=False)
+
+    def _systemd_service(self, name: str, rel: str) -> str | None:
+        """The systemd service whose cgroup ``rel`` is, when systemd is to attach the unit's
+        programs at its every start (see :mod:`ipacctd.manager.systemd`); refuses a service
+        another unit armed already."""
+        if datapath_problem() is not None:
+            return None  # nothing to pin: the unit is refused or runs unenforced
+        service = systemd.service_for(rel)
+        if service is not None:
+            systemd.check_owner(service, name, self.store.pin_dir(name))
+        return service
 
     def _make_room(self, name: str) -> None:
         """Refuse a name that is taken (lock held), as systemd-run refuses a loaded unit.
@@ -383,6 +466,7 @@ class Manager:
         if make_cgroup:
             cgroup.create(fs)
         try:
+            unit = replace(unit, cgroup_id=cgroup_id(fs))
             # Metadata first: pins never exist without it, and a crash before the pins are
             # complete leaves a unit that status reports ("programs missing") and reset
             # removes. It also reserves the name (the lock is held).
@@ -395,9 +479,12 @@ class Manager:
                 os.makedirs(self.config.bpf_dir, mode=0o700, exist_ok=True)
             try:
                 pin_dir = self.store.pin_dir(unit.name)
-                with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
-                    pass
-                generation.write(pin_dir, unit.generation)
+                if unit.systemd_service is not None:
+                    self._create_systemd_armed(unit, fs)
+                else:
+                    with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
+                        pass
+                    generation.write(pin_dir, unit.generation)
             except (NotSupported, PermissionDenied) as exc:
                 # UnitDatapath.create may leave its empty temporary directory when the very
                 # first map cannot be made (no CAP_BPF): ours, so remove it now.
@@ -414,6 +501,32 @@ class Manager:
                 raise
         return unit
 
+    def _create_systemd_armed(self, unit: Unit, fs: str) -> None:
+        """Pin the unit's programs and have systemd attach them: to the running cgroup now
+        (daemon-reload does), and at every later start of the service. No links of ours: a
+        second attachment of the same programs would count every packet twice. Fails —
+        with the drop-in as it was — unless both programs then run on the live cgroup;
+        the caller removes the pins."""
+        assert unit.systemd_service is not None
+        pin_dir = self.store.pin_dir(unit.name)
+        with UnitDatapath.create(pin_dir, None, spec_for(unit.properties)) as dp:
+            generation.write(pin_dir, unit.generation)
+            previous = systemd.arm(unit.systemd_service, self._dropin(unit))
+            if not dp.attached_to(fs) and cgroup.exists(fs):
+                systemd.restore(unit.systemd_service, previous)
+                raise Error(f"systemd did not attach the programs of unit {unit.name} to "
+                            f"{unit.cgroup} after daemon-reload (see its journal); nothing "
+                            "was applied")
+
+    def _dropin(self, unit: Unit) -> str:
+        """The systemd drop-in of a unit armed by systemd: its programs, then its filters."""
+        pin_dir = self.store.pin_dir(unit.name)
+        props = unit.properties
+        return systemd.dropin_text(
+            unit.name, pin_dir,
+            (os.path.join(pin_dir, PROG_PIN[Direction.INGRESS]), *props.ip_ingress_filter_path),
+            (os.path.join(pin_dir, PROG_PIN[Direction.EGRESS]), *props.ip_egress_filter_path))
+
     def _unenforced(self, unit: Unit, problem: str, allow: bool) -> Unit:
         if unit.properties.has_firewall() and not allow:
             raise Unenforceable(
@@ -427,7 +540,8 @@ class Manager:
         fails (no file descriptors left, no space) does not keep the others from running."""
         self._release_spare_fd()
         with contextlib.suppress(Error, OSError):
-            self._remove_datapath(unit.name)  # e.g. pinned, but the generation failed
+            # e.g. pinned, but the generation failed; programs systemd attached come off
+            self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
         with contextlib.suppress(Error, OSError):
             bpffs.remove_tree(os.path.join(self.config.pins_dir, self._own_tmp_pin(unit.name)))
         with contextlib.suppress(Error, OSError):
@@ -450,9 +564,11 @@ class Manager:
 
     def record_start(self, name: str, pid: int, owned_by: owner.Owner | None = None) -> Unit:
         """Note the main PID of a unit's command (``owned_by``: only if the unit is still
-        the one that process created)."""
+        the one that process created). A new run of its command: the last exit is
+        forgotten."""
         with self.store.locked():
-            unit = replace(self._owned(name, owned_by), main_pid=pid, started_at=time.time())
+            unit = replace(self._owned(name, owned_by), main_pid=pid, started_at=time.time(),
+                           exited_at=None, exit_status=None)
             # Not fsynced: a crash that loses the main PID loses nothing that matters.
             self.store.write(name, unit.to_json(), durable=False)
             return unit
@@ -502,8 +618,10 @@ class Manager:
         if not new.enforced and new.properties.has_firewall():
             raise Unenforceable(f"unit {new.name} runs without BPF ({new.not_enforced_reason}); "
                                 "its firewall cannot be changed")
-        if new.enforced and not cgroup.exists(cgroup.fs_path(new.cgroup)):
+        if (new.enforced and new.systemd_service is None
+                and not cgroup.exists(cgroup.fs_path(new.cgroup))):
             # Its links are severed: nothing to swap programs on (LINK_UPDATE: ENOLINK).
+            # (A stopped service systemd arms takes the change: its next start reads the pins.)
             raise InvalidInput(f"unit {new.name} is inactive (its cgroup {new.cgroup} is "
                                "gone): its policy cannot change; reset it and start it again")
         if new.enforced:
@@ -520,7 +638,10 @@ class Manager:
             try:
                 # 2. the kernel: one atomic program swap per direction.
                 with UnitDatapath.open(pin_dir) as dp:
-                    dp.apply(spec_for(new.properties), fs if filters_changed else None)
+                    if new.systemd_service is not None:
+                        self._apply_systemd_armed(new, dp, fs, filters_changed)
+                    else:
+                        dp.apply(spec_for(new.properties), fs if filters_changed else None)
             except BaseException:
                 # Nothing changed in the kernel (apply rolls itself back): restore the
                 # metadata byte for byte.
@@ -532,6 +653,56 @@ class Manager:
         done = replace(intent, rollback=None)
         self.store.write(done.name, done.to_json())
         return done
+
+    def _apply_systemd_armed(self, new: Unit, dp: UnitDatapath, fs: str,
+                             filters_changed: bool) -> None:
+        """A policy change of a unit systemd arms: the pinned programs are replaced (for the
+        next start) and swapped on the running cgroup (see :class:`UnitDatapath`); user
+        filters are systemd's to attach, so a change of them rewrites the drop-in first
+        (daemon-reload attaches the new ones to the running cgroup and detaches the old).
+        On failure both are as they were."""
+        assert new.systemd_service is not None
+        previous = systemd.arm(new.systemd_service, self._dropin(new)) if filters_changed \
+            else None
+        try:
+            dp.apply(spec_for(new.properties), fs)
+        except BaseException:
+            if filters_changed:
+                systemd.restore(new.systemd_service, previous)
+            raise
+
+    # -- re-created cgroups ----------------------------------------------------------------
+
+    def rebind(self, name: str) -> Unit:
+        """Re-attach the unit's datapath to the cgroup that is now at its path.
+
+        A service or container restart removes its cgroup and makes a new one at the same
+        path: the unit's links then hold its programs on nothing. This attaches the same
+        programs (the same counters map: counters carry on across re-created cgroups, as
+        systemd's do across a service's runs) to the new cgroup and records its id.
+        Idempotent: programs that already run on that cgroup (ours, or systemd's
+        attachment of our pinned programs) are never attached twice.
+        """
+        with self.store.locked():
+            return self._rebind(self.unit(name))
+
+    def _rebind(self, unit: Unit) -> Unit:
+        """:meth:`rebind` with the lock held."""
+        fs = self.cgroup_fs(unit)
+        cid = recovery.live_cgroup_id(self, unit)
+        if cid is None:
+            raise NotFound(f"cgroup {unit.cgroup} of unit {unit.name} does not exist")
+        if unit.enforced:
+            rebuilt = recovery.rebuild_datapath(self, unit)
+            if rebuilt is not None and unit.systemd_service is None:
+                return rebuilt  # built on the live cgroup, links and all
+            unit = rebuilt or unit  # pinned programs only: attach them below
+            with UnitDatapath.open(self.store.pin_dir(unit.name)) as dp:
+                remade = dp.rebind(fs, spec_for(unit.properties))
+            if remade:
+                log.warning("unit %s: attached its programs to the cgroup now at %s (id %d): "
+                            "%s", unit.name, unit.cgroup, cid, ", ".join(remade))
+        return recovery.record_cgroup(self, unit, cid)
 
     # -- crash recovery --------------------------------------------------------------------
 
@@ -565,6 +736,50 @@ class Manager:
 
     def _reconcile(self, name: str, unit: Unit | None = None) -> bool:
         """Repair one unit (lock held); True when something was done."""
+        done = self._reconcile_policy(name, unit)
+        return self._reconcile_systemd(name) or done
+
+    def _reconcile_systemd(self, name: str) -> bool:
+        """For a unit systemd arms: its drop-in is in place (else written again, and
+        reloaded), and the cgroup now at its path runs the pinned programs — a start that
+        read the pins just before a policy swap renamed them runs the previous programs:
+        swapped now; programs missing there (systemd failed to attach them) are attached
+        (BPF_PROG_ATTACH, as systemd would: never twice)."""
+        try:
+            unit = self.unit(name)
+        except NotFound:
+            return False
+        service = unit.systemd_service
+        if service is None or not unit.enforced or unit.removing:
+            return False
+        done = False
+        if systemd.read(service) != self._dropin(unit):
+            log.error("unit %s: the systemd drop-in %s is missing or changed; writing it again",
+                      name, systemd.dropin_path(service))
+            systemd.arm(service, self._dropin(unit))
+            done = True
+        fs = cgroup.fs_path(unit.cgroup)
+        if not cgroup.exists(fs):
+            return done
+        try:
+            dp = UnitDatapath.open(self.store.pin_dir(name))
+        except NotFound:
+            return done
+        with dp:
+            if dp.replace_stale(fs):
+                log.warning("unit %s: %s started with the previous policy's programs (a start "
+                            "during a policy change); swapped for the current ones", name,
+                            service)
+                done = True
+            if not dp.attached_to(fs) and cgroup.exists(fs):
+                log.error("unit %s: systemd did not attach its programs to %s; attaching them",
+                          name, unit.cgroup)
+                dp.attach_pinned(fs)
+                done = True
+        return done
+
+    def _reconcile_policy(self, name: str, unit: Unit | None = None) -> bool:
+        """Repair one unit's policy generation and datapath (lock held)."""
         if unit is None:
             try:
                 unit = self.unit(name)
@@ -581,21 +796,18 @@ class Manager:
                 return True
             return False
         fs = cgroup.fs_path(unit.cgroup)
-        if not os.path.exists(os.path.join(pin_dir, "counters")):
-            if not cgroup.exists(fs):
-                return False  # nothing to enforce on; status says "programs missing"
-            log.warning("unit %s: rebuilding its missing datapath", name)
-            bpffs.remove_tree(pin_dir)
-            with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
-                pass
-            generation.write(pin_dir, unit.generation)
-            if unit.rollback is not None:
-                self.store.write(name, replace(unit, rollback=None).to_json())
+        # Self-repair (see ipacctd.manager.recovery): lost pins, re-created cgroups.
+        if recovery.rebuild_datapath(self, unit) is not None:
             return True
+        if not os.path.exists(os.path.join(pin_dir, "counters")):
+            return False  # no live cgroup to build on; status says "pins lost"
+        relinked = recovery.restore_links(self, unit)
+        if relinked is not None:
+            unit = relinked
         kgen = generation.read(pin_dir)
         if kgen == unit.generation:
             if unit.rollback is None:
-                return False
+                return relinked is not None
             self.store.write(name, replace(unit, rollback=None).to_json())  # step 4 was cut
             return True
         live = cgroup.exists(fs)
@@ -734,7 +946,11 @@ class Manager:
                 # pins, both of which status reports and reset removes.
                 log.warning("unit %s: removing without recording the intent: %s",
                             unit.name, exc)
-        self._remove_datapath(unit.name)
+        if unit.systemd_service is not None:
+            # Before the pins go: no start may look for them. A failed reload leaves the
+            # drop-in and the unit (marked removing) as they were; reconcile tries again.
+            systemd.disarm(unit.systemd_service)
+        self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
         self.store.delete(unit.name)
 
     def _remove_own_cgroup(self, unit: Unit) -> None:
@@ -761,14 +977,16 @@ class Manager:
         log.warning("unit %s: removing a broken unit (%s)", unit.name,
                     unit.not_enforced_reason)
         self._remove_own_cgroup(unit)
-        self._remove_datapath(unit.name)
+        self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
         path = self.store.meta_path(unit.name)
         if os.path.isdir(path) and not os.path.islink(path):
             os.rmdir(path)
         else:
             self.store.delete(unit.name)
 
-    def _remove_datapath(self, name: str) -> None:
+    def _remove_datapath(self, name: str, fs: str | None = None) -> None:
+        """Detach and unpin a unit's datapath (``fs``: its cgroup, where programs pinned for
+        systemd may run)."""
         pin_dir = self.store.pin_dir(name)
         try:
             dp = UnitDatapath.open(pin_dir)
@@ -778,7 +996,7 @@ class Manager:
             elif os.path.lexists(pin_dir):
                 os.unlink(pin_dir)
             return
-        dp.remove()
+        dp.remove(fs)
 
 
 def _check_filter_programs(old: Properties, new: Properties) -> None:

@@ -44,7 +44,10 @@ def inspect_unit(mgr: Manager, name: str, instructions: bool = False) -> dict[st
     pin_dir = mgr.store.pin_dir(name)
     if not os.path.exists(os.path.join(pin_dir, COUNTERS)):
         raise NotFound(f"unit {name} has no programs or maps pinned at {pin_dir}")
+    enf = mgr.enforcement(name, unit)
     out: dict[str, Any] = {"unit": name, "cgroup": unit.cgroup, "pin_dir": pin_dir,
+                           "cgroup_id": enf.cgroup_id, "firewall_enforced": enf.enforced,
+                           "firewall_problem": enf.problem,
                            "links": [], "programs": [], "maps": []}
     map_ids: list[int] = []
     with Map.open_pinned(os.path.join(pin_dir, COUNTERS)) as cmap:
@@ -61,9 +64,22 @@ def inspect_unit(mgr: Manager, name: str, instructions: bool = False) -> dict[st
         out["links"].append({"pin": entry, "id": li.id, "prog_id": li.prog_id,
                              "cgroup_id": li.cgroup_id,
                              "attach_type": ATTACH_NAMES.get(li.attach_type, li.attach_type),
-                             "attached": li.cgroup_id != 0})
+                             "attached": li.cgroup_id != 0,
+                             # on the cgroup now at the unit's path (not a removed one)
+                             "on_live_cgroup": li.cgroup_id == enf.cgroup_id})
         try:
             prog = Program.from_id(li.prog_id)
+        except BPFError:
+            continue
+        with prog:
+            out["programs"].append(_program(prog, entry, instructions))
+            map_ids += [m for m in prog.info().map_ids if m not in map_ids]
+    for entry in sorted(os.listdir(pin_dir)):
+        # Programs pinned for systemd to attach (a unit systemd arms: no links of ours).
+        if not entry.startswith("prog_") or entry.endswith("_new"):
+            continue
+        try:
+            prog = Program.open_pinned(os.path.join(pin_dir, entry))
         except BPFError:
             continue
         with prog:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipacctd.containers import ContainerInfo
 from ipacctd.datapath.counters import Counters
 from ipacctd.datapath.unit import Spec
 from ipacctd.errors import Corrupt, Error
@@ -43,6 +44,14 @@ class Unit:
     #: Properties this version does not know (metadata of another version): written back
     #: unchanged, never applied.
     unknown_properties: tuple[tuple[str, Any], ...] = ()
+    # NAME.service when systemd attaches the unit's pinned programs at every start of that
+    # service (a runtime drop-in; see ipacctd.manager.systemd); None: ipacctd's own links.
+    systemd_service: str | None = None
+    # Id (inode) of the cgroup the unit's links were made for; None in metadata older than
+    # this field (the next rebind or repair records it).
+    cgroup_id: int | None = None
+    # -- a container's unit (bound by the OCI hook or a unit file's glob) --
+    container: ContainerInfo | None = None
 
     @property
     def description(self) -> str:
@@ -54,6 +63,7 @@ class Unit:
             "version": META_VERSION,
             "name": self.name,
             "cgroup": self.cgroup,
+            "cgroup_id": self.cgroup_id,
             "properties": {**dict(self.unknown_properties), **self.properties.to_json()},
             "transient": self.transient,
             "enforced": self.enforced,
@@ -68,6 +78,8 @@ class Unit:
             "rollback": self.rollback.to_json() if self.rollback is not None else None,
             "removing": self.removing,
             "owner": list(self.owner) if self.owner is not None else None,
+            "container": self.container.to_json() if self.container else None,
+            "systemd_service": self.systemd_service,
         }
 
     @classmethod
@@ -100,6 +112,7 @@ class Unit:
         return cls(
             name=str(d["name"]),
             cgroup=str(d["cgroup"]),
+            cgroup_id=_opt_int(d.get("cgroup_id"), "cgroup_id"),
             properties=Properties.from_json({k: v for k, v in props.items()
                                              if k in PROPERTIES}),
             unknown_properties=unknown,
@@ -117,6 +130,9 @@ class Unit:
                       else None),
             removing=bool(d.get("removing", False)),
             owner=_owner(d.get("owner")),
+            container=ContainerInfo.from_json(d.get("container")),
+            systemd_service=(str(d["systemd_service"]) if d.get("systemd_service") is not None
+                             else None),
         )
 
 
@@ -125,6 +141,14 @@ def _owner(value: Any) -> tuple[int, int] | None:
         return None
     pid, started = value
     return int(pid), int(started)
+
+
+def _opt_int(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what}: expected an integer")
+    return value
 
 
 def escape_command(argv: tuple[str, ...] | list[str]) -> str:
@@ -155,6 +179,31 @@ def spec_for(props: Properties) -> Spec:
     )
 
 
+#: Start of the problem an :class:`Enforcement` names when a policy change was cut off
+#: (the programs run on the cgroup, but not those of the recorded policy yet).
+POLICY_CUT_OFF = "policy change cut off"
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Whether a unit's recorded policy is in force on the live cgroup now at its path."""
+
+    enforced: bool
+    problem: str = ""  # the cause when not: "cgroup re-created: ...", "pins lost: ..."
+    live: bool = True  # a cgroup exists at the unit's path
+    cgroup_id: int | None = None  # of that cgroup
+
+    @property
+    def policy_cut_off(self) -> bool:
+        """The unit's programs run on its cgroup, but not those of the recorded policy."""
+        return self.problem.startswith(POLICY_CUT_OFF)
+
+    @property
+    def alarming(self) -> bool:
+        """Not in force on a live cgroup: processes there may send unfiltered."""
+        return self.live and not self.enforced
+
+
 @dataclass(frozen=True)
 class UnitStatus:
     """A unit and what the kernel says about it now."""
@@ -164,9 +213,10 @@ class UnitStatus:
     sub_state: str  # running | exited | dead | failed
     pids: tuple[int, ...]
     counters: Counters | None  # None when nothing is pinned (not enforced / broken)
-    attached: bool  # programs on a live cgroup
+    attached: bool  # the unit's programs run on the live cgroup now at its path
     kernel_generation: int | None = None  # policy generation the kernel enforces
     broken: str | None = None  # why the unit's state cannot be read (None: it can)
+    enforcement: Enforcement = Enforcement(True)
 
     @property
     def policy_in_force(self) -> bool:
@@ -194,8 +244,13 @@ class UnitStatus:
             "sub_state": self.sub_state,
             "cgroup": u.cgroup,
             "transient": u.transient,
+            "systemd_service": u.systemd_service,
             "enforced": u.enforced and self.attached,
             "policy_in_force": self.policy_in_force,
+            "firewall_enforced": self.enforcement.enforced,
+            "firewall_problem": self.enforcement.problem,
+            "cgroup_id": u.cgroup_id,
+            "live_cgroup_id": self.enforcement.cgroup_id,
             "policy_generation": u.generation,
             "kernel_policy_generation": self.kernel_generation,
             "main_pid": u.main_pid,
@@ -206,4 +261,5 @@ class UnitStatus:
             "exit_status": u.exit_status,
             "properties": u.properties.to_show(),
             "counters": self.counters.to_dict() if self.counters else None,
+            "container": u.container.to_json() if u.container else None,
         }

@@ -29,14 +29,19 @@ append, an empty value resets).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ipacctd.errors import InvalidInput
 from ipacctd.policy.names import SUFFIXES, validate_unit_name
 from ipacctd.policy.properties import PROPERTIES, Properties, normalize_absolute_path
+
+if TYPE_CHECKING:
+    from ipacctd.containers import ContainerInfo
 
 #: File name endings :func:`load_unit_dir` picks up.
 UNIT_FILE_SUFFIXES = (".unit", ".service", ".scope")
@@ -78,6 +83,62 @@ class UnitFile:
     def has_glob(self) -> bool:
         """Whether any cgroup pattern contains glob characters."""
         return any(c in pattern for pattern in self.cgroups for c in _GLOB_CHARS)
+
+    def matches(self, rel: str) -> str | None:
+        """The first ``ControlGroup=`` pattern matching cgroup path ``rel`` (None: none)."""
+        return next((p for p in self.cgroups if cgroup_matches(p, rel)), None)
+
+    def unit_name_for(self, pattern: str, rel: str,
+                      container: ContainerInfo | None = None) -> str:
+        """The unit that ``pattern`` of this file gives cgroup ``rel``: the file's own name
+        for its one exact path; a container's name (``podman-web-5522d0d1ae87.service``)
+        for a container's cgroup; else ``<file stem>@<cgroup name>.service``. The OCI hook
+        and the daemon's binder both name units here, so they never bind one cgroup twice.
+        """
+        if not any(c in pattern for c in _GLOB_CHARS) and len(self.cgroups) == 1:
+            return self.name
+        if container is not None:
+            return container.unit_name()
+        stem = self.name.rsplit(".", 1)[0]
+        base = os.path.basename(rel).replace("@", "-")
+        return validate_unit_name(f"{stem}@{base}")
+
+
+def merge_order(
+    matches: list[tuple[UnitFile, str]],
+) -> tuple[tuple[UnitFile, ...], tuple[UnitFile, str]]:
+    """Files matching one cgroup, as ``(file, matching pattern)`` pairs, in the order their
+    assignments merge (as systemd's drop-ins): glob files first, then exact paths, each by
+    file name; a file matching twice applies once. Returns the files in that order and
+    the last pair, which names the unit (:meth:`UnitFile.unit_name_for`) and is its source.
+    Used by the daemon's binder and the OCI hook alike."""
+    ordered = sorted(
+        matches,
+        key=lambda m: (not any(c in m[1] for c in _GLOB_CHARS), os.path.basename(m[0].path),
+                       m[0].path),
+    )
+    files: list[UnitFile] = []
+    for f, _ in ordered:
+        if all(g.path != f.path for g in files):
+            files.append(f)
+    return tuple(files), ordered[-1]
+
+
+def merged_properties(files: tuple[UnitFile, ...] | list[UnitFile]) -> Properties:
+    """The policy of overlapping files: every file's assignments, in merge order."""
+    return Properties().apply(a for f in files for a in f.assignments)
+
+
+def cgroup_matches(pattern: str, rel: str) -> bool:
+    """Whether a cgroup path matches a ``ControlGroup=`` value: equal, or a glob matched
+    component by component (``*`` never crosses a ``/``, as the filesystem glob the
+    daemon's binder uses)."""
+    if not any(c in pattern for c in _GLOB_CHARS):
+        return pattern == rel
+    want = [p for p in pattern.split("/") if p]
+    have = [p for p in rel.split("/") if p]
+    return len(want) == len(have) and all(
+        fnmatch.fnmatchcase(h, w) for w, h in zip(want, have, strict=True))
 
 
 def unit_name_for_path(path: str) -> str:

@@ -38,7 +38,9 @@ def test_metrics_follow_traffic_and_reset(daemon: DaemonEnv) -> None:
     assert agent.send(DENIED, 10) == "err 1"
     m = daemon.scrape()
     assert series(m, DROPPED, unit=unit, direction="egress") == 1
-    assert series(m, "ipacctd_unit_active", unit=unit, state="active") == 1
+    assert series(m, "ipacctd_unit_state", unit=unit, state="active") == 1
+    assert series(m, "ipacctd_unit_state", unit=unit, state="inactive") == 0
+    assert series(m, "ipacctd_unit_state", unit=unit, state="failed") == 0
     assert series(m, "ipacctd_unit_firewall_enforced", unit=unit) == 1
     assert series(m, "ipacctd_unit_policy_prefixes", unit=unit, list="deny") == 1
     assert series(m, "ipacctd_units", state="active") == 1

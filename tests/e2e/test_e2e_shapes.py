@@ -17,11 +17,15 @@ import pytest
 from e2e_helpers import REPO, UDP4, Installation
 from support import wait_for
 
+# shared/ lies beside the project's checkout (as CI and fresh-debian.sh lay them out).
 REFERENCE = Path(
     os.environ.get(
-        "IPACCTD_SYSTEMD_REFERENCE", "/work/shared/reference/systemd-252-ip-firewall.log"
+        "IPACCTD_SYSTEMD_REFERENCE",
+        os.path.join(os.path.dirname(REPO), "shared", "reference", "systemd-252-ip-firewall.log"),
     )
 )
+if not REFERENCE.exists() and "IPACCTD_SYSTEMD_REFERENCE" not in os.environ:
+    REFERENCE = Path("/work/shared/reference/systemd-252-ip-firewall.log")  # a worktree
 SDREF_SCRIPT = (
     "ping -c1 -W1 198.51.100.1; ping -c1 -W1 127.0.0.1; "
     "ping -c2 -i0.2 -W1 198.51.100.2; exec sleep 30"

@@ -34,7 +34,9 @@ def test_status_show_list_units_of_a_running_unit(inst: Installation) -> None:
         r"\d\d:\d\d:\d\d \S+; \d+s ago",
         lines[2],
     ), st
-    assert lines[3] == f"   Main PID: {web.pid} (python3)"
+    with open(f"/proc/{web.pid}/comm") as f:  # "python3", or "python" in a venv
+        comm = f.read().strip()
+    assert lines[3] == f"   Main PID: {web.pid} ({comm})"
     assert lines[4] == f"         IP: {passed}B in, {passed}B out"
     assert re.fullmatch(rf"\s+IP: {BYTES} in, {BYTES} out", lines[4])
     assert lines[5] == f"    Dropped: 0B in (0 packets), {100 + UDP4}B out (1 packet)"

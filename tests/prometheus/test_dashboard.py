@@ -50,6 +50,11 @@ ALERTS = {
     "IpacctdFirewallNotEnforced",
     "IpacctdAuditWouldDeny",
 }
+RECORDS = {"unit_direction:ipacctd_unit_ip_dropped_packets:rate5m"}
+README = Path(REPO) / "README.md"
+#: Matchers every metric selector of the dashboard carries (Grafana fills in the
+#: variables; multi-value and "All" selections become regexes).
+SCOPE = ('job=~"$job"', 'instance=~"$instance"')
 # Grafana's global variables, filled in by Grafana itself (values used here: see expand()).
 BUILTIN = {"__rate_interval", "__range", "__interval"}
 VAR_REF = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
@@ -125,13 +130,76 @@ def test_promtool_check_config_and_rules(tmp_path: Path) -> None:
     assert "1 rule files found" in res.stdout + res.stderr
     res = run([PROMTOOL, "check", "rules", str(RULES)])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"{len(ALERTS)} rules found" in res.stdout + res.stderr
+    assert f"{len(ALERTS) + len(RECORDS)} rules found" in res.stdout + res.stderr
     text = PROM_CONFIG.read_text()
     assert "job_name: ipacctd" in text
     assert '"127.0.0.1:9813"' in text
     assert re.search(r"^\s+scrape_interval: 15s$", text, re.M)
     for alert in ALERTS:
         assert f"alert: {alert}\n" in RULES.read_text()
+
+
+def readme_anchors() -> set[str]:
+    """GitHub's anchors of the README's headings (lower case, punctuation dropped)."""
+    out, fenced = set(), False
+    for line in README.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        m = re.match(r"#+ (.+)", line)
+        if m and not fenced:
+            out.add(re.sub(r"[^\w\- ]", "", m[1].strip().lower()).replace(" ", "-"))
+    return out
+
+
+def test_every_alert_has_summary_description_and_runbook() -> None:
+    import yaml
+
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules if "alert" in r} == ALERTS
+    assert {r["record"] for r in rules if "record" in r} == RECORDS
+    anchors = readme_anchors()
+    assert "alerts" in anchors
+    for r in rules:
+        if "alert" not in r:
+            continue
+        ann = r["annotations"]
+        assert ann["summary"].strip() and ann["description"].strip(), r["alert"]
+        url = ann["runbook_url"]
+        # The README contrib/install.sh installs (the unit's Documentation= names it too).
+        assert url.split("#")[0] == "file:///opt/ipacctd/share/doc/ipacctd/README.md", url
+        assert url.split("#")[1] == r["alert"].lower() in anchors, (r["alert"], url)
+    denied = next(r for r in rules if r.get("alert") == "IpacctdDeniedTrafficRising")
+    assert denied["for"] == "10m"  # a rate over a threshold for a while, not one packet
+
+
+#: PromQL words that are not metric names.
+KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
+KEYWORDS |= {"and", "or", "unless", "vector", "inf", "nan"}
+
+
+def selectors(expr: str) -> list[str]:
+    """Every metric selector of a PromQL expression, as ``name{matchers}``."""
+
+    # Blank out (keeping every position) what may look like a name but is not one:
+    # strings, grouping label lists, durations.
+    def blank(m: re.Match) -> str:
+        return " " * len(m[0])
+
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: '"' + "_" * (len(m[0]) - 2) + '"', expr)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", blank, text)
+    text = re.sub(r"\[[^\]]*\]", blank, text)
+    out = []
+    for m in re.finditer(r"([a-zA-Z_:][\w:]*)\s*(\{[^}]*\})?(\s*\()?", text):
+        name, braces, call = m.groups()
+        if call or name.lower() in KEYWORDS or (m.start() and text[m.start() - 1].isdigit()):
+            continue
+        out.append(expr[m.start(1) : m.end(2) if braces else m.end(1)])
+    return out
+
+
+def test_selectors_scan() -> None:
+    """The scanner below must see a selector that lacks the matchers (else it proves nothing)."""
+    e = 'sum by (unit) (rate(a_total{job=~"$job",x="y(z"}[5m])) / on (unit) b or vector(0)'
+    assert selectors(e) == ['a_total{job=~"$job",x="y(z"}', "b"]
 
 
 def test_promtool_rule_unit_tests(tmp_path: Path) -> None:
@@ -150,17 +218,25 @@ def test_dashboard_structure() -> None:
     assert 36 <= dash["schemaVersion"] <= 41
     assert dash["uid"] and dash["title"]
     vars_ = variables(dash)
-    ds = vars_["DS_PROMETHEUS"]
+    assert "DS_PROMETHEUS" not in DASHBOARD.read_text()
+    ds = vars_["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    assert variable_query(vars_["instance"]) == "label_values(ipacctd_build_info, instance)"
-    unit = vars_["unit"]
-    assert unit["multi"] and unit["includeAll"]
-    assert re.fullmatch(
-        r'label_values\(ipacctd_unit_\w+\{instance=~"\$instance"\}, unit\)', variable_query(unit)
+    assert list(vars_) == ["datasource", "job", "instance", "unit"]
+    assert variable_query(vars_["job"]) == "label_values(ipacctd_build_info, job)"
+    assert (
+        variable_query(vars_["instance"])
+        == 'label_values(ipacctd_build_info{job=~"$job"}, instance)'
+    )
+    for name in ("job", "instance", "unit"):  # multi-select with "All"
+        var = vars_[name]
+        assert var["multi"] and var["includeAll"] and var["allValue"] == ".*", name
+        assert var["hide"] == 0, name
+    assert variable_query(vars_["unit"]) == (
+        'label_values(ipacctd_unit_state{job=~"$job",instance=~"$instance"}, unit)'
     )
     for name, var in vars_.items():  # variables only use variables defined before them
         if var["type"] == "query":
-            assert var["datasource"]["uid"] == "${DS_PROMETHEUS}", name
+            assert var["datasource"]["uid"] == "${datasource}", name
             earlier = list(vars_)[: list(vars_).index(name)]
             assert refs(variable_query(var)) <= set(earlier), name
     panels = query_panels(dash)
@@ -168,7 +244,7 @@ def test_dashboard_structure() -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for p in panels:
         assert p["title"] and p.get("description"), p["id"]
-        assert p["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, p["title"]
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
         assert {"h", "w", "x", "y"} <= set(p["gridPos"]), p["title"]
         assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
         assert p["targets"], p["title"]
@@ -176,7 +252,7 @@ def test_dashboard_structure() -> None:
         assert len(ref_ids) == len(set(ref_ids)), p["title"]
         for t in p["targets"]:
             assert t.get("expr", "").strip(), (p["title"], t)
-            assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+            assert t["datasource"]["uid"] == "${datasource}", p["title"]
             undefined = refs(t["expr"]) - set(vars_) - BUILTIN
             assert not undefined, (p["title"], undefined)
     boxes = [(p["title"], p["gridPos"]) for p in all_panels(dash)]
@@ -189,12 +265,16 @@ def test_dashboard_structure() -> None:
                 or gb["y"] + gb["h"] <= ga["y"]
             )
             assert apart, (a, b)
-    # Every unit-level panel honours both selectors.
+    # Every selector of every query honours job and instance; unit-level ones the unit too.
     for p in panels:
         for t in p["targets"]:
-            if "ipacctd_unit_" in t["expr"]:
-                assert 'instance=~"$instance"' in t["expr"], p["title"]
-                assert 'unit=~"$unit"' in t["expr"], p["title"]
+            sels = selectors(t["expr"])
+            assert sels, (p["title"], t["expr"])
+            for sel in sels:
+                for matcher in SCOPE:
+                    assert matcher in sel, (p["title"], sel)
+                if sel.startswith("ipacctd_unit_"):
+                    assert 'unit=~"$unit"' in sel, (p["title"], sel)
     units = {
         p["title"]: p["fieldConfig"]["defaults"].get("unit") for p in panels if "fieldConfig" in p
     }
@@ -408,9 +488,11 @@ def test_dashboard_queries_and_alerts_on_a_live_daemon(stack: Stack) -> None:
         stack.start_unit("canary", f"IPAddressDeny={DENIED}", "IPAddressDenyMode=audit")
         stack.start_prometheus()
         instance = f"127.0.0.1:{stack.daemon_port}"
+        # job and instance as Grafana fills in a multi-value selection (one real value and
+        # one that matches nothing), so every query also proves it takes a regex there.
         values = {
-            "instance": instance,
-            "job": "ipacctd",
+            "instance": grafana_regex([instance, "192.0.2.9:9813"]),
+            "job": grafana_regex(["ipacctd", "other-job"]),
             "unit": ".*",
             "__rate_interval": "15s",
             "__range": "1m",
@@ -448,10 +530,20 @@ def test_dashboard_queries_and_alerts_on_a_live_daemon(stack: Stack) -> None:
         assert got["instance"] == [instance]
         assert got["job"] == ["ipacctd"]
         assert sorted(got["unit"]) == [AUDIT_UNIT, FW_UNIT]
+        # ... and with "All" for job and instance, and with a job that is not there.
+        for job, inst, n in ((".*", ".*", 2), (grafana_regex(["other-job"]), ".*", 0)):
+            ans = stack.api(
+                "label/unit/values",
+                **{"match[]": expand(m[1], {**values, "job": job, "instance": inst})},
+            )
+            assert len(ans["data"]) == n, (job, ans)
 
         # -- every panel's query, with "All" and with an explicit unit selection ------
         selections = {".*": {AUDIT_UNIT, FW_UNIT}, grafana_regex([FW_UNIT]): {FW_UNIT}}
         results: dict[str, list[dict]] = {}
+        for title, t in targets:  # "All" for job and instance: the same data
+            vals = {**values, "job": ".*", "instance": ".*"}
+            assert stack.query(expand(t["expr"], vals)), (title, t["expr"])
         for unit_value, expected_units in selections.items():
             vals = {**values, "unit": unit_value}
             for title, t in targets:
@@ -508,13 +600,23 @@ def test_dashboard_queries_and_alerts_on_a_live_daemon(stack: Stack) -> None:
 
         # -- the alert rules as Prometheus loaded them ---------------------------------
         rules = [r for g in stack.api("rules")["data"]["groups"] for r in g["rules"]]
-        assert {r["name"] for r in rules} == ALERTS
+        assert {r["name"] for r in rules if r["type"] == "alerting"} == ALERTS
+        assert {r["name"] for r in rules if r["type"] == "recording"} == RECORDS
         for r in rules:
             assert r["health"] == "ok", r
             stack.query(r["query"])  # parses and runs through the query API
         expr = {r["name"]: r["query"] for r in rules}
-        denied = by(stack.query(expr["IpacctdDeniedTrafficRising"]), "unit", "direction")
-        assert set(denied) == {(FW_UNIT, "egress"), (FW_UNIT, "ingress")}, denied
+        record = next(iter(RECORDS))
+
+        def denied() -> dict[tuple, float]:  # needs the recording rule evaluated first
+            return by(stack.query(expr["IpacctdDeniedTrafficRising"]), "unit", "direction")
+
+        try:
+            wait_for(lambda: len(denied()) >= 2, 20, "the denied-traffic rule", step=0.25)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {record} = {stack.query(record)}") from None
+        assert set(denied()) == {(FW_UNIT, "egress"), (FW_UNIT, "ingress")}, denied()
+        assert min(denied().values()) > 1  # denied packets/s, over the alert's threshold
         would = by(stack.query(expr["IpacctdAuditWouldDeny"]), "unit", "direction")
         assert set(would) == {(AUDIT_UNIT, "egress"), (AUDIT_UNIT, "ingress")}, would
         assert stack.query(expr["IpacctdFirewallNotEnforced"]) == []  # both are enforced
@@ -525,7 +627,10 @@ def test_dashboard_queries_and_alerts_on_a_live_daemon(stack: Stack) -> None:
             return {
                 (a["labels"]["alertname"], a["labels"].get("unit"), a["labels"].get("direction")): a
                 for a in alerts
+                # The denied-traffic alert waits 10 minutes (`for:`): pending is as far
+                # as it gets here, with its labels and annotations filled in.
                 if a["state"] == "firing"
+                or (a["state"] == "pending" and a["labels"]["alertname"].endswith("Rising"))
             }
 
         expected = {
