@@ -26,7 +26,7 @@ from ipacctd.daemon.registry import Entry, Registry
 from ipacctd.datapath.counters import Counters
 from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound, NotSupported
 from ipacctd.manager.store import canonical
-from ipacctd.manager.unit import Unit, UnitStatus
+from ipacctd.manager.unit import Enforcement, Unit, UnitStatus
 
 log = logging.getLogger("ipacctd.bus")
 
@@ -141,7 +141,10 @@ def status_to_wire(st: UnitStatus) -> dict[str, Any]:
             "sub_state": st.sub_state, "pids": list(st.pids),
             "counters": st.counters.to_dict() if st.counters is not None else None,
             "attached": st.attached, "kernel_generation": st.kernel_generation,
-            "broken": st.broken}
+            "broken": st.broken,
+            "enforcement": {"enforced": st.enforcement.enforced,
+                            "problem": st.enforcement.problem, "live": st.enforcement.live,
+                            "cgroup_id": st.enforcement.cgroup_id}}
 
 
 def status_from_wire(d: dict[str, Any]) -> UnitStatus:
@@ -150,7 +153,19 @@ def status_from_wire(d: dict[str, Any]) -> UnitStatus:
                       tuple(int(p) for p in d.get("pids", ())),
                       Counters(**c) if c is not None else None, bool(d.get("attached")),
                       d.get("kernel_generation"),
-                      broken=str(d["broken"]) if d.get("broken") is not None else None)
+                      broken=str(d["broken"]) if d.get("broken") is not None else None,
+                      enforcement=_enforcement_from_wire(d.get("enforcement")))
+
+
+def _enforcement_from_wire(e: Any) -> Enforcement:
+    # Never fail open: a reply without the field (an older daemon) is "not known to be
+    # in force", not "enforced".
+    if not isinstance(e, dict):
+        return Enforcement(False, "unknown: the daemon did not say")
+    cid = e.get("cgroup_id")
+    return Enforcement(bool(e.get("enforced")), str(e.get("problem", "")),
+                       live=bool(e.get("live", True)),
+                       cgroup_id=cid if isinstance(cid, int) else None)
 
 
 def counter_properties(entry: Entry) -> dict[str, Variant]:
