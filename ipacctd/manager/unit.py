@@ -215,8 +215,8 @@ class UnitStatus:
     counters: Counters | None  # None when nothing is pinned (not enforced / broken)
     attached: bool  # the unit's programs run on the live cgroup now at its path
     kernel_generation: int | None = None  # policy generation the kernel enforces
-    broken: str | None = None  # why the unit's state cannot be read (None: it can)
     enforcement: Enforcement = Enforcement(True)
+    broken: str | None = None  # why the unit's state cannot be read (None: it can)
 
     @property
     def policy_in_force(self) -> bool:
