@@ -17,10 +17,15 @@ Owner = tuple[int, int]
 def start_time(pid: int) -> int | None:
     """The start time of process ``pid`` (None when there is no such process)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        return _read_start_time(pid)
     except OSError:
         return None
+
+
+def _read_start_time(pid: int) -> int | None:
+    """Like :func:`start_time`, but a failure to read (ENOENT, EMFILE...) raises OSError."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
     # The command name (field 2) is in parentheses and may contain anything, ')' too:
     # the fields after it start behind the last ')'.
     try:
@@ -37,9 +42,13 @@ def identify(pid: int) -> Owner | None:
 
 def me() -> Owner:
     """This process."""
-    found = identify(os.getpid())
-    assert found is not None  # /proc/self is always there on Linux
-    return found
+    # /proc/self is always there on Linux: a failure is ours (no descriptor left: EMFILE),
+    # raised as such so the CLI says so instead of guessing.
+    pid = os.getpid()
+    started = _read_start_time(pid)
+    if started is None:
+        raise OSError(f"cannot parse /proc/{pid}/stat")
+    return pid, started
 
 
 def alive(owner: Owner | None) -> bool:
