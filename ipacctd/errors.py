@@ -36,5 +36,12 @@ class NotSupported(Error):
     """The kernel or host lacks a feature (cgroup v2, BPF, a map or program type)."""
 
 
+class Corrupt(Error):
+    """State on disk cannot be read (a metadata file, a pin directory): the unit is broken.
+
+    Views report it with this cause; ``reset`` removes what is left of it.
+    """
+
+
 class Busy(Error):
     """Another ipacctd process holds the lock, or the object is in use."""

@@ -31,7 +31,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound
+from ipacctd.errors import AlreadyExists, Corrupt, Error, InvalidInput, NotFound
 from ipacctd.manager.config import Config
 from ipacctd.policy.unitfile import load_unit_dir, merge_order, merged_properties
 
@@ -161,7 +161,7 @@ def _unit_on(mgr, name: str, rel: str) -> str | None:
         try:
             if mgr.unit(other).cgroup == rel:
                 return other
-        except NotFound:
+        except (NotFound, Corrupt):  # a broken unit: its cgroup is unknown
             continue
     return None
 

@@ -73,7 +73,10 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = 
             else f"bound to the systemd service {u.systemd_service}" if u.systemd_service
             else "attached to existing cgroup")
     loaded = f"{u.source}; {kind}" if u.source else kind
-    lines.append(f"     Loaded: loaded ({loaded})")
+    if st.broken is not None:
+        lines.append(f"     Loaded: error (broken: {st.broken})")
+    else:
+        lines.append(f"     Loaded: loaded ({loaded})")
     if u.container is not None:
         c = u.container
         pod = f", pod {c.pod}" if c.pod else ""
@@ -132,6 +135,8 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = 
 
 
 def _policy(st: UnitStatus) -> str:
+    if st.broken is not None:
+        return f"unknown (NOT ENFORCED: {st.unit.not_enforced_reason})"
     p = st.unit.properties
     parts = []
     if p.ip_address_allow:
@@ -232,7 +237,7 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
     props: dict[str, str] = {
         "Id": u.name,
         "Description": u.description,
-        "LoadState": "loaded",
+        "LoadState": "error" if st.broken is not None else "loaded",
         "ActiveState": st.active_state,
         "SubState": st.sub_state,
         "Transient": "yes" if u.transient else "no",

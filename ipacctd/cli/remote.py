@@ -80,6 +80,10 @@ class DaemonLink:
         async def connect() -> MessageBus:  # dbus-fast wants a running loop from the start
             return await MessageBus(bus_address=address).connect()
 
+        # An event loop needs descriptors (epoll, a self-pipe) and the bus a socket; when
+        # they cannot be had (RLIMIT_NOFILE), asyncio fails half-built and its finaliser
+        # prints a traceback. Say so plainly instead, before anything is started.
+        _need_descriptors(4)
         self.address = address
         self.loop = asyncio.new_event_loop()
         try:
@@ -278,7 +282,8 @@ class DaemonManager(Manager):
     def start_transient(self, assignments: Sequence[tuple[str, str]] = (), *,
                         name: str | None = None, description: str | None = None,
                         command: Sequence[str] = (), allow_unenforced: bool = False,
-                        dbus_items: Sequence[tuple[str, str, object]] = ()) -> Unit:
+                        dbus_items: Sequence[tuple[str, str, object]] = (),
+                        owned_by: tuple[int, int] | None = None) -> Unit:
         from dbus_fast import Variant
 
         # An override the D-Bus API does not offer, or a cgroup root that is not the
@@ -286,16 +291,19 @@ class DaemonManager(Manager):
         # service's tree): act directly.
         if allow_unenforced or self.config.cgroup_root != self.link.cgroup_root:
             return super().start_transient(assignments, name=name, description=description,
-                                           command=command, allow_unenforced=allow_unenforced)
+                                           command=command, allow_unenforced=allow_unenforced,
+                                           owned_by=owned_by)
         items = assignments_to_dbus(assignments)
         if description is not None:
             items.append(("Description", Variant("s", description)))
         items.append(("ExecCommand", Variant("as", list(command))))
+        if owned_by is not None:  # the daemon asks the bus who we are: it must be us
+            items.append(("CallerStartsCommand", Variant("b", True)))
         try:
             path = self._call("StartTransientUnit", "sa(sv)", [name or "", items])[0]
         except _Unreachable:
             return super().start_transient(assignments, name=name, description=description,
-                                           command=command)
+                                           command=command, owned_by=owned_by)
         return self.unit(self._name_of(path))
 
     def _name_of(self, path: str) -> str:
@@ -346,6 +354,16 @@ class DaemonManager(Manager):
 
     def reload(self) -> None:
         self._call("Reload", "", [])
+
+def _need_descriptors(n: int) -> None:
+    """Raise OSError(EMFILE) unless ``n`` more file descriptors can be opened now."""
+    fds: list[int] = []
+    try:
+        for _ in range(n):
+            fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def manager(config: Config, write: bool = True) -> Manager:

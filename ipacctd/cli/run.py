@@ -13,7 +13,8 @@ from ipacctd import cgroup
 from ipacctd.cli.format import format_bytes, format_timespan
 from ipacctd.cli.main import manager_for
 from ipacctd.cli.spawn import spawn
-from ipacctd.errors import InvalidInput, NotSupported
+from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported
+from ipacctd.manager import owner
 from ipacctd.manager.engine import CLEAN_EXIT, Manager, parse_assignments
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
@@ -30,14 +31,17 @@ def dispatch(args: argparse.Namespace) -> int:
     pairs = parse_assignments(args.property)
     mgr = manager_for(args)
     stay_in_service(mgr.config.cgroup_root)
+    # The name is ours from now until our record of the command's exit (see manager.owner).
     unit = mgr.start_transient(pairs, name=args.unit, description=args.description,
-                               command=command, allow_unenforced=args.allow_unenforced)
+                               command=command, allow_unenforced=args.allow_unenforced,
+                               owned_by=owner.me())
     if not args.quiet:
         print(f"Running as unit: {unit.name}", file=sys.stderr)
     if not unit.enforced:
         print(f"ipacctd: warning: unit {unit.name} is not counting or filtering: "
               f"{unit.not_enforced_reason}", file=sys.stderr)
-    return run_in_unit(mgr, unit.name, mgr.cgroup_fs(unit), command, args.wait)
+    return run_in_unit(mgr, unit.name, mgr.cgroup_fs(unit), command, args.wait,
+                       owned_by=unit.owner)
 
 
 def stay_in_service(root: str) -> None:
@@ -59,8 +63,13 @@ def stay_in_service(root: str) -> None:
         f"{service}")
 
 
-def run_in_unit(mgr: Manager, name: str, cgroup_fs: str, command: list[str], wait: bool) -> int:
-    """Start ``command`` inside the unit's cgroup, wait for it, record the result."""
+def run_in_unit(mgr: Manager, name: str, cgroup_fs: str, command: list[str], wait: bool,
+                owned_by: tuple[int, int] | None = None) -> int:
+    """Start ``command`` inside the unit's cgroup, wait for it, record the result.
+
+    ``owned_by``: the owner recorded in the unit at its creation; the records and the
+    cleanup touch the unit only while it is still that one.
+    """
     child: list[int] = []  # the PID, once started
     pending: list[int] = []  # signals that arrived before the child existed
 
@@ -79,26 +88,50 @@ def run_in_unit(mgr: Manager, name: str, cgroup_fs: str, command: list[str], wai
         except (FileNotFoundError, PermissionError) as exc:
             # 127/126 like a shell (and env, timeout, nohup); the unit records the same.
             status = 127 if isinstance(exc, FileNotFoundError) else 126
-            mgr.record_exit(name, status)
-            mgr.release_cgroup(name)
             print(f"ipacctd: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+            _finish(mgr, name, status, owned_by)
             return status
+        except BaseException:
+            # Not started (no file descriptors, no memory, ...): the unit must not stay
+            # reserved by a run that is going away.
+            with contextlib.suppress(Exception):
+                _finish(mgr, name, 1, owned_by)
+            raise
         # Keys typed at the terminal reach the command directly (same process group).
         old.update({s: signal.signal(s, signal.SIG_IGN) for s in IGNORED})
         for signum in pending:
             forward(signum, None)
-        mgr.record_start(name, child[0])
+        try:
+            mgr.record_start(name, child[0], owned_by)
+        except (Error, OSError) as exc:  # e.g. a full state dir: the command runs anyway
+            print(f"ipacctd: warning: cannot record the start of unit {name}: {exc}",
+                  file=sys.stderr)
         _, wstatus = os.waitpid(child[0], 0)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
     returncode = os.waitstatus_to_exitcode(wstatus)  # -N: killed by signal N
     runtime = time.monotonic() - started
-    mgr.record_exit(name, returncode)
-    mgr.release_cgroup(name)
+    _finish(mgr, name, returncode, owned_by)
     if wait:
         print_summary(mgr, name, returncode, runtime)
     return returncode if returncode >= 0 else 128 - returncode
+
+
+def _finish(mgr: Manager, name: str, status: int, owned_by: tuple[int, int] | None) -> None:
+    """Record the exit and remove the cgroup; the cgroup goes even when the record cannot
+    be written (a full state directory), so no empty cgroup is left behind."""
+    try:
+        mgr.record_exit(name, status, owned_by)
+    except NotFound:
+        return  # not our unit any more: nothing of it is ours to clean up
+    except (Error, OSError) as exc:
+        print(f"ipacctd: warning: cannot record the exit of unit {name}: {exc}",
+              file=sys.stderr)
+    try:
+        mgr.release_cgroup(name, owned_by=owned_by)
+    except NotFound:
+        pass
 
 
 def print_summary(mgr: Manager, name: str, returncode: int, runtime: float) -> None:

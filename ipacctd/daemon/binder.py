@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from ipacctd import cgroup, containers
 from ipacctd.containers import ContainerInfo
-from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound
+from ipacctd.errors import AlreadyExists, Corrupt, Error, InvalidInput, NotFound
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.recovery import live_cgroup_id
 from ipacctd.manager.unit import Unit
@@ -203,7 +203,7 @@ class Binder:
         for name in self.manager.names():
             try:
                 unit = self.manager.unit(name)
-            except (NotFound, InvalidInput) as exc:
+            except (NotFound, InvalidInput, Corrupt) as exc:  # a broken unit: status reports it
                 log.debug("unit %s: %s", name, exc)
                 continue
             if not unit.transient:

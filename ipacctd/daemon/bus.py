@@ -26,7 +26,7 @@ from ipacctd.daemon.registry import Entry, Registry
 from ipacctd.datapath.counters import Counters
 from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound, NotSupported
 from ipacctd.manager.store import canonical
-from ipacctd.manager.unit import Unit, UnitStatus
+from ipacctd.manager.unit import Enforcement, Unit, UnitStatus
 
 log = logging.getLogger("ipacctd.bus")
 
@@ -55,6 +55,8 @@ DROP_PROPS = (
     ("IPEgressAuditPackets", "egress_audit_packets"),
 )
 COUNTERS_SIG = "a(sat)"
+#: StartTransientUnit property (b): the caller starts the command and records its exit.
+CALLER_STARTS = "CallerStartsCommand"
 
 
 def escape_label(name: str) -> str:
@@ -111,7 +113,7 @@ def unit_properties(entry: Entry) -> dict[str, Variant]:
     props: dict[str, Variant] = {
         "Id": Variant("s", u.name),
         "Description": Variant("s", u.description),
-        "LoadState": Variant("s", "loaded"),
+        "LoadState": Variant("s", "error" if st.broken is not None else "loaded"),
         "ActiveState": Variant("s", st.active_state),
         "SubState": Variant("s", st.sub_state),
         "ControlGroup": Variant("s", u.cgroup),
@@ -138,7 +140,11 @@ def status_to_wire(st: UnitStatus) -> dict[str, Any]:
     return {"unit": st.unit.to_json(), "active_state": st.active_state,
             "sub_state": st.sub_state, "pids": list(st.pids),
             "counters": st.counters.to_dict() if st.counters is not None else None,
-            "attached": st.attached, "kernel_generation": st.kernel_generation}
+            "attached": st.attached, "kernel_generation": st.kernel_generation,
+            "broken": st.broken,
+            "enforcement": {"enforced": st.enforcement.enforced,
+                            "problem": st.enforcement.problem, "live": st.enforcement.live,
+                            "cgroup_id": st.enforcement.cgroup_id}}
 
 
 def status_from_wire(d: dict[str, Any]) -> UnitStatus:
@@ -146,7 +152,20 @@ def status_from_wire(d: dict[str, Any]) -> UnitStatus:
     return UnitStatus(Unit.from_json(d["unit"]), str(d["active_state"]), str(d["sub_state"]),
                       tuple(int(p) for p in d.get("pids", ())),
                       Counters(**c) if c is not None else None, bool(d.get("attached")),
-                      d.get("kernel_generation"))
+                      d.get("kernel_generation"),
+                      broken=str(d["broken"]) if d.get("broken") is not None else None,
+                      enforcement=_enforcement_from_wire(d.get("enforcement")))
+
+
+def _enforcement_from_wire(e: Any) -> Enforcement:
+    # Never fail open: a reply without the field (an older daemon) is "not known to be
+    # in force", not "enforced".
+    if not isinstance(e, dict):
+        return Enforcement(False, "unknown: the daemon did not say")
+    cid = e.get("cgroup_id")
+    return Enforcement(bool(e.get("enforced")), str(e.get("problem", "")),
+                       live=bool(e.get("live", True)),
+                       cgroup_id=cid if isinstance(cid, int) else None)
 
 
 def counter_properties(entry: Entry) -> dict[str, Variant]:
@@ -236,6 +255,44 @@ class AccessDenied(Error, PermissionError):
     """The caller may not change units."""
 
 
+class LogLimit:
+    """How many refused or failed calls of one sender are logged: ``burst`` at once, then
+    one per ``interval`` seconds, with the count of those left out; a caller looping on bad
+    calls cannot fill the log. At most ``senders`` senders are tracked (oldest dropped)."""
+
+    def __init__(self, burst: int = 5, interval: float = 60.0, senders: int = 1024) -> None:
+        self.burst, self.interval, self.senders = burst, interval, senders
+        self.state: dict[str, list[float]] = {}  # sender -> [tokens, last refill, dropped]
+        # Every connection is a new sender: a caller reconnecting for each call shares one
+        # bucket with all the others, ten times one sender's.
+        self.everyone: LogLimit | None = (
+            LogLimit(burst * 10, interval / 10, 1) if senders > 1 else None)
+
+    def allow(self, sender: str | None, now: float | None = None) -> bool:
+        import time
+
+        now = time.monotonic() if now is None else now
+        if self.everyone is not None and not self.everyone.allow("*", now):
+            return False
+        key = sender or "?"
+        st = self.state.pop(key, None)
+        if st is None:
+            st = [float(self.burst), now, 0.0]
+        st[0] = min(float(self.burst), st[0] + (now - st[1]) / self.interval)
+        st[1] = now
+        self.state[key] = st  # most recent last
+        while len(self.state) > self.senders:
+            del self.state[next(iter(self.state))]
+        if st[0] >= 1.0:
+            st[0] -= 1.0
+            if st[2]:
+                log.info("%d more refused calls from %s were not logged", int(st[2]), key)
+                st[2] = 0.0
+            return True
+        st[2] += 1
+        return False
+
+
 class BusService:
     """Serves the Manager and Unit objects of a :class:`Registry` on a connected bus."""
 
@@ -248,6 +305,7 @@ class BusService:
         self.reload_cb = reload
         self.manager = registry.manager
         self.tasks: set[asyncio.Task] = set()
+        self.log_limit = LogLimit()
         bus.add_message_handler(self._handle)
         registry.listeners.append(self._on_registry)
 
@@ -295,18 +353,32 @@ class BusService:
     def _error(self, msg: Message, exc: Exception) -> Message:
         for cls, name in ERRORS:
             if isinstance(exc, cls):
+                if self.log_limit.allow(msg.sender):
+                    log.info("%s.%s from %s refused: %s", msg.interface, msg.member,
+                             msg.sender, exc)
                 return Message.new_error(msg, name, str(exc))
-        log.exception("internal error in %s.%s", msg.interface, msg.member)
+        if isinstance(exc, OSError):  # the system said no (no space, no fds): no bug of ours
+            if self.log_limit.allow(msg.sender):
+                log.error("%s.%s from %s failed: %s", msg.interface, msg.member, msg.sender,
+                          exc)
+            return Message.new_error(msg, "org.ipacctd1.Error.Failed",
+                                     exc.strerror or str(exc))
+        if self.log_limit.allow(msg.sender):
+            log.exception("internal error in %s.%s", msg.interface, msg.member)
         return Message.new_error(msg, "org.freedesktop.DBus.Error.Failed",
                                  f"internal error: {type(exc).__name__}")
 
     def _dispatch(self, msg: Message, path: str) -> Message | bool:
         iface, member = msg.interface, msg.member
         if iface == INTROSPECT_IFACE and member == "Introspect":
+            self._check(msg, "")
             return Message.new_method_return(msg, "s", [self._introspect(path)])
         if iface == PEER_IFACE:
+            self._check(msg, "")
             if member == "Ping":
                 return Message.new_method_return(msg)
+            if member != "GetMachineId":
+                raise InvalidInput(f"unknown method {member}")
             with open("/etc/machine-id") as f:
                 return Message.new_method_return(msg, "s", [f.read().strip()])
         if path == ROOT:
@@ -359,17 +431,22 @@ class BusService:
 
     def _props_call(self, msg: Message, member: str, iface_name: str,
                     props: dict[str, Variant]) -> Message:
-        want = msg.body[0] if msg.body else ""
+        signatures = {"Get": "ss", "GetAll": "s", "Set": "ssv"}
+        if member not in signatures:
+            raise InvalidInput(f"unknown method {member}")
+        self._check(msg, signatures[member])
+        want = msg.body[0]
         if member == "GetAll":
             return Message.new_method_return(msg, "a{sv}", [props if want in ("", iface_name)
                                                             else {}])
         if member == "Get":
-            if want not in ("", iface_name) or msg.body[1] not in props:
+            if want not in ("", iface_name):
+                raise InvalidInput(f"unknown interface {want!r} (properties are on "
+                                   f"{iface_name})")
+            if msg.body[1] not in props:
                 raise InvalidInput(f"unknown property {msg.body[1]!r} of {iface_name}")
             return Message.new_method_return(msg, "v", [props[msg.body[1]]])
-        if member == "Set":
-            raise InvalidInput("properties are read-only here; use SetUnitProperties")
-        raise InvalidInput(f"unknown method {member}")
+        raise InvalidInput("properties are read-only here; use SetUnitProperties")
 
     def _manager_call(self, msg: Message, iface: str | None, member: str | None) -> Message | bool:
         if iface == PROPS_IFACE:
@@ -410,7 +487,9 @@ class BusService:
         if member in mutations:
             sig, fn, out = mutations[member]
             self._check(msg, sig)
-            self._spawn(self._mutate(msg, fn, body, out))
+            # The caller starts the command in the new unit: the name is reserved for it.
+            self._spawn(self._mutate(msg, fn, body, out,
+                                     with_owner=member == "StartTransientUnit"))
             return True
         raise InvalidInput(f"unknown method {member}")
 
@@ -455,12 +534,27 @@ class BusService:
             raise AccessDenied("cannot determine the caller's uid")
         return int(reply.body[0])
 
+    async def caller_owner(self, msg: Message) -> tuple[int, int] | None:
+        """(pid, start time) of the message's sender, asked of the bus daemon; None when
+        the bus cannot say (the unit then has no owner, as one started by busctl)."""
+        from ipacctd.manager import owner
+
+        reply = await self.bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="GetConnectionUnixProcessID",
+            signature="s", body=[msg.sender]))
+        if reply.message_type != MessageType.METHOD_RETURN:
+            return None
+        return owner.identify(int(reply.body[0]))
+
     async def _mutate(self, msg: Message, fn: Callable[..., Any], args: list[Any],
-                      out: str) -> None:
+                      out: str, with_owner: bool = False) -> None:
         try:
             uid = await self.caller_uid(msg)
             if uid != 0:
                 raise AccessDenied(f"uid {uid} may not change units: only root may")
+            if with_owner:
+                args = [*args, await self.caller_owner(msg)]
             result = await asyncio.get_running_loop().run_in_executor(None, fn, *args)
             self.registry.sync()
             if out == "o":
@@ -471,16 +565,24 @@ class BusService:
             reply = self._error(msg, exc)
         self.bus.send(reply)
 
-    def _start_transient(self, name: str, props: list[Any]) -> Any:
+    def _start_transient(self, name: str, props: list[Any],
+                         owned_by: tuple[int, int] | None = None) -> Any:
         command: tuple[str, ...] = ()
+        reserve = False
         items = []
         for pname, sig, value in _items(props):
             if pname == "ExecCommand" and sig == "as":
                 command = tuple(value)  # recorded as the unit's description/command
+            elif pname == CALLER_STARTS and sig == "b":
+                reserve = bool(value)
             else:
                 items.append((pname, sig, value))
+        # CallerStartsCommand=true: the caller starts the command itself (as ``ipacctd run``
+        # does) and records its exit; the name is reserved for it until then. Otherwise
+        # the caller puts processes in the cgroup as it likes, and nobody holds the name.
         return self.manager.start_transient(name=name or None, command=command,
-                                            dbus_items=items)
+                                            dbus_items=items,
+                                            owned_by=owned_by if reserve else None)
 
     def _attach(self, cgroup_path: str, name: str, props: list[Any]) -> Any:
         return self.manager.attach(cgroup_path, name=name or None, dbus_items=_items(props))

@@ -92,7 +92,7 @@ class StatsProbe:
 #: The states of ``ipacctd_unit_state``: one series per state, 1 for the unit's own and 0
 #: for the others (as systemd_exporter's ``systemd_unit_state``), so that no series
 #: vanishes or appears when a unit changes state.
-STATES = ("active", "inactive", "failed")
+STATES = ("active", "activating", "deactivating", "inactive", "failed")
 #: How long a scrape waits for the event loop to take the snapshot of the units.
 SNAPSHOT_TIMEOUT = 30.0
 

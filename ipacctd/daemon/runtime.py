@@ -18,25 +18,14 @@ import time
 from typing import Any
 
 from ipacctd.errors import NotFound
-
-
-def starttime(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks since boot), None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces and parentheses: fields resume after the last ')'.
-    rest = data[data.rindex(b")") + 2 :].split()
-    return int(rest[19])  # field 22; rest[0] is field 3
+from ipacctd.manager.owner import start_time  # one home for "process identity"
 
 
 def write(path: str, extra: dict[str, Any]) -> None:
     """Write the runtime file for this process: a new file under a name of our own
     (``O_EXCL|O_NOFOLLOW``: never through a planted symlink), then renamed into place."""
     pid = os.getpid()
-    data = {"pid": pid, "starttime": starttime(pid), "started_at": time.time(), **extra}
+    data = {"pid": pid, "starttime": start_time(pid), "started_at": time.time(), **extra}
     tmp = f"{path}.{pid}.tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # ours by name: a stale one from a crashed daemon with our PID
@@ -71,7 +60,7 @@ def read(path: str) -> dict[str, Any] | None:
 
 def alive(info: dict[str, Any]) -> bool:
     """True when the process the file names still runs (same PID *and* start time)."""
-    return starttime(info["pid"]) == info["starttime"]
+    return start_time(info["pid"]) == info["starttime"]
 
 
 def send_signal(path: str, sig: int) -> int:
@@ -89,7 +78,7 @@ def send_signal(path: str, sig: int) -> int:
         raise NotFound(f"no ipacctd daemon is running (stale {path}: pid {pid} is gone)")
     try:
         # Checked after the pidfd pins the process: a PID reused in between fails here.
-        if starttime(pid) != info["starttime"]:
+        if start_time(pid) != info["starttime"]:
             raise NotFound(
                 f"no ipacctd daemon is running (stale {path}: pid {pid} is now "
                 "another process, which was left alone)"

@@ -248,6 +248,9 @@ class Daemon:
             entry = self.registry.units.get(name)
             if entry is None:
                 continue
+            if entry.status.broken is not None:  # its policy is unknown: nothing to repair
+                self._report(name, entry.status.enforcement)  # but say it is not in force
+                continue
             try:
                 unit = entry.status.unit  # as last read: parsing metadata costs more
                 enf = self.manager.enforcement(name, unit)

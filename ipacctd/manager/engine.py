@@ -25,15 +25,16 @@ from ipacctd.datapath.unit import COUNTERS, PROG_PIN, UnitDatapath, cgroup_id, l
 from ipacctd.errors import (
     AlreadyExists,
     Busy,
+    Corrupt,
     Error,
     InvalidInput,
     NotFound,
     NotSupported,
     PermissionDenied,
 )
-from ipacctd.manager import generation, recovery, systemd
+from ipacctd.manager import generation, owner, recovery, systemd
 from ipacctd.manager.config import Config
-from ipacctd.manager.store import Store
+from ipacctd.manager.store import Store, canonical
 from ipacctd.manager.unit import (
     NOT_ARMED,
     POLICY_CUT_OFF,
@@ -73,6 +74,10 @@ log = _Log()
 CLEAN_EXIT = frozenset({None, 0, -signal.SIGHUP, -signal.SIGINT, -signal.SIGTERM,
                         -signal.SIGPIPE})
 
+#: Active states in which a unit's name is in use: its processes run, or the ``ipacctd run``
+#: that owns it is starting its command or recording its exit. Such a unit is never removed.
+BUSY_STATES = frozenset({"active", "activating", "deactivating"})
+
 
 class Unenforceable(NotSupported):
     """A unit's firewall cannot be enforced here; it is refused unless overridden."""
@@ -110,12 +115,39 @@ class Manager:
     # -- queries ---------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        """All unit names, sorted."""
-        return self.store.names()
+        """All unit names, sorted: those with metadata, and broken ones that have only pins
+        (their metadata deleted by hand) so that they can be seen and reset."""
+        names = self.store.names()
+        orphans = set(self.store.pinned_names()) - set(names)
+        return sorted([*names, *orphans]) if orphans else names
 
     def unit(self, name: str) -> Unit:
-        """A unit's recorded metadata (NotFound when unknown)."""
-        return Unit.from_json(self.store.read(name))
+        """A unit's recorded metadata (NotFound when unknown, Corrupt when unreadable)."""
+        data = self.store.read(name)
+        if data.get("name") != canonical(name):
+            raise Corrupt(f"metadata {self.store.meta_path(name)} is of another unit "
+                          f"({str(data.get('name'))[:100]!r})")
+        return Unit.from_json(data)
+
+    def broken(self, name: str) -> tuple[Unit, str] | None:
+        """For a unit whose metadata is unreadable or missing while its pins exist: a
+        stand-in (its default cgroup, no known policy, not enforced) and the cause.
+        None for a sound unit; NotFound when there is nothing of it at all."""
+        try:
+            self.unit(name)
+            return None
+        except Corrupt as exc:
+            cause = str(exc)
+        except NotFound:
+            if not os.path.lexists(self.store.pin_dir(name)):
+                raise
+            cause = "pins without metadata (metadata deleted?)"
+        full = canonical(name)
+        root = cgroup.validate_path(self.config.cgroup_root)
+        unit = Unit(full, f"{root.rstrip('/')}/{full}", transient=True, enforced=False,
+                    not_enforced_reason=f"broken unit: {cause}; its policy is unknown "
+                                        f"('ipacctd reset {full}' removes what is left)")
+        return unit, cause
 
     def resolve(self, query: str) -> str:
         """The unit a user means: its name, or for a container's unit also the container's
@@ -128,7 +160,7 @@ class Manager:
                 return validate_unit_name(query)
         hits = []
         for name in self.names():
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(NotFound, Corrupt):  # a broken unit names no container
                 c = self.unit(name).container
                 if c is not None and (c.name == query
                                       or (len(query) >= 4 and c.id.startswith(query))):
@@ -141,7 +173,9 @@ class Manager:
                                "give the unit's full name")
         if hits:
             return hits[0]
-        self.unit(query)  # NotFound with the usual message (or InvalidInput for bad names)
+        # NotFound with the usual message (or InvalidInput for bad names); a broken unit
+        # (unreadable metadata, or pins only) is found, so that it can be stopped and reset.
+        self.broken(query)
         return validate_unit_name(query)
 
     def cgroup_fs(self, unit: Unit) -> str:
@@ -172,13 +206,23 @@ class Manager:
         return entries[:limit] if limit is not None else entries
 
     def status(self, name: str) -> UnitStatus:
-        """The unit with its live state: processes, counters, attachment."""
-        unit = self.unit(name)
+        """The unit with its live state: processes, counters, attachment.
+
+        A broken unit (see :meth:`broken`) has a status too: ``failed (broken)``, or active
+        while processes run in its cgroup, with the cause as ``broken``.
+        """
+        try:
+            unit = self.unit(name)
+        except (Corrupt, NotFound):
+            found = self.broken(name)
+            if found is None:  # repaired meanwhile
+                return self.status(name)
+            return self._broken_status(*found)
         fs = self.cgroup_fs(unit)
         pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
         counters = None
         kgen = None
-        with contextlib.suppress(NotFound, OSError):
+        with contextlib.suppress(Error, OSError):  # an unreadable pin: "programs missing"
             with UnitDatapath.open(self.store.pin_dir(name)) as dp:
                 counters = dp.read()
             kgen = generation.read(self.store.pin_dir(name))
@@ -186,6 +230,13 @@ class Manager:
         attached = enf.enforced or enf.policy_cut_off
         if pids:
             active, sub = "active", "running"
+        elif unit.transient and owner.alive(unit.owner) and (
+                unit.exited_at is None or (unit.main_pid is None and unit.exit_status is None)):
+            # Its run reserved the name and is about to start the command (also after a
+            # stop that came first), or the command ended and the run is recording it: the
+            # name is taken either way.
+            active, sub = (("activating", "start") if unit.main_pid is None
+                           else ("deactivating", "stop"))
         elif unit.exit_status not in CLEAN_EXIT:
             active, sub = "failed", "failed"
         elif unit.exited_at is not None:
@@ -254,6 +305,24 @@ class Manager:
             problem = f"cgroup gone: {service} is not running; systemd arms its next start"
         return Enforcement(False, problem, live=False)
 
+    def _broken_status(self, unit: Unit, cause: str) -> UnitStatus:
+        fs = self.cgroup_fs(unit)
+        pids: tuple[int, ...] = ()
+        with contextlib.suppress(Error, OSError):
+            pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
+        counters = None
+        with contextlib.suppress(Error, OSError):
+            with UnitDatapath.open(self.store.pin_dir(unit.name)) as dp:
+                counters = dp.read()
+        active, sub = ("active", "broken") if pids else ("failed", "broken")
+        # Its policy is unknown, so it is not known to be in force: never report it so.
+        live = False
+        with contextlib.suppress(Error, OSError):
+            live = cgroup.exists(fs)
+        enf = Enforcement(False, f"broken unit: {cause}", live=live)
+        return UnitStatus(unit, active, sub, pids, counters, False, None, broken=cause,
+                          enforcement=enf)
+
     def statuses(self, names: Sequence[str] | None = None) -> list[UnitStatus]:
         """Status of the named units (all when None); unknown names raise NotFound."""
         out = []
@@ -266,16 +335,26 @@ class Manager:
         return out
 
     def unit_file(self, name: str) -> UnitFile | None:
-        """The policy file for ``name`` in the unit directory, if there is one."""
-        from ipacctd.policy.unitfile import load_unit_dir
+        """The policy file for ``name`` in the unit directory, if there is one.
 
-        files, errors = load_unit_dir(self.config.unit_dir, only=name)
-        for f in files:
-            if f.name == name:
-                return f
-        for err in errors:
-            if _mentions(str(err), name):
-                raise err
+        Only the files that can define ``name`` are read (not every file on every run),
+        each bounded (see :func:`~ipacctd.policy.unitfile.load_unit_file`).
+        """
+        from ipacctd.policy.unitfile import candidate_paths, load_unit_file
+
+        first_error: InvalidInput | None = None
+        for path in candidate_paths(self.config.unit_dir, name):
+            if not os.path.lexists(path):
+                continue
+            try:
+                found = load_unit_file(path, self.config.unit_dir)
+            except InvalidInput as exc:
+                first_error = first_error or exc
+                continue
+            if found.name == canonical(name):
+                return found
+        if first_error is not None:
+            raise first_error
         return None
 
     # -- creating --------------------------------------------------------------------------
@@ -283,19 +362,29 @@ class Manager:
     def start_transient(self, assignments: Sequence[tuple[str, str]] = (), *,
                         name: str | None = None, description: str | None = None,
                         command: Sequence[str] = (), allow_unenforced: bool = False,
-                        dbus_items: Sequence[tuple[str, str, object]] = ()) -> Unit:
+                        dbus_items: Sequence[tuple[str, str, object]] = (),
+                        owned_by: owner.Owner | None = None) -> Unit:
         """Create a unit with its own cgroup under the cgroup root, programs attached.
 
         The unit's file in the unit directory (if any) supplies the base properties;
         ``assignments`` apply on top. Nothing runs in the cgroup yet: the caller starts
         the command there, so the firewall is in force before the first packet.
+
+        A name that is taken in any way (a unit of any state, or pins left without
+        metadata) is refused, never reused, so no start and no cleanup of one process can
+        act on a unit another process is starting. ``owned_by``: the process that will
+        start the command and record its exit (``ipacctd run``): until then the unit is
+        "activating" and nothing removes it (see :mod:`ipacctd.manager.owner`).
         """
         name = validate_unit_name(name) if name else None
+        # The unit file is read before the lock (bounded, see policy.unitfile): a slow or
+        # hostile file delays only this start.
+        source = self.unit_file(name) if name is not None else None
         with self.store.locked():
             self._sweep_stale_pins()
             if name is None:
                 name = transient_name(self.names())
-            source = self.unit_file(name)
+                source = self.unit_file(name)
             props = source.properties() if source else Properties()
             props = props.apply(assignments).apply_dbus(dbus_items)
             if description is not None:
@@ -304,7 +393,8 @@ class Manager:
             root = cgroup.validate_path(self.config.cgroup_root)
             rel = f"{root.rstrip('/')}/{name}"
             unit = Unit(name, rel, props, transient=True, command=tuple(command),
-                        started_at=time.time(), source=source.path if source else None)
+                        started_at=time.time(), source=source.path if source else None,
+                        owner=owned_by)
             return self._create(unit, allow_unenforced, make_cgroup=True)
 
     def attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
@@ -373,18 +463,51 @@ class Manager:
         return datapath_problem() is None and systemd.service_for(rel) is not None
 
     def _make_room(self, name: str) -> None:
-        """Let a new run reuse the name of an inactive unit; refuse an active one."""
-        if not self.store.exists(name):
-            if os.path.exists(self.store.pin_dir(name)):  # pins without metadata: a crash
-                self._remove_datapath(name)
-            return
-        st = self.status(name)
-        if st.active_state == "active":
-            raise AlreadyExists(f"unit {name} is active already; stop it first or choose "
+        """Refuse a name that is taken (lock held), as systemd-run refuses a loaded unit.
+
+        Only the remains of an interrupted removal are cleared first: that unit was being
+        forgotten already. Anything else stays for its owner (or for ``reset``): an
+        inactive unit keeps its counters until reset, and a unit that seems inactive may
+        be one another ``ipacctd run`` is about to start its command in.
+        """
+        if self.store.exists(name):
+            with contextlib.suppress(NotFound, Corrupt):  # a broken one: refused below
+                if self.unit(name).removing:
+                    self._reconcile(name)  # completes the removal
+        if self.store.exists(name):
+            st = self.status(name)
+            if st.active_state in BUSY_STATES:
+                raise AlreadyExists(f"unit {name} is {st.active_state} already; stop it "
+                                    "first or pick another name with --unit")
+            raise AlreadyExists(f"unit {name} exists already ({st.active_state}, counters "
+                                f"kept); reset it first ('ipacctd reset {name}') or pick "
                                 "another name with --unit")
-        self._remove(st.unit)
+        if os.path.lexists(self.store.pin_dir(name)):
+            raise AlreadyExists(f"unit {name} has pins but no metadata (a broken unit); "
+                                f"reset it first ('ipacctd reset {name}') or pick another "
+                                "name with --unit")
+        root = cgroup.validate_path(self.config.cgroup_root)
+        fs = cgroup.fs_path(f"{root.rstrip('/')}/{name}")
+        if cgroup.exists(fs) and cgroup.procs_recursive(fs):
+            raise AlreadyExists(f"cgroup {fs} of unit {name} holds processes but ipacctd has "
+                                "no record of it; pick another name with --unit")
 
     def _create(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
+        # One file descriptor is held in reserve while the unit is built: when the process
+        # runs out of them (RLIMIT_NOFILE) part-way, :meth:`_undo_create` frees it first,
+        # so the cleanup can still list the directories it removes.
+        self._spare_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return self._build(unit, allow_unenforced, make_cgroup)
+        finally:
+            self._release_spare_fd()
+
+    def _release_spare_fd(self) -> None:
+        fd, self._spare_fd = getattr(self, "_spare_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def _build(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
         fs = cgroup.fs_path(unit.cgroup)
         problem = datapath_problem()
         if problem is not None:
@@ -392,12 +515,17 @@ class Manager:
         unit = replace(unit, generation=1, rollback=None, removing=False)
         if make_cgroup:
             cgroup.create(fs)
-        # None: a stopped systemd service, armed before its cgroup exists (systemd makes it
-        # at the next start; the binder or the next rebind records its id).
-        unit = replace(unit, cgroup_id=cgroup_id(fs))
-        # Metadata first: pins never exist without it, and a crash before the pins are
-        # complete leaves a unit that status reports ("programs missing") and reset removes.
-        self.store.write(unit.name, unit.to_json())
+        try:
+            # None: a stopped systemd service, armed before its cgroup exists (systemd makes
+            # it at the next start; the binder or the next rebind records its id).
+            unit = replace(unit, cgroup_id=cgroup_id(fs))
+            # Metadata first: pins never exist without it, and a crash before the pins are
+            # complete leaves a unit that status reports ("programs missing") and reset
+            # removes. It also reserves the name (the lock is held).
+            self.store.write(unit.name, unit.to_json())
+        except BaseException:  # e.g. a full state directory: nothing may stay behind
+            self._undo_create(unit, make_cgroup)
+            raise
         if unit.enforced:
             with contextlib.suppress(OSError):  # the installation's pins: root's only
                 os.makedirs(self.config.bpf_dir, mode=0o700, exist_ok=True)
@@ -416,10 +544,10 @@ class Manager:
                     self._sweep_stale_pins()
                 try:
                     unit = self._unenforced(unit, str(exc), allow_unenforced)
-                except Unenforceable:
+                    self.store.write(unit.name, unit.to_json())
+                except BaseException:
                     self._undo_create(unit, make_cgroup)
                     raise
-                self.store.write(unit.name, unit.to_json())
             except BaseException:
                 self._undo_create(unit, make_cgroup)
                 raise
@@ -459,34 +587,60 @@ class Manager:
         return replace(unit, enforced=False, not_enforced_reason=problem)
 
     def _undo_create(self, unit: Unit, made_cgroup: bool) -> None:
+        """Remove what a failed creation made: pins (also its own temporary directory),
+        metadata (and its temporary file), cgroup. Each step on its own, so that one that
+        fails (no file descriptors left, no space) does not keep the others from running."""
+        self._release_spare_fd()
         with contextlib.suppress(Error, OSError):
             # e.g. pinned, but the generation failed; programs systemd attached come off
             self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
+        with contextlib.suppress(Error, OSError):
+            bpffs.remove_tree(os.path.join(self.config.pins_dir, self._own_tmp_pin(unit.name)))
+        with contextlib.suppress(Error, OSError):
             self._sweep_stale_pins()
-        self.store.delete(unit.name)
+        with contextlib.suppress(OSError):
+            self.store.delete(unit.name)
+        with contextlib.suppress(OSError):
+            self.store.delete_tmp(unit.name)
         if made_cgroup:
             with contextlib.suppress(Error, OSError):
                 cgroup.remove(cgroup.fs_path(unit.cgroup))
 
+    def _own_tmp_pin(self, name: str) -> str:
+        """The temporary directory this process builds ``name``'s datapath in."""
+        from ipacctd.manager.store import pin_name
+
+        return f"{TMP_PIN_PREFIX}{pin_name(name)}-{os.getpid()}"
+
     # -- recording a run -------------------------------------------------------------------
 
-    def record_start(self, name: str, pid: int) -> Unit:
-        """Note the main PID of a unit's command (a new run: the last exit is forgotten)."""
+    def record_start(self, name: str, pid: int, owned_by: owner.Owner | None = None) -> Unit:
+        """Note the main PID of a unit's command (``owned_by``: only if the unit is still
+        the one that process created). A new run of its command: the last exit is
+        forgotten."""
         with self.store.locked():
-            unit = replace(self.unit(name), main_pid=pid, started_at=time.time(),
+            unit = replace(self._owned(name, owned_by), main_pid=pid, started_at=time.time(),
                            exited_at=None, exit_status=None)
             # Not fsynced: a crash that loses the main PID loses nothing that matters.
             self.store.write(name, unit.to_json(), durable=False)
             return unit
 
-    def record_exit(self, name: str, status: int) -> Unit:
+    def record_exit(self, name: str, status: int, owned_by: owner.Owner | None = None) -> Unit:
         """Note that a unit's main process ended (exit code, or -signal)."""
         with self.store.locked():
-            unit = replace(self.unit(name), exit_status=status, exited_at=time.time())
+            unit = replace(self._owned(name, owned_by), exit_status=status,
+                           exited_at=time.time())
             # Not fsynced either (the unit's creation was): a crash may lose the exit
             # record, never leave half of one (rename).
             self.store.write(name, unit.to_json(), durable=False)
             return unit
+
+    def _owned(self, name: str, owned_by: owner.Owner | None) -> Unit:
+        """The unit, if ``owned_by`` (when given) is the process that created it."""
+        unit = self.unit(name)
+        if owned_by is not None and unit.owner != owned_by:
+            raise NotFound(f"unit {name} is no longer the one this process started")
+        return unit
 
     # -- changing --------------------------------------------------------------------------
 
@@ -756,8 +910,11 @@ class Manager:
     def _sweep_stale_pins(self) -> None:
         """Remove datapaths a crashed creator left in its temporary directory (lock held).
 
-        Unpinning their links detaches them: the creator's fds died with it.
+        Unpinning their links detaches them: the creator's fds died with it. Temporary
+        metadata files of writers that died go too.
         """
+        for entry in self.store.sweep_tmp():
+            log.info("removed %s left by a crashed ipacctd", entry)
         try:
             entries = os.listdir(self.config.pins_dir)
         except OSError:  # none yet, or not ours to read (the datapath step will say so)
@@ -775,8 +932,13 @@ class Manager:
             bpffs.remove_tree(os.path.join(self.config.pins_dir, entry))
 
     def stop(self, name: str, timeout: float = 5.0) -> list[int]:
-        """Terminate the unit's processes: SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        unit = self.unit(name)
+        """Terminate the unit's processes: SIGTERM, then SIGKILL after ``timeout`` seconds.
+
+        Works on a broken unit too (its default cgroup). The exit is recorded when it can
+        be: a full state directory does not make a stop that ended the processes fail.
+        """
+        found = self.broken(name)
+        unit = found[0] if found else self.unit(name)
         fs = self.cgroup_fs(unit)
         pids = cgroup.kill_all(fs, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -787,21 +949,28 @@ class Manager:
             deadline = time.monotonic() + timeout
             while cgroup.procs_recursive(fs) and time.monotonic() < deadline:
                 time.sleep(0.02)
-        with self.store.locked():
-            with contextlib.suppress(NotFound):
-                unit = self.unit(name)
-                if unit.exited_at is None:
-                    unit = replace(unit, exited_at=time.time(),
-                                   exit_status=unit.exit_status)
-                    self.store.write(name, unit.to_json())
+        if found:
+            return pids
+        try:
+            with self.store.locked():
+                with contextlib.suppress(NotFound, Corrupt):
+                    unit = self.unit(name)
+                    if unit.exited_at is None:
+                        unit = replace(unit, exited_at=time.time(),
+                                       exit_status=unit.exit_status)
+                        self.store.write(name, unit.to_json(), durable=False)
+        except OSError as exc:  # ENOSPC: the processes are gone all the same
+            log.warning("unit %s: stopped, but its exit cannot be recorded: %s", name, exc)
         return pids
 
-    def release_cgroup(self, name: str, timeout: float = 5.0) -> None:
+    def release_cgroup(self, name: str, timeout: float = 5.0,
+                       owned_by: owner.Owner | None = None) -> None:
         """End what is left in a transient unit's cgroup and remove the cgroup.
 
         The counters stay pinned and readable; the links detach as the cgroup goes.
+        ``owned_by``: only if the unit is still the one that process created.
         """
-        unit = self.unit(name)
+        unit = self._owned(name, owned_by)
         if not unit.transient:
             return
         fs = self.cgroup_fs(unit)
@@ -823,25 +992,66 @@ class Manager:
     def reset(self, name: str) -> None:
         """Forget an inactive unit: its counters, pins, metadata and (own) cgroup."""
         with self.store.locked():
-            self._sweep_stale_pins()
+            with contextlib.suppress(Error, OSError):  # a full disk must not stop a reset
+                self._sweep_stale_pins()
             st = self.status(name)
-            if st.active_state == "active" and st.unit.transient:
-                raise Busy(f"unit {name} is active; stop it first ('ipacctd stop {name}')")
-            self._remove(st.unit)
+            if st.active_state in BUSY_STATES and st.unit.transient:
+                raise Busy(f"unit {name} is {st.active_state}; stop it first "
+                           f"('ipacctd stop {name}')")
+            if st.broken is not None:
+                self._remove_broken(st.unit)
+            else:
+                self._remove(st.unit)
 
     def _remove(self, unit: Unit) -> None:
+        self._remove_own_cgroup(unit)
         if not unit.removing:  # intent first: a crash part-way is finished by reconcile
             unit = replace(unit, removing=True)
-            self.store.write(unit.name, unit.to_json())
+            try:
+                self.store.write(unit.name, unit.to_json())
+            except OSError as exc:
+                # No space for the intent (ENOSPC): remove without it; removing frees
+                # space. A crash part-way leaves pins without metadata or metadata without
+                # pins, both of which status reports and reset removes.
+                log.warning("unit %s: removing without recording the intent: %s",
+                            unit.name, exc)
         if unit.systemd_service is not None:
             # Before the pins go: no start may look for them. A failed reload leaves the
             # drop-in and the unit (marked removing) as they were; reconcile tries again.
             systemd.disarm(unit.systemd_service)
         self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
-        if unit.transient:
-            with contextlib.suppress(Error, OSError):
-                cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
         self.store.delete(unit.name)
+
+    def _remove_own_cgroup(self, unit: Unit) -> None:
+        """Remove a transient unit's cgroup before its programs (lock held).
+
+        Once the cgroup is gone no process can be started in it (``clone3`` into a removed
+        cgroup fails), so removing the programs afterwards can never leave a process of the
+        unit unfirewalled, even one that another ``ipacctd run`` starts at this moment.
+        A cgroup that still holds processes stops the removal with nothing removed.
+        """
+        if not unit.transient:
+            return
+        try:
+            cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
+        except Busy:
+            raise Busy(f"unit {unit.name} still has processes in {unit.cgroup}; stop it "
+                       f"first ('ipacctd stop {unit.name}')") from None
+        except (Error, OSError) as exc:
+            log.warning("unit %s: cannot remove its cgroup: %s", unit.name, exc)
+
+    def _remove_broken(self, unit: Unit) -> None:
+        """Remove what is left of a broken unit: pins, its (empty) default cgroup, the
+        unreadable metadata file."""
+        log.warning("unit %s: removing a broken unit (%s)", unit.name,
+                    unit.not_enforced_reason)
+        self._remove_own_cgroup(unit)
+        self._remove_datapath(unit.name, cgroup.fs_path(unit.cgroup))
+        path = self.store.meta_path(unit.name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            self.store.delete(unit.name)
 
     def _remove_datapath(self, name: str, fs: str | None = None) -> None:
         """Detach and unpin a unit's datapath (``fs``: its cgroup, where programs pinned for
@@ -849,8 +1059,11 @@ class Manager:
         pin_dir = self.store.pin_dir(name)
         try:
             dp = UnitDatapath.open(pin_dir)
-        except NotFound:
-            bpffs.remove_tree(pin_dir)
+        except (Error, OSError):  # none, or not a datapath (damaged): unpin what is there
+            if os.path.isdir(pin_dir) and not os.path.islink(pin_dir):
+                bpffs.remove_tree(pin_dir)
+            elif os.path.lexists(pin_dir):
+                os.unlink(pin_dir)
             return
         dp.remove(fs)
 
@@ -885,9 +1098,4 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _mentions(message: str, name: str) -> bool:
-    stem = name.rsplit(".", 1)[0]
-    return f"/{name}" in message or f"/{stem}." in message
 

@@ -13,15 +13,23 @@ import fcntl
 import functools
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from ipacctd.errors import Busy, NotFound, PermissionDenied
+from ipacctd.errors import Busy, Corrupt, NotFound, PermissionDenied
 from ipacctd.manager.config import Config
-from ipacctd.policy.names import validate_unit_name
+from ipacctd.policy.names import pin_name, unpin_name, validate_unit_name
 
 SUFFIX = ".json"
+
+#: Largest metadata file read (a unit with 10k prefixes in two lists is ~0.5 MB).
+MAX_META_BYTES = 16 << 20
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -32,14 +40,6 @@ def canonical(unit: str) -> str:
     anything that is not a valid unit name (``/``, ``..``, NUL, ...) is refused here.
     """
     return validate_unit_name(unit)
-
-
-def pin_name(unit: str) -> str:
-    """The bpffs directory name of a unit (bpffs refuses names with a dot).
-
-    ``_`` becomes ``__`` and ``.`` becomes ``_d``: reversible, so names never collide.
-    """
-    return unit.replace("_", "__").replace(".", "_d")
 
 
 def _denied(path: str, exc: OSError) -> PermissionDenied:
@@ -78,17 +78,55 @@ class Store:
                       if e.endswith(SUFFIX) and not e.startswith("."))
 
     def exists(self, unit: str) -> bool:
-        return os.path.exists(self.meta_path(unit))
+        return os.path.lexists(self.meta_path(unit))
+
+    def pinned_names(self) -> list[str]:
+        """Names of the units with a pin directory (temporary ones left out), sorted."""
+        try:
+            entries = os.listdir(self.config.pins_dir)
+        except OSError:
+            return []
+        names = []
+        for entry in entries:
+            name = unpin_name(entry) if not entry.startswith("~") else None
+            if name is None:
+                continue
+            try:
+                names.append(canonical(name))
+            except ValueError:  # not a name of ours
+                continue
+        return sorted(names)
 
     def read(self, unit: str) -> dict[str, Any]:
-        """The unit's metadata; NotFound when there is none."""
+        """The unit's metadata; NotFound when there is none, Corrupt when it cannot be read.
+
+        Read with a size cap and never through a FIFO or device planted at its name.
+        """
+        path = self.meta_path(unit)
         try:
-            with open(self.meta_path(unit)) as f:
-                return json.load(f)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFound(f"unit {unit} not found (see 'ipacctd list-units --all')") from None
         except PermissionError as exc:
-            raise _denied(self.meta_path(unit), exc) from None
+            raise _denied(path, exc) from None
+        except OSError as exc:  # a symlink (ELOOP), ...
+            raise Corrupt(f"metadata {path} cannot be opened: {exc.strerror}") from None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise Corrupt(f"metadata {path} is not a regular file")
+                data = f.read(MAX_META_BYTES + 1)
+        except OSError as exc:
+            raise Corrupt(f"metadata {path} cannot be read: {exc.strerror}") from None
+        if len(data) > MAX_META_BYTES:
+            raise Corrupt(f"metadata {path} is larger than {MAX_META_BYTES} bytes")
+        try:
+            value = json.loads(data)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise Corrupt(f"metadata {path} is not valid JSON ({_short(str(exc))})") from None
+        if not isinstance(value, dict):
+            raise Corrupt(f"metadata {path} is not a JSON object")
+        return value
 
     def write(self, unit: str, data: dict[str, Any], durable: bool = True) -> None:
         """Write the unit's metadata atomically (write + fsync + rename), mode 0600.
@@ -100,7 +138,7 @@ class Store:
         """
         self.ensure_dirs()
         path = self.meta_path(unit)
-        tmp = os.path.join(self.config.units_dir, f".{unit}.{os.getpid()}.tmp")
+        tmp = self._tmp_path(unit, os.getpid())
         text = json.dumps(data, indent=1, sort_keys=True)
         # A stale temporary file (a crashed writer with our pid) goes first; then the file
         # is created exclusively and never through a symlink planted at its predictable name.
@@ -123,6 +161,38 @@ class Store:
     def delete(self, unit: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.meta_path(unit))
+
+    def _tmp_path(self, unit: str, pid: int) -> str:
+        return os.path.join(self.config.units_dir, f".{canonical(unit)}.{pid}.tmp")
+
+    def delete_tmp(self, unit: str) -> None:
+        """Remove this process's temporary metadata file of ``unit`` (a failed write)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp_path(unit, os.getpid()))
+
+    def sweep_tmp(self) -> list[str]:
+        """Remove temporary metadata files of writers that died (kill -9 mid-write).
+
+        A temporary file is ``.NAME.PID.tmp``: one whose PID runs is being written now.
+        """
+        removed = []
+        try:
+            entries = os.listdir(self.config.units_dir)
+        except OSError:
+            return removed
+        for entry in entries:
+            if not (entry.startswith(".") and entry.endswith(".tmp")):
+                continue
+            try:
+                pid = int(entry[: -len(".tmp")].rsplit(".", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if pid == os.getpid() or os.path.exists(f"/proc/{pid}"):
+                continue  # being written now (ours: write() replaces it itself)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.config.units_dir, entry))
+                removed.append(entry)
+        return removed
 
     @contextlib.contextmanager
     def locked(self, timeout: float = 30.0) -> Iterator[None]:

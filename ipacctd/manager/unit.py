@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from ipacctd.containers import ContainerInfo
 from ipacctd.datapath.counters import Counters
 from ipacctd.datapath.unit import Spec
-from ipacctd.policy.properties import DenyMode, Properties
+from ipacctd.errors import Corrupt, Error
+from ipacctd.policy.properties import PROPERTIES, DenyMode, Properties
 
 META_VERSION = 1
+
+#: (unit, property) pairs already warned about in this process: one warning each, not one
+#: per poll.
+_WARNED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,12 @@ class Unit:
     generation: int = 1  # policy generation (see ipacctd.manager.generation)
     rollback: Properties | None = None  # set while a policy change is in flight
     removing: bool = False  # set while the unit is being removed (finish on reconcile)
+    #: (pid, start time) of the process that starts the command and records its exit: while
+    #: it lives and no exit is recorded, the name is taken (see ipacctd.manager.owner).
+    owner: tuple[int, int] | None = None
+    #: Properties this version does not know (metadata of another version): written back
+    #: unchanged, never applied.
+    unknown_properties: tuple[tuple[str, Any], ...] = ()
     # NAME.service when systemd attaches the unit's pinned programs at every start of that
     # service (a runtime drop-in; see ipacctd.manager.systemd); None: ipacctd's own links.
     systemd_service: str | None = None
@@ -52,7 +64,7 @@ class Unit:
             "name": self.name,
             "cgroup": self.cgroup,
             "cgroup_id": self.cgroup_id,
-            "properties": self.properties.to_json(),
+            "properties": {**dict(self.unknown_properties), **self.properties.to_json()},
             "transient": self.transient,
             "enforced": self.enforced,
             "not_enforced_reason": self.not_enforced_reason,
@@ -65,18 +77,45 @@ class Unit:
             "generation": self.generation,
             "rollback": self.rollback.to_json() if self.rollback is not None else None,
             "removing": self.removing,
+            "owner": list(self.owner) if self.owner is not None else None,
             "container": self.container.to_json() if self.container else None,
             "systemd_service": self.systemd_service,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Unit:
-        """Rebuild from a metadata file."""
+        """Rebuild from a metadata file.
+
+        Raises:
+            Corrupt: for metadata that does not describe a unit (missing or mistyped
+                fields, bad property values). Unknown properties are kept and ignored.
+        """
+        try:
+            return cls._from_json(d)
+        except (Error, KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise Corrupt(f"metadata of unit {d.get('name', '?')!s:.100} is invalid: "
+                          f"{what:.200}") from None
+
+    @classmethod
+    def _from_json(cls, d: dict[str, Any]) -> Unit:
+        props = d.get("properties", {})
+        if not isinstance(props, dict):
+            raise TypeError("properties: expected an object")
+        unknown = tuple(sorted((k, v) for k, v in props.items() if k not in PROPERTIES))
+        for key, _ in unknown:
+            if (d["name"], key) not in _WARNED:
+                _WARNED.add((d["name"], key))
+                logging.getLogger("ipacctd.engine").warning(
+                    "unit %s: ignoring property %s unknown to this version (kept)",
+                    d["name"], key[:100])
         return cls(
-            name=d["name"],
-            cgroup=d["cgroup"],
-            cgroup_id=d.get("cgroup_id"),
-            properties=Properties.from_json(d.get("properties", {})),
+            name=str(d["name"]),
+            cgroup=str(d["cgroup"]),
+            cgroup_id=_opt_int(d.get("cgroup_id"), "cgroup_id"),
+            properties=Properties.from_json({k: v for k, v in props.items()
+                                             if k in PROPERTIES}),
+            unknown_properties=unknown,
             transient=bool(d.get("transient", True)),
             enforced=bool(d.get("enforced", True)),
             not_enforced_reason=d.get("not_enforced_reason", ""),
@@ -90,9 +129,26 @@ class Unit:
             rollback=(Properties.from_json(d["rollback"]) if d.get("rollback") is not None
                       else None),
             removing=bool(d.get("removing", False)),
+            owner=_owner(d.get("owner")),
             container=ContainerInfo.from_json(d.get("container")),
-            systemd_service=d.get("systemd_service"),
+            systemd_service=(str(d["systemd_service"]) if d.get("systemd_service") is not None
+                             else None),
         )
+
+
+def _owner(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    pid, started = value
+    return int(pid), int(started)
+
+
+def _opt_int(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what}: expected an integer")
+    return value
 
 
 def escape_command(argv: tuple[str, ...] | list[str]) -> str:
@@ -170,6 +226,7 @@ class UnitStatus:
     attached: bool  # the unit's programs run on the live cgroup now at its path
     kernel_generation: int | None = None  # policy generation the kernel enforces
     enforcement: Enforcement = Enforcement(True)
+    broken: str | None = None  # why the unit's state cannot be read (None: it can)
 
     @property
     def policy_in_force(self) -> bool:
@@ -191,6 +248,8 @@ class UnitStatus:
         return {
             "name": u.name,
             "description": u.description,
+            "load_state": "error" if self.broken is not None else "loaded",
+            "broken": self.broken,
             "active_state": self.active_state,
             "sub_state": self.sub_state,
             "cgroup": u.cgroup,

@@ -7,8 +7,48 @@ from collections.abc import Iterable
 
 from ipacctd.errors import InvalidInput
 
-#: Longest unit name accepted, suffix included.
-MAX_NAME_LENGTH = 200
+#: Longest escaped form (:func:`pin_name`) accepted. A name is stored as a file or directory
+#: name in four places, each at most NAME_MAX = 255 bytes: the cgroup (the name), the
+#: metadata file (name + ``.json``), its temporary file (``.NAME.PID.tmp``) and the pin
+#: directory, built as ``~tmp-PIN-PID`` and renamed to PIN. With a PID of up to 7 digits
+#: (pid_max <= 4194304) the longest of these is 13 bytes over PIN, and PIN is never
+#: shorter than the name: PIN <= 242 bytes covers them all.
+MAX_PIN_NAME_LENGTH = 255 - len("~tmp-") - len("-4194304")
+
+#: Longest unit name accepted, suffix included: the suffix's dot escapes to two bytes, so
+#: no longer name can fit :data:`MAX_PIN_NAME_LENGTH` (names with more ``.``/``_`` must be
+#: shorter still; the validator says so).
+MAX_NAME_LENGTH = MAX_PIN_NAME_LENGTH - 1
+
+
+def pin_name(unit: str) -> str:
+    """The bpffs directory name of a unit (bpffs refuses names with a dot).
+
+    ``_`` becomes ``__`` and ``.`` becomes ``_d``: reversible, so names never collide.
+    """
+    return unit.replace("_", "__").replace(".", "_d")
+
+
+def unpin_name(pin: str) -> str | None:
+    """The unit name of a bpffs directory name (inverse of :func:`pin_name`; None when
+    ``pin`` is no such name)."""
+    out, i = [], 0
+    while i < len(pin):
+        c = pin[i]
+        if c == "_":
+            nxt = pin[i + 1 : i + 2]
+            if nxt == "_":
+                out.append("_")
+            elif nxt == "d":
+                out.append(".")
+            else:
+                return None
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
 
 #: Unit types ipacctd manages.
 SUFFIXES = (".service", ".scope")
@@ -33,10 +73,11 @@ def validate_unit_name(name: str) -> str:
     """Validate a unit name and return it, with ``.service`` appended if it has no suffix.
 
     Rules: characters ``A-Z a-z 0-9 : _ . \\ @ -`` only, not starting with ``.`` or ``-``,
-    at most :data:`MAX_NAME_LENGTH` characters with the suffix, type ``.service`` or
-    ``.scope`` (another systemd type is an error; any other ending counts as part of the
-    name, so ``org.example.web`` becomes ``org.example.web.service``), at most one ``@``
-    with a non-empty prefix and instance (templates cannot be run).
+    at most :data:`MAX_NAME_LENGTH` characters with the suffix and at most
+    :data:`MAX_PIN_NAME_LENGTH` bytes escaped (every place it is stored fits NAME_MAX),
+    type ``.service`` or ``.scope`` (another systemd type is an error; any other ending
+    counts as part of the name, so ``org.example.web`` becomes ``org.example.web.service``),
+    at most one ``@`` with a non-empty prefix and instance (templates cannot be run).
 
     Raises:
         InvalidInput: naming the name and the rule it breaks.
@@ -68,6 +109,12 @@ def validate_unit_name(name: str) -> str:
         raise bad("the name before the suffix is empty")
     if len(full) > MAX_NAME_LENGTH:
         raise bad(f"longer than {MAX_NAME_LENGTH} characters")
+    escaped = len(pin_name(full))
+    if escaped > MAX_PIN_NAME_LENGTH:
+        raise bad(
+            f"too long: stored as a {escaped}-byte file name ('_' and '.' count twice), "
+            f"at most {MAX_PIN_NAME_LENGTH}"
+        )
     if "@" in prefix:
         head, _, instance = prefix.partition("@")
         if "@" in instance:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -44,6 +45,12 @@ if TYPE_CHECKING:
 
 #: File name endings :func:`load_unit_dir` picks up.
 UNIT_FILE_SUFFIXES = (".unit", ".service", ".scope")
+
+#: Largest unit file read: ~100k addresses; a bigger file is refused with a clear error.
+MAX_UNIT_FILE_BYTES = 4 << 20
+#: Longest error message about a unit file's content (and excerpt of a line in it).
+MAX_MESSAGE = 300
+MAX_EXCERPT = 60
 
 _COMMENTS = "#;"
 _GLOB_CHARS = "*?["
@@ -158,30 +165,32 @@ def validate_cgroup_pattern(value: str) -> str:
     return normalize_absolute_path(value, "ControlGroup=")
 
 
+def _excerpt(text: str, limit: int = MAX_EXCERPT) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """Yield ``(first line number, joined line)`` with continuations resolved."""
-    continuation: str | None = None
+    parts: list[str] | None = None  # of a continued line (joined once: no quadratic copies)
     start = 0
     for number, raw in enumerate(text.splitlines(), start=1):
         # As systemd: a comment line is skipped before continuations are looked at, so
         # it neither starts nor ends one (a trailing backslash in a comment is inert).
         if raw.lstrip()[:1] in tuple(_COMMENTS):
             continue
-        if continuation is None:
+        if parts is None:
             start = number
-            line = raw
-        else:
-            line = continuation + raw
-        escaped = False
-        for char in line:
-            escaped = not escaped and char == "\\"
-        if escaped:
-            continuation = line[:-1] + " "
+            parts = []
+        # An odd run of backslashes at the end continues the line (an even one is escaped
+        # backslashes). Earlier parts end in a space, so only this line's end counts.
+        if (len(raw) - len(raw.rstrip("\\"))) % 2:
+            parts.append(raw[:-1] + " ")
             continue
-        continuation = None
-        yield start, line
-    if continuation is not None:
-        yield start, continuation
+        parts.append(raw)
+        yield start, "".join(parts)
+        parts = None
+    if parts is not None:
+        yield start, "".join(parts)
 
 
 def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) -> UnitFile:
@@ -201,34 +210,35 @@ def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) 
     if text.startswith("\ufeff"):
         text = text[1:]
     section: str | None = None
-    cgroups: list[str] = []
+    cgroups: dict[str, None] = {}  # ordered set: a long list costs no quadratic lookups
     assignments: list[tuple[str, str]] = []
-    props = Properties()
+    empty = Properties()
 
     for number, raw in _logical_lines(text):
 
         def fail(problem: str, number: int = number) -> InvalidInput:
-            return InvalidInput(f"{path}:{number}: {problem}")
+            # At most a short excerpt of the file: a message never carries a whole line.
+            return InvalidInput(_excerpt(f"{path}:{number}: {problem}", MAX_MESSAGE))
 
         line = raw.strip()
         if not line or line[0] in _COMMENTS:
             continue
         if line.startswith("["):
             if not line.endswith("]") or len(line) < 3:
-                raise fail(f"invalid section header {line!r}")
+                raise fail(f"invalid section header {_excerpt(line)!r}")
             section = line[1:-1]
             if section not in SECTION_KEYS and not section.startswith("X-"):
                 known = ", ".join(f"[{s}]" for s in SECTION_KEYS)
-                raise fail(f"unknown section [{section}]; known sections: {known}")
+                raise fail(f"unknown section [{_excerpt(section)}]; known sections: {known}")
             continue
         if section is None:
-            raise fail(f"assignment outside of a section: {line!r}")
+            raise fail(f"assignment outside of a section: {_excerpt(line)!r}")
         key, eq, value = line.partition("=")
         if not eq:
-            raise fail(f"missing '=' in line {line!r}")
+            raise fail(f"missing '=' in line {_excerpt(line)!r}")
         key, value = key.strip(), value.strip()
         if not key:
-            raise fail(f"missing key name before '=' in line {line!r}")
+            raise fail(f"missing key name before '=' in line {_excerpt(line)!r}")
         if section.startswith("X-") or key.startswith("X-"):
             continue
         if key not in SECTION_KEYS[section]:
@@ -236,20 +246,24 @@ def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) 
                 (f" (it belongs in [{s}])" for s, k in SECTION_KEYS.items() if key in k), ""
             )
             known = ", ".join(sorted(SECTION_KEYS[section]))
-            raise fail(f"unknown key {key!r} in section [{section}]{where}; known keys: {known}")
+            raise fail(
+                f"unknown key {_excerpt(key)!r} in section [{section}]{where}; known keys: {known}"
+            )
         try:
             if key == "ControlGroup":
                 if not value:
                     cgroups.clear()
                 else:
-                    pattern = validate_cgroup_pattern(value)
-                    if pattern not in cgroups:
-                        cgroups.append(pattern)
+                    cgroups.setdefault(validate_cgroup_pattern(value))
             else:
-                props = props.apply([(key, value)])
+                empty.apply([(key, value)])  # this value alone: errors name its line
                 assignments.append((key, value))
         except InvalidInput as e:
             raise fail(str(e)) from None
+    try:
+        props = empty.apply(assignments)  # all at once: linear, not one rebuild per line
+    except InvalidInput as e:
+        raise InvalidInput(_excerpt(f"{path}: {e}", MAX_MESSAGE)) from None
 
     return UnitFile(
         name=name,
@@ -267,28 +281,87 @@ def _name_or_error(path: str) -> str:
         raise InvalidInput(f"{path}: {e}") from None
 
 
-def load_unit_file(path: str | os.PathLike[str]) -> UnitFile:
-    """Read and parse one policy file (UTF-8).
+#: Parsed files by (path, device, inode, size, mtime): a file is parsed once, not on every
+#: ``run`` (bounded: cleared when full).
+_CACHE: dict[tuple[str, int, int, int, int], UnitFile] = {}
+_CACHE_MAX = 4096
+
+
+def load_unit_file(path: str | os.PathLike[str], directory: str | None = None) -> UnitFile:
+    """Read and parse one policy file (UTF-8), with limits.
+
+    Only regular files are read (a FIFO would block, a device never end), at most
+    :data:`MAX_UNIT_FILE_BYTES`; with ``directory`` (the unit directory), a symlink that
+    leads out of it is refused without reading its target: a message never quotes a file
+    that is not a unit file. A file is parsed once per content (see ``_CACHE``).
 
     Raises:
         InvalidInput: for a file that cannot be read or decoded, or does not parse; the
             message starts with the path.
     """
     spath = os.fspath(path)
+    target = spath
     try:
-        with open(spath, "rb") as f:
-            data = f.read()
+        if directory is not None and os.path.islink(spath):
+            target = os.path.realpath(spath)
+            home = os.path.realpath(directory)
+            if os.path.dirname(target) != home:
+                raise InvalidInput(
+                    f"{spath}: a symlink that leads out of the unit directory "
+                    f"{directory}; refused (not read)"
+                )
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the path
+        # checked above is the file opened.
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise InvalidInput(f"{spath}: cannot read: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InvalidInput(
+            f"{spath}: not a regular file (a FIFO, device, socket or directory); refused (not read)"
+        )
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > MAX_UNIT_FILE_BYTES:
+            raise InvalidInput(
+                f"{spath}: {st.st_size} bytes, more than the "
+                f"{MAX_UNIT_FILE_BYTES} a unit file may have; refused"
+            )
+        key = (spath, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        try:
+            data = f.read(MAX_UNIT_FILE_BYTES + 1)
+        except OSError as e:
+            raise InvalidInput(f"{spath}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_UNIT_FILE_BYTES:  # grew while read
+        raise InvalidInput(
+            f"{spath}: more than the {MAX_UNIT_FILE_BYTES} bytes a unit file may have; refused"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InvalidInput(f"{spath}: not valid UTF-8 (byte {e.start})") from None
-    return parse_unit_file(text, spath)
+    unit = parse_unit_file(text, spath)
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[key] = unit
+    return unit
+
+
+def candidate_paths(directory: str | os.PathLike[str], name: str) -> list[str]:
+    """The files of ``directory`` that would define unit ``name`` (see
+    :func:`unit_name_for_path`), in the order :func:`load_unit_dir` reads them."""
+    full = validate_unit_name(name)
+    bases = {full, full + ".unit"}
+    if full.endswith(".service"):
+        bases.add(full[: -len(".service")] + ".unit")
+    return [os.path.join(os.fspath(directory), b) for b in sorted(bases)]
 
 
 def load_unit_dir(
-    directory: str | os.PathLike[str], only: str | None = None
+    directory: str | os.PathLike[str],
 ) -> tuple[list[UnitFile], list[InvalidInput]]:
     """Load every ``*.unit``, ``*.service`` and ``*.scope`` file of a directory.
 
@@ -296,9 +369,7 @@ def load_unit_dir(
     reported in the error list and skipped; a second file deriving the same unit name as an
     earlier one is an error too. A missing directory yields two empty lists.
 
-    With ``only`` (a unit name), only the files whose name derives that unit are read: the
-    unit name comes from the file name alone, and a unit file holding a 100k-prefix block
-    list costs about a second to parse, which ``ipacctd run`` of another unit need not pay.
+    One unit's files alone (what ``ipacctd run --unit NAME`` reads): :func:`candidate_paths`.
 
     Raises:
         InvalidInput: if ``directory`` exists but cannot be listed.
@@ -317,15 +388,8 @@ def load_unit_dir(
         if entry.startswith(".") or not entry.endswith(UNIT_FILE_SUFFIXES):
             continue
         path = os.path.join(sdir, entry)
-        if only is not None:
-            try:
-                if unit_name_for_path(path) != only:
-                    continue
-            except InvalidInput as e:
-                errors.append(InvalidInput(f"{path}: {e}"))
-                continue
         try:
-            unit = load_unit_file(path)
+            unit = load_unit_file(path, sdir)
         except InvalidInput as e:
             errors.append(e)
             continue

@@ -21,7 +21,7 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 DENIED = "198.51.100.1"
 ALLOWED = "203.0.113.1"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-STATES = ("active", "inactive", "failed")
+STATES = ("active", "activating", "deactivating", "inactive", "failed")
 
 
 def get(daemon: DaemonEnv, path: str = "/metrics", **headers: str):

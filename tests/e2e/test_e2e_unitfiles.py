@@ -63,7 +63,11 @@ def test_unit_file_applies_and_p_appends(inst: Installation) -> None:
     assert st[0] == "○ web.service - E2E web from a unit file"
     assert st[1] == f"     Loaded: loaded ({path}; transient)"
 
-    # -p appends to the file's list; the inactive unit's name is reused.
+    # The inactive unit keeps its name (and counters) until reset, as systemd-run refuses a
+    # loaded unit; then -p appends to the file's list.
+    res = inst.cli("run", "--unit", "web", "--", "true")
+    assert res.returncode != 0 and "reset it first" in res.stderr, res.stderr
+    inst.ok("reset", "web")
     res = inst.cli(
         "run",
         "--wait",
@@ -96,6 +100,7 @@ def test_unit_file_applies_and_p_appends(inst: Installation) -> None:
     assert props["IPEgressPackets"] == "2"  # fresh counters for the new run
 
     # -p with an empty value resets the file's list.
+    inst.ok("reset", "web")
     res = inst.cli(
         "run",
         "--wait",

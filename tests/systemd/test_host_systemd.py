@@ -290,7 +290,11 @@ def test_stopping_the_daemon_kills_no_unit_process(installed: Host) -> None:
 def test_run_inside_a_service_stays_in_its_tree(installed: Host) -> None:
     h = installed
     h.sh(
-        "printf '[Service]\\nDelegate=yes\\nExecStart=/usr/local/bin/ipacctd run --unit job "
+        # A name is the run's until reset (faults, issue 10): the service clears its unit
+        # before each start, as an operator would.
+        "printf '[Service]\\nDelegate=yes\\n"
+        "ExecStartPre=-/usr/local/bin/ipacctd reset job.service\\n"
+        "ExecStart=/usr/local/bin/ipacctd run --unit job "
         "-- sleep 600\\n' > /etc/systemd/system/wrapped.service && "
         "printf '[Service]\\nExecStart=/usr/local/bin/ipacctd run --unit plainjob "
         "-- sleep 600\\n' > /etc/systemd/system/plain.service && systemctl daemon-reload"

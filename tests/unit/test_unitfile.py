@@ -255,27 +255,7 @@ def test_load_unit_dir(tmp_path: Path) -> None:
     assert len(messages) == 3
     assert messages[0].startswith(f"{tmp_path / 'a.unit'}: unit a.service is already defined")
     assert messages[1].startswith(f"{tmp_path / 'bad.unit'}:2: invalid address 'nope'")
-    assert messages[2].startswith(f"{tmp_path / 'dir.unit'}: cannot read")
-
-
-def test_load_unit_dir_for_one_unit_reads_only_its_files(tmp_path: Path) -> None:
-    """Loading one unit's file reads only files whose name derives that unit: another
-    unit's broken (or huge) file is not read, a duplicate of the unit's name still is an
-    error."""
-    (tmp_path / "a.service").write_text("[Unit]\nDescription=A\n")
-    (tmp_path / "a.unit").write_text("")  # same unit name as a.service
-    (tmp_path / "bad.unit").write_text("[Service]\nIPAddressDeny=nope\n")
-    (tmp_path / "b.unit").write_text("[Service]\nIPAddressDeny=198.51.100.0/24\n")
-    units, errors = load_unit_dir(tmp_path, only="b.service")
-    assert [u.name for u in units] == ["b.service"] and errors == []
-    units, errors = load_unit_dir(tmp_path, only="a.service")
-    assert [u.description for u in units] == ["A"]
-    assert [str(e).split(": ", 1)[1] for e in errors] == [
-        "unit a.service is already defined by " + str(tmp_path / "a.service")
-    ]
-    units, errors = load_unit_dir(tmp_path, only="bad.service")
-    assert units == [] and "invalid address 'nope'" in str(errors[0])
-    assert load_unit_dir(tmp_path, only="nothing.service") == ([], [])
+    assert messages[2].startswith(f"{tmp_path / 'dir.unit'}: not a regular file")
 
 
 def test_load_missing_dir(tmp_path: Path) -> None:
