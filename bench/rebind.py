@@ -33,13 +33,11 @@ Run as root:  python3 bench/rebind.py [--units 1,1000] [--reps 30] [--poll-inter
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +52,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # support.py: the test suites' helpers 
 
 import logging  # noqa: E402
 
+from common import cpu_seconds, publish, start_daemon, wait_ready  # noqa: E402
 from support import PrivateBus, free_port, stop_process  # noqa: E402
 
 from ipacctd import cgroup  # noqa: E402
@@ -63,7 +62,6 @@ from ipacctd.bpf.programs import AttachType  # noqa: E402
 from ipacctd.manager.config import Config  # noqa: E402
 from ipacctd.manager.engine import Manager  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 DENY = ("IPAddressDeny", "198.51.100.1")
 
 
@@ -151,33 +149,6 @@ def timed_ms(fn) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-async def name_owned(address: str) -> bool:
-    from dbus_fast import Message
-    from dbus_fast.aio import MessageBus
-
-    bus = await MessageBus(bus_address=address).connect()
-    try:
-        reply = await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="NameHasOwner",
-                signature="s",
-                body=["org.ipacctd1"],
-            )
-        )
-        return bool(reply.body and reply.body[0])
-    finally:
-        bus.disconnect()
-
-
 def in_process(inst: Installation, res: Result, reps: int) -> None:
     mgr = inst.manager
     for i in range(reps):
@@ -196,36 +167,8 @@ def with_daemon(inst: Installation, res: Result, args: argparse.Namespace) -> No
     daemon = None
     try:
         log_path = os.path.join(inst.tmp, "daemon.log")
-        with open(log_path, "wb") as log:
-            daemon = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ipacctd",
-                    "daemon",
-                    "--bus",
-                    bus.address,
-                    "--listen",
-                    f"127.0.0.1:{free_port()}",
-                    "--poll-interval",
-                    str(args.poll_interval),
-                ],
-                env=inst.env,
-                cwd=str(ROOT),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 300
-        while True:
-            if daemon.poll() is not None:
-                raise RuntimeError("daemon exited:\n" + Path(log_path).read_text())
-            with contextlib.suppress(OSError):
-                if asyncio.run(name_owned(bus.address)):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("daemon not ready within 300 s")
-            time.sleep(0.1)
+        daemon = start_daemon(inst.env, log_path, bus.address, free_port(), args.poll_interval)
+        wait_ready(daemon, bus.address, log_path, time.monotonic())
         time.sleep(max(2.0, 3 * args.poll_interval))  # settle
         for i in range(args.reps):
             name = inst.names[(i * 7) % len(inst.names)]
@@ -323,10 +266,7 @@ def main() -> int:
         finally:
             inst.close()
         results.append(res)
-    text = report(results, args)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    publish(report(results, args), args.out)
     return 0
 
 
