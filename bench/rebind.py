@@ -33,15 +33,11 @@ Run as root:  python3 bench/rebind.py [--units 1,1000] [--reps 30] [--poll-inter
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # support.py: the test suites' helpers 
 
 import logging  # noqa: E402
 
+import isolated  # noqa: E402
 from common import cpu_seconds, publish, start_daemon, wait_ready  # noqa: E402
 from support import PrivateBus, free_port, stop_process  # noqa: E402
 
@@ -59,8 +56,6 @@ from ipacctd import cgroup  # noqa: E402
 from ipacctd.bpf import bpffs  # noqa: E402
 from ipacctd.bpf.links import open_cgroup, prog_query  # noqa: E402
 from ipacctd.bpf.programs import AttachType  # noqa: E402
-from ipacctd.manager.config import Config  # noqa: E402
-from ipacctd.manager.engine import Manager  # noqa: E402
 
 DENY = ("IPAddressDeny", "198.51.100.1")
 
@@ -77,30 +72,14 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-class Installation:
+class Installation(isolated.Installation):
     """An isolated installation with ``n`` attached units; removed completely by close."""
 
     def __init__(self) -> None:
-        self.id = uuid.uuid4().hex[:8]
-        self.tmp = tempfile.mkdtemp(prefix=f"ipacctd-bench-{self.id}-")
-        self.config = Config(
-            state_dir=os.path.join(self.tmp, "state"),
-            bpf_dir=f"/sys/fs/bpf/ipacctd-bench-{self.id}",
-            cgroup_root=f"/ipacctd-bench-{self.id}",
-            unit_dir=os.path.join(self.tmp, "units"),
-        )
-        os.makedirs(self.config.unit_dir)
-        self.manager = Manager(self.config)
+        super().__init__(make_unit_dir=True)
         self.ext = f"/ipacctd-bench-{self.id}-ext"
         self.ext_fs = cgroup.fs_path(self.ext)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IPACCTD_")}
-        self.env.update(
-            IPACCTD_STATE_DIR=self.config.state_dir,
-            IPACCTD_BPF_DIR=self.config.bpf_dir,
-            IPACCTD_CGROUP_ROOT=self.config.cgroup_root,
-            IPACCTD_UNIT_DIR=self.config.unit_dir,
-            PYTHONPATH=str(ROOT),
-        )
+        self.extra_cgroups.append(self.ext_fs)
         self.names: list[str] = []
 
     def create(self, n: int) -> None:
@@ -114,17 +93,6 @@ class Installation:
 
     def fs(self, name: str) -> str:
         return self.manager.cgroup_fs(self.manager.unit(name))
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            bpffs.remove_tree(self.config.bpf_dir)  # unpinning the links detaches them
-        for fs in (self.ext_fs, cgroup.fs_path(self.config.cgroup_root)):
-            with contextlib.suppress(Exception):
-                cgroup.remove(fs, timeout=10)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        left = [p for p in (self.config.bpf_dir, self.ext_fs) if os.path.exists(p)]
-        if left:
-            print(f"warning: left behind: {left}", file=sys.stderr)
 
 
 def recreate(fs: str) -> None:
