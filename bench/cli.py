@@ -49,6 +49,8 @@ import sys
 import tempfile
 import time
 
+from common import Report  # beside this script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SDREF = os.path.normpath(
     os.path.join(ROOT, "..", "shared", "tools", "systemd-ref", "systemd-ref.sh")
@@ -324,11 +326,7 @@ def main() -> int:
     python = script_python(ipacctd)
     inst = Install(ipacctd)
     sd = SystemdRef() if args.systemd else None
-    lines: list[str] = []
-
-    def out(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
+    out = Report()
 
     try:
         out("# ipacctd CLI benchmark (bench/cli.py)")
@@ -459,9 +457,7 @@ def main() -> int:
             sd.close()
         inst.cleanup()
 
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    out.save(args.out)
     return 0
 
 

@@ -31,19 +31,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import io
 import os
 import pstats
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,19 +47,16 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # support.py: the test suites' helpers (stdlib only)
 
+import isolated  # noqa: E402
+from common import BUS_NAME, cpu_seconds, start_daemon, wait_ready  # noqa: E402
 from support import PrivateBus, free_port, stop_process  # noqa: E402
 
-from ipacctd import cgroup  # noqa: E402
 from ipacctd.bpf import bpffs  # noqa: E402
 from ipacctd.daemon.config import DaemonConfig  # noqa: E402
 from ipacctd.daemon.service import STATE_EVERY, Daemon  # noqa: E402
-from ipacctd.manager.config import Config  # noqa: E402
-from ipacctd.manager.engine import Manager  # noqa: E402
 
-BUS_NAME = "org.ipacctd1"
 UNIT_IFACE = "org.ipacctd1.Unit"
 TARGETS_1K = {"poll_ms": 20.0, "scrape_ms": 100.0, "rss_mb": 80.0}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -86,28 +78,8 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-class Installation:
+class Installation(isolated.Installation):
     """An isolated ipacctd installation that this script removes completely."""
-
-    def __init__(self) -> None:
-        self.id = uuid.uuid4().hex[:8]
-        self.tmp = tempfile.mkdtemp(prefix=f"ipacctd-bench-{self.id}-")
-        self.config = Config(
-            state_dir=os.path.join(self.tmp, "state"),
-            bpf_dir=f"/sys/fs/bpf/ipacctd-bench-{self.id}",
-            cgroup_root=f"/ipacctd-bench-{self.id}",
-            unit_dir=os.path.join(self.tmp, "units"),
-        )
-        self.manager = Manager(self.config)
-        self.root_fs = cgroup.fs_path(self.config.cgroup_root)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IPACCTD_")}
-        self.env.update(
-            IPACCTD_STATE_DIR=self.config.state_dir,
-            IPACCTD_BPF_DIR=self.config.bpf_dir,
-            IPACCTD_CGROUP_ROOT=self.config.cgroup_root,
-            IPACCTD_UNIT_DIR=self.config.unit_dir,
-            PYTHONPATH=str(ROOT),
-        )
 
     def create(self, n: int, deadline: float) -> int:
         """Create up to ``n`` units before ``deadline`` (monotonic); return how many."""
@@ -118,23 +90,6 @@ class Installation:
             if (i + 1) % 1000 == 0:
                 print(f"  {i + 1} units", file=sys.stderr, flush=True)
         return n
-
-    def close(self) -> None:
-        # Unpinning the links detaches the programs; the cgroups are empty directories.
-        with contextlib.suppress(Exception):
-            bpffs.remove_tree(self.config.bpf_dir)
-        with contextlib.suppress(Exception):
-            cgroup.remove(self.root_fs, timeout=10)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        left = [p for p in (self.config.bpf_dir, self.root_fs) if os.path.exists(p)]
-        if left:
-            print(f"warning: left behind: {left}", file=sys.stderr)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
 def vm_kb(pid: int, key: str) -> int:
@@ -192,27 +147,6 @@ async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, 
         bus.disconnect()
 
 
-async def name_owned(address: str) -> bool:
-    from dbus_fast import Message
-    from dbus_fast.aio import MessageBus
-
-    bus = await MessageBus(bus_address=address).connect()
-    try:
-        reply = await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="NameHasOwner",
-                signature="s",
-                body=[BUS_NAME],
-            )
-        )
-        return bool(reply.body and reply.body[0])
-    finally:
-        bus.disconnect()
-
-
 def in_process(inst: Installation, res: Result, profile: bool) -> None:
     """Time Daemon.poll in this process (no bus, no HTTP): counters-only and state cycles."""
     d = Daemon(DaemonConfig(paths=inst.config, bus="unused", listen=""))
@@ -262,39 +196,10 @@ def bench(n: int, args: argparse.Namespace) -> Result:
             res.units = made
         bus = PrivateBus()
         port = free_port()
-        log = open(os.path.join(inst.tmp, "daemon.log"), "wb")  # noqa: SIM115
+        log_path = os.path.join(inst.tmp, "daemon.log")
         t = time.monotonic()
-        daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ipacctd",
-                "daemon",
-                "--bus",
-                bus.address,
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--poll-interval",
-                str(args.poll_interval),
-            ],
-            env=inst.env,
-            cwd=str(ROOT),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-        log.close()
-        deadline = t + 300
-        while True:
-            if daemon.poll() is not None:
-                raise RuntimeError("daemon exited:\n" + Path(inst.tmp, "daemon.log").read_text())
-            with contextlib.suppress(OSError):
-                if asyncio.run(name_owned(bus.address)):
-                    scrape(port)
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("daemon not ready within 300 s")
-            time.sleep(0.1)
+        daemon = start_daemon(inst.env, log_path, bus.address, port, args.poll_interval)
+        wait_ready(daemon, bus.address, log_path, t, then=lambda: scrape(port))
         res.start_s = time.monotonic() - t
 
         time.sleep(max(2.0, 3 * args.poll_interval))  # settle: fds opened, first GC round

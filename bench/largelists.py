@@ -38,6 +38,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
 
 from cli import Install, find_ipacctd  # noqa: E402
+from common import Report  # noqa: E402
 from datapath import random_net  # noqa: E402
 
 PER_LINE = 500
@@ -88,11 +89,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (loads BPF programs, makes cgroups)", file=sys.stderr)
         return 2
-    report: list[str] = []
-
-    def out(text: str = "") -> None:
-        print(text, flush=True)
-        report.append(text)
+    out = Report()
 
     v6_100k = prefixes(6, 100_000, "largelists-v6")
     v4_100k = prefixes(4, 100_000, "largelists-v4")
@@ -181,9 +178,7 @@ def main() -> int:
             )
     finally:
         inst.cleanup()
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(report) + "\n")
+    out.save(args.out)
     return 0
 
 

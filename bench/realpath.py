@@ -53,6 +53,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, ROOT)
 sys.path.insert(2, os.path.join(ROOT, "tests"))
 
+from common import Report  # noqa: E402
 from datapath import shared_tools, systemd_programs  # noqa: E402
 from netns import NetNS  # noqa: E402
 
@@ -131,11 +132,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
         return 2
-    report: list[str] = []
-
-    def out(text: str = "") -> None:
-        print(text, flush=True)
-        report.append(text)
+    out = Report()
 
     tag = f"ipacctd-pps-{os.getpid()}"
     tmp = tempfile.mkdtemp(prefix=f"{tag}-")
@@ -256,9 +253,7 @@ def main() -> int:
             with contextlib.suppress(OSError):
                 os.rmdir(cg_root)
             shutil.rmtree(tmp, ignore_errors=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(report) + "\n")
+    out.save(args.out)
     return 0
 
 

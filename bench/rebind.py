@@ -33,17 +33,11 @@ Run as root:  python3 bench/rebind.py [--units 1,1000] [--reps 30] [--poll-inter
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,16 +48,15 @@ sys.path.insert(0, str(ROOT / "tests"))  # support.py: the test suites' helpers 
 
 import logging  # noqa: E402
 
+import isolated  # noqa: E402
+from common import cpu_seconds, publish, start_daemon, wait_ready  # noqa: E402
 from support import PrivateBus, free_port, stop_process  # noqa: E402
 
 from ipacctd import cgroup  # noqa: E402
 from ipacctd.bpf import bpffs  # noqa: E402
 from ipacctd.bpf.links import open_cgroup, prog_query  # noqa: E402
 from ipacctd.bpf.programs import AttachType  # noqa: E402
-from ipacctd.manager.config import Config  # noqa: E402
-from ipacctd.manager.engine import Manager  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 DENY = ("IPAddressDeny", "198.51.100.1")
 
 
@@ -79,30 +72,14 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-class Installation:
+class Installation(isolated.Installation):
     """An isolated installation with ``n`` attached units; removed completely by close."""
 
     def __init__(self) -> None:
-        self.id = uuid.uuid4().hex[:8]
-        self.tmp = tempfile.mkdtemp(prefix=f"ipacctd-bench-{self.id}-")
-        self.config = Config(
-            state_dir=os.path.join(self.tmp, "state"),
-            bpf_dir=f"/sys/fs/bpf/ipacctd-bench-{self.id}",
-            cgroup_root=f"/ipacctd-bench-{self.id}",
-            unit_dir=os.path.join(self.tmp, "units"),
-        )
-        os.makedirs(self.config.unit_dir)
-        self.manager = Manager(self.config)
+        super().__init__(make_unit_dir=True)
         self.ext = f"/ipacctd-bench-{self.id}-ext"
         self.ext_fs = cgroup.fs_path(self.ext)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IPACCTD_")}
-        self.env.update(
-            IPACCTD_STATE_DIR=self.config.state_dir,
-            IPACCTD_BPF_DIR=self.config.bpf_dir,
-            IPACCTD_CGROUP_ROOT=self.config.cgroup_root,
-            IPACCTD_UNIT_DIR=self.config.unit_dir,
-            PYTHONPATH=str(ROOT),
-        )
+        self.extra_cgroups.append(self.ext_fs)
         self.names: list[str] = []
 
     def create(self, n: int) -> None:
@@ -116,17 +93,6 @@ class Installation:
 
     def fs(self, name: str) -> str:
         return self.manager.cgroup_fs(self.manager.unit(name))
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            bpffs.remove_tree(self.config.bpf_dir)  # unpinning the links detaches them
-        for fs in (self.ext_fs, cgroup.fs_path(self.config.cgroup_root)):
-            with contextlib.suppress(Exception):
-                cgroup.remove(fs, timeout=10)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        left = [p for p in (self.config.bpf_dir, self.ext_fs) if os.path.exists(p)]
-        if left:
-            print(f"warning: left behind: {left}", file=sys.stderr)
 
 
 def recreate(fs: str) -> None:
@@ -151,33 +117,6 @@ def timed_ms(fn) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-async def name_owned(address: str) -> bool:
-    from dbus_fast import Message
-    from dbus_fast.aio import MessageBus
-
-    bus = await MessageBus(bus_address=address).connect()
-    try:
-        reply = await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="NameHasOwner",
-                signature="s",
-                body=["org.ipacctd1"],
-            )
-        )
-        return bool(reply.body and reply.body[0])
-    finally:
-        bus.disconnect()
-
-
 def in_process(inst: Installation, res: Result, reps: int) -> None:
     mgr = inst.manager
     for i in range(reps):
@@ -196,36 +135,8 @@ def with_daemon(inst: Installation, res: Result, args: argparse.Namespace) -> No
     daemon = None
     try:
         log_path = os.path.join(inst.tmp, "daemon.log")
-        with open(log_path, "wb") as log:
-            daemon = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ipacctd",
-                    "daemon",
-                    "--bus",
-                    bus.address,
-                    "--listen",
-                    f"127.0.0.1:{free_port()}",
-                    "--poll-interval",
-                    str(args.poll_interval),
-                ],
-                env=inst.env,
-                cwd=str(ROOT),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 300
-        while True:
-            if daemon.poll() is not None:
-                raise RuntimeError("daemon exited:\n" + Path(log_path).read_text())
-            with contextlib.suppress(OSError):
-                if asyncio.run(name_owned(bus.address)):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("daemon not ready within 300 s")
-            time.sleep(0.1)
+        daemon = start_daemon(inst.env, log_path, bus.address, free_port(), args.poll_interval)
+        wait_ready(daemon, bus.address, log_path, time.monotonic())
         time.sleep(max(2.0, 3 * args.poll_interval))  # settle
         for i in range(args.reps):
             name = inst.names[(i * 7) % len(inst.names)]
@@ -323,10 +234,7 @@ def main() -> int:
         finally:
             inst.close()
         results.append(res)
-    text = report(results, args)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    publish(report(results, args), args.out)
     return 0
 
 

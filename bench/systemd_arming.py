@@ -32,6 +32,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from common import publish  # beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 NS_PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -148,10 +150,7 @@ def main() -> int:
     for name, v in res.items():
         med, p90, low = _stats(v)
         lines.append(f"  {name:38s} {med:7.2f} / {p90:7.2f} / {low:7.2f}   (n={len(v)})")
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report + "\n")
+    publish("\n".join(lines), args.out)
     return 0
 
 

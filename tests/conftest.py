@@ -19,10 +19,12 @@ from collections.abc import Iterator
 
 import pytest
 
-# The shared helpers (support.py, daemon_support.py, model.py, netns.py) and the
-# installation of the end-to-end helpers (e2e/e2e_helpers.py), for every suite.
+# The shared helpers (support.py, daemon_support.py, model.py, netns.py), the
+# installation of the end-to-end helpers (e2e/e2e_helpers.py) and the systemd-ref
+# plumbing (systemd/sdref.py), for every suite.
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(TESTS, "e2e"))
+sys.path.insert(0, os.path.join(TESTS, "systemd"))
 sys.path.insert(0, TESTS)
 
 _CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

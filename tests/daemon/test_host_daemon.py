@@ -308,6 +308,35 @@ def test_reload_never_signals_a_process_that_reused_the_daemons_pid(env: DaemonE
         inst.cli("reset", "victim.service")
 
 
+def _second_daemon(env: dict[str, str], listen: str, *args: str) -> subprocess.CompletedProcess:
+    """Another ``ipacctd daemon`` on a private bus of its own: how it ended."""
+    with PrivateBus() as other_bus:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ipacctd",
+                "daemon",
+                "--bus",
+                other_bus.address,
+                "--listen",
+                listen,
+                *args,
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+
+def _unit_metadata(inst: Installation) -> dict[str, bytes]:
+    units = Path(inst.state_dir, "units")
+    return {n: (units / n).read_bytes() for n in os.listdir(units)}
+
+
 def test_second_daemon_on_the_same_state_dir_is_refused_before_touching_anything(
     env: DaemonEnv, tmp_path: Path
 ) -> None:
@@ -315,65 +344,21 @@ def test_second_daemon_on_the_same_state_dir_is_refused_before_touching_anything
     env.start()
     inst.ok("run", "--unit", "done", "--", "true")
     runtime = Path(inst.state_dir, "daemon.json").read_bytes()
-    meta_before = {
-        n: Path(inst.state_dir, "units", n).read_bytes()
-        for n in os.listdir(Path(inst.state_dir, "units"))
-    }
-    with PrivateBus() as other_bus:
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ipacctd",
-                "daemon",
-                "--bus",
-                other_bus.address,
-                "--listen",
-                f"127.0.0.1:{free_port()}",
-                "--retention",
-                "0",
-                "--poll-interval",
-                "0.05",
-            ],
-            env=inst.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+    meta_before = _unit_metadata(inst)
+    res = _second_daemon(
+        inst.env, f"127.0.0.1:{free_port()}", "--retention", "0", "--poll-interval", "0.05"
+    )
     assert res.returncode != 0
     assert f"another ipacctd daemon (pid {env.proc.pid}) serves {inst.state_dir}" in res.stderr
     assert "Traceback" not in res.stderr, res.stderr
     assert Path(inst.state_dir, "daemon.json").read_bytes() == runtime
-    after = {
-        n: Path(inst.state_dir, "units", n).read_bytes()
-        for n in os.listdir(Path(inst.state_dir, "units"))
-    }
+    after = _unit_metadata(inst)
     assert after == meta_before  # retention 0 would have collected "done" at once
     assert env.client.has_owner()
     # Nor on the same pins with another state directory (its GC would remove our units).
-    with PrivateBus() as other_bus:
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ipacctd",
-                "daemon",
-                "--bus",
-                other_bus.address,
-                "--listen",
-                "",
-                "--retention",
-                "0",
-            ],
-            env={**inst.env, "IPACCTD_STATE_DIR": str(tmp_path / "other-state")},
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+    res = _second_daemon(
+        {**inst.env, "IPACCTD_STATE_DIR": str(tmp_path / "other-state")}, "", "--retention", "0"
+    )
     assert res.returncode != 0
     assert f"uses the pin directory {inst.bpf_dir}" in res.stderr, res.stderr
     assert os.path.isdir(os.path.join(inst.bpf_dir, "units", "done_dservice"))

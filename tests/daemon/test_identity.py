@@ -46,6 +46,14 @@ def end(agent: Agent) -> None:
     assert agent.wait(timeout=10) == 0
 
 
+def refused(inst, ns, fs: str, *addresses: str) -> None:
+    """A process in cgroup ``fs`` sends to each address and is refused (EPERM) every time."""
+    agent = inst.start_in_cgroup(ns, fs)
+    for address in addresses:
+        assert agent.send(address, 10) == "err 1", address
+    end(agent)
+
+
 def egress_progs(fs: str) -> tuple[int, ...]:
     fd = open_cgroup(fs)
     try:
@@ -237,9 +245,7 @@ def test_glob_under_a_parent_made_later_is_followed(env: DaemonEnv) -> None:
     inst.make_cgroup(f"{late}/libpod-b")
     c.wait(lambda: "pods@libpod-b.service" in c.units(), 10, "a later child bound")
     ns = inst.netns([DENIED])
-    agent = inst.start_in_cgroup(ns, first)
-    assert agent.send(DENIED, 10) == "err 1"
-    end(agent)
+    refused(inst, ns, first, DENIED)
 
 
 def test_overlapping_unit_files_merge_like_drop_ins(env: DaemonEnv) -> None:
@@ -267,10 +273,7 @@ def test_overlapping_unit_files_merge_like_drop_ins(env: DaemonEnv) -> None:
     assert res.returncode == 0, res.stderr
     assert "ERROR" not in env.log(), env.log()
     ns = inst.netns([DENIED, OTHER])
-    agent = inst.start_in_cgroup(ns, web)
-    assert agent.send(DENIED, 10) == "err 1"
-    assert agent.send(OTHER, 10) == "err 1"
-    end(agent)
+    refused(inst, ns, web, DENIED, OTHER)
 
 
 def test_attached_by_hand_records_exit_expires_and_rebinds(env: DaemonEnv) -> None:
@@ -284,9 +287,7 @@ def test_attached_by_hand_records_exit_expires_and_rebinds(env: DaemonEnv) -> No
         inst.ok("attach", f"{ext}/{n}", "-p", f"IPAddressDeny={DENIED}")
     c.wait(lambda: {"gone.service", "back.service"} <= set(c.units()), 10, "attached")
     ns = inst.netns([DENIED])
-    agent = inst.start_in_cgroup(ns, back)
-    assert agent.send(DENIED, 10) == "err 1"
-    end(agent)
+    refused(inst, ns, back, DENIED)
 
     t0 = time.time()
     os.rmdir(gone)
@@ -306,9 +307,7 @@ def test_attached_by_hand_records_exit_expires_and_rebinds(env: DaemonEnv) -> No
 
     os.mkdir(back)  # back before the retention time: re-bound, counters carried on
     c.wait(lambda: c.props("back.service")["IPFirewallEnforced"], 10, "re-bound")
-    agent = inst.start_in_cgroup(ns, back)
-    assert agent.send(DENIED, 10) == "err 1"
-    end(agent)
+    refused(inst, ns, back, DENIED)
     c.wait(lambda: c.props("back.service")["IPEgressDroppedPackets"] == 2, 10, "carried on")
     assert exited("back.service") is None
 

@@ -22,6 +22,16 @@ from ipacctd.datapath.unit import ATTACH, LINK, Spec, UnitDatapath, cgroup_id
 net = ipaddress.ip_network
 SPEC = Spec(deny=(net(f"{DENIED}/32"),))
 N = model.udp_ip_bytes(20, 4)
+#: What ``udp(ns, [(ALLOWED, 20), (DENIED, 20)], ...)`` counts: the allowed datagram out and
+#: in (the receiver is in the cgroup too), the denied one dropped; N bytes each.
+ONE_EACH = Counters(
+    ingress_packets=1,
+    ingress_bytes=N,
+    egress_packets=1,
+    egress_bytes=N,
+    egress_dropped_packets=1,
+    egress_dropped_bytes=N,
+)
 
 
 def recreate(cgroup_fs: str) -> tuple[int, int]:
@@ -71,14 +81,7 @@ def test_rebind_after_recreated_cgroup_blocks_again_and_counts_on(
             assert hooks[d] == (info.prog_id,)
         assert udp(ns, [(ALLOWED, 20), (DENIED, 20)], cgroup_dir) == ["ok", "EPERM"]
         # The same counters map: the counts go on from where they were.
-        assert dp.read() - before == Counters(
-            ingress_packets=1,
-            ingress_bytes=N,
-            egress_packets=1,
-            egress_bytes=N,
-            egress_dropped_packets=1,
-            egress_dropped_bytes=N,
-        )
+        assert dp.read() - before == ONE_EACH
 
         # Idempotent: a second rebind changes nothing, one program per hook.
         assert dp.rebind(cgroup_dir, SPEC) == []
@@ -109,14 +112,7 @@ def test_rebind_never_attaches_a_program_that_already_runs_there(
             assert attached(cgroup_dir) == hooks
             before = dp.read()
             assert udp(ns, [(ALLOWED, 20), (DENIED, 20)], cgroup_dir) == ["ok", "EPERM"]
-            assert dp.read() - before == Counters(
-                ingress_packets=1,
-                ingress_bytes=N,
-                egress_packets=1,
-                egress_bytes=N,
-                egress_dropped_packets=1,
-                egress_dropped_bytes=N,
-            ), "counted once"
+            assert dp.read() - before == ONE_EACH, "counted once"
         finally:
             for link in theirs:
                 link.detach()

@@ -18,6 +18,7 @@ from rel import Flow, count, report
 from support import wait_for
 
 from ipacctd.bpf import bpffs
+from ipacctd.manager.engine import Manager
 
 pytestmark = pytest.mark.kernel
 
@@ -34,22 +35,27 @@ def _run(inst: Installation, ns, name: str, argv: list[str]) -> subprocess.Popen
     )
 
 
+def _flooding_unit(denv, port: int, tag: str) -> tuple[Flow, subprocess.Popen, Manager, str, str]:
+    """The daemon running and unit ``<tag>-tx.service`` sending to A and D without pause:
+    its flow, the ``run`` process, a manager, the unit's name and its pin directory."""
+    inst: Installation = denv.inst
+    denv.start()
+    ns = inst.netns([A, D])
+    flow = Flow(ns, inst.tmp, port, tag)
+    flow.start_receiver([A, D])
+    run = _run(inst, ns, f"{tag}-tx", flow.sender_argv([A, D], pause=0.0005))
+    wait_for(flow.sender_ready, 20, "the sender")
+    pin_dir = os.path.join(inst.bpf_dir, "units", f"{tag}-tx_dservice")
+    return flow, run, inst.manager(), f"{tag}-tx.service", pin_dir
+
+
 def _ok_segments(flips: list[str]) -> int:
     return sum(1 for v in flips if v == "ok")
 
 
 def test_link_pin_loss_under_traffic_is_repaired(denv) -> None:
     n = count(6, 40)
-    inst: Installation = denv.inst
-    denv.start()
-    ns = inst.netns([A, D])
-    flow = Flow(ns, inst.tmp, 7200, "pl")
-    flow.start_receiver([A, D])
-    run = _run(inst, ns, "pl-tx", flow.sender_argv([A, D], pause=0.0005))
-    wait_for(flow.sender_ready, 20, "the sender")
-    name = "pl-tx.service"
-    mgr = inst.manager()
-    pin_dir = os.path.join(inst.bpf_dir, "units", "pl-tx_dservice")
+    flow, run, mgr, name, pin_dir = _flooding_unit(denv, 7200, "pl")
     egress_losses = 0
     for i in range(n):
         victim = "link_egress" if i % 2 == 0 else "link_ingress"
@@ -84,16 +90,7 @@ def test_link_pin_loss_under_traffic_is_repaired(denv) -> None:
 
 def test_pin_directory_loss_under_traffic_is_rebuilt(denv) -> None:
     n = count(3, 20)
-    inst: Installation = denv.inst
-    denv.start()
-    ns = inst.netns([A, D])
-    flow = Flow(ns, inst.tmp, 7201, "pd")
-    flow.start_receiver([A, D])
-    run = _run(inst, ns, "pd-tx", flow.sender_argv([A, D], pause=0.0005))
-    wait_for(flow.sender_ready, 20, "the sender")
-    name = "pd-tx.service"
-    mgr = inst.manager()
-    pin_dir = os.path.join(inst.bpf_dir, "units", "pd-tx_dservice")
+    flow, run, mgr, name, pin_dir = _flooding_unit(denv, 7201, "pd")
     for i in range(n):
         bpffs.remove_tree(pin_dir)
         wait_for(lambda: mgr.enforcement(name).enforced, 10, f"round {i}: rebuilt")

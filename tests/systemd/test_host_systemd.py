@@ -23,8 +23,6 @@ from ``up`` to ``down`` (``down`` also when a test fails).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
@@ -32,16 +30,11 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+import sdref
 
-REPO = Path(__file__).resolve().parents[2]
-_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REQUIRE = os.environ.get("IPACCTD_REQUIRE_KERNEL") == "1" or _CI
-LOCK = "/tmp/sdref.lock"
 NS_ENV = [
     "env",
     "-i",
@@ -59,46 +52,22 @@ MARK = "/run/ipacctd-host-test.mark"
 pytestmark = pytest.mark.kernel
 
 
-def _script() -> str | None:
-    for cand in (REPO.parent / "shared", Path("/work/shared")):
-        path = cand / "tools" / "systemd-ref" / "systemd-ref.sh"
-        if path.exists():
-            return str(path)
-    return None
-
-
 def _install_requirements() -> list[str]:
     """What contrib/install.sh installs, from pyproject.toml (one list, not a copy): the build
     backend, the dependencies and the daemon's extra."""
     import tomllib
 
-    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    with open(os.path.join(sdref.REPO, "pyproject.toml"), "rb") as f:
         meta = tomllib.load(f)
     return [*meta["build-system"]["requires"], *meta["project"]["dependencies"],
             *meta["project"]["optional-dependencies"]["daemon"]]
 
 
-def _missing(reason: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"systemd-ref tests cannot run under CI: {reason}")
-    pytest.skip(reason)
-
-
-class Host:
+class Host(sdref.Ref):
     """The namespaced systemd host: run shell commands inside it."""
 
-    def __init__(self, script: str, root: str) -> None:
-        self.script = script
-        self.root = root
-
     def sh(self, cmd: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        res = subprocess.run(
-            [self.script, "sh", *NS_ENV, "bash", "-c", cmd],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        res = self.run([*NS_ENV, "bash", "-c", cmd], timeout=timeout)
         if check:
             assert res.returncode == 0, (cmd, res.returncode, res.stdout, res.stderr)
         return res
@@ -124,44 +93,12 @@ class Host:
         return int(self.out(f"systemctl show -p MainPID --value {unit}").strip())
 
 
-@contextlib.contextmanager
-def _locked(timeout: float = 1800) -> Iterator[None]:
-    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{LOCK} held by another user for {timeout}s") from None
-                time.sleep(1)
-        yield
-    finally:
-        os.close(fd)
-
-
 @pytest.fixture(scope="module")
 def host() -> Iterator[Host]:
-    if os.geteuid() != 0:
-        _missing("needs root")
-    script = _script()
-    if script is None:
-        _missing("shared/tools/systemd-ref/systemd-ref.sh not found")
-    if not shutil.which("nsenter") or not os.path.exists("/lib/systemd/systemd"):
-        _missing("systemd (Debian's systemd package) and nsenter are needed")
-    root = f"/var/tmp/ipacctd-host-{uuid.uuid4().hex[:10]}"
-    try:
+    script = sdref.script("nsenter")
+    with sdref.scratch("ipacctd-host") as root:
         os.makedirs(f"{root}/wheels")
-        shutil.copytree(
-            REPO,
-            f"{root}/src",
-            symlinks=True,
-            ignore=shutil.ignore_patterns(
-                ".git", "__pycache__", "*.egg-info", "build", ".pytest_cache"
-            ),
-        )
+        shutil.copytree(sdref.REPO, f"{root}/src", symlinks=True, ignore=sdref.COPY_IGNORE)
         # The namespace has no network: the daemon's dependencies come from here.
         dl = subprocess.run(
             [
@@ -181,17 +118,8 @@ def host() -> Iterator[Host]:
             check=False,
         )
         assert dl.returncode == 0, dl.stderr
-        with _locked():
-            up = subprocess.run(
-                [script, "up"], capture_output=True, text=True, timeout=300, check=False
-            )
-            try:
-                assert up.returncode == 0, (up.stdout, up.stderr)
-                yield Host(script, root)
-            finally:
-                subprocess.run([script, "down"], capture_output=True, timeout=300, check=False)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        with sdref.locked(), sdref.running(script):
+            yield Host(script, root)
 
 
 @pytest.fixture(scope="module")

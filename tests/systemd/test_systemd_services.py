@@ -16,7 +16,6 @@ start of the service sent, what arrived, and ipacctd's counters.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -24,15 +23,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sdref
 
-REPO = Path(__file__).resolve().parents[2]
-REQUIRE = os.environ.get("IPACCTD_REQUIRE_KERNEL") == "1"
-LOCK = "/tmp/sdref.lock"
 DENIED, ALLOWED = "198.51.100.1", "198.51.100.2"
 PORT = 9999
 PAYLOAD = 64
@@ -90,27 +86,10 @@ exec systemctl "$@"
 """
 
 
-def _script() -> str | None:
-    for cand in (REPO.parent / "shared", Path("/work/shared")):
-        path = cand / "tools" / "systemd-ref" / "systemd-ref.sh"
-        if path.exists():
-            return str(path)
-    return None
-
-
-def _missing(reason: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"systemd tests cannot run under IPACCTD_REQUIRE_KERNEL=1: {reason}")
-    pytest.skip(reason)
-
-
-class SystemdRef:
+class SystemdRef(sdref.Ref):
     """The namespaced systemd and this module's files inside it."""
 
-    def __init__(self, script: str, root: str) -> None:
-        self.script = script
-        self.root = root  # host path == path inside (under /var/tmp)
-        self.logdir = "/run/ipsd"
+    logdir = "/run/ipsd"
 
     def sh(
         self,
@@ -122,13 +101,7 @@ class SystemdRef:
     ) -> subprocess.CompletedProcess:
         """Run a command inside the namespaces."""
         extra = [f"{k}={v}" for k, v in (env or {}).items()]
-        res = subprocess.run(
-            [self.script, "sh", "env", "-i", NS_PATH, *extra, *cmd],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        res = self.run(["env", "-i", NS_PATH, *extra, *cmd], input=input, timeout=timeout)
         if check and res.returncode != 0:
             raise AssertionError(f"{cmd} failed ({res.returncode}): {res.stderr}{res.stdout}")
         return res
@@ -226,22 +199,12 @@ ExecStart=/usr/bin/python3 -S {self.root}/sender.py {svc} {mode} {self.logdir}
 
 @pytest.fixture(scope="module")
 def sd() -> Iterator[SystemdRef]:
-    if os.geteuid() != 0:
-        _missing("needs root")
-    script = _script()
-    if script is None:
-        _missing("shared/tools/systemd-ref/systemd-ref.sh not found beside the repository")
-    if not os.path.exists("/lib/systemd/systemd"):
-        _missing("systemd is not installed (apt-get install systemd)")
-    root = f"/var/tmp/ipacctd-sdtest-{uuid.uuid4().hex[:8]}"
-    lock = open(LOCK, "a")  # noqa: SIM115 — held for the whole module; CLOEXEC by default
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    script = sdref.script()
+    with sdref.locked(), sdref.scratch("ipacctd-sdtest") as root:
         if os.path.exists("/tmp/sdref.pid"):
             pytest.fail("systemd-ref is up already (/tmp/sdref.pid) although we hold its lock")
-        os.makedirs(root)
         shutil.copytree(
-            REPO / "ipacctd", f"{root}/ipacctd", ignore=shutil.ignore_patterns("__pycache__")
+            sdref.REPO / "ipacctd", f"{root}/ipacctd", ignore=shutil.ignore_patterns("__pycache__")
         )
         Path(root, "sender.py").write_text(SENDER)
         Path(root, "receiver.py").write_text(RECEIVER)
@@ -249,9 +212,7 @@ def sd() -> Iterator[SystemdRef]:
         Path(root, "systemctl-fails-reload").write_text(FAILING_SYSTEMCTL)
         os.chmod(f"{root}/systemctl-fails-reload", 0o755)
         os.chmod(root, 0o755)
-        up = subprocess.run([script, "up"], capture_output=True, text=True, timeout=180)
-        try:
-            assert up.returncode == 0, f"systemd-ref up failed: {up.stderr}{up.stdout}"
+        with sdref.running(script):
             s = SystemdRef(script, root)
             s.sh("mkdir", "-p", s.logdir)
             s.write(
@@ -267,12 +228,6 @@ ExecStart=/usr/bin/python3 -S {root}/receiver.py {s.logdir}
                 assert time.monotonic() < deadline, "the receiver did not start"
                 time.sleep(0.1)
             yield s
-        finally:
-            subprocess.run([script, "down"], capture_output=True, timeout=120)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
 
 
 def _after(records: list, mark: int) -> list:
@@ -450,6 +405,30 @@ BINDER = (
 )
 
 
+def _write_unit_file(sd: SystemdRef, svc: str, unit: str, units: str) -> None:
+    """``units``/``unit``: a unit file denying DENIED to the cgroup of ``svc``."""
+    sd.write(
+        f"{units}/{unit}",
+        f"""[Match]
+ControlGroup=/system.slice/{svc}.service
+[Service]
+IPAddressDeny={DENIED}
+""",
+    )
+
+
+def _bind_unit_file(sd: SystemdRef, svc: str, unit: str, units: str) -> str:
+    """The unit file written and bound by the daemon's binder; the drop-in's path."""
+    env = {"IPACCTD_UNIT_DIR": units}
+    _write_unit_file(sd, svc, unit, units)
+    # The daemon's binder, once (as at daemon start or reload); then no daemon at all.
+    out = sd.ipacctd_py(BINDER, env=env).stdout
+    assert f"bound {unit} to /system.slice/{svc}.service" in out, out
+    dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
+    assert sd.exists(dropin)
+    return dropin
+
+
 def test_unit_file_binding_is_armed_and_survives_restarts_without_the_daemon(
     sd: SystemdRef,
 ) -> None:
@@ -459,19 +438,7 @@ def test_unit_file_binding_is_armed_and_survives_restarts_without_the_daemon(
     sd.service(svc, "hold")
     sd.systemctl("start", f"{svc}.service")
     mark = len(sd.wait_sent(svc, 2))
-    sd.write(
-        f"{units}/{unit}",
-        f"""[Match]
-ControlGroup=/system.slice/{svc}.service
-[Service]
-IPAddressDeny={DENIED}
-""",
-    )
-    # The daemon's binder, once (as at daemon start or reload); then no daemon at all.
-    out = sd.ipacctd_py(BINDER, env=env).stdout
-    assert f"bound {unit} to /system.slice/{svc}.service" in out, out
-    dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
-    assert sd.exists(dropin)
+    dropin = _bind_unit_file(sd, svc, unit, units)
     expected = mark
     for _ in range(5):
         sd.systemctl("restart", f"{svc}.service")
@@ -655,19 +622,7 @@ def test_a_unit_file_for_a_stopped_service_arms_its_first_start(sd: SystemdRef) 
     units = f"{sd.logdir}/units-first"
     env = {"IPACCTD_UNIT_DIR": units}
     sd.service(svc, "hold")
-    sd.write(
-        f"{units}/{unit}",
-        f"""[Match]
-ControlGroup=/system.slice/{svc}.service
-[Service]
-IPAddressDeny={DENIED}
-""",
-    )
-    # The daemon's binder, once (as at daemon start or reload); then no daemon at all.
-    out = sd.ipacctd_py(BINDER, env=env).stdout
-    assert f"bound {unit} to /system.slice/{svc}.service" in out, out
-    dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
-    assert sd.exists(dropin)
+    dropin = _bind_unit_file(sd, svc, unit, units)
     _check_armed_and_stopped(sd, unit)
     assert sd.ipacctd_py(BINDER, env=env).stdout.strip() == ""  # bound: nothing to do
     _start_stop(sd, svc, STARTS // 2 - 1)
@@ -712,14 +667,7 @@ def test_the_daemon_arms_a_stopped_service_and_keeps_it_past_retention(sd: Syste
     units = f"{sd.logdir}/units-firstd"
     dropin = f"/run/systemd/system/{svc}.service.d/50-ipacctd.conf"
     sd.service(svc, "hold")
-    sd.write(
-        f"{units}/{unit}",
-        f"""[Match]
-ControlGroup=/system.slice/{svc}.service
-[Service]
-IPAddressDeny={DENIED}
-""",
-    )
+    _write_unit_file(sd, svc, unit, units)
     # The daemon, with retention 0: an inactive unit it may forget goes at its next poll.
     sd.sh(
         "systemd-run",
