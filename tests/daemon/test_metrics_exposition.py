@@ -44,11 +44,16 @@ def units(daemon: DaemonEnv) -> DaemonEnv:
     assert agent.send(DENIED, 10) == "err 1"
     assert inst.cli("run", "--unit", "bad", "--", "sh", "-c", "exit 7").returncode == 7
     inst.ok("run", "--unit", "done", "--", "true")
-    daemon.client.wait(
-        lambda: {"web.service", "bad.service", "done.service"} <= set(daemon.client.units()),
-        10,
-        "the daemon to see the three units",
-    )
+    # Settled, not only listed: the daemon may list a unit before a poll reads its exit
+    # record (until then it is still "activating").
+    want = {"web.service": "active", "bad.service": "failed", "done.service": "inactive"}
+
+    def settled() -> bool:
+        listed = daemon.client.units()
+        return all(u in listed and daemon.client.props(u)["ActiveState"] == s
+                   for u, s in want.items())
+
+    daemon.client.wait(settled, 10, "the daemon to see the three units in their final states")
     return daemon
 
 
