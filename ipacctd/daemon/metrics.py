@@ -251,16 +251,17 @@ def program_run_stats(link_pin: str) -> tuple[int, int]:
         prog_id = struct.unpack_from("=I", info_by_fd(link_fd, 16, "link"), 8)[0]
     finally:
         close(link_fd)
-    prog_fd = fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id, "program")
-    try:
-        return struct.unpack_from("=QQ", info_by_fd(prog_fd, 208, "program"), 192)
-    finally:
-        close(prog_fd)
+    return _run_stats(fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id, "program"))
 
 
 def pinned_program_run_stats(prog_pin: str) -> tuple[int, int]:
     """(run_time_ns, run_cnt) of a pinned program."""
-    prog_fd = obj_get(prog_pin, "program")
+    return _run_stats(obj_get(prog_pin, "program"))
+
+
+def _run_stats(prog_fd: int) -> tuple[int, int]:
+    """run_time_ns and run_cnt of struct bpf_prog_info (offsets 192/200) of ``prog_fd``,
+    which is closed."""
     try:
         return struct.unpack_from("=QQ", info_by_fd(prog_fd, 208, "program"), 192)
     finally:
