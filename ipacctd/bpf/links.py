@@ -1,4 +1,6 @@
-"""Cgroup attachment: bpf_link create/update/pin/detach, legacy attach, and PROG_QUERY."""
+"""Cgroup attachment: bpf_link create/update/pin/detach (ipacctd's own programs), PROG_ATTACH
+and PROG_DETACH with BPF_F_ALLOW_MULTI (the attachment systemd makes, for programs it arms and
+for ``IP*FilterPath=``), and PROG_QUERY."""
 
 from __future__ import annotations
 
@@ -8,17 +10,12 @@ import struct
 from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf.objects import Object, fd_by_id, info_by_fd, obj_get
-from ipacctd.bpf.programs import AttachType, Program, program_stats_by_id
-from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+from ipacctd.bpf.programs import Program, program_stats_by_id
+from ipacctd.bpf.syscall import Attr, addr, bpf, close
+from ipacctd.bpf.types import F_ALLOW_MULTI, F_QUERY_EFFECTIVE, F_REPLACE, AttachType, Cmd
 
 if TYPE_CHECKING:
     from ipacctd.bpf.info import Attached, LinkInfo, ProgramStats
-
-F_ALLOW_MULTI = 1 << 1
-F_REPLACE = 1 << 2
-F_QUERY_EFFECTIVE = 1 << 0
-
-LINK_TYPE_CGROUP = 3
 
 
 class CgroupLink(Object):
@@ -144,11 +141,3 @@ def open_cgroup(path: str) -> int:
     """Open a cgroup directory for attaching/querying; the caller closes the fd."""
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-
-def __getattr__(name: str) -> object:
-    # LinkInfo, Attached moved to ipacctd.bpf.info (imported on first use); still exported here.
-    if name in ("LinkInfo", "Attached"):
-        from ipacctd.bpf import info
-
-        return getattr(info, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

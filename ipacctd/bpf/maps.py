@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import functools
 import ipaddress
@@ -13,35 +12,13 @@ from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf.errors import BPFError, BPFNotFound, BPFNotSupported
 from ipacctd.bpf.objects import Object, c_str, fd_by_id, obj_get
-from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+from ipacctd.bpf.syscall import Attr, addr, bpf, close
+from ipacctd.bpf.types import ANY, ENOTSUPP, F_NO_PREALLOC, Cmd, MapType
 
 if TYPE_CHECKING:
     from ipacctd.bpf.info import MapInfo
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class MapType(enum.IntEnum):
-    """enum bpf_map_type (the ones ipacctd uses or shows)."""
-
-    UNSPEC = 0
-    HASH = 1
-    ARRAY = 2
-    PROG_ARRAY = 3
-    PERF_EVENT_ARRAY = 4
-    PERCPU_HASH = 5
-    PERCPU_ARRAY = 6
-    STACK_TRACE = 7
-    CGROUP_ARRAY = 8
-    LRU_HASH = 9
-    LRU_PERCPU_HASH = 10
-    LPM_TRIE = 11
-
-
-F_NO_PREALLOC = 1 << 0
-
-# map_update_elem flags
-ANY, NOEXIST, EXIST = 0, 1, 2
 
 
 @functools.cache
@@ -185,7 +162,7 @@ class Map(Object):
             except BPFNotFound:
                 done = True
             except BPFError as exc:
-                if first and exc.errno in (errno.EINVAL, errno.ENOTSUP, 524):
+                if first and exc.errno in (errno.EINVAL, errno.ENOTSUP, ENOTSUPP):
                     raise _NoBatch from None
                 raise
             first = False
@@ -216,7 +193,7 @@ class Map(Object):
             try:
                 bpf(Cmd.MAP_UPDATE_BATCH, attr, self._what())
             except BPFError as exc:
-                if done or exc.errno not in (errno.EINVAL, errno.ENOTSUP, 524):
+                if done or exc.errno not in (errno.EINVAL, errno.ENOTSUP, ENOTSUPP):
                     raise
                 for i in range(count):
                     self.update_raw(
@@ -440,27 +417,12 @@ def probe_map_type(map_type: MapType) -> None:
     m.close()
 
 
-def __getattr__(name: str) -> object:
-    # MapInfo moved to ipacctd.bpf.info (imported on first use); still exported here.
-    if name in ("MapInfo",):
-        from ipacctd.bpf import info
-
-        return getattr(info, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "ANY",
-    "EXIST",
-    "NOEXIST",
     "ArrayMap",
-    "BPFNotFound",
     "HashMap",
     "LPMTrieMap",
     "LRUHashMap",
     "Map",
-    "MapInfo",
-    "MapType",
     "PerCPUArrayMap",
     "PerCPUSum",
     "address_key",

@@ -8,7 +8,8 @@ import os
 import struct
 from typing import Self
 
-from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+from ipacctd.bpf.syscall import Attr, addr, bpf, close
+from ipacctd.bpf.types import Cmd
 
 
 class Object:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import os
 import struct
@@ -13,32 +12,11 @@ from typing import TYPE_CHECKING, Self
 from ipacctd.bpf import asm
 from ipacctd.bpf.errors import BPFError, BPFPermissionError, VerifierError
 from ipacctd.bpf.objects import Object, c_str, fd_by_id, info_by_fd, info_by_fd_into, obj_get
-from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+from ipacctd.bpf.syscall import Attr, addr, bpf, close
+from ipacctd.bpf.types import AttachType, Cmd, ProgType
 
 if TYPE_CHECKING:
     from ipacctd.bpf.info import ProgramInfo, ProgramStats, TestRun
-
-
-class ProgType(enum.IntEnum):
-    """enum bpf_prog_type (the ones ipacctd uses or shows)."""
-
-    UNSPEC = 0
-    SOCKET_FILTER = 1
-    KPROBE = 2
-    SCHED_CLS = 3
-    SCHED_ACT = 4
-    TRACEPOINT = 5
-    XDP = 6
-    PERF_EVENT = 7
-    CGROUP_SKB = 8
-    CGROUP_SOCK = 9
-
-
-class AttachType(enum.IntEnum):
-    """enum bpf_attach_type for cgroup_skb."""
-
-    CGROUP_INET_INGRESS = 0
-    CGROUP_INET_EGRESS = 1
 
 
 LOG_SIZE = 1 << 22
@@ -113,10 +91,6 @@ class Program(Object):
     def xlated(self) -> bytes:
         """The program as the kernel rewrote it (needs root), like ``bpftool dump xlated``."""
         return _prog_code(self.fd, 20, 32)
-
-    def jited(self) -> bytes:
-        """The JIT-compiled machine code."""
-        return _prog_code(self.fd, 16, 24)
 
     def test_run(self, data: bytes, repeat: int = 1) -> TestRun:
         """BPF_PROG_TEST_RUN on ``data`` (an Ethernet frame for cgroup_skb)."""
@@ -217,11 +191,3 @@ def return_one() -> list[asm.Insn]:
     """The trivial ``return 1`` program: the floor for datapath benchmarks."""
     return [asm.mov64_imm(asm.R0, 1), asm.exit_()]
 
-
-def __getattr__(name: str) -> object:
-    # ProgramInfo, TestRun moved to ipacctd.bpf.info (imported on first use); still exported here.
-    if name in ("ProgramInfo", "TestRun"):
-        from ipacctd.bpf import info
-
-        return getattr(info, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,9 +6,8 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ipacctd.bpf.syscall import Attr, Cmd, bpf, close
-
-STATS_RUN_TIME = 0
+from ipacctd.bpf.syscall import Attr, bpf, close
+from ipacctd.bpf.types import Cmd, StatsType
 
 
 @contextmanager
@@ -19,7 +18,7 @@ def enabled_stats() -> Iterator[None]:
     this never turns off stats that somebody else (e.g. sysctl kernel.bpf_stats_enabled)
     switched on.
     """
-    fd = bpf(Cmd.ENABLE_STATS, Attr(struct.pack("=I", STATS_RUN_TIME)), "enable run-time stats")
+    fd = bpf(Cmd.ENABLE_STATS, Attr(struct.pack("=I", StatsType.RUN_TIME)), "enable run-time stats")
     try:
         yield
     finally:

@@ -7,51 +7,19 @@ a failing syscall into an exception.
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import os
 
 from ipacctd.bpf.errors import map_errno
+from ipacctd.bpf.types import Cmd
+from ipacctd.libc import libc as _libc
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280, "riscv64": 280, "ppc64le": 361,
            "s390x": 351, "i686": 357, "armv7l": 386}
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
 # union bpf_attr is 144+ bytes on current kernels; the kernel accepts a larger buffer as
 # long as the tail is zero, and copies results back into it.
 ATTR_SIZE = 160
-
-
-class Cmd(enum.IntEnum):
-    """bpf(2) commands (enum bpf_cmd)."""
-
-    MAP_CREATE = 0
-    MAP_LOOKUP_ELEM = 1
-    MAP_UPDATE_ELEM = 2
-    MAP_DELETE_ELEM = 3
-    MAP_GET_NEXT_KEY = 4
-    PROG_LOAD = 5
-    OBJ_PIN = 6
-    OBJ_GET = 7
-    PROG_ATTACH = 8
-    PROG_DETACH = 9
-    PROG_TEST_RUN = 10
-    PROG_GET_NEXT_ID = 11
-    MAP_GET_NEXT_ID = 12
-    PROG_GET_FD_BY_ID = 13
-    MAP_GET_FD_BY_ID = 14
-    OBJ_GET_INFO_BY_FD = 15
-    PROG_QUERY = 16
-    MAP_LOOKUP_BATCH = 24
-    MAP_UPDATE_BATCH = 26
-    LINK_CREATE = 28
-    LINK_UPDATE = 29
-    LINK_GET_FD_BY_ID = 30
-    LINK_GET_NEXT_ID = 31
-    ENABLE_STATS = 32
-    LINK_DETACH = 34
 
 
 def _syscall_number() -> int:
