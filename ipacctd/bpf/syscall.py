@@ -13,14 +13,10 @@ import os
 from ipacctd.bpf.errors import map_errno
 from ipacctd.bpf.types import Cmd
 from ipacctd.libc import libc as _libc
+from ipacctd.uapi import ATTR_SIZE, BpfAttr
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280, "riscv64": 280, "ppc64le": 361,
            "s390x": 351, "i686": 357, "armv7l": 386}
-
-# union bpf_attr is 144+ bytes on current kernels; the kernel accepts a larger buffer as
-# long as the tail is zero, and copies results back into it.
-ATTR_SIZE = 160
-
 
 def _syscall_number() -> int:
     machine = os.uname().machine  # what platform.machine() returns, without importing it
@@ -35,26 +31,15 @@ def _syscall_number() -> int:
 NR_BPF = _syscall_number()
 
 
-class Attr:
-    """A zeroed ``union bpf_attr`` buffer that stays alive while pointers into it are used."""
-
-    __slots__ = ("buf",)
-
-    def __init__(self, data: bytes = b"") -> None:
-        self.buf = ctypes.create_string_buffer(data, max(len(data), ATTR_SIZE))
-
-    def raw(self) -> bytes:
-        """Return the buffer's bytes (the kernel writes results back into it)."""
-        return self.buf.raw
-
-
-def bpf(cmd: Cmd, attr: Attr, what: str = "") -> int:
-    """Call bpf(2); return its non-negative result or raise a mapped exception.
+def bpf(cmd: Cmd, attr: BpfAttr, what: str = "") -> int:
+    """Call bpf(2) with ``attr`` (the kernel writes its outputs back into it); return the
+    non-negative result or raise a mapped exception.
 
     ``what`` names the object acted on (a map, a program, a pin path) for the message.
     """
+    ref = ctypes.byref(attr)
     while True:
-        ret = _libc.syscall(NR_BPF, int(cmd), attr.buf, ATTR_SIZE)
+        ret = _libc.syscall(NR_BPF, int(cmd), ref, ATTR_SIZE)
         if ret >= 0:
             return ret
         err = ctypes.get_errno()
@@ -62,8 +47,8 @@ def bpf(cmd: Cmd, attr: Attr, what: str = "") -> int:
             raise map_errno(err, Cmd(cmd).name, what)
 
 
-def addr(buf: ctypes.Array | None) -> int:
-    """Address of a ctypes buffer, or 0 for None (a NULL pointer in bpf_attr)."""
+def addr(buf: ctypes.Array | ctypes.Structure | None) -> int:
+    """Address of a ctypes buffer or struct, or 0 for None (a NULL pointer in bpf_attr)."""
     return 0 if buf is None else ctypes.addressof(buf)
 
 
