@@ -6,8 +6,8 @@
 * :class:`LineReader`: lines from a pipe, each awaited with a deadline;
 * :class:`PrivateBus`: a ``dbus-daemon`` of our own that every local user can reach.
 
-``tests/`` is on ``sys.path`` (``tests/conftest.py`` puts it there); ``bench/`` scripts
-add it themselves.
+``tests/`` is on the import path (``pythonpath`` in pyproject.toml's pytest section);
+``bench/`` scripts add it themselves.
 """
 
 from __future__ import annotations
