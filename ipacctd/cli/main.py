@@ -193,14 +193,7 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    from ipacctd.errors import (
-        Error,
-        InvalidInput,
-        NotFound,
-        NotSupported,
-        OutOfMemory,
-        PermissionDenied,
-    )
+    from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported, PermissionDenied
     from ipacctd.journal import error_line
 
     if argv is None:
@@ -237,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         # Outside the engine's changes (which undo what they started and raise OutOfMemory,
         # an Error): a read, the parser. Still one line, not a traceback.
+        from ipacctd.errors import OutOfMemory
+
         print(error_line(f"ipacctd: out of memory ({OutOfMemory.HINT})"), file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
