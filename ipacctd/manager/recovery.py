@@ -8,8 +8,9 @@ no other reference detaches its link at once), the whole pin directory goes, a r
 empties bpffs while systemd's drop-in stays, an ipacctd process is killed in the middle of
 a change. Each is noticed by asking the kernel (:meth:`Manager.enforcement`, the
 generation map), never the metadata alone, and repaired from the metadata by
-:func:`reconcile` in named steps, in this order, with the store lock held (at daemon start,
-on ``ipacctd reconcile``, and before every change of the unit):
+:func:`reconcile` in named steps, in this order, with the store lock held (at daemon start
+and reload, when the daemon finds a policy not in force, and before every change of the
+unit):
 
 1. :func:`complete_removal` — the metadata says ``removing``: a removal was cut off;
    finish it (the unit goes).
