@@ -42,7 +42,6 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [
     os.path.join(ROOT, "tests"),
-    os.path.join(ROOT, "tests", "e2e"),
     os.path.join(ROOT, "tests", "containers"),
     ROOT,
 ]

@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 from common import publish  # beside this script
+from datapath import shared_tools
 
 REPO = Path(__file__).resolve().parents[1]
 NS_PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
@@ -77,11 +78,10 @@ ExecStart=/bin/sleep 3600
 
 
 def _script() -> str:
-    for cand in (REPO.parent / "shared", Path("/work/shared")):
-        path = cand / "tools" / "systemd-ref" / "systemd-ref.sh"
-        if path.exists():
-            return str(path)
-    sys.exit("shared/tools/systemd-ref/systemd-ref.sh not found")
+    path = shared_tools() / "systemd-ref" / "systemd-ref.sh"
+    if path.exists():
+        return str(path)
+    sys.exit(f"{path} not found")
 
 
 def _stats(v: list[float]) -> tuple[float, float, float]:

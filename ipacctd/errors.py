@@ -45,3 +45,14 @@ class Corrupt(Error):
 
 class Busy(Error):
     """Another ipacctd process holds the lock, or the object is in use."""
+
+
+class OutOfMemory(Error, MemoryError):
+    """The process ran out of memory part-way (its memory cgroup's limit, RLIMIT_AS): a
+    Python allocation failed, or a system call with ENOMEM.
+
+    Raised by the engine once it has undone what it started: nothing was applied.
+    """
+
+    #: What to do about it (the engine's message and the CLI's last resort end with it).
+    HINT = "raise the memory limit of the cgroup ipacctd runs in, or its RLIMIT_AS"

@@ -13,19 +13,15 @@ for them with ``IPACCTD_HOST_TESTS=1`` collects them (.ci/run does, on the host)
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-# The shared helpers (support.py, daemon_support.py, model.py, netns.py), the
-# installation of the end-to-end helpers (e2e/e2e_helpers.py) and the systemd-ref
-# plumbing (systemd/sdref.py), for every suite.
-TESTS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(TESTS, "e2e"))
-sys.path.insert(0, os.path.join(TESTS, "systemd"))
-sys.path.insert(0, TESTS)
+# The helpers every suite shares (support.py, daemon_support.py, e2e_helpers.py, model.py,
+# netns.py) live in tests/, which pyproject.toml's ``pythonpath = ["tests"]`` puts on the
+# import path; a suite's own helpers (reliability/rel.py, systemd/sdref.py, ...) sit beside
+# its tests, whose directory pytest puts there for them.
 
 _CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REQUIRE = os.environ.get("IPACCTD_REQUIRE_KERNEL") == "1" or _CI

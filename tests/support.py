@@ -4,10 +4,12 @@
 * :func:`free_port`: a free TCP port on 127.0.0.1;
 * :func:`stop_process`: end a child we started, by its PID (SIGTERM, then SIGKILL);
 * :class:`LineReader`: lines from a pipe, each awaited with a deadline;
-* :class:`PrivateBus`: a ``dbus-daemon`` of our own that every local user can reach.
+* :class:`PrivateBus`: a ``dbus-daemon`` of our own that every local user can reach;
+* :func:`shared_dir`: the ``shared/`` directory beside the checkout (reference logs, tools);
+* :func:`missing`: a missing prerequisite, a skip, or a failure under CI (:data:`UNDER_CI`).
 
-``tests/`` is on ``sys.path`` (``tests/conftest.py`` puts it there); ``bench/`` scripts
-add it themselves.
+``tests/`` is on the import path (``pythonpath`` in pyproject.toml's pytest section);
+``bench/`` scripts add it themselves.
 """
 
 from __future__ import annotations
@@ -21,7 +23,51 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
+
+#: The project's checkout (tests/ is one level below it).
+REPO = Path(__file__).resolve().parents[1]
+
+#: Under CI no test may skip: a missing prerequisite is a failure (``CI=true``, which every
+#: CI system sets, or ``IPACCTD_REQUIRE_KERNEL=1``).
+UNDER_CI = os.environ.get("IPACCTD_REQUIRE_KERNEL") == "1" or os.environ.get("CI", "").lower() in (
+    "1",
+    "true",
+    "yes",
+)
+
+
+def missing(reason: str) -> NoReturn:
+    """A test's prerequisite is not there: skip it, or fail it under CI."""
+    import pytest  # the tests' alone: the benchmarks never call this
+
+    if UNDER_CI:
+        pytest.fail(f"cannot run under CI, where every test must run: {reason}")
+    pytest.skip(reason)
+
+
+def shared_dir() -> Path | None:
+    """``shared/`` (the systemd reference log, systemd-ref, fresh-debian) beside the checkout,
+    as CI and a plain clone lay it out; from a git worktree (which may live anywhere), the
+    one beside the main checkout, found by git. None when there is none."""
+    beside = REPO.parent / "shared"
+    if beside.is_dir():
+        return beside
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--git-common-dir"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or not a git checkout
+        return None
+    # The main checkout's .git directory: its parent is the main checkout.
+    main = (REPO / out).resolve().parent
+    candidate = main.parent / "shared"
+    return candidate if candidate.is_dir() else None
 
 
 def wait_for(

@@ -227,6 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         codes = ((InvalidInput, EXIT_USAGE), (NotFound, EXIT_NOT_FOUND),
                  (PermissionDenied, EXIT_PERMISSION), (NotSupported, EXIT_UNSUPPORTED))
         return next((code for cls, code in codes if isinstance(exc, cls)), EXIT_FAILURE)
+    except MemoryError:
+        # Outside the engine's changes (which undo what they started and raise OutOfMemory,
+        # an Error): a read, the parser. Still one line, not a traceback.
+        from ipacctd.errors import OutOfMemory
+
+        print(error_line(f"ipacctd: out of memory ({OutOfMemory.HINT})"), file=sys.stderr)
+        return EXIT_FAILURE
     except OSError as exc:
         # A safety net: an unmapped system error is still one line, not a traceback.
         where = f": {exc.filename}" if exc.filename else ""

@@ -10,10 +10,12 @@ unit (see :mod:`ipacctd.manager.generation`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
-from collections.abc import Iterable, Sequence
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,7 @@ from ipacctd.errors import (
     InvalidInput,
     NotFound,
     NotSupported,
+    OutOfMemory,
     PermissionDenied,
 )
 from ipacctd.manager import generation, owner, recovery, systemd
@@ -88,6 +91,31 @@ def parse_assignments(texts: Iterable[str]) -> list[tuple[str, str]]:
     pairs = [parse_assignment(t) for t in texts]
     Properties().apply(pairs)  # validate values now, before any state changes
     return pairs
+
+
+@contextlib.contextmanager
+def _refused_for_memory(what: str) -> Iterator[None]:
+    """Running out of memory part-way through ``what`` — a memory cgroup's limit met by a
+    Python allocation (MemoryError) or by a system call (ENOMEM; bpf(2)'s own ENOMEM is
+    mapped already) — becomes one clear error instead of a traceback. The caller undoes
+    what it started, so nothing is applied."""
+    try:
+        yield
+    except OutOfMemory:
+        raise
+    except (MemoryError, OSError) as exc:
+        if isinstance(exc, OSError) and (exc.errno != errno.ENOMEM or isinstance(exc, Error)):
+            raise
+        raise OutOfMemory(
+            f"out of memory while {what}; nothing was applied ({OutOfMemory.HINT})"
+        ) from None
+
+
+def _let_go(exc: BaseException) -> None:
+    """Free what the frames of a failed step still hold (a half-built datapath's tables
+    and instructions), so that undoing it has memory to work with."""
+    if exc.__traceback__ is not None:
+        traceback.clear_frames(exc.__traceback__)
 
 
 def datapath_problem() -> str | None:
@@ -498,7 +526,8 @@ class Manager:
         # so the cleanup can still list the directories it removes.
         self._spare_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return self._build(unit, allow_unenforced, make_cgroup)
+            with _refused_for_memory(f"creating unit {unit.name}"):
+                return self._build(unit, allow_unenforced, make_cgroup)
         finally:
             self._release_spare_fd()
 
@@ -548,7 +577,8 @@ class Manager:
                 except BaseException:
                     self._undo_create(unit, make_cgroup)
                     raise
-            except BaseException:
+            except BaseException as exc:
+                _let_go(exc)
                 self._undo_create(unit, make_cgroup)
                 raise
         return unit
@@ -678,33 +708,49 @@ class Manager:
                                "gone): its policy cannot change; reset it and start it again")
         if new.enforced:
             _check_filter_programs(old.properties, new.properties)
+        with _refused_for_memory(f"changing the policy of unit {new.name}"):
+            intent = self._swap_policy(old, new)
+        # 3. the kernel records that it enforces this generation.
+        if new.enforced:
+            generation.write(self.store.pin_dir(new.name), intent.generation)
+        # 4. done: no rollback needed any more.
+        done = replace(intent, rollback=None)
+        try:
+            self.store.write(done.name, done.to_json())
+        except (MemoryError, OSError) as exc:
+            # The change is complete: the kernel enforces its generation and the metadata
+            # records it. Only the rollback is left in the record; reconcile drops it.
+            log.warning("unit %s: policy changed; its record keeps the rollback for now: %s",
+                        new.name, exc)
+        return done
+
+    def _swap_policy(self, old: Unit, new: Unit) -> Unit:
+        """Steps 1 and 2 of a policy change; returns the intent. On failure the kernel and
+        the metadata are as they were (also when memory ran out part-way)."""
         # 1. intent: the new policy, its generation and the policy to return to.
         intent = replace(new, generation=old.generation + 1, rollback=old.properties)
         self.store.write(new.name, intent.to_json())
-        if new.enforced:
-            pin_dir = self.store.pin_dir(new.name)
-            fs = cgroup.fs_path(new.cgroup)
-            filters_changed = (
-                old.properties.ip_ingress_filter_path != new.properties.ip_ingress_filter_path
-                or old.properties.ip_egress_filter_path != new.properties.ip_egress_filter_path)
-            try:
-                # 2. the kernel: one atomic program swap per direction.
-                with UnitDatapath.open(pin_dir) as dp:
-                    if new.systemd_service is not None:
-                        self._apply_systemd_armed(new, dp, fs, filters_changed)
-                    else:
-                        dp.apply(spec_for(new.properties), fs if filters_changed else None)
-            except BaseException:
-                # Nothing changed in the kernel (apply rolls itself back): restore the
-                # metadata byte for byte.
-                self.store.write(old.name, old.to_json())
-                raise
-            # 3. the kernel records that it enforces this generation.
-            generation.write(pin_dir, intent.generation)
-        # 4. done: no rollback needed any more.
-        done = replace(intent, rollback=None)
-        self.store.write(done.name, done.to_json())
-        return done
+        if not new.enforced:
+            return intent
+        pin_dir = self.store.pin_dir(new.name)
+        fs = cgroup.fs_path(new.cgroup)
+        filters_changed = (
+            old.properties.ip_ingress_filter_path != new.properties.ip_ingress_filter_path
+            or old.properties.ip_egress_filter_path != new.properties.ip_egress_filter_path)
+        try:
+            # 2. the kernel: one atomic program swap per direction.
+            with UnitDatapath.open(pin_dir) as dp:
+                if new.systemd_service is not None:
+                    self._apply_systemd_armed(new, dp, fs, filters_changed)
+                else:
+                    dp.apply(spec_for(new.properties), fs if filters_changed else None)
+        except BaseException as exc:
+            # Nothing changed in the kernel (apply rolls itself back): restore the
+            # metadata byte for byte, with the memory the failed build held let go.
+            _let_go(exc)
+            self.store.write(old.name, old.to_json())
+            raise
+        return intent
 
     def _apply_systemd_armed(self, new: Unit, dp: UnitDatapath, fs: str,
                              filters_changed: bool) -> None:
@@ -782,130 +828,14 @@ class Manager:
     def _reconciled(self, name: str) -> Unit:
         """The unit after any repair (lock held); its metadata is read once when all is well."""
         unit = self.unit(name)
-        if self._reconcile(name, unit):
-            return self.unit(name)
-        return unit
+        with _refused_for_memory(f"repairing unit {name} before changing it"):
+            repaired = self._reconcile(name, unit)
+        return self.unit(name) if repaired else unit
 
     def _reconcile(self, name: str, unit: Unit | None = None) -> bool:
-        """Repair one unit (lock held); True when something was done."""
-        done = self._reconcile_policy(name, unit)
-        return self._reconcile_systemd(name) or done
-
-    def _reconcile_systemd(self, name: str) -> bool:
-        """For a unit systemd arms: its drop-in is in place (else written again, and
-        reloaded), and the cgroup now at its path runs the pinned programs — a start that
-        read the pins just before a policy swap renamed them runs the previous programs:
-        swapped now; programs missing there (systemd failed to attach them) are attached
-        (BPF_PROG_ATTACH, as systemd would: never twice)."""
-        try:
-            unit = self.unit(name)
-        except NotFound:
-            return False
-        service = unit.systemd_service
-        if service is None or not unit.enforced or unit.removing:
-            return False
-        done = self._repin_stopped_service(unit)
-        if systemd.read(service) != self._dropin(unit):
-            log.error("unit %s: the systemd drop-in %s is missing or changed; writing it again",
-                      name, systemd.dropin_path(service))
-            systemd.arm(service, self._dropin(unit))
-            done = True
-        fs = cgroup.fs_path(unit.cgroup)
-        if not cgroup.exists(fs):
-            return done
-        try:
-            dp = UnitDatapath.open(self.store.pin_dir(name))
-        except NotFound:
-            return done
-        with dp:
-            if dp.replace_stale(fs):
-                log.warning("unit %s: %s started with the previous policy's programs (a start "
-                            "during a policy change); swapped for the current ones", name,
-                            service)
-                done = True
-            if not dp.attached_to(fs) and cgroup.exists(fs):
-                log.error("unit %s: systemd did not attach its programs to %s; attaching them",
-                          name, unit.cgroup)
-                dp.attach_pinned(fs)
-                done = True
-        return done
-
-    def _repin_stopped_service(self, unit: Unit) -> bool:
-        """A unit systemd arms whose pins are lost (a reboot empties bpffs) while its service
-        has no cgroup: pin its programs again — a fresh counters map, as
-        :func:`recovery.rebuild_datapath` does for a live cgroup — so that the drop-in
-        names programs that exist before the service's next start."""
-        pin_dir = self.store.pin_dir(unit.name)
-        fs = cgroup.fs_path(unit.cgroup)
-        if os.path.exists(os.path.join(pin_dir, COUNTERS)) or cgroup.exists(fs):
-            return False
-        log.error("unit %s: its pins are lost while %s is stopped; pinning its programs "
-                  "again (its counters start from zero)", unit.name, unit.systemd_service)
-        bpffs.remove_tree(pin_dir)
-        with UnitDatapath.create(pin_dir, None, spec_for(unit.properties)):
-            pass
-        generation.write(pin_dir, unit.generation)
-        return True
-
-    def _reconcile_policy(self, name: str, unit: Unit | None = None) -> bool:
-        """Repair one unit's policy generation and datapath (lock held)."""
-        if unit is None:
-            try:
-                unit = self.unit(name)
-            except NotFound:
-                return False
-        if unit.removing:
-            log.warning("unit %s: completing an interrupted removal", name)
-            self._remove(unit)
-            return True
-        pin_dir = self.store.pin_dir(name)
-        if not unit.enforced:
-            if unit.rollback is not None:
-                self.store.write(name, replace(unit, rollback=None).to_json())
-                return True
-            return False
-        fs = cgroup.fs_path(unit.cgroup)
-        # Self-repair (see ipacctd.manager.recovery): lost pins, re-created cgroups.
-        if recovery.rebuild_datapath(self, unit) is not None:
-            return True
-        if not os.path.exists(os.path.join(pin_dir, "counters")):
-            return False  # no live cgroup to build on; status says "pins lost"
-        relinked = recovery.restore_links(self, unit)
-        if relinked is not None:
-            unit = relinked
-        kgen = generation.read(pin_dir)
-        if kgen == unit.generation:
-            if unit.rollback is None:
-                return relinked is not None
-            self.store.write(name, replace(unit, rollback=None).to_json())  # step 4 was cut
-            return True
-        live = cgroup.exists(fs)
-        if not live:  # links severed: nothing enforces anything; just settle the records
-            generation.write(pin_dir, unit.generation)
-            if unit.rollback is not None:
-                self.store.write(name, replace(unit, rollback=None).to_json())
-            return True
-        log.warning("unit %s: kernel enforces policy generation %s, recorded %s; re-applying",
-                    name, kgen, unit.generation)
-        try:
-            with UnitDatapath.open(pin_dir) as dp:
-                dp.apply(spec_for(unit.properties), fs)
-            generation.write(pin_dir, unit.generation)
-            self.store.write(name, replace(unit, rollback=None).to_json())
-            return True
-        except Error as exc:
-            if unit.rollback is None:
-                raise
-            log.error("unit %s: cannot apply the recorded policy (%s); returning to the "
-                      "previous one", name, exc)
-        back = replace(unit, properties=unit.rollback, generation=unit.generation + 1,
-                       rollback=None)
-        self.store.write(name, replace(back, rollback=unit.rollback).to_json())
-        with UnitDatapath.open(pin_dir) as dp:
-            dp.apply(spec_for(back.properties), fs)
-        generation.write(pin_dir, back.generation)
-        self.store.write(name, back.to_json())
-        return True
+        """Repair one unit (lock held); True when something was done. The steps, and the
+        states they repair, are :mod:`ipacctd.manager.recovery`'s."""
+        return recovery.reconcile(self, name, unit)
 
     def _sweep_stale_pins(self) -> None:
         """Remove datapaths a crashed creator left in its temporary directory (lock held).

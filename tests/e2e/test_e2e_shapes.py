@@ -1,6 +1,6 @@
 """``status``/``show`` against what systemd 252 printed for the same unit on this kernel.
 
-The reference log (``/work/shared/reference/systemd-252-ip-firewall.log``, section 3) holds
+The reference log (``shared/reference/systemd-252-ip-firewall.log``, section 3) holds
 ``systemctl status``/``show`` of ``sdref-long.service``, run with ``-p IPAccounting=yes -p
 IPAddressDeny=198.51.100.1`` and a fixed sequence of pings. The same unit under ipacctd must
 count the same bytes and packets and print the same shapes.
@@ -15,17 +15,9 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import REPO, UDP4, Installation
-from support import wait_for
+from support import missing, shared_dir, wait_for
 
-# shared/ lies beside the project's checkout (as CI and fresh-debian.sh lay them out).
-REFERENCE = Path(
-    os.environ.get(
-        "IPACCTD_SYSTEMD_REFERENCE",
-        os.path.join(os.path.dirname(REPO), "shared", "reference", "systemd-252-ip-firewall.log"),
-    )
-)
-if not REFERENCE.exists() and "IPACCTD_SYSTEMD_REFERENCE" not in os.environ:
-    REFERENCE = Path("/work/shared/reference/systemd-252-ip-firewall.log")  # a worktree
+REFERENCE_LOG = "reference/systemd-252-ip-firewall.log"  # in shared/, beside the checkout
 SDREF_SCRIPT = (
     "ping -c1 -W1 198.51.100.1; ping -c1 -W1 127.0.0.1; "
     "ping -c2 -i0.2 -W1 198.51.100.2; exec sleep 30"
@@ -57,9 +49,16 @@ def _block(lines: list[str], header: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, list[str]]:
-    if not REFERENCE.exists():
-        pytest.skip(f"systemd reference log {REFERENCE} not present")
-    lines = REFERENCE.read_text().splitlines()
+    given = os.environ.get("IPACCTD_SYSTEMD_REFERENCE")
+    shared = shared_dir()
+    path = Path(given) if given else shared / REFERENCE_LOG if shared else None
+    if path is None or not path.exists():
+        where = path or f"shared/{REFERENCE_LOG} beside {REPO} or its main git checkout"
+        missing(
+            f"systemd reference log not present (looked for {where}; "
+            "IPACCTD_SYSTEMD_REFERENCE may name it)"
+        )
+    lines = path.read_text().splitlines()
     status = _block(lines, "# (in ns) systemctl status --no-pager sdref-long.service")
     show_header = next(ln for ln in lines if ln.startswith("# (in ns) systemctl show -p"))
     return {

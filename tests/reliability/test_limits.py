@@ -175,9 +175,14 @@ def test_memory_limit_refused_nothing_half_applied(inst: Installation, test_id: 
             "the limited process to leave its memory cgroup",
         )
         os.rmdir(cg)
-    outcomes = [json.loads(line) for line in res.stdout.splitlines()]
-    if res.returncode != 1:  # OOM-killed in user space (a crash) or never refused
-        pytest.fail(f"no clean refusal: exit {res.returncode}, {outcomes}, {res.stderr[-500:]}")
+    outcomes = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    if res.returncode != 1 or not outcomes or "error" not in outcomes[-1]:
+        # OOM-killed in user space (a crash), never refused, or an error that escaped the
+        # mapping (a traceback): the process's own account of it decides
+        pytest.fail(
+            f"no clean refusal: exit {res.returncode}, outcomes {outcomes}\n"
+            f"stdout:\n{res.stdout[-2000:]}\nstderr:\n{res.stderr[-4000:]}"
+        )
     err = outcomes[-1]["error"]
     assert "\n" not in err and "out of memory" in err and "memory limit" in err, err
     # nothing half-applied: same metadata bytes, same programs, old policy in force
@@ -190,6 +195,60 @@ def test_memory_limit_refused_nothing_half_applied(inst: Installation, test_id: 
     report(
         "limits_memcg", runs=len(outcomes), refused_cleanly=1, limit_kib=outcomes[-1]["limit"] >> 10
     )
+
+
+def _no_memory(*_args: object, **_kwargs: object) -> None:
+    raise MemoryError
+
+
+def test_memory_error_at_each_step_refused_nothing_half_applied(
+    inst: Installation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a memory cgroup's limit meets a Python allocation (malloc fails: MemoryError)
+    depends on the heap's state, so the test above cannot choose the step; here each step
+    that allocates in proportion to the policy fails in turn. Each time: the engine's one
+    clear error, and the old policy in force with the same programs and metadata bytes."""
+    from ipacctd.datapath import lookup
+    from ipacctd.errors import OutOfMemory
+    from ipacctd.manager.unit import Unit
+
+    mgr = inst.manager()
+    ns = inst.netns([A, D])
+    agent = inst.start_unit(ns, "mem", f"IPAddressDeny={D}")
+    before = meta_bytes(inst.state_dir, "mem.service"), prog_ids(inst.bpf_dir, "mem.service")
+    to_json = Unit.to_json
+
+    def intent_fails(self: Unit) -> dict:
+        if self.rollback is not None:  # the intent record of a change (step 1)
+            raise MemoryError
+        return to_json(self)
+
+    steps = {
+        "intent record": (Unit, "to_json", intent_fails),
+        "datapath build": (lookup, "build_table", _no_memory),
+        "repair first": (mgr, "_reconcile", _no_memory),
+    }
+    for step, (owner, attr, fake) in steps.items():
+        with monkeypatch.context() as m:
+            m.setattr(owner, attr, fake)
+            with pytest.raises(OutOfMemory) as info:
+                mgr.set_properties("mem.service", [("IPAddressDeny", f"{A} 203.0.113.0/24")])
+        err = str(info.value)
+        assert "\n" not in err and "out of memory" in err and "memory limit" in err, (step, err)
+        after = meta_bytes(inst.state_dir, "mem.service"), prog_ids(inst.bpf_dir, "mem.service")
+        assert after == before, step
+    st = mgr.status("mem.service")
+    assert st.policy_in_force and len(st.unit.properties.ip_address_deny) == 1
+    assert agent.send(D, 10).startswith("err 1") and agent.send(A, 10).startswith("ok")
+    # a unit whose creation runs out of memory leaves nothing behind
+    with monkeypatch.context() as m:
+        m.setattr(lookup, "build_table", _no_memory)
+        with pytest.raises(OutOfMemory):
+            mgr.start_transient([("IPAddressDeny", D)], name="mem2")
+    assert inst.unit_names() == ["mem.service"]
+    assert [p for p in inst.pin_dirs() if "mem2" in p] == []
+    assert not any("mem2" in c for c in inst.unit_cgroups())
+    report("limits_memory_error_steps", runs=len(steps) + 1, refused_cleanly=len(steps) + 1)
 
 
 DUAL = r"""

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import shared_dir
 
 REPO = Path(__file__).resolve().parents[2]
 _CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -37,11 +38,9 @@ def missing(reason: str) -> None:
 
 
 def _script() -> str | None:
-    for cand in (REPO.parent / "shared", Path("/work/shared")):
-        path = cand / "tools" / "systemd-ref" / "systemd-ref.sh"
-        if path.exists():
-            return str(path)
-    return None
+    shared = shared_dir()
+    path = shared / "tools" / "systemd-ref" / "systemd-ref.sh" if shared else None
+    return str(path) if path is not None and path.exists() else None
 
 
 def script(*tools: str) -> str:

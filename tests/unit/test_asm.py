@@ -3,11 +3,11 @@ showed it (``bpftool prog dump xlated ... opcodes`` in shared/reference)."""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
 import pytest
+from support import missing, shared_dir
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.asm import (
@@ -34,16 +34,7 @@ from ipacctd.bpf.asm import (
 )
 from ipacctd.errors import InvalidInput
 
-REFERENCE = os.path.join(
-    os.path.dirname(__file__),
-    "..",
-    "..",
-    "..",
-    "shared",
-    "reference",
-    "systemd-252-ip-firewall.log",
-)
-_CANDIDATES = [REFERENCE, "/work/shared/reference/systemd-252-ip-firewall.log"]
+REFERENCE_LOG = "reference/systemd-252-ip-firewall.log"  # in shared/, beside the checkout
 
 
 @dataclass(frozen=True)
@@ -58,11 +49,13 @@ def h(text: str) -> bytes:
 
 
 def _reference_text() -> str:
-    for path in _CANDIDATES:
-        if os.path.exists(path):
-            with open(path) as f:
-                return f.read()
-    pytest.skip("shared/reference/systemd-252-ip-firewall.log is not available")
+    shared = shared_dir()
+    if shared is None or not (shared / REFERENCE_LOG).exists():
+        missing(
+            f"shared/{REFERENCE_LOG} is not available (beside the checkout or its main "
+            "git checkout)"
+        )
+    return (shared / REFERENCE_LOG).read_text()
 
 
 def reference_listing() -> list[tuple[int, int, str, bytes]]:

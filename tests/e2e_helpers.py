@@ -21,7 +21,7 @@ from pathlib import Path
 from netns import NetNS
 from support import LineReader, wait_for
 
-REPO = str(Path(__file__).resolve().parents[2])
+REPO = str(Path(__file__).resolve().parents[1])
 PY = sys.executable
 
 #: A unit's program that sends one UDP datagram per command read on stdin and reports the
