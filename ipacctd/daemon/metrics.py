@@ -33,26 +33,18 @@ from ipacctd.bpf.objects import fd_by_id, info_by_fd, obj_get
 from ipacctd.bpf.programs import Program, return_one
 from ipacctd.bpf.syscall import Cmd, close
 from ipacctd.daemon.registry import Registry
-from ipacctd.datapath.counters import Counters, Direction
+from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.unit import LINK, PROG_PIN
+from ipacctd.manager.counters import COUNTERS, METRIC_HELP, Counters, Kind
 from ipacctd.manager.unit import UnitStatus
 
 log = logging.getLogger("ipacctd.metrics")
 
-DIRECTIONS = ("ingress", "egress")
-#: (metric, help, Counters field after "<direction>_", counts passed traffic)
-TRAFFIC_FAMILIES = (
-    ("ipacctd_unit_ip_bytes", "IP bytes passed (systemd's IPIngressBytes/IPEgressBytes)",
-     "bytes", True),
-    ("ipacctd_unit_ip_packets", "IP packets passed", "packets", True),
-    ("ipacctd_unit_ip_dropped_bytes", "IP bytes dropped by the unit's firewall",
-     "dropped_bytes", False),
-    ("ipacctd_unit_ip_dropped_packets", "IP packets dropped by the unit's firewall",
-     "dropped_packets", False),
-    ("ipacctd_unit_ip_audit_bytes", "IP bytes the deny list would drop (audit mode)",
-     "audit_bytes", False),
-    ("ipacctd_unit_ip_audit_packets", "IP packets the deny list would drop (audit mode)",
-     "audit_packets", False),
+#: (metric, help, its (direction label, Counters attribute) pairs, counts passed traffic)
+TRAFFIC_FAMILIES = tuple(
+    (metric, doc, tuple((c.label, c.attr) for c in COUNTERS if c.metric == metric),
+     any(c.kind is Kind.PASSED for c in COUNTERS if c.metric == metric))
+    for metric, doc in METRIC_HELP.items()
 )
 DENIED_TOP = 10
 PROBE_FRAME = bytes(12) + b"\x08\x00" + b"\x45" + bytes(19)  # Ethernet + IPv4 header
@@ -143,8 +135,8 @@ class UnitCollector(Collector):
             result.cancel()  # a loop that never got to it must not run it later
 
     def collect(self) -> Iterator:
-        traffic = [(CounterMetricFamily(name, doc, labels=["unit", "direction"]), field, passed)
-                   for name, doc, field, passed in TRAFFIC_FAMILIES]
+        traffic = [(CounterMetricFamily(name, doc, labels=["unit", "direction"]), series, passed)
+                   for name, doc, series, passed in TRAFFIC_FAMILIES]
         unit_state = GaugeMetricFamily(
             "ipacctd_unit_state",
             "1 for the unit's active state (active, inactive, failed), 0 for the others",
@@ -179,11 +171,11 @@ class UnitCollector(Collector):
             states[st.active_state] = states.get(st.active_state, 0) + 1
             props = st.unit.properties
             if c is not None:
-                for family, field, passed in traffic:
+                for family, series, passed in traffic:
                     if passed and not props.ip_accounting:
                         continue  # as systemd: no passed counters without IPAccounting=
-                    for direction in DIRECTIONS:
-                        family.add_metric([name, direction], getattr(c, f"{direction}_{field}"))
+                    for direction, attr in series:
+                        family.add_metric([name, direction], getattr(c, attr))
             for state in STATES:
                 unit_state.add_metric([name, state], 1 if st.active_state == state else 0)
             enforced.add_metric([name], 1 if st.enforcement.enforced else 0)
