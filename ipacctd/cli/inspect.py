@@ -7,8 +7,8 @@ import json
 import time
 from typing import Any
 
+from ipacctd.cli.engine import manager_for
 from ipacctd.cli.format import format_bytes, format_timespan
-from ipacctd.cli.main import manager_for
 from ipacctd.cli.remote import DaemonManager
 from ipacctd.manager.counters import Direction, Kind, counter
 from ipacctd.manager.inspect import inspect_unit

@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
+from ipacctd.cli.engine import manager_for
 from ipacctd.cli.format import format_bytes, format_relative, format_timestamp, table
-from ipacctd.cli.main import manager_for
 from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.systemd import dropin_path as armed_dropin
 from ipacctd.manager.unit import UnitStatus, escape_command

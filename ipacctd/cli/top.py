@@ -23,8 +23,8 @@ from ipacctd.bpf.errors import BPFError
 from ipacctd.bpf.links import CgroupLink
 from ipacctd.bpf.programs import Program
 from ipacctd.bpf.stats import enabled_stats
+from ipacctd.cli.engine import manager_for
 from ipacctd.cli.format import format_bytes
-from ipacctd.cli.main import manager_for
 from ipacctd.cli.remote import DaemonManager
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.datapath.unit import LINK
