@@ -11,7 +11,6 @@ import asyncio
 import concurrent.futures
 import logging
 import socket
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from socketserver import ThreadingMixIn
@@ -29,9 +28,8 @@ from prometheus_client.registry import Collector
 
 from ipacctd import __version__
 from ipacctd.bpf.errors import BPFError
-from ipacctd.bpf.objects import fd_by_id, info_by_fd, obj_get
-from ipacctd.bpf.programs import Program, return_one
-from ipacctd.bpf.syscall import Cmd, close
+from ipacctd.bpf.links import linked_program_stats
+from ipacctd.bpf.programs import Program, pinned_program_stats, return_one
 from ipacctd.daemon.registry import Registry
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.unit import LINK, PROG_PIN
@@ -211,10 +209,10 @@ class UnitCollector(Collector):
         pin_dir = self.registry.manager.store.pin_dir(name)
         for direction in Direction:
             try:
-                run_time_ns, run_cnt = program_run_stats(f"{pin_dir}/{LINK[direction]}")
+                run_time_ns, run_cnt, _ = linked_program_stats(f"{pin_dir}/{LINK[direction]}")
             except (BPFError, OSError):
                 try:  # a unit systemd arms: its program is pinned itself, no link of ours
-                    run_time_ns, run_cnt = pinned_program_run_stats(
+                    run_time_ns, run_cnt, _ = pinned_program_stats(
                         f"{pin_dir}/{PROG_PIN[direction]}")
                 except (BPFError, OSError):
                     continue
@@ -229,35 +227,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def program_run_stats(link_pin: str) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of the program a pinned link holds now.
-
-    Only the two fields are asked of the kernel (no map ids, no Program/Link objects): a
-    scrape with BPF stats on reads this for every unit and direction, and the full
-    ``Program.from_id(...).info()`` path cost ~5x as much.
-    """
-    link_fd = obj_get(link_pin, "link")
-    try:
-        prog_id = struct.unpack_from("=I", info_by_fd(link_fd, 16, "link"), 8)[0]
-    finally:
-        close(link_fd)
-    return _run_stats(fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id, "program"))
-
-
-def pinned_program_run_stats(prog_pin: str) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of a pinned program."""
-    return _run_stats(obj_get(prog_pin, "program"))
-
-
-def _run_stats(prog_fd: int) -> tuple[int, int]:
-    """run_time_ns and run_cnt of struct bpf_prog_info (offsets 192/200) of ``prog_fd``,
-    which is closed."""
-    try:
-        return struct.unpack_from("=QQ", info_by_fd(prog_fd, 208, "program"), 192)
-    finally:
-        close(prog_fd)
 
 
 def make_registry(registry: Registry, program_stats: bool = True,
