@@ -14,8 +14,12 @@ from ipacctd.manager.config import Config
 
 def config_for(args: argparse.Namespace) -> Config:
     """The paths: defaults, the configuration file, the environment, then the options."""
-    return Config.from_env(state_dir=args.state_dir, bpf_dir=args.bpf_dir,
-                           cgroup_root=args.cgroup_root, unit_dir=args.unit_dir)
+    return Config.from_env(
+        state_dir=args.state_dir,
+        bpf_dir=args.bpf_dir,
+        cgroup_root=args.cgroup_root,
+        unit_dir=args.unit_dir,
+    )
 
 
 def manager_for(args: argparse.Namespace, write: bool = True):

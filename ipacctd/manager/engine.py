@@ -33,6 +33,7 @@ from ipacctd.errors import (
     PermissionDenied,
 )
 from ipacctd.manager import generation, owner, recovery, systemd
+from ipacctd.manager import stats as stats_mod
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store, canonical
 from ipacctd.manager.unit import (
@@ -204,6 +205,11 @@ class Manager:
         except (NotFound, OSError):
             return []
         return entries[:limit] if limit is not None else entries
+
+    def program_stats(self, name: str) -> dict[Direction, stats_mod.ProgramStats]:
+        """Run time and run count of the unit's programs per direction, linked or (armed by
+        systemd) pinned; counted only while BPF statistics are on (see :mod:`.stats`)."""
+        return stats_mod.program_stats(self.store.pin_dir(name))
 
     def status(self, name: str) -> UnitStatus:
         """The unit with its live state: processes, counters, attachment.

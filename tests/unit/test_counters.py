@@ -34,7 +34,11 @@ def test_names_follow_field_direction_kind_and_unit() -> None:
 
 def test_systemd_has_the_four_passed_counters_bytes_first() -> None:
     assert [c.prop for c in SYSTEMD_COUNTERS] == [
-        "IPIngressBytes", "IPIngressPackets", "IPEgressBytes", "IPEgressPackets"]
+        "IPIngressBytes",
+        "IPIngressPackets",
+        "IPEgressBytes",
+        "IPEgressPackets",
+    ]
     assert len(EXTRA_COUNTERS) == 8 and not set(SYSTEMD_COUNTERS) & set(EXTRA_COUNTERS)
 
 
