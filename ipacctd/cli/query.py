@@ -135,7 +135,7 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = 
         how = exit_description(u.exit_status)
         red = "" if u.exit_status in CLEAN_EXIT else terminal.HIGHLIGHT_RED
         shown = terminal.color(how, red, color)
-        exec_start = f" ExecStart={' '.join(u.command)}" if u.command else ""
+        exec_start = f" ExecStart={escape_command(u.command)}" if u.command else ""
         lines.append(f"    Process: {u.main_pid}{exec_start} {shown}")
         lines.append(f"   Main PID: {u.main_pid} {how}")
     c = st.counters
@@ -297,14 +297,17 @@ def list_units_text(statuses: list[UnitStatus], legend: bool = True, width: int 
         footer = f"{plural(len(rows), 'unit')} listed."
         if not rows and not all_:
             footer += " Pass --all to see inactive units, too."
-        text = (f"{text}\n\n" if rows else "") + terminal.color(footer, terminal.HIGHLIGHT,
-                                                                 colors)
+        gap = "\n\n" if rows else "\n"  # systemd: a blank line after rows only
+        text = text + gap + terminal.color(footer, terminal.HIGHLIGHT, colors)
         if alarm:
             text = f"{alarm}\n{text}"
     return text
 
 
 # -- show -----------------------------------------------------------------------------------
+
+
+_SYSTEMD_COUNTERS = ("IPIngressBytes", "IPIngressPackets", "IPEgressBytes", "IPEgressPackets")
 
 
 def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str, str]:
@@ -321,14 +324,14 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
         "ExecMainStatus": str(u.exit_status if u.exit_status is not None else 0),
         "ControlGroup": u.cgroup,
     }
-    for key, value in u.properties.to_show().items():
-        if key != "Description":
-            props[key] = value
     c: Counters | None = st.counters
     counting = c is not None and u.properties.ip_accounting
     for key, attr in (("IPIngressBytes", "ingress_bytes"), ("IPIngressPackets", "ingress_packets"),
                       ("IPEgressBytes", "egress_bytes"), ("IPEgressPackets", "egress_packets")):
         props[key] = str(getattr(c, attr)) if counting else "[no data]"
+    for key, value in u.properties.to_show().items():
+        if key != "Description":
+            props[key] = value
     for key, attr in (("IPIngressDroppedBytes", "ingress_dropped_bytes"),
                       ("IPIngressDroppedPackets", "ingress_dropped_packets"),
                       ("IPEgressDroppedBytes", "egress_dropped_bytes"),
@@ -341,7 +344,12 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
     props["SystemdDropIn"] = armed_dropin(u.systemd_service) if u.systemd_service else ""
     props["IPFirewallEnforced"] = "yes" if st.enforcement.enforced else "no"
     props["IPFirewallProblem"] = st.enforcement.problem
-    if wanted:  # an unknown name is left out, as systemd 252 does
-        return {k: props[k] for k in dict.fromkeys(wanted) if k in props}
+    # systemctl show's order: the service's D-Bus properties (the counters before
+    # IPAccounting=), then the unit's (Id, Description, states); ipacctd's own after them.
+    service = ("MainPID", "ExecMainStatus", "ControlGroup", *_SYSTEMD_COUNTERS,
+               *(k for k in u.properties.to_show() if k != "Description"))
+    props = {**{k: props[k] for k in service}, **props}
+    if wanted:  # in that order, as systemctl; an unknown name is left out (systemd 252)
+        return {k: v for k, v in props.items() if k in wanted}
     return props
 
