@@ -93,7 +93,8 @@ def table(header: list[str], rows: Sequence[Sequence[str]], right: frozenset[int
     widths = [max(width_of(r[i]) for r in shown) for i in range(n)]
     if width is not None:
         fixed = sum(widths[:-1]) + len(sep) * (n - 1)
-        widths[-1] = max(min(widths[-1], width - fixed), 1)
+        # the header stays whole, as systemd's: a terminal narrower than that wraps
+        widths[-1] = max(min(widths[-1], width - fixed), width_of(header[-1]))
     lines = []
     for r, row in enumerate(shown):
         is_head = legend and r == 0

@@ -83,13 +83,13 @@ def columns() -> int | None:
 
 
 def cescape(text: str) -> str:
-    """Control characters as C escapes (``\\n``, ``\\t``, ``\\x1b``), like systemd's
-    ``cescape()``; printable text (any script) unchanged."""
+    """Control characters as C escapes (``\\n``, ``\\t``, ``\\x1b``), as systemd's
+    ``cescape()`` writes them; printable text (any script) unchanged. A backslash stays
+    one: the texts escaped here (commands, descriptions) carry ipacctd's own escapes
+    already (:func:`~ipacctd.manager.unit.escape_command`), which must read the same."""
     out = []
     for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch in "\a\b\f\n\r\t\v":
+        if ch in "\a\b\f\n\r\t\v":
             out.append("\\" + "abfnrtv"["\a\b\f\n\r\t\v".index(ch)])
         elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
             code = ord(ch)
