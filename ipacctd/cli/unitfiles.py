@@ -249,10 +249,10 @@ def _target(mgr, name: str, force: bool) -> tuple[str, str]:
 def _again() -> bool:
     """Ask on the terminal whether to edit again (no terminal: no)."""
     try:
-        with open("/dev/tty", "r+") as tty:
-            tty.write("Edit again? [Y/n] ")
-            tty.flush()
-            answer = tty.readline().strip().lower()
+        # unbuffered bytes: a terminal cannot seek, which text mode "r+" would need
+        with open("/dev/tty", "rb+", buffering=0) as tty:
+            tty.write(b"Edit again? [Y/n] ")
+            answer = tty.readline(100).decode(errors="replace").strip().lower()
     except OSError:
         return False
     return answer in ("", "y", "yes")

@@ -196,3 +196,37 @@ def test_a_pipe_gets_plain_whole_lines(term) -> None:
     assert row.endswith(
         "line one\\nline two\\tand a long long long long long long long long long long tail"
     ), row
+
+
+#: An editor that writes an invalid file the first time and a valid one after.
+TWO_TRIES = """#!/bin/sh
+n=$(cat "$0.count" 2>/dev/null || echo 0); echo $((n + 1)) > "$0.count"
+if [ "$n" = 0 ]; then deny=198.51.100.300; else deny=198.51.100.3; fi
+printf '[Unit]\\nDescription=tries\\n[Service]\\nIPAddressDeny=%s\\n' "$deny" > "$1"
+"""
+
+
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_edit_offers_to_edit_again_on_a_terminal(term, tmp_path, answer: str) -> None:
+    tmux, inst = term
+    editor = tmp_path / "two-tries.sh"
+    editor.write_text(TWO_TRIES)
+    editor.chmod(0o755)
+    name = f"tries-{answer}"
+    unit_file = os.path.join(inst.unit_dir, f"{name}.unit")
+    tmux.tmux("send-keys", "-t", "t", "clear", "Enter")
+    wait_for(lambda: tmux.screen().strip() == "$", 15, "a clear screen")
+    tmux.keys(f"EDITOR={editor} ipacctd edit --force {name}; echo EDIT-DONE-$?", "Enter")
+    wait_for(lambda: "Edit again? [Y/n]" in tmux.screen(), 30, "the offer to edit again")
+    assert "invalid address '198.51.100.300'" in tmux.screen()
+    assert not os.path.exists(unit_file)  # nothing saved yet
+    tmux.keys(answer, "Enter")
+    wait_for(lambda: "\nEDIT-DONE-" in tmux.screen(), 30, "edit to end")
+    if answer == "y":
+        assert "\nEDIT-DONE-0" in tmux.screen(), tmux.screen()
+        with open(unit_file) as f:
+            assert "IPAddressDeny=198.51.100.3\n" in f.read()
+        os.unlink(unit_file)
+    else:
+        assert "\nEDIT-DONE-1" in tmux.screen() and not os.path.exists(unit_file), tmux.screen()
+    assert not [p for p in os.listdir(inst.unit_dir) if p.startswith(".#")]
