@@ -95,6 +95,15 @@ def files_of(mgr, name: str, unit: Unit | None) -> list[str]:
     return [own, *(f.path for f in others)]
 
 
+def _unit_and_files(mgr, name: str) -> tuple[Unit | None, list[str]]:
+    """The unit (None: no such unit, perhaps only a file) and its files."""
+    try:
+        unit: Unit | None = mgr.unit(name)
+    except NotFound:
+        unit = None
+    return unit, files_of(mgr, name, unit)
+
+
 def _read(path: str) -> str:
     with open(path, "rb") as f:
         return f.read(MAX_UNIT_FILE_BYTES).decode("utf-8", errors="replace")
@@ -138,11 +147,7 @@ def cat(mgr, args: argparse.Namespace) -> int:
         except NotFound:
             names = [canonical(word)]
         for name in names:
-            try:
-                unit: Unit | None = mgr.unit(name)
-            except NotFound:
-                unit = None
-            paths = files_of(mgr, name, unit)
+            unit, paths = _unit_and_files(mgr, name)
             if paths:
                 blocks.append("\n\n".join(f"# {p}\n{_read(p).rstrip()}" for p in paths))
             elif unit is not None:
@@ -217,11 +222,7 @@ def editor_command() -> list[str]:
 
 def _target(mgr, name: str, force: bool) -> tuple[str, str]:
     """The file to edit and the text to start from."""
-    try:
-        unit: Unit | None = mgr.unit(name)
-    except NotFound:
-        unit = None
-    paths = files_of(mgr, name, unit)
+    unit, paths = _unit_and_files(mgr, name)
     if paths:
         return paths[0], _read(paths[0])
     if not force:
