@@ -40,7 +40,8 @@ class VerbParser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         if self._inside or not self._intermixed():
             return super().parse_known_args(args, namespace)
-        if args is not None:
+        json_opt = self._option_string_actions.get("--json")
+        if args is not None and json_opt is not None and json_opt.nargs != 0:
             args = list(args)
             end = args.index("--") if "--" in args else len(args)
             args[:end] = ["--json=pretty" if a == "--json" else a for a in args[:end]]
