@@ -13,7 +13,7 @@ import contextlib
 import signal
 import sys
 
-from ipacctd.cli.main import config_for
+from ipacctd.cli.engine import config_for
 from ipacctd.cli.selection import expand
 from ipacctd.errors import Error, InvalidInput, NotFound
 from ipacctd.manager.engine import Manager

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from ipacctd.cli import selection, terminal
+from ipacctd.cli.engine import manager_for
 from ipacctd.cli.format import (
     dump_json,
     format_bytes,
@@ -15,9 +16,8 @@ from ipacctd.cli.format import (
     plural,
     table,
 )
-from ipacctd.cli.main import manager_for
 from ipacctd.cli.terminal import cescape
-from ipacctd.datapath.counters import Counters
+from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.engine import CLEAN_EXIT
 from ipacctd.manager.systemd import dropin_path as armed_dropin
 from ipacctd.manager.unit import UnitStatus, escape_command
@@ -307,9 +307,6 @@ def list_units_text(statuses: list[UnitStatus], legend: bool = True, width: int 
 # -- show -----------------------------------------------------------------------------------
 
 
-_SYSTEMD_COUNTERS = ("IPIngressBytes", "IPIngressPackets", "IPEgressBytes", "IPEgressPackets")
-
-
 def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str, str]:
     """KEY=VALUE pairs like ``systemctl show`` (``[no data]`` where nothing is counted)."""
     u = st.unit
@@ -326,27 +323,20 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
     }
     c: Counters | None = st.counters
     counting = c is not None and u.properties.ip_accounting
-    for key, attr in (("IPIngressBytes", "ingress_bytes"), ("IPIngressPackets", "ingress_packets"),
-                      ("IPEgressBytes", "egress_bytes"), ("IPEgressPackets", "egress_packets")):
-        props[key] = str(getattr(c, attr)) if counting else "[no data]"
+    for spec in SYSTEMD_COUNTERS:
+        props[spec.prop] = str(getattr(c, spec.attr)) if counting else "[no data]"
     for key, value in u.properties.to_show().items():
         if key != "Description":
             props[key] = value
-    for key, attr in (("IPIngressDroppedBytes", "ingress_dropped_bytes"),
-                      ("IPIngressDroppedPackets", "ingress_dropped_packets"),
-                      ("IPEgressDroppedBytes", "egress_dropped_bytes"),
-                      ("IPEgressDroppedPackets", "egress_dropped_packets"),
-                      ("IPIngressAuditBytes", "ingress_audit_bytes"),
-                      ("IPIngressAuditPackets", "ingress_audit_packets"),
-                      ("IPEgressAuditBytes", "egress_audit_bytes"),
-                      ("IPEgressAuditPackets", "egress_audit_packets")):
-        props[key] = str(getattr(c, attr)) if c is not None else "[no data]"
+    for spec in EXTRA_COUNTERS:
+        props[spec.prop] = str(getattr(c, spec.attr)) if c is not None else "[no data]"
     props["SystemdDropIn"] = armed_dropin(u.systemd_service) if u.systemd_service else ""
     props["IPFirewallEnforced"] = "yes" if st.enforcement.enforced else "no"
     props["IPFirewallProblem"] = st.enforcement.problem
     # systemctl show's order: the service's D-Bus properties (the counters before
     # IPAccounting=), then the unit's (Id, Description, states); ipacctd's own after them.
-    service = ("MainPID", "ExecMainStatus", "ControlGroup", *_SYSTEMD_COUNTERS,
+    service = ("MainPID", "ExecMainStatus", "ControlGroup",
+               *(spec.prop for spec in SYSTEMD_COUNTERS),
                *(k for k in u.properties.to_show() if k != "Description"))
     props = {**{k: props[k] for k in service}, **props}
     if wanted:  # in that order, as systemctl; an unknown name is left out (systemd 252)

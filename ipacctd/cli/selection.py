@@ -16,8 +16,7 @@ import fnmatch
 from collections.abc import Sequence
 
 from ipacctd.manager.unit import UnitStatus
-
-GLOB_CHARS = frozenset("*?[")
+from ipacctd.policy.unitfile import is_glob
 
 #: The states a unit can be in (``--state=help``).
 ACTIVE_STATES = ("active", "activating", "deactivating", "inactive", "failed")
@@ -28,10 +27,6 @@ STATES_HELP = (
     + "\n\nAvailable unit sub states:\n"
     + "\n".join(SUB_STATES)
 )
-
-
-def is_glob(word: str) -> bool:
-    return any(c in GLOB_CHARS for c in word)
 
 
 def matching(mgr, patterns: Sequence[str]) -> list[str] | None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 
 from ipacctd.cli import selection
-from ipacctd.cli.main import manager_for
+from ipacctd.cli.engine import manager_for
 from ipacctd.errors import NotFound
+from ipacctd.policy.unitfile import is_glob
 
 #: verb → (the states it asks about, exit status when none is in them)
 CHECKS = {
@@ -27,7 +28,7 @@ def dispatch(args: argparse.Namespace) -> int:
     wanted, otherwise = CHECKS[args.verb]
     hit = False
     for word in args.units:
-        names = selection.matching(mgr, [word]) if selection.is_glob(word) else [word]
+        names = selection.matching(mgr, [word]) if is_glob(word) else [word]
         for name in names or ():
             try:
                 state = mgr.status(mgr.resolve(name)).active_state

@@ -27,8 +27,8 @@ import sys
 import tempfile
 
 from ipacctd.cli import terminal
+from ipacctd.cli.engine import manager_for
 from ipacctd.cli.format import plural, table
-from ipacctd.cli.main import manager_for
 from ipacctd.cli.selection import expand
 from ipacctd.errors import InvalidInput, NotFound
 from ipacctd.manager.store import canonical
