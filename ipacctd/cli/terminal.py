@@ -37,6 +37,18 @@ UNDERLINE = "\x1b[0;4m"
 
 DEFAULT_LESS = "FRSXMK"
 
+#: The environment read here, as the manual page ``ipacctd(1)`` lists it.
+ENVIRONMENT = {
+    "SYSTEMD_COLORS": "a boolean: colours on (1) or off (0) whatever the output is",
+    "NO_COLOR": "set: no colours (unless SYSTEMD_COLORS says otherwise)",
+    "SYSTEMD_PAGER": "the pager (before PAGER); empty or cat: none",
+    "PAGER": "the pager when SYSTEMD_PAGER is not set (default less, else more)",
+    "SYSTEMD_LESS": f"the options less gets in LESS (default {DEFAULT_LESS})",
+    "COLUMNS": "the width tables are cut to on a terminal (default: the terminal's)",
+    "SYSTEMD_EDITOR": "the editor of edit (before EDITOR and VISUAL; default editor, nano, "
+    "vim, vi)",
+}
+
 _TRUE = ("1", "yes", "y", "true", "t", "on")
 _FALSE = ("0", "no", "n", "false", "f", "off")
 
