@@ -42,6 +42,10 @@ def test_edit_validates_saves_and_the_daemon_reloads(tmp_path: Path) -> None:
         inst.make_cgroup(rel)
         unit_file = Path(inst.unit_dir) / "web.unit"
         unit_file.write_text(_policy(rel, "198.51.100.1"))
+        # a glob file over the same cgroup merges into the unit, as a drop-in would
+        glob_file = Path(inst.unit_dir) / "all-web.unit"
+        glob_text = f"[Match]\nControlGroup={rel[:-1]}*\n[Service]\nIPAddressAllow=203.0.113.99\n"
+        glob_file.write_text(glob_text)
         env.start()
 
         def deny() -> str:
@@ -70,8 +74,12 @@ def test_edit_validates_saves_and_the_daemon_reloads(tmp_path: Path) -> None:
         assert unit_file.read_text() == _policy(rel, "203.0.113.7")
         wait_for(lambda: deny() == "203.0.113.7/32", 30, "the daemon to apply the edit")
         assert "reloading unit files" in env.log()
+        # cat: the unit's own file, then the one merging into it
         cat = inst.ok("cat", "web").stdout
-        assert cat == f"# {unit_file}\n{_policy(rel, '203.0.113.7')}", cat
+        assert cat == f"# {unit_file}\n{_policy(rel, '203.0.113.7')}\n# {glob_file}\n{glob_text}", (
+            cat
+        )
+        assert inst.cli("show", "-P", "IPAddressAllow", "web").stdout == "203.0.113.99/32\n"
 
 
 def test_edit_of_a_unit_without_a_file_and_with_force(inst: Installation, tmp_path: Path) -> None:
