@@ -165,3 +165,22 @@ def test_run_summary_says_1_packet(inst: Installation) -> None:
     assert f"IP traffic dropped: 0B received (0 packets), {ECHO}B sent (1 packet)" in (
         res.stderr.splitlines()
     ), res.stderr
+
+
+def test_kill_leaves_cgroups_ipacctd_did_not_make(inst: Installation) -> None:
+    """An attached cgroup belongs to systemd or a container engine: their kill signals it."""
+    rel = f"{inst.cgroup_root}-theirs"
+    fs = inst.make_cgroup(rel)
+    sleeper = inst.netns([]).popen(["/bin/sleep", "600"], cgroup_fs=fs)
+    inst.ok("attach", rel, "--unit", "theirs")
+    res = inst.cli("kill", "theirs")
+    assert res.returncode == 1, res
+    assert res.stderr == (
+        f"Failed to kill unit theirs.service: unit theirs.service is attached to a cgroup "
+        f"ipacctd did not create ({rel}); signal it through its owner (systemctl kill, "
+        "podman kill)\n"
+    ), res.stderr
+    assert sleeper.poll() is None  # still running
+    sleeper.kill()
+    sleeper.wait(timeout=10)
+    inst.ok("detach", "theirs")
