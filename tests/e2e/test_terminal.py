@@ -46,6 +46,13 @@ class Tmux:
         self.env = {k: v for k, v in env.items() if k not in PAGER_VARS}
         self.env.update(TERM="xterm-256color", HOME=os.environ.get("HOME", "/root"))
         self.n = 0
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
         self.tmux(
             "new-session",
             "-d",
@@ -118,9 +125,9 @@ def term(tmp_path_factory) -> Iterator[tuple[Tmux, Installation]]:
             wait_for(lambda u=unit: inst.cli("is-active", u).returncode == 0, 30, unit)
         env = {**inst.env, "PATH": os.environ["PATH"]}
         tmux = Tmux(env)
-        # the ipacctd of this tree, by its short name, in the shell
-        tmux.run(f'ipacctd() {{ {" ".join(inst.argv())} "$@"; }}')
         try:
+            # the ipacctd of this tree, by its short name, in the shell
+            tmux.run(f'ipacctd() {{ {" ".join(inst.argv())} "$@"; }}')
             yield tmux, inst
         finally:
             tmux.close()
