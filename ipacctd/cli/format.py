@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
+
+from ipacctd.cli.terminal import UNDERLINE, cescape, color, ellipsize, width_of
 
 _SUFFIXES = ("E", "P", "T", "G", "M", "K")  # largest first, base 1024
 
@@ -56,12 +60,53 @@ def format_relative(ts: float, now: float | None = None) -> str:
     return f"{format_timespan((now if now is not None else time.time()) - ts)} ago"
 
 
-def table(header: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()) -> str:
-    """Columns aligned like ``systemctl list-units``; ``right`` holds right-aligned columns."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+def dump_json(data: object, mode: str) -> str:
+    """``--json=pretty`` (indented) or ``--json=short`` (one line), as systemctl's."""
+    if mode == "short":
+        return json.dumps(data, separators=(",", ":"))
+    return json.dumps(data, indent=2)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 packet``, ``2 packets``, ``0 packets``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def table(header: list[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset(),
+          *, width: int | None = None, styles: Sequence[Sequence[str]] | None = None,
+          legend: bool = True, colors: bool = False, sep: str = " ") -> str:
+    """Columns aligned like ``systemctl list-units``.
+
+    Every cell is escaped (:func:`~ipacctd.cli.terminal.cescape`): a newline in a
+    description cannot break a row. ``right``: right-aligned columns. ``width``: the
+    terminal's; the last column is cut with ``…`` so that no line runs past it (systemd
+    shrinks the DESCRIPTION column the same way). ``styles``: an ANSI sequence per cell
+    ("" for none), used with ``colors``. ``legend``: the header line (``--no-legend``
+    drops it). The header is underlined in colour, as systemd's.
+    """
+    body = [[cescape(c) for c in r] for r in rows]
+    head = list(header)
+    shown = [head, *body] if legend else body
+    if not shown:
+        return ""
+    n = len(header)
+    widths = [max(width_of(r[i]) for r in shown) for i in range(n)]
+    if width is not None:
+        fixed = sum(widths[:-1]) + len(sep) * (n - 1)
+        # the header stays whole, as systemd's: a terminal narrower than that wraps
+        widths[-1] = max(min(widths[-1], width - fixed), width_of(header[-1]))
     lines = []
-    for row in [header, *rows]:
-        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i])
-                 for i, c in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
+    for r, row in enumerate(shown):
+        is_head = legend and r == 0
+        cells = []
+        for i, cell in enumerate(row):
+            text = ellipsize(cell, widths[i])
+            pad = " " * (widths[i] - width_of(text))
+            text = pad + text if i in right else text + pad
+            if is_head:
+                text = color(text, UNDERLINE, colors)
+            elif styles is not None and styles[r - (1 if legend else 0)][i]:
+                text = color(text, styles[r - (1 if legend else 0)][i], colors)
+            cells.append(text)
+        lines.append(sep.join(cells).rstrip())
     return "\n".join(lines)

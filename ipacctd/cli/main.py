@@ -20,10 +20,69 @@ EXIT_PERMISSION = 77  # EX_NOPERM
 EXIT_UNSUPPORTED = 69  # EX_UNAVAILABLE
 
 
+class VerbParser(argparse.ArgumentParser):
+    """A parser that reads a verb's words as systemctl does: unit names and options in any
+    order (``show web -p ActiveState --value db``), and a mistake reported with the verb's
+    own usage line, not the top-level one.
+
+    argparse's intermixed parsing cannot parse a sub-command or a ``REMAINDER`` (``run``'s
+    command line), so the top-level parser and ``run`` parse as usual. A bare ``--json`` is
+    ``--json=pretty`` (systemctl's ``--json=`` takes its mode after ``=``; the bare form was
+    ipacctd's before), so that ``--json UNIT`` never takes the unit for a mode.
+    """
+
+    _inside = False  # parse_known_intermixed_args calls parse_known_args twice itself
+
+    def _intermixed(self) -> bool:
+        return not any(a.nargs in (argparse.PARSER, argparse.REMAINDER)
+                       for a in self._get_positional_actions())
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside or not self._intermixed():
+            return super().parse_known_args(args, namespace)
+        json_opt = self._option_string_actions.get("--json")
+        if args is not None and json_opt is not None and json_opt.nargs != 0:
+            args = list(args)
+            end = args.index("--") if "--" in args else len(args)
+            args[:end] = ["--json=pretty" if a == "--json" else a for a in args[:end]]
+        self._inside = True
+        try:
+            ns, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
+
+
+class _ValueOf(argparse.Action):
+    """``-P NAME``: systemctl's short form of ``--value --property=NAME``."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.property = [*(getattr(namespace, "property", None) or []), values]
+        namespace.value = True
+
+
+def _output_options(p: argparse.ArgumentParser, json: bool = True, legend: bool = False,
+                    full: bool = False) -> None:
+    """systemctl's output options, where systemctl has them for the verb."""
+    p.add_argument("--no-pager", action="store_true", help="do not pipe output into a pager")
+    if legend:
+        p.add_argument("--no-legend", action="store_true",
+                       help="no column headers and footer")
+    if full:
+        p.add_argument("-l", "--full", action="store_true",
+                       help="do not cut columns to the terminal width")
+    if json:
+        p.add_argument("--json", choices=("pretty", "short", "off"), metavar="MODE",
+                       help="print JSON: pretty, short (one line) or off (text); "
+                            "a bare --json is --json=pretty")
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of every verb; with ``verb``, only that verb's sub-parser (the
     rest of the command line parses the same, and ``run`` starts sooner)."""
-    p = argparse.ArgumentParser(
+    p = VerbParser(
         prog="ipacctd",
         description="Per-service IP accounting and IP address firewall on cgroup eBPF.")
     p.add_argument("--version", action="version", version=f"ipacctd {__version__}")
@@ -53,25 +112,85 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
+def _state_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", action="append", default=[], metavar="STATE",
+                   help="only units in these states (active, failed, running, ...; "
+                        "repeatable or comma-separated; 'help' lists them)")
+
+
 def _add_status(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("status", help="show units like systemctl status")
-    s.add_argument("units", nargs="*", metavar="UNIT")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("units", nargs="*", metavar="UNIT", help="unit names or glob patterns")
+    _state_option(s)
+    _output_options(s, full=True)
 
 
 def _add_list_units(sub: argparse._SubParsersAction) -> None:
     ls = sub.add_parser("list-units", help="list units with their traffic")
+    ls.add_argument("patterns", nargs="*", metavar="PATTERN",
+                    help="only units whose names match these glob patterns")
     ls.add_argument("--all", "-a", action="store_true", help="include inactive units")
-    ls.add_argument("--json", action="store_true", help="print JSON")
+    _state_option(ls)
+    _output_options(ls, legend=True, full=True)
 
 
 def _add_show(sub: argparse._SubParsersAction) -> None:
     sh = sub.add_parser("show", help="show properties as KEY=VALUE like systemctl show")
-    sh.add_argument("units", nargs="+", metavar="UNIT")
+    sh.add_argument("units", nargs="+", metavar="UNIT", help="unit names or glob patterns")
     sh.add_argument("-p", "--property", action="append", default=[], metavar="NAME",
                     help="only these properties (repeatable, or comma-separated)")
     sh.add_argument("--value", action="store_true", help="print values only")
-    sh.add_argument("--json", action="store_true", help="print JSON")
+    sh.add_argument("-P", action=_ValueOf, metavar="NAME", dest="property",
+                    help="the value of this property alone (--value --property=NAME)")
+    _state_option(sh)
+    _output_options(sh)
+
+
+def _add_is_state(sub: argparse._SubParsersAction, verb: str, state: str) -> None:
+    st = sub.add_parser(verb, help=f"whether units are {state} (exit status 0 if any is), "
+                                   "like systemctl " + verb)
+    st.add_argument("units", nargs="+", metavar="UNIT", help="unit names or glob patterns")
+    st.add_argument("--quiet", "-q", action="store_true", help="print nothing, only the exit "
+                                                              "status")
+
+
+def _add_is_active(sub: argparse._SubParsersAction) -> None:
+    _add_is_state(sub, "is-active", "active")
+
+
+def _add_is_failed(sub: argparse._SubParsersAction) -> None:
+    _add_is_state(sub, "is-failed", "failed")
+
+
+def _add_cat(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("cat", help="print the unit files of units (a transient unit's "
+                                   "properties in unit-file form)")
+    c.add_argument("units", nargs="+", metavar="UNIT", help="unit names or glob patterns")
+    _output_options(c, json=False)
+
+
+def _add_list_unit_files(sub: argparse._SubParsersAction) -> None:
+    lf = sub.add_parser("list-unit-files", help="list the unit files and the units they bind")
+    lf.add_argument("patterns", nargs="*", metavar="PATTERN",
+                    help="only files whose unit names match these glob patterns")
+    _output_options(lf, legend=True, full=True)
+
+
+def _add_edit(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("edit", help="edit a unit file in $EDITOR; saved only when valid, "
+                                    "then the daemon reloads")
+    e.add_argument("unit", metavar="UNIT")
+    e.add_argument("--force", action="store_true",
+                   help="create the unit file when there is none")
+
+
+def _add_kill(sub: argparse._SubParsersAction) -> None:
+    k = sub.add_parser("kill", help="send a signal to the processes of units ipacctd started")
+    k.add_argument("units", nargs="+", metavar="UNIT", help="unit names or glob patterns")
+    k.add_argument("-s", "--signal", default="SIGTERM", metavar="SIGNAL",
+                   help="signal name or number (default SIGTERM)")
+    k.add_argument("--kill-whom", "--kill-who", default="all", metavar="WHOM",
+                   help="'all' processes of the unit (default) or its 'main' process")
 
 
 def _add_set_property(sub: argparse._SubParsersAction) -> None:
@@ -122,6 +241,10 @@ def _add_reload(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("reload", help="make the daemon re-read the unit files")
 
 
+def _add_daemon_reload(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("daemon-reload", help="the same as reload (systemctl's name)")
+
+
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     ins = sub.add_parser("inspect", help="a unit's programs, maps and links (like bpftool)")
     ins.add_argument("units", nargs="+", metavar="UNIT")
@@ -159,13 +282,20 @@ _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "status": _add_status,
     "list-units": _add_list_units,
     "show": _add_show,
+    "is-active": _add_is_active,
+    "is-failed": _add_is_failed,
+    "cat": _add_cat,
+    "list-unit-files": _add_list_unit_files,
+    "edit": _add_edit,
     "set-property": _add_set_property,
     "stop": _add_stop,
+    "kill": _add_kill,
     "reset": _add_reset,
     "attach": _add_attach,
     "detach": _add_detach,
     "daemon": _add_daemon,
     "reload": _add_reload,
+    "daemon-reload": _add_daemon_reload,
     "inspect": _add_inspect,
     "top": _add_top,
     "completion": _add_completion,
@@ -210,10 +340,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ipacctd.cli import completion as mod  # type: ignore[no-redef]
         elif args.verb == "oci-hook":
             from ipacctd.cli import ocihook as mod  # type: ignore[no-redef]
-        elif args.verb in ("daemon", "reload"):
+        elif args.verb in ("daemon", "reload", "daemon-reload"):
             from ipacctd.cli import daemon as mod  # type: ignore[no-redef]
         elif args.verb in ("status", "list-units", "show"):
             from ipacctd.cli import query as mod  # type: ignore[no-redef]
+        elif args.verb in ("is-active", "is-failed"):
+            from ipacctd.cli import state as mod  # type: ignore[no-redef]
+        elif args.verb in ("cat", "list-unit-files", "edit"):
+            from ipacctd.cli import unitfiles as mod  # type: ignore[no-redef]
+        elif args.verb == "kill":
+            from ipacctd.cli import kill as mod  # type: ignore[no-redef]
         else:
             from ipacctd.cli import change as mod  # type: ignore[no-redef]
         return mod.dispatch(args)
@@ -241,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PERMISSION if isinstance(exc, PermissionError) else EXIT_FAILURE
 
 
-READ_VERBS = frozenset({"status", "list-units", "show", "inspect", "top"})
+READ_VERBS = frozenset({"status", "list-units", "show", "inspect", "top", "is-active",
+                        "is-failed", "cat", "list-unit-files"})
 
 
 def _missing(verb: str, exc: Exception) -> str:

@@ -151,11 +151,19 @@ def ipacctd_1(parser: argparse.ArgumentParser) -> str:
             bold(var),
             esc(f"Same as {option} (default {getattr(defaults, field)})."),
         ]
+    from ipacctd.cli.terminal import ENVIRONMENT
+
+    lines += [".PP", esc("How the views and edit meet the terminal, as systemctl's:")]
+    for var, text in ENVIRONMENT.items():
+        lines += [".TP", bold(var), esc(text[:1].upper() + text[1:] + ".")]
     codes = (
-        (0, "success; for status, every unit is active"),
+        (0, "success; for status, every unit is active; for is-active and is-failed, "
+            "a unit is in that state"),
+        (1, "is-failed: no unit has failed (as systemctl); kill, cat: a unit could not be "
+            "signalled or has no file (as systemctl)"),
         (main.EXIT_FAILURE, "failure"),
         (main.EXIT_USAGE, "invalid arguments or property values (nothing was changed)"),
-        (3, "status: a unit is not active (as systemctl status)"),
+        (3, "status: a unit is not active; is-active: none is active (as systemctl)"),
         (main.EXIT_NOT_FOUND, "no such unit (as systemctl)"),
         (main.EXIT_UNSUPPORTED, "the firewall cannot be enforced here (no cgroup v2 or BPF)"),
         (main.EXIT_PERMISSION, "permission denied (most commands need root)"),

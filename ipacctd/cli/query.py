@@ -3,63 +3,92 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import signal
 import sys
 
+from ipacctd.cli import selection, terminal
 from ipacctd.cli.engine import manager_for
-from ipacctd.cli.format import format_bytes, format_relative, format_timestamp, table
+from ipacctd.cli.format import (
+    dump_json,
+    format_bytes,
+    format_relative,
+    format_timestamp,
+    plural,
+    table,
+)
+from ipacctd.cli.terminal import cescape
 from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
+from ipacctd.manager.engine import CLEAN_EXIT
 from ipacctd.manager.systemd import dropin_path as armed_dropin
 from ipacctd.manager.unit import UnitStatus, escape_command
 
 DENIED_SHOWN = 5
-DOTS = {"active": "●", "inactive": "○", "failed": "×"}  # noqa: RUF001 — systemctl's glyphs
+#: systemctl's glyph and colour of each active state.
+DOTS = {"active": ("●", terminal.HIGHLIGHT_GREEN), "inactive": ("○", ""),
+        "failed": ("×", terminal.HIGHLIGHT_RED)}  # noqa: RUF001 — systemctl's glyphs
 
 
 def dispatch(args: argparse.Namespace) -> int:
     mgr = manager_for(args, write=False)
-    if args.verb == "list-units":
-        statuses = mgr.statuses()
-        if not args.all:
-            statuses = [s for s in statuses if s.active_state == "active"]
-        _emit(args, [s.to_json() for s in statuses], lambda: list_units_text(statuses))
+    mode = args.json or "off"
+    states = selection.states(args.state)
+    if states is None:
+        print(selection.STATES_HELP)
         return 0
-    # A container's unit may also be named by the container's name or short id.
-    names = [mgr.resolve(n) for n in args.units] or None
-    statuses = mgr.statuses(names)
+    if args.verb == "list-units":
+        statuses = selection.filter_states(mgr.statuses(selection.matching(mgr, args.patterns)),
+                                           states, args.all)
+        if mode != "off":
+            print(dump_json([s.to_json() for s in statuses], mode))
+            return 0
+        with terminal.pager(not args.no_pager):
+            _print(list_units_text(statuses, legend=not args.no_legend,
+                                   width=None if args.full else terminal.columns(),
+                                   colors=terminal.colors_enabled(), all_=args.all or bool(states)))
+        return 0
+    # A container's unit may also be named by the container's name or short id; a glob
+    # names the known units it matches (none: nothing shown, as systemctl).
+    names = selection.expand(mgr, args.units) if args.units else None
+    statuses = selection.filter_states(mgr.statuses(names), states, True)
     if args.verb == "status":
         denied = {s.name: mgr.denied(s.name, DENIED_SHOWN) for s in statuses}
-        color = sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
-        _emit(args, [{**s.to_json(), "denied": denied[s.name]} for s in statuses],
-              lambda: "\n\n".join(status_text(s, denied[s.name], color) for s in statuses))
+        if mode != "off":
+            print(dump_json([{**s.to_json(), "denied": denied[s.name]} for s in statuses], mode))
+        else:
+            with terminal.pager(not args.no_pager):
+                colors = terminal.colors_enabled()
+                _print("\n\n".join(status_text(s, denied[s.name], colors) for s in statuses))
         return 0 if names is None or all(s.active_state == "active" for s in statuses) else 3
     wanted = [p for group in args.property for p in group.split(",") if p]
     blocks = [show_properties(s, wanted) for s in statuses]
-    if args.json:
-        print(json.dumps(blocks if len(blocks) > 1 else blocks[0], indent=2))
+    if mode != "off":
+        if blocks:
+            print(dump_json(blocks if len(blocks) > 1 else blocks[0], mode))
         return 0
     out = []
     for props in blocks:
-        out.append("\n".join(v if args.value else f"{k}={v}" for k, v in props.items()))
-    print("\n\n".join(out))
+        # systemctl show: a value with control characters is "[unprintable]" (the JSON has
+        # it as it is); a property that does not exist is left out (systemd 252).
+        out.append("\n".join(v if args.value else f"{k}={v}" for k, v in
+                             ((k, v if terminal.printable(v) else "[unprintable]")
+                              for k, v in props.items())))
+    with terminal.pager(not args.no_pager):
+        _print("\n\n".join(out))
     return 0
 
 
-def _emit(args: argparse.Namespace, data: list[dict], text) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        out = text()
-        if out:
-            print(out)
+def _print(text: str) -> None:
+    if text:
+        print(text)
 
 
 # -- status -------------------------------------------------------------------------------
 
 
 def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = False) -> str:
-    """The ``ipacctd status`` block of one unit, laid out like ``systemctl status``.
+    """The ``ipacctd status`` block of one unit, laid out like systemd 252's ``systemctl
+    status`` for the same states (dot, ``Active: failed (Result: exit-code) since …``,
+    ``Process: PID ExecStart=… (code=exited, status=1/FAILURE)``, ``IP: 84B in, 84B out``).
 
     ``denied``: the most denied remote addresses (from the unit's denied-addresses log).
     A unit whose policy is not in force on its live cgroup says so first: in its state
@@ -68,7 +97,8 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = 
     """
     u = st.unit
     enf = st.enforcement
-    lines = [f"{DOTS.get(st.active_state, '●')} {u.name} - {u.description}"]
+    dot, dot_color = DOTS.get(st.active_state, ("●", ""))
+    lines = [f"{terminal.color(dot, dot_color, color)} {u.name} - {cescape(u.description)}"]
     kind = ("transient" if u.transient
             else f"bound to the systemd service {u.systemd_service}" if u.systemd_service
             else "attached to existing cgroup")
@@ -85,20 +115,29 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = 
         since = u.started_at
     else:  # an attached unit whose cgroup vanished unseen has no known end: no time
         since = u.exited_at or (u.started_at if u.transient else None)
-    active = f"{st.active_state} ({st.sub_state})"
+    state = st.active_state
+    detail = f"Result: {_result(st)}" if state == "failed" else st.sub_state
     if enf.alarming:
-        active += f" {NOT_ENFORCED}"
+        active = _red(f"{state} ({detail}) {NOT_ENFORCED}", color)
+    else:  # systemd colours the state word of a failed unit, all of "active (running)"
+        active = (f"{terminal.color(state, terminal.HIGHLIGHT_RED, color)} ({detail})"
+                  if state == "failed" else
+                  terminal.color(f"{state} ({detail})", terminal.HIGHLIGHT_GREEN, color)
+                  if state == "active" else f"{state} ({detail})")
     if since:
         active += f" since {format_timestamp(since)}; {format_relative(since)}"
-    lines.append(f"     Active: {_red(active, color) if enf.alarming else active}")
+    lines.append(f"     Active: {active}")
     if enf.alarming:
         lines.append(_red(f"   Firewall: NOT ENFORCED: {enf.problem}", color))
     if u.main_pid and st.active_state == "active":
         lines.append(f"   Main PID: {u.main_pid} ({_comm(u.main_pid)})")
     elif u.main_pid and u.exit_status is not None:
-        how = (f"code=exited, status={u.exit_status}" if u.exit_status >= 0
-               else f"code=killed, signal={-u.exit_status}")
-        lines.append(f"    Process: {u.main_pid} ({how})")
+        how = exit_description(u.exit_status)
+        red = "" if u.exit_status in CLEAN_EXIT else terminal.HIGHLIGHT_RED
+        shown = terminal.color(how, red, color)
+        exec_start = f" ExecStart={escape_command(u.command)}" if u.command else ""
+        lines.append(f"    Process: {u.main_pid}{exec_start} {shown}")
+        lines.append(f"   Main PID: {u.main_pid} {how}")
     c = st.counters
     if c is not None and u.properties.ip_accounting:
         lines.append(f"         IP: {format_bytes(c.ingress_bytes)} in, "
@@ -115,9 +154,9 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = 
                      f"{format_bytes(c.egress_audit_bytes)} out "
                      f"({_packets(c.egress_audit_packets)}) would be denied")
     if denied:
-        shown = ", ".join(f"{e['address']} ({e['direction']}, {_packets(e['packets'])})"
-                          for e in denied)
-        lines.append(f"     Denied: {shown}")
+        shown_denied = ", ".join(f"{e['address']} ({e['direction']}, {_packets(e['packets'])})"
+                                 for e in denied)
+        lines.append(f"     Denied: {shown_denied}")
     if not enf.alarming:  # else said above
         lines.append(f"   Firewall: {_policy(st)}")
     else:
@@ -128,10 +167,32 @@ def status_text(st: UnitStatus, denied: list[dict] | None = None, color: bool = 
     lines.append(f"     CGroup: {u.cgroup}")
     for i, pid in enumerate(st.pids[:50]):
         branch = "└─" if i == min(len(st.pids), 50) - 1 else "├─"
-        lines.append(f"             {branch}{pid} {_cmdline(pid)}")
+        lines.append(f"             {branch}"
+                     f"{terminal.color(f'{pid} {_cmdline(pid)}', terminal.GREY, color)}")
     if len(st.pids) > 50:
         lines.append(f"             … {len(st.pids) - 50} more")
     return "\n".join(lines)
+
+
+def _result(st: UnitStatus) -> str:
+    """systemd's Result= of a failed unit: how its main process ended."""
+    if st.broken is not None:
+        return "resources"
+    status = st.unit.exit_status
+    return "signal" if status is not None and status < 0 else "exit-code"
+
+
+def exit_description(status: int) -> str:
+    """``(code=exited, status=1/FAILURE)`` / ``(code=killed, signal=KILL)`` as systemctl:
+    the status named for the C library's two (0 SUCCESS, 1 FAILURE), the signal by name."""
+    if status >= 0:
+        name = {0: "/SUCCESS", 1: "/FAILURE"}.get(status, "")
+        return f"(code=exited, status={status}{name})"
+    try:
+        sig = signal.Signals(-status).name.removeprefix("SIG")
+    except ValueError:
+        sig = str(-status)
+    return f"(code=killed, signal={sig})"
 
 
 def _policy(st: UnitStatus) -> str:
@@ -175,11 +236,11 @@ NOT_ENFORCED = "— NOT ENFORCED"
 
 
 def _red(text: str, color: bool) -> str:
-    return f"\x1b[1;31m{text}\x1b[0m" if color else text
+    return terminal.color(text, terminal.HIGHLIGHT_RED, color)
 
 
 def _packets(n: int) -> str:
-    return f"{n} packet" if n == 1 else f"{n} packets"
+    return plural(n, "packet")
 
 
 def _read_proc(pid: int, name: str) -> str:
@@ -202,29 +263,44 @@ def _cmdline(pid: int) -> str:
 # -- list-units -----------------------------------------------------------------------------
 
 
-def list_units_text(statuses: list[UnitStatus]) -> str:
-    """The ``list-units`` table."""
-    rows = []
+def list_units_text(statuses: list[UnitStatus], legend: bool = True, width: int | None = None,
+                    colors: bool = False, all_: bool = True) -> str:
+    """The ``list-units`` table, laid out as systemctl's: a column for the dot of failed
+    units, the row of a failed unit in red, ``--no-legend`` without header and footer.
+    Units whose firewall is not in force are named first, in red, before the table (on
+    standard error with ``--no-legend``, whose output scripts read)."""
+    rows, styles = [], []
     for s in statuses:
         c = s.counters
         counting = c is not None and s.unit.properties.ip_accounting
+        failed = s.active_state == "failed"
         rows.append([
-            s.name, s.active_state, s.sub_state,
+            "●" if failed else " ", s.name, s.active_state, s.sub_state,
             format_bytes(c.ingress_bytes) if counting else "-",
             format_bytes(c.egress_bytes) if counting else "-",
             format_bytes(c.ingress_dropped_bytes + c.egress_dropped_bytes) if c else "-",
             s.unit.description,
         ])
-    if not rows:
-        return "0 units listed."
-    text = table(["UNIT", "ACTIVE", "SUB", "IP IN", "IP OUT", "DROPPED", "DESCRIPTION"], rows,
-                 right=frozenset({3, 4, 5}))
-    text = f"{text}\n\n{len(rows)} unit{'s' if len(rows) != 1 else ''} listed."
+        red = terminal.HIGHLIGHT_RED if failed else ""
+        styles.append([red, red, red, red, "", "", "", ""])
     unenforced = [s.name for s in statuses if s.enforcement.alarming]
+    alarm = ""
     if unenforced:
-        text += (f"\nFIREWALL NOT ENFORCED on {len(unenforced)} live "
-                 f"unit{'s' if len(unenforced) != 1 else ''}: {', '.join(unenforced)} "
-                 "(see 'ipacctd status')")
+        alarm = _red(f"FIREWALL NOT ENFORCED on {plural(len(unenforced), 'live unit')}: "
+                     f"{', '.join(unenforced)} (see 'ipacctd status')", colors)
+        if not legend:
+            print(alarm, file=sys.stderr)
+    text = table([" ", "UNIT", "ACTIVE", "SUB", "IP IN", "IP OUT", "DROPPED", "DESCRIPTION"],
+                 rows, right=frozenset({4, 5, 6}), width=width, styles=styles, legend=legend,
+                 colors=colors) if rows or legend else ""
+    if legend:
+        footer = f"{plural(len(rows), 'unit')} listed."
+        if not rows and not all_:
+            footer += " Pass --all to see inactive units, too."
+        gap = "\n\n" if rows else "\n"  # systemd: a blank line after rows only
+        text = text + gap + terminal.color(footer, terminal.HIGHLIGHT, colors)
+        if alarm:
+            text = f"{alarm}\n{text}"
     return text
 
 
@@ -245,19 +321,25 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
         "ExecMainStatus": str(u.exit_status if u.exit_status is not None else 0),
         "ControlGroup": u.cgroup,
     }
-    for key, value in u.properties.to_show().items():
-        if key != "Description":
-            props[key] = value
     c: Counters | None = st.counters
     counting = c is not None and u.properties.ip_accounting
     for spec in SYSTEMD_COUNTERS:
         props[spec.prop] = str(getattr(c, spec.attr)) if counting else "[no data]"
+    for key, value in u.properties.to_show().items():
+        if key != "Description":
+            props[key] = value
     for spec in EXTRA_COUNTERS:
         props[spec.prop] = str(getattr(c, spec.attr)) if c is not None else "[no data]"
     props["SystemdDropIn"] = armed_dropin(u.systemd_service) if u.systemd_service else ""
     props["IPFirewallEnforced"] = "yes" if st.enforcement.enforced else "no"
     props["IPFirewallProblem"] = st.enforcement.problem
-    if wanted:
-        return {k: props.get(k, "") for k in wanted}
+    # systemctl show's order: the service's D-Bus properties (the counters before
+    # IPAccounting=), then the unit's (Id, Description, states); ipacctd's own after them.
+    service = ("MainPID", "ExecMainStatus", "ControlGroup",
+               *(spec.prop for spec in SYSTEMD_COUNTERS),
+               *(k for k in u.properties.to_show() if k != "Description"))
+    props = {**{k: props[k] for k in service}, **props}
+    if wanted:  # in that order, as systemctl; an unknown name is left out (systemd 252)
+        return {k: v for k, v in props.items() if k in wanted}
     return props
 

@@ -11,7 +11,7 @@ import time
 
 from ipacctd import cgroup
 from ipacctd.cli.engine import manager_for
-from ipacctd.cli.format import format_bytes, format_timespan
+from ipacctd.cli.format import format_bytes, format_timespan, plural
 from ipacctd.cli.spawn import spawn
 from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported
 from ipacctd.manager import owner
@@ -160,8 +160,9 @@ def print_summary(mgr: Manager, name: str, returncode: int, runtime: float) -> N
         print(f"IP traffic sent: {format_bytes(c.egress_bytes)}", file=err)
     if unit.properties.ip_address_deny or c.ingress_dropped_packets or c.egress_dropped_packets:
         print(f"IP traffic dropped: {format_bytes(c.ingress_dropped_bytes)} received "
-              f"({c.ingress_dropped_packets} packets), {format_bytes(c.egress_dropped_bytes)} "
-              f"sent ({c.egress_dropped_packets} packets)", file=err)
+              f"({plural(c.ingress_dropped_packets, 'packet')}), "
+              f"{format_bytes(c.egress_dropped_bytes)} sent "
+              f"({plural(c.egress_dropped_packets, 'packet')})", file=err)
     if c.ingress_audit_packets or c.egress_audit_packets:
         print(f"IP traffic that the deny list would drop (audit): "
               f"{format_bytes(c.ingress_audit_bytes)} received, "

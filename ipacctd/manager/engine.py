@@ -896,6 +896,34 @@ class Manager:
             log.warning("unit %s: stopped, but its exit cannot be recorded: %s", name, exc)
         return pids
 
+    def kill(self, name: str, sig: int, main_only: bool = False) -> list[int]:
+        """Send ``sig`` to the processes of a unit ipacctd started (``ipacctd kill``): all
+        in its cgroup, or only its main process. A unit attached to a cgroup ipacctd did not
+        make is refused: that cgroup's owner (systemd, a container engine) signals it.
+        Returns the PIDs signalled."""
+        unit = self.unit(name)
+        if not unit.transient:
+            raise InvalidInput(
+                f"unit {unit.name} is attached to a cgroup ipacctd did not create "
+                f"({unit.cgroup}); signal it through its owner (systemctl kill, podman kill)")
+        fs = self.cgroup_fs(unit)
+        pids = cgroup.procs_recursive(fs) if cgroup.exists(fs) else []
+        if not main_only:
+            return cgroup.kill_all(fs, sig) if pids else []
+        if not unit.main_pid or unit.main_pid not in pids:
+            raise Error("No main process to kill")
+        try:  # the pidfd pins the process: a PID reused after the check is not signalled
+            pidfd = os.pidfd_open(unit.main_pid)
+        except ProcessLookupError:
+            raise Error("No main process to kill") from None
+        try:
+            if unit.main_pid not in cgroup.procs_recursive(fs):
+                raise Error("No main process to kill")
+            signal.pidfd_send_signal(pidfd, sig)
+        finally:
+            os.close(pidfd)
+        return [unit.main_pid]
+
     def release_cgroup(self, name: str, timeout: float = 5.0,
                        owned_by: owner.Owner | None = None) -> None:
         """End what is left in a transient unit's cgroup and remove the cgroup.

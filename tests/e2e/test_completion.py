@@ -90,11 +90,14 @@ def test_bash_completes_verbs_options_and_units(
     path.write_text(script(inst, "bash"))
     assert VERBS | {"completion", "daemon", "top"} <= bash_complete(path, "ipacctd ", shell_env)
     assert bash_complete(path, "ipacctd sta", shell_env) == {"status"}
-    assert bash_complete(path, "ipacctd list-", shell_env) == {"list-units"}
+    assert bash_complete(path, "ipacctd list-", shell_env) == {"list-units", "list-unit-files"}
+    assert bash_complete(path, "ipacctd is-", shell_env) == {"is-active", "is-failed"}
     # unit names, from the installation (a name that is not there is never offered)
     assert bash_complete(path, "ipacctd status ", shell_env) == {"web.service", "worker.service"}
     assert bash_complete(path, "ipacctd show w", shell_env) == {"web.service", "worker.service"}
     assert bash_complete(path, "ipacctd stop wo", shell_env) == {"worker.service"}
+    assert bash_complete(path, "ipacctd is-active wo", shell_env) == {"worker.service"}
+    assert bash_complete(path, "ipacctd kill -s TERM we", shell_env) == {"web.service"}
     assert bash_complete(path, "ipacctd inspect x", shell_env) == set()
     # a verb's own options, and a positional's choices
     assert {"--property", "--value", "--json"} <= bash_complete(

@@ -74,7 +74,7 @@ def test_status_show_list_units_of_a_running_unit(inst: Installation) -> None:
     )
 
     table = inst.ok("list-units").stdout
-    row = line_matching(table, r"web\.service\s.*")
+    row = line_matching(table, r"  web\.service\s.*")  # systemctl's blank dot column first
     assert row.split() == [
         "web.service",
         "active",
@@ -204,7 +204,9 @@ def test_stop_keeps_counters_and_reset_forgets(inst: Installation) -> None:
     lines = st.stdout.splitlines()
     assert lines[0].startswith("○ web.service - "), st.stdout
     assert re.fullmatch(r"     Active: inactive \(dead\) since .+ ago", lines[2]), st.stdout
-    assert f"    Process: {web.pid} (code=killed, signal=15)" in lines
+    argv = f"{inst.argv()[0]} {inst.tmp}/agent.py 7000"
+    assert f"    Process: {web.pid} ExecStart={argv} (code=killed, signal=TERM)" in lines, lines
+    assert f"   Main PID: {web.pid} (code=killed, signal=TERM)" in lines, lines
     assert f"         IP: {100 + UDP4}B in, {100 + UDP4}B out" in lines
     assert f"    Dropped: 0B in (0 packets), {100 + UDP4}B out (1 packet)" in lines
     assert "   Firewall: IPAddressDeny=198.51.100.1/32 (cgroup gone; counters kept)" in lines
