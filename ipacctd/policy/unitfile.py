@@ -33,12 +33,18 @@ import fnmatch
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ipacctd.errors import InvalidInput
+from ipacctd.policy.addresses import collector_paused
 from ipacctd.policy.names import SUFFIXES, validate_unit_name
-from ipacctd.policy.properties import PROPERTIES, Properties, normalize_absolute_path
+from ipacctd.policy.properties import (
+    PROPERTIES,
+    Assignment,
+    Properties,
+    normalize_absolute_path,
+)
 
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
@@ -75,9 +81,13 @@ class UnitFile:
     """cgroup path patterns relative to the cgroup2 mount (may contain ``*?[`` globs)."""
     assignments: tuple[tuple[str, str], ...]
     """Every property assignment (``Description=`` included) in file order."""
+    parsed: Properties | None = field(default=None, compare=False, repr=False)
+    """:meth:`properties`, merged when the file was parsed (None: merged when asked)."""
 
     def properties(self) -> Properties:
         """Return the default properties with :attr:`assignments` applied."""
+        if self.parsed is not None:
+            return self.parsed
         return Properties().apply(self.assignments)
 
     def has_glob(self) -> bool:
@@ -199,6 +209,9 @@ def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) 
     ``name`` defaults to the name derived from ``path`` (see :func:`unit_name_for_path`);
     for the default path ``<string>`` it is ``unnamed.service``.
 
+    Each value is parsed once, on its line (so that an error names the line); the file's
+    properties are then merged from the parsed values (:meth:`UnitFile.properties`).
+
     Raises:
         InvalidInput: with a message starting ``path:line: `` for assignments outside a
             section, lines without ``=``, unknown sections or keys and invalid values.
@@ -209,68 +222,92 @@ def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) 
         name = validate_unit_name(name)
     if text.startswith("\ufeff"):
         text = text[1:]
-    section: str | None = None
-    cgroups: dict[str, None] = {}  # ordered set: a long list costs no quadratic lookups
-    assignments: list[tuple[str, str]] = []
-    empty = Properties()
-
-    for number, raw in _logical_lines(text):
-
-        def fail(problem: str, number: int = number) -> InvalidInput:
-            # At most a short excerpt of the file: a message never carries a whole line.
-            return InvalidInput(_excerpt(f"{path}:{number}: {problem}", MAX_MESSAGE))
-
-        line = raw.strip()
-        if not line or line[0] in _COMMENTS:
-            continue
-        if line.startswith("["):
-            if not line.endswith("]") or len(line) < 3:
-                raise fail(f"invalid section header {_excerpt(line)!r}")
-            section = line[1:-1]
-            if section not in SECTION_KEYS and not section.startswith("X-"):
-                known = ", ".join(f"[{s}]" for s in SECTION_KEYS)
-                raise fail(f"unknown section [{_excerpt(section)}]; known sections: {known}")
-            continue
-        if section is None:
-            raise fail(f"assignment outside of a section: {_excerpt(line)!r}")
-        key, eq, value = line.partition("=")
-        if not eq:
-            raise fail(f"missing '=' in line {_excerpt(line)!r}")
-        key, value = key.strip(), value.strip()
-        if not key:
-            raise fail(f"missing key name before '=' in line {_excerpt(line)!r}")
-        if section.startswith("X-") or key.startswith("X-"):
-            continue
-        if key not in SECTION_KEYS[section]:
-            where = next(
-                (f" (it belongs in [{s}])" for s, k in SECTION_KEYS.items() if key in k), ""
-            )
-            known = ", ".join(sorted(SECTION_KEYS[section]))
-            raise fail(
-                f"unknown key {_excerpt(key)!r} in section [{section}]{where}; known keys: {known}"
-            )
-        try:
-            if key == "ControlGroup":
-                if not value:
-                    cgroups.clear()
-                else:
-                    cgroups.setdefault(validate_cgroup_pattern(value))
-            else:
-                empty.apply([(key, value)])  # this value alone: errors name its line
-                assignments.append((key, value))
-        except InvalidInput as e:
-            raise fail(str(e)) from None
+    parser = _FileParser()
+    with collector_paused(len(text)):  # its lines' values may hold 100k+ networks
+        for number, raw in _logical_lines(text):
+            try:
+                parser.line(raw.strip())
+            except InvalidInput as e:
+                raise _error(f"{path}:{number}: {e}") from None
     try:
-        props = empty.apply(assignments)  # all at once: linear, not one rebuild per line
+        props = Properties().apply(parser.assignments)  # all at once: linear
     except InvalidInput as e:
-        raise InvalidInput(_excerpt(f"{path}: {e}", MAX_MESSAGE)) from None
-
+        raise _error(f"{path}: {e}") from None
     return UnitFile(
         name=name,
         path=path,
         description=props.description,
-        cgroups=tuple(cgroups),
-        assignments=tuple(assignments),
+        cgroups=tuple(parser.cgroups),
+        assignments=tuple(parser.assignments),
+        parsed=props,
+    )
+
+
+def _error(message: str) -> InvalidInput:
+    """An error about a unit file's content: at most a short excerpt of the file, never a
+    whole line."""
+    return InvalidInput(_excerpt(message, MAX_MESSAGE))
+
+
+class _FileParser:
+    """What :func:`parse_unit_file` has read so far: one logical line at a time."""
+
+    def __init__(self) -> None:
+        self.section: str | None = None
+        self.cgroups: dict[str, None] = {}  # ordered set: a long list costs no quadratic lookups
+        self.assignments: list[Assignment] = []
+
+    def line(self, line: str) -> None:
+        """Take one stripped logical line; InvalidInput (without the position) if it is bad."""
+        if not line or line[0] in _COMMENTS:
+            return
+        if line.startswith("["):
+            self.section = _section(line)
+            return
+        if self.section is None:
+            raise InvalidInput(f"assignment outside of a section: {_excerpt(line)!r}")
+        key, value = _key_value(line)
+        if self.section.startswith("X-") or key.startswith("X-"):
+            return
+        _check_key(self.section, key)
+        if key != "ControlGroup":
+            self.assignments.append(Assignment.parse(key, value))  # errors name this line
+        elif not value:
+            self.cgroups.clear()
+        else:
+            self.cgroups.setdefault(validate_cgroup_pattern(value))
+
+
+def _section(line: str) -> str:
+    """The name of a ``[Section]`` header line (a known section, or an ``X-`` one)."""
+    if not line.endswith("]") or len(line) < 3:
+        raise InvalidInput(f"invalid section header {_excerpt(line)!r}")
+    section = line[1:-1]
+    if section not in SECTION_KEYS and not section.startswith("X-"):
+        known = ", ".join(f"[{s}]" for s in SECTION_KEYS)
+        raise InvalidInput(f"unknown section [{_excerpt(section)}]; known sections: {known}")
+    return section
+
+
+def _key_value(line: str) -> tuple[str, str]:
+    """``Key=Value`` split, both stripped; the key must not be empty."""
+    key, eq, value = line.partition("=")
+    if not eq:
+        raise InvalidInput(f"missing '=' in line {_excerpt(line)!r}")
+    key, value = key.strip(), value.strip()
+    if not key:
+        raise InvalidInput(f"missing key name before '=' in line {_excerpt(line)!r}")
+    return key, value
+
+
+def _check_key(section: str, key: str) -> None:
+    """Refuse a key that its section does not hold, naming the section it belongs in."""
+    if key in SECTION_KEYS[section]:
+        return
+    where = next((f" (it belongs in [{s}])" for s, k in SECTION_KEYS.items() if key in k), "")
+    known = ", ".join(sorted(SECTION_KEYS[section]))
+    raise InvalidInput(
+        f"unknown key {_excerpt(key)!r} in section [{section}]{where}; known keys: {known}"
     )
 
 
