@@ -265,6 +265,15 @@ def format_network(network: Network) -> str:
     return str(network)
 
 
+def _dbus_word(word: str) -> tuple[int, bytes, int]:
+    """One word of canonical text (``addr/len``, as :func:`format_network` writes it) in
+    D-Bus form."""
+    addr, _, plen = word.rpartition("/")
+    if ":" in addr:
+        return AF_INET6, socket.inet_pton(socket.AF_INET6, addr), int(plen)
+    return AF_INET, socket.inet_pton(socket.AF_INET, addr), int(plen)
+
+
 def _dbus_item(item: Any, prop: str) -> Network:
     def bad(reason: str) -> InvalidInput:
         return InvalidInput(f"invalid D-Bus address entry {item!r} in {prop}=: {reason}")
@@ -312,7 +321,7 @@ class AddressList:
     reading a unit's state (counters, status, ``show``) never parses a 100k-prefix list.
     """
 
-    __slots__ = ("_networks", "_parts", "_text")
+    __slots__ = ("_networks", "_parts", "_prop", "_text")
 
     def __init__(self, networks: Iterable[Network] = ()) -> None:
         #: Networks appended, not yet reduced; None for a list known by its canonical
@@ -330,16 +339,17 @@ class AddressList:
         return new
 
     @classmethod
-    def from_canonical(cls, text: str) -> AddressList:
-        """The list whose canonical text (``str()``) is ``text``, parsed on first use.
+    def from_canonical(cls, text: str, prop: str = "IPAddressAllow") -> AddressList:
+        """The list whose canonical text (``str()``) is ``text``, parsed on first use
+        (``prop`` names the property in the error, should it not parse then).
 
-        Only for text that ``str()`` of a list wrote (the caller checks, e.g. by a digest):
-        it must be reduced and in canonical order already.
+        Only for text that ``str()`` of a list wrote (the caller checks, e.g. by a digest).
         """
         new = cls.__new__(cls)
         new._parts = None
         new._networks = None
         new._text = text
+        new._prop = prop
         return new
 
     @classmethod
@@ -359,7 +369,7 @@ class AddressList:
         if self._networks is None:
             if self._parts is None:  # known by its canonical text: parse it now
                 assert self._text is not None
-                self._networks = reduce(parse_words(self._text))
+                self._networks = reduce(parse_words(self._text, self._prop))
             else:
                 self._networks = reduce(n for part in self._parts for n in part)
             self._parts = ()
@@ -375,14 +385,20 @@ class AddressList:
             return NotImplemented
         if self is other:
             return True
-        if self._text is not None and other._text is not None:
-            return self._text == other._text  # canonical texts: equal exactly when lists are
+        if (self._text is not None and other._text is not None) or not (
+            self.parsed and other.parsed
+        ):
+            # Canonical texts are equal exactly when the lists are; formatting a parsed
+            # list costs less than parsing one known by its text only.
+            return str(self) == str(other)
         return self.networks == other.networks
 
     def __hash__(self) -> int:
         return hash(str(self))
 
     def __repr__(self) -> str:
+        if not self.parsed:
+            return f"AddressList.from_canonical({self._text!r})"
         return f"AddressList(networks={self.networks!r})"
 
     @classmethod
@@ -460,7 +476,13 @@ class AddressList:
         return bool(self.networks)
 
     def to_dbus(self) -> list[tuple[int, bytes, int]]:
-        """Return systemd's D-Bus form ``a(iayu)``: (family, packed address, prefix length)."""
+        """Return systemd's D-Bus form ``a(iayu)``: (family, packed address, prefix length).
+
+        A list known by its canonical text only is converted word by word, without making
+        its networks (a unit's D-Bus properties are sent whenever the unit changes)."""
+        if self._networks is None and self._parts is None:
+            assert self._text is not None
+            return [_dbus_word(word) for word in self._text.split()]
         return [
             (AF_INET if n.version == 4 else AF_INET6, n.network_address.packed, n.prefixlen)
             for n in self.networks

@@ -201,7 +201,7 @@ def _address_list_from_json(value: Any, name: str) -> AddressList:
             hand or damaged: the policy the kernel enforces is not known to be this one).
     """
     if isinstance(value, list) and all(isinstance(w, str) for w in value):
-        return AddressList.parse(" ".join(value), name)
+        return AddressList.parse(" ".join(value), name) if value else EMPTY
     if not (
         isinstance(value, dict)
         and isinstance(value.get("canonical"), str)
@@ -217,7 +217,7 @@ def _address_list_from_json(value: Any, name: str) -> AddressList:
             f"invalid JSON value for {name}: its canonical text does not match its sha256 "
             "(edited by hand or damaged)"
         )
-    return AddressList.from_canonical(text)
+    return AddressList.from_canonical(text, name)
 
 
 def _address_spec(name: str, attr: str, doc: str) -> PropertySpec:
