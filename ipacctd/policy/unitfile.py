@@ -29,6 +29,7 @@ append, an empty value resets).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import stat
@@ -135,7 +136,10 @@ def merge_order(
 
 
 def merged_properties(files: tuple[UnitFile, ...] | list[UnitFile]) -> Properties:
-    """The policy of overlapping files: every file's assignments, in merge order."""
+    """The policy of overlapping files: every file's assignments, in merge order (one
+    file's: its properties as merged when it was parsed, not parsed again)."""
+    if len(files) == 1:
+        return files[0].properties()
     return Properties().apply(a for f in files for a in f.assignments)
 
 
@@ -238,7 +242,7 @@ def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) 
         path=path,
         description=props.description,
         cgroups=tuple(parser.cgroups),
-        assignments=tuple(parser.assignments),
+        assignments=tuple((key, value) for key, value in parser.assignments),
         parsed=props,
     )
 
@@ -383,7 +387,9 @@ def load_unit_file(path: str | os.PathLike[str], directory: str | None = None) -
     unit = parse_unit_file(text, spath)
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.clear()
-    _CACHE[key] = unit
+    # Kept without its merged properties: a 200k-prefix list is 70 MB of networks but
+    # 3 MB of text (a later load merges them from the text again).
+    _CACHE[key] = dataclasses.replace(unit, parsed=None)
     return unit
 
 
