@@ -40,23 +40,41 @@ _INET_PTON = socket.inet_pton
 _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
 
 
-def _parse_word(word: str, prop: str) -> tuple[Network, ...]:
-    """One word of a list: the common case (an address with an optional plain prefix
-    length) straight through; anything else, errors included, by :func:`_parse_word_checked`,
-    which says what is wrong (a 200k-prefix list spends most of its parsing here)."""
+def _plain_word(word: str) -> tuple[bool, bytes, int] | None:
+    """The common word (an address with an optional plain prefix length) as (IPv6?, packed
+    address, prefix length); None for anything else, which :func:`_parse_word_checked`
+    handles (keywords) or explains (errors)."""
     addr_text, slash, plen_text = word.partition("/")
     v6 = ":" in addr_text
     max_len = 128 if v6 else 32
     prefix_len = _PREFIX_LENGTHS.get(plen_text, 999) if slash else max_len
     if prefix_len > max_len or "%" in addr_text:
-        return _parse_word_checked(word, prop)
+        return None
     try:
-        packed = _INET_PTON(_AF_INET6 if v6 else _AF_INET, addr_text)
+        return v6, _INET_PTON(_AF_INET6 if v6 else _AF_INET, addr_text), prefix_len
     except (OSError, ValueError):
+        return None
+
+
+def _parse_word(word: str, prop: str) -> tuple[Network, ...]:
+    """One word of a list: the common case straight through, anything else by
+    :func:`_parse_word_checked` (a 200k-prefix list spends most of its parsing here)."""
+    plain = _plain_word(word)
+    if plain is None:
         return _parse_word_checked(word, prop)
-    host_bits = max_len - prefix_len
+    v6, packed, prefix_len = plain
+    host_bits = (128 if v6 else 32) - prefix_len
     value = int.from_bytes(packed, "big") >> host_bits << host_bits  # clear the host bits
     return (make_network(v6, value, prefix_len),)
+
+
+def check_words(value: str, prop: str = "IPAddressAllow") -> None:
+    """Validate a list as :func:`parse_words` does, with the same errors, making no
+    networks (a fifth of the cost: for lists that may never be needed, see
+    :meth:`AddressList.from_words`)."""
+    for word in value.split():
+        if _plain_word(word) is None:
+            _parse_word_checked(word, prop)
 
 
 def _parse_word_checked(word: str, prop: str) -> tuple[Network, ...]:
@@ -321,7 +339,7 @@ class AddressList:
     reading a unit's state (counters, status, ``show``) never parses a 100k-prefix list.
     """
 
-    __slots__ = ("_networks", "_parts", "_prop", "_text")
+    __slots__ = ("_networks", "_parts", "_prop", "_text", "_words")
 
     def __init__(self, networks: Iterable[Network] = ()) -> None:
         #: Networks appended, not yet reduced; None for a list known by its canonical
@@ -329,6 +347,7 @@ class AddressList:
         self._parts: tuple[tuple[Network, ...], ...] | None = (tuple(networks),)
         self._networks: tuple[Network, ...] | None = None
         self._text: str | None = None
+        self._words: str | None = None  # validated words, not parsed yet (from_words)
 
     @classmethod
     def _of_parts(cls, parts: tuple[tuple[Network, ...], ...]) -> AddressList:
@@ -336,6 +355,7 @@ class AddressList:
         new._parts = parts
         new._networks = None
         new._text = None
+        new._words = None
         return new
 
     @classmethod
@@ -349,12 +369,33 @@ class AddressList:
         new._parts = None
         new._networks = None
         new._text = text
+        new._words = None
         new._prop = prop
         return new
 
     @classmethod
+    def from_words(cls, value: str, prop: str = "IPAddressAllow") -> AddressList:
+        """The list of a property value (as :meth:`parse`), validated now (the same errors)
+        but parsed on first use: a unit file loaded only to be checked, or to learn which
+        cgroups it binds, makes none of its networks.
+
+        Raises:
+            InvalidInput: if any word is invalid.
+        """
+        check_words(value, prop)
+        new = cls.from_canonical("", prop)
+        new._text, new._words = None, value
+        return new
+
+    @classmethod
     def joined(cls, lists: Iterable[AddressList]) -> AddressList:
-        """One list holding the networks of all ``lists`` (reduced once, when read)."""
+        """One list holding the networks of all ``lists`` (reduced once, when read; lists
+        of words not parsed yet give one such list of all their words)."""
+        lists = [lst for lst in lists if not (lst._parts == ((),) or lst._networks == ())]
+        if lists and all(lst._words is not None for lst in lists):
+            new = cls.from_canonical("", lists[-1]._prop)
+            new._text, new._words = None, " ".join(lst._words for lst in lists)
+            return new
         return cls._of_parts(tuple(part for lst in lists for part in lst._pieces()))
 
     def _pieces(self) -> tuple[tuple[Network, ...], ...]:
@@ -367,9 +408,11 @@ class AddressList:
     def networks(self) -> tuple[Network, ...]:
         """The reduced networks: IPv4 first, then IPv6, each by (address, prefix length)."""
         if self._networks is None:
-            if self._parts is None:  # known by its canonical text: parse it now
-                assert self._text is not None
-                self._networks = reduce(parse_words(self._text, self._prop))
+            if self._parts is None:  # known by its text (canonical, or words): parse it now
+                text = self._text if self._text is not None else self._words
+                assert text is not None
+                self._networks = reduce(parse_words(text, self._prop))
+                self._words = None
             else:
                 self._networks = reduce(n for part in self._parts for n in part)
             self._parts = ()
@@ -397,7 +440,7 @@ class AddressList:
         return hash(str(self))
 
     def __repr__(self) -> str:
-        if not self.parsed:
+        if not self.parsed and self._text is not None:
             return f"AddressList.from_canonical({self._text!r})"
         return f"AddressList(networks={self.networks!r})"
 
@@ -462,8 +505,8 @@ class AddressList:
         return self._text
 
     def __len__(self) -> int:
-        if self._networks is None and self._parts is None:
-            assert self._text is not None  # canonical: one word per network
+        if self._networks is None and self._parts is None and self._text is not None:
+            # canonical: one word per network
             return self._text.count(" ") + 1 if self._text else 0
         return len(self.networks)
 
@@ -472,7 +515,8 @@ class AddressList:
 
     def __bool__(self) -> bool:
         if self._networks is None and self._parts is None:
-            return bool(self._text)
+            # canonical text, or valid words: each word is one network at least
+            return bool(self._text) if self._text is not None else bool(self._words.strip())
         return bool(self.networks)
 
     def to_dbus(self) -> list[tuple[int, bytes, int]]:
@@ -480,8 +524,7 @@ class AddressList:
 
         A list known by its canonical text only is converted word by word, without making
         its networks (a unit's D-Bus properties are sent whenever the unit changes)."""
-        if self._networks is None and self._parts is None:
-            assert self._text is not None
+        if self._networks is None and self._parts is None and self._text is not None:
             return [_dbus_word(word) for word in self._text.split()]
         return [
             (AF_INET if n.version == 4 else AF_INET6, n.network_address.packed, n.prefixlen)

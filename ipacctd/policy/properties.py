@@ -422,8 +422,10 @@ class Assignment(tuple[str, str]):
         return self
 
     @classmethod
-    def parse(cls, name: str, text: str) -> Assignment:
+    def parse(cls, name: str, text: str, defer: bool = False) -> Assignment:
         """Validate and parse one assignment; an empty value stands for the default.
+        ``defer``: an address list is validated now and parsed when first used
+        (:meth:`AddressList.from_words`).
 
         Raises:
             InvalidInput: for an unknown name or an invalid value (the message names it).
@@ -431,7 +433,11 @@ class Assignment(tuple[str, str]):
         spec = property_spec(name)
         if not isinstance(text, str):
             raise InvalidInput(f"invalid value for {name}=: expected a string")
-        return cls(name, text, spec.parse(text) if text.strip() else spec.default)
+        if not text.strip():
+            return cls(name, text, spec.default)
+        if defer and spec.default is EMPTY:
+            return cls(name, text, AddressList.from_words(text, name))
+        return cls(name, text, spec.parse(text))
 
 
 @dataclass(frozen=True)

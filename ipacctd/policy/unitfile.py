@@ -207,14 +207,17 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
         yield start, "".join(parts)
 
 
-def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) -> UnitFile:
+def parse_unit_file(
+    text: str, path: str = "<string>", name: str | None = None, defer: bool = False
+) -> UnitFile:
     """Parse a policy file.
 
     ``name`` defaults to the name derived from ``path`` (see :func:`unit_name_for_path`);
     for the default path ``<string>`` it is ``unnamed.service``.
 
     Each value is parsed once, on its line (so that an error names the line); the file's
-    properties are then merged from the parsed values (:meth:`UnitFile.properties`).
+    properties are then merged from the parsed values (:meth:`UnitFile.properties`). With
+    ``defer``, address lists are only validated on their lines and parsed when first used.
 
     Raises:
         InvalidInput: with a message starting ``path:line: `` for assignments outside a
@@ -226,7 +229,7 @@ def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) 
         name = validate_unit_name(name)
     if text.startswith("\ufeff"):
         text = text[1:]
-    parser = _FileParser()
+    parser = _FileParser(defer)
     with collector_paused(len(text)):  # its lines' values may hold 100k+ networks
         for number, raw in _logical_lines(text):
             try:
@@ -256,7 +259,8 @@ def _error(message: str) -> InvalidInput:
 class _FileParser:
     """What :func:`parse_unit_file` has read so far: one logical line at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, defer: bool = False) -> None:
+        self.defer = defer
         self.section: str | None = None
         self.cgroups: dict[str, None] = {}  # ordered set: a long list costs no quadratic lookups
         self.assignments: list[Assignment] = []
@@ -275,7 +279,7 @@ class _FileParser:
             return
         _check_key(self.section, key)
         if key != "ControlGroup":
-            self.assignments.append(Assignment.parse(key, value))  # errors name this line
+            self.assignments.append(Assignment.parse(key, value, self.defer))  # errors: this line
         elif not value:
             self.cgroups.clear()
         else:
@@ -328,8 +332,11 @@ _CACHE: dict[tuple[str, int, int, int, int], UnitFile] = {}
 _CACHE_MAX = 4096
 
 
-def load_unit_file(path: str | os.PathLike[str], directory: str | None = None) -> UnitFile:
-    """Read and parse one policy file (UTF-8), with limits.
+def load_unit_file(
+    path: str | os.PathLike[str], directory: str | None = None, defer: bool = False
+) -> UnitFile:
+    """Read and parse one policy file (UTF-8), with limits (``defer``: see
+    :func:`parse_unit_file`).
 
     Only regular files are read (a FIFO would block, a device never end), at most
     :data:`MAX_UNIT_FILE_BYTES`; with ``directory`` (the unit directory), a symlink that
@@ -384,12 +391,12 @@ def load_unit_file(path: str | os.PathLike[str], directory: str | None = None) -
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InvalidInput(f"{spath}: not valid UTF-8 (byte {e.start})") from None
-    unit = parse_unit_file(text, spath)
+    unit = parse_unit_file(text, spath, defer=defer)
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.clear()
-    # Kept without its merged properties: a 200k-prefix list is 70 MB of networks but
-    # 3 MB of text (a later load merges them from the text again).
-    _CACHE[key] = dataclasses.replace(unit, parsed=None)
+    # Kept without networks: a 200k-prefix list is 70 MB of them but 3 MB of text (a later
+    # load merges its properties from the text again).
+    _CACHE[key] = unit if defer else dataclasses.replace(unit, parsed=None)
     return unit
 
 
@@ -432,7 +439,9 @@ def load_unit_dir(
             continue
         path = os.path.join(sdir, entry)
         try:
-            unit = load_unit_file(path, sdir)
+            # Address lists validated, parsed when first needed: most files are read to
+            # learn which cgroups they bind, or only to be checked.
+            unit = load_unit_file(path, sdir, defer=True)
         except InvalidInput as e:
             errors.append(e)
             continue

@@ -21,8 +21,11 @@ WORDS += " ::1.2.3.4"  # 2001:db8:1::/48 is covered: six networks
 
 def policy() -> Properties:
     return Properties().apply(
-        [("IPAddressDeny", WORDS), ("IPAddressAllow", "198.51.100.7 2001:db8::5"),
-         ("Description", "web")]
+        [
+            ("IPAddressDeny", WORDS),
+            ("IPAddressAllow", "198.51.100.7 2001:db8::5"),
+            ("Description", "web"),
+        ]
     )
 
 
@@ -82,8 +85,11 @@ def test_lists_of_words_of_earlier_metadata_are_still_read() -> None:
 def test_parsed_assignments_are_applied_without_parsing_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pairs = [Assignment.parse("IPAddressDeny", WORDS), Assignment.parse("Description", "x"),
-             Assignment.parse("IPAddressDeny", "203.0.113.0/24")]
+    pairs = [
+        Assignment.parse("IPAddressDeny", WORDS),
+        Assignment.parse("Description", "x"),
+        Assignment.parse("IPAddressDeny", "203.0.113.0/24"),
+    ]
     assert pairs[0] == ("IPAddressDeny", WORDS)  # still the pair as given
     expected = Properties().apply([tuple(a) for a in pairs])
     attempts = refuse_parsing(monkeypatch)
@@ -137,3 +143,34 @@ def test_canonical_text_equality_is_list_equality() -> None:
     assert a == b == lazy and hash(a) == hash(lazy)
     assert lazy != c and c != lazy
     assert a.extend(c) == AddressList.from_canonical(str(a)).extend(c)
+
+
+def test_a_unit_directory_is_checked_without_making_networks(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipacctd.policy.unitfile import load_unit_dir
+
+    (tmp_path / "web.unit").write_text(
+        "[Match]\nControlGroup=/x/web\n[Service]\n"
+        f"IPAddressDeny={WORDS}\nIPAddressDeny=203.0.113.0/24\nIPAddressAllow=198.51.100.7\n"
+    )
+    bad = "[Service]\nIPAddressDeny=192.0.2.1\nIPAddressDeny=192.0.2.0/33 bogus\n"
+    (tmp_path / "bad.unit").write_text(bad)
+    attempts = refuse_parsing(monkeypatch)
+    files, errors = load_unit_dir(tmp_path)
+    # the bad file's error is the one a full parse gives
+    assert [str(e) for e in errors] == [
+        f"{tmp_path}/bad.unit:3: invalid address '192.0.2.0/33' in IPAddressDeny=: "
+        "prefix length 33 is out of range 0..32"
+    ]
+    (web,) = files
+    deny = web.properties().ip_address_deny
+    assert web.cgroups == ("/x/web",) and bool(deny) and not deny.parsed
+    assert attempts == []
+    monkeypatch.undo()
+    full = parse_unit_file((tmp_path / "web.unit").read_text(), str(tmp_path / "web.unit"))
+    assert web.properties() == full.properties()
+    assert deny.networks == full.properties().ip_address_deny.networks
+    with pytest.raises(InvalidInput) as exc:
+        parse_unit_file(bad, f"{tmp_path}/bad.unit")
+    assert str(exc.value) == str(errors[0])
