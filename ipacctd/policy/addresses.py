@@ -337,13 +337,15 @@ class AddressList:
     it is parsed only when its networks are needed (to build programs, to append to it).
     Its text, emptiness, length and equality with another such list come from the text, so
     reading a unit's state (counters, status, ``show``) never parses a 100k-prefix list.
+    Or from words validated but not parsed yet (:meth:`from_words`: a unit file the daemon
+    only checks).
     """
 
     __slots__ = ("_networks", "_parts", "_prop", "_text", "_words")
 
     def __init__(self, networks: Iterable[Network] = ()) -> None:
-        #: Networks appended, not yet reduced; None for a list known by its canonical
-        #: text only (not parsed yet).
+        #: Networks appended, not yet reduced; None for a list known by its text only
+        #: (canonical, or validated words; not parsed yet).
         self._parts: tuple[tuple[Network, ...], ...] | None = (tuple(networks),)
         self._networks: tuple[Network, ...] | None = None
         self._text: str | None = None
@@ -420,7 +422,7 @@ class AddressList:
 
     @property
     def parsed(self) -> bool:
-        """Whether the networks have been parsed (False: known by canonical text only)."""
+        """Whether the networks have been parsed (False: known by its text only)."""
         return self._parts is not None or self._networks is not None
 
     def __eq__(self, other: object) -> bool:
