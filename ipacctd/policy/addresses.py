@@ -350,14 +350,18 @@ class AddressList:
         self._networks: tuple[Network, ...] | None = None
         self._text: str | None = None
         self._words: str | None = None  # validated words, not parsed yet (from_words)
+        self._prop = "IPAddressAllow"  # names the property should parsing the text fail
 
     @classmethod
-    def _of_parts(cls, parts: tuple[tuple[Network, ...], ...]) -> AddressList:
+    def _new(
+        cls,
+        parts: tuple[tuple[Network, ...], ...] | None,
+        text: str | None = None,
+        words: str | None = None,
+        prop: str = "IPAddressAllow",
+    ) -> AddressList:
         new = cls.__new__(cls)
-        new._parts = parts
-        new._networks = None
-        new._text = None
-        new._words = None
+        new._parts, new._networks, new._text, new._words, new._prop = parts, None, text, words, prop
         return new
 
     @classmethod
@@ -367,13 +371,7 @@ class AddressList:
 
         Only for text that ``str()`` of a list wrote (the caller checks, e.g. by a digest).
         """
-        new = cls.__new__(cls)
-        new._parts = None
-        new._networks = None
-        new._text = text
-        new._words = None
-        new._prop = prop
-        return new
+        return cls._new(None, text=text, prop=prop)
 
     @classmethod
     def from_words(cls, value: str, prop: str = "IPAddressAllow") -> AddressList:
@@ -385,9 +383,7 @@ class AddressList:
             InvalidInput: if any word is invalid.
         """
         check_words(value, prop)
-        new = cls.from_canonical("", prop)
-        new._text, new._words = None, value
-        return new
+        return cls._new(None, words=value, prop=prop)
 
     @classmethod
     def joined(cls, lists: Iterable[AddressList]) -> AddressList:
@@ -395,10 +391,9 @@ class AddressList:
         of words not parsed yet give one such list of all their words)."""
         lists = [lst for lst in lists if not (lst._parts == ((),) or lst._networks == ())]
         if lists and all(lst._words is not None for lst in lists):
-            new = cls.from_canonical("", lists[-1]._prop)
-            new._text, new._words = None, " ".join(lst._words for lst in lists)
-            return new
-        return cls._of_parts(tuple(part for lst in lists for part in lst._pieces()))
+            words = " ".join(lst._words for lst in lists)  # type: ignore[misc]
+            return cls._new(None, words=words, prop=lists[-1]._prop)
+        return cls._new(tuple(part for lst in lists for part in lst._pieces()))
 
     def _pieces(self) -> tuple[tuple[Network, ...], ...]:
         """The networks of this list as parts to append (not reduced again if reduced)."""
@@ -472,7 +467,7 @@ class AddressList:
         """Return a new list holding this list's networks and ``networks`` (reduced when
         read: appending is linear in what is appended)."""
         new = networks._pieces() if isinstance(networks, AddressList) else (tuple(networks),)
-        return AddressList._of_parts(self._pieces() + new)
+        return AddressList._new(self._pieces() + new)
 
     @property
     def ipv4(self) -> tuple[ipaddress.IPv4Network, ...]:
