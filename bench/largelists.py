@@ -13,18 +13,33 @@ lists, as bench/datapath.py makes them):
 * unit files with 20k and 100k IPv6 prefixes (40 and 200 lines) and 100k IPv4 prefixes;
 * 20k IPv6 prefixes as 40 ``-p`` arguments (argv is bounded: ARG_MAX, 2 MiB here).
 
+Then what follows the list once it is in force (issue 13, "costs that follow what
+changed"): one running unit (``run --unit big -- sleep``) whose unit file holds 200k IPv4
+prefixes in 400 lines (200k IPv6 prefixes would exceed the 4 MiB a unit file may hold),
+and, interleaved, ``show big -p IPEgressBytes --value``, ``status big``, ``list-units``,
+``set-property big Description=...`` (a new text each time: a change that does not touch
+the policy) and the start of ``ipacctd daemon`` (from exec until it owns its bus name and
+has answered one scrape; a private ``dbus-daemon``; its CPU time until then). A second
+running unit with a one-prefix list gives the floor of the show, status and set-property
+rows: what a list of any size should cost them, once it is in force.
+
 Linear work shows as (100k - floor) / (20k - floor) near 5 (quadratic appending gave
 about 25). Cases run interleaved (one of each per round), in an isolated installation
 (bench/cli.py's ``Install``: temporary state, pins and cgroups, no daemon), each unit reset
 after its run outside the timing; reported are the medians of wall time and of the child's
 CPU time (user + system, from wait4), which a busy machine inflates less than wall time.
 
-Run as root:  python3 bench/largelists.py [--reps 3] [--ipacctd PATH] [--out FILE]
+Each row is printed beside its target and the previous measurement (``PREVIOUS``: the
+issue's figures, and this script's earlier results file).
+
+Run as root:  python3 bench/largelists.py [--reps 3] [--part run|unit|all] [--ipacctd PATH]
+              [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -38,10 +53,39 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
 
 from cli import Install, find_ipacctd  # noqa: E402
-from common import Report  # noqa: E402
+from common import Report, cpu_seconds, start_daemon, wait_ready  # noqa: E402
 from datapath import random_net  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+from support import PrivateBus, free_port, stop_process  # noqa: E402
+
 PER_LINE = 500
+BIG = "big"  # the unit of the second part
+BIG_PREFIXES = 200_000
+
+#: Targets (issue 13), seconds: (wall, CPU); None where the issue sets none.
+TARGETS: dict[str, tuple[float | None, float | None]] = {
+    "unit file, 100k IPv6 in 200 lines": (None, 3.0),
+    "show -p IPEgressBytes --value": (0.1, None),
+    "list-units": (0.2, None),
+    "set-property Description=x": (0.1, None),
+    "daemon start": (2.0, None),
+}
+SMALL = "small"  # a unit with a one-prefix list beside it: the floor of each read
+
+#: Earlier measurements, seconds (wall, CPU), and where they come from.
+PREVIOUS: dict[str, tuple[tuple[float | None, float | None], str]] = {
+    "unit file, 20k IPv6 in 40 lines": ((1.04, 0.85), "results file before"),
+    "unit file, 100k IPv6 in 200 lines": ((4.22, 3.77), "results file before"),
+    "unit file, 100k IPv4 in 200 lines": ((4.22, 4.18), "results file before"),
+    "-p x40, 20k IPv6": ((0.86, 0.73), "results file before"),
+    # This script before the change (the issue's figures: 4.6 s / 6 s / 11.5 s / 20 s)
+    "show -p IPEgressBytes --value": ((2.58, 1.89), "before"),
+    "status big": ((2.92, 1.83), "before"),
+    "list-units": ((3.62, 1.86), "before"),
+    "set-property Description=x": ((9.03, 4.37), "before"),
+    "daemon start": ((11.34, None), "before"),
+}
 
 
 def prefixes(version: int, count: int, seed: str) -> list[str]:
@@ -80,9 +124,194 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
+def fmt(value: float | None) -> str:
+    return f"{value:8.2f}" if value is not None else f"{'-':>8}"
+
+
+class Table:
+    """Medians of (wall, CPU) per case, printed beside target and previous measurement."""
+
+    def __init__(self) -> None:
+        self.walls: dict[str, list[float]] = {}
+        self.cpus: dict[str, list[float]] = {}
+
+    def add(self, name: str, wall: float, cpu: float | None) -> None:
+        self.walls.setdefault(name, []).append(wall)
+        if cpu is not None:
+            self.cpus.setdefault(name, []).append(cpu)
+
+    def median(self, name: str) -> tuple[float, float | None]:
+        cpus = self.cpus.get(name)
+        return statistics.median(self.walls[name]), statistics.median(cpus) if cpus else None
+
+    def print(self, out: Report) -> None:
+        out(
+            f"{'case':40} {'wall s':>8} {'CPU s':>8}   {'target':>15}   "
+            f"{'previous (wall, CPU)':>20}"
+        )
+        for name in self.walls:
+            wall, cpu = self.median(name)
+            tw, tc = TARGETS.get(name, (None, None))
+            target = f"wall <= {tw:g}" if tw else f"CPU <= {tc:g}" if tc else "-"
+            met = ""
+            if tw or tc:
+                ok = (tw is None or wall <= tw) and (tc is None or (cpu or 0) <= tc)
+                met = " met" if ok else " MISSED"
+            (pw, pc), where = PREVIOUS.get(name, ((None, None), ""))
+            prev = f"{fmt(pw)} {fmt(pc)}  ({where})" if where else "-"
+            out(f"{name:40} {wall:8.2f} {fmt(cpu)}   {target:>15}{met:7} {prev}")
+
+
+def load() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def run_part(inst: Install, cmd: list[str], reps: int, out: Report) -> None:
+    """``ipacctd run`` with large lists (the first part)."""
+    env = inst.env
+    v6_100k = prefixes(6, 100_000, "largelists-v6")
+    v4_100k = prefixes(4, 100_000, "largelists-v4")
+    v6_20k = v6_100k[::5]
+    write_unit(inst.unit_dir, "v6-20k", v6_20k)
+    write_unit(inst.unit_dir, "v6-100k", v6_100k)
+    write_unit(inst.unit_dir, "v4-100k", v4_100k)
+    # argv is bounded (ARG_MAX, 2 MiB here): the 20k list as 40 arguments
+    p_args = [a for line in lines(v6_20k) for a in ("-p", f"IPAddressDeny={line}")]
+    true = ["-q", "--", "true"]
+    cases = {
+        "run -q -- true (no list: floor)": [*cmd, "run", *true],
+        "unit file, 20k IPv6 in 40 lines": [*cmd, "run", "--unit", "v6-20k", *true],
+        "unit file, 100k IPv6 in 200 lines": [*cmd, "run", "--unit", "v6-100k", *true],
+        "unit file, 100k IPv4 in 200 lines": [*cmd, "run", "--unit", "v4-100k", *true],
+        "-p x40, 20k IPv6": [*cmd, "run", *p_args, *true],
+    }
+    out(f"# part 1: ipacctd run with large lists; load average at start {load()}")
+    out("# each unit file: one IPAddressDeny= line per 500 prefixes; unit reset after each run")
+    table = Table()
+    for _ in range(reps):
+        for name, argv in cases.items():
+            table.add(name, *timed(argv, env))
+            inst.reset_new()
+    out(f"# load average at end {load()}")
+    table.print(out)
+    floor = table.median("run -q -- true (no list: floor)")
+    small = table.median("unit file, 20k IPv6 in 40 lines")
+    big = table.median("unit file, 100k IPv6 in 200 lines")
+    for i, what in ((0, "wall"), (1, "CPU")):
+        growth = (big[i] - floor[i]) / max(small[i] - floor[i], 1e-9)  # type: ignore[operator]
+        out(f"# {what}: (100k - floor) / (20k - floor) = {growth:.1f} (linear: 5, quadratic: 25)")
+
+
+def daemon_start(inst: Install, bus: PrivateBus) -> tuple[float, float]:
+    """Wall seconds from exec of ``ipacctd daemon`` until it owns its bus name and has
+    answered one scrape, and the daemon's CPU seconds until then; the daemon is stopped
+    afterwards (outside the timing)."""
+    import urllib.request
+
+    port = free_port()
+    log_path = os.path.join(inst.state, "daemon.log")
+    env = {k: v for k, v in inst.env.items() if k != "IPACCTD_NO_DAEMON"}
+    env.setdefault("PYTHONPATH", os.path.dirname(HERE))
+    t = time.monotonic()
+    daemon = start_daemon(env, log_path, bus.address, port, 1.0)
+    try:
+
+        def scrape() -> None:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read()
+
+        wait_ready(daemon, bus.address, log_path, t, timeout=600, then=scrape)
+        return time.monotonic() - t, cpu_seconds(daemon.pid)
+    finally:
+        stop_process(daemon, 30)
+
+
+def unit_part(inst: Install, cmd: list[str], reps: int, out: Report) -> None:
+    """Reads and non-policy changes of one running unit with a 200k-prefix list."""
+    env = inst.env
+    write_unit(inst.unit_dir, BIG, prefixes(4, BIG_PREFIXES, "largelists-big"))
+    out(
+        f"# part 2: one running unit ({BIG}.service) whose unit file holds {BIG_PREFIXES // 1000}k "
+        f"IPv4 prefixes in {BIG_PREFIXES // PER_LINE} lines; load average at start {load()}"
+    )
+    out(f"# beside it {SMALL}.service, running, with a one-prefix list: the floor of its rows")
+    runners = []
+    bus = None
+    try:
+        for unit, props in ((BIG, []), (SMALL, ["-p", "IPAddressDeny=198.51.100.1"])):
+            inst.keep.add(f"{unit}.service")
+            runners.append(start_running(inst, cmd, unit, props))
+        bus = PrivateBus()
+        table = Table()
+        for i in range(reps):
+            for name, argv in {
+                "show -p IPEgressBytes --value": ["show", BIG, "-p", "IPEgressBytes", "--value"],
+                "  show, 1-prefix unit (floor)": ["show", SMALL, "-p", "IPEgressBytes", "--value"],
+                f"status {BIG}": ["status", BIG],
+                "  status, 1-prefix unit (floor)": ["status", SMALL],
+                "list-units": ["list-units"],
+                "set-property Description=x": ["set-property", BIG, f"Description=x{i}"],
+                "  set-property, 1-prefix unit (floor)": [
+                    "set-property",
+                    SMALL,
+                    f"Description=x{i}",
+                ],
+            }.items():
+                table.add(name, *timed([*cmd, *argv], env))
+            table.add("daemon start", *daemon_start(inst, bus))
+            # The same without the unit file to parse (the unit and its list stay recorded).
+            unit_file = os.path.join(inst.unit_dir, f"{BIG}.unit")
+            os.rename(unit_file, unit_file + ".off")
+            try:
+                table.add("  same, without big.unit to load", *daemon_start(inst, bus))
+            finally:
+                os.rename(unit_file + ".off", unit_file)
+        desc = inst.cli("show", BIG, "-p", "Description", "--value").stdout.strip()
+        if desc != f"x{reps - 1}":
+            raise SystemExit(f"set-property did not take: Description is {desc!r}")
+        out(f"# load average at end {load()}")
+        out(
+            "# daemon start: CPU s is the daemon's own until ready (which includes loading the "
+            "unit directory: parsing big.unit); previous: before this change"
+        )
+        table.print(out)
+    finally:
+        if bus is not None:
+            bus.close()
+        for unit in (BIG, SMALL):
+            with contextlib.suppress(subprocess.CalledProcessError, OSError):
+                inst.cli("stop", unit, check=False)
+        for runner in runners:
+            stop_process(runner, 30)
+            if runner.stderr:
+                runner.stderr.close()
+
+
+def start_running(inst: Install, cmd: list[str], unit: str, props: list[str]) -> subprocess.Popen:
+    """``run --unit UNIT ... -- sleep``, returned once its command runs."""
+    runner = subprocess.Popen(
+        [*cmd, "run", "--unit", unit, *props, "-q", "--", "sleep", "3600"],
+        env=inst.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 600
+    while True:  # until its command runs (the unit is built first)
+        r = inst.cli("show", unit, "-p", "MainPID", "--value", check=False)
+        if r.returncode == 0 and r.stdout.strip() not in ("", "0"):
+            return runner
+        if runner.poll() is not None or time.monotonic() > deadline:
+            err = runner.stderr.read().decode() if runner.stderr else ""
+            stop_process(runner, 30)
+            raise SystemExit(f"run --unit {unit} did not start: {err[-2000:]}")
+        time.sleep(0.2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="rounds (default 3)")
+    ap.add_argument("--part", choices=("run", "unit", "all"), default="all")
     ap.add_argument("--ipacctd", help="the ipacctd script to run (default: this checkout)")
     ap.add_argument("--out", help="also write the report to this file")
     args = ap.parse_args()
@@ -90,10 +319,6 @@ def main() -> int:
         print("needs root (loads BPF programs, makes cgroups)", file=sys.stderr)
         return 2
     out = Report()
-
-    v6_100k = prefixes(6, 100_000, "largelists-v6")
-    v4_100k = prefixes(4, 100_000, "largelists-v4")
-    v6_20k = v6_100k[::5]
     if args.ipacctd:
         inst = Install(find_ipacctd(args.ipacctd))
     else:  # this checkout, through a wrapper script (Install runs one executable)
@@ -104,78 +329,15 @@ def main() -> int:
         os.chmod(inst.ipacctd, 0o755)
         inst.env["PYTHONPATH"] = os.path.dirname(HERE)
     cmd = [inst.ipacctd]
-    env = inst.env
     try:
-        write_unit(inst.unit_dir, "v6-20k", v6_20k)
-        write_unit(inst.unit_dir, "v6-100k", v6_100k)
-        write_unit(inst.unit_dir, "v4-100k", v4_100k)
-        # argv is bounded (ARG_MAX, 2 MiB here): the 20k list as 40 arguments
-        p_args = [a for line in lines(v6_20k) for a in ("-p", f"IPAddressDeny={line}")]
-        cases = {
-            "run -q -- true (no list: floor)": [*cmd, "run", "-q", "--", "true"],
-            "unit file, 20k IPv6 in 40 lines": [
-                *cmd,
-                "run",
-                "--unit",
-                "v6-20k",
-                "-q",
-                "--",
-                "true",
-            ],
-            "unit file, 100k IPv6 in 200 lines": [
-                *cmd,
-                "run",
-                "--unit",
-                "v6-100k",
-                "-q",
-                "--",
-                "true",
-            ],
-            "unit file, 100k IPv4 in 200 lines": [
-                *cmd,
-                "run",
-                "--unit",
-                "v4-100k",
-                "-q",
-                "--",
-                "true",
-            ],
-            "-p x40, 20k IPv6": [*cmd, "run", *p_args, "-q", "--", "true"],
-        }
-        with open("/proc/loadavg") as f:
-            load = " ".join(f.read().split()[:3])
         out(
             f"# ipacctd large lists end to end: kernel {platform.release()}, "
-            f"{os.cpu_count()} CPUs, load average at start {load}, {args.reps} rounds, "
-            f"{' '.join(cmd)}"
+            f"{os.cpu_count()} CPUs, {args.reps} rounds, medians, {' '.join(cmd)}"
         )
-        out("# each unit file: one IPAddressDeny= line per 500 prefixes; unit reset after each run")
-        walls: dict[str, list[float]] = {k: [] for k in cases}
-        cpus: dict[str, list[float]] = {k: [] for k in cases}
-        for _ in range(args.reps):
-            for name, argv in cases.items():
-                wall, cpu = timed(argv, env)
-                walls[name].append(wall)
-                cpus[name].append(cpu)
-                inst.reset_new()
-        with open("/proc/loadavg") as f:
-            load = " ".join(f.read().split()[:3])
-        out(f"# load average at end {load}")
-        out(f"{'case':40} {'wall s':>8} {'CPU s':>8}  (medians)")
-        med = {k: (statistics.median(walls[k]), statistics.median(cpus[k])) for k in cases}
-        for name in cases:
-            out(f"{name:40} {med[name][0]:8.2f} {med[name][1]:8.2f}")
-        floor = med["run -q -- true (no list: floor)"]
-        small, big = (
-            med["unit file, 20k IPv6 in 40 lines"],
-            med["unit file, 100k IPv6 in 200 lines"],
-        )
-        for i, what in ((0, "wall"), (1, "CPU")):
-            growth = (big[i] - floor[i]) / max(small[i] - floor[i], 1e-9)
-            out(
-                f"# {what}: (100k - floor) / (20k - floor) = {growth:.1f} "
-                "(linear: 5, quadratic: 25)"
-            )
+        if args.part in ("run", "all"):
+            run_part(inst, cmd, args.reps, out)
+        if args.part in ("unit", "all"):
+            unit_part(inst, cmd, args.reps, out)
     finally:
         inst.cleanup()
     out.save(args.out)

@@ -36,6 +36,7 @@ import contextlib
 import errno
 import ipaddress
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from ipacctd.bpf import bpffs
@@ -70,10 +71,16 @@ FILTER_PREFIX = {Direction.INGRESS: "filter_ingress_", Direction.EGRESS: "filter
 
 @dataclass(frozen=True)
 class Spec:
-    """What the datapath enforces and counts: the kernel-facing part of a unit's policy."""
+    """What the datapath enforces and counts: the kernel-facing part of a unit's policy.
 
-    allow: tuple[Network, ...] = ()
-    deny: tuple[Network, ...] = ()
+    ``allow`` and ``deny`` are read (iterated) only when programs are built: a unit's
+    address list may be known by its text until then (see
+    :class:`~ipacctd.policy.addresses.AddressList`), so checking where a unit's programs
+    run, or comparing two specs, parses no list.
+    """
+
+    allow: Collection[Network] = ()
+    deny: Collection[Network] = ()
     accounting: bool = True
     audit: bool = False
     ingress_filters: tuple[str, ...] = ()

@@ -45,6 +45,7 @@ from ipacctd.manager.unit import (
     Enforcement,
     Unit,
     UnitStatus,
+    policy_changed,
     spec_for,
 )
 from ipacctd.policy.names import (
@@ -53,7 +54,7 @@ from ipacctd.policy.names import (
     transient_name,
     validate_unit_name,
 )
-from ipacctd.policy.properties import Properties, parse_assignment
+from ipacctd.policy.properties import Assignment, Properties, parse_assignment
 
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
@@ -88,9 +89,10 @@ class Unenforceable(NotSupported):
 
 
 def parse_assignments(texts: Iterable[str]) -> list[tuple[str, str]]:
-    """``NAME=VALUE`` strings → pairs, validated as a whole (nothing applied yet)."""
-    pairs = [parse_assignment(t) for t in texts]
-    Properties().apply(pairs)  # validate values now, before any state changes
+    """``NAME=VALUE`` strings → pairs, validated as a whole (nothing applied yet); each
+    carries its parsed value (:class:`Assignment`), so applying it parses nothing again."""
+    pairs = [Assignment.parse(*parse_assignment(t)) for t in texts]
+    Properties().apply(pairs)  # validate the whole now, before any state changes
     return pairs
 
 
@@ -744,9 +746,12 @@ class Manager:
             old.properties.ip_ingress_filter_path != new.properties.ip_ingress_filter_path
             or old.properties.ip_egress_filter_path != new.properties.ip_egress_filter_path)
         try:
-            # 2. the kernel: one atomic program swap per direction.
+            # 2. the kernel: one atomic program swap per direction (none for a change
+            # that leaves the datapath as it is, e.g. Description=: no rebuild).
             with UnitDatapath.open(pin_dir) as dp:
-                if new.systemd_service is not None:
+                if not policy_changed(old.properties, new.properties):
+                    pass
+                elif new.systemd_service is not None:
                     self._apply_systemd_armed(new, dp, fs, filters_changed)
                 else:
                     dp.apply(spec_for(new.properties), fs if filters_changed else None)

@@ -64,7 +64,7 @@ class Unit:
             "name": self.name,
             "cgroup": self.cgroup,
             "cgroup_id": self.cgroup_id,
-            "properties": {**dict(self.unknown_properties), **self.properties.to_json()},
+            "properties": {**dict(self.unknown_properties), **self.properties.to_store()},
             "transient": self.transient,
             "enforced": self.enforced,
             "not_enforced_reason": self.not_enforced_reason,
@@ -75,7 +75,7 @@ class Unit:
             "exit_status": self.exit_status,
             "source": self.source,
             "generation": self.generation,
-            "rollback": self.rollback.to_json() if self.rollback is not None else None,
+            "rollback": self.rollback.to_store() if self.rollback is not None else None,
             "removing": self.removing,
             "owner": list(self.owner) if self.owner is not None else None,
             "container": self.container.to_json() if self.container else None,
@@ -168,15 +168,23 @@ def escape_command(argv: tuple[str, ...] | list[str]) -> str:
 
 
 def spec_for(props: Properties) -> Spec:
-    """The datapath part of a unit's properties."""
+    """The datapath part of a unit's properties (its address lists unparsed until programs
+    are built from it)."""
     return Spec(
-        allow=tuple(props.ip_address_allow),
-        deny=tuple(props.ip_address_deny),
+        allow=props.ip_address_allow,
+        deny=props.ip_address_deny,
         accounting=props.ip_accounting,
         audit=props.ip_address_deny_mode == DenyMode.AUDIT,
         ingress_filters=props.ip_ingress_filter_path,
         egress_filters=props.ip_egress_filter_path,
     )
+
+
+def policy_changed(old: Properties, new: Properties) -> bool:
+    """Whether going from ``old`` to ``new`` changes what the kernel enforces or counts (a
+    new ``Description=`` does not: no programs are rebuilt for it). Lists read from the
+    metadata compare by their canonical text, unparsed."""
+    return spec_for(old) != spec_for(new)
 
 
 #: Start of the problem an :class:`Enforcement` names when a policy change was cut off

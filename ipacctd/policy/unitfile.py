@@ -29,16 +29,23 @@ append, an empty value resets).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ipacctd.errors import InvalidInput
+from ipacctd.policy.addresses import collector_paused
 from ipacctd.policy.names import SUFFIXES, validate_unit_name
-from ipacctd.policy.properties import PROPERTIES, Properties, normalize_absolute_path
+from ipacctd.policy.properties import (
+    PROPERTIES,
+    Assignment,
+    Properties,
+    normalize_absolute_path,
+)
 
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
@@ -83,9 +90,13 @@ class UnitFile:
     """cgroup path patterns relative to the cgroup2 mount (may contain ``*?[`` globs)."""
     assignments: tuple[tuple[str, str], ...]
     """Every property assignment (``Description=`` included) in file order."""
+    parsed: Properties | None = field(default=None, compare=False, repr=False)
+    """:meth:`properties`, merged when the file was parsed (None: merged when asked)."""
 
     def properties(self) -> Properties:
         """Return the default properties with :attr:`assignments` applied."""
+        if self.parsed is not None:
+            return self.parsed
         return Properties().apply(self.assignments)
 
     def has_glob(self) -> bool:
@@ -133,7 +144,10 @@ def merge_order(
 
 
 def merged_properties(files: tuple[UnitFile, ...] | list[UnitFile]) -> Properties:
-    """The policy of overlapping files: every file's assignments, in merge order."""
+    """The policy of overlapping files: every file's assignments, in merge order (one
+    file's: its properties as merged when it was parsed, not parsed again)."""
+    if len(files) == 1:
+        return files[0].properties()
     return Properties().apply(a for f in files for a in f.assignments)
 
 
@@ -201,11 +215,17 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
         yield start, "".join(parts)
 
 
-def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) -> UnitFile:
+def parse_unit_file(
+    text: str, path: str = "<string>", name: str | None = None, defer: bool = False
+) -> UnitFile:
     """Parse a policy file.
 
     ``name`` defaults to the name derived from ``path`` (see :func:`unit_name_for_path`);
     for the default path ``<string>`` it is ``unnamed.service``.
+
+    Each value is parsed once, on its line (so that an error names the line); the file's
+    properties are then merged from the parsed values (:meth:`UnitFile.properties`). With
+    ``defer``, address lists are only validated on their lines and parsed when first used.
 
     Raises:
         InvalidInput: with a message starting ``path:line: `` for assignments outside a
@@ -217,68 +237,93 @@ def parse_unit_file(text: str, path: str = "<string>", name: str | None = None) 
         name = validate_unit_name(name)
     if text.startswith("\ufeff"):
         text = text[1:]
-    section: str | None = None
-    cgroups: dict[str, None] = {}  # ordered set: a long list costs no quadratic lookups
-    assignments: list[tuple[str, str]] = []
-    empty = Properties()
-
-    for number, raw in _logical_lines(text):
-
-        def fail(problem: str, number: int = number) -> InvalidInput:
-            # At most a short excerpt of the file: a message never carries a whole line.
-            return InvalidInput(_excerpt(f"{path}:{number}: {problem}", MAX_MESSAGE))
-
-        line = raw.strip()
-        if not line or line[0] in _COMMENTS:
-            continue
-        if line.startswith("["):
-            if not line.endswith("]") or len(line) < 3:
-                raise fail(f"invalid section header {_excerpt(line)!r}")
-            section = line[1:-1]
-            if section not in SECTION_KEYS and not section.startswith("X-"):
-                known = ", ".join(f"[{s}]" for s in SECTION_KEYS)
-                raise fail(f"unknown section [{_excerpt(section)}]; known sections: {known}")
-            continue
-        if section is None:
-            raise fail(f"assignment outside of a section: {_excerpt(line)!r}")
-        key, eq, value = line.partition("=")
-        if not eq:
-            raise fail(f"missing '=' in line {_excerpt(line)!r}")
-        key, value = key.strip(), value.strip()
-        if not key:
-            raise fail(f"missing key name before '=' in line {_excerpt(line)!r}")
-        if section.startswith("X-") or key.startswith("X-"):
-            continue
-        if key not in SECTION_KEYS[section]:
-            where = next(
-                (f" (it belongs in [{s}])" for s, k in SECTION_KEYS.items() if key in k), ""
-            )
-            known = ", ".join(sorted(SECTION_KEYS[section]))
-            raise fail(
-                f"unknown key {_excerpt(key)!r} in section [{section}]{where}; known keys: {known}"
-            )
-        try:
-            if key == "ControlGroup":
-                if not value:
-                    cgroups.clear()
-                else:
-                    cgroups.setdefault(validate_cgroup_pattern(value))
-            else:
-                empty.apply([(key, value)])  # this value alone: errors name its line
-                assignments.append((key, value))
-        except InvalidInput as e:
-            raise fail(str(e)) from None
+    parser = _FileParser(defer)
+    with collector_paused(len(text)):  # its lines' values may hold 100k+ networks
+        for number, raw in _logical_lines(text):
+            try:
+                parser.line(raw.strip())
+            except InvalidInput as e:
+                raise _error(f"{path}:{number}: {e}") from None
     try:
-        props = empty.apply(assignments)  # all at once: linear, not one rebuild per line
+        props = Properties().apply(parser.assignments)  # all at once: linear
     except InvalidInput as e:
-        raise InvalidInput(_excerpt(f"{path}: {e}", MAX_MESSAGE)) from None
-
+        raise _error(f"{path}: {e}") from None
     return UnitFile(
         name=name,
         path=path,
         description=props.description,
-        cgroups=tuple(cgroups),
-        assignments=tuple(assignments),
+        cgroups=tuple(parser.cgroups),
+        assignments=tuple((key, value) for key, value in parser.assignments),
+        parsed=props,
+    )
+
+
+def _error(message: str) -> InvalidInput:
+    """An error about a unit file's content: at most a short excerpt of the file, never a
+    whole line."""
+    return InvalidInput(_excerpt(message, MAX_MESSAGE))
+
+
+class _FileParser:
+    """What :func:`parse_unit_file` has read so far: one logical line at a time."""
+
+    def __init__(self, defer: bool = False) -> None:
+        self.defer = defer
+        self.section: str | None = None
+        self.cgroups: dict[str, None] = {}  # ordered set: a long list costs no quadratic lookups
+        self.assignments: list[Assignment] = []
+
+    def line(self, line: str) -> None:
+        """Take one stripped logical line; InvalidInput (without the position) if it is bad."""
+        if not line or line[0] in _COMMENTS:
+            return
+        if line.startswith("["):
+            self.section = _section(line)
+            return
+        if self.section is None:
+            raise InvalidInput(f"assignment outside of a section: {_excerpt(line)!r}")
+        key, value = _key_value(line)
+        if self.section.startswith("X-") or key.startswith("X-"):
+            return
+        _check_key(self.section, key)
+        if key != "ControlGroup":
+            self.assignments.append(Assignment.parse(key, value, self.defer))  # errors: this line
+        elif not value:
+            self.cgroups.clear()
+        else:
+            self.cgroups.setdefault(validate_cgroup_pattern(value))
+
+
+def _section(line: str) -> str:
+    """The name of a ``[Section]`` header line (a known section, or an ``X-`` one)."""
+    if not line.endswith("]") or len(line) < 3:
+        raise InvalidInput(f"invalid section header {_excerpt(line)!r}")
+    section = line[1:-1]
+    if section not in SECTION_KEYS and not section.startswith("X-"):
+        known = ", ".join(f"[{s}]" for s in SECTION_KEYS)
+        raise InvalidInput(f"unknown section [{_excerpt(section)}]; known sections: {known}")
+    return section
+
+
+def _key_value(line: str) -> tuple[str, str]:
+    """``Key=Value`` split, both stripped; the key must not be empty."""
+    key, eq, value = line.partition("=")
+    if not eq:
+        raise InvalidInput(f"missing '=' in line {_excerpt(line)!r}")
+    key, value = key.strip(), value.strip()
+    if not key:
+        raise InvalidInput(f"missing key name before '=' in line {_excerpt(line)!r}")
+    return key, value
+
+
+def _check_key(section: str, key: str) -> None:
+    """Refuse a key that its section does not hold, naming the section it belongs in."""
+    if key in SECTION_KEYS[section]:
+        return
+    where = next((f" (it belongs in [{s}])" for s, k in SECTION_KEYS.items() if key in k), "")
+    known = ", ".join(sorted(SECTION_KEYS[section]))
+    raise InvalidInput(
+        f"unknown key {_excerpt(key)!r} in section [{section}]{where}; known keys: {known}"
     )
 
 
@@ -295,8 +340,11 @@ _CACHE: dict[tuple[str, int, int, int, int], UnitFile] = {}
 _CACHE_MAX = 4096
 
 
-def load_unit_file(path: str | os.PathLike[str], directory: str | None = None) -> UnitFile:
-    """Read and parse one policy file (UTF-8), with limits.
+def load_unit_file(
+    path: str | os.PathLike[str], directory: str | None = None, defer: bool = False
+) -> UnitFile:
+    """Read and parse one policy file (UTF-8), with limits (``defer``: see
+    :func:`parse_unit_file`).
 
     Only regular files are read (a FIFO would block, a device never end), at most
     :data:`MAX_UNIT_FILE_BYTES`; with ``directory`` (the unit directory), a symlink that
@@ -351,10 +399,12 @@ def load_unit_file(path: str | os.PathLike[str], directory: str | None = None) -
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InvalidInput(f"{spath}: not valid UTF-8 (byte {e.start})") from None
-    unit = parse_unit_file(text, spath)
+    unit = parse_unit_file(text, spath, defer=defer)
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.clear()
-    _CACHE[key] = unit
+    # Kept without networks: a 200k-prefix list is 70 MB of them but 3 MB of text (a later
+    # load merges its properties from the text again).
+    _CACHE[key] = unit if defer else dataclasses.replace(unit, parsed=None)
     return unit
 
 
@@ -397,7 +447,9 @@ def load_unit_dir(
             continue
         path = os.path.join(sdir, entry)
         try:
-            unit = load_unit_file(path, sdir)
+            # Address lists validated, parsed when first needed: most files are read to
+            # learn which cgroups they bind, or only to be checked.
+            unit = load_unit_file(path, sdir, defer=True)
         except InvalidInput as e:
             errors.append(e)
             continue
