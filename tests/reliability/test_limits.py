@@ -4,6 +4,7 @@ limit) is refused clearly with nothing half-applied; IPv6-only and dual-stack so
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -127,10 +128,14 @@ def move(path):
     with open(os.path.join(path, "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
 for limit in (2 << 20, 1 << 20, 512 << 10, 256 << 10, 128 << 10):
-    with open(os.path.join(cg, limit_file), "w") as f:
+    # A new memory cgroup per limit: a cgroup keeps the charges of pages touched in it
+    # after the process leaves (v1), and a limit below them is refused with EBUSY.
+    lcg = f"{cg}.{limit}"
+    os.mkdir(lcg)
+    with open(os.path.join(lcg, limit_file), "w") as f:
         f.write(str(limit))
     before = snap()
-    move(cg)
+    move(lcg)
     try:
         mgr.replace_properties(unit, props)
     except Error as exc:
@@ -139,7 +144,8 @@ for limit in (2 << 20, 1 << 20, 512 << 10, 256 << 10, 128 << 10):
               flush=True)
         sys.exit(1)
     move(home)
-    used = int(open(os.path.join(cg, usage_file)).read())
+    used = int(open(os.path.join(lcg, usage_file)).read())
+    os.rmdir(lcg)
     print(json.dumps({"limit": limit, "applied": True, "charged": used}), flush=True)
     mgr.replace_properties(unit, old)  # back to the small policy, and try less memory
 sys.exit(0)
@@ -156,7 +162,6 @@ def test_memory_limit_refused_nothing_half_applied(inst: Installation, test_id: 
     agent = inst.start_unit(ns, "mem", f"IPAddressDeny={D}")
     text = inst.tmp / "big.policy"
     text.write_text(f"IPAddressDeny={_big_list()}")
-    os.makedirs(cg)
     home = os.path.dirname(cg)
     try:
         res = subprocess.run(
@@ -169,12 +174,13 @@ def test_memory_limit_refused_nothing_half_applied(inst: Installation, test_id: 
             check=False,
         )
     finally:
-        wait_for(
-            lambda: not Path(cg, "cgroup.procs").read_text().split(),
-            10,
-            "the limited process to leave its memory cgroup",
-        )
-        os.rmdir(cg)
+        for lcg in glob.glob(glob.escape(cg) + ".*"):  # the per-limit cgroups it made
+            wait_for(
+                lambda lcg=lcg: not Path(lcg, "cgroup.procs").read_text().split(),
+                10,
+                "the limited process to leave its memory cgroup",
+            )
+            os.rmdir(lcg)
     outcomes = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     if res.returncode != 1 or not outcomes or "error" not in outcomes[-1]:
         # OOM-killed in user space (a crash), never refused, or an error that escaped the
