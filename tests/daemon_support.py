@@ -34,13 +34,10 @@ from typing import Any
 from e2e_helpers import REPO, Installation
 from support import PrivateBus, free_port, stop_process, wait_for
 
-from ipacctd.daemon.bus import unit_path
-
-BUS_NAME = "org.ipacctd1"
-ROOT = "/org/ipacctd1"
-MANAGER = "org.ipacctd1.Manager"
-UNIT = "org.ipacctd1.Unit"
-PROPS = "org.freedesktop.DBus.Properties"
+from ipacctd.dbusapi import BUS_NAME, ROOT, unit_path
+from ipacctd.dbusapi import MANAGER_IFACE as MANAGER
+from ipacctd.dbusapi import PROPS_IFACE as PROPS
+from ipacctd.dbusapi import UNIT_IFACE as UNIT
 
 __all__ = [
     "BUS_NAME",
@@ -265,7 +262,10 @@ class DaemonEnv:
                 return False
             return True
 
-        wait_for(ready, timeout, "the daemon to own org.ipacctd1 and serve /metrics", step=0.05)
+        try:
+            wait_for(ready, timeout, "the daemon to own org.ipacctd1 and serve /metrics", step=0.05)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the daemon's log:\n{self.log()}") from None
 
     def kill9(self) -> None:
         """SIGKILL the daemon (by PID) and reap it."""
