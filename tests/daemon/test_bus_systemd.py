@@ -1,0 +1,484 @@
+"""ipacctd's D-Bus API speaks systemd's: same names, same signatures, same meaning.
+
+The reference is systemd 252 itself: ``data/systemd-252-introspect.xml`` holds, verbatim, the
+members ipacctd shares, as ``busctl introspect`` printed them on a real systemd 252 (booted
+by ``systemd-ref.sh``). The tests check ipacctd's introspection against it member by member,
+call each shared method with systemd's signature from ``busctl``, and run a client written
+for systemd's API — a dbus-fast proxy built from that XML — against ipacctd, changing only
+the names it is pointed at. Units send UDP datagrams to test addresses on the ``lo`` of a
+private network namespace, so every counter has an exact expected value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_support import BUS_NAME, MANAGER, PROPS, ROOT, UNIT, DaemonEnv, unit_path
+from dbus_fast import DBusError, MessageType, Variant
+from dbus_fast.introspection import Interface, Node
+from e2e_helpers import PY, UDP4
+
+from ipacctd.dbusapi import JOB_IFACE
+
+pytestmark = pytest.mark.kernel
+
+ALLOWED = "203.0.113.1"
+DENIED = "198.51.100.1"
+SYSTEMD_XML = Path(__file__).with_name("data") / "systemd-252-introspect.xml"
+SD = "org.freedesktop.systemd1"
+EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+COUNTERS = ("IPIngressBytes", "IPIngressPackets", "IPEgressBytes", "IPEgressPackets")
+DROPS = ("IPIngressDroppedBytes", "IPEgressDroppedBytes", "IPEgressDroppedPackets")
+
+
+@dataclass
+class Names:
+    """Where a systemd client is pointed: bus name, manager path, and its interfaces."""
+
+    bus: str
+    root: str
+    interfaces: dict[str, str] = field(default_factory=dict)  # systemd's → served name
+
+    def iface(self, systemd_name: str) -> str:
+        return self.interfaces.get(systemd_name, systemd_name)
+
+
+SYSTEMD = Names(SD, "/org/freedesktop/systemd1")
+#: ipacctd's names for systemd's objects: its Unit interface carries what systemd splits
+#: between Unit and Service (ipacctd has one kind of unit).
+IPACCTD = Names(
+    BUS_NAME,
+    ROOT,
+    {
+        f"{SD}.Manager": MANAGER,
+        f"{SD}.Unit": UNIT,
+        f"{SD}.Service": UNIT,
+        f"{SD}.Job": JOB_IFACE,
+    },
+)
+
+
+def systemd_node(names: Names, *interfaces: str) -> Node:
+    """systemd's introspection of ``interfaces``, under ``names``' interface names."""
+    parsed = Node.parse(SYSTEMD_XML.read_text())
+    merged: dict[str, Interface] = {}
+    for want in interfaces:
+        src = next(i for i in parsed.interfaces if i.name == want)
+        dst = merged.setdefault(names.iface(want), Interface(names.iface(want)))
+        dst.methods += src.methods
+        dst.signals += src.signals
+        dst.properties += src.properties
+    return Node(None, list(merged.values()))
+
+
+class SystemdClient:
+    """Code written for systemd's D-Bus API, as a monitoring or deployment tool would: it
+    knows systemd 252's introspection and nothing of ipacctd. Its only input is the names
+    it is pointed at."""
+
+    def __init__(self, bus: Any, names: Names) -> None:
+        self.bus, self.names = bus, names
+        obj = bus.get_proxy_object(names.bus, names.root, systemd_node(names, f"{SD}.Manager"))
+        self.manager = obj.get_interface(names.iface(f"{SD}.Manager"))
+        self.removed: dict[str, tuple[str, str]] = {}  # job → (unit, result)
+        self.manager.on_job_removed(
+            lambda _id, job, unit, result: self.removed.__setitem__(job, (unit, result))
+        )
+
+    def unit(self, path: str, iface: str = f"{SD}.Unit") -> Any:
+        node = systemd_node(self.names, f"{SD}.Unit", f"{SD}.Service")
+        return self.bus.get_proxy_object(self.names.bus, path, node).get_interface(
+            self.names.iface(iface)
+        )
+
+    def job(self, path: str) -> Any:
+        node = systemd_node(self.names, f"{SD}.Job")
+        return self.bus.get_proxy_object(self.names.bus, path, node).get_interface(
+            self.names.iface(f"{SD}.Job")
+        )
+
+    async def wait_job(self, job: str, timeout: float = 30.0) -> tuple[str, str]:
+        deadline = time.monotonic() + timeout
+        while job not in self.removed:
+            assert time.monotonic() < deadline, f"no JobRemoved for {job}"
+            await asyncio.sleep(0.02)
+        return self.removed.pop(job)
+
+    async def start(self, name: str, properties: list[list[Any]]) -> tuple[str, str]:
+        """systemd-run's way: Subscribe, StartTransientUnit, wait for the job to end."""
+        await self.manager.call_subscribe()
+        job = await self.manager.call_start_transient_unit(name, "fail", properties, [])
+        return job, (await self.wait_job(job))[1]
+
+    async def accounting(self) -> dict[str, dict[str, Any]]:
+        """The IP accounting of every loaded unit: ListUnits, then each unit's properties."""
+        out = {}
+        for row in await self.manager.call_list_units():
+            name, _desc, load, active, sub, _following, path, job_id, _jtype, _jpath = row
+            service = self.unit(path, f"{SD}.Service")
+            out[name] = {
+                "load": load,
+                "active": active,
+                "sub": sub,
+                "job": job_id,
+                "path": path,
+                "accounting": await service.get_ip_accounting(),
+                "deny": [tuple(e) for e in await service.get_ip_address_deny()],
+                "cgroup": await service.get_control_group(),
+                **{c: await getattr(service, f"get_{snake(c)}")() for c in COUNTERS},
+            }
+        return out
+
+
+def snake(name: str) -> str:
+    """dbus-fast's member name: IPEgressBytes → ip_egress_bytes."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def members(xml: str, iface: str) -> dict[tuple[str, str], tuple]:
+    """(kind, name) → (arg types and directions, EmitsChangedSignal) of an interface."""
+    tree = ET.fromstring(xml.split("\n", 1)[1] if xml.startswith("<!DOCTYPE") else xml)
+    out = {}
+    for i in tree.iter("interface"):
+        if i.get("name") != iface:
+            continue
+        for m in i:
+            args = tuple((a.get("type"), a.get("direction") or "out") for a in m.iter("arg"))
+            if m.tag == "property":
+                args = (m.get("type"), m.get("access"))
+            emits = next(
+                (a.get("value") for a in m.iter("annotation") if a.get("name") == EMITS), None
+            )
+            out[(m.tag, m.get("name"))] = (args, emits)
+    return out
+
+
+def addr_list(*addrs: str) -> Variant:
+    import ipaddress
+
+    return Variant(
+        "a(iayu)",
+        [[2, ipaddress.ip_address(a).packed, 32] for a in addrs],
+    )
+
+
+def sigterm_proof(ns: Any, fs: str) -> subprocess.Popen:
+    """A process in cgroup ``fs`` that ignores SIGTERM: a stop of its unit takes until the
+    SIGKILL, so its stop job is there to be looked at."""
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(120)"
+    )
+    proc = ns.popen([PY, "-c", code], cgroup_fs=fs, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    return proc
+
+
+# -- the contract, member by member --------------------------------------------------------
+
+
+def test_shared_members_have_systemd_252_signatures(daemon: DaemonEnv) -> None:
+    """Every member of systemd's excerpt exists on ipacctd's object with the same argument
+    types and directions; counters are EmitsChangedSignal=false as in systemd."""
+    c, inst = daemon.client, daemon.inst
+    reference = SYSTEMD_XML.read_text()
+    name = "sig.service"
+    c.manager("StartTransientUnit", "ssa(sv)a(sa(sv))", name, "fail", [], [])
+    ns = inst.netns([ALLOWED])
+    proc = sigterm_proof(ns, os.path.join(inst.root_fs, name))
+    (job,) = c.ok(unit_path(name), UNIT, "Stop", "s", ["replace"])
+    try:
+        (job_xml,) = c.ok(job, "org.freedesktop.DBus.Introspectable", "Introspect")
+    finally:
+        assert proc.wait(timeout=30) is not None
+    (root_xml,) = c.ok(ROOT, "org.freedesktop.DBus.Introspectable", "Introspect")
+    (unit_xml,) = c.ok(unit_path(name), "org.freedesktop.DBus.Introspectable", "Introspect")
+    served = {
+        f"{SD}.Manager": members(root_xml, MANAGER),
+        f"{SD}.Unit": members(unit_xml, UNIT),
+        f"{SD}.Service": members(unit_xml, UNIT),
+        f"{SD}.Job": members(job_xml, JOB_IFACE),
+    }
+    checked = 0
+    for iface, ours in served.items():
+        for key, (args, _emits) in members(reference, iface).items():
+            assert key in ours, f"{iface} {key} missing"
+            assert ours[key][0] == args, (iface, key, ours[key][0], args)
+            checked += 1
+    assert checked == 44
+    # systemd sends no PropertiesChanged for counters, nor does ipacctd. (It does announce
+    # its policy properties, which systemd does not: more than systemd, never less.)
+    for counter in COUNTERS:
+        assert members(reference, f"{SD}.Service")[("property", counter)][1] == "false"
+        assert served[f"{SD}.Service"][("property", counter)][1] == "false", counter
+
+
+def test_busctl_with_systemd_signatures(daemon: DaemonEnv) -> None:
+    """Each shared method called the way one calls systemd's with busctl."""
+    inst = daemon.inst
+    name, path = "bc.service", unit_path("bc.service")
+
+    def busctl(*argv: str, ok: bool = True) -> str:
+        r = daemon.tool(["busctl", f"--address={daemon.address}", *argv])
+        assert (r.returncode == 0) == ok, (argv, r.stdout, r.stderr)
+        return (r.stdout if ok else r.stderr).strip()
+
+    def call(member: str, *args: str, ok: bool = True, at: str = ROOT, iface: str = MANAGER):
+        return busctl("call", BUS_NAME, at, iface, member, *args, ok=ok)
+
+    out = call(
+        "StartTransientUnit",
+        "ssa(sv)a(sa(sv))",
+        name,
+        "fail",
+        "2",
+        "IPAccounting", "b", "true",
+        "IPAddressDeny", "a(iayu)", "1", "2", "4", "198", "51", "100", "1", "32",
+        "0",
+    )  # fmt: skip
+    assert re.fullmatch(r'o "/org/ipacctd1/job/\d+"', out), out
+    fs = os.path.join(inst.root_fs, name)
+    assert os.path.isfile(os.path.join(fs, "cgroup.procs"))
+    ns = inst.netns([ALLOWED, DENIED])
+    agent = inst.start_in_cgroup(ns, fs)
+    assert agent.send(DENIED, 10) == "err 1"
+    assert agent.send(ALLOWED, 100) == "ok 100"
+
+    rows = call("ListUnits")
+    assert rows.startswith("a(ssssssouso) 1 "), rows
+    assert f'"{name}"' in rows and f'"{path}" 0 "" "/"' in rows, rows
+    assert call("ListUnitsByNames", "as", "1", name).startswith("a(ssssssouso) 1 ")
+    assert call("ListUnitsByNames", "as", "1", "nope.service") == "a(ssssssouso) 0"
+    daemon.client.wait(  # the daemon sees the process in the cgroup at its next state poll
+        lambda: call("ListUnitsFiltered", "as", "1", "active").startswith("a(ssssssouso) 1 "),
+        10,
+        "the unit active",
+    )
+    assert call("ListUnitsFiltered", "as", "1", "failed") == "a(ssssssouso) 0"
+    assert call("GetUnit", "s", name) == f'o "{path}"'
+    assert call("GetUnit", "s", "bc") == f'o "{path}"'  # as systemctl, "bc" is bc.service
+    assert "nope.service" in call("GetUnit", "s", "nope.service", ok=False)
+    assert call("ListJobs") == "a(usssoo) 0"
+    assert call("Subscribe") == "" and call("Unsubscribe") == ""
+    sent = 100 + UDP4
+    daemon.client.wait(
+        lambda: busctl("get-property", BUS_NAME, path, UNIT, "IPEgressBytes") == f"t {sent}",
+        5,
+        "IPEgressBytes",
+    )
+    get = busctl("call", BUS_NAME, path, PROPS, "Get", "ss", UNIT, "IPEgressPackets")
+    assert get == "v t 1", get
+    assert busctl("get-property", BUS_NAME, path, UNIT, "ActiveState") == 's "active"'
+    assert busctl("get-property", BUS_NAME, path, UNIT, "Job") == '(uo) 0 "/"'
+    call("SetUnitProperties", "sba(sv)", name, "true", "1", "IPAddressDeny", "a(iayu)", "0")
+    assert agent.send(DENIED, 10) == "ok 10"
+
+    # Job modes as systemd 252 checks them (its text for a bad one: "Job mode bogus invalid").
+    assert "Job mode bogus invalid" in call("Stop", "s", "bogus", at=path, iface=UNIT, ok=False)
+    assert "isolate" in call("StopUnit", "ss", name, "isolate", ok=False)
+    out = call("Stop", "s", "replace", at=path, iface=UNIT)
+    assert re.fullmatch(r'o "/org/ipacctd1/job/\d+"', out), out
+    assert agent.wait(timeout=15) is not None
+    daemon.client.wait(
+        lambda: busctl("get-property", BUS_NAME, path, UNIT, "ActiveState") == 's "inactive"',
+        10,
+        "inactive",
+    )
+    out = call("StopUnit", "ss", name, "replace")  # stopping a stopped unit: a job, done
+    assert re.fullmatch(r'o "/org/ipacctd1/job/\d+"', out), out
+    call("ResetFailedUnit", "s", name)
+    assert name in call("GetUnit", "s", name, ok=False)
+    assert not os.path.exists(fs) and inst.pin_dirs() == []
+
+    # Auxiliary units: refused with a clear error, and nothing is made.
+    err = call(
+        "StartTransientUnit", "ssa(sv)a(sa(sv))", "aux.service", "fail", "0",
+        "1", "aux.socket", "0", ok=False,
+    )  # fmt: skip
+    assert "auxiliary units are not supported" in err, err
+    assert call("ListUnits") == "a(ssssssouso) 0"
+    assert not os.path.exists(os.path.join(inst.root_fs, "aux.service"))
+
+
+def test_a_systemd_client_works_unchanged(daemon: DaemonEnv) -> None:
+    """A dbus-fast client built from systemd 252's XML: starts a unit, lists units with
+    their IP accounting, follows a stop job, resets the unit — against ipacctd's names."""
+    inst, c = daemon.inst, daemon.client
+    client = SystemdClient(c.bus, IPACCTD)
+    name = "sdc.service"
+    job, result = c.run(
+        client.start(
+            name,
+            [
+                ["Description", Variant("s", "written for systemd")],
+                ["IPAccounting", Variant("b", True)],
+                ["IPAddressDeny", addr_list(DENIED)],
+            ],
+        )
+    )
+    assert job.startswith(ROOT + "/job/") and result == "done"
+    ns = inst.netns([ALLOWED, DENIED])
+    agent = inst.start_in_cgroup(ns, os.path.join(inst.root_fs, name))
+    for _ in range(2):
+        assert agent.send(ALLOWED, 200) == "ok 200"
+    assert agent.send(DENIED, 10) == "err 1"
+    sent = 2 * (200 + UDP4)
+
+    seen = c.wait(
+        lambda: (
+            (a := c.run(client.accounting()))[name]["IPEgressBytes"] == sent
+            and a[name]["active"] == "active"
+            and a
+        ),
+        5,
+        "the client to see the traffic",
+    )
+    unit = seen[name]
+    assert unit["load"] == "loaded" and unit["active"] == "active" and unit["job"] == 0
+    assert unit["accounting"] is True
+    assert unit["deny"] == [(2, bytes([198, 51, 100, 1]), 32)]
+    assert unit["IPEgressPackets"] == 2
+    assert unit["IPIngressBytes"] == sent and unit["IPIngressPackets"] == 2
+    assert unit["cgroup"] == f"{inst.cgroup_root}/{name}"
+    path = c.run(client.manager.call_get_unit(name))
+    assert path == unit["path"] == unit_path(name)
+    assert c.run(client.unit(path).get_description()) == "written for systemd"
+
+    # A stop job, followed as systemctl does: the job object while it runs, then JobRemoved.
+    proc = sigterm_proof(ns, os.path.join(inst.root_fs, name))
+    job = c.run(client.unit(path).call_stop("replace"))
+    jobs = c.run(client.manager.call_list_jobs())
+    try:
+        job_obj = client.job(job)
+        job_id = c.run(job_obj.get_id())
+        assert c.run(job_obj.get_job_type()) == "stop"
+        assert c.run(job_obj.get_state()) == "running"
+        assert list(c.run(job_obj.get_unit())) == [name, path]
+        assert c.run(client.manager.call_get_job(job_id)) == job
+        assert [list(j) for j in jobs] == [[job_id, name, "stop", "running", job, path]]
+        assert c.run(client.accounting())[name]["job"] == job_id
+        assert list(c.run(client.unit(path).get_job())) == [job_id, job]
+    finally:
+        assert proc.wait(timeout=30) is not None
+    assert c.run(client.wait_job(job)) == (name, "done")
+    assert agent.wait(timeout=10) is not None
+    with pytest.raises(DBusError):  # the job object went with the job
+        c.run(client.job(job).get_state())
+    c.wait(lambda: c.run(client.unit(path).get_active_state()) == "inactive", 10, "inactive")
+
+    c.run(client.manager.call_reset_failed_unit(name))
+    with pytest.raises(DBusError) as err:
+        c.run(client.manager.call_get_unit(name))
+    assert err.value.type == "org.ipacctd1.Error.NoSuchUnit"
+    assert name not in c.run(client.accounting())
+
+
+# -- signals and errors -----------------------------------------------------------------------
+
+
+def test_counters_make_no_properties_changed(daemon: DaemonEnv) -> None:
+    """Traffic changes counters at every poll: no PropertiesChanged (systemd sends none for
+    counters), and CountersChanged at most once per poll, for all the units that changed."""
+    inst = daemon.inst
+    ns = inst.netns([ALLOWED])
+    agents = [inst.start_unit(ns, f"busy{i}", port=7100 + i) for i in range(3)]
+    listener = daemon.new_client()
+    listener.add_match(f"type='signal',sender='{BUS_NAME}',interface='{PROPS}'")
+    listener.add_match(f"type='signal',sender='{BUS_NAME}',member='CountersChanged'")
+    listener.pump(0.5)  # the starts' own changes, then quiet
+    listener.signals.clear()
+
+    poll = 0.2  # DaemonEnv's --poll-interval
+    began = time.monotonic()
+    for _ in range(15):  # bounded: three units busy for about 15 polls
+        for a in agents:
+            assert a.send(ALLOWED, 50) == "ok 50"
+        listener.pump(0.2)
+    listener.pump(0.5)
+    elapsed = time.monotonic() - began
+    changed = [
+        m
+        for m in listener.signals
+        if m.member == "PropertiesChanged" and set(m.body[1]) & {*COUNTERS, *DROPS}
+    ]
+    counters = [m for m in listener.signals if m.member == "CountersChanged"]
+    assert changed == [], [(m.path, sorted(m.body[1])) for m in changed]
+    # Polls are at least ``poll`` apart, so a slow machine makes fewer of them, not more;
+    # a signal per unit and poll would be three times this bound.
+    assert 1 <= len(counters) <= elapsed / poll + 1, (len(counters), elapsed)
+    last = {n: v for m in counters for n, v in m.body[0]}
+    assert sorted(last) == ["busy0.service", "busy1.service", "busy2.service"]
+    assert all(v[2] == 15 for v in last.values()), last  # egress packets: all 15 seen
+
+    # State changes are still announced — without the counters.
+    daemon.client.manager("StopUnit", "ss", "busy0.service", "replace")
+    msg = listener.wait(
+        lambda: next(
+            (m for m in listener.signals if m.member == "PropertiesChanged"
+             and m.path == unit_path("busy0.service")
+             and m.body[1].get("ActiveState", Variant("s", "")).value == "inactive"),
+            None,
+        ),
+        10,
+        "PropertiesChanged with ActiveState=inactive",
+    )  # fmt: skip
+    assert not set(msg.body[1]) & {*COUNTERS, *DROPS}, sorted(msg.body[1])
+
+
+def test_errors_are_plain_and_the_cli_adds_its_advice(daemon: DaemonEnv) -> None:
+    """A D-Bus error says what is wrong, not which ipacctd command to type; the CLI, mapping
+    the error back, prints its advice."""
+    inst, c = daemon.inst, daemon.client
+    inst.ok("run", "--unit", "taken", "--", "true")
+    reply = c.call(
+        ROOT, MANAGER, "StartTransientUnit", "ssa(sv)a(sa(sv))", ["taken.service", "fail", [], []]
+    )
+    assert reply.message_type == MessageType.ERROR, reply.body
+    assert reply.error_name == "org.ipacctd1.Error.UnitExists"
+    message = reply.body[0]
+    assert message.startswith("unit taken.service exists already"), message
+    assert "ipacctd" not in message and "--unit" not in message, message
+    assert "reset it first" in reply.body[1]  # the hint, apart, for ipacctd's CLI
+
+    res = inst.cli("run", "--unit", "taken", "--", "true")
+    assert res.returncode != 0
+    assert "exists already" in res.stderr and "reset it first ('ipacctd reset" in res.stderr, (
+        res.stderr
+    )
+    for member, sig, body in (
+        ("ResetFailedUnit", "s", ["nope.service"]),
+        ("StopUnit", "ss", ["nope.service", "replace"]),
+        ("GetUnit", "s", ["nope.service"]),
+    ):
+        reply = c.call(ROOT, MANAGER, member, sig, body)
+        assert reply.error_name == "org.ipacctd1.Error.NoSuchUnit", (member, reply.body)
+        assert reply.body[0] == "unit nope.service not found", (member, reply.body)
+    res = inst.cli("stop", "nope.service")
+    assert res.returncode != 0 and "not found" in res.stderr, res.stderr
+
+
+def test_old_names_still_work(daemon: DaemonEnv) -> None:
+    """ipacctd 0.x's names, kept one release: StartTransientUnit(sa(sv)) returning the unit,
+    ResetUnit, Unit.Stop() without a mode, Unit.Reset."""
+    c = daemon.client
+    (path,) = c.manager("StartTransientUnit", "sa(sv)", "old.service", [])
+    assert path == unit_path("old.service")
+    assert c.ok(path, UNIT, "Stop") == []
+    c.manager("ResetUnit", "s", "old.service")
+    assert "old.service" not in c.units()
+    (path,) = c.manager("StartTransientUnit", "sa(sv)", "old2.service", [])
+    c.ok(path, UNIT, "Stop")
+    c.ok(path, UNIT, "Reset")
+    assert "old2.service" not in c.units()
+    # Not in the introspection: new code finds systemd's names only.
+    (xml,) = c.ok(ROOT, "org.freedesktop.DBus.Introspectable", "Introspect")
+    assert 'name="ResetUnit"' not in xml and 'name="ResetFailedUnit"' in xml
