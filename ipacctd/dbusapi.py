@@ -52,10 +52,16 @@ UINT64_MAX = (1 << 64) - 1
 #: Where the system bus listens unless ``$DBUS_SYSTEM_BUS_ADDRESS`` says otherwise.
 SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
 
+
+class NoSuchJob(NotFound):
+    """A job path or id that names no running job (it ended, or never was)."""
+
+
 #: Exception → D-Bus error name, first match wins (subclasses before their bases). The
 #: message of the error is the exception's plain message; a hint for the CLI (what to type
 #: next), when the exception has one, travels as a second string that D-Bus tools ignore.
 ERRORS: list[tuple[type[Exception], str]] = [
+    (NoSuchJob, "org.ipacctd1.Error.NoSuchJob"),
     (InvalidInput, "org.freedesktop.DBus.Error.InvalidArgs"),
     (NotFound, "org.ipacctd1.Error.NoSuchUnit"),
     (AlreadyExists, "org.ipacctd1.Error.UnitExists"),
@@ -68,6 +74,7 @@ ERRORS: list[tuple[type[Exception], str]] = [
 ERROR_CLASSES: dict[str, type[Error]] = {
     "org.freedesktop.DBus.Error.InvalidArgs": InvalidInput,
     "org.ipacctd1.Error.NoSuchUnit": NotFound,
+    "org.ipacctd1.Error.NoSuchJob": NoSuchJob,
     "org.ipacctd1.Error.UnitExists": AlreadyExists,
     "org.ipacctd1.Error.NotSupported": NotSupported,
     "org.ipacctd1.Error.Busy": Busy,

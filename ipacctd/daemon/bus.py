@@ -54,6 +54,7 @@ from ipacctd.dbusapi import (
     UINT64_MAX,
     UNIT_IFACE,
     UNIT_PREFIX,
+    NoSuchJob,
     error_body,
     error_name,
     escape_label,
@@ -459,7 +460,7 @@ class BusService:
         tail = path[len(JOB_PREFIX):]
         job = self.jobs.get(int(tail)) if tail.isdigit() else None
         if job is None:
-            raise NotFound(f"job {tail} does not exist (it ended, or never was)")
+            raise NoSuchJob(f"job {tail} does not exist (it ended, or never was)")
         return job
 
     def _unit_props(self, entry: Entry) -> dict[str, Variant]:

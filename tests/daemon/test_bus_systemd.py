@@ -371,8 +371,9 @@ def test_a_systemd_client_works_unchanged(daemon: DaemonEnv) -> None:
         assert proc.wait(timeout=30) is not None
     assert c.run(client.wait_job(job)) == (name, "done")
     assert agent.wait(timeout=10) is not None
-    with pytest.raises(DBusError):  # the job object went with the job
+    with pytest.raises(DBusError) as gone:  # the job object went with the job
         c.run(client.job(job).get_state())
+    assert gone.value.type == "org.ipacctd1.Error.NoSuchJob"
     c.wait(lambda: c.run(client.unit(path).get_active_state()) == "inactive", 10, "inactive")
 
     c.run(client.manager.call_reset_failed_unit(name))
@@ -482,3 +483,44 @@ def test_old_names_still_work(daemon: DaemonEnv) -> None:
     # Not in the introspection: new code finds systemd's names only.
     (xml,) = c.ok(ROOT, "org.freedesktop.DBus.Introspectable", "Introspect")
     assert 'name="ResetUnit"' not in xml and 'name="ResetFailedUnit"' in xml
+
+
+def test_shipped_policy_lets_everyone_make_systemds_reads(tmp_path: Path) -> None:
+    """Under a system-like bus with contrib/dbus/org.ipacctd1.conf, uid 65534 may make the
+    read-only calls systemd lets everyone make, and the bus refuses it every change."""
+    from test_host_daemon import SYSTEM_LIKE_BUS
+
+    with DaemonEnv(tmp_path, SYSTEM_LIKE_BUS) as env:
+        env.start()
+        env.inst.ok("run", "--unit", "pol", "--", "true")
+        path = unit_path("pol.service")
+
+        def nobody(member: str, *args: str) -> Any:
+            return env.tool(
+                ["busctl", f"--address={env.address}", "call", BUS_NAME, ROOT, MANAGER, member,
+                 *args],
+                as_nobody=True,
+            )  # fmt: skip
+
+        for member, args, out in (
+            ("ListUnits", (), '"pol.service"'),
+            ("ListUnitsFiltered", ("as", "1", "inactive"), '"pol.service"'),
+            ("ListUnitsByNames", ("as", "1", "pol.service"), '"pol.service"'),
+            ("GetUnit", ("s", "pol.service"), f'o "{path}"'),
+            ("ListJobs", (), "a(usssoo) 0"),
+            ("Subscribe", (), ""),
+            ("Unsubscribe", (), ""),
+        ):
+            r = nobody(member, *args)
+            assert r.returncode == 0 and out in r.stdout, (member, r.stdout, r.stderr)
+        r = nobody("GetJob", "u", "1")  # no such job: the daemon's error, not the bus's
+        assert r.returncode != 0 and "job 1 does not exist" in r.stderr, r.stderr
+        for member, args in (
+            ("StartTransientUnit", ("ssa(sv)a(sa(sv))", "evil.service", "fail", "0", "0")),
+            ("StopUnit", ("ss", "pol.service", "replace")),
+            ("ResetFailedUnit", ("s", "pol.service")),
+        ):
+            r = nobody(member, *args)
+            assert r.returncode != 0 and "Access denied" in r.stderr, (member, r.stderr)
+        assert env.inst.unit_names() == ["pol.service"]
+        env.inst.ok("reset", "pol.service")
