@@ -34,10 +34,10 @@ from typing import Any
 from e2e_helpers import REPO, Installation
 from support import PrivateBus, free_port, stop_process, wait_for
 
-from ipacctd.dbusapi import BUS_NAME, ROOT, unit_path
-from ipacctd.dbusapi import MANAGER_IFACE as MANAGER
-from ipacctd.dbusapi import PROPS_IFACE as PROPS
-from ipacctd.dbusapi import UNIT_IFACE as UNIT
+from ipacctd.daemon.contract import BUS_NAME, ROOT, unit_path
+from ipacctd.daemon.contract import MANAGER_IFACE as MANAGER
+from ipacctd.daemon.contract import PROPS_IFACE as PROPS
+from ipacctd.daemon.contract import UNIT_IFACE as UNIT
 
 __all__ = [
     "BUS_NAME",

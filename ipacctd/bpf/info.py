@@ -9,6 +9,7 @@ each dataclass costs start-up time, and ``ipacctd run`` never needs them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,21 @@ class ProgramInfo:
             return ProgType(self.type).name.lower()
         except ValueError:
             return f"type{self.type}"
+
+
+class ProgramStats(NamedTuple):
+    """A program's run statistics (struct bpf_prog_info's run_time_ns, run_cnt and
+    recursion_misses; cf. cilium/ebpf ``ProgramStats``).
+
+    The kernel counts run time and runs only while BPF stats are on (``BPF_ENABLE_STATS``
+    held, or sysctl kernel.bpf_stats_enabled); ``recursion_misses`` (runs skipped because
+    the program was already running on that CPU) always, on kernels that have it (5.12+).
+    A tuple, so ``run_time_ns, run_cnt, _ = stats`` reads it.
+    """
+
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
 
 
 @dataclass(frozen=True)

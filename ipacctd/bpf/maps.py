@@ -286,10 +286,53 @@ class PerCPUArrayMap(Map):
         raw = self.lookup_raw(struct.pack("=I", index))
         if raw is None:
             raise IndexError(index)
-        n = self.value_size // 8
-        words = self._stride // 8
-        flat = struct.unpack(f"={words * possible_cpus()}Q", raw)
-        return [sum(flat[f::words]) for f in range(n)]
+        return list(_sum_per_cpu(raw, self._stride // 8, self.value_size // 8))
+
+    def prepared_sum(self, index: int = 0) -> PerCPUSum:
+        """A prepared read of :meth:`sum_u64` of ``index``, for reading it again and again."""
+        return PerCPUSum(self, index)
+
+
+def _sum_per_cpu(raw: bytes, words: int, fields: int) -> tuple[int, ...]:
+    """Add up ``fields`` u64 fields over the per-CPU slots (``words`` u64 each) of ``raw``."""
+    flat = struct.unpack(f"={len(raw) // 8}Q", raw)
+    return tuple(sum(flat[f::words]) for f in range(fields))
+
+
+class PerCPUSum:
+    """A prepared MAP_LOOKUP_ELEM of one index of a per-CPU array, summed over CPUs.
+
+    The key, value and attr buffers are made once, so a read is one syscall; when the value
+    is unchanged since the previous read, :meth:`read` returns the very same tuple without
+    unpacking it again (callers may cache what they derive from it by identity). The map
+    keeps the fd: close ``self.map`` when done.
+    """
+
+    __slots__ = ("_attr", "_fields", "_key", "_last", "_last_raw", "_value", "_what", "_words",
+                 "map")
+
+    def __init__(self, pmap: PerCPUArrayMap, index: int = 0) -> None:
+        self.map = pmap
+        stride = pmap._stride
+        self._words = stride // 8
+        self._fields = pmap.value_size // 8
+        self._key = ctypes.create_string_buffer(struct.pack("=I", index), 4)
+        self._value = ctypes.create_string_buffer(stride * possible_cpus())
+        self._attr = Attr(struct.pack("=IIQQQ", pmap.fd, 0, addr(self._key), addr(self._value),
+                                      0))
+        self._what = pmap._what()
+        self._last_raw = b""
+        self._last: tuple[int, ...] = ()
+
+    def read(self) -> tuple[int, ...]:
+        """The u64 fields of the value, each summed over all CPUs (one bpf(2) call)."""
+        bpf(Cmd.MAP_LOOKUP_ELEM, self._attr, self._what)
+        raw = self._value.raw
+        if raw != self._last_raw or not self._last:
+            self._last = _sum_per_cpu(raw, self._words, self._fields)
+            self._last_raw = raw
+        return self._last
+
 
 def prefix_key(net: Network) -> bytes:
     """LPM trie key: u32 prefix length (host order) + address (network order)."""
@@ -419,6 +462,7 @@ __all__ = [
     "MapInfo",
     "MapType",
     "PerCPUArrayMap",
+    "PerCPUSum",
     "address_key",
     "open_map_id",
     "possible_cpus",

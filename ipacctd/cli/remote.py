@@ -24,8 +24,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ipacctd.datapath.counters import Counters
-from ipacctd.dbusapi import (
+from ipacctd.daemon.contract import (
     BUS_NAME,
     DBUS,
     GONE,
@@ -40,6 +39,7 @@ from ipacctd.dbusapi import (
 )
 from ipacctd.errors import AccessDenied, Error
 from ipacctd.manager.config import Config
+from ipacctd.manager.counters import Counters
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.unit import Unit, UnitStatus
 from ipacctd.policy.properties import Properties, property_spec

@@ -1,7 +1,7 @@
 """The D-Bus API, shaped like systemd's Manager, Unit and Job objects.
 
 The names, the error table and the bus connection are the contract in
-:mod:`ipacctd.dbusapi`, which the CLI shares. Where a member has systemd's name it has
+:mod:`ipacctd.daemon.contract`, which the CLI shares. Where a member has systemd's name it has
 systemd 252's signature and meaning: ``ListUnits`` ``a(ssssssouso)``,
 ``StartTransientUnit(ssa(sv)a(sa(sv)))`` and ``StopUnit(ss)`` returning a job,
 ``ResetFailedUnit(s)``, ``SetUnitProperties(sba(sv))``, ``Unit.Stop(s)`` → job,
@@ -40,9 +40,7 @@ from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
 
-from ipacctd.daemon.registry import Entry, Registry
-from ipacctd.datapath.counters import Counters
-from ipacctd.dbusapi import (
+from ipacctd.daemon.contract import (
     DBUS,
     INTROSPECT_IFACE,
     JOB_IFACE,
@@ -63,7 +61,9 @@ from ipacctd.dbusapi import (
     unescape_label,
     unit_path,
 )
+from ipacctd.daemon.registry import Entry, Registry
 from ipacctd.errors import AccessDenied, InvalidInput, NotFound, NotSupported
+from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.store import canonical
 
 log = logging.getLogger("ipacctd.bus")
@@ -79,20 +79,9 @@ JOB_MODES = ("fail", "replace", "replace-irreversibly", "isolate", "flush",
              "ignore-dependencies", "ignore-requirements", "triggering")
 
 
-COUNTER_PROPS = (
-    ("IPIngressBytes", "ingress_bytes"), ("IPIngressPackets", "ingress_packets"),
-    ("IPEgressBytes", "egress_bytes"), ("IPEgressPackets", "egress_packets"),
-)
-DROP_PROPS = (
-    ("IPIngressDroppedBytes", "ingress_dropped_bytes"),
-    ("IPIngressDroppedPackets", "ingress_dropped_packets"),
-    ("IPEgressDroppedBytes", "egress_dropped_bytes"),
-    ("IPEgressDroppedPackets", "egress_dropped_packets"),
-    ("IPIngressAuditBytes", "ingress_audit_bytes"),
-    ("IPIngressAuditPackets", "ingress_audit_packets"),
-    ("IPEgressAuditBytes", "egress_audit_bytes"),
-    ("IPEgressAuditPackets", "egress_audit_packets"),
-)
+#: (property, Counters attribute): systemd's four, then the eight ipacctd adds.
+COUNTER_PROPS = tuple((c.prop, c.attr) for c in SYSTEMD_COUNTERS)
+DROP_PROPS = tuple((c.prop, c.attr) for c in EXTRA_COUNTERS)
 COUNTERS_SIG = "a(sat)"
 #: StartTransientUnit property (b): the caller starts the command and records its exit.
 CALLER_STARTS = "CallerStartsCommand"

@@ -2,7 +2,7 @@
 
 Only the daemon holding the installation's lock (``<state>/daemon.lock``) writes or
 removes it. Its readers (``ipacctd reload``, a second daemon) use
-:func:`ipacctd.dbusapi.read_runtime`, which says why a PID in it proves nothing alone.
+:func:`ipacctd.daemon.contract.read_runtime`, which says why a PID in it proves nothing alone.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from ipacctd.daemon import metrics, runtime
 from ipacctd.daemon.binder import Binder
 from ipacctd.daemon.bus import BusService
 from ipacctd.daemon.config import DaemonConfig
+from ipacctd.daemon.contract import BUS_NAME, open_bus, read_runtime, runtime_alive
 from ipacctd.daemon.inotify import IN_CREATE, Inotify
 from ipacctd.daemon.registry import Registry
-from ipacctd.dbusapi import BUS_NAME, open_bus, read_runtime, runtime_alive
 from ipacctd.errors import Busy, Error, NotFound, NotSupported, PermissionDenied
 from ipacctd.journal import setup_logging
 from ipacctd.manager.engine import Manager

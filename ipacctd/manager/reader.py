@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import struct
 
-from ipacctd.bpf.maps import PerCPUArrayMap, possible_cpus
-from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf
+from ipacctd.bpf.maps import PerCPUArrayMap
 from ipacctd.datapath.counters import Counters
 from ipacctd.datapath.unit import COUNTERS
 from ipacctd.errors import Error
@@ -15,33 +12,22 @@ from ipacctd.manager.store import Store
 
 
 class _Lookup:
-    """A prepared MAP_LOOKUP_ELEM of index 0 of one counters map: the key, value and attr
-    buffers are made once, so a read is one syscall; an unchanged value returns the
-    Counters object of the previous read without unpacking it again."""
+    """A prepared read of one unit's counters map (one syscall per read); an unchanged value
+    returns the Counters object of the previous read without building it again."""
 
-    __slots__ = ("attr", "cmap", "fields", "key", "last", "last_raw", "value", "words")
+    __slots__ = ("cmap", "last", "last_sums", "sums")
 
     def __init__(self, cmap: PerCPUArrayMap) -> None:
         self.cmap = cmap
-        stride = (cmap.value_size + 7) & ~7
-        self.words = stride // 8
-        self.fields = cmap.value_size // 8
-        self.key = ctypes.create_string_buffer(4)
-        self.value = ctypes.create_string_buffer(stride * possible_cpus())
-        self.attr = Attr(struct.pack("=IIQQQ", cmap.fd, 0, addr(self.key), addr(self.value),
-                                     0))
-        self.last_raw = b""
+        self.sums = cmap.prepared_sum(0)
+        self.last_sums: tuple[int, ...] = ()
         self.last: Counters | None = None
 
     def read(self) -> Counters:
-        bpf(Cmd.MAP_LOOKUP_ELEM, self.attr, "counters map")
-        raw = self.value.raw
-        if raw == self.last_raw and self.last is not None:
-            return self.last
-        words = self.words
-        flat = struct.unpack(f"={len(raw) // 8}Q", raw)
-        self.last = Counters(*(sum(flat[f::words]) for f in range(self.fields)))
-        self.last_raw = raw
+        sums = self.sums.read()
+        if sums is not self.last_sums or self.last is None:
+            self.last = Counters(*sums)
+            self.last_sums = sums
         return self.last
 
 

@@ -27,7 +27,7 @@ from dbus_fast import DBusError, MessageType, Variant
 from dbus_fast.introspection import Interface, Node
 from e2e_helpers import PY, UDP4
 
-from ipacctd.dbusapi import JOB_IFACE
+from ipacctd.daemon.contract import JOB_IFACE
 
 pytestmark = pytest.mark.kernel
 

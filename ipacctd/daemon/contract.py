@@ -4,7 +4,8 @@ Both ends import this module: ``ipacctd.daemon.bus`` serves what it names and
 ``ipacctd.cli.remote`` calls it. It holds the names (bus name, object paths, interfaces),
 the error table and its inverse, the reader of the daemon's runtime file and the bus
 connection. It imports the standard library and ipacctd's leaf modules only; ``dbus_fast``
-(the "daemon" extra, which a CLI-only host may lack) is imported when a bus is opened.
+(the "daemon" extra, which a CLI-only host may lack) is imported when a bus is opened, so
+the CLI imports this module on any host.
 
 Names::
 
@@ -262,7 +263,7 @@ def status_to_wire(st: Any) -> dict[str, Any]:
 def status_from_wire(d: dict[str, Any]) -> Any:
     """The ``UnitStatus`` a :func:`status_to_wire` dict describes."""
     # Imported here: the model is not needed to name things or to connect.
-    from ipacctd.datapath.counters import Counters
+    from ipacctd.manager.counters import Counters
     from ipacctd.manager.unit import Enforcement, Unit, UnitStatus
 
     c = d.get("counters")
