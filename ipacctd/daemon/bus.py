@@ -7,9 +7,9 @@ systemd 252's signature and meaning: ``ListUnits`` ``a(ssssssouso)``,
 ``ResetFailedUnit(s)``, ``SetUnitProperties(sba(sv))``, ``Unit.Stop(s)`` → job,
 ``Unit.ResetFailed()``, the ``JobNew``/``JobRemoved`` signals, ``Subscribe()``. ipacctd's
 additions have names of their own (``GetCounters``, ``AttachUnit``, ``DetachUnit``,
-``DescribeUnits``, ``InspectUnit``, ``CountersChanged``). The names of ipacctd 0.x
+``DescribeUnits``, ``InspectUnit``, ``CountersChanged``). The names of ipacctd 0.1
 (``ResetUnit``, ``Unit.Reset``, ``Unit.Stop()`` without a mode, ``StartTransientUnit(sa(sv))``
-returning the unit) still work for one release; they are not introspected.
+returning the unit) still work until 0.3; they are not introspected.
 
 Jobs, as systemd's: a start or stop returns the path of its job, the job object exists
 while the job runs, and ``JobRemoved(id, job, unit, result)`` says it ended. A transient
@@ -535,7 +535,7 @@ class BusService:
             out, values = fn()
             return Message.new_method_return(msg, out, values)
         if member == "StartTransientUnit" and msg.signature == "sa(sv)":
-            # ipacctd 0.x (deprecated): no mode, no aux, the unit's path returned.
+            # ipacctd 0.1 (until 0.3): no mode, no aux, the unit's path returned.
             self._spawn(self._as_root(msg, lambda: self._start_transient_unit(msg, body[0],
                                                                               body[1])))
             return True
@@ -580,11 +580,11 @@ class BusService:
         calls: dict[str, tuple[str, Callable[[], Awaitable[Message | None]]]] = {
             "Stop": ("s", lambda: self._stop_job(msg, name, msg.body[0])),
             "ResetFailed": ("", lambda: self._engine(msg, self.manager.reset, name)),
-            "Reset": ("", lambda: self._engine(msg, self.manager.reset, name)),  # 0.x
+            "Reset": ("", lambda: self._engine(msg, self.manager.reset, name)),  # 0.1
             "SetProperties": ("ba(sv)", lambda: self._engine(
                 msg, self._set_properties, name, msg.body[1])),
         }
-        if member == "Stop" and msg.signature == "":  # ipacctd 0.x (deprecated): no mode
+        if member == "Stop" and msg.signature == "":  # ipacctd 0.1 (until 0.3): no mode
             calls["Stop"] = ("", lambda: self._engine(msg, self.manager.stop, name))
         if member in calls:
             sig, work = calls[member]
