@@ -4,28 +4,27 @@ The reference is systemd 252 itself: ``data/systemd-252-introspect.xml`` holds, 
 members ipacctd shares, as ``busctl introspect`` printed them on a real systemd 252 (booted
 by ``systemd-ref.sh``). The tests check ipacctd's introspection against it member by member,
 call each shared method with systemd's signature from ``busctl``, and run a client written
-for systemd's API — a dbus-fast proxy built from that XML — against ipacctd, changing only
-the names it is pointed at. Units send UDP datagrams to test addresses on the ``lo`` of a
+for systemd's API — a dbus-fast proxy built from that XML (``systemd_client.py``) — against
+ipacctd, changing only the names it is pointed at, and the same client against systemd 252
+itself (systemd-ref), to prove it is a systemd client. Units send UDP datagrams to test addresses on the ``lo`` of a
 private network namespace, so every counter has an exact expected value.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_support import BUS_NAME, MANAGER, PROPS, ROOT, UNIT, DaemonEnv, unit_path
 from dbus_fast import DBusError, MessageType, Variant
-from dbus_fast.introspection import Interface, Node
 from e2e_helpers import PY, UDP4
+from systemd_client import COUNTERS, IPACCTD, SD, SYSTEMD_XML, SystemdClient
 
 from ipacctd.daemon.contract import JOB_IFACE
 
@@ -33,115 +32,10 @@ pytestmark = pytest.mark.kernel
 
 ALLOWED = "203.0.113.1"
 DENIED = "198.51.100.1"
-SYSTEMD_XML = Path(__file__).with_name("data") / "systemd-252-introspect.xml"
-SD = "org.freedesktop.systemd1"
 EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
-COUNTERS = ("IPIngressBytes", "IPIngressPackets", "IPEgressBytes", "IPEgressPackets")
 DROPS = ("IPIngressDroppedBytes", "IPEgressDroppedBytes", "IPEgressDroppedPackets")
-
-
-@dataclass
-class Names:
-    """Where a systemd client is pointed: bus name, manager path, and its interfaces."""
-
-    bus: str
-    root: str
-    interfaces: dict[str, str] = field(default_factory=dict)  # systemd's → served name
-
-    def iface(self, systemd_name: str) -> str:
-        return self.interfaces.get(systemd_name, systemd_name)
-
-
-SYSTEMD = Names(SD, "/org/freedesktop/systemd1")
-#: ipacctd's names for systemd's objects: its Unit interface carries what systemd splits
-#: between Unit and Service (ipacctd has one kind of unit).
-IPACCTD = Names(
-    BUS_NAME,
-    ROOT,
-    {
-        f"{SD}.Manager": MANAGER,
-        f"{SD}.Unit": UNIT,
-        f"{SD}.Service": UNIT,
-        f"{SD}.Job": JOB_IFACE,
-    },
-)
-
-
-def systemd_node(names: Names, *interfaces: str) -> Node:
-    """systemd's introspection of ``interfaces``, under ``names``' interface names."""
-    parsed = Node.parse(SYSTEMD_XML.read_text())
-    merged: dict[str, Interface] = {}
-    for want in interfaces:
-        src = next(i for i in parsed.interfaces if i.name == want)
-        dst = merged.setdefault(names.iface(want), Interface(names.iface(want)))
-        dst.methods += src.methods
-        dst.signals += src.signals
-        dst.properties += src.properties
-    return Node(None, list(merged.values()))
-
-
-class SystemdClient:
-    """Code written for systemd's D-Bus API, as a monitoring or deployment tool would: it
-    knows systemd 252's introspection and nothing of ipacctd. Its only input is the names
-    it is pointed at."""
-
-    def __init__(self, bus: Any, names: Names) -> None:
-        self.bus, self.names = bus, names
-        obj = bus.get_proxy_object(names.bus, names.root, systemd_node(names, f"{SD}.Manager"))
-        self.manager = obj.get_interface(names.iface(f"{SD}.Manager"))
-        self.removed: dict[str, tuple[str, str]] = {}  # job → (unit, result)
-        self.manager.on_job_removed(
-            lambda _id, job, unit, result: self.removed.__setitem__(job, (unit, result))
-        )
-
-    def unit(self, path: str, iface: str = f"{SD}.Unit") -> Any:
-        node = systemd_node(self.names, f"{SD}.Unit", f"{SD}.Service")
-        return self.bus.get_proxy_object(self.names.bus, path, node).get_interface(
-            self.names.iface(iface)
-        )
-
-    def job(self, path: str) -> Any:
-        node = systemd_node(self.names, f"{SD}.Job")
-        return self.bus.get_proxy_object(self.names.bus, path, node).get_interface(
-            self.names.iface(f"{SD}.Job")
-        )
-
-    async def wait_job(self, job: str, timeout: float = 30.0) -> tuple[str, str]:
-        deadline = time.monotonic() + timeout
-        while job not in self.removed:
-            assert time.monotonic() < deadline, f"no JobRemoved for {job}"
-            await asyncio.sleep(0.02)
-        return self.removed.pop(job)
-
-    async def start(self, name: str, properties: list[list[Any]]) -> tuple[str, str]:
-        """systemd-run's way: Subscribe, StartTransientUnit, wait for the job to end."""
-        await self.manager.call_subscribe()
-        job = await self.manager.call_start_transient_unit(name, "fail", properties, [])
-        return job, (await self.wait_job(job))[1]
-
-    async def accounting(self) -> dict[str, dict[str, Any]]:
-        """The IP accounting of every loaded unit: ListUnits, then each unit's properties."""
-        out = {}
-        for row in await self.manager.call_list_units():
-            name, _desc, load, active, sub, _following, path, job_id, _jtype, _jpath = row
-            service = self.unit(path, f"{SD}.Service")
-            out[name] = {
-                "load": load,
-                "active": active,
-                "sub": sub,
-                "job": job_id,
-                "path": path,
-                "accounting": await service.get_ip_accounting(),
-                "deny": [tuple(e) for e in await service.get_ip_address_deny()],
-                "cgroup": await service.get_control_group(),
-                **{c: await getattr(service, f"get_{snake(c)}")() for c in COUNTERS},
-            }
-        return out
-
-
-def snake(name: str) -> str:
-    """dbus-fast's member name: IPEgressBytes → ip_egress_bytes."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 
 def members(xml: str, iface: str) -> dict[tuple[str, str], tuple]:
@@ -524,3 +418,39 @@ def test_shipped_policy_lets_everyone_make_systemds_reads(tmp_path: Path) -> Non
             assert r.returncode != 0 and "Access denied" in r.stderr, (member, r.stderr)
         assert env.inst.unit_names() == ["pol.service"]
         env.inst.ok("reset", "pol.service")
+
+
+def test_the_client_is_a_systemd_client() -> None:
+    """The client that works against ipacctd above, run against systemd 252 itself (in
+    systemd-ref's namespaces, pointed at systemd's names): proof that it is written for
+    systemd's API, not for ipacctd's. Its unit sends two allowed datagrams and one that
+    IPAddressDeny= drops."""
+    import json
+    import shutil
+    import sys
+
+    import sdref
+
+    script = sdref.script()
+    with sdref.locked(), sdref.scratch("ipacctd-busclient") as root:
+        shutil.copytree(REPO / "ipacctd", f"{root}/ipacctd", ignore=sdref.COPY_IGNORE)
+        shutil.copy(HERE / "systemd_client.py", root)
+        shutil.copytree(HERE / "data", f"{root}/data")
+        with sdref.running(script):
+            res = sdref.Ref(script, root).run(
+                ["env", f"PYTHONPATH={root}", sys.executable, f"{root}/systemd_client.py",
+                 "sdc.service", sys.executable],
+            )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["start_job"].startswith("/org/freedesktop/systemd1/job/")
+    assert out["start_result"] == "done"
+    unit = out["unit"]
+    assert unit["load"] == "loaded" and unit["active"] == "active" and unit["accounting"]
+    assert unit["IPEgressPackets"] == 2 and unit["IPEgressBytes"] == 2 * (200 + UDP4)
+    assert unit["deny"] == [[2, [198, 51, 100, 1], 32]]
+    assert out["get_unit"] == unit["path"] == "/org/freedesktop/systemd1/unit/sdc_2eservice"
+    assert out["stop_removed"] == ["sdc.service", "done"]
+    # systemd unloads a stopped transient unit (ipacctd keeps it, with its counters, until
+    # reset): the client handles both.
+    assert out["after_reset"] == "org.freedesktop.systemd1.NoSuchUnit"
