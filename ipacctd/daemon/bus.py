@@ -667,10 +667,13 @@ class BusService:
             cgroup_path, name=name or None, dbus_items=_items(props)))
         return Message.new_method_return(msg, "o", [unit_path(unit.name)])
 
-    async def _start_transient_unit(self, msg: Message, name: str, props: list[Any]) -> Any:
-        # The caller starts the command in the new unit: the name is reserved for it.
+    async def _make_transient(self, msg: Message, name: str, props: list[Any]) -> Any:
+        """The new unit (made, armed); the caller may be the one to start its command."""
         owned_by = await self.caller_owner(msg)
-        unit = await self._run(self._start_transient, name, props, owned_by)
+        return await self._run(self._start_transient, name, props, owned_by)
+
+    async def _start_transient_unit(self, msg: Message, name: str, props: list[Any]) -> Message:
+        unit = await self._make_transient(msg, name, props)
         return Message.new_method_return(msg, "o", [unit_path(unit.name)])
 
     async def _start_job(self, msg: Message) -> None:
@@ -682,14 +685,13 @@ class BusService:
             # companion its caller counts on.
             raise NotSupported(f"auxiliary units are not supported ({len(aux)} given: "
                                f"{', '.join(str(a[0]) for a in aux)})")
-        reply = await self._start_transient_unit(msg, name, props)
-        name = unescape_label(reply.body[0][len(UNIT_PREFIX):])
-        job = self._new_job(name, "start")
+        unit = await self._make_transient(msg, name, props)
+        job = self._new_job(unit.name, "start")
         self.bus.send(Message.new_method_return(msg, "o", [job.path]))
         self._end_job(job, "done")  # the unit is made and armed: nothing left to do
         return None
 
-    async def _stop_job(self, msg: Message, name: str, mode: str) -> None:
+    async def _stop_job(self, msg: Message, name: str, mode: str) -> Message | None:
         check_mode(mode)
         name = self._entry(name).status.unit.name
         job = self._job_of(name)
