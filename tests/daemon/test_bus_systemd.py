@@ -6,8 +6,9 @@ by ``systemd-ref.sh``). The tests check ipacctd's introspection against it membe
 call each shared method with systemd's signature from ``busctl``, and run a client written
 for systemd's API — a dbus-fast proxy built from that XML (``systemd_client.py``) — against
 ipacctd, changing only the names it is pointed at, and the same client against systemd 252
-itself (systemd-ref), to prove it is a systemd client. Units send UDP datagrams to test addresses on the ``lo`` of a
-private network namespace, so every counter has an exact expected value.
+itself (systemd-ref), to prove it is a systemd client. Units send UDP datagrams to test
+addresses on the ``lo`` of a private network namespace, so every counter has an exact
+expected value.
 """
 
 from __future__ import annotations
