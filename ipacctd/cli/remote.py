@@ -81,6 +81,7 @@ class DaemonLink:
         self.state_dir = self.cgroup_root = ""
         self.ended: dict[str, tuple[str, str]] | None = None  # job path → (unit, result)
         self.wake: Any = None  # an asyncio.Event set by each JobRemoved
+        self.gone = False  # the daemon's connection closed
 
     def raw(self, destination: str, path: str, iface: str, member: str, signature: str = "",
             body: Sequence[Any] = ()) -> Any:
@@ -135,7 +136,8 @@ class DaemonLink:
     def job(self, member: str, signature: str, body: Sequence[Any],
             path: str = ROOT, iface: str = MANAGER_IFACE) -> tuple[str, str]:
         """Call a method that returns a job, as systemctl does: wait for the job's
-        ``JobRemoved`` and return (unit, result) — the unit as the daemon named it."""
+        ``JobRemoved`` and return (unit, result) — the unit as the daemon named it.
+        _Unreachable when the daemon leaves the bus before the job ends."""
         import asyncio
 
         from dbus_fast import MessageType
@@ -145,22 +147,29 @@ class DaemonLink:
             wake = self.wake = asyncio.Event()
 
             def on_message(msg: Any) -> None:
-                if (msg.message_type == MessageType.SIGNAL and msg.sender == self.owner
-                        and msg.path == ROOT and msg.interface == MANAGER_IFACE
-                        and msg.member == "JobRemoved"):
+                if msg.message_type != MessageType.SIGNAL:
+                    return
+                if (msg.sender == self.owner and msg.path == ROOT
+                        and msg.interface == MANAGER_IFACE and msg.member == "JobRemoved"):
                     ended[msg.body[1]] = (msg.body[2], msg.body[3])
+                    wake.set()
+                elif (msg.sender == DBUS and msg.member == "NameOwnerChanged"
+                        and msg.body[0] == self.owner and not msg.body[2]):
+                    self.gone = True  # the daemon's connection closed (it ended, or crashed)
                     wake.set()
 
             self.bus.add_message_handler(on_message)
-            rule = (f"type='signal',sender='{self.owner}',path='{ROOT}',"
-                    f"interface='{MANAGER_IFACE}',member='JobRemoved'")
-            self.raw(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
+            for rule in (f"type='signal',sender='{self.owner}',path='{ROOT}',"
+                         f"interface='{MANAGER_IFACE}',member='JobRemoved'",
+                         f"type='signal',sender='{DBUS}',member='NameOwnerChanged',"
+                         f"arg0='{self.owner}'"):
+                self.raw(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
             self.ended = ended
         ended = self.ended
         (job,) = self.call(iface, member, signature, body, path=path)
 
         async def until_ended() -> None:
-            while job not in ended:
+            while job not in ended and not self.gone:
                 self.wake.clear()
                 await self.wake.wait()
 
@@ -168,6 +177,8 @@ class DaemonLink:
             self.loop.run_until_complete(asyncio.wait_for(until_ended(), CALL_TIMEOUT))
         except TimeoutError:
             raise Error(f"job {job} did not end within {CALL_TIMEOUT:.0f}s") from None
+        if job not in ended:
+            raise _Unreachable(f"{BUS_NAME} left the bus while its job {job} ran")
         return ended.pop(job)
 
     def close(self) -> None:

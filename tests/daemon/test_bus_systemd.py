@@ -455,3 +455,33 @@ def test_the_client_is_a_systemd_client() -> None:
     # systemd unloads a stopped transient unit (ipacctd keeps it, with its counters, until
     # reset): the client handles both.
     assert out["after_reset"] == "org.freedesktop.systemd1.NoSuchUnit"
+
+
+def test_cli_stop_survives_the_daemon_dying_mid_job(daemon: DaemonEnv) -> None:
+    """``ipacctd stop`` follows the daemon's stop job; when the daemon dies before the job
+    ends (kill -9), the CLI notices it left the bus and finishes the stop itself."""
+    inst, c = daemon.inst, daemon.client
+    name = "hold.service"
+    c.manager("StartTransientUnit", "ssa(sv)a(sa(sv))", name, "fail", [], [])
+    ns = inst.netns([ALLOWED])
+    proc = sigterm_proof(ns, os.path.join(inst.root_fs, name))
+    stop = subprocess.Popen(
+        inst.argv("stop", name),
+        env=inst.env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        c.wait(lambda: c.manager("ListJobs")[0], 15, "the stop job")
+        daemon.kill9()
+        _, err = stop.communicate(timeout=45)  # the CLI waits up to 60 s for a live daemon
+    finally:
+        if stop.poll() is None:
+            stop.kill()
+            stop.wait()
+    assert stop.returncode == 0, err
+    assert proc.wait(timeout=10) is not None  # SIGKILLed by the CLI's own stop
+    st = inst.ok("show", name, "-p", "ActiveState", "--value", env={"IPACCTD_NO_DAEMON": "1"})
+    assert st.stdout.strip() == "inactive"
