@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import resource
 import signal
@@ -40,16 +41,35 @@ from ipacctd.daemon.contract import PROPS_IFACE as PROPS
 from ipacctd.daemon.contract import UNIT_IFACE as UNIT
 
 __all__ = [
+    "ALLOWED",
     "BUS_NAME",
+    "DENIED",
     "MANAGER",
     "PROPS",
     "ROOT",
     "UNIT",
     "Client",
     "DaemonEnv",
+    "addr_list",
     "entries",
     "unit_path",
 ]
+
+
+#: Test addresses the daemon tests put on a namespace's lo: one a policy allows, one it denies.
+ALLOWED = "203.0.113.1"
+DENIED = "198.51.100.1"
+
+
+def addr_list(*addrs: str) -> Any:
+    """systemd's a(iayu) form of host addresses."""
+    from dbus_fast import Variant
+
+    items = []
+    for a in addrs:
+        ip = ipaddress.ip_address(a)
+        items.append([2 if ip.version == 4 else 10, ip.packed, ip.max_prefixlen])
+    return Variant("a(iayu)", items)
 
 
 def entries(value: list) -> list[tuple]:

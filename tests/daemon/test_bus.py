@@ -7,30 +7,30 @@ expected value.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import xml.etree.ElementTree as ET
 
 import pytest
-from daemon_support import BUS_NAME, MANAGER, PROPS, ROOT, UNIT, DaemonEnv, entries, unit_path
+from daemon_support import (
+    ALLOWED,
+    BUS_NAME,
+    DENIED,
+    MANAGER,
+    PROPS,
+    ROOT,
+    UNIT,
+    DaemonEnv,
+    addr_list,
+    entries,
+    unit_path,
+)
 from dbus_fast import Variant
 from e2e_helpers import UDP4
 
 pytestmark = pytest.mark.kernel
 
-ALLOWED = "203.0.113.1"
-DENIED = "198.51.100.1"
 INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
-
-
-def addr_list(*addrs: str) -> Variant:
-    """systemd's a(iayu) form of host addresses."""
-    items = []
-    for a in addrs:
-        ip = ipaddress.ip_address(a)
-        items.append([2 if ip.version == 4 else 10, ip.packed, ip.max_prefixlen])
-    return Variant("a(iayu)", items)
 
 
 def test_cli_unit_read_over_dbus_busctl_and_dbus_send(daemon: DaemonEnv) -> None:

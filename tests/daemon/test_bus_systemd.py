@@ -6,9 +6,8 @@ by ``systemd-ref.sh``). The tests check ipacctd's introspection against it membe
 call each shared method with systemd's signature from ``busctl``, and run a client written
 for systemd's API — a dbus-fast proxy built from that XML (``systemd_client.py``) — against
 ipacctd, changing only the names it is pointed at, and the same client against systemd 252
-itself (systemd-ref), to prove it is a systemd client. Units send UDP datagrams to test
-addresses on the ``lo`` of a private network namespace, so every counter has an exact
-expected value.
+itself (systemd-ref), to prove it is a systemd client. Traffic goes to documentation
+addresses on a private namespace's ``lo``: exact counts.
 """
 
 from __future__ import annotations
@@ -22,17 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import BUS_NAME, MANAGER, PROPS, ROOT, UNIT, DaemonEnv, unit_path
+from daemon_support import ALLOWED, DENIED, DaemonEnv, addr_list
 from dbus_fast import DBusError, MessageType, Variant
 from e2e_helpers import PY, UDP4
 from systemd_client import COUNTERS, IPACCTD, SD, SYSTEMD_XML, SystemdClient
 
-from ipacctd.daemon.contract import JOB_IFACE
+from ipacctd.daemon.contract import (
+    BUS_NAME,
+    JOB_IFACE,
+    MANAGER_IFACE,
+    PROPS_IFACE,
+    ROOT,
+    UNIT_IFACE,
+    unit_path,
+)
 
 pytestmark = pytest.mark.kernel
 
-ALLOWED = "203.0.113.1"
-DENIED = "198.51.100.1"
 EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 DROPS = ("IPIngressDroppedBytes", "IPEgressDroppedBytes", "IPEgressDroppedPackets")
 HERE = Path(__file__).resolve().parent
@@ -55,15 +60,6 @@ def members(xml: str, iface: str) -> dict[tuple[str, str], tuple]:
             )
             out[(m.tag, m.get("name"))] = (args, emits)
     return out
-
-
-def addr_list(*addrs: str) -> Variant:
-    import ipaddress
-
-    return Variant(
-        "a(iayu)",
-        [[2, ipaddress.ip_address(a).packed, 32] for a in addrs],
-    )
 
 
 def sigterm_proof(ns: Any, fs: str) -> subprocess.Popen:
@@ -90,7 +86,7 @@ def test_shared_members_have_systemd_252_signatures(daemon: DaemonEnv) -> None:
     c.manager("StartTransientUnit", "ssa(sv)a(sa(sv))", name, "fail", [], [])
     ns = inst.netns([ALLOWED])
     proc = sigterm_proof(ns, os.path.join(inst.root_fs, name))
-    (job,) = c.ok(unit_path(name), UNIT, "Stop", "s", ["replace"])
+    (job,) = c.ok(unit_path(name), UNIT_IFACE, "Stop", "s", ["replace"])
     try:
         (job_xml,) = c.ok(job, "org.freedesktop.DBus.Introspectable", "Introspect")
     finally:
@@ -98,9 +94,9 @@ def test_shared_members_have_systemd_252_signatures(daemon: DaemonEnv) -> None:
     (root_xml,) = c.ok(ROOT, "org.freedesktop.DBus.Introspectable", "Introspect")
     (unit_xml,) = c.ok(unit_path(name), "org.freedesktop.DBus.Introspectable", "Introspect")
     served = {
-        f"{SD}.Manager": members(root_xml, MANAGER),
-        f"{SD}.Unit": members(unit_xml, UNIT),
-        f"{SD}.Service": members(unit_xml, UNIT),
+        f"{SD}.Manager": members(root_xml, MANAGER_IFACE),
+        f"{SD}.Unit": members(unit_xml, UNIT_IFACE),
+        f"{SD}.Service": members(unit_xml, UNIT_IFACE),
         f"{SD}.Job": members(job_xml, JOB_IFACE),
     }
     checked = 0
@@ -127,7 +123,7 @@ def test_busctl_with_systemd_signatures(daemon: DaemonEnv) -> None:
         assert (r.returncode == 0) == ok, (argv, r.stdout, r.stderr)
         return (r.stdout if ok else r.stderr).strip()
 
-    def call(member: str, *args: str, ok: bool = True, at: str = ROOT, iface: str = MANAGER):
+    def call(member: str, *args: str, ok: bool = True, at: str = ROOT, iface: str = MANAGER_IFACE):
         return busctl("call", BUS_NAME, at, iface, member, *args, ok=ok)
 
     out = call(
@@ -166,25 +162,27 @@ def test_busctl_with_systemd_signatures(daemon: DaemonEnv) -> None:
     assert call("Subscribe") == "" and call("Unsubscribe") == ""
     sent = 100 + UDP4
     daemon.client.wait(
-        lambda: busctl("get-property", BUS_NAME, path, UNIT, "IPEgressBytes") == f"t {sent}",
+        lambda: busctl("get-property", BUS_NAME, path, UNIT_IFACE, "IPEgressBytes") == f"t {sent}",
         5,
         "IPEgressBytes",
     )
-    get = busctl("call", BUS_NAME, path, PROPS, "Get", "ss", UNIT, "IPEgressPackets")
+    get = busctl("call", BUS_NAME, path, PROPS_IFACE, "Get", "ss", UNIT_IFACE, "IPEgressPackets")
     assert get == "v t 1", get
-    assert busctl("get-property", BUS_NAME, path, UNIT, "ActiveState") == 's "active"'
-    assert busctl("get-property", BUS_NAME, path, UNIT, "Job") == '(uo) 0 "/"'
+    assert busctl("get-property", BUS_NAME, path, UNIT_IFACE, "ActiveState") == 's "active"'
+    assert busctl("get-property", BUS_NAME, path, UNIT_IFACE, "Job") == '(uo) 0 "/"'
     call("SetUnitProperties", "sba(sv)", name, "true", "1", "IPAddressDeny", "a(iayu)", "0")
     assert agent.send(DENIED, 10) == "ok 10"
 
     # Job modes as systemd 252 checks them (its text for a bad one: "Job mode bogus invalid").
-    assert "Job mode bogus invalid" in call("Stop", "s", "bogus", at=path, iface=UNIT, ok=False)
+    assert "Job mode bogus invalid" in call(
+        "Stop", "s", "bogus", at=path, iface=UNIT_IFACE, ok=False
+    )
     assert "isolate" in call("StopUnit", "ss", name, "isolate", ok=False)
-    out = call("Stop", "s", "replace", at=path, iface=UNIT)
+    out = call("Stop", "s", "replace", at=path, iface=UNIT_IFACE)
     assert re.fullmatch(r'o "/org/ipacctd1/job/\d+"', out), out
     assert agent.wait(timeout=15) is not None
     daemon.client.wait(
-        lambda: busctl("get-property", BUS_NAME, path, UNIT, "ActiveState") == 's "inactive"',
+        lambda: busctl("get-property", BUS_NAME, path, UNIT_IFACE, "ActiveState") == 's "inactive"',
         10,
         "inactive",
     )
@@ -288,7 +286,7 @@ def test_counters_make_no_properties_changed(daemon: DaemonEnv) -> None:
     ns = inst.netns([ALLOWED])
     agents = [inst.start_unit(ns, f"busy{i}", port=7100 + i) for i in range(3)]
     listener = daemon.new_client()
-    listener.add_match(f"type='signal',sender='{BUS_NAME}',interface='{PROPS}'")
+    listener.add_match(f"type='signal',sender='{BUS_NAME}',interface='{PROPS_IFACE}'")
     listener.add_match(f"type='signal',sender='{BUS_NAME}',member='CountersChanged'")
     listener.pump(0.5)  # the starts' own changes, then quiet
     listener.signals.clear()
@@ -336,7 +334,11 @@ def test_errors_are_plain_and_the_cli_adds_its_advice(daemon: DaemonEnv) -> None
     inst, c = daemon.inst, daemon.client
     inst.ok("run", "--unit", "taken", "--", "true")
     reply = c.call(
-        ROOT, MANAGER, "StartTransientUnit", "ssa(sv)a(sa(sv))", ["taken.service", "fail", [], []]
+        ROOT,
+        MANAGER_IFACE,
+        "StartTransientUnit",
+        "ssa(sv)a(sa(sv))",
+        ["taken.service", "fail", [], []],
     )
     assert reply.message_type == MessageType.ERROR, reply.body
     assert reply.error_name == "org.ipacctd1.Error.UnitExists"
@@ -355,7 +357,7 @@ def test_errors_are_plain_and_the_cli_adds_its_advice(daemon: DaemonEnv) -> None
         ("StopUnit", "ss", ["nope.service", "replace"]),
         ("GetUnit", "s", ["nope.service"]),
     ):
-        reply = c.call(ROOT, MANAGER, member, sig, body)
+        reply = c.call(ROOT, MANAGER_IFACE, member, sig, body)
         assert reply.error_name == "org.ipacctd1.Error.NoSuchUnit", (member, reply.body)
         assert reply.body[0] == "unit nope.service not found", (member, reply.body)
     res = inst.cli("stop", "nope.service")
@@ -368,12 +370,12 @@ def test_old_names_still_work(daemon: DaemonEnv) -> None:
     c = daemon.client
     (path,) = c.manager("StartTransientUnit", "sa(sv)", "old.service", [])
     assert path == unit_path("old.service")
-    assert c.ok(path, UNIT, "Stop") == []
+    assert c.ok(path, UNIT_IFACE, "Stop") == []
     c.manager("ResetUnit", "s", "old.service")
     assert "old.service" not in c.units()
     (path,) = c.manager("StartTransientUnit", "sa(sv)", "old2.service", [])
-    c.ok(path, UNIT, "Stop")
-    c.ok(path, UNIT, "Reset")
+    c.ok(path, UNIT_IFACE, "Stop")
+    c.ok(path, UNIT_IFACE, "Reset")
     assert "old2.service" not in c.units()
     # Not in the introspection: new code finds systemd's names only.
     (xml,) = c.ok(ROOT, "org.freedesktop.DBus.Introspectable", "Introspect")
@@ -392,8 +394,8 @@ def test_shipped_policy_lets_everyone_make_systemds_reads(tmp_path: Path) -> Non
 
         def nobody(member: str, *args: str) -> Any:
             return env.tool(
-                ["busctl", f"--address={env.address}", "call", BUS_NAME, ROOT, MANAGER, member,
-                 *args],
+                ["busctl", f"--address={env.address}", "call", BUS_NAME, ROOT, MANAGER_IFACE,
+                 member, *args],
                 as_nobody=True,
             )  # fmt: skip
 
@@ -465,14 +467,8 @@ def test_cli_stop_survives_the_daemon_dying_mid_job(daemon: DaemonEnv) -> None:
     c.manager("StartTransientUnit", "ssa(sv)a(sa(sv))", name, "fail", [], [])
     ns = inst.netns([ALLOWED])
     proc = sigterm_proof(ns, os.path.join(inst.root_fs, name))
-    stop = subprocess.Popen(
-        inst.argv("stop", name),
-        env=inst.env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # In the background: the daemon is to die while this CLI waits for its job.
+    stop = subprocess.Popen(inst.argv("stop", name), env=inst.env, stderr=subprocess.PIPE)
     try:
         c.wait(lambda: c.manager("ListJobs")[0], 15, "the stop job")
         daemon.kill9()
@@ -481,7 +477,7 @@ def test_cli_stop_survives_the_daemon_dying_mid_job(daemon: DaemonEnv) -> None:
         if stop.poll() is None:
             stop.kill()
             stop.wait()
-    assert stop.returncode == 0, err
+    assert stop.returncode == 0, err.decode()
     assert proc.wait(timeout=10) is not None  # SIGKILLed by the CLI's own stop
     st = inst.ok("show", name, "-p", "ActiveState", "--value", env={"IPACCTD_NO_DAEMON": "1"})
     assert st.stdout.strip() == "inactive"
