@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
 from ipacctd import cgroup  # noqa: E402
 from ipacctd.bpf.links import open_cgroup, prog_query  # noqa: E402
 from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap  # noqa: E402
-from ipacctd.bpf.programs import AttachType, Program, return_one  # noqa: E402
+from ipacctd.bpf.programs import Program, return_one  # noqa: E402
+from ipacctd.bpf.types import AttachType  # noqa: E402
 from ipacctd.datapath import counters, denied, lookup  # noqa: E402
 from ipacctd.datapath import program as program_mod  # noqa: E402
 from ipacctd.datapath.counters import Direction  # noqa: E402

@@ -55,7 +55,7 @@ from support import PrivateBus, free_port, stop_process  # noqa: E402
 from ipacctd import cgroup  # noqa: E402
 from ipacctd.bpf import bpffs  # noqa: E402
 from ipacctd.bpf.links import open_cgroup, prog_query  # noqa: E402
-from ipacctd.bpf.programs import AttachType  # noqa: E402
+from ipacctd.bpf.types import AttachType  # noqa: E402
 
 DENY = ("IPAddressDeny", "198.51.100.1")
 

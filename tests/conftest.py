@@ -39,7 +39,8 @@ def _kernel_problem() -> str | None:
     try:
         from ipacctd import cgroup
         from ipacctd.bpf import bpffs
-        from ipacctd.bpf.maps import MapType, probe_map_type
+        from ipacctd.bpf.maps import probe_map_type
+        from ipacctd.bpf.types import MapType
 
         cgroup.mount_point()
         bpffs.ensure_mounted()

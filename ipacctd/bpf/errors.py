@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
+from ipacctd.bpf.types import ENOTSUPP
 from ipacctd.errors import AlreadyExists, Busy, Error, NotFound, NotSupported, PermissionDenied
 
 
@@ -57,8 +58,6 @@ class VerifierError(BPFError):
         tail = "\n".join(self.log.rstrip().splitlines()[-12:])
         return f"{self.message}\nverifier log (last lines):\n{tail}" if tail else self.message
 
-
-ENOTSUPP = 524  # kernel-internal "not supported", leaks to user space from bpf(2)
 
 _HINTS = {
     errno.EPERM: "run as root (needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)",

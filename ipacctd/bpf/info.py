@@ -2,14 +2,16 @@
 ``Program.info()``, ``Program.test_run()``, ``CgroupLink.info()`` and ``prog_query()``.
 
 They live here, imported on first use, rather than in :mod:`~ipacctd.bpf.maps`,
-:mod:`~ipacctd.bpf.programs` and :mod:`~ipacctd.bpf.links` (which still export them):
-each dataclass costs start-up time, and ``ipacctd run`` never needs them.
+:mod:`~ipacctd.bpf.programs` and :mod:`~ipacctd.bpf.links`: each dataclass costs start-up
+time, and ``ipacctd run`` never needs them. Import them from here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from ipacctd.bpf.types import MapType, ProgType
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,6 @@ class MapInfo:
 
     @property
     def type_name(self) -> str:
-        from ipacctd.bpf.maps import MapType
-
         try:
             return MapType(self.type).name.lower()
         except ValueError:
@@ -54,8 +54,6 @@ class ProgramInfo:
 
     @property
     def type_name(self) -> str:
-        from ipacctd.bpf.programs import ProgType
-
         try:
             return ProgType(self.type).name.lower()
         except ValueError:

@@ -1,24 +1,21 @@
-"""Cgroup attachment: bpf_link create/update/pin/detach, legacy attach, and PROG_QUERY."""
+"""Cgroup attachment: bpf_link create/update/pin/detach (ipacctd's own programs), PROG_ATTACH
+and PROG_DETACH with BPF_F_ALLOW_MULTI (the attachment systemd makes, for programs it arms and
+for ``IP*FilterPath=``), and PROG_QUERY."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-import struct
 from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf.objects import Object, fd_by_id, info_by_fd, obj_get
-from ipacctd.bpf.programs import AttachType, Program, program_stats_by_id
-from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+from ipacctd.bpf.programs import Program, program_stats_by_id
+from ipacctd.bpf.syscall import addr, bpf, close
+from ipacctd.bpf.types import F_ALLOW_MULTI, F_QUERY_EFFECTIVE, F_REPLACE, AttachType, Cmd
+from ipacctd.uapi import BpfAttr, BpfLinkInfo
 
 if TYPE_CHECKING:
     from ipacctd.bpf.info import Attached, LinkInfo, ProgramStats
-
-F_ALLOW_MULTI = 1 << 1
-F_REPLACE = 1 << 2
-F_QUERY_EFFECTIVE = 1 << 0
-
-LINK_TYPE_CGROUP = 3
 
 
 class CgroupLink(Object):
@@ -34,7 +31,10 @@ class CgroupLink(Object):
     def create(cls, cgroup_fd: int, prog: Program, attach_type: AttachType,
                name: str = "") -> Self:
         """BPF_LINK_CREATE: attach ``prog`` to the cgroup behind ``cgroup_fd``."""
-        attr = Attr(struct.pack("=IIII", prog.fd, cgroup_fd, attach_type, 0))
+        attr = BpfAttr()
+        attr.link_create.prog_fd = prog.fd
+        attr.link_create.target_fd = cgroup_fd
+        attr.link_create.attach_type = attach_type
         what = f"{attach_type.name.lower()} link for program {prog.name!r}"
         return cls(bpf(Cmd.LINK_CREATE, attr, what), name or prog.name)
 
@@ -54,32 +54,39 @@ class CgroupLink(Object):
         With ``old_prog`` the swap only happens if the link still holds that program
         (compare-and-swap), so two writers cannot silently overwrite each other.
         """
-        flags = F_REPLACE if old_prog is not None else 0
-        old_fd = old_prog.fd if old_prog is not None else 0
-        bpf(Cmd.LINK_UPDATE, Attr(struct.pack("=IIII", self.fd, new_prog.fd, flags, old_fd)),
-            f"link {self.name!r}")
+        attr = BpfAttr()
+        attr.link_update.link_fd = self.fd
+        attr.link_update.new_prog_fd = new_prog.fd
+        if old_prog is not None:
+            attr.link_update.flags = F_REPLACE
+            attr.link_update.old_prog_fd = old_prog.fd
+        bpf(Cmd.LINK_UPDATE, attr, f"link {self.name!r}")
 
     def detach(self) -> None:
         """BPF_LINK_DETACH: take the program off the cgroup even if pins remain."""
-        bpf(Cmd.LINK_DETACH, Attr(struct.pack("=I", self.fd)), f"link {self.name!r}")
+        attr = BpfAttr()
+        attr.link_detach.link_fd = self.fd
+        bpf(Cmd.LINK_DETACH, attr, f"link {self.name!r}")
 
     def info(self) -> LinkInfo:
         """The kernel's info on this link."""
         from ipacctd.bpf.info import LinkInfo
 
-        raw = info_by_fd(self.fd, 64, f"link {self.name!r}")
-        ltype, lid, prog_id = struct.unpack_from("=III", raw, 0)
-        cgroup_id, attach_type = struct.unpack_from("=QI", raw, 16)
-        return LinkInfo(lid, ltype, prog_id, cgroup_id, attach_type)
+        i = info_by_fd(self.fd, BpfLinkInfo(), f"link {self.name!r}")
+        return LinkInfo(i.id, i.type, i.prog_id, i.cgroup.cgroup_id, i.cgroup.attach_type)
 
     def program(self) -> Program:
         """Open the program this link currently holds."""
         return Program.from_id(self.info().prog_id)
 
 
+# struct bpf_link_info up to its per-type union: type, id, prog_id.
+_LINK_HEAD = BpfLinkInfo._u.offset
+
+
 def link_program_id(fd: int) -> int:
-    """prog_id of struct bpf_link_info (u32 at 8; only the 16 bytes up to it are read)."""
-    return struct.unpack_from("=I", info_by_fd(fd, 16, "link"), 8)[0]
+    """prog_id of struct bpf_link_info (only the fields before the per-type union are read)."""
+    return info_by_fd(fd, BpfLinkInfo(), "link", _LINK_HEAD).prog_id
 
 
 def linked_program_stats(link_pin: str) -> ProgramStats:
@@ -108,16 +115,26 @@ def prog_attach(cgroup_fd: int, prog: Program, attach_type: AttachType,
     attached there. The kernel refuses (EINVAL) to attach a program that is attached to the
     hook by PROG_ATTACH already: one program runs at most once per hook that way.
     """
-    flags = F_ALLOW_MULTI | (F_REPLACE if replace is not None else 0)
-    attr = Attr(struct.pack("=IIIII", cgroup_fd, prog.fd, attach_type, flags,
-                            replace.fd if replace is not None else 0))
+    attr = _attach_attr(cgroup_fd, prog, attach_type)
+    attr.attach_flags = F_ALLOW_MULTI
+    if replace is not None:
+        attr.attach_flags |= F_REPLACE
+        attr.replace_bpf_fd = replace.fd
     bpf(Cmd.PROG_ATTACH, attr, f"attach program {prog.name!r}")
 
 
 def prog_detach(cgroup_fd: int, prog: Program, attach_type: AttachType) -> None:
     """BPF_PROG_DETACH of one program attached with ``BPF_F_ALLOW_MULTI`` (by whoever)."""
-    bpf(Cmd.PROG_DETACH, Attr(struct.pack("=IIIII", cgroup_fd, prog.fd, attach_type, 0, 0)),
+    bpf(Cmd.PROG_DETACH, _attach_attr(cgroup_fd, prog, attach_type),
         f"detach program {prog.name!r}")
+
+
+def _attach_attr(cgroup_fd: int, prog: Program, attach_type: AttachType) -> BpfAttr:
+    attr = BpfAttr()
+    attr.target_fd = cgroup_fd
+    attr.attach_bpf_fd = prog.fd
+    attr.attach_type = attach_type
+    return attr
 
 
 def prog_query(cgroup_fd: int, attach_type: AttachType, effective: bool = False,
@@ -130,25 +147,22 @@ def prog_query(cgroup_fd: int, attach_type: AttachType, effective: bool = False,
 
     progs = (ctypes.c_uint32 * slots)()
     links = (ctypes.c_uint32 * slots)()
-    attr = Attr(struct.pack("=IIIIQIIQQQQ", cgroup_fd, attach_type,
-                            F_QUERY_EFFECTIVE if effective else 0, 0, addr(progs), slots, 0,
-                            0, 0 if effective else addr(links), 0, 0))
+    attr = BpfAttr()
+    query = attr.query
+    query.target_fd = cgroup_fd
+    query.attach_type = attach_type
+    query.prog_ids = addr(progs)
+    query.prog_cnt = slots
+    if effective:
+        query.query_flags = F_QUERY_EFFECTIVE
+    else:  # link ids only for the programs attached here, not inherited ones
+        query.link_ids = addr(links)
     bpf(Cmd.PROG_QUERY, attr, f"query {attach_type.name.lower()}")
-    raw = attr.raw()
-    flags = struct.unpack_from("=I", raw, 12)[0]
-    count = min(struct.unpack_from("=I", raw, 24)[0], slots)
-    return Attached(flags, tuple(progs[:count]), tuple(links[:count]))
+    count = min(query.prog_cnt, slots)
+    return Attached(query.attach_flags, tuple(progs[:count]), tuple(links[:count]))
 
 
 def open_cgroup(path: str) -> int:
     """Open a cgroup directory for attaching/querying; the caller closes the fd."""
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-
-def __getattr__(name: str) -> object:
-    # LinkInfo, Attached moved to ipacctd.bpf.info (imported on first use); still exported here.
-    if name in ("LinkInfo", "Attached"):
-        from ipacctd.bpf import info
-
-        return getattr(info, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import functools
 import ipaddress
@@ -12,36 +11,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf.errors import BPFError, BPFNotFound, BPFNotSupported
-from ipacctd.bpf.objects import Object, c_str, fd_by_id, obj_get
-from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+from ipacctd.bpf.objects import Object, fd_by_id, obj_get
+from ipacctd.bpf.syscall import addr, bpf, close
+from ipacctd.bpf.types import ANY, ENOTSUPP, F_NO_PREALLOC, Cmd, MapType
+from ipacctd.uapi import BpfAttr, BpfMapInfo
 
 if TYPE_CHECKING:
     from ipacctd.bpf.info import MapInfo
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class MapType(enum.IntEnum):
-    """enum bpf_map_type (the ones ipacctd uses or shows)."""
-
-    UNSPEC = 0
-    HASH = 1
-    ARRAY = 2
-    PROG_ARRAY = 3
-    PERF_EVENT_ARRAY = 4
-    PERCPU_HASH = 5
-    PERCPU_ARRAY = 6
-    STACK_TRACE = 7
-    CGROUP_ARRAY = 8
-    LRU_HASH = 9
-    LRU_PERCPU_HASH = 10
-    LPM_TRIE = 11
-
-
-F_NO_PREALLOC = 1 << 0
-
-# map_update_elem flags
-ANY, NOEXIST, EXIST = 0, 1, 2
 
 
 @functools.cache
@@ -53,9 +31,6 @@ def possible_cpus() -> int:
     for part in text.split(","):
         top = max(top, int(part.split("-")[-1]))
     return top + 1
-
-
-_INFO_SIZE = 88
 
 
 class Map(Object):
@@ -78,8 +53,13 @@ class Map(Object):
     def create(cls, key_size: int, value_size: int, max_entries: int, name: str = "",
                flags: int = 0) -> Self:
         """BPF_MAP_CREATE a map of this class's type."""
-        attr = Attr(struct.pack("=IIIIIII16s", cls.map_type, key_size, value_size, max_entries,
-                                flags, 0, 0, name.encode()[:15]))
+        attr = BpfAttr()
+        attr.map_type = cls.map_type
+        attr.key_size = key_size
+        attr.value_size = value_size
+        attr.max_entries = max_entries
+        attr.map_flags = flags
+        attr.map_name = name.encode()[:15]
         fd = bpf(Cmd.MAP_CREATE, attr, f"{cls.map_type.name.lower()} {name!r}")
         return cls(fd, key_size, value_size, max_entries, name, flags)
 
@@ -117,13 +97,23 @@ class Map(Object):
     def _value_buf_size(self) -> int:
         return self.value_size
 
+    def _elem_attr(self, key: ctypes.Array | None, value: ctypes.Array | None,
+                  flags: int = ANY) -> BpfAttr:
+        """The bpf_attr of a BPF_MAP_*_ELEM command on this map (``value`` is ``next_key``
+        for BPF_MAP_GET_NEXT_KEY); the buffers must outlive its use."""
+        attr = BpfAttr()
+        attr.map_fd = self.fd
+        attr.key = addr(key)
+        attr.value = addr(value)
+        attr.flags = flags
+        return attr
+
     def lookup_raw(self, key: bytes) -> bytes | None:
         """The value stored under ``key``, or None."""
         k = ctypes.create_string_buffer(key, self.key_size)
         v = ctypes.create_string_buffer(self._value_buf_size)
         try:
-            bpf(Cmd.MAP_LOOKUP_ELEM, Attr(struct.pack("=IIQQQ", self.fd, 0, addr(k), addr(v), 0)),
-                self._what())
+            bpf(Cmd.MAP_LOOKUP_ELEM, self._elem_attr(k, v), self._what())
         except BPFNotFound:
             return None
         return v.raw
@@ -132,15 +122,13 @@ class Map(Object):
         """Store ``value`` under ``key``."""
         k = ctypes.create_string_buffer(key, self.key_size)
         v = ctypes.create_string_buffer(value, self._value_buf_size)
-        bpf(Cmd.MAP_UPDATE_ELEM, Attr(struct.pack("=IIQQQ", self.fd, 0, addr(k), addr(v), flags)),
-            self._what())
+        bpf(Cmd.MAP_UPDATE_ELEM, self._elem_attr(k, v, flags), self._what())
 
     def delete_raw(self, key: bytes) -> bool:
         """Delete ``key``; return False when it was not there."""
         k = ctypes.create_string_buffer(key, self.key_size)
         try:
-            bpf(Cmd.MAP_DELETE_ELEM, Attr(struct.pack("=IIQQQ", self.fd, 0, addr(k), 0, 0)),
-                self._what())
+            bpf(Cmd.MAP_DELETE_ELEM, self._elem_attr(k, None), self._what())
         except BPFNotFound:
             return False
         return True
@@ -151,8 +139,7 @@ class Map(Object):
         nxt = ctypes.create_string_buffer(self.key_size)
         for _ in range(self.max_entries + 1):
             try:
-                bpf(Cmd.MAP_GET_NEXT_KEY,
-                    Attr(struct.pack("=IIQQQ", self.fd, 0, addr(cur), addr(nxt), 0)), self._what())
+                bpf(Cmd.MAP_GET_NEXT_KEY, self._elem_attr(cur, nxt), self._what())
             except BPFNotFound:
                 return
             key = nxt.raw
@@ -177,19 +164,18 @@ class Map(Object):
         in_batch: ctypes.Array | None = None
         first = True
         for _ in range(self.max_entries // chunk + 2):
-            attr = Attr(struct.pack("=QQQQIIQQ", addr(in_batch), addr(out_batch), addr(keys),
-                                    addr(values), chunk, self.fd, 0, 0))
+            attr = self._batch_attr(keys, values, chunk, in_batch, out_batch)
             done = False
             try:
                 bpf(Cmd.MAP_LOOKUP_BATCH, attr, self._what())
             except BPFNotFound:
                 done = True
             except BPFError as exc:
-                if first and exc.errno in (errno.EINVAL, errno.ENOTSUP, 524):
+                if first and exc.errno in (errno.EINVAL, errno.ENOTSUP, ENOTSUPP):
                     raise _NoBatch from None
                 raise
             first = False
-            count = struct.unpack_from("=I", attr.raw(), 32)[0]
+            count = attr.batch.count
             kr, vr = keys.raw, values.raw
             for i in range(count):
                 yield (kr[i * self.key_size:(i + 1) * self.key_size], vr[i * vsize:(i + 1) * vsize])
@@ -212,11 +198,11 @@ class Map(Object):
                 keys[done * self.key_size : (done + n) * self.key_size], n * self.key_size
             )
             vbuf = ctypes.create_string_buffer(values[done * vsize : (done + n) * vsize], n * vsize)
-            attr = Attr(struct.pack("=QQQQIIQQ", 0, 0, addr(kbuf), addr(vbuf), n, self.fd, 0, 0))
+            attr = self._batch_attr(kbuf, vbuf, n)
             try:
                 bpf(Cmd.MAP_UPDATE_BATCH, attr, self._what())
             except BPFError as exc:
-                if done or exc.errno not in (errno.EINVAL, errno.ENOTSUP, 524):
+                if done or exc.errno not in (errno.EINVAL, errno.ENOTSUP, ENOTSUPP):
                     raise
                 for i in range(count):
                     self.update_raw(
@@ -225,6 +211,18 @@ class Map(Object):
                     )
                 return
             done += n
+
+    def _batch_attr(self, keys: ctypes.Array, values: ctypes.Array, count: int,
+                    in_batch: ctypes.Array | None = None,
+                    out_batch: ctypes.Array | None = None) -> BpfAttr:
+        attr = BpfAttr()
+        attr.batch.in_batch = addr(in_batch)
+        attr.batch.out_batch = addr(out_batch)
+        attr.batch.keys = addr(keys)
+        attr.batch.values = addr(values)
+        attr.batch.count = count
+        attr.batch.map_fd = self.fd
+        return attr
 
     def _what(self) -> str:
         return f"{self.map_type.name.lower()} {self.name!r}"
@@ -238,9 +236,9 @@ def _map_info(fd: int) -> MapInfo:
     from ipacctd.bpf.info import MapInfo
     from ipacctd.bpf.objects import info_by_fd
 
-    raw = info_by_fd(fd, _INFO_SIZE, "map")
-    mtype, mid, ksize, vsize, maxent, flags = struct.unpack_from("=IIIIII", raw, 0)
-    return MapInfo(mid, mtype, ksize, vsize, maxent, flags, c_str(raw[24:40]))
+    i = info_by_fd(fd, BpfMapInfo(), "map")
+    return MapInfo(i.id, i.type, i.key_size, i.value_size, i.max_entries, i.map_flags,
+                   i.name.decode(errors="replace"))
 
 
 class ArrayMap(Map):
@@ -318,8 +316,7 @@ class PerCPUSum:
         self._fields = pmap.value_size // 8
         self._key = ctypes.create_string_buffer(struct.pack("=I", index), 4)
         self._value = ctypes.create_string_buffer(stride * possible_cpus())
-        self._attr = Attr(struct.pack("=IIQQQ", pmap.fd, 0, addr(self._key), addr(self._value),
-                                      0))
+        self._attr = pmap._elem_attr(self._key, self._value)
         self._what = pmap._what()
         self._last_raw = b""
         self._last: tuple[int, ...] = ()
@@ -440,27 +437,12 @@ def probe_map_type(map_type: MapType) -> None:
     m.close()
 
 
-def __getattr__(name: str) -> object:
-    # MapInfo moved to ipacctd.bpf.info (imported on first use); still exported here.
-    if name in ("MapInfo",):
-        from ipacctd.bpf import info
-
-        return getattr(info, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "ANY",
-    "EXIST",
-    "NOEXIST",
     "ArrayMap",
-    "BPFNotFound",
     "HashMap",
     "LPMTrieMap",
     "LRUHashMap",
     "Map",
-    "MapInfo",
-    "MapType",
     "PerCPUArrayMap",
     "PerCPUSum",
     "address_key",

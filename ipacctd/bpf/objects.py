@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import struct
-from typing import Self
+from typing import Self, TypeVar
 
-from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+from ipacctd.bpf.syscall import addr, bpf, close
+from ipacctd.bpf.types import Cmd
+from ipacctd.uapi import BpfAttr
 
 
 class Object:
@@ -56,40 +57,49 @@ class Object:
         """Pin the object at ``path`` in bpffs (the directory must exist)."""
         obj_pin(self.fd, path, self.kind)
 
+
 def obj_pin(fd: int, path: str, kind: str = "object") -> None:
     """BPF_OBJ_PIN: make ``fd``'s object reachable at ``path``."""
     p = ctypes.create_string_buffer(os.fsencode(path))
-    bpf(Cmd.OBJ_PIN, Attr(struct.pack("=QII", addr(p), fd, 0)), f"{kind} at {path}")
+    attr = BpfAttr()
+    attr.pathname = addr(p)
+    attr.bpf_fd = fd
+    bpf(Cmd.OBJ_PIN, attr, f"{kind} at {path}")
 
 
 def obj_get(path: str, kind: str = "object") -> int:
     """BPF_OBJ_GET: open the object pinned at ``path``; returns a new fd."""
     p = ctypes.create_string_buffer(os.fsencode(path))
-    return bpf(Cmd.OBJ_GET, Attr(struct.pack("=QII", addr(p), 0, 0)), f"{kind} pinned at {path}")
+    attr = BpfAttr()
+    attr.pathname = addr(p)
+    return bpf(Cmd.OBJ_GET, attr, f"{kind} pinned at {path}")
 
 
-def info_by_fd(fd: int, size: int, what: str = "") -> bytes:
-    """BPF_OBJ_GET_INFO_BY_FD into a zeroed struct of ``size`` bytes; returns its bytes."""
-    info = ctypes.create_string_buffer(size)
-    return info_by_fd_into(fd, info, what)
+Info = TypeVar("Info", bound=ctypes.Structure)
 
 
-def info_by_fd_into(fd: int, info: ctypes.Array, what: str = "") -> bytes:
-    """Like :func:`info_by_fd`, with a caller-prepared struct (pointers to arrays set)."""
-    bpf(Cmd.OBJ_GET_INFO_BY_FD, Attr(struct.pack("=IIQ", fd, len(info), addr(info))), what)
-    return info.raw
+def info_by_fd(fd: int, info: Info, what: str = "", size: int | None = None) -> Info:
+    """BPF_OBJ_GET_INFO_BY_FD into ``info`` (a zeroed struct, or one whose array pointers and
+    counts the caller set); returns it. ``size``: ask for the first ``size`` bytes only."""
+    attr = BpfAttr()
+    attr.info.bpf_fd = fd
+    attr.info.info_len = ctypes.sizeof(info) if size is None else size
+    attr.info.info = addr(info)
+    bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, what)
+    return info
 
 
 def next_id(cmd: Cmd, start: int) -> int | None:
     """The next object id after ``start`` (PROG/MAP/LINK_GET_NEXT_ID), or None at the end."""
     from ipacctd.bpf.errors import BPFNotFound
 
-    attr = Attr(struct.pack("=III", start, 0, 0))
+    attr = BpfAttr()
+    attr.start_id = start
     try:
         bpf(cmd, attr)
     except BPFNotFound:
         return None
-    return struct.unpack_from("=I", attr.raw(), 4)[0]
+    return attr.next_id
 
 
 def all_ids(cmd: Cmd, limit: int = 1 << 20) -> list[int]:
@@ -107,7 +117,9 @@ def all_ids(cmd: Cmd, limit: int = 1 << 20) -> list[int]:
 
 def fd_by_id(cmd: Cmd, obj_id: int, kind: str) -> int:
     """Open an object by its kernel id; returns a new fd."""
-    return bpf(cmd, Attr(struct.pack("=III", obj_id, 0, 0)), f"{kind} id {obj_id}")
+    attr = BpfAttr()
+    attr.start_id = obj_id
+    return bpf(cmd, attr, f"{kind} id {obj_id}")
 
 
 def c_str(raw: bytes) -> str:

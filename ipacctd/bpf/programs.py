@@ -3,48 +3,23 @@
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import os
-import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.errors import BPFError, BPFPermissionError, VerifierError
-from ipacctd.bpf.objects import Object, c_str, fd_by_id, info_by_fd, info_by_fd_into, obj_get
-from ipacctd.bpf.syscall import Attr, Cmd, addr, bpf, close
+from ipacctd.bpf.objects import Object, c_str, fd_by_id, info_by_fd, obj_get
+from ipacctd.bpf.syscall import addr, bpf, close
+from ipacctd.bpf.types import AttachType, Cmd, ProgType
+from ipacctd.uapi import BpfAttr, BpfProgInfo
 
 if TYPE_CHECKING:
     from ipacctd.bpf.info import ProgramInfo, ProgramStats, TestRun
 
 
-class ProgType(enum.IntEnum):
-    """enum bpf_prog_type (the ones ipacctd uses or shows)."""
-
-    UNSPEC = 0
-    SOCKET_FILTER = 1
-    KPROBE = 2
-    SCHED_CLS = 3
-    SCHED_ACT = 4
-    TRACEPOINT = 5
-    XDP = 6
-    PERF_EVENT = 7
-    CGROUP_SKB = 8
-    CGROUP_SOCK = 9
-
-
-class AttachType(enum.IntEnum):
-    """enum bpf_attach_type for cgroup_skb."""
-
-    CGROUP_INET_INGRESS = 0
-    CGROUP_INET_EGRESS = 1
-
-
 LOG_SIZE = 1 << 22
-
-
-_INFO_SIZE = 232
 
 
 class Program(Object):
@@ -68,10 +43,17 @@ class Program(Object):
         expected = 0 if attach_type is None else int(attach_type)
 
         def attempt(log: ctypes.Array | None) -> int:
-            attr = Attr(struct.pack("=IIQQIIQII16sII", prog_type, len(code) // 8, addr(text),
-                                    addr(lic), 1 if log is not None else 0,
-                                    len(log) if log is not None else 0, addr(log), 0, 0,
-                                    name.encode()[:15], 0, expected))
+            attr = BpfAttr()
+            attr.prog_type = prog_type
+            attr.insn_cnt = len(code) // 8
+            attr.insns = addr(text)
+            attr.license = addr(lic)
+            if log is not None:
+                attr.log_level = 1
+                attr.log_size = len(log)
+                attr.log_buf = addr(log)
+            attr.prog_name = name.encode()[:15]
+            attr.expected_attach_type = expected
             return bpf(Cmd.PROG_LOAD, attr, f"{prog_type.name.lower()} program {name!r}")
 
         try:
@@ -112,11 +94,7 @@ class Program(Object):
 
     def xlated(self) -> bytes:
         """The program as the kernel rewrote it (needs root), like ``bpftool dump xlated``."""
-        return _prog_code(self.fd, 20, 32)
-
-    def jited(self) -> bytes:
-        """The JIT-compiled machine code."""
-        return _prog_code(self.fd, 16, 24)
+        return _xlated(self.fd)
 
     def test_run(self, data: bytes, repeat: int = 1) -> TestRun:
         """BPF_PROG_TEST_RUN on ``data`` (an Ethernet frame for cgroup_skb)."""
@@ -138,35 +116,28 @@ def program_info(fd: int, map_slots: int = 64) -> ProgramInfo:
     """BPF_OBJ_GET_INFO_BY_FD for a program fd."""
     from ipacctd.bpf.info import ProgramInfo
 
-    info = ctypes.create_string_buffer(_INFO_SIZE)
     ids = (ctypes.c_uint32 * map_slots)()
-    struct.pack_into("=IQ", info, 52, map_slots, ctypes.addressof(ids))
-    raw = info_by_fd_into(fd, info, "program")
-    ptype, pid = struct.unpack_from("=II", raw, 0)
-    tag = raw[8:16].hex()
-    jited_len, xlated_len = struct.unpack_from("=II", raw, 16)
-    load_time = struct.unpack_from("=Q", raw, 40)[0]
-    uid, nr_maps = struct.unpack_from("=II", raw, 48)
-    gpl = bool(struct.unpack_from("=I", raw, 84)[0] & 1)
-    run_time, run_cnt = struct.unpack_from("=QQ", raw, 192)
-    verified = struct.unpack_from("=I", raw, 216)[0]
-    return ProgramInfo(pid, ptype, tag, c_str(raw[64:80]), jited_len, xlated_len, load_time,
-                       uid, tuple(ids[: min(nr_maps, map_slots)]), run_time, run_cnt, verified,
-                       gpl)
+    i = BpfProgInfo()
+    i.nr_map_ids = map_slots
+    i.map_ids = addr(ids)
+    info_by_fd(fd, i, "program")
+    return ProgramInfo(i.id, i.type, bytes(i.tag).hex(), i.name.decode(errors="replace"),
+                       i.jited_prog_len, i.xlated_prog_len, i.load_time, i.created_by_uid,
+                       tuple(ids[: min(i.nr_map_ids, map_slots)]), i.run_time_ns, i.run_cnt,
+                       i.verified_insns, bool(i.gpl_compatible))
 
 
-# struct bpf_prog_info up to recursion_misses: run_time_ns, run_cnt, recursion_misses are
-# u64 at 192, 200, 208. Asking the kernel for no more than that (no map ids, no name) is
-# what makes a scrape of every unit's programs cheap.
-_STATS_END = 216
+# struct bpf_prog_info up to recursion_misses: asking the kernel for no more than that (no
+# map ids, no name) is what makes a scrape of every unit's programs cheap.
+_STATS_END = BpfProgInfo.verified_insns.offset
 
 
 def program_stats(fd: int) -> ProgramStats:
     """The run statistics of the program behind ``fd`` (the fd stays open)."""
     from ipacctd.bpf.info import ProgramStats
 
-    return ProgramStats._make(
-        struct.unpack_from("=QQQ", info_by_fd(fd, _STATS_END, "program"), 192))
+    i = info_by_fd(fd, BpfProgInfo(), "program", _STATS_END)
+    return ProgramStats(i.run_time_ns, i.run_cnt, i.recursion_misses)
 
 
 def program_stats_by_id(prog_id: int) -> ProgramStats:
@@ -187,14 +158,14 @@ def pinned_program_stats(path: str) -> ProgramStats:
         close(fd)
 
 
-def _prog_code(fd: int, len_off: int, ptr_off: int) -> bytes:
-    first = ctypes.create_string_buffer(_INFO_SIZE)
-    size = struct.unpack_from("=I", info_by_fd_into(fd, first, "program"), len_off)[0]
+def _xlated(fd: int) -> bytes:
+    """The xlated instructions: one call for their length, one to copy them."""
+    size = info_by_fd(fd, BpfProgInfo(), "program").xlated_prog_len
     code = ctypes.create_string_buffer(max(size, 1))
-    info = ctypes.create_string_buffer(_INFO_SIZE)
-    struct.pack_into("=I", info, len_off, size)
-    struct.pack_into("=Q", info, ptr_off, ctypes.addressof(code))
-    info_by_fd_into(fd, info, "program")
+    info = BpfProgInfo()
+    info.xlated_prog_len = size
+    info.xlated_prog_insns = addr(code)
+    info_by_fd(fd, info, "program")
     return code.raw[:size]
 
 
@@ -204,24 +175,19 @@ def test_run(fd: int, data: bytes, repeat: int = 1) -> TestRun:
 
     din = ctypes.create_string_buffer(data, len(data))
     dout = ctypes.create_string_buffer(len(data) + 256)
-    attr = Attr(struct.pack("=IIIIQQII", fd, 0, len(data), len(dout), addr(din), addr(dout),
-                            repeat, 0))
+    attr = BpfAttr()
+    test = attr.test
+    test.prog_fd = fd
+    test.data_size_in = len(data)
+    test.data_size_out = len(dout)
+    test.data_in = addr(din)
+    test.data_out = addr(dout)
+    test.repeat = repeat
     bpf(Cmd.PROG_TEST_RUN, attr, "test run")
-    raw = attr.raw()
-    retval, _, out_size = struct.unpack_from("=III", raw, 4)
-    duration = struct.unpack_from("=I", raw, 36)[0]
-    return TestRun(retval, duration, dout.raw[:out_size])
+    return TestRun(test.retval, test.duration, dout.raw[: test.data_size_out])
 
 
 def return_one() -> list[asm.Insn]:
     """The trivial ``return 1`` program: the floor for datapath benchmarks."""
     return [asm.mov64_imm(asm.R0, 1), asm.exit_()]
 
-
-def __getattr__(name: str) -> object:
-    # ProgramInfo, TestRun moved to ipacctd.bpf.info (imported on first use); still exported here.
-    if name in ("ProgramInfo", "TestRun"):
-        from ipacctd.bpf import info
-
-        return getattr(info, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

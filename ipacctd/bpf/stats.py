@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ipacctd.bpf.syscall import Attr, Cmd, bpf, close
-
-STATS_RUN_TIME = 0
+from ipacctd.bpf.syscall import bpf, close
+from ipacctd.bpf.types import Cmd, StatsType
+from ipacctd.uapi import BpfAttr
 
 
 @contextmanager
@@ -19,7 +18,9 @@ def enabled_stats() -> Iterator[None]:
     this never turns off stats that somebody else (e.g. sysctl kernel.bpf_stats_enabled)
     switched on.
     """
-    fd = bpf(Cmd.ENABLE_STATS, Attr(struct.pack("=I", STATS_RUN_TIME)), "enable run-time stats")
+    attr = BpfAttr()
+    attr.enable_stats.type = StatsType.RUN_TIME
+    fd = bpf(Cmd.ENABLE_STATS, attr, "enable run-time stats")
     try:
         yield
     finally:

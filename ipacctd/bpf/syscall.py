@@ -7,52 +7,16 @@ a failing syscall into an exception.
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import os
 
 from ipacctd.bpf.errors import map_errno
+from ipacctd.bpf.types import Cmd
+from ipacctd.libc import libc as _libc
+from ipacctd.uapi import ATTR_SIZE, BpfAttr
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280, "riscv64": 280, "ppc64le": 361,
            "s390x": 351, "i686": 357, "armv7l": 386}
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-# union bpf_attr is 144+ bytes on current kernels; the kernel accepts a larger buffer as
-# long as the tail is zero, and copies results back into it.
-ATTR_SIZE = 160
-
-
-class Cmd(enum.IntEnum):
-    """bpf(2) commands (enum bpf_cmd)."""
-
-    MAP_CREATE = 0
-    MAP_LOOKUP_ELEM = 1
-    MAP_UPDATE_ELEM = 2
-    MAP_DELETE_ELEM = 3
-    MAP_GET_NEXT_KEY = 4
-    PROG_LOAD = 5
-    OBJ_PIN = 6
-    OBJ_GET = 7
-    PROG_ATTACH = 8
-    PROG_DETACH = 9
-    PROG_TEST_RUN = 10
-    PROG_GET_NEXT_ID = 11
-    MAP_GET_NEXT_ID = 12
-    PROG_GET_FD_BY_ID = 13
-    MAP_GET_FD_BY_ID = 14
-    OBJ_GET_INFO_BY_FD = 15
-    PROG_QUERY = 16
-    MAP_LOOKUP_BATCH = 24
-    MAP_UPDATE_BATCH = 26
-    LINK_CREATE = 28
-    LINK_UPDATE = 29
-    LINK_GET_FD_BY_ID = 30
-    LINK_GET_NEXT_ID = 31
-    ENABLE_STATS = 32
-    LINK_DETACH = 34
-
 
 def _syscall_number() -> int:
     machine = os.uname().machine  # what platform.machine() returns, without importing it
@@ -67,26 +31,15 @@ def _syscall_number() -> int:
 NR_BPF = _syscall_number()
 
 
-class Attr:
-    """A zeroed ``union bpf_attr`` buffer that stays alive while pointers into it are used."""
-
-    __slots__ = ("buf",)
-
-    def __init__(self, data: bytes = b"") -> None:
-        self.buf = ctypes.create_string_buffer(data, max(len(data), ATTR_SIZE))
-
-    def raw(self) -> bytes:
-        """Return the buffer's bytes (the kernel writes results back into it)."""
-        return self.buf.raw
-
-
-def bpf(cmd: Cmd, attr: Attr, what: str = "") -> int:
-    """Call bpf(2); return its non-negative result or raise a mapped exception.
+def bpf(cmd: Cmd, attr: BpfAttr, what: str = "") -> int:
+    """Call bpf(2) with ``attr`` (the kernel writes its outputs back into it); return the
+    non-negative result or raise a mapped exception.
 
     ``what`` names the object acted on (a map, a program, a pin path) for the message.
     """
+    ref = ctypes.byref(attr)
     while True:
-        ret = _libc.syscall(NR_BPF, int(cmd), attr.buf, ATTR_SIZE)
+        ret = _libc.syscall(NR_BPF, int(cmd), ref, ATTR_SIZE)
         if ret >= 0:
             return ret
         err = ctypes.get_errno()
@@ -94,8 +47,8 @@ def bpf(cmd: Cmd, attr: Attr, what: str = "") -> int:
             raise map_errno(err, Cmd(cmd).name, what)
 
 
-def addr(buf: ctypes.Array | None) -> int:
-    """Address of a ctypes buffer, or 0 for None (a NULL pointer in bpf_attr)."""
+def addr(buf: ctypes.Array | ctypes.Structure | None) -> int:
+    """Address of a ctypes buffer or struct, or 0 for None (a NULL pointer in bpf_attr)."""
     return 0 if buf is None else ctypes.addressof(buf)
 
 

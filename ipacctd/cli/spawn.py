@@ -12,14 +12,13 @@ import ctypes
 import errno
 import os
 import signal
-import struct
 from collections.abc import Callable, Sequence
+
+from ipacctd.libc import last_error, libc
+from ipacctd.uapi import CloneArgs
 
 CLONE_INTO_CGROUP = 0x200000000
 _NR_CLONE3 = {"x86_64": 435, "aarch64": 435, "riscv64": 435, "ppc64le": 435, "s390x": 435}
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def _clone3_number() -> int | None:
@@ -44,14 +43,12 @@ def spawn(argv: Sequence[str], cgroup_fs: str) -> int:
 def _spawn_clone3(nr: int, argv: list[str], cgroup_fs: str) -> int:
     cg = os.open(cgroup_fs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        args = ctypes.create_string_buffer(
-            struct.pack("=11Q", CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0, cg))
+        args = CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cg)
 
         def clone() -> int:
-            pid = _libc.syscall(nr, args, ctypes.c_size_t(len(args)))
+            pid = libc.syscall(nr, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
             if pid < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
+                raise last_error()
             return pid
 
         return _start(argv, clone, lambda: None)

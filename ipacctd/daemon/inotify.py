@@ -9,6 +9,8 @@ import os
 import struct
 from collections.abc import Iterator
 
+from ipacctd.libc import last_error, libc
+
 IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
@@ -25,7 +27,6 @@ IN_CLOEXEC = os.O_CLOEXEC
 
 CHANGES = IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_CLOSE_WRITE | IN_DELETE_SELF
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _EVENT = struct.Struct("=iIII")
 
 
@@ -33,10 +34,9 @@ class Inotify:
     """One inotify instance; ``fd`` is non-blocking for ``loop.add_reader``."""
 
     def __init__(self) -> None:
-        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+            raise last_error()
         self.fd = fd
         self.paths: dict[int, str] = {}
         self.wds: dict[str, int] = {}
@@ -45,7 +45,7 @@ class Inotify:
         """Watch ``path``; False when it does not exist (nothing to watch yet)."""
         if path in self.wds:
             return True
-        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        wd = libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
         if wd < 0:
             err = ctypes.get_errno()
             if err in (errno.ENOENT, errno.ENOTDIR):

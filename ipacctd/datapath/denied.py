@@ -43,6 +43,7 @@ from typing import Any
 from ipacctd.bpf import asm
 from ipacctd.bpf.asm import DW, FP, R0, R1, R2, R3, R4, R6, R7, Alu, Helper, Insn, Jmp, Label, W
 from ipacctd.bpf.maps import LRUHashMap, Map, PerCPUArrayMap, possible_cpus
+from ipacctd.bpf.types import NOEXIST
 from ipacctd.datapath.counters import Direction
 
 MAP_NAME = "ipacctd_denied"
@@ -50,7 +51,6 @@ PIN = "denied"
 KEY_SIZE = 20
 VALUE_SIZE = 24
 MAX_ENTRIES = 256
-ANY, NOEXIST = 0, 1
 
 SLOTS_NAME = "ipacctd_denslot"
 SLOTS_PIN = "denied_slots"

@@ -96,6 +96,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from ipacctd.bpf.maps import ArrayMap, HashMap, LPMTrieMap, Map
+from ipacctd.bpf.types import F_RDONLY_PROG
 from ipacctd.datapath.rules import FamilyRules, Item
 
 INLINE_MAX = 8
@@ -115,7 +116,6 @@ LEAF = 0x8000_0000
 TRAILER = 64
 MAGIC = b"ipacmbt1"
 MULTIBIT_NAME = "ipacctd_mb_ipv4"
-F_RDONLY_PROG = 1 << 7  # the program only reads the table
 
 
 def strategy(rules: FamilyRules) -> str | None:

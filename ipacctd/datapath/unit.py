@@ -42,7 +42,8 @@ from ipacctd.bpf import bpffs
 from ipacctd.bpf.errors import BPFError
 from ipacctd.bpf.links import CgroupLink, open_cgroup, prog_attach, prog_detach, prog_query
 from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap
-from ipacctd.bpf.programs import AttachType, Program
+from ipacctd.bpf.programs import Program
+from ipacctd.bpf.types import AttachType
 from ipacctd.datapath import counters as counters_mod
 from ipacctd.datapath import denied, lookup
 from ipacctd.datapath import program as program_mod

@@ -10,8 +10,9 @@ from typing import Any
 from ipacctd.bpf import asm
 from ipacctd.bpf.errors import BPFError
 from ipacctd.bpf.links import CgroupLink
-from ipacctd.bpf.maps import LPMTrieMap, Map, MapType, PerCPUArrayMap, open_map_id
+from ipacctd.bpf.maps import LPMTrieMap, Map, PerCPUArrayMap, open_map_id
 from ipacctd.bpf.programs import Program
+from ipacctd.bpf.types import AttachType, MapType
 from ipacctd.datapath import counters as counters_mod
 from ipacctd.datapath import denied as denied_mod
 from ipacctd.datapath import lookup
@@ -20,7 +21,8 @@ from ipacctd.datapath.unit import COUNTERS
 from ipacctd.errors import NotFound
 from ipacctd.manager.engine import Manager
 
-ATTACH_NAMES = {0: "cgroup_inet_ingress", 1: "cgroup_inet_egress"}
+# As bpftool prints them: cgroup_inet_ingress, cgroup_inet_egress.
+ATTACH_NAMES = {t.value: t.name.lower() for t in AttachType}
 MAX_ENTRIES_SHOWN = 1000
 
 

@@ -16,7 +16,8 @@ from support import wait_for
 
 from ipacctd.bpf import bpffs
 from ipacctd.bpf.links import open_cgroup, prog_query
-from ipacctd.bpf.programs import AttachType, Program, return_one
+from ipacctd.bpf.programs import Program, return_one
+from ipacctd.bpf.types import AttachType
 
 pytestmark = pytest.mark.kernel
 

@@ -12,7 +12,7 @@ from support import wait_for
 
 from ipacctd.bpf import bpffs
 from ipacctd.bpf.links import open_cgroup, prog_query
-from ipacctd.bpf.programs import AttachType
+from ipacctd.bpf.types import AttachType
 
 DENIED = "198.51.100.1"
 ALLOWED = "198.51.100.2"

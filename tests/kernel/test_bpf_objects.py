@@ -10,14 +10,9 @@ import model
 
 from ipacctd.bpf.links import CgroupLink, linked_program_stats, open_cgroup
 from ipacctd.bpf.maps import PerCPUArrayMap, possible_cpus
-from ipacctd.bpf.programs import (
-    AttachType,
-    Program,
-    pinned_program_stats,
-    program_stats_by_id,
-    return_one,
-)
+from ipacctd.bpf.programs import Program, pinned_program_stats, program_stats_by_id, return_one
 from ipacctd.bpf.stats import enabled_stats
+from ipacctd.bpf.types import AttachType
 
 FRAME = model.ipv4_udp("192.0.2.1", "198.51.100.1")
 

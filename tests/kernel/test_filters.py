@@ -9,7 +9,8 @@ import os
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.links import open_cgroup, prog_query
-from ipacctd.bpf.programs import AttachType, Program
+from ipacctd.bpf.programs import Program
+from ipacctd.bpf.types import AttachType
 from ipacctd.datapath.unit import Spec, UnitDatapath
 
 SEND = r"""

@@ -10,8 +10,9 @@ from lookup_strategies import expected, force
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.errors import VerifierError
-from ipacctd.bpf.maps import MapType, open_map_id
-from ipacctd.bpf.programs import AttachType, Program, ProgType
+from ipacctd.bpf.maps import open_map_id
+from ipacctd.bpf.programs import Program
+from ipacctd.bpf.types import AttachType, MapType, ProgType
 from ipacctd.datapath import counters, denied
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.unit import Spec, build_programs

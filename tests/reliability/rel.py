@@ -219,7 +219,7 @@ class Flow:
 def kernel_ids() -> dict[str, set[int]]:
     """Every program, map and link id in the kernel now."""
     from ipacctd.bpf.objects import all_ids
-    from ipacctd.bpf.syscall import Cmd
+    from ipacctd.bpf.types import Cmd
 
     return {
         "prog": set(all_ids(Cmd.PROG_GET_NEXT_ID)),
@@ -281,7 +281,7 @@ def links_on(cgroup_ids: set[int]) -> set[int]:
     """Ids of live links attached to any of these cgroups."""
     from ipacctd.bpf.links import CgroupLink
     from ipacctd.bpf.objects import all_ids
-    from ipacctd.bpf.syscall import Cmd
+    from ipacctd.bpf.types import Cmd
 
     found = set()
     for lid in all_ids(Cmd.LINK_GET_NEXT_ID):

@@ -1,119 +1,73 @@
-"""The layers the README draws, kept: every ``import`` of the package, read from its source.
+"""The front doors keep to the layers the README draws (read from the source, as
+``test_import_graph.py`` reads it; imports inside functions count: a deferred import is
+still a dependency).
 
 * Front doors (``cli/``, ``daemon/``) talk to the engine: they import ``manager``,
-  ``policy`` and ``errors`` (and the host helpers ``cgroup``, ``containers``, ``journal``),
-  never ``bpf/`` or ``datapath/``; what they need from below is re-exported by ``manager/``
-  (``manager.counters``, ``manager.stats``).
+  ``policy`` and ``errors`` (and the leaf helpers ``cgroup``, ``containers``, ``journal``,
+  ``libc``, ``uapi``), never ``bpf/`` or ``datapath/``; what they need from below is
+  re-exported by ``manager/`` (``manager.counters``, ``manager.stats``).
 * Nothing in ``manager/`` or below imports ``cli/`` or ``daemon/``.
-* ``bpf/`` imports nothing of ipacctd's above it (only itself and ``errors``).
 
-Imports inside functions count too: a lazy import is still a dependency.
+(``bpf/`` importing nothing above it is ``test_import_graph.py``'s.)
 """
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
+from test_import_graph import MODULES, imports
 
-import ipacctd
-
-PACKAGE = Path(ipacctd.__file__).resolve().parent
-
-#: What each part may import of ipacctd (the first component after ``ipacctd.``; ``""`` is
-#: the package itself, for ``__version__``).
-HOST_HELPERS = {"cgroup", "containers", "journal"}
-FRONT_DOOR = {"", "cli", "daemon", "manager", "policy", "errors", *HOST_HELPERS}
-ALLOWED = {
-    "cli": FRONT_DOOR,
-    "daemon": FRONT_DOOR,
-    "bpf": {"bpf", "errors"},
-}
+FRONT_DOORS = ("cli", "daemon")
+#: What a front door may import of ipacctd: the first component after ``ipacctd.``
+#: (``""``: the package itself, for ``__version__``).
+FRONT_DOOR_MAY_IMPORT = {
+    "", *FRONT_DOORS, "manager", "policy", "errors",
+    "cgroup", "containers", "journal", "libc", "uapi",
+}  # fmt: skip
 BELOW_FRONT_DOORS = ("manager", "datapath", "policy", "bpf")
 
 
-def ipacctd_imports(source: str, module: str) -> list[tuple[int, str]]:
-    """(line, imported module or ``ipacctd.<name>``) of every import of ipacctd in ``source``.
-
-    ``module`` is the dotted name of the file (for relative imports); ``from ipacctd import
-    x`` yields ``ipacctd.x`` unless ``x`` is ``__version__``.
-    """
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = module.split(".")[: -node.level]
-                base = ".".join([*parts, base] if base else parts)
-            if base == "ipacctd":
-                found += [
-                    (node.lineno, "ipacctd" if a.name == "__version__" else f"ipacctd.{a.name}")
-                    for a in node.names
-                ]
-            else:
-                found.append((node.lineno, base))
-    return [
-        (line, name) for line, name in found if name == "ipacctd" or name.startswith("ipacctd.")
-    ]
-
-
-def part_of(name: str) -> str:
+def part_of(module: str) -> str:
     """``ipacctd.manager.stats`` → ``manager``; ``ipacctd`` → ``""``."""
-    return name.split(".")[1] if "." in name else ""
+    return module.split(".")[1] if "." in module else ""
 
 
-def modules(part: str) -> list[tuple[str, Path]]:
-    return [
-        (".".join(("ipacctd", *p.relative_to(PACKAGE).with_suffix("").parts)), p)
-        for p in sorted((PACKAGE / part).rglob("*.py"))
-    ]
-
-
-def violations(part: str, allowed: set[str]) -> list[str]:
-    bad = []
-    for module, path in modules(part):
-        for line, name in ipacctd_imports(path.read_text(), module):
-            if part_of(name) not in allowed:
-                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: imports {name}")
-    return bad
-
-
-@pytest.mark.parametrize("part", sorted(ALLOWED))
-def test_part_imports_only_what_its_layer_may(part: str) -> None:
-    assert modules(part), f"no modules under ipacctd/{part}"
-    assert violations(part, ALLOWED[part]) == []
-
-
-@pytest.mark.parametrize("part", BELOW_FRONT_DOORS)
-def test_nothing_below_the_front_doors_imports_them(part: str) -> None:
-    assert modules(part), f"no modules under ipacctd/{part}"
-    everything = {"", *(p.name.removesuffix(".py") for p in PACKAGE.iterdir())}
-    assert violations(part, everything - {"cli", "daemon"}) == []
-
-
-def test_the_check_sees_every_form_of_import() -> None:
-    src = (
-        "import ipacctd.bpf.maps\n"
-        "from ipacctd.datapath.unit import LINK\n"
-        "from ipacctd import __version__, cgroup\n"
-        "def f():\n"
-        "    from ..bpf import stats\n"
-        "    from . import remote\n"
+def violations(graph: dict[str, set[str]], parts: tuple[str, ...], allowed: set[str]) -> list[str]:
+    """``module imports dependency`` for every module of ``parts`` importing outside
+    ``allowed``."""
+    return sorted(
+        f"{m} imports {dep}"
+        for m, deps in graph.items()
+        if part_of(m) in parts
+        for dep in deps
+        if part_of(dep) not in allowed
     )
-    found = sorted(ipacctd_imports(src, "ipacctd.cli.top"))
-    assert found == [
-        (1, "ipacctd.bpf.maps"),
-        (2, "ipacctd.datapath.unit"),
-        (3, "ipacctd"),
-        (3, "ipacctd.cgroup"),
-        (5, "ipacctd.bpf"),
-        (6, "ipacctd.cli"),
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return {m: imports(m, deferred=True) for m in MODULES}
+
+
+def test_front_doors_import_only_the_manager_policy_errors_and_leaves(graph) -> None:
+    assert {part_of(m) for m in graph} >= {*FRONT_DOORS, *BELOW_FRONT_DOORS}
+    assert violations(graph, FRONT_DOORS, FRONT_DOOR_MAY_IMPORT) == []
+
+
+def test_nothing_below_the_front_doors_imports_them(graph) -> None:
+    everything = {part_of(m) for m in graph}
+    assert violations(graph, BELOW_FRONT_DOORS, everything - set(FRONT_DOORS)) == []
+
+
+def test_the_rule_flags_a_front_door_reaching_below_the_manager() -> None:
+    graph = {
+        "ipacctd.cli.top": {"ipacctd.bpf.links", "ipacctd.manager.stats", "ipacctd"},
+        "ipacctd.daemon.metrics": {"ipacctd.datapath.unit", "ipacctd.cgroup"},
+        "ipacctd.manager.engine": {"ipacctd.bpf.links", "ipacctd.daemon.bus"},
+    }
+    assert violations(graph, FRONT_DOORS, FRONT_DOOR_MAY_IMPORT) == [
+        "ipacctd.cli.top imports ipacctd.bpf.links",
+        "ipacctd.daemon.metrics imports ipacctd.datapath.unit",
     ]
-    assert [part_of(n) for _, n in found if part_of(n) not in FRONT_DOOR] == [
-        "bpf",
-        "datapath",
-        "bpf",
+    assert violations(graph, BELOW_FRONT_DOORS, {"bpf", "manager"}) == [
+        "ipacctd.manager.engine imports ipacctd.daemon.bus"
     ]
