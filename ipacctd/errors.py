@@ -10,7 +10,27 @@ from __future__ import annotations
 
 
 class Error(Exception):
-    """Base class of every ipacctd error."""
+    """Base class of every ipacctd error.
+
+    ``hint`` (optional) says what to type next (``reset it first ('ipacctd reset web')``):
+    the CLI prints it after the message; the D-Bus API sends the :attr:`plain` message
+    alone as the error's text (and the hint apart, for ipacctd's own CLI), as systemd's
+    errors carry no advice for one particular client.
+    """
+
+    hint = ""
+
+    def __init__(self, *args: object, hint: str = "") -> None:
+        super().__init__(*args)
+        self.hint = hint
+
+    @property
+    def plain(self) -> str:
+        """The message without the hint."""
+        return super().__str__()
+
+    def __str__(self) -> str:
+        return f"{self.plain}; {self.hint}" if self.hint else self.plain
 
 
 class InvalidInput(Error, ValueError):
@@ -30,6 +50,11 @@ class AlreadyExists(Error):
 
 class PermissionDenied(Error, PermissionError):
     """The caller lacks a privilege (root, CAP_BPF, CAP_NET_ADMIN)."""
+
+
+class AccessDenied(PermissionDenied):
+    """The caller may not do this (the daemon refuses a D-Bus caller that is not root, or the
+    owner of the daemon's bus name is not root)."""
 
 
 class NotSupported(Error):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import resource
 import signal
@@ -34,25 +35,41 @@ from typing import Any
 from e2e_helpers import REPO, Installation
 from support import PrivateBus, free_port, stop_process, wait_for
 
-from ipacctd.daemon.bus import unit_path
-
-BUS_NAME = "org.ipacctd1"
-ROOT = "/org/ipacctd1"
-MANAGER = "org.ipacctd1.Manager"
-UNIT = "org.ipacctd1.Unit"
-PROPS = "org.freedesktop.DBus.Properties"
+from ipacctd.daemon.contract import BUS_NAME, ROOT, unit_path
+from ipacctd.daemon.contract import MANAGER_IFACE as MANAGER
+from ipacctd.daemon.contract import PROPS_IFACE as PROPS
+from ipacctd.daemon.contract import UNIT_IFACE as UNIT
 
 __all__ = [
+    "ALLOWED",
     "BUS_NAME",
+    "DENIED",
     "MANAGER",
     "PROPS",
     "ROOT",
     "UNIT",
     "Client",
     "DaemonEnv",
+    "addr_list",
     "entries",
     "unit_path",
 ]
+
+
+#: Test addresses the daemon tests put on a namespace's lo: one a policy allows, one it denies.
+ALLOWED = "203.0.113.1"
+DENIED = "198.51.100.1"
+
+
+def addr_list(*addrs: str) -> Any:
+    """systemd's a(iayu) form of host addresses."""
+    from dbus_fast import Variant
+
+    items = []
+    for a in addrs:
+        ip = ipaddress.ip_address(a)
+        items.append([2 if ip.version == 4 else 10, ip.packed, ip.max_prefixlen])
+    return Variant("a(iayu)", items)
 
 
 def entries(value: list) -> list[tuple]:
@@ -265,7 +282,10 @@ class DaemonEnv:
                 return False
             return True
 
-        wait_for(ready, timeout, "the daemon to own org.ipacctd1 and serve /metrics", step=0.05)
+        try:
+            wait_for(ready, timeout, "the daemon to own org.ipacctd1 and serve /metrics", step=0.05)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the daemon's log:\n{self.log()}") from None
 
     def kill9(self) -> None:
         """SIGKILL the daemon (by PID) and reap it."""

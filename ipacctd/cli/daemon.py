@@ -6,7 +6,7 @@ import argparse
 import signal
 import sys
 
-from ipacctd.daemon import runtime
+from ipacctd.daemon.contract import signal_daemon
 from ipacctd.errors import NotSupported
 
 # What the daemon imports beyond the standard library: the "daemon" extra (contrib/install.sh
@@ -37,7 +37,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if isinstance(mgr, DaemonManager):
         mgr.reload()
         return 0
-    runtime.send_signal(mgr.config.runtime_file, signal.SIGHUP)
+    signal_daemon(mgr.config.runtime_file, signal.SIGHUP)
     return 0
 
 

@@ -24,29 +24,31 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ipacctd.errors import (
-    AlreadyExists,
-    Error,
-    InvalidInput,
-    NotFound,
-    NotSupported,
-    PermissionDenied,
+from ipacctd.daemon.contract import (
+    BUS_NAME,
+    DBUS,
+    GONE,
+    MANAGER_IFACE,
+    PROPS_IFACE,
+    ROOT,
+    error_from_reply,
+    open_bus,
+    status_from_wire,
+    system_bus_address,
+    unit_name,
 )
+from ipacctd.errors import AccessDenied, Error
 from ipacctd.manager.config import Config
 from ipacctd.manager.counters import Counters
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.unit import Unit, UnitStatus
 from ipacctd.policy.properties import Properties, property_spec
 
-BUS_NAME = "org.ipacctd1"
-ROOT = "/org/ipacctd1"
-MANAGER_IFACE = "org.ipacctd1.Manager"
-DBUS = "org.freedesktop.DBus"
 ENV_DIRECT = "IPACCTD_NO_DAEMON"  # "1": never go through the daemon
-SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
 CONNECT_TIMEOUT = 2.0
 CALL_TIMEOUT = 60.0
-_GONE = ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner")
+#: The job modes of the CLI's starts and stops: systemd-run's and systemctl's defaults.
+START_MODE, STOP_MODE = "fail", "replace"
 
 #: Why the last :func:`connect` found no daemon (for messages that say what is missing).
 why_no_daemon = ""
@@ -56,29 +58,11 @@ class _Unreachable(Exception):
     """The daemon's bus or name cannot be reached: fall back to the engine."""
 
 
-_ERRORS: dict[str, type[Error]] = {
-    "org.freedesktop.DBus.Error.InvalidArgs": InvalidInput,
-    "org.ipacctd1.Error.NoSuchUnit": NotFound,
-    "org.ipacctd1.Error.UnitExists": AlreadyExists,
-    "org.ipacctd1.Error.NotSupported": NotSupported,
-    "org.freedesktop.DBus.Error.AccessDenied": PermissionDenied,
-}
-
-
-def system_bus_address() -> str:
-    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS
-
-
 class DaemonLink:
     """A connection to the system bus and the proven owner of ``org.ipacctd1`` on it."""
 
     def __init__(self, address: str) -> None:
         import asyncio
-
-        from dbus_fast.aio import MessageBus
-
-        async def connect() -> MessageBus:  # dbus-fast wants a running loop from the start
-            return await MessageBus(bus_address=address).connect()
 
         # An event loop needs descriptors (epoll, a self-pipe) and the bus a socket; when
         # they cannot be had (RLIMIT_NOFILE), asyncio fails half-built and its finaliser
@@ -87,7 +71,7 @@ class DaemonLink:
         self.address = address
         self.loop = asyncio.new_event_loop()
         try:
-            self.bus = self.loop.run_until_complete(asyncio.wait_for(connect(),
+            self.bus = self.loop.run_until_complete(asyncio.wait_for(open_bus(address),
                                                                      CONNECT_TIMEOUT))
         except BaseException:
             self.loop.close()
@@ -95,6 +79,9 @@ class DaemonLink:
         self.owner = ""
         self.uid = self.pid = -1
         self.state_dir = self.cgroup_root = ""
+        self.ended: dict[str, tuple[str, str]] | None = None  # job path → (unit, result)
+        self.wake: Any = None  # an asyncio.Event set by each JobRemoved
+        self.gone = False  # the daemon's connection closed
 
     def raw(self, destination: str, path: str, iface: str, member: str, signature: str = "",
             body: Sequence[Any] = ()) -> Any:
@@ -122,12 +109,12 @@ class DaemonLink:
         pid = self.bus_call("GetConnectionUnixProcessID", owner)
         self.owner, self.uid, self.pid = owner, -1 if uid is None else uid, pid or 0
         if self.uid != 0:
-            raise PermissionDenied(
+            raise AccessDenied(
                 f"{BUS_NAME} on the system bus ({self.address}) is owned by uid {self.uid} "
                 f"(pid {self.pid}), not root: refusing to talk to it — it is not the ipacctd "
                 f"daemon. Stop that process (and check the bus policy), or set {ENV_DIRECT}=1 "
                 "to act without the daemon")
-        props = self.call("org.freedesktop.DBus.Properties", "GetAll", "s", [MANAGER_IFACE])
+        props = self.call(PROPS_IFACE, "GetAll", "s", [MANAGER_IFACE])
         values = {k: v.value for k, v in props[0].items()}
         self.state_dir = str(values.get("StateDirectory", ""))
         self.cgroup_root = str(values.get("ControlGroupRoot", ""))
@@ -139,13 +126,60 @@ class DaemonLink:
         from dbus_fast import MessageType
 
         reply = self.raw(self.owner, path, iface, member, signature, body)
-        if reply.message_type == MessageType.ERROR and reply.error_name in _GONE:
+        if reply.message_type == MessageType.ERROR and reply.error_name in GONE:
             raise _Unreachable(f"{BUS_NAME} left the bus")
         if reply.message_type == MessageType.ERROR:
-            cls = _ERRORS.get(reply.error_name or "", Error)
-            text = reply.body[0] if reply.body else reply.error_name
-            raise cls(str(text))
+            # The daemon's message is plain; the hint (what to type next) is the CLI's to add.
+            raise error_from_reply(reply.error_name, list(reply.body))
         return list(reply.body)
+
+    def job(self, member: str, signature: str, body: Sequence[Any],
+            path: str = ROOT, iface: str = MANAGER_IFACE) -> tuple[str, str]:
+        """Call a method that returns a job, as systemctl does: wait for the job's
+        ``JobRemoved`` and return (unit, result) — the unit as the daemon named it.
+        _Unreachable when the daemon leaves the bus before the job ends."""
+        import asyncio
+
+        from dbus_fast import MessageType
+
+        if self.ended is None:  # listen before the first call, so no end is missed
+            ended: dict[str, tuple[str, str]] = {}
+            wake = self.wake = asyncio.Event()
+
+            def on_message(msg: Any) -> None:
+                if msg.message_type != MessageType.SIGNAL:
+                    return
+                if (msg.sender == self.owner and msg.path == ROOT
+                        and msg.interface == MANAGER_IFACE and msg.member == "JobRemoved"):
+                    ended[msg.body[1]] = (msg.body[2], msg.body[3])
+                    wake.set()
+                elif (msg.sender == DBUS and msg.member == "NameOwnerChanged"
+                        and msg.body[0] == self.owner and not msg.body[2]):
+                    self.gone = True  # the daemon's connection closed (it ended, or crashed)
+                    wake.set()
+
+            self.bus.add_message_handler(on_message)
+            for rule in (f"type='signal',sender='{self.owner}',path='{ROOT}',"
+                         f"interface='{MANAGER_IFACE}',member='JobRemoved'",
+                         f"type='signal',sender='{DBUS}',member='NameOwnerChanged',"
+                         f"arg0='{self.owner}'"):
+                self.raw(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
+            self.ended = ended
+        ended = self.ended
+        (job,) = self.call(iface, member, signature, body, path=path)
+
+        async def until_ended() -> None:
+            while job not in ended and not self.gone:
+                self.wake.clear()
+                await self.wake.wait()
+
+        try:
+            self.loop.run_until_complete(asyncio.wait_for(until_ended(), CALL_TIMEOUT))
+        except TimeoutError:
+            raise Error(f"job {job} did not end within {CALL_TIMEOUT:.0f}s") from None
+        if job not in ended:
+            raise _Unreachable(f"{BUS_NAME} left the bus while its job {job} ran")
+        return ended.pop(job)
 
     def close(self) -> None:
         import contextlib
@@ -227,11 +261,17 @@ class DaemonManager(Manager):
         """Call a Manager method; raises _Unreachable when the daemon has gone."""
         return self.link.call(MANAGER_IFACE, member, signature, body)
 
+    def _job(self, member: str, signature: str, body: list[Any]) -> str:
+        """Call a Manager method that returns a job; the unit once the job is done."""
+        unit, result = self.link.job(member, signature, body)
+        if result != "done":
+            raise Error(f"{member} job for {unit} ended with result '{result}'",
+                        hint="see the daemon's log ('journalctl -u ipacctd')")
+        return unit
+
     # -- reads (remote_reads) --------------------------------------------------------------
 
     def describe(self, names: Sequence[str]) -> list[UnitStatus]:
-        from ipacctd.daemon.bus import status_from_wire
-
         (text,) = self._call("DescribeUnits", "asu", [list(names), 5])
         out = []
         for d in json.loads(text):
@@ -300,16 +340,13 @@ class DaemonManager(Manager):
         if owned_by is not None:  # the daemon asks the bus who we are: it must be us
             items.append(("CallerStartsCommand", Variant("b", True)))
         try:
-            path = self._call("StartTransientUnit", "sa(sv)", [name or "", items])[0]
+            # systemd's signature; an empty name asks the daemon to pick one (ipacctd's).
+            made = self._job("StartTransientUnit", "ssa(sv)a(sa(sv))",
+                             [name or "", START_MODE, items, []])
         except _Unreachable:
             return super().start_transient(assignments, name=name, description=description,
                                            command=command, owned_by=owned_by)
-        return self.unit(self._name_of(path))
-
-    def _name_of(self, path: str) -> str:
-        from ipacctd.daemon.bus import unescape_label
-
-        return unescape_label(path.rsplit("/", 1)[-1])
+        return self.unit(made)
 
     def attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
                name: str | None = None, allow_unenforced: bool = False,
@@ -323,7 +360,7 @@ class DaemonManager(Manager):
                               [cgroup_path, name or "", assignments_to_dbus(assignments)])[0]
         except _Unreachable:
             return super().attach(cgroup_path, assignments, name=name)
-        return self.unit(self._name_of(path))
+        return self.unit(unit_name(path))
 
     def set_properties(self, name: str, assignments: Sequence[tuple[str, str]]) -> Unit:
         try:
@@ -335,14 +372,14 @@ class DaemonManager(Manager):
 
     def stop(self, name: str, timeout: float = 5.0) -> list[int]:
         try:
-            self._call("StopUnit", "ss", [name, "replace"])
+            self._job("StopUnit", "ss", [name, STOP_MODE])
         except _Unreachable:
             return super().stop(name, timeout)
         return []
 
     def reset(self, name: str) -> None:
         try:
-            self._call("ResetUnit", "s", [name])
+            self._call("ResetFailedUnit", "s", [name])
         except _Unreachable:
             super().reset(name)
 

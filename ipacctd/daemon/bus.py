@@ -1,44 +1,83 @@
-"""The D-Bus API, shaped like systemd's Manager and Unit objects.
+"""The D-Bus API, shaped like systemd's Manager, Unit and Job objects.
+
+The names, the error table and the bus connection are the contract in
+:mod:`ipacctd.daemon.contract`, which the CLI shares. Where a member has systemd's name it has
+systemd 252's signature and meaning: ``ListUnits`` ``a(ssssssouso)``,
+``StartTransientUnit(ssa(sv)a(sa(sv)))`` and ``StopUnit(ss)`` returning a job,
+``ResetFailedUnit(s)``, ``SetUnitProperties(sba(sv))``, ``Unit.Stop(s)`` → job,
+``Unit.ResetFailed()``, the ``JobNew``/``JobRemoved`` signals, ``Subscribe()``. ipacctd's
+additions have names of their own (``GetCounters``, ``AttachUnit``, ``DetachUnit``,
+``DescribeUnits``, ``InspectUnit``, ``CountersChanged``). The names of ipacctd 0.1
+(``ResetUnit``, ``Unit.Reset``, ``Unit.Stop()`` without a mode, ``StartTransientUnit(sa(sv))``
+returning the unit) still work until 0.3; they are not introspected.
+
+Jobs, as systemd's: a start or stop returns the path of its job, the job object exists
+while the job runs, and ``JobRemoved(id, job, unit, result)`` says it ended. A transient
+unit is made — validated, programs loaded, cgroup armed — before the call returns, as
+systemd loads a transient unit before it queues the start: a bad property is the call's
+error and nothing is made. Its start job then has nothing left to do and ends at once
+("done"). A stop job ends when the unit's processes are gone.
+
+Counters are not announced with ``PropertiesChanged`` (systemd does not either; a poll
+would make a stream of them): they are introspected with ``EmitsChangedSignal=false``, and
+``CountersChanged`` carries every changed unit's counters, at most once per poll.
 
 Objects are served from one message handler (no exported object per unit), so 10,000
-units cost no more than their entries in the registry. Mutating calls check the
-caller's uid with the bus before the engine runs; the engine calls run in a worker
-thread so a long lock wait never stalls the bus.
-
-Names::
-
-    bus name   org.ipacctd1
-    /org/ipacctd1                 org.ipacctd1.Manager
-    /org/ipacctd1/unit/<label>    org.ipacctd1.Unit   (label: systemd's bus-label escape)
+units cost no more than their entries in the registry. Mutating calls check the caller's
+uid with the bus before the engine runs; the engine calls run in a worker thread so a long
+lock wait never stalls the bus.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
 
+from ipacctd.daemon.contract import (
+    DBUS,
+    INTROSPECT_IFACE,
+    JOB_IFACE,
+    JOB_PREFIX,
+    MANAGER_IFACE,
+    PEER_IFACE,
+    PROPS_IFACE,
+    ROOT,
+    UINT64_MAX,
+    UNIT_IFACE,
+    UNIT_PREFIX,
+    NoSuchJob,
+    error_body,
+    error_name,
+    escape_label,
+    job_path,
+    status_to_wire,
+    unescape_label,
+    unit_path,
+)
 from ipacctd.daemon.registry import Entry, Registry
-from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound, NotSupported
+from ipacctd.errors import AccessDenied, InvalidInput, NotFound, NotSupported
 from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.store import canonical
-from ipacctd.manager.unit import Enforcement, Unit, UnitStatus
 
 log = logging.getLogger("ipacctd.bus")
 
-BUS_NAME = "org.ipacctd1"
-ROOT = "/org/ipacctd1"
-UNIT_PREFIX = ROOT + "/unit/"
-MANAGER_IFACE = "org.ipacctd1.Manager"
-UNIT_IFACE = "org.ipacctd1.Unit"
-PROPS_IFACE = "org.freedesktop.DBus.Properties"
-INTROSPECT_IFACE = "org.freedesktop.DBus.Introspectable"
-PEER_IFACE = "org.freedesktop.DBus.Peer"
-UINT64_MAX = (1 << 64) - 1
+#: ListUnits' row, systemd's: name, description, load, active and sub state, following,
+#: unit path, job id, job type, job path.
+UNIT_ROW = "(ssssssouso)"
+#: ListJobs' row, systemd's: id, unit, job type, state, job path, unit path.
+JOB_ROW = "(usssoo)"
+#: systemd 252's job modes (job_mode_table). ipacctd's units have no dependencies, so all
+#: but "isolate" mean the same here; "isolate" (stop everything else) is refused.
+JOB_MODES = ("fail", "replace", "replace-irreversibly", "isolate", "flush",
+             "ignore-dependencies", "ignore-requirements", "triggering")
+
 
 #: (property, Counters attribute): systemd's four, then the eight ipacctd adds.
 COUNTER_PROPS = tuple((c.prop, c.attr) for c in SYSTEMD_COUNTERS)
@@ -46,44 +85,6 @@ DROP_PROPS = tuple((c.prop, c.attr) for c in EXTRA_COUNTERS)
 COUNTERS_SIG = "a(sat)"
 #: StartTransientUnit property (b): the caller starts the command and records its exit.
 CALLER_STARTS = "CallerStartsCommand"
-
-
-def escape_label(name: str) -> str:
-    """systemd's bus_label_escape: keep [A-Za-z0-9], others as _XX (hex)."""
-    if not name:
-        return "_"
-    out = []
-    for i, ch in enumerate(name.encode()):
-        c = chr(ch)
-        if c.isascii() and (c.isalpha() or (c.isdigit() and i > 0)):
-            out.append(c)
-        else:
-            out.append(f"_{ch:02x}")
-    return "".join(out)
-
-
-def unescape_label(label: str) -> str:
-    """Inverse of :func:`escape_label`."""
-    if label == "_":
-        return ""
-    out = bytearray()
-    i = 0
-    while i < len(label):
-        if label[i] == "_" and i + 3 <= len(label):
-            try:
-                out.append(int(label[i + 1:i + 3], 16))
-                i += 3
-                continue
-            except ValueError:
-                pass
-        out.append(ord(label[i]))
-        i += 1
-    return out.decode(errors="replace")
-
-
-def unit_path(name: str) -> str:
-    """Object path of a unit."""
-    return UNIT_PREFIX + escape_label(name)
 
 
 def counter_values(c: Counters | None) -> list[int]:
@@ -124,69 +125,84 @@ def unit_properties(entry: Entry) -> dict[str, Variant]:
     return props
 
 
-def status_to_wire(st: UnitStatus) -> dict[str, Any]:
-    """A :class:`UnitStatus` as plain data (inverse: :func:`status_from_wire`)."""
-    return {"unit": st.unit.to_json(), "active_state": st.active_state,
-            "sub_state": st.sub_state, "pids": list(st.pids),
-            "counters": st.counters.to_dict() if st.counters is not None else None,
-            "attached": st.attached, "kernel_generation": st.kernel_generation,
-            "broken": st.broken,
-            "enforcement": {"enforced": st.enforcement.enforced,
-                            "problem": st.enforcement.problem, "live": st.enforcement.live,
-                            "cgroup_id": st.enforcement.cgroup_id}}
+def counter_names() -> frozenset[str]:
+    """The counter properties: read at each Get, never announced by PropertiesChanged."""
+    return frozenset(k for k, _ in (*COUNTER_PROPS, *DROP_PROPS))
 
 
-def status_from_wire(d: dict[str, Any]) -> UnitStatus:
-    c = d.get("counters")
-    return UnitStatus(Unit.from_json(d["unit"]), str(d["active_state"]), str(d["sub_state"]),
-                      tuple(int(p) for p in d.get("pids", ())),
-                      Counters(**c) if c is not None else None, bool(d.get("attached")),
-                      d.get("kernel_generation"),
-                      broken=str(d["broken"]) if d.get("broken") is not None else None,
-                      enforcement=_enforcement_from_wire(d.get("enforcement")))
+def _prop_xml(props: dict[str, Variant], quiet: frozenset[str] = frozenset()) -> str:
+    out = []
+    for k, v in props.items():
+        if k in quiet:
+            out.append(f'<property name="{k}" type="{v.signature}" access="read"><annotation '
+                       'name="org.freedesktop.DBus.Property.EmitsChangedSignal" value="false"/>'
+                       '</property>')
+        else:
+            out.append(f'<property name="{k}" type="{v.signature}" access="read"/>')
+    return "".join(out)
 
 
-def _enforcement_from_wire(e: Any) -> Enforcement:
-    # Never fail open: a reply without the field (an older daemon) is "not known to be
-    # in force", not "enforced".
-    if not isinstance(e, dict):
-        return Enforcement(False, "unknown: the daemon did not say")
-    cid = e.get("cgroup_id")
-    return Enforcement(bool(e.get("enforced")), str(e.get("problem", "")),
-                       live=bool(e.get("live", True)),
-                       cgroup_id=cid if isinstance(cid, int) else None)
+def check_mode(mode: str) -> None:
+    """A job mode as systemd accepts it (InvalidInput with systemd's words otherwise)."""
+    if mode not in JOB_MODES:
+        raise InvalidInput(f"Job mode {mode} invalid")
+    if mode == "isolate":
+        raise InvalidInput("job mode isolate is not supported: ipacctd units have no "
+                           "dependencies to isolate")
 
 
-def counter_properties(entry: Entry) -> dict[str, Variant]:
-    """Only the counter properties (what a poll announces)."""
-    all_props = unit_properties(entry)
-    return {k: all_props[k] for k, _ in (*COUNTER_PROPS, *DROP_PROPS)}
+@dataclass
+class Job:
+    """A start or stop in progress (systemd's Job object)."""
 
+    id: int
+    unit: str
+    type: str  # "start" or "stop"
+    state: str = "running"
 
-def _prop_xml(props: dict[str, Variant]) -> str:
-    return "".join(f'<property name="{k}" type="{v.signature}" access="read"/>'
-                   for k, v in props.items())
+    @property
+    def path(self) -> str:
+        return job_path(self.id)
+
+    def properties(self) -> dict[str, Variant]:
+        return {"Id": Variant("u", self.id),
+                "Unit": Variant("(so)", [self.unit, unit_path(self.unit)]),
+                "JobType": Variant("s", self.type), "State": Variant("s", self.state),
+                "ActivationDetails": Variant("a(ss)", [])}
+
+    def row(self) -> list[Any]:
+        return [self.id, self.unit, self.type, self.state, self.path, unit_path(self.unit)]
 
 
 MANAGER_METHODS = """
-<method name="ListUnits"><arg name="units" type="a(ssssso)" direction="out"/></method>
+<method name="ListUnits"><arg name="units" type="a(ssssssouso)" direction="out"/></method>
+<method name="ListUnitsFiltered"><arg name="states" type="as" direction="in"/>
+ <arg name="units" type="a(ssssssouso)" direction="out"/></method>
+<method name="ListUnitsByNames"><arg name="names" type="as" direction="in"/>
+ <arg name="units" type="a(ssssssouso)" direction="out"/></method>
 <method name="GetUnit"><arg name="name" type="s" direction="in"/>
  <arg name="unit" type="o" direction="out"/></method>
-<method name="GetCounters"><arg name="counters" type="a(sat)" direction="out"/></method>
+<method name="ListJobs"><arg name="jobs" type="a(usssoo)" direction="out"/></method>
+<method name="GetJob"><arg name="id" type="u" direction="in"/>
+ <arg name="job" type="o" direction="out"/></method>
 <method name="StartTransientUnit"><arg name="name" type="s" direction="in"/>
- <arg name="properties" type="a(sv)" direction="in"/><arg name="unit" type="o" direction="out"/>
+ <arg name="mode" type="s" direction="in"/><arg name="properties" type="a(sv)" direction="in"/>
+ <arg name="aux" type="a(sa(sv))" direction="in"/><arg name="job" type="o" direction="out"/>
 </method>
-<method name="AttachUnit"><arg name="cgroup" type="s" direction="in"/>
- <arg name="name" type="s" direction="in"/><arg name="properties" type="a(sv)" direction="in"/>
- <arg name="unit" type="o" direction="out"/></method>
+<method name="StopUnit"><arg name="name" type="s" direction="in"/>
+ <arg name="mode" type="s" direction="in"/><arg name="job" type="o" direction="out"/></method>
+<method name="ResetFailedUnit"><arg name="name" type="s" direction="in"/></method>
 <method name="SetUnitProperties"><arg name="name" type="s" direction="in"/>
  <arg name="runtime" type="b" direction="in"/><arg name="properties" type="a(sv)" direction="in"/>
 </method>
-<method name="StopUnit"><arg name="name" type="s" direction="in"/>
- <arg name="mode" type="s" direction="in"/></method>
-<method name="ResetUnit"><arg name="name" type="s" direction="in"/></method>
-<method name="DetachUnit"><arg name="name" type="s" direction="in"/></method>
 <method name="Reload"/>
+<method name="Subscribe"/>
+<method name="Unsubscribe"/>
+<method name="GetCounters"><arg name="counters" type="a(sat)" direction="out"/></method>
+<method name="AttachUnit"><arg name="cgroup" type="s" direction="in"/>
+ <arg name="name" type="s" direction="in"/><arg name="properties" type="a(sv)" direction="in"/>
+ <arg name="unit" type="o" direction="out"/></method>
+<method name="DetachUnit"><arg name="name" type="s" direction="in"/></method>
 <method name="DescribeUnits"><arg name="names" type="as" direction="in"/>
  <arg name="denied" type="u" direction="in"/><arg name="json" type="s" direction="out"/></method>
 <method name="InspectUnit"><arg name="name" type="s" direction="in"/>
@@ -194,6 +210,10 @@ MANAGER_METHODS = """
 </method>
 <signal name="UnitNew"><arg name="id" type="s"/><arg name="unit" type="o"/></signal>
 <signal name="UnitRemoved"><arg name="id" type="s"/><arg name="unit" type="o"/></signal>
+<signal name="JobNew"><arg name="id" type="u"/><arg name="job" type="o"/>
+ <arg name="unit" type="s"/></signal>
+<signal name="JobRemoved"><arg name="id" type="u"/><arg name="job" type="o"/>
+ <arg name="unit" type="s"/><arg name="result" type="s"/></signal>
 <signal name="CountersChanged"><arg name="counters" type="a(sat)"/></signal>
 <property name="Version" type="s" access="read"/>
 <property name="PollIntervalSec" type="d" access="read"/>
@@ -202,10 +222,16 @@ MANAGER_METHODS = """
 """
 
 UNIT_METHODS = """
-<method name="Stop"/>
-<method name="Reset"/>
+<method name="Stop"><arg name="mode" type="s" direction="in"/>
+ <arg name="job" type="o" direction="out"/></method>
+<method name="ResetFailed"/>
 <method name="SetProperties"><arg name="runtime" type="b" direction="in"/>
  <arg name="properties" type="a(sv)" direction="in"/></method>
+"""
+
+JOB_METHODS = """
+<method name="GetAfter"><arg name="jobs" type="a(usssoo)" direction="out"/></method>
+<method name="GetBefore"><arg name="jobs" type="a(usssoo)" direction="out"/></method>
 """
 
 STD_IFACES = f"""
@@ -229,19 +255,6 @@ STD_IFACES = f"""
 
 DOCTYPE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN" '
            '"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n')
-
-ERRORS: list[tuple[type[Exception], str]] = [
-    (InvalidInput, "org.freedesktop.DBus.Error.InvalidArgs"),
-    (NotFound, "org.ipacctd1.Error.NoSuchUnit"),
-    (AlreadyExists, "org.ipacctd1.Error.UnitExists"),
-    (NotSupported, "org.ipacctd1.Error.NotSupported"),
-    (PermissionError, "org.freedesktop.DBus.Error.AccessDenied"),
-    (Error, "org.ipacctd1.Error.Failed"),
-]
-
-
-class AccessDenied(Error, PermissionError):
-    """The caller may not change units."""
 
 
 class LogLimit:
@@ -283,7 +296,7 @@ class LogLimit:
 
 
 class BusService:
-    """Serves the Manager and Unit objects of a :class:`Registry` on a connected bus."""
+    """Serves the Manager, Unit and Job objects of a :class:`Registry` on a connected bus."""
 
     def __init__(self, bus: Any, registry: Registry, version: str, poll_interval: float,
                  reload: Callable[[], None]) -> None:
@@ -295,26 +308,29 @@ class BusService:
         self.manager = registry.manager
         self.tasks: set[asyncio.Task] = set()
         self.log_limit = LogLimit()
+        self.jobs: dict[int, Job] = {}
+        self._job_ids = itertools.count(1)
+        self.quiet = counter_names()
         bus.add_message_handler(self._handle)
         registry.listeners.append(self._on_registry)
 
     # -- signals -----------------------------------------------------------------------
 
+    def _signal(self, path: str, iface: str, member: str, signature: str,
+                body: list[Any]) -> None:
+        self.bus.send(Message.new_signal(path, iface, member, signature, body))
+
     def _on_registry(self, event: str, name: str, entry: Entry | None) -> None:
         path = unit_path(name)
         if event == "new":
-            self.bus.send(Message.new_signal(ROOT, MANAGER_IFACE, "UnitNew", "so", [name, path]))
+            self._signal(ROOT, MANAGER_IFACE, "UnitNew", "so", [name, path])
         elif event == "removed":
-            self.bus.send(Message.new_signal(ROOT, MANAGER_IFACE, "UnitRemoved", "so",
-                                             [name, path]))
+            self._signal(ROOT, MANAGER_IFACE, "UnitRemoved", "so", [name, path])
         elif event == "changed" and entry is not None:
-            self._properties_changed(path, unit_properties(entry))
-        elif event == "counters" and entry is not None:
-            self._properties_changed(path, counter_properties(entry))
-
-    def _properties_changed(self, path: str, props: dict[str, Variant]) -> None:
-        self.bus.send(Message.new_signal(path, PROPS_IFACE, "PropertiesChanged", "sa{sv}as",
-                                         [UNIT_IFACE, props, []]))
+            changed = {k: v for k, v in self._unit_props(entry).items() if k not in self.quiet}
+            self._signal(path, PROPS_IFACE, "PropertiesChanged", "sa{sv}as",
+                         [UNIT_IFACE, changed, []])
+        # "counters": announced by counters_changed, once per poll for all units.
 
     def counters_changed(self, names: list[str]) -> None:
         """One signal per poll with every changed unit's counters."""
@@ -322,8 +338,24 @@ class BusService:
             return
         body = [(n, counter_values(self.registry.units[n].counters)) for n in names
                 if n in self.registry.units]
-        self.bus.send(Message.new_signal(ROOT, MANAGER_IFACE, "CountersChanged", COUNTERS_SIG,
-                                         [body]))
+        self._signal(ROOT, MANAGER_IFACE, "CountersChanged", COUNTERS_SIG, [body])
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _new_job(self, unit: str, job_type: str) -> Job:
+        job = Job(next(self._job_ids), unit, job_type)
+        self.jobs[job.id] = job
+        self._signal(ROOT, MANAGER_IFACE, "JobNew", "uos", [job.id, job.path, unit])
+        return job
+
+    def _end_job(self, job: Job, result: str) -> None:
+        """Forget the job and say so (after its call's reply: signals keep their order)."""
+        self.jobs.pop(job.id, None)
+        self._signal(ROOT, MANAGER_IFACE, "JobRemoved", "uoss",
+                     [job.id, job.path, job.unit, result])
+
+    def _job_of(self, unit: str) -> Job | None:
+        return next((j for j in self.jobs.values() if j.unit == unit), None)
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -331,8 +363,8 @@ class BusService:
         if msg.message_type != MessageType.METHOD_CALL:
             return None
         path = msg.path or ""
-        if path != ROOT and not path.startswith(UNIT_PREFIX) and path not in ("/", "/org",
-                                                                              ROOT + "/unit"):
+        if path not in ("/", "/org", ROOT, ROOT + "/unit", ROOT + "/job") \
+                and not path.startswith((UNIT_PREFIX, JOB_PREFIX)):
             return None
         try:
             return self._dispatch(msg, path)
@@ -340,12 +372,15 @@ class BusService:
             return self._error(msg, exc)
 
     def _error(self, msg: Message, exc: Exception) -> Message:
-        for cls, name in ERRORS:
-            if isinstance(exc, cls):
-                if self.log_limit.allow(msg.sender):
-                    log.info("%s.%s from %s refused: %s", msg.interface, msg.member,
-                             msg.sender, exc)
-                return Message.new_error(msg, name, str(exc))
+        name = error_name(exc)
+        if name is not None:
+            if self.log_limit.allow(msg.sender):
+                log.info("%s.%s from %s refused: %s", msg.interface, msg.member,
+                         msg.sender, exc)
+            signature, body = error_body(exc)
+            return Message(message_type=MessageType.ERROR, reply_serial=msg.serial,
+                           destination=msg.sender, error_name=name, signature=signature,
+                           body=body)
         if isinstance(exc, OSError):  # the system said no (no space, no fds): no bug of ours
             if self.log_limit.allow(msg.sender):
                 log.error("%s.%s from %s failed: %s", msg.interface, msg.member, msg.sender,
@@ -374,22 +409,30 @@ class BusService:
             return self._manager_call(msg, iface, member)
         if path.startswith(UNIT_PREFIX):
             return self._unit_call(msg, iface, member, unescape_label(path[len(UNIT_PREFIX):]))
+        if path.startswith(JOB_PREFIX):
+            return self._job_call(msg, iface, member, self._job(path))
         raise NotFound(f"no object at {path}")
 
     def _introspect(self, path: str) -> str:
         if path == ROOT:
             children = "".join(f'<node name="unit/{escape_label(n)}"/>'
                                for n in sorted(self.registry.units))
+            children += "".join(f'<node name="job/{i}"/>' for i in sorted(self.jobs))
             return (f"{DOCTYPE}<node>{STD_IFACES}<interface name=\"{MANAGER_IFACE}\">"
                     f"{MANAGER_METHODS}</interface>{children}</node>")
         if path.startswith(UNIT_PREFIX):
             entry = self._entry(unescape_label(path[len(UNIT_PREFIX):]))
+            props = _prop_xml(self._unit_props(entry), self.quiet)
             return (f"{DOCTYPE}<node>{STD_IFACES}<interface name=\"{UNIT_IFACE}\">"
-                    f"{UNIT_METHODS}{_prop_xml(unit_properties(entry))}</interface></node>")
-        if path == ROOT + "/unit":
-            children = "".join(f'<node name="{escape_label(n)}"/>'
-                               for n in sorted(self.registry.units))
-            return f"{DOCTYPE}<node>{children}</node>"
+                    f"{UNIT_METHODS}{props}</interface></node>")
+        if path.startswith(JOB_PREFIX):
+            props = _prop_xml(self._job(path).properties())
+            return (f"{DOCTYPE}<node>{STD_IFACES}<interface name=\"{JOB_IFACE}\">"
+                    f"{JOB_METHODS}{props}</interface></node>")
+        if path in (ROOT + "/unit", ROOT + "/job"):
+            names = ([escape_label(n) for n in sorted(self.registry.units)]
+                     if path.endswith("unit") else [str(i) for i in sorted(self.jobs)])
+            return DOCTYPE + "<node>" + "".join(f'<node name="{n}"/>' for n in names) + "</node>"
         child = "org" if path == "/" else "ipacctd1"
         return f'{DOCTYPE}<node><node name="{child}"/></node>'
 
@@ -401,6 +444,26 @@ class BusService:
         if entry is None:
             raise NotFound(f"unit {name} not found")
         return entry
+
+    def _job(self, path: str) -> Job:
+        tail = path[len(JOB_PREFIX):]
+        job = self.jobs.get(int(tail)) if tail.isdigit() else None
+        if job is None:
+            raise NoSuchJob(f"job {tail} does not exist (it ended, or never was)")
+        return job
+
+    def _unit_props(self, entry: Entry) -> dict[str, Variant]:
+        props = unit_properties(entry)
+        job = self._job_of(entry.status.unit.name)
+        props["Job"] = Variant("(uo)", [job.id, job.path] if job else [0, "/"])
+        return props
+
+    def _unit_row(self, name: str, entry: Entry) -> list[Any]:
+        st = entry.status
+        job = self._job_of(name)
+        return [name, st.unit.description, "error" if st.broken is not None else "loaded",
+                st.active_state, st.sub_state, "", unit_path(name),
+                job.id if job else 0, job.type if job else "", job.path if job else "/"]
 
     def _describe(self, names: list[str], denied: int) -> str:
         """What the CLI's views need of each unit (the engine's own status, read from the
@@ -443,62 +506,102 @@ class BusService:
         if iface not in (MANAGER_IFACE, None):
             raise InvalidInput(f"unknown interface {iface}")
         body = msg.body
-        if member == "ListUnits":
-            rows = [[n, e.status.unit.description, "loaded", e.status.active_state,
-                     e.status.sub_state, unit_path(n)]
-                    for n, e in sorted(self.registry.units.items())]
-            return Message.new_method_return(msg, "a(ssssso)", [rows])
-        if member == "GetUnit":
-            self._check(msg, "s")
-            entry = self._entry(body[0])
-            return Message.new_method_return(msg, "o", [unit_path(entry.status.unit.name)])
-        if member == "GetCounters":
-            rows = [(n, counter_values(e.counters)) for n, e in sorted(self.registry.units.items())]
-            return Message.new_method_return(msg, COUNTERS_SIG, [rows])
-        if member == "DescribeUnits":
-            self._check(msg, "asu")
-            return Message.new_method_return(msg, "s", [self._describe(body[0], body[1])])
-        if member == "InspectUnit":
-            self._check(msg, "sb")
-            from ipacctd.manager.inspect import inspect_unit
-
-            data = inspect_unit(self.manager, canonical(body[0]), instructions=bool(body[1]))
-            return Message.new_method_return(msg, "s", [json.dumps(data)])
-        mutations: dict[str, tuple[str, Callable[..., Any], str]] = {
-            "StartTransientUnit": ("sa(sv)", self._start_transient, "o"),
-            "AttachUnit": ("ssa(sv)", self._attach, "o"),
-            "SetUnitProperties": ("sba(sv)", self._set_properties, ""),
-            "StopUnit": ("ss", lambda name, _mode: self.manager.stop(name), ""),
-            "ResetUnit": ("s", self.manager.reset, ""),
-            "DetachUnit": ("s", self.manager.detach, ""),
-            "Reload": ("", lambda: self.reload_cb(), ""),
+        units = self.registry.units
+        reads: dict[str, tuple[str, Callable[[], tuple[str, list[Any]]]]] = {
+            "ListUnits": ("", lambda: ("a" + UNIT_ROW, [
+                [self._unit_row(n, e) for n, e in sorted(units.items())]])),
+            "ListUnitsFiltered": ("as", lambda: ("a" + UNIT_ROW, [
+                [self._unit_row(n, e) for n, e in sorted(units.items())
+                 if not body[0] or {e.status.active_state, e.status.sub_state,
+                                    self._unit_row(n, e)[2]} & set(body[0])]])),
+            "ListUnitsByNames": ("as", lambda: ("a" + UNIT_ROW, [
+                [self._unit_row(e.status.unit.name, e) for e in map(self._entry_or_none, body[0])
+                 if e is not None]])),
+            "GetUnit": ("s", lambda: ("o", [unit_path(self._entry(body[0]).status.unit.name)])),
+            "ListJobs": ("", lambda: ("a" + JOB_ROW, [
+                [j.row() for _, j in sorted(self.jobs.items())]])),
+            "GetJob": ("u", lambda: ("o", [self._job(job_path(body[0])).path])),
+            "GetCounters": ("", lambda: (COUNTERS_SIG, [
+                [(n, counter_values(e.counters)) for n, e in sorted(units.items())]])),
+            "DescribeUnits": ("asu", lambda: ("s", [self._describe(body[0], body[1])])),
+            "InspectUnit": ("sb", lambda: ("s", [self._inspect(body[0], body[1])])),
+            # Signals go out to every listener always; systemd's clients call these first.
+            "Subscribe": ("", lambda: ("", [])),
+            "Unsubscribe": ("", lambda: ("", [])),
         }
-        if member in mutations:
-            sig, fn, out = mutations[member]
+        if member in reads:
+            sig, fn = reads[member]
             self._check(msg, sig)
-            # The caller starts the command in the new unit: the name is reserved for it.
-            self._spawn(self._mutate(msg, fn, body, out,
-                                     with_owner=member == "StartTransientUnit"))
+            out, values = fn()
+            return Message.new_method_return(msg, out, values)
+        if member == "StartTransientUnit" and msg.signature == "sa(sv)":
+            # ipacctd 0.1 (until 0.3): no mode, no aux, the unit's path returned.
+            self._spawn(self._as_root(msg, lambda: self._start_transient_unit(msg, body[0],
+                                                                              body[1])))
+            return True
+        jobs: dict[str, tuple[str, Callable[[], Awaitable[Message | None]]]] = {
+            "StartTransientUnit": ("ssa(sv)a(sa(sv))", lambda: self._start_job(msg)),
+            "StopUnit": ("ss", lambda: self._stop_job(msg, body[0], body[1])),
+            "ResetUnit": ("s", lambda: self._engine(msg, self.manager.reset, body[0])),
+            "ResetFailedUnit": ("s", lambda: self._engine(msg, self.manager.reset, body[0])),
+            "DetachUnit": ("s", lambda: self._engine(msg, self.manager.detach, body[0])),
+            "SetUnitProperties": ("sba(sv)", lambda: self._engine(
+                msg, self._set_properties, body[0], body[2])),
+            "AttachUnit": ("ssa(sv)", lambda: self._attach(msg, *body)),
+            "Reload": ("", lambda: self._engine(msg, self.reload_cb)),
+        }
+        if member in jobs:
+            sig, work = jobs[member]
+            self._check(msg, sig)
+            self._spawn(self._as_root(msg, work))
             return True
         raise InvalidInput(f"unknown method {member}")
+
+    def _entry_or_none(self, name: str) -> Entry | None:
+        try:
+            return self._entry(name)
+        except NotFound:
+            return None
+
+    def _inspect(self, name: str, instructions: bool) -> str:
+        from ipacctd.manager.inspect import inspect_unit
+
+        return json.dumps(inspect_unit(self.manager, canonical(name),
+                                       instructions=bool(instructions)))
 
     def _unit_call(self, msg: Message, iface: str | None, member: str | None,
                    name: str) -> Message | bool:
         entry = self._entry(name)
+        name = entry.status.unit.name
         if iface == PROPS_IFACE:
-            return self._props_call(msg, member or "", UNIT_IFACE, unit_properties(entry))
+            return self._props_call(msg, member or "", UNIT_IFACE, self._unit_props(entry))
         if iface not in (UNIT_IFACE, None):
             raise InvalidInput(f"unknown interface {iface}")
-        calls: dict[str, tuple[str, Callable[..., Any]]] = {
-            "Stop": ("", lambda: self.manager.stop(name)),
-            "Reset": ("", lambda: self.manager.reset(name)),
-            "SetProperties": ("ba(sv)", lambda rt, props: self._set_properties(name, rt, props)),
+        calls: dict[str, tuple[str, Callable[[], Awaitable[Message | None]]]] = {
+            "Stop": ("s", lambda: self._stop_job(msg, name, msg.body[0])),
+            "ResetFailed": ("", lambda: self._engine(msg, self.manager.reset, name)),
+            "Reset": ("", lambda: self._engine(msg, self.manager.reset, name)),  # 0.1
+            "SetProperties": ("ba(sv)", lambda: self._engine(
+                msg, self._set_properties, name, msg.body[1])),
         }
+        if member == "Stop" and msg.signature == "":  # ipacctd 0.1 (until 0.3): no mode
+            calls["Stop"] = ("", lambda: self._engine(msg, self.manager.stop, name))
         if member in calls:
-            sig, fn = calls[member]
+            sig, work = calls[member]
             self._check(msg, sig)
-            self._spawn(self._mutate(msg, fn, msg.body, ""))
+            self._spawn(self._as_root(msg, work))
             return True
+        raise InvalidInput(f"unknown method {member}")
+
+    def _job_call(self, msg: Message, iface: str | None, member: str | None,
+                  job: Job) -> Message:
+        if iface == PROPS_IFACE:
+            return self._props_call(msg, member or "", JOB_IFACE, job.properties())
+        if iface not in (JOB_IFACE, None):
+            raise InvalidInput(f"unknown interface {iface}")
+        if member in ("GetAfter", "GetBefore"):  # ipacctd's jobs never wait for each other
+            self._check(msg, "")
+            return Message.new_method_return(msg, "a" + JOB_ROW, [[]])
         raise InvalidInput(f"unknown method {member}")
 
     @staticmethod
@@ -516,9 +619,8 @@ class BusService:
     async def caller_uid(self, msg: Message) -> int:
         """The Unix uid of the message's sender, asked of the bus daemon."""
         reply = await self.bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="GetConnectionUnixUser", signature="s",
-            body=[msg.sender]))
+            destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS,
+            member="GetConnectionUnixUser", signature="s", body=[msg.sender]))
         if reply.message_type != MessageType.METHOD_RETURN:
             raise AccessDenied("cannot determine the caller's uid")
         return int(reply.body[0])
@@ -529,30 +631,83 @@ class BusService:
         from ipacctd.manager import owner
 
         reply = await self.bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="GetConnectionUnixProcessID",
-            signature="s", body=[msg.sender]))
+            destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS,
+            member="GetConnectionUnixProcessID", signature="s", body=[msg.sender]))
         if reply.message_type != MessageType.METHOD_RETURN:
             return None
         return owner.identify(int(reply.body[0]))
 
-    async def _mutate(self, msg: Message, fn: Callable[..., Any], args: list[Any],
-                      out: str, with_owner: bool = False) -> None:
+    async def _as_root(self, msg: Message, work: Callable[[], Awaitable[Message | None]]) -> None:
+        """Run ``work`` for a caller proven to be root; send its reply, or the error. Work
+        that replied itself (a job's path goes out before the job ends) returns None."""
         try:
             uid = await self.caller_uid(msg)
             if uid != 0:
                 raise AccessDenied(f"uid {uid} may not change units: only root may")
-            if with_owner:
-                args = [*args, await self.caller_owner(msg)]
-            result = await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-            self.registry.sync()
-            if out == "o":
-                reply = Message.new_method_return(msg, "o", [unit_path(result.name)])
-            else:
-                reply = Message.new_method_return(msg)
+            reply = await work()
         except Exception as exc:
             reply = self._error(msg, exc)
-        self.bus.send(reply)
+        if reply is not None:
+            self.bus.send(reply)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The engine call in a worker thread; the registry then sees what it did."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        finally:
+            self.registry.sync()
+
+    async def _engine(self, msg: Message, fn: Callable[..., Any], *args: Any) -> Message:
+        await self._run(fn, *args)
+        return Message.new_method_return(msg)
+
+    async def _attach(self, msg: Message, cgroup_path: str, name: str,
+                      props: list[Any]) -> Message:
+        unit = await self._run(lambda: self.manager.attach(
+            cgroup_path, name=name or None, dbus_items=_items(props)))
+        return Message.new_method_return(msg, "o", [unit_path(unit.name)])
+
+    async def _make_transient(self, msg: Message, name: str, props: list[Any]) -> Any:
+        """The new unit (made, armed); the caller may be the one to start its command."""
+        owned_by = await self.caller_owner(msg)
+        return await self._run(self._start_transient, name, props, owned_by)
+
+    async def _start_transient_unit(self, msg: Message, name: str, props: list[Any]) -> Message:
+        unit = await self._make_transient(msg, name, props)
+        return Message.new_method_return(msg, "o", [unit_path(unit.name)])
+
+    async def _start_job(self, msg: Message) -> None:
+        name, mode, props, aux = msg.body
+        check_mode(mode)
+        if aux:
+            # systemd makes them (a socket or timer beside the service); ipacctd has one
+            # kind of unit, and leaving them out silently would start a unit without the
+            # companion its caller counts on.
+            raise NotSupported(f"auxiliary units are not supported ({len(aux)} given: "
+                               f"{', '.join(str(a[0]) for a in aux)})")
+        unit = await self._make_transient(msg, name, props)
+        job = self._new_job(unit.name, "start")
+        self.bus.send(Message.new_method_return(msg, "o", [job.path]))
+        self._end_job(job, "done")  # the unit is made and armed: nothing left to do
+        return None
+
+    async def _stop_job(self, msg: Message, name: str, mode: str) -> Message | None:
+        check_mode(mode)
+        name = self._entry(name).status.unit.name
+        job = self._job_of(name)
+        if job is not None and job.type == "stop":  # merged into the one running, as systemd
+            return Message.new_method_return(msg, "o", [job.path])
+        job = self._new_job(name, "stop")
+        self.bus.send(Message.new_method_return(msg, "o", [job.path]))
+        result = "failed"
+        try:
+            await self._run(self.manager.stop, name)
+            result = "done"
+        except Exception as exc:
+            log.error("stop job %d of %s failed: %s", job.id, name, exc)
+        finally:
+            self._end_job(job, result)
+        return None
 
     def _start_transient(self, name: str, props: list[Any],
                          owned_by: tuple[int, int] | None = None) -> Any:
@@ -573,10 +728,7 @@ class BusService:
                                             dbus_items=items,
                                             owned_by=owned_by if reserve else None)
 
-    def _attach(self, cgroup_path: str, name: str, props: list[Any]) -> Any:
-        return self.manager.attach(cgroup_path, name=name or None, dbus_items=_items(props))
-
-    def _set_properties(self, name: str, _runtime: bool, props: list[Any]) -> Any:
+    def _set_properties(self, name: str, props: list[Any]) -> Any:
         return self.manager.set_properties_dbus(name, _items(props))
 
 

@@ -16,14 +16,15 @@ import os
 import signal
 import time
 
-from dbus_fast import BusType, DBusError, RequestNameReply
+from dbus_fast import DBusError, RequestNameReply
 from dbus_fast.aio import MessageBus
 
 from ipacctd import __version__, cgroup
 from ipacctd.daemon import metrics, runtime
 from ipacctd.daemon.binder import Binder
-from ipacctd.daemon.bus import BUS_NAME, BusService
+from ipacctd.daemon.bus import BusService
 from ipacctd.daemon.config import DaemonConfig
+from ipacctd.daemon.contract import BUS_NAME, open_bus, read_runtime, runtime_alive
 from ipacctd.daemon.inotify import IN_CREATE, Inotify
 from ipacctd.daemon.registry import Registry
 from ipacctd.errors import Busy, Error, NotFound, NotSupported, PermissionDenied
@@ -121,8 +122,8 @@ class Daemon:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            holder = runtime.read(self.manager.config.runtime_file)
-            who = f" (pid {holder['pid']})" if holder and runtime.alive(holder) else ""
+            holder = read_runtime(self.manager.config.runtime_file)
+            who = f" (pid {holder['pid']})" if holder and runtime_alive(holder) else ""
             raise Busy(f"another ipacctd daemon{who} serves {state} already: refusing to "
                        "start a second one on the same state directory") from None
         self._lock_fd = fd
@@ -160,11 +161,7 @@ class Daemon:
     async def _connect(self) -> MessageBus:
         bus = self.config.bus
         try:
-            if bus == "system":
-                return await MessageBus(bus_type=BusType.SYSTEM).connect()
-            if bus == "session":
-                return await MessageBus(bus_type=BusType.SESSION).connect()
-            return await MessageBus(bus_address=bus).connect()
+            return await open_bus(bus)
         except (OSError, ValueError) as exc:
             raise NotSupported(f"cannot connect to the D-Bus {bus} bus: {exc}") from exc
 

@@ -459,10 +459,11 @@ class Manager:
                     # Armed already (the service is merely stopped): removing it to bind
                     # again would leave a start in between unarmed.
                     raise AlreadyExists(f"unit {name} is bound to {old.unit.systemd_service} "
-                                        "already (systemd arms its every start); change it "
-                                        f"with 'ipacctd set-property {name}'")
+                                        "already (systemd arms its every start)",
+                                        hint=f"change it with 'ipacctd set-property {name}'")
                 if old.unit.transient or old.active_state == "active" or old.unit.cgroup != rel:
-                    raise AlreadyExists(f"unit {name} exists already; pick another with --unit")
+                    raise AlreadyExists(f"unit {name} exists already",
+                                        hint="pick another with --unit")
                 self._remove(old.unit)  # a bound cgroup that vanished and came back
             for other in self.names():
                 with contextlib.suppress(NotFound):
@@ -513,20 +514,20 @@ class Manager:
         if self.store.exists(name):
             st = self.status(name)
             if st.active_state in BUSY_STATES:
-                raise AlreadyExists(f"unit {name} is {st.active_state} already; stop it "
-                                    "first or pick another name with --unit")
+                raise AlreadyExists(f"unit {name} is {st.active_state} already",
+                                    hint="stop it first or pick another name with --unit")
             raise AlreadyExists(f"unit {name} exists already ({st.active_state}, counters "
-                                f"kept); reset it first ('ipacctd reset {name}') or pick "
-                                "another name with --unit")
+                                f"kept)", hint=f"reset it first ('ipacctd reset {name}') or "
+                                "pick another name with --unit")
         if os.path.lexists(self.store.pin_dir(name)):
-            raise AlreadyExists(f"unit {name} has pins but no metadata (a broken unit); "
-                                f"reset it first ('ipacctd reset {name}') or pick another "
-                                "name with --unit")
+            raise AlreadyExists(f"unit {name} has pins but no metadata (a broken unit)",
+                                hint=f"reset it first ('ipacctd reset {name}') or pick "
+                                "another name with --unit")
         root = cgroup.validate_path(self.config.cgroup_root)
         fs = cgroup.fs_path(f"{root.rstrip('/')}/{name}")
         if cgroup.exists(fs) and cgroup.procs_recursive(fs):
             raise AlreadyExists(f"cgroup {fs} of unit {name} holds processes but ipacctd has "
-                                "no record of it; pick another name with --unit")
+                                "no record of it", hint="pick another name with --unit")
 
     def _create(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
         # One file descriptor is held in reserve while the unit is built: when the process
@@ -951,8 +952,8 @@ class Manager:
             self._sweep_stale_pins()
             unit = self.unit(name)
             if unit.transient:
-                raise InvalidInput(f"unit {name} was started by ipacctd run, not attached; "
-                                   "use 'ipacctd stop' and 'ipacctd reset'")
+                raise InvalidInput(f"unit {name} was started by ipacctd run, not attached",
+                                   hint="use 'ipacctd stop' and 'ipacctd reset'")
             self._remove(unit)
 
     def reset(self, name: str) -> None:
@@ -962,8 +963,8 @@ class Manager:
                 self._sweep_stale_pins()
             st = self.status(name)
             if st.active_state in BUSY_STATES and st.unit.transient:
-                raise Busy(f"unit {name} is {st.active_state}; stop it first "
-                           f"('ipacctd stop {name}')")
+                raise Busy(f"unit {name} is {st.active_state}",
+                           hint=f"stop it first ('ipacctd stop {name}')")
             if st.broken is not None:
                 self._remove_broken(st.unit)
             else:
@@ -1001,8 +1002,8 @@ class Manager:
         try:
             cgroup.remove(cgroup.fs_path(unit.cgroup), timeout=1.0)
         except Busy:
-            raise Busy(f"unit {unit.name} still has processes in {unit.cgroup}; stop it "
-                       f"first ('ipacctd stop {unit.name}')") from None
+            raise Busy(f"unit {unit.name} still has processes in {unit.cgroup}",
+                       hint=f"stop it first ('ipacctd stop {unit.name}')") from None
         except (Error, OSError) as exc:
             log.warning("unit %s: cannot remove its cgroup: %s", unit.name, exc)
 

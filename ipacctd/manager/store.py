@@ -106,7 +106,8 @@ class Store:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise NotFound(f"unit {unit} not found (see 'ipacctd list-units --all')") from None
+            raise NotFound(f"unit {unit} not found",
+                           hint="see 'ipacctd list-units --all'") from None
         except PermissionError as exc:
             raise _denied(path, exc) from None
         except OSError as exc:  # a symlink (ELOOP), ...

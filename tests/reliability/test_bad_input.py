@@ -103,7 +103,7 @@ EXPECTED_SIG = {
     "GetAll(": "(s)",
     "Set(": "(ssv)",
     "GetUnit(": "(s)",
-    "StartTransientUnit(": "(sa(sv))",
+    "StartTransientUnit(": "(ssa(sv)a(sa(sv)))",
     "GetMachineId(": "()",
     "Introspect(": "()",
 }
