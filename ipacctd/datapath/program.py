@@ -50,15 +50,10 @@ from ipacctd.bpf.asm import (
     W,
 )
 from ipacctd.bpf.maps import PerCPUArrayMap
-from ipacctd.datapath import counters, denied, lookup
+from ipacctd.datapath import counters, denied, lookup, skb
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.lookup import Table
 from ipacctd.datapath.rules import DENY, FamilyRules
-
-SKB_LEN = 0
-SKB_PROTOCOL = 16
-SKB_DATA = 76
-SKB_DATA_END = 80
 
 
 def _proto(ethertype: int) -> int:
@@ -102,7 +97,7 @@ def build(
     families = [(shape.v4, PROTO_IPV4, 4, table4, "v4"), (shape.v6, PROTO_IPV6, 16, table6, "v6")]
     active = [f for f in families if not f[0].empty]
     if active:
-        p.append(asm.ldx(W, R2, R6, SKB_PROTOCOL))
+        p.append(asm.ldx(W, R2, R6, skb.PROTOCOL))
         # The last family's check comes first, reached by falling through its JNE.
         active = active[-1:] + active[:-1]
         for _, proto, _, _, tag in active[1:]:
@@ -117,19 +112,34 @@ def build(
     if shape.accounting:
         p += _count(counters_map, shape.direction, "passed")
     p += [asm.mov64_imm(R0, 1), asm.exit_()]
-    if shape.log_denied and denied_map is not None:
+    kind = "audit" if shape.audit else "dropped"
+    jumped = {i.target for i in p + cold if isinstance(i, Insn) and i.target}
+    log = denied_map if shape.log_denied else None
+    if log is not None and denied.guarded(log):
+        entries = [
+            denied.Entry(f"drop_{tag}", rules.version, -alen)
+            for rules, _, alen, _, tag in active
+            if f"drop_{tag}" in jumped
+        ]
+        if "drop" in jumped:  # an address that could not be read: counted, not logged
+            entries.append(denied.Entry("drop"))
+        if entries:
+            hot, slow = denied.guarded_drop(
+                log, counters_map, shape.direction, kind, entries, "verdict"
+            )
+            p += [*hot, Label("verdict"), *_verdict(shape.audit)]
+            cold += slow
+        return _tighten(p + cold)
+    if log is not None:
         for rules, _, alen, _, tag in active:
-            if any(isinstance(i, Insn) and i.target == f"drop_{tag}" for i in p):
+            if f"drop_{tag}" in jumped:
                 p.append(Label(f"drop_{tag}"))
-                p += denied.record(denied_map, shape.direction, rules.version, -alen, "drop")
-    if any(isinstance(i, Insn) and i.target == "drop" for i in p + cold):
+                p += denied.record(log, shape.direction, rules.version, -alen, "drop")
+                jumped.add("drop")
+    if "drop" in jumped:
         p.append(Label("drop"))
-        if shape.audit:
-            p += _count(counters_map, shape.direction, "audit")
-            p.append(asm.ja("pass"))
-        else:
-            p += _count(counters_map, shape.direction, "dropped")
-            p += [asm.mov64_imm(R0, 0), asm.exit_()]
+        p += _count(counters_map, shape.direction, kind)
+        p += _verdict(shape.audit)
     return _tighten(p + cold)
 
 
@@ -150,8 +160,8 @@ def _load_address(
     src, dst = IPV4_ADDR if alen == 4 else IPV6_ADDR
     offset = src if direction == Direction.INGRESS else dst
     hot: list[Insn | Label] = [
-        asm.ldx(W, R5, R6, SKB_DATA),
-        asm.ldx(W, R0, R6, SKB_DATA_END),
+        asm.ldx(W, R5, R6, skb.DATA),
+        asm.ldx(W, R0, R6, skb.DATA_END),
         asm.mov64_reg(R1, R5),
         asm.alu64_imm(Alu.ADD, R1, offset + alen),
         asm.jmp_reg(Jmp.JGT, R1, R0, f"{tag}_load_bytes"),
@@ -425,10 +435,15 @@ def _count(counters_map: PerCPUArrayMap, direction: Direction, kind: str) -> lis
         asm.jmp_imm(Jmp.JEQ, R0, 0, done),
         asm.mov64_imm(R1, 1),
         asm.atomic_add(DW, R0, pkts, R1),
-        asm.ldx(W, R1, R6, SKB_LEN),
+        asm.ldx(W, R1, R6, skb.LEN),
         asm.atomic_add(DW, R0, nbytes, R1),
         Label(done),
     ]
+
+
+def _verdict(audit: bool) -> list[Insn | Label]:
+    """After counting a denied packet: in audit mode let it pass, else drop it."""
+    return [asm.ja("pass")] if audit else [asm.mov64_imm(R0, 0), asm.exit_()]
 
 
 def _tighten(p: list[Insn | Label]) -> list[Insn | Label]:
