@@ -26,10 +26,10 @@ The slot (SLOT_SIZE bytes, one per CPU and direction)::
     32  u64 bytes
     40  u64 last      CLOCK_MONOTONIC ns (coarse) of the last packet
     48  u32 busy      1 while a program on this CPU owns the slot and the direction's
-                      dropped/audit counters (see below)
+                      counters (see below)
     52  u32 zero
     56  u64 deposits  how many deposits were made (a signal only)
-    64  u64 x4        deposited dropped packets, bytes, audit packets, bytes
+    64  u64 x6        deposited (packets, bytes): passed, dropped, audit
 
 What a dropped packet costs, measured with BPF_PROG_TEST_RUN above a ``return 1`` floor
 (bench/datapath.py, 1-entry deny list, this 2-CPU machine): each ``lock add`` about 5 ns,
@@ -51,11 +51,11 @@ clock once per tick. Why that is exact:
    task may run the same unit's program on the same CPU between a load and its store. A
    plain add there would lose a count. Hence ``busy``: a program takes it with ``xchg``
    (one locked instruction, atomic against anything on this CPU) before its plain adds to
-   the slot and to the direction's dropped/audit counters, and clears it with a plain store
-   after them. Whoever finds it taken (it interrupted or preempted the owner) touches
-   neither: it adds its address to the hash directly (atomic adds, the hash's own locking)
-   and its counts to the slot's deposits with ``lock add`` (the owner never writes those
-   with plain stores), then tries to fold them in itself (below).
+   the slot and to the direction's counters (passed, dropped or audit), and clears it with
+   a plain store after them. Whoever finds it taken (it interrupted or preempted the owner)
+   touches neither: it adds its address to the hash directly (atomic adds, the hash's own
+   locking) and its counts to the slot's deposits with ``lock add`` (the owner never
+   writes those with plain stores), then tries to fold them in itself (below).
 3. Deposits reach the counters. Every program, after clearing ``busy``, reads ``deposits``;
    if it is not zero, and every depositor after depositing, takes ``busy`` again (a
    failure means another owner exists, which reads ``deposits`` after its own release),
@@ -65,17 +65,17 @@ clock once per tick. Why that is exact:
    picked up by the depositor's own try. Each round needs a new interruption inside the
    previous round's few instructions; after FOLD_ROUNDS rounds (never reached in practice)
    the rest stays deposited for the next packet on this CPU and direction, not lost.
-4. Every writer of those fields takes part. The dropped and audit counters of a direction
-   are written only on a deny (a program without a deny list drops nothing: allow-only and
-   empty lists pass everything), and the slots have this layout only when the log was made
-   together with the unit's counters map (``UnitDatapath.create``): no program without
-   the flag ever saw those counters. A log added to a unit later (its first deny list came
-   by ``set-property``) may follow programs of a version before the log, which added to the
-   dropped counters with ``lock add``; a program mid-way through its plain adds, preempted
-   by one of those, would lose its count. Such a log, and one pinned before this version
-   (slots of LEGACY_SLOT_SIZE bytes, or none: :func:`open_pinned` adds legacy slots),
-   keeps the legacy drop path: ``lock add`` on the counters (exact), and a slot whose plain
-   adds can, in the nested case of 2, lose a count in the log (never in the counters).
+4. Every writer of those fields takes part. The slots have this layout only when the log
+   was made together with the unit's counters map (``UnitDatapath.create``, for a unit
+   with a deny list from the start), and a unit that has a log builds every program with
+   it: no program without the flag ever wrote those counters. A log added to a unit later
+   (its first deny list came by ``set-property``) follows programs that counted with
+   ``lock add``, maybe of a version before the log that dropped too; a program mid-way
+   through its plain adds, preempted by one of those during the swap, would lose its
+   count. Such a log, and one pinned before this version (slots of LEGACY_SLOT_SIZE
+   bytes, or none: :func:`open_pinned` adds legacy slots), keeps the legacy path: ``lock
+   add`` on the counters (exact), and a slot whose plain adds can, in the nested case of
+   2, lose a count in the log (never in the counters).
 
 The time: ``bpf_jiffies64`` is inlined by the verifier (one load); only when the jiffy
 changed since the slot's ``tick`` does the program call ``bpf_ktime_get_coarse_ns``, whose
@@ -130,13 +130,13 @@ ANY, NOEXIST = 0, 1
 
 SLOTS_NAME = "ipacctd_denslot"
 SLOTS_PIN = "denied_slots"
-SLOT_SIZE = 96  # the layout in the module's docstring
+SLOT_SIZE = 112  # the layout in the module's docstring
 LEGACY_SLOT_SIZE = 48  # key, tick (then unused padding), value: no busy flag, no deposits
 SLOT_TICK = 20
 SLOT_VALUE = 24  # offset of the value (packets, bytes, last) in a slot
 SLOT_BUSY = 48
 SLOT_DEPOSITS = 56
-SLOT_DEPOSIT = {"dropped": 64, "audit": 80}  # (packets, bytes) deposited per kind
+SLOT_DEPOSIT = {"passed": 64, "dropped": 80, "audit": 96}  # (packets, bytes) per kind
 FOLD_ROUNDS = 8
 
 JIFFIES64 = 118  # bpf_jiffies64: inlined by the verifier into one load of jiffies_64
@@ -408,7 +408,6 @@ def guarded_drop(
     """
     if not guarded(log):
         raise ValueError("guarded_drop needs slots with the busy flag")
-    pkts, nbytes = counters.offsets(direction, kind)
     tag = f"dp_{direction.name.lower()}"
     count, deposit, fold = f"{tag}_count", f"{tag}_deposit", f"{tag}_fold"
     hot: list[Insn | Label] = []
@@ -416,21 +415,7 @@ def guarded_drop(
     for n, entry in enumerate(entries):
         etag = f"{tag}_{entry.label}"
         busy = f"{etag}_busy" if entry.version is not None else deposit
-        path = [
-            Label(entry.label),
-            *_lookup_slot(log, direction, verdict),
-            asm.st_imm(W, FP, ZERO_OFF, 0),
-            asm.ld_map(R1, counters_map),
-            asm.mov64_reg(R2, FP),
-            asm.alu64_imm(Alu.ADD, R2, ZERO_OFF),
-            asm.call(Helper.map_lookup_elem),
-            asm.jmp_imm(Jmp.JEQ, R0, 0, verdict),  # cannot happen: the counters' one index
-            asm.mov64_reg(R8, R0),
-            # Take the slot: one xchg, atomic against a softirq or task on this CPU.
-            asm.mov64_imm(R1, 1),
-            Insn(asm.STX | W | asm.ATOMIC, R7, R1, SLOT_BUSY, XCHG),
-            asm.jmp_imm(Jmp.JNE, R1, 0, busy),
-        ]
+        path = [Label(entry.label), *_take(log, counters_map, direction, verdict, busy)]
         if entry.version is not None:
             alen = 4 if entry.version == 4 else 16
             head = entry.version | (int(direction) << 8)
@@ -447,29 +432,81 @@ def guarded_drop(
             ]
         path.append(asm.ja(count))
         if n == 0:  # the first entry falls through into the shared count
-            hot += path
+            hot += [*path, Label(count), *_owner_adds(direction, kind, fold, verdict)]
         else:
             cold += path
-        if n == 0:
-            hot += [
-                Label(count),
-                # Owner: the counters with plain adds, then release and look for deposits.
-                asm.ldx(DW, R1, R8, pkts),
-                asm.ldx(W, R2, R6, skb.LEN),
-                asm.ldx(DW, R3, R8, nbytes),
-                asm.alu64_imm(Alu.ADD, R1, 1),
-                asm.alu64_reg(Alu.ADD, R3, R2),
-                asm.stx(DW, R8, pkts, R1),
-                asm.stx(DW, R8, nbytes, R3),
-                asm.st_imm(W, R7, SLOT_BUSY, 0),
-                asm.ldx(DW, R1, R7, SLOT_DEPOSITS),
-                asm.jmp_imm(Jmp.JNE, R1, 0, fold),
-                asm.ja(verdict),
-            ]
-    # The slot is busy (this program interrupted or preempted its owner): deposit the
-    # counts with locked adds, bytes, then packets, then the signal; then try to fold.
+    cold += _deposit_and_fold(direction, kind, deposit, fold, verdict)
+    return hot, cold
+
+
+def guarded_pass(
+    log: Log, counters_map: PerCPUArrayMap, direction: Direction, done: str
+) -> tuple[list[Insn | Label], list[Insn | Label]]:
+    """Count a passed packet under the busy flag (hot, cold); then go to ``done``.
+
+    The passed counters take part for the same reason as the dropped ones (module
+    docstring, 4): guarded slots exist only where every program that ever wrote this
+    unit's counters had them.
+    """
+    if not guarded(log):
+        raise ValueError("guarded_pass needs slots with the busy flag")
+    tag = f"ps_{direction.name.lower()}"
+    deposit, fold = f"{tag}_deposit", f"{tag}_fold"
+    hot = [
+        *_take(log, counters_map, direction, done, deposit),
+        *_owner_adds(direction, "passed", fold, done),
+    ]
+    return hot, _deposit_and_fold(direction, "passed", deposit, fold, done)
+
+
+def _take(
+    log: Log, counters_map: PerCPUArrayMap, direction: Direction, missing: str, busy: str
+) -> list[Insn | Label]:
+    """r7 = this CPU's slot, r8 = this CPU's counters; take the slot's busy flag, or go to
+    ``busy`` when another context on this CPU holds it."""
+    return [
+        *_lookup_slot(log, direction, missing),
+        asm.st_imm(W, FP, ZERO_OFF, 0),
+        asm.ld_map(R1, counters_map),
+        asm.mov64_reg(R2, FP),
+        asm.alu64_imm(Alu.ADD, R2, ZERO_OFF),
+        asm.call(Helper.map_lookup_elem),  # inlined too
+        asm.jmp_imm(Jmp.JEQ, R0, 0, missing),  # cannot happen: the counters' one index
+        asm.mov64_reg(R8, R0),
+        # One xchg: atomic against a softirq or a task on this CPU.
+        asm.mov64_imm(R1, 1),
+        Insn(asm.STX | W | asm.ATOMIC, R7, R1, SLOT_BUSY, XCHG),
+        asm.jmp_imm(Jmp.JNE, R1, 0, busy),
+    ]
+
+
+def _owner_adds(direction: Direction, kind: str, fold: str, done: str) -> list[Insn | Label]:
+    """The owner: counters of ``kind`` with plain adds, release, then look for deposits."""
+    pkts, nbytes = counters.offsets(direction, kind)
+    return [
+        asm.ldx(DW, R1, R8, pkts),
+        asm.ldx(W, R2, R6, skb.LEN),
+        asm.ldx(DW, R3, R8, nbytes),
+        asm.alu64_imm(Alu.ADD, R1, 1),
+        asm.alu64_reg(Alu.ADD, R3, R2),
+        asm.stx(DW, R8, pkts, R1),
+        asm.stx(DW, R8, nbytes, R3),
+        asm.st_imm(W, R7, SLOT_BUSY, 0),
+        asm.ldx(DW, R1, R7, SLOT_DEPOSITS),
+        asm.jmp_imm(Jmp.JNE, R1, 0, fold),
+        asm.ja(done),
+    ]
+
+
+def _deposit_and_fold(
+    direction: Direction, kind: str, deposit: str, fold: str, done: str
+) -> list[Insn | Label]:
+    """``deposit``: the slot is busy (this program interrupted or preempted its owner): add
+    the counts with locked adds, bytes, then packets, then the signal. ``fold``: take the
+    slot if free and move every kind's deposits into the counters; again while new ones
+    arrived, up to FOLD_ROUNDS times. Then go to ``done``."""
     dep = SLOT_DEPOSIT[kind]
-    cold += [
+    p: list[Insn | Label] = [
         Label(deposit),
         asm.ldx(W, R1, R6, skb.LEN),
         asm.atomic_add(DW, R7, dep + 8, R1),
@@ -481,28 +518,28 @@ def guarded_drop(
         Label(f"{fold}_round"),
         asm.mov64_imm(R1, 1),
         Insn(asm.STX | W | asm.ATOMIC, R7, R1, SLOT_BUSY, XCHG),
-        asm.jmp_imm(Jmp.JNE, R1, 0, verdict),  # its owner reads the deposits after release
+        asm.jmp_imm(Jmp.JNE, R1, 0, done),  # its owner reads the deposits after release
         asm.mov64_imm(R1, 0),
         Insn(asm.STX | DW | asm.ATOMIC, R7, R1, SLOT_DEPOSITS, XCHG),
     ]
     for k, off in SLOT_DEPOSIT.items():
         for i, field in enumerate(counters.offsets(direction, k)):
-            cold += [
+            p += [
                 asm.mov64_imm(R1, 0),
                 Insn(asm.STX | DW | asm.ATOMIC, R7, R1, off + 8 * i, XCHG),
                 asm.ldx(DW, R2, R8, field),
                 asm.alu64_reg(Alu.ADD, R2, R1),
                 asm.stx(DW, R8, field, R2),
             ]
-    cold += [
+    return [
+        *p,
         asm.st_imm(W, R7, SLOT_BUSY, 0),
         asm.ldx(DW, R1, R7, SLOT_DEPOSITS),
-        asm.jmp_imm(Jmp.JEQ, R1, 0, verdict),
+        asm.jmp_imm(Jmp.JEQ, R1, 0, done),
         asm.alu64_imm(Alu.SUB, R9, 1),
         asm.jmp_imm(Jmp.JNE, R9, 0, f"{fold}_round"),
-        asm.ja(verdict),
+        asm.ja(done),
     ]
-    return hot, cold
 
 
 def _to_hash(

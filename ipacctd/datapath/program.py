@@ -109,13 +109,18 @@ def build(
             p += hot
             cold += slow
     p.append(Label("pass"))
-    if shape.accounting:
+    log = denied_map if shape.log_denied else None
+    guarded = log is not None and denied.guarded(log)
+    if shape.accounting and log is not None and guarded:
+        hot, slow = denied.guarded_pass(log, counters_map, shape.direction, "counted")
+        p += [*hot, Label("counted")]
+        cold += slow
+    elif shape.accounting:
         p += _count(counters_map, shape.direction, "passed")
     p += [asm.mov64_imm(R0, 1), asm.exit_()]
     kind = "audit" if shape.audit else "dropped"
     jumped = {i.target for i in p + cold if isinstance(i, Insn) and i.target}
-    log = denied_map if shape.log_denied else None
-    if log is not None and denied.guarded(log):
+    if log is not None and guarded:
         entries = [
             denied.Entry(f"drop_{tag}", rules.version, -alen)
             for rules, _, alen, _, tag in active
