@@ -145,6 +145,45 @@ def test_passed_packets_that_find_the_slot_busy_are_deposited_and_folded() -> No
 
 
 @pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "legacy"])
+@pytest.mark.parametrize("audit", [False, True], ids=["enforce", "audit"])
+@pytest.mark.parametrize("accounting", [False, True], ids=["noacct", "acct"])
+@pytest.mark.parametrize("deny", ["v4", "v6", "both", "any"])
+@pytest.mark.parametrize("strategy", ["inline", "lpm", "multibit-16-4", "lenhash-12"])
+def test_every_shape_verifies_with_either_slot_layout(
+    monkeypatch, strategy: str, deny: str, accounting: bool, audit: bool, guarded: bool
+) -> None:
+    """The verifier accepts the guarded and the legacy drop and pass paths for each lookup
+    strategy, with an allow hole, in enforce and audit mode; a denied packet gets its
+    verdict and is counted once."""
+    force(monkeypatch, strategy)
+    lists = {
+        "v4": (net("198.51.100.0/24"), net("10.0.0.0/8")),
+        "v6": (net("2001:db8::/64"), net("2001:db8:2::1/128")),
+        "both": (net("198.51.100.0/24"), net("2001:db8::/64")),
+        "any": (net("0.0.0.0/0"), net("::/0")),
+    }
+    spec = Spec(
+        allow=(net("198.51.100.7/32"), net("2001:db8::7/128")),
+        deny=lists[deny],
+        accounting=accounting,
+        audit=audit,
+    )
+    if deny == "v6":
+        frame = udp_frame("2001:db8:1::1", "2001:db8::9")
+    else:
+        frame = udp_frame("192.0.2.1", "198.51.100.9")
+    with counters.create_map() as cmap, denied.create_map(guarded=guarded) as log:
+        progs = build_programs(spec, cmap, log)
+        try:
+            assert progs.egress.test_run(frame, 3).retval == (1 if audit else 0)
+        finally:
+            progs.close()
+        c = counters.read(cmap)
+        assert getattr(c, f"egress_{'audit' if audit else 'dropped'}_packets") == 3
+        assert c.egress_packets == (3 if audit and accounting else 0)
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "legacy"])
 @pytest.mark.parametrize("strategy", ["inline", "lpm", "multibit-16-4", "lenhash-12"])
 def test_both_slot_layouts_log_and_count_exactly(monkeypatch, strategy: str, guarded: bool) -> None:
     """Runs of packets to alternating addresses, both families and directions: the log and
