@@ -13,9 +13,15 @@ Shape of the emitted program (parts drop out when the policy does not need them)
     ipv6: the same with 16-byte addresses
     pass:  count passed packets and skb->len bytes  (only with accounting on)
            return 1
-    drop:  count dropped (or, in audit mode, count would-be-dropped and go to pass)
+    drop:  log the remote address (with a deny list), count dropped (or, in audit mode,
+           count would-be-dropped and go to pass)
            return 0
-    cold:  bpf_skb_load_bytes when the address is not in the linear data
+    cold:  bpf_skb_load_bytes when the address is not in the linear data; slot take-overs
+           and the paths of a packet that finds its CPU's slot busy (see denied.py)
+
+Counting: with the denied-addresses log's busy-flag slots (a unit made with its deny list)
+the pass and drop paths take this CPU's slot with one ``xchg`` and add with plain loads and
+stores (denied.py proves why that is exact); otherwise each counter gets a ``lock add``.
 
 Ingress checks the packet's source address, egress its destination, as systemd does.
 In a cgroup_skb program offset 0 of ``bpf_skb_load_bytes`` is the IP header.
