@@ -97,26 +97,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipacctd.bpf import asm
-from ipacctd.bpf.asm import (
-    DW,
-    FP,
-    R0,
-    R1,
-    R2,
-    R3,
-    R4,
-    R6,
-    R7,
-    R8,
-    R9,
-    Alu,
-    Helper,
-    Insn,
-    Jmp,
-    Label,
-    Reg,
-    W,
-)
+from ipacctd.bpf.asm import DW, FP, R0, R1, R2, R3, R4, R6, R7, R8, R9, Alu, Insn, Jmp, Label, W
 from ipacctd.bpf.maps import LRUHashMap, Map, PerCPUArrayMap, possible_cpus
 from ipacctd.datapath import counters, skb
 from ipacctd.datapath.counters import Direction
@@ -269,7 +250,7 @@ def open_pinned(path: str, create: bool = False) -> Log:
     return Log(table, slots)
 
 
-def _time(slot: Reg, tick_done: str) -> list[Insn | Label]:
+def _time(slot: asm.Reg, tick_done: str) -> list[Insn | Label]:
     """Store the packet's time in the slot at ``slot``: read the clock only when the jiffy
     moved since the slot's tick (bpf_jiffies64 is one inlined load, the clock a call)."""
     return [
@@ -349,7 +330,7 @@ def _lookup_slot(log: Log, direction: Direction, missing: str) -> list[Insn | La
         asm.ld_map(R1, log.slots),
         asm.mov64_reg(R2, FP),
         asm.alu64_imm(Alu.ADD, R2, INDEX_OFF),
-        asm.call(Helper.map_lookup_elem),
+        asm.call(asm.Helper.map_lookup_elem),
         asm.jmp_imm(Jmp.JEQ, R0, 0, missing),  # cannot happen: index < max_entries
         asm.mov64_reg(R7, R0),
     ]
@@ -470,7 +451,7 @@ def _take(
         asm.ld_map(R1, counters_map),
         asm.mov64_reg(R2, FP),
         asm.alu64_imm(Alu.ADD, R2, ZERO_OFF),
-        asm.call(Helper.map_lookup_elem),  # inlined too
+        asm.call(asm.Helper.map_lookup_elem),  # inlined too
         asm.jmp_imm(Jmp.JEQ, R0, 0, missing),  # cannot happen: the counters' one index
         asm.mov64_reg(R8, R0),
         # One xchg: atomic against a softirq or a task on this CPU.
@@ -559,7 +540,7 @@ def _to_hash(
         asm.ld_map(R1, log.table),
         asm.mov64_reg(R2, FP),
         asm.alu64_imm(Alu.ADD, R2, KEY_OFF),
-        asm.call(Helper.map_lookup_elem),
+        asm.call(asm.Helper.map_lookup_elem),
     ]
     p += [
         *lookup,
@@ -585,7 +566,7 @@ def _to_hash(
         asm.mov64_reg(R3, FP),
         asm.alu64_imm(Alu.ADD, R3, VAL_OFF),
         asm.mov64_imm(R4, NOEXIST),
-        asm.call(Helper.map_update_elem),
+        asm.call(asm.Helper.map_update_elem),
         asm.jmp_imm(Jmp.JEQ, R0, 0, done),
         # Another CPU inserted the address meanwhile: add to its entry.
         *lookup,
@@ -609,7 +590,7 @@ def _flush(table: Map, insert: str, fill: str) -> list[Insn | Label]:
     lookup = [
         asm.ld_map(R1, table),
         asm.mov64_reg(R2, R7),  # the slot starts with the key
-        asm.call(Helper.map_lookup_elem),
+        asm.call(asm.Helper.map_lookup_elem),
     ]
     return [
         *lookup,
@@ -621,7 +602,7 @@ def _flush(table: Map, insert: str, fill: str) -> list[Insn | Label]:
         asm.mov64_reg(R3, R7),
         asm.alu64_imm(Alu.ADD, R3, SLOT_VALUE),  # the slot's value has the hash's layout
         asm.mov64_imm(R4, NOEXIST),
-        asm.call(Helper.map_update_elem),
+        asm.call(asm.Helper.map_update_elem),
         asm.jmp_imm(Jmp.JEQ, R0, 0, fill),
         # Another CPU inserted the address meanwhile: add to its entry.
         *lookup,
