@@ -26,10 +26,10 @@ The slot (SLOT_SIZE bytes, one per CPU and direction)::
     32  u64 bytes
     40  u64 last      CLOCK_MONOTONIC ns (coarse) of the last packet
     48  u32 busy      1 while a program on this CPU owns the slot and the direction's
-                      counters (see below)
+                      dropped and audit counters (see below)
     52  u32 zero
     56  u64 deposits  how many deposits were made (a signal only)
-    64  u64 x6        deposited (packets, bytes): passed, dropped, audit
+    64  u64 x4        deposited (packets, bytes): dropped, audit
 
 What a dropped packet costs, measured with BPF_PROG_TEST_RUN above a ``return 1`` floor
 (bench/datapath.py, 1-entry deny list, this 2-CPU machine): each ``lock add`` about 5 ns,
@@ -51,8 +51,8 @@ clock once per tick. Why that is exact:
    task may run the same unit's program on the same CPU between a load and its store. A
    plain add there would lose a count. Hence ``busy``: a program takes it with ``xchg``
    (one locked instruction, atomic against anything on this CPU) before its plain adds to
-   the slot and to the direction's counters (passed, dropped or audit), and clears it with
-   a plain store after them. Whoever finds it taken (it interrupted or preempted the owner)
+   the slot and to the direction's dropped (or audit) counters, and clears it with a plain
+   store after them. Whoever finds it taken (it interrupted or preempted the owner)
    touches neither: it adds its address to the hash directly (atomic adds, the hash's own
    locking) and its counts to the slot's deposits with ``lock add`` (the owner never
    writes those with plain stores), then tries to fold them in itself (below).
@@ -65,17 +65,19 @@ clock once per tick. Why that is exact:
    picked up by the depositor's own try. Each round needs a new interruption inside the
    previous round's few instructions; after FOLD_ROUNDS rounds (never reached in practice)
    the rest stays deposited for the next packet on this CPU and direction, not lost.
-4. Every writer of those fields takes part. The slots have this layout only when the log
-   was made together with the unit's counters map (``UnitDatapath.create``, for a unit
-   with a deny list from the start), and a unit that has a log builds every program with
-   it: no program without the flag ever wrote those counters. A log added to a unit later
-   (its first deny list came by ``set-property``) follows programs that counted with
-   ``lock add``, maybe of a version before the log that dropped too; a program mid-way
-   through its plain adds, preempted by one of those during the swap, would lose its
-   count. Such a log, and one pinned before this version (slots of LEGACY_SLOT_SIZE
-   bytes, or none: :func:`open_pinned` adds legacy slots), keeps the legacy path: ``lock
-   add`` on the counters (exact), and a slot whose plain adds can, in the nested case of
-   2, lose a count in the log (never in the counters).
+4. Every writer of those fields takes part. The dropped and audit counters of a direction
+   are written only on a deny (a program without a deny list drops nothing: allow-only and
+   empty lists pass everything; passed packets keep their ``lock add``), and the slots
+   have this layout only when the log was made together with the unit's counters map
+   (``UnitDatapath.create``, for a unit with a deny list from the start); a unit that has
+   a log builds every program with it. So no program without the flag ever wrote those
+   counters. A log added to a unit later (its first deny list came by ``set-property``)
+   may follow programs of a version before the log that dropped with ``lock add``; a
+   program mid-way through its plain adds, preempted by one of those during the swap,
+   would lose its count. Such a log, and one pinned before this version (slots of
+   LEGACY_SLOT_SIZE bytes, or none: :func:`open_pinned` adds legacy slots), keeps the
+   legacy path: ``lock add`` on the counters (exact), and a slot whose plain adds can, in
+   the nested case of 2, lose a count in the log (never in the counters).
 
 The time: ``bpf_jiffies64`` is inlined by the verifier (one load); only when the jiffy
 changed since the slot's ``tick`` does the program call ``bpf_ktime_get_coarse_ns``, whose
@@ -111,13 +113,13 @@ ANY, NOEXIST = 0, 1
 
 SLOTS_NAME = "ipacctd_denslot"
 SLOTS_PIN = "denied_slots"
-SLOT_SIZE = 112  # the layout in the module's docstring
+SLOT_SIZE = 96  # the layout in the module's docstring
 LEGACY_SLOT_SIZE = 48  # key, tick (then unused padding), value: no busy flag, no deposits
 SLOT_TICK = 20
 SLOT_VALUE = 24  # offset of the value (packets, bytes, last) in a slot
 SLOT_BUSY = 48
 SLOT_DEPOSITS = 56
-SLOT_DEPOSIT = {"passed": 64, "dropped": 80, "audit": 96}  # (packets, bytes) per kind
+SLOT_DEPOSIT = {"dropped": 64, "audit": 80}  # (packets, bytes) deposited per kind
 FOLD_ROUNDS = 8
 
 JIFFIES64 = 118  # bpf_jiffies64: inlined by the verifier into one load of jiffies_64
@@ -418,26 +420,6 @@ def guarded_drop(
             cold += path
     cold += _deposit_and_fold(direction, kind, deposit, fold, verdict)
     return hot, cold
-
-
-def guarded_pass(
-    log: Log, counters_map: PerCPUArrayMap, direction: Direction, done: str
-) -> tuple[list[Insn | Label], list[Insn | Label]]:
-    """Count a passed packet under the busy flag (hot, cold); then go to ``done``.
-
-    The passed counters take part for the same reason as the dropped ones (module
-    docstring, 4): guarded slots exist only where every program that ever wrote this
-    unit's counters had them.
-    """
-    if not guarded(log):
-        raise ValueError("guarded_pass needs slots with the busy flag")
-    tag = f"ps_{direction.name.lower()}"
-    deposit, fold = f"{tag}_deposit", f"{tag}_fold"
-    hot = [
-        *_take(log, counters_map, direction, done, deposit),
-        *_owner_adds(direction, "passed", fold, done),
-    ]
-    return hot, _deposit_and_fold(direction, "passed", deposit, fold, done)
 
 
 def _take(

@@ -19,9 +19,11 @@ Shape of the emitted program (parts drop out when the policy does not need them)
     cold:  bpf_skb_load_bytes when the address is not in the linear data; slot take-overs
            and the paths of a packet that finds its CPU's slot busy (see denied.py)
 
-Counting: with the denied-addresses log's busy-flag slots (a unit made with its deny list)
-the pass and drop paths take this CPU's slot with one ``xchg`` and add with plain loads and
-stores (denied.py proves why that is exact); otherwise each counter gets a ``lock add``.
+Counting: passed packets with a ``lock add`` per counter. Denied ones, with the
+denied-addresses log's busy-flag slots (a unit made with its deny list), under this CPU's
+slot taken with one ``xchg``, with plain loads and stores (denied.py proves why that is
+exact); with legacy slots, or none, with a ``lock add`` per counter too. The pass path
+touches no map of the log: a program without a drop path does not reference it.
 
 Ingress checks the packet's source address, egress its destination, as systemd does.
 In a cgroup_skb program offset 0 of ``bpf_skb_load_bytes`` is the IP header.
@@ -115,18 +117,13 @@ def build(
             p += hot
             cold += slow
     p.append(Label("pass"))
-    log = denied_map if shape.log_denied else None
-    guarded = log is not None and denied.guarded(log)
-    if shape.accounting and log is not None and guarded:
-        hot, slow = denied.guarded_pass(log, counters_map, shape.direction, "counted")
-        p += [*hot, Label("counted")]
-        cold += slow
-    elif shape.accounting:
+    if shape.accounting:
         p += _count(counters_map, shape.direction, "passed")
     p += [asm.mov64_imm(R0, 1), asm.exit_()]
     kind = "audit" if shape.audit else "dropped"
     jumped = {i.target for i in p + cold if isinstance(i, Insn) and i.target}
-    if log is not None and guarded:
+    log = denied_map if shape.log_denied else None
+    if log is not None and denied.guarded(log):
         entries = [
             denied.Entry(f"drop_{tag}", rules.version, -alen)
             for rules, _, alen, _, tag in active
