@@ -174,11 +174,15 @@ def _load_address(
         asm.alu64_imm(Alu.ADD, R1, offset + alen),
         asm.jmp_reg(Jmp.JGT, R1, R0, f"{tag}_load_bytes"),
     ]
-    if stack:
+    load = words
+    if stack and alen == 4 and words == (0,):  # the word is the address: one load
+        hot += [asm.ldx(W, WORD_REGS[0], R5, offset), asm.stx(W, FP, -alen, WORD_REGS[0])]
+        load = ()
+    elif stack:
         size = DW if alen == 16 else W
         for i in range(0, alen, asm.size_bytes(size)):
             hot += [asm.ldx(size, R0, R5, offset + i), asm.stx(size, FP, -alen + i, R0)]
-    hot += [asm.ldx(W, WORD_REGS[i], R5, offset + 4 * i) for i in words]
+    hot += [asm.ldx(W, WORD_REGS[i], R5, offset + 4 * i) for i in load]
     hot.append(Label(f"{tag}_loaded"))
     cold: list[Insn | Label] = [
         Label(f"{tag}_load_bytes"),
