@@ -213,7 +213,8 @@ class Policy:
 
 
 def unit_log(spec: Spec) -> denied.Log | None:
-    """A fresh denied-addresses log when ``spec`` has a deny list (what UnitDatapath pins)."""
+    """A fresh denied-addresses log when ``spec`` has a deny list (what UnitDatapath.create
+    pins for a unit made with one: busy-flag slots)."""
     return denied.create_map() if spec.deny else None
 
 
@@ -586,7 +587,12 @@ def compare_systemd(
     floor: Program, counters_map: PerCPUArrayMap, repeat: int, runs: int, extra: list[Case]
 ) -> None:
     """systemd's programs beside ipacctd's for the same policy, and ``extra`` cases (the
-    100k-prefix IPv6 lists) measured in the same rounds against systemd's 1-prefix ones."""
+    100k-prefix IPv6 lists) measured in the same rounds against systemd's 1-prefix ones.
+
+    ipacctd's programs come twice: with the log a unit made with its deny list gets (busy
+    flag slots) and with the legacy log a unit gets when its first deny list comes later
+    by set-property (see ipacctd/datapath/denied.py).
+    """
     ip = ipaddress.ip_address
     spec = Spec(deny=(ipaddress.ip_network("198.51.100.1/32"),), accounting=True)
     frames = [
@@ -594,8 +600,9 @@ def compare_systemd(
         ("v4 miss     198.51.100.2", ip("198.51.100.2"), 1),
         ("v6 (no v6 rule) 2001:db8::2", ip("2001:db8::2"), 1),
     ]
-    log = unit_log(spec)
+    log, legacy_log = denied.create_map(), denied.create_map(guarded=False)
     mine = build_programs(spec, counters_map, log)
+    legacy = build_programs(spec, counters_map, legacy_log)
     try:
         with systemd_programs() as (sd_ing, sd_eg):
             info_i, info_e = sd_ing.info(), sd_eg.info()
@@ -606,36 +613,59 @@ def compare_systemd(
                 f"{mine.ingress.info().xlated_len // 8} insns, egress "
                 f"{mine.egress.info().xlated_len // 8} insns"
             )
-            pairs: list[tuple[Case, Case]] = []
+            rows: list[tuple[Case, Case, Case]] = []
             for direction, sd_prog in ((Direction.EGRESS, sd_eg), (Direction.INGRESS, sd_ing)):
                 for name, address, expect in frames:
                     data = packet(direction, address)
                     label = f"{direction.name.lower():7} {name}"
-                    pairs.append(
+                    rows.append(
                         (
                             Case(f"systemd {label}", sd_prog, data, expect),
                             Case(f"ipacctd {label}", mine.by_direction(direction), data, expect),
+                            Case(f"legacy  {label}", legacy.by_direction(direction), data, expect),
                         )
                     )
             extra = [Case(c.label, c.prog, c.data, c.expect, c.key) for c in extra]
-            measure([c for pair in pairs for c in pair] + extra, floor, repeat, runs)
+            measure([c for row in rows for c in row] + extra, floor, repeat, runs)
     finally:
         mine.close()
-        if log is not None:
-            log.close()
+        legacy.close()
+        log.close()
+        legacy_log.close()
     print(
         f"{'case':44} {'ns/pkt':>7} {'floor':>6} {'above':>6} {'x floor':>7} "
-        f"{'ipacctd/systemd (above floor)':>30}"
+        f"{'x systemd (above floor)':>24}"
     )
-    for sd, me in pairs:
-        for case in (sd, me):
-            rel = ratio(me.above, sd.above) if case is me else ""
+    for row in rows:
+        sd = row[0]
+        for case in row:
+            rel = ratio(case.above, sd.above) if case is not sd else ""
             print(
                 f"{case.label:44} {case.median:7.1f} {case.floor_median:6.1f} "
-                f"{case.above:6.1f} {ratio(case.median, case.floor_median):>7} {rel:>30}"
+                f"{case.above:6.1f} {ratio(case.median, case.floor_median):>7} {rel:>24}"
             )
+    print()
+    print(
+        "## drop path and pass path, 1-entry deny + denied log (what a unit runs; 'legacy': "
+        "a unit whose log came with a later deny list), medians of the same rounds"
+    )
+    print(
+        f"{'path':22} {'floor':>6} {'systemd':>8} {'ipacctd':>8} {'legacy':>7} "
+        f"{'sd above':>9} {'ip above':>9} {'lg above':>9} {'ip/sd':>6} {'lg/sd':>6}"
+    )
+    for sd, me, lg in rows:
+        if "v6" in sd.label:
+            continue
+        direction = sd.label.split()[1]
+        path = f"{'drop' if sd.expect == 0 else 'pass'} {direction}"
+        floor_ns = statistics.median(sd.floor + me.floor + lg.floor)
+        print(
+            f"{path:22} {floor_ns:6.1f} {sd.median:8.1f} {me.median:8.1f} {lg.median:7.1f} "
+            f"{sd.above:9.1f} {me.above:9.1f} {lg.above:9.1f} "
+            f"{ratio(me.above, sd.above):>6} {ratio(lg.above, sd.above):>6}"
+        )
     if extra:
-        sd_one = {c.label: c for c, _ in pairs}
+        sd_one = {row[0].label: row[0] for row in rows}
         hit = sd_one["systemd egress  v4 deny-hit 198.51.100.1"]
         miss = sd_one["systemd egress  v4 miss     198.51.100.2"]
         print()

@@ -109,6 +109,8 @@ FP = R10
 PSEUDO_MAP_FD = 1
 PSEUDO_MAP_VALUE = 2
 ATOMIC_ADD = 0x00
+ATOMIC_FETCH = 0x01
+ATOMIC_XCHG = 0xE0 | ATOMIC_FETCH  # BPF_XCHG: the kernel defines it with BPF_FETCH set
 
 _SIZE_BYTES = {W: 4, H: 2, B: 1, DW: 8}
 _SIZE_NAME = {W: "u32", H: "u16", B: "u8", DW: "u64"}
@@ -244,6 +246,11 @@ def st_imm(size: int, dst: Reg, off: int, imm: int) -> Insn:
 def atomic_add(size: int, dst: Reg, off: int, src: Reg) -> Insn:
     """lock *(size *)(dst + off) += src (size W or DW)."""
     return Insn(STX | size | ATOMIC, dst, src, off, ATOMIC_ADD)
+
+
+def atomic_xchg(size: int, dst: Reg, off: int, src: Reg) -> Insn:
+    """src = xchg(*(size *)(dst + off), src): one locked instruction (size W or DW)."""
+    return Insn(STX | size | ATOMIC, dst, src, off, ATOMIC_XCHG)
 
 
 def ld_imm64(dst: Reg, imm: int) -> Insn:
@@ -410,6 +417,8 @@ def _format(ins: Insn, helper_names: bool = True) -> str:
         return f"*({size} *)(r{ins.dst} {ins.off:+d}) = {ins.imm}"
     if cls == STX:
         if op & 0xE0 == ATOMIC:
+            if ins.imm == ATOMIC_XCHG:
+                return f"r{ins.src} = xchg(*({size} *)(r{ins.dst} {ins.off:+d}), r{ins.src})"
             return f"lock *({size} *)(r{ins.dst} {ins.off:+d}) += r{ins.src}"
         return f"*({size} *)(r{ins.dst} {ins.off:+d}) = r{ins.src}"
     if cls in (JMP, JMP32):

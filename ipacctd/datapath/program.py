@@ -13,9 +13,17 @@ Shape of the emitted program (parts drop out when the policy does not need them)
     ipv6: the same with 16-byte addresses
     pass:  count passed packets and skb->len bytes  (only with accounting on)
            return 1
-    drop:  count dropped (or, in audit mode, count would-be-dropped and go to pass)
+    drop:  log the remote address (with a deny list), count dropped (or, in audit mode,
+           count would-be-dropped and go to pass)
            return 0
-    cold:  bpf_skb_load_bytes when the address is not in the linear data
+    cold:  bpf_skb_load_bytes when the address is not in the linear data; slot take-overs
+           and the paths of a packet that finds its CPU's slot busy (see denied.py)
+
+Counting: passed packets with a ``lock add`` per counter. Denied ones, with the
+denied-addresses log's busy-flag slots (a unit made with its deny list), under this CPU's
+slot taken with one ``xchg``, with plain loads and stores (denied.py proves why that is
+exact); with legacy slots, or none, with a ``lock add`` per counter too. The pass path
+touches no map of the log: a program without a drop path does not reference it.
 
 Ingress checks the packet's source address, egress its destination, as systemd does.
 In a cgroup_skb program offset 0 of ``bpf_skb_load_bytes`` is the IP header.
@@ -50,15 +58,10 @@ from ipacctd.bpf.asm import (
     W,
 )
 from ipacctd.bpf.maps import PerCPUArrayMap
-from ipacctd.datapath import counters, denied, lookup
+from ipacctd.datapath import counters, denied, lookup, skb
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.lookup import Table
 from ipacctd.datapath.rules import DENY, FamilyRules
-
-SKB_LEN = 0
-SKB_PROTOCOL = 16
-SKB_DATA = 76
-SKB_DATA_END = 80
 
 
 def _proto(ethertype: int) -> int:
@@ -102,7 +105,7 @@ def build(
     families = [(shape.v4, PROTO_IPV4, 4, table4, "v4"), (shape.v6, PROTO_IPV6, 16, table6, "v6")]
     active = [f for f in families if not f[0].empty]
     if active:
-        p.append(asm.ldx(W, R2, R6, SKB_PROTOCOL))
+        p.append(asm.ldx(W, R2, R6, skb.PROTOCOL))
         # The last family's check comes first, reached by falling through its JNE.
         active = active[-1:] + active[:-1]
         for _, proto, _, _, tag in active[1:]:
@@ -117,19 +120,34 @@ def build(
     if shape.accounting:
         p += _count(counters_map, shape.direction, "passed")
     p += [asm.mov64_imm(R0, 1), asm.exit_()]
-    if shape.log_denied and denied_map is not None:
+    kind = "audit" if shape.audit else "dropped"
+    jumped = {i.target for i in p + cold if isinstance(i, Insn) and i.target}
+    log = denied_map if shape.log_denied else None
+    if log is not None and denied.guarded(log):
+        entries = [
+            denied.Entry(f"drop_{tag}", rules.version, -alen)
+            for rules, _, alen, _, tag in active
+            if f"drop_{tag}" in jumped
+        ]
+        if "drop" in jumped:  # an address that could not be read: counted, not logged
+            entries.append(denied.Entry("drop"))
+        if entries:
+            hot, slow = denied.guarded_drop(
+                log, counters_map, shape.direction, kind, entries, "verdict"
+            )
+            p += [*hot, Label("verdict"), *_verdict(shape.audit)]
+            cold += slow
+        return _tighten(p + cold)
+    if log is not None:
         for rules, _, alen, _, tag in active:
-            if any(isinstance(i, Insn) and i.target == f"drop_{tag}" for i in p):
+            if f"drop_{tag}" in jumped:
                 p.append(Label(f"drop_{tag}"))
-                p += denied.record(denied_map, shape.direction, rules.version, -alen, "drop")
-    if any(isinstance(i, Insn) and i.target == "drop" for i in p + cold):
+                p += denied.record(log, shape.direction, rules.version, -alen, "drop")
+                jumped.add("drop")
+    if "drop" in jumped:
         p.append(Label("drop"))
-        if shape.audit:
-            p += _count(counters_map, shape.direction, "audit")
-            p.append(asm.ja("pass"))
-        else:
-            p += _count(counters_map, shape.direction, "dropped")
-            p += [asm.mov64_imm(R0, 0), asm.exit_()]
+        p += _count(counters_map, shape.direction, kind)
+        p += _verdict(shape.audit)
     return _tighten(p + cold)
 
 
@@ -150,17 +168,21 @@ def _load_address(
     src, dst = IPV4_ADDR if alen == 4 else IPV6_ADDR
     offset = src if direction == Direction.INGRESS else dst
     hot: list[Insn | Label] = [
-        asm.ldx(W, R5, R6, SKB_DATA),
-        asm.ldx(W, R0, R6, SKB_DATA_END),
+        asm.ldx(W, R5, R6, skb.DATA),
+        asm.ldx(W, R0, R6, skb.DATA_END),
         asm.mov64_reg(R1, R5),
         asm.alu64_imm(Alu.ADD, R1, offset + alen),
         asm.jmp_reg(Jmp.JGT, R1, R0, f"{tag}_load_bytes"),
     ]
-    if stack:
+    load = words
+    if stack and alen == 4 and words == (0,):  # the word is the address: one load
+        hot += [asm.ldx(W, WORD_REGS[0], R5, offset), asm.stx(W, FP, -alen, WORD_REGS[0])]
+        load = ()
+    elif stack:
         size = DW if alen == 16 else W
         for i in range(0, alen, asm.size_bytes(size)):
             hot += [asm.ldx(size, R0, R5, offset + i), asm.stx(size, FP, -alen + i, R0)]
-    hot += [asm.ldx(W, WORD_REGS[i], R5, offset + 4 * i) for i in words]
+    hot += [asm.ldx(W, WORD_REGS[i], R5, offset + 4 * i) for i in load]
     hot.append(Label(f"{tag}_loaded"))
     cold: list[Insn | Label] = [
         Label(f"{tag}_load_bytes"),
@@ -425,10 +447,15 @@ def _count(counters_map: PerCPUArrayMap, direction: Direction, kind: str) -> lis
         asm.jmp_imm(Jmp.JEQ, R0, 0, done),
         asm.mov64_imm(R1, 1),
         asm.atomic_add(DW, R0, pkts, R1),
-        asm.ldx(W, R1, R6, SKB_LEN),
+        asm.ldx(W, R1, R6, skb.LEN),
         asm.atomic_add(DW, R0, nbytes, R1),
         Label(done),
     ]
+
+
+def _verdict(audit: bool) -> list[Insn | Label]:
+    """After counting a denied packet: in audit mode let it pass, else drop it."""
+    return [asm.ja("pass")] if audit else [asm.mov64_imm(R0, 0), asm.exit_()]
 
 
 def _tighten(p: list[Insn | Label]) -> list[Insn | Label]:

@@ -588,7 +588,9 @@ class UnitDatapath:
             return denied.open_pinned(path, create)
         if not create:
             return None
-        dmap = denied.create_map()
+        # Legacy slots: this unit's counters may have been written without the busy flag
+        # (programs of a version before the log; see denied.py's docstring, 4).
+        dmap = denied.create_map(guarded=False)
         try:
             dmap.pin(path)
         except BaseException:

@@ -48,6 +48,7 @@ class StandIn:
 
     fd: int
     role: str
+    value_size: int = 0  # the denied log's slots: which drop path (busy flag or legacy)
 
 
 def _v4(n: int, base: str = "198.18.0.0") -> list[Network]:
@@ -87,6 +88,7 @@ class Policy:
     accounting: bool = True
     audit: bool = False
     log_denied: bool = False
+    slot_size: int = denied.SLOT_SIZE  # a log made with the unit (busy flag) or added later
 
 
 POLICIES = {
@@ -119,6 +121,13 @@ POLICIES = {
         "IPAddressDeny=198.51.100.1 2001:db8::1 (denied addresses logged)",
         deny=tuple(_nets("198.51.100.1/32", "2001:db8::1/128")),
         log_denied=True,
+    ),
+    "denied-log-legacy-slots": Policy(
+        "IPAddressDeny=198.51.100.1 2001:db8::1 (denied addresses logged; the log added by "
+        "set-property: legacy slots, locked adds)",
+        deny=tuple(_nets("198.51.100.1/32", "2001:db8::1/128")),
+        log_denied=True,
+        slot_size=denied.LEGACY_SLOT_SIZE,
     ),
     "denied-log-deny-any": Policy(
         "IPAddressDeny=any (denied addresses logged)",
@@ -194,7 +203,10 @@ def render(name: str) -> str:
     fds = iter(range(100, 200))
     counters_map = StandIn(next(fds), "counters")
     log = (
-        denied.Log(StandIn(next(fds), "denied"), StandIn(next(fds), "denied slots"))
+        denied.Log(
+            StandIn(next(fds), "denied"),
+            StandIn(next(fds), "denied slots", policy.slot_size),
+        )
         if policy.log_denied
         else None
     )
