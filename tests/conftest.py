@@ -18,10 +18,11 @@ from collections.abc import Iterator
 
 import pytest
 
-# The helpers every suite shares (support.py, daemon_support.py, e2e_helpers.py, model.py,
-# netns.py) live in tests/, which pyproject.toml's ``pythonpath = ["tests"]`` puts on the
-# import path; a suite's own helpers (reliability/rel.py, systemd/sdref.py, ...) sit beside
-# its tests, whose directory pytest puts there for them.
+# The helpers several suites share (support.py, daemon_support.py, e2e_helpers.py, model.py,
+# netns.py, sdref.py) live in tests/, which pyproject.toml's ``pythonpath = ["tests"]`` puts
+# on the import path; a suite's own helpers (reliability/rel.py,
+# containers/podman_support.py, ...) sit beside its tests, whose directory pytest puts there
+# for them.
 
 _CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REQUIRE = os.environ.get("IPACCTD_REQUIRE_KERNEL") == "1" or _CI

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from support import shared_dir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 _CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REQUIRE = os.environ.get("IPACCTD_REQUIRE_KERNEL") == "1" or _CI
 LOCK = "/tmp/sdref.lock"
