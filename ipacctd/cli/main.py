@@ -324,8 +324,9 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported, PermissionDenied
-    from ipacctd.journal import error_line
 
+    # ipacctd.journal (and with it logging) is imported only when there is an error to
+    # print: a run that succeeds never needs it.
     if argv is None:
         argv = sys.argv[1:]
     args = build_parser(_verb_of(argv)).parse_args(argv)
@@ -358,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Error as exc:
+        from ipacctd.journal import error_line
+
         # an error in the journal too
         print(error_line(f"ipacctd: {exc}{_missing(args.verb, exc)}"), file=sys.stderr)
         codes = ((InvalidInput, EXIT_USAGE), (NotFound, EXIT_NOT_FOUND),
@@ -367,11 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Outside the engine's changes (which undo what they started and raise OutOfMemory,
         # an Error): a read, the parser. Still one line, not a traceback.
         from ipacctd.errors import OutOfMemory
+        from ipacctd.journal import error_line
 
         print(error_line(f"ipacctd: out of memory ({OutOfMemory.HINT})"), file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
         # A safety net: an unmapped system error is still one line, not a traceback.
+        from ipacctd.journal import error_line
+
         where = f": {exc.filename}" if exc.filename else ""
         print(error_line(f"ipacctd: {exc.strerror or exc}{where}"), file=sys.stderr)
         return EXIT_PERMISSION if isinstance(exc, PermissionError) else EXIT_FAILURE

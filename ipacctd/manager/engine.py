@@ -14,7 +14,6 @@ import errno
 import os
 import signal
 import time
-import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -35,8 +34,7 @@ from ipacctd.errors import (
     OutOfMemory,
     PermissionDenied,
 )
-from ipacctd.manager import generation, owner, recovery, systemd
-from ipacctd.manager import stats as stats_mod
+from ipacctd.manager import generation, owner, systemd
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store, canonical
 from ipacctd.manager.unit import (
@@ -57,6 +55,7 @@ from ipacctd.policy.properties import Properties, parse_assignment
 
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
+    from ipacctd.manager.stats import ProgramStats
     from ipacctd.policy.unitfile import UnitFile
 
 ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
@@ -116,6 +115,8 @@ def _let_go(exc: BaseException) -> None:
     """Free what the frames of a failed step still hold (a half-built datapath's tables
     and instructions), so that undoing it has memory to work with."""
     if exc.__traceback__ is not None:
+        import traceback  # rarely needed: off the start-up path
+
         traceback.clear_frames(exc.__traceback__)
 
 
@@ -234,10 +235,12 @@ class Manager:
             return []
         return entries[:limit] if limit is not None else entries
 
-    def program_stats(self, name: str) -> dict[Direction, stats_mod.ProgramStats]:
+    def program_stats(self, name: str) -> dict[Direction, ProgramStats]:
         """Run time and run count of the unit's programs per direction, linked or (armed by
         systemd) pinned; counted only while BPF statistics are on (see :mod:`.stats`)."""
-        return stats_mod.program_stats(self.store.pin_dir(name))
+        from ipacctd.manager.stats import program_stats  # BPF stats: off the start-up path
+
+        return program_stats(self.store.pin_dir(name))
 
     def status(self, name: str) -> UnitStatus:
         """The unit with its live state: processes, counters, attachment.
@@ -792,6 +795,8 @@ class Manager:
 
     def _rebind(self, unit: Unit) -> Unit:
         """:meth:`rebind` with the lock held."""
+        from ipacctd.manager import recovery  # crash recovery: off the start-up path
+
         fs = self.cgroup_fs(unit)
         cid = recovery.live_cgroup_id(self, unit)
         if cid is None:
@@ -841,6 +846,8 @@ class Manager:
     def _reconcile(self, name: str, unit: Unit | None = None) -> bool:
         """Repair one unit (lock held); True when something was done. The steps, and the
         states they repair, are :mod:`ipacctd.manager.recovery`'s."""
+        from ipacctd.manager import recovery  # crash recovery: off the start-up path
+
         return recovery.reconcile(self, name, unit)
 
     def _sweep_stale_pins(self) -> None:
