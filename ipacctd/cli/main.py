@@ -8,6 +8,7 @@ exit codes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -33,6 +34,10 @@ class VerbParser(argparse.ArgumentParser):
 
     _inside = False  # parse_known_intermixed_args calls parse_known_args twice itself
 
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("formatter_class", _HelpFormatter)  # sub-parsers are VerbParsers too
+        super().__init__(*args, **kwargs)
+
     def _intermixed(self) -> bool:
         return not any(a.nargs in (argparse.PARSER, argparse.REMAINDER)
                        for a in self._get_positional_actions())
@@ -53,6 +58,33 @@ class VerbParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return ns, extras
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter, given the width argparse would find itself — without
+    importing :mod:`shutil` (and with it bz2, lzma, fnmatch: milliseconds of every command's
+    start-up) for it, as argparse does: it makes a formatter for every option it adds."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # as argparse
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, found the same way: ``$COLUMNS``, else the
+    width of the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 class _ValueOf(argparse.Action):
@@ -389,8 +421,6 @@ READ_VERBS = frozenset({"status", "list-units", "show", "inspect", "top", "is-ac
 
 def _missing(verb: str, exc: Exception) -> str:
     """For a user refused a read: what is missing, and the two ways to get it."""
-    import os
-
     from ipacctd.errors import PermissionDenied
 
     if not isinstance(exc, PermissionDenied) or os.geteuid() == 0 or verb not in READ_VERBS:

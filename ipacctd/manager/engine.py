@@ -559,8 +559,12 @@ class Manager:
             unit = replace(unit, cgroup_id=cgroup_id(fs))
             # Metadata first: pins never exist without it, and a crash before the pins are
             # complete leaves a unit that status reports ("programs missing") and reset
-            # removes. It also reserves the name (the lock is held).
-            self.store.write(unit.name, unit.to_json())
+            # removes. It also reserves the name (the lock is held). A transient unit's
+            # record is not fsynced: everything it records — its cgroup, its command, its
+            # pins on bpffs — ends with the host, so a record that outlived a power cut
+            # would describe nothing; the rename keeps it all-or-nothing for readers, and
+            # the order (record, then pins) holds against a crash of this process as is.
+            self.store.write(unit.name, unit.to_json(), durable=not unit.transient)
         except BaseException:  # e.g. a full state directory: nothing may stay behind
             self._undo_create(unit, make_cgroup)
             raise
