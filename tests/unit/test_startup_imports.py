@@ -7,7 +7,8 @@ Each of these cost milliseconds of every ``ipacctd run`` (measured in bench/cli.
 imported where it is used instead: logging (and with it traceback, string, threading) only
 when something is logged or an error printed; tomllib (and datetime) only when there is a
 configuration file; subprocess and shutil only to call systemctl; the D-Bus client (and
-asyncio) only when a daemon serves the installation; the terminal helpers only to print.
+asyncio) only when a daemon serves the installation; the terminal helpers only to print;
+socket.py not at all (its C core has the address conversions).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ NOT_ON_THE_RUN_PATH = (
     "subprocess",
     "shutil",
     "asyncio",
+    "socket",
     "dbus_fast",
     "ipacctd.journal",
     "ipacctd.cli.remote",
