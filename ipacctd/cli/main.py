@@ -354,13 +354,31 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status.
+
+    Run as the program (``argv`` None: the ``ipacctd`` command, ``python -m ipacctd``), the
+    process ends right after: what is alive then — modules, classes, functions, nearly all
+    of it made at import — is frozen out of the cyclic garbage collector, so that the
+    interpreter's final collection does not walk it all once more (``gc.freeze``; ~8 ms of
+    every command). Exit handlers and the flush of stdout/stderr run as before; everything
+    ipacctd writes is closed (and fsynced where it must be) before it returns. Called with
+    an ``argv`` (in-process, as tests do), the collector is left alone.
+    """
+    if argv is None:
+        try:
+            return _main(sys.argv[1:])
+        finally:
+            import gc
+
+            gc.freeze()
+    return _main(argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported, PermissionDenied
 
     # ipacctd.journal (and with it logging) is imported only when there is an error to
     # print: a run that succeeds never needs it.
-    if argv is None:
-        argv = sys.argv[1:]
     args = build_parser(_verb_of(argv)).parse_args(argv)
     try:
         if args.verb == "run":
