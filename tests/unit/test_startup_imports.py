@@ -112,3 +112,36 @@ def test_a_daemons_runtime_file_sends_the_run_to_the_daemon_client(tmp_path) -> 
     (state / "daemon.json").write_text(json.dumps({"pid": 1, "starttime": 1}))
     found = _probe(tmp_path, str(tmp_path / "no-such.conf"))
     assert "ipacctd.cli.remote" in found["modules"]
+
+
+FREEZE_PROBE = """
+import gc, sys
+from ipacctd.cli.main import main
+as_program = sys.argv[1] == "program"
+sys.argv = ["ipacctd", "--version"]
+try:
+    main() if as_program else main(["--version"])
+except SystemExit:
+    pass
+print(gc.get_freeze_count())
+"""
+
+
+def test_the_program_leaves_its_objects_out_of_the_last_collection() -> None:
+    """Run as the program, main() freezes what is alive when it returns (gc.freeze), so the
+    interpreter's final collection does not walk every module's objects again; called
+    in-process with an argv (tests), it leaves the collector alone."""
+    counts = {}
+    for how in ("program", "in-process"):
+        res = subprocess.run(
+            [sys.executable, "-c", FREEZE_PROBE, how],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("ipacctd "), res.stdout  # --version ran
+        counts[how] = int(res.stdout.split()[-1])
+    assert counts["program"] > 1000 and counts["in-process"] == 0, counts
