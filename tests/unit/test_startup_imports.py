@@ -123,7 +123,7 @@ try:
     main() if as_program else main(["--version"])
 except SystemExit:
     pass
-print(gc.get_freeze_count())
+print(gc.get_freeze_count(), gc.isenabled())
 """
 
 
@@ -143,5 +143,31 @@ def test_the_program_leaves_its_objects_out_of_the_last_collection() -> None:
         )
         assert res.returncode == 0, res.stderr
         assert res.stdout.startswith("ipacctd "), res.stdout  # --version ran
-        counts[how] = int(res.stdout.split()[-1])
+        frozen, enabled = res.stdout.split()[-2:]
+        counts[how] = int(frozen)
+        assert enabled == "True", how  # the collector is on again afterwards
     assert counts["program"] > 1000 and counts["in-process"] == 0, counts
+
+
+def test_the_verb_runs_with_the_collector_on() -> None:
+    """The collector is off only while the modules load: the verb itself (here one that
+    runs for long, as ``daemon`` or ``top`` may) runs with it on."""
+    probe = (
+        "import gc, sys\n"
+        "from ipacctd.cli import completion, main\n"
+        "seen = []\n"
+        "completion.dispatch = lambda args: seen.append(gc.isenabled()) or 0\n"
+        "sys.argv = ['ipacctd', 'completion', 'bash']\n"
+        "rc = main.main()\n"
+        "print(rc, seen)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0", "[True]"], res.stdout
