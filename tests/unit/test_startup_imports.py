@@ -69,11 +69,10 @@ print(json.dumps({"modules": sorted(set(sys.modules) - before),
 """
 
 
-def _probe(tmp_path, config: str) -> dict:
-    state = tmp_path / "state"
-    state.mkdir(exist_ok=True)
+def _python(code: str, *args: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter on this checkout."""
     res = subprocess.run(
-        [sys.executable, "-c", PROBE, str(state), config],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -81,7 +80,13 @@ def _probe(tmp_path, config: str) -> dict:
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    return res.stdout
+
+
+def _probe(tmp_path, config: str) -> dict:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    return json.loads(_python(PROBE, str(state), config))
 
 
 def test_run_imports_nothing_it_does_not_need(tmp_path) -> None:
@@ -133,17 +138,9 @@ def test_the_program_leaves_its_objects_out_of_the_last_collection() -> None:
     in-process with an argv (tests), it leaves the collector alone."""
     counts = {}
     for how in ("program", "in-process"):
-        res = subprocess.run(
-            [sys.executable, "-c", FREEZE_PROBE, how],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": REPO},
-            timeout=120,
-        )
-        assert res.returncode == 0, res.stderr
-        assert res.stdout.startswith("ipacctd "), res.stdout  # --version ran
-        frozen, enabled = res.stdout.split()[-2:]
+        out = _python(FREEZE_PROBE, how)
+        assert out.startswith("ipacctd "), out  # --version ran
+        frozen, enabled = out.split()[-2:]
         counts[how] = int(frozen)
         assert enabled == "True", how  # the collector is on again afterwards
     assert counts["program"] > 1000 and counts["in-process"] == 0, counts
@@ -161,13 +158,5 @@ def test_the_verb_runs_with_the_collector_on() -> None:
         "rc = main.main()\n"
         "print(rc, seen)\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["0", "[True]"], res.stdout
+    out = _python(probe)
+    assert out.split() == ["0", "[True]"], out
