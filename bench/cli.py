@@ -52,9 +52,19 @@ import time
 from common import Report  # beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SDREF = os.path.normpath(
-    os.path.join(ROOT, "..", "shared", "tools", "systemd-ref", "systemd-ref.sh")
-)
+
+
+def _shared_tools() -> str:
+    """``shared/tools`` beside the checkout, or beside a parent (worktrees nest deeper), as
+    bench/datapath.py finds it."""
+    here = ROOT
+    while True:
+        here = os.path.dirname(here)
+        if os.path.isdir(os.path.join(here, "shared", "tools")) or here == "/":
+            return os.path.join(here, "shared", "tools")
+
+
+SDREF = os.path.join(_shared_tools(), "systemd-ref", "systemd-ref.sh")
 SDREF_PIDFILE = "/tmp/sdref.pid"
 DENY = "IPAddressDeny=198.51.100.1"
 TARGET_OVER_FLOOR_MS = 25.0

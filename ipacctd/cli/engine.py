@@ -8,6 +8,7 @@ other way round.
 from __future__ import annotations
 
 import argparse
+import os
 
 from ipacctd.manager.config import Config
 
@@ -25,7 +26,16 @@ def config_for(args: argparse.Namespace) -> Config:
 def manager_for(args: argparse.Namespace, write: bool = True):
     """The engine for the paths given on the command line (or the configured ones);
     through the daemon when one serves this installation (see :mod:`ipacctd.cli.remote`)."""
+    config = config_for(args)
+    if os.geteuid() == 0 and not os.path.lexists(config.runtime_file):
+        # No daemon serves this installation: a serving daemon writes its runtime file
+        # (under its lock, see ipacctd.daemon.runtime) before it answers anyone, and only
+        # root may use the state directly. So no system bus connection is tried (the
+        # D-Bus client, asyncio and a round trip to the bus cost more than a whole run).
+        from ipacctd.manager.engine import Manager
+
+        return Manager(config)
     # Imported here: the D-Bus client (dbus_fast) loads only for verbs that use an engine.
     from ipacctd.cli.remote import manager
 
-    return manager(config_for(args), write=write)
+    return manager(config, write=write)

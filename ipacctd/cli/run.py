@@ -11,7 +11,6 @@ import time
 
 from ipacctd import cgroup
 from ipacctd.cli.engine import manager_for
-from ipacctd.cli.format import format_bytes, format_timespan, plural
 from ipacctd.cli.spawn import spawn
 from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported
 from ipacctd.manager import owner
@@ -136,6 +135,9 @@ def _finish(mgr: Manager, name: str, status: int, owned_by: tuple[int, int] | No
 
 def print_summary(mgr: Manager, name: str, returncode: int, runtime: float) -> None:
     """systemd-run --wait's closing lines, plus the dropped traffic."""
+    # Imported here: only --wait prints sizes (cli.format pulls in the terminal helpers).
+    from ipacctd.cli.format import format_bytes, plural
+
     err = sys.stderr
     if returncode == 0:
         print("Finished with result: success", file=err)
@@ -174,5 +176,7 @@ def _runtime(seconds: float) -> str:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.3f}s"
+    from ipacctd.cli.format import format_timespan
+
     return format_timespan(seconds)
 

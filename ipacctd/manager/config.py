@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tomllib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -128,7 +127,14 @@ def read_file(path: str | None = None) -> dict[str, dict[str, Any]]:
         with open(file, "rb") as f:
             if os.geteuid() == 0 and file != DEFAULT_FILE:
                 check_trusted(file, "the configuration file")
-            data = tomllib.load(f)
+            # Imported here: most hosts have no configuration file, and tomllib (with the
+            # datetime module it loads) is a noticeable part of a CLI command's start-up.
+            import tomllib
+
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise InvalidInput(f"{file}: {exc}") from None
     except FileNotFoundError:
         if explicit:
             raise InvalidInput(f"config file {file} does not exist") from None
@@ -137,8 +143,6 @@ def read_file(path: str | None = None) -> dict[str, dict[str, Any]]:
         if explicit:
             raise PermissionDenied(f"cannot read config file {file}") from None
         return {}  # a file only root may read: the defaults (and the daemon) for others
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{file}: {exc}") from None
     unknown = set(data) - set(SECTIONS)
     if unknown:
         raise InvalidInput(f"{file}: unknown section(s) {', '.join(sorted(unknown))}")

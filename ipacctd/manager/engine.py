@@ -14,7 +14,6 @@ import errno
 import os
 import signal
 import time
-import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -35,8 +34,7 @@ from ipacctd.errors import (
     OutOfMemory,
     PermissionDenied,
 )
-from ipacctd.manager import generation, owner, recovery, systemd
-from ipacctd.manager import stats as stats_mod
+from ipacctd.manager import generation, owner, systemd
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store, canonical
 from ipacctd.manager.unit import (
@@ -58,6 +56,7 @@ from ipacctd.policy.properties import Assignment, Properties, parse_assignment
 
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
+    from ipacctd.manager.stats import ProgramStats
     from ipacctd.policy.unitfile import UnitFile
 
 ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
@@ -118,6 +117,8 @@ def _let_go(exc: BaseException) -> None:
     """Free what the frames of a failed step still hold (a half-built datapath's tables
     and instructions), so that undoing it has memory to work with."""
     if exc.__traceback__ is not None:
+        import traceback  # rarely needed: off the start-up path
+
         traceback.clear_frames(exc.__traceback__)
 
 
@@ -236,10 +237,12 @@ class Manager:
             return []
         return entries[:limit] if limit is not None else entries
 
-    def program_stats(self, name: str) -> dict[Direction, stats_mod.ProgramStats]:
+    def program_stats(self, name: str) -> dict[Direction, ProgramStats]:
         """Run time and run count of the unit's programs per direction, linked or (armed by
         systemd) pinned; counted only while BPF statistics are on (see :mod:`.stats`)."""
-        return stats_mod.program_stats(self.store.pin_dir(name))
+        from ipacctd.manager.stats import program_stats  # BPF stats: off the start-up path
+
+        return program_stats(self.store.pin_dir(name))
 
     def status(self, name: str) -> UnitStatus:
         """The unit with its live state: processes, counters, attachment.
@@ -559,8 +562,12 @@ class Manager:
             unit = replace(unit, cgroup_id=cgroup_id(fs))
             # Metadata first: pins never exist without it, and a crash before the pins are
             # complete leaves a unit that status reports ("programs missing") and reset
-            # removes. It also reserves the name (the lock is held).
-            self.store.write(unit.name, unit.to_json())
+            # removes. It also reserves the name (the lock is held). A transient unit's
+            # record is not fsynced: everything it records — its cgroup, its command, its
+            # pins on bpffs — ends with the host, so a record that outlived a power cut
+            # would describe nothing; the rename keeps it all-or-nothing for readers, and
+            # the order (record, then pins) holds against a crash of this process as is.
+            self.store.write(unit.name, unit.to_json(), durable=not unit.transient)
         except BaseException:  # e.g. a full state directory: nothing may stay behind
             self._undo_create(unit, make_cgroup)
             raise
@@ -798,6 +805,8 @@ class Manager:
 
     def _rebind(self, unit: Unit) -> Unit:
         """:meth:`rebind` with the lock held."""
+        from ipacctd.manager import recovery  # crash recovery: off the start-up path
+
         fs = self.cgroup_fs(unit)
         cid = recovery.live_cgroup_id(self, unit)
         if cid is None:
@@ -847,6 +856,8 @@ class Manager:
     def _reconcile(self, name: str, unit: Unit | None = None) -> bool:
         """Repair one unit (lock held); True when something was done. The steps, and the
         states they repair, are :mod:`ipacctd.manager.recovery`'s."""
+        from ipacctd.manager import recovery  # crash recovery: off the start-up path
+
         return recovery.reconcile(self, name, unit)
 
     def _sweep_stale_pins(self) -> None:

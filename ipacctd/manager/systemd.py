@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
 
 from ipacctd.errors import AlreadyExists, Error, NotSupported
 
@@ -195,6 +193,11 @@ def daemon_reload() -> None:
 
 
 def _systemctl(*args: str) -> str:
+    # Imported here: only arming a systemd service runs systemctl, and subprocess (with
+    # threading, selectors, ...) would weigh on every CLI command's start-up.
+    import shutil
+    import subprocess
+
     exe = os.environ.get(ENV_SYSTEMCTL) or shutil.which("systemctl")
     if not exe:
         raise NotSupported("systemctl not found: cannot tell systemd to attach the programs")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ipacctd.containers import ContainerInfo
 from ipacctd.datapath.counters import Counters
 from ipacctd.datapath.unit import Spec
 from ipacctd.errors import Corrupt, Error
 from ipacctd.policy.properties import PROPERTIES, DenyMode, Properties
+
+if TYPE_CHECKING:
+    from ipacctd.containers import ContainerInfo
 
 META_VERSION = 1
 
@@ -106,6 +107,8 @@ class Unit:
         for key, _ in unknown:
             if (d["name"], key) not in _WARNED:
                 _WARNED.add((d["name"], key))
+                import logging  # rare: kept off the CLI's start-up path
+
                 logging.getLogger("ipacctd.engine").warning(
                     "unit %s: ignoring property %s unknown to this version (kept)",
                     d["name"], key[:100])
@@ -130,10 +133,18 @@ class Unit:
                       else None),
             removing=bool(d.get("removing", False)),
             owner=_owner(d.get("owner")),
-            container=ContainerInfo.from_json(d.get("container")),
+            container=_container(d.get("container")),
             systemd_service=(str(d["systemd_service"]) if d.get("systemd_service") is not None
                              else None),
         )
+
+
+def _container(value: Any) -> ContainerInfo | None:
+    if not value:
+        return None
+    from ipacctd.containers import ContainerInfo  # only a container's unit needs it
+
+    return ContainerInfo.from_json(value)
 
 
 def _owner(value: Any) -> tuple[int, int] | None:
