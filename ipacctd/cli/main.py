@@ -14,42 +14,6 @@ from collections.abc import Callable, Sequence
 
 from ipacctd import __version__
 
-
-def _dataclasses_without_inspect() -> None:
-    """Import :mod:`dataclasses` without :mod:`inspect` (with ast, dis, tokenize: ~6 ms of
-    every command), which it imports only to write a docstring for a class that has none —
-    ipacctd's all have one. While it loads, ``inspect`` is a placeholder; afterwards its
-    ``inspect`` is a stand-in that imports the real module on first use, and every other
-    ``import inspect`` gets the real module as ever. Where this cannot work (a dataclasses
-    that wants more of inspect at import, or either loaded already), nothing changes."""
-    if "dataclasses" in sys.modules or "inspect" in sys.modules:
-        return
-    import types
-
-    placeholder = types.ModuleType("inspect")
-    sys.modules["inspect"] = placeholder
-    try:
-        import dataclasses
-    except ImportError:
-        return  # imported in full, as usual, by the first module that needs it
-    finally:
-        if sys.modules.get("inspect") is placeholder:
-            del sys.modules["inspect"]
-    if getattr(dataclasses, "inspect", None) is placeholder:
-        dataclasses.inspect = _InspectOnFirstUse()  # type: ignore[attr-defined]
-
-
-class _InspectOnFirstUse:
-    def __getattr__(self, name: str) -> object:
-        import dataclasses
-        import inspect
-
-        dataclasses.inspect = inspect  # type: ignore[attr-defined]
-        return getattr(inspect, name)
-
-
-_dataclasses_without_inspect()
-
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 4  # like systemctl for unknown units

@@ -8,8 +8,7 @@ imported where it is used instead: logging (and with it traceback, string, threa
 when something is logged or an error printed; tomllib (and datetime) only when there is a
 configuration file; subprocess and shutil only to call systemctl; the D-Bus client (and
 asyncio) only when a daemon serves the installation; the terminal helpers only to print;
-socket.py not at all (its C core has the address conversions); inspect (with ast, dis,
-tokenize), which dataclasses imports for classes without a docstring, only on first use.
+socket.py not at all (its C core has the address conversions).
 """
 
 from __future__ import annotations
@@ -23,10 +22,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 #: Modules a plain ``ipacctd run -- CMD`` must not load.
 NOT_ON_THE_RUN_PATH = (
-    "inspect",
-    "ast",
-    "dis",
-    "tokenize",
     "logging",
     "traceback",
     "tomllib",
@@ -60,9 +55,9 @@ import json, os
 state_dir, config = sys.argv[1], sys.argv[2]
 os.environ.pop("IPACCTD_CONFIG", None)
 os.geteuid = lambda: 0
-from ipacctd.cli import main  # first, as in the ipacctd command
 from ipacctd.manager import config as config_mod
 config_mod.DEFAULT_FILE = config  # the file every ipacctd process reads when it exists
+from ipacctd.cli import main
 argv = ["--state-dir", state_dir, "run", "-q", "--", "true"]
 args = main.build_parser(main._verb_of(argv)).parse_args(argv)
 from ipacctd.cli import run
@@ -165,22 +160,3 @@ def test_the_verb_runs_with_the_collector_on() -> None:
     )
     out = _python(probe)
     assert out.split() == ["0", "[True]"], out
-
-
-def test_dataclasses_keep_all_they_do_without_inspect_loaded_up_front() -> None:
-    """The CLI has dataclasses load without inspect; inspect still comes on first use — a
-    class without a docstring gets dataclasses' own, and ``import inspect`` is the module."""
-    probe = (
-        "import sys\n"
-        "import ipacctd.cli.main\n"
-        "import dataclasses\n"
-        "print('inspect' in sys.modules)\n"
-        "@dataclasses.dataclass(frozen=True)\n"
-        "class A:\n"
-        "    x: int = 1\n"
-        "print(A.__doc__)\n"
-        "import inspect\n"
-        "print(type(inspect).__name__, inspect.signature(A), dataclasses.inspect is inspect)\n"
-    )
-    out = _python(probe).splitlines()
-    assert out == ["False", "A(x: int = 1)", "module (x: int = 1) -> None True"], out
