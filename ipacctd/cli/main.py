@@ -414,28 +414,36 @@ def _main(argv: Sequence[str], loaded: Callable[[], None] = lambda: None) -> int
     except BrokenPipeError:
         return 0
     except Error as exc:
-        from ipacctd.journal import error_line
-
-        # an error in the journal too
-        print(error_line(f"ipacctd: {exc}{_missing(args.verb, exc)}"), file=sys.stderr)
+        _say(f"ipacctd: {exc}{_missing(args.verb, exc)}")
         codes = ((InvalidInput, EXIT_USAGE), (NotFound, EXIT_NOT_FOUND),
                  (PermissionDenied, EXIT_PERMISSION), (NotSupported, EXIT_UNSUPPORTED))
         return next((code for cls, code in codes if isinstance(exc, cls)), EXIT_FAILURE)
     except MemoryError:
         # Outside the engine's changes (which undo what they started and raise OutOfMemory,
         # an Error): a read, the parser. Still one line, not a traceback.
-        from ipacctd.errors import OutOfMemory
-        from ipacctd.journal import error_line
+        from ipacctd.errors import OutOfMemory  # loaded already (Error is): no new import
 
-        print(error_line(f"ipacctd: out of memory ({OutOfMemory.HINT})"), file=sys.stderr)
+        _say(f"ipacctd: out of memory ({OutOfMemory.HINT})")
         return EXIT_FAILURE
     except OSError as exc:
         # A safety net: an unmapped system error is still one line, not a traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        _say(f"ipacctd: {exc.strerror or exc}{where}")
+        return EXIT_PERMISSION if isinstance(exc, PermissionError) else EXIT_FAILURE
+
+
+def _say(text: str) -> None:
+    """An error on stderr, filed as an error when stderr is the journal (``<3>``). The
+    journal helpers are imported here, off the start-up path; when that import fails — the
+    error being reported may be the lack of file descriptors or memory it needs — the line
+    goes out as it is."""
+    try:
         from ipacctd.journal import error_line
 
-        where = f": {exc.filename}" if exc.filename else ""
-        print(error_line(f"ipacctd: {exc.strerror or exc}{where}"), file=sys.stderr)
-        return EXIT_PERMISSION if isinstance(exc, PermissionError) else EXIT_FAILURE
+        text = error_line(text)
+    except (ImportError, OSError, MemoryError):
+        pass
+    print(text, file=sys.stderr)
 
 
 READ_VERBS = frozenset({"status", "list-units", "show", "inspect", "top", "is-active",

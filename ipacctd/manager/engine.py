@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -62,12 +63,25 @@ if TYPE_CHECKING:
 ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
 class _Log:
     """``logging.getLogger("ipacctd.engine")``, imported on first use: only crash recovery
-    logs, and ``logging`` is a noticeable part of the CLI's start-up time."""
+    and failure paths log, and ``logging`` is a noticeable part of the CLI's start-up time.
+
+    A failure path may be the one that ran out of file descriptors or memory, where the
+    import itself fails (EMFILE opening logging/__init__.py): then the message goes to
+    stderr as it is, so that the clean-up it is part of goes on."""
 
     def __getattr__(self, attr: str) -> object:
-        import logging
-
+        try:
+            import logging
+        except (ImportError, OSError, MemoryError):
+            return _to_stderr
         return getattr(logging.getLogger("ipacctd.engine"), attr)
+
+
+def _to_stderr(msg: str, *args: object, **_kwargs: object) -> None:
+    try:
+        sys.stderr.write(f"ipacctd: {msg % args if args else msg}\n")
+    except (OSError, ValueError, MemoryError):
+        pass  # nowhere to say it: the clean-up matters more than the message
 
 
 log = _Log()
@@ -116,10 +130,15 @@ def _refused_for_memory(what: str) -> Iterator[None]:
 def _let_go(exc: BaseException) -> None:
     """Free what the frames of a failed step still hold (a half-built datapath's tables
     and instructions), so that undoing it has memory to work with."""
-    if exc.__traceback__ is not None:
-        import traceback  # rarely needed: off the start-up path
-
-        traceback.clear_frames(exc.__traceback__)
+    # traceback.clear_frames, written out: an import here could fail for the very lack of
+    # memory (or file descriptors) this clean-up is for.
+    tb = exc.__traceback__
+    while tb is not None:
+        try:
+            tb.tb_frame.clear()
+        except RuntimeError:  # a frame still running (the caller's own)
+            pass
+        tb = tb.tb_next
 
 
 def datapath_problem() -> str | None:
