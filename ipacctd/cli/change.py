@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ipacctd.cli.main import manager_for
+from ipacctd.cli.engine import manager_for
 from ipacctd.manager.engine import parse_assignments
 
 

@@ -26,7 +26,7 @@ def dispatch(args: argparse.Namespace) -> int:
             bus="" if args.no_bus else args.bus,
             listen=args.listen, poll_interval=args.poll_interval, retention=args.retention)
         return main(config)
-    from ipacctd.cli.main import config_for
+    from ipacctd.cli.engine import config_for
     from ipacctd.cli.remote import DaemonManager, manager
 
     # The daemon proven on the bus (root's, serving this installation) gets a D-Bus call;

@@ -7,17 +7,16 @@ import json
 import time
 from typing import Any
 
+from ipacctd.cli.engine import manager_for
 from ipacctd.cli.format import format_bytes, format_timespan
-from ipacctd.cli.main import manager_for
 from ipacctd.cli.remote import DaemonManager
+from ipacctd.manager.counters import Direction, Kind, counter
 from ipacctd.manager.inspect import inspect_unit
 
-COUNTER_ROWS = (
-    ("passed", "ingress_packets", "ingress_bytes", "egress_packets", "egress_bytes"),
-    ("dropped", "ingress_dropped_packets", "ingress_dropped_bytes", "egress_dropped_packets",
-     "egress_dropped_bytes"),
-    ("audit", "ingress_audit_packets", "ingress_audit_bytes", "egress_audit_packets",
-     "egress_audit_bytes"),
+#: (kind, then the Counters attributes of in packets, in bytes, out packets, out bytes).
+COUNTER_ROWS = tuple(
+    (kind.value, *(counter(d, kind, unit).attr for d in Direction for unit in ("packets", "bytes")))
+    for kind in Kind
 )
 
 

@@ -258,19 +258,3 @@ def _missing(verb: str, exc: Exception) -> str:
     return (f". '{verb}' reads root's state directly, or — for any user — through "
             f"the ipacctd daemon's D-Bus API ({remote.BUS_NAME} on the system bus), and {why}."
             " Run it as root, or start the daemon (systemctl start ipacctd).")
-
-
-def config_for(args: argparse.Namespace):
-    """The paths: defaults, the configuration file, the environment, then the options."""
-    from ipacctd.manager.config import Config
-
-    return Config.from_env(state_dir=args.state_dir, bpf_dir=args.bpf_dir,
-                           cgroup_root=args.cgroup_root, unit_dir=args.unit_dir)
-
-
-def manager_for(args: argparse.Namespace, write: bool = True):
-    """The engine for the paths given on the command line (or the configured ones);
-    through the daemon when one serves this installation (see :mod:`ipacctd.cli.remote`)."""
-    from ipacctd.cli.remote import manager
-
-    return manager(config_for(args), write=write)

@@ -7,9 +7,9 @@ import json
 import os
 import sys
 
+from ipacctd.cli.engine import manager_for
 from ipacctd.cli.format import format_bytes, format_relative, format_timestamp, table
-from ipacctd.cli.main import manager_for
-from ipacctd.datapath.counters import Counters
+from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.systemd import dropin_path as armed_dropin
 from ipacctd.manager.unit import UnitStatus, escape_command
 
@@ -250,18 +250,10 @@ def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str
             props[key] = value
     c: Counters | None = st.counters
     counting = c is not None and u.properties.ip_accounting
-    for key, attr in (("IPIngressBytes", "ingress_bytes"), ("IPIngressPackets", "ingress_packets"),
-                      ("IPEgressBytes", "egress_bytes"), ("IPEgressPackets", "egress_packets")):
-        props[key] = str(getattr(c, attr)) if counting else "[no data]"
-    for key, attr in (("IPIngressDroppedBytes", "ingress_dropped_bytes"),
-                      ("IPIngressDroppedPackets", "ingress_dropped_packets"),
-                      ("IPEgressDroppedBytes", "egress_dropped_bytes"),
-                      ("IPEgressDroppedPackets", "egress_dropped_packets"),
-                      ("IPIngressAuditBytes", "ingress_audit_bytes"),
-                      ("IPIngressAuditPackets", "ingress_audit_packets"),
-                      ("IPEgressAuditBytes", "egress_audit_bytes"),
-                      ("IPEgressAuditPackets", "egress_audit_packets")):
-        props[key] = str(getattr(c, attr)) if c is not None else "[no data]"
+    for spec in SYSTEMD_COUNTERS:
+        props[spec.prop] = str(getattr(c, spec.attr)) if counting else "[no data]"
+    for spec in EXTRA_COUNTERS:
+        props[spec.prop] = str(getattr(c, spec.attr)) if c is not None else "[no data]"
     props["SystemdDropIn"] = armed_dropin(u.systemd_service) if u.systemd_service else ""
     props["IPFirewallEnforced"] = "yes" if st.enforcement.enforced else "no"
     props["IPFirewallProblem"] = st.enforcement.problem

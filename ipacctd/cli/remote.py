@@ -24,7 +24,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ipacctd.datapath.counters import Counters
 from ipacctd.errors import (
     AlreadyExists,
     Error,
@@ -34,6 +33,7 @@ from ipacctd.errors import (
     PermissionDenied,
 )
 from ipacctd.manager.config import Config
+from ipacctd.manager.counters import Counters
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.unit import Unit, UnitStatus
 from ipacctd.policy.properties import Properties, property_spec

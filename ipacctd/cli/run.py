@@ -10,8 +10,8 @@ import sys
 import time
 
 from ipacctd import cgroup
+from ipacctd.cli.engine import manager_for
 from ipacctd.cli.format import format_bytes, format_timespan
-from ipacctd.cli.main import manager_for
 from ipacctd.cli.spawn import spawn
 from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported
 from ipacctd.manager import owner

@@ -19,18 +19,14 @@ import tty
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ipacctd.bpf.errors import BPFError
-from ipacctd.bpf.links import CgroupLink
-from ipacctd.bpf.programs import Program
-from ipacctd.bpf.stats import enabled_stats
+from ipacctd.cli.engine import manager_for
 from ipacctd.cli.format import format_bytes
-from ipacctd.cli.main import manager_for
 from ipacctd.cli.remote import DaemonManager
-from ipacctd.datapath.counters import Counters, Direction
-from ipacctd.datapath.unit import LINK
 from ipacctd.errors import Error, NotFound
+from ipacctd.manager.counters import Counters
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.reader import CounterReader
+from ipacctd.manager.stats import enabled_stats
 
 
 @dataclass(frozen=True)
@@ -63,17 +59,9 @@ class Row:
 
 
 def _program_stats(mgr: Manager, name: str) -> tuple[int, int]:
-    total_ns = total_cnt = 0
-    pin_dir = mgr.store.pin_dir(name)
-    for direction in Direction:
-        with contextlib.suppress(BPFError, OSError):
-            with CgroupLink.open_pinned(f"{pin_dir}/{LINK[direction]}") as link:
-                info = link.info()
-            with Program.from_id(info.prog_id) as prog:
-                pi = prog.info()
-            total_ns += pi.run_time_ns
-            total_cnt += pi.run_cnt
-    return total_ns, total_cnt
+    """Run time and runs of the unit's programs, both directions together."""
+    stats = mgr.program_stats(name).values()
+    return sum(s.run_time_ns for s in stats), sum(s.run_cnt for s in stats)
 
 
 def sample(mgr: Manager, reader: CounterReader) -> dict[str, Sample]:

@@ -44,12 +44,15 @@ from ipacctd.manager.engine import Manager
 from ipacctd.manager.recovery import live_cgroup_id
 from ipacctd.manager.unit import Unit
 from ipacctd.policy.properties import Properties
-from ipacctd.policy.unitfile import UnitFile, load_unit_dir, merge_order, merged_properties
+from ipacctd.policy.unitfile import (
+    UnitFile,
+    is_glob,
+    load_unit_dir,
+    merge_order,
+    merged_properties,
+)
 
 log = logging.getLogger("ipacctd.binder")
-
-GLOB_CHARS = "*?["
-
 
 @dataclass(frozen=True)
 class Binding:
@@ -73,16 +76,12 @@ class Binding:
         return merged_properties(self.files)
 
 
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in GLOB_CHARS)
-
-
 def static_prefix(pattern: str) -> tuple[str, int]:
     """The longest glob-free leading path of a pattern and the depth left below it."""
     parts = [p for p in pattern.split("/") if p]
     fixed: list[str] = []
     for part in parts:
-        if _is_glob(part):
+        if is_glob(part):
             break
         fixed.append(part)
     return "/" + "/".join(fixed), len(parts) - len(fixed)
@@ -118,7 +117,7 @@ class Binder:
         matches: dict[str, list[tuple[UnitFile, str]]] = {}
         for f in self.files:
             for pattern in f.cgroups:
-                if not _is_glob(pattern):
+                if not is_glob(pattern):
                     if cgroup.exists(cgroup.fs_path(pattern, mount)) or \
                             self._stopped_service(pattern):
                         rel = cgroup.validate_path(pattern)
@@ -157,7 +156,7 @@ class Binder:
         """The unit name ``f``'s ``pattern`` gives ``rel`` (:meth:`UnitFile.unit_name_for`);
         a container's cgroup keeps the unit the OCI hook (or an earlier binding) made for
         the container."""
-        info = containers.from_cgroup(rel) if _is_glob(pattern) or len(f.cgroups) > 1 \
+        info = containers.from_cgroup(rel) if is_glob(pattern) or len(f.cgroups) > 1 \
             else None
         if info is None:
             return f.unit_name_for(pattern, rel)
@@ -182,7 +181,7 @@ class Binder:
         dirs: set[str] = set()
         for f in self.files:
             for pattern in f.cgroups:
-                if _is_glob(pattern):
+                if is_glob(pattern):
                     prefix, depth = static_prefix(pattern)
                     top = cgroup.fs_path(prefix, mount)
                     dirs.add(_existing(top, mount))

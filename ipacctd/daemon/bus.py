@@ -23,8 +23,8 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 
 from ipacctd.daemon.registry import Entry, Registry
-from ipacctd.datapath.counters import Counters
 from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound, NotSupported
+from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.store import canonical
 from ipacctd.manager.unit import Enforcement, Unit, UnitStatus
 
@@ -40,20 +40,9 @@ INTROSPECT_IFACE = "org.freedesktop.DBus.Introspectable"
 PEER_IFACE = "org.freedesktop.DBus.Peer"
 UINT64_MAX = (1 << 64) - 1
 
-COUNTER_PROPS = (
-    ("IPIngressBytes", "ingress_bytes"), ("IPIngressPackets", "ingress_packets"),
-    ("IPEgressBytes", "egress_bytes"), ("IPEgressPackets", "egress_packets"),
-)
-DROP_PROPS = (
-    ("IPIngressDroppedBytes", "ingress_dropped_bytes"),
-    ("IPIngressDroppedPackets", "ingress_dropped_packets"),
-    ("IPEgressDroppedBytes", "egress_dropped_bytes"),
-    ("IPEgressDroppedPackets", "egress_dropped_packets"),
-    ("IPIngressAuditBytes", "ingress_audit_bytes"),
-    ("IPIngressAuditPackets", "ingress_audit_packets"),
-    ("IPEgressAuditBytes", "egress_audit_bytes"),
-    ("IPEgressAuditPackets", "egress_audit_packets"),
-)
+#: (property, Counters attribute): systemd's four, then the eight ipacctd adds.
+COUNTER_PROPS = tuple((c.prop, c.attr) for c in SYSTEMD_COUNTERS)
+DROP_PROPS = tuple((c.prop, c.attr) for c in EXTRA_COUNTERS)
 COUNTERS_SIG = "a(sat)"
 #: StartTransientUnit property (b): the caller starts the command and records its exit.
 CALLER_STARTS = "CallerStartsCommand"

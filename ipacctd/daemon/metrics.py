@@ -27,66 +27,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from ipacctd import __version__
-from ipacctd.bpf.errors import BPFError
-from ipacctd.bpf.links import linked_program_stats
-from ipacctd.bpf.programs import Program, pinned_program_stats, return_one
 from ipacctd.daemon.registry import Registry
-from ipacctd.datapath.counters import Counters, Direction
-from ipacctd.datapath.unit import LINK, PROG_PIN
+from ipacctd.manager.counters import COUNTERS, METRIC_HELP, Counters, Kind
+from ipacctd.manager.stats import StatsProbe
 from ipacctd.manager.unit import UnitStatus
 
 log = logging.getLogger("ipacctd.metrics")
 
-DIRECTIONS = ("ingress", "egress")
-#: (metric, help, Counters field after "<direction>_", counts passed traffic)
-TRAFFIC_FAMILIES = (
-    ("ipacctd_unit_ip_bytes", "IP bytes passed (systemd's IPIngressBytes/IPEgressBytes)",
-     "bytes", True),
-    ("ipacctd_unit_ip_packets", "IP packets passed", "packets", True),
-    ("ipacctd_unit_ip_dropped_bytes", "IP bytes dropped by the unit's firewall",
-     "dropped_bytes", False),
-    ("ipacctd_unit_ip_dropped_packets", "IP packets dropped by the unit's firewall",
-     "dropped_packets", False),
-    ("ipacctd_unit_ip_audit_bytes", "IP bytes the deny list would drop (audit mode)",
-     "audit_bytes", False),
-    ("ipacctd_unit_ip_audit_packets", "IP packets the deny list would drop (audit mode)",
-     "audit_packets", False),
+#: (metric, help, its (direction label, Counters attribute) pairs, counts passed traffic)
+TRAFFIC_FAMILIES = tuple(
+    (metric, doc, tuple((c.label, c.attr) for c in COUNTERS if c.metric == metric),
+     any(c.kind is Kind.PASSED for c in COUNTERS if c.metric == metric))
+    for metric, doc in METRIC_HELP.items()
 )
 DENIED_TOP = 10
-PROBE_FRAME = bytes(12) + b"\x08\x00" + b"\x45" + bytes(19)  # Ethernet + IPv4 header
-
-
-class StatsProbe:
-    """Whether the kernel collects BPF run-time statistics now (``kernel.bpf_stats_enabled``
-    or any holder of a ``BPF_ENABLE_STATS`` fd, e.g. ``ipacctd top``).
-
-    A ``return 1`` program is test-run once per question and its run count read: the kernel
-    counts the run only while statistics are on. Two syscalls, where reading the program
-    statistics of every unit costs about ten per unit (~70 ms at 1,000 units).
-    """
-
-    def __init__(self) -> None:
-        self.prog: Program | None = None
-        self.count = 0
-        self.broken = False
-
-    def on(self) -> bool:
-        if self.broken:
-            return True  # cannot tell: read them
-        try:
-            if self.prog is None:
-                self.prog = Program.load(return_one(), name="ipacctd_probe")
-                self.count = self.prog.info().run_cnt
-            self.prog.test_run(PROBE_FRAME)
-            count = self.prog.info().run_cnt
-        except (BPFError, OSError) as exc:
-            log.warning("cannot tell whether BPF stats are on (%s): reading them always", exc)
-            self.broken = True
-            return True
-        on, self.count = count > self.count, count
-        return on
-
-
 #: The states of ``ipacctd_unit_state``: one series per state, 1 for the unit's own and 0
 #: for the others (as systemd_exporter's ``systemd_unit_state``), so that no series
 #: vanishes or appears when a unit changes state.
@@ -141,8 +95,8 @@ class UnitCollector(Collector):
             result.cancel()  # a loop that never got to it must not run it later
 
     def collect(self) -> Iterator:
-        traffic = [(CounterMetricFamily(name, doc, labels=["unit", "direction"]), field, passed)
-                   for name, doc, field, passed in TRAFFIC_FAMILIES]
+        traffic = [(CounterMetricFamily(name, doc, labels=["unit", "direction"]), series, passed)
+                   for name, doc, series, passed in TRAFFIC_FAMILIES]
         unit_state = GaugeMetricFamily(
             "ipacctd_unit_state",
             "1 for the unit's active state (active, inactive, failed), 0 for the others",
@@ -177,11 +131,11 @@ class UnitCollector(Collector):
             states[st.active_state] = states.get(st.active_state, 0) + 1
             props = st.unit.properties
             if c is not None:
-                for family, field, passed in traffic:
+                for family, series, passed in traffic:
                     if passed and not props.ip_accounting:
                         continue  # as systemd: no passed counters without IPAccounting=
-                    for direction in DIRECTIONS:
-                        family.add_metric([name, direction], getattr(c, f"{direction}_{field}"))
+                    for direction, attr in series:
+                        family.add_metric([name, direction], getattr(c, attr))
             for state in STATES:
                 unit_state.add_metric([name, state], 1 if st.active_state == state else 0)
             enforced.add_metric([name], 1 if st.enforcement.enforced else 0)
@@ -214,20 +168,11 @@ class UnitCollector(Collector):
 
     def _program_stats(self, name: str, run_time: CounterMetricFamily,
                        run_count: CounterMetricFamily) -> None:
-        pin_dir = self.registry.manager.store.pin_dir(name)
-        for direction in Direction:
-            try:
-                run_time_ns, run_cnt, _ = linked_program_stats(f"{pin_dir}/{LINK[direction]}")
-            except (BPFError, OSError):
-                try:  # a unit systemd arms: its program is pinned itself, no link of ours
-                    run_time_ns, run_cnt, _ = pinned_program_stats(
-                        f"{pin_dir}/{PROG_PIN[direction]}")
-                except (BPFError, OSError):
-                    continue
-            if run_cnt:
+        for direction, stats in self.registry.manager.program_stats(name).items():
+            if stats.run_cnt:
                 label = direction.name.lower()
-                run_time.add_metric([name, label], run_time_ns / 1e9)
-                run_count.add_metric([name, label], run_cnt)
+                run_time.add_metric([name, label], stats.run_time_ns / 1e9)
+                run_count.add_metric([name, label], stats.run_cnt)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ipacctd import cgroup
-from ipacctd.datapath.counters import Counters
 from ipacctd.errors import Error, NotFound
+from ipacctd.manager.counters import Counters
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.reader import CounterReader
 from ipacctd.manager.unit import UnitStatus

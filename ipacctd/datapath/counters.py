@@ -42,15 +42,112 @@ VALUE_SIZE = len(Field) * 8
 MAP_NAME = "ipacctd_cnt"
 
 
-def offsets(direction: Direction, kind: str) -> tuple[int, int]:
+class Kind(enum.StrEnum):
+    """What the programs did with a counted packet."""
+
+    PASSED = "passed"
+    """Let through (systemd's IPIngress*/IPEgress*; shown only with ``IPAccounting=yes``)."""
+    DROPPED = "dropped"
+    """Dropped by the unit's firewall."""
+    AUDIT = "audit"
+    """Let through, but ``IPAddressDeny=`` would have dropped it (``IPAddressDenyMode=audit``)."""
+
+
+@dataclass(frozen=True)
+class CounterSpec:
+    """One of the twelve counters: where it lives and what every front door calls it."""
+
+    field: Field
+    """Index of its u64 in the map value (and position in :class:`Counters`)."""
+    attr: str
+    """The :class:`Counters` attribute."""
+    prop: str
+    """The ``systemctl show`` / D-Bus property (systemd has only the four passed ones)."""
+    metric: str
+    """The Prometheus counter family; :attr:`label` is its ``direction`` label."""
+    direction: Direction
+    kind: Kind
+    unit: str
+    """``packets`` or ``bytes``."""
+
+    @property
+    def label(self) -> str:
+        """The direction as front doors spell it: ``ingress`` or ``egress``."""
+        return self.direction.name.lower()
+
+    @property
+    def help(self) -> str:
+        """The Prometheus help text of :attr:`metric`."""
+        return METRIC_HELP[self.metric]
+
+
+_I, _E = Direction.INGRESS, Direction.EGRESS
+_P, _D, _A = Kind.PASSED, Kind.DROPPED, Kind.AUDIT
+
+#: The Prometheus families, in exposition order, and their help texts. Each family has one
+#: series per unit and direction.
+METRIC_HELP: dict[str, str] = {
+    "ipacctd_unit_ip_bytes": "IP bytes passed (systemd's IPIngressBytes/IPEgressBytes)",
+    "ipacctd_unit_ip_packets": "IP packets passed",
+    "ipacctd_unit_ip_dropped_bytes": "IP bytes dropped by the unit's firewall",
+    "ipacctd_unit_ip_dropped_packets": "IP packets dropped by the unit's firewall",
+    "ipacctd_unit_ip_audit_bytes": "IP bytes the deny list would drop (audit mode)",
+    "ipacctd_unit_ip_audit_packets": "IP packets the deny list would drop (audit mode)",
+}
+
+#: The one table of counters, in property order (the order ``systemctl show`` and D-Bus list
+#: them: per kind, per direction, bytes before packets, as systemd lists its four).
+# fmt: off
+COUNTERS: tuple[CounterSpec, ...] = tuple(CounterSpec(*row) for row in (
+    # field                     Counters attribute         property / D-Bus name
+    #                           metric family                       direction kind unit
+    (Field.IN_BYTES,            "ingress_bytes",           "IPIngressBytes",
+                                "ipacctd_unit_ip_bytes",            _I, _P, "bytes"),
+    (Field.IN_PACKETS,          "ingress_packets",         "IPIngressPackets",
+                                "ipacctd_unit_ip_packets",          _I, _P, "packets"),
+    (Field.OUT_BYTES,           "egress_bytes",            "IPEgressBytes",
+                                "ipacctd_unit_ip_bytes",            _E, _P, "bytes"),
+    (Field.OUT_PACKETS,         "egress_packets",          "IPEgressPackets",
+                                "ipacctd_unit_ip_packets",          _E, _P, "packets"),
+    (Field.IN_DROPPED_BYTES,    "ingress_dropped_bytes",   "IPIngressDroppedBytes",
+                                "ipacctd_unit_ip_dropped_bytes",    _I, _D, "bytes"),
+    (Field.IN_DROPPED_PACKETS,  "ingress_dropped_packets", "IPIngressDroppedPackets",
+                                "ipacctd_unit_ip_dropped_packets",  _I, _D, "packets"),
+    (Field.OUT_DROPPED_BYTES,   "egress_dropped_bytes",    "IPEgressDroppedBytes",
+                                "ipacctd_unit_ip_dropped_bytes",    _E, _D, "bytes"),
+    (Field.OUT_DROPPED_PACKETS, "egress_dropped_packets",  "IPEgressDroppedPackets",
+                                "ipacctd_unit_ip_dropped_packets",  _E, _D, "packets"),
+    (Field.IN_AUDIT_BYTES,      "ingress_audit_bytes",     "IPIngressAuditBytes",
+                                "ipacctd_unit_ip_audit_bytes",      _I, _A, "bytes"),
+    (Field.IN_AUDIT_PACKETS,    "ingress_audit_packets",   "IPIngressAuditPackets",
+                                "ipacctd_unit_ip_audit_packets",    _I, _A, "packets"),
+    (Field.OUT_AUDIT_BYTES,     "egress_audit_bytes",      "IPEgressAuditBytes",
+                                "ipacctd_unit_ip_audit_bytes",      _E, _A, "bytes"),
+    (Field.OUT_AUDIT_PACKETS,   "egress_audit_packets",    "IPEgressAuditPackets",
+                                "ipacctd_unit_ip_audit_packets",    _E, _A, "packets"),
+))
+# fmt: on
+
+#: systemd's four (``IPIngressBytes`` …): counted and shown only with ``IPAccounting=yes``.
+SYSTEMD_COUNTERS = tuple(c for c in COUNTERS if c.kind is Kind.PASSED)
+#: ipacctd's eight (dropped and audit): shown whenever the unit's counters are known.
+EXTRA_COUNTERS = tuple(c for c in COUNTERS if c.kind is not Kind.PASSED)
+
+
+def counter(direction: Direction, kind: Kind | str, unit: str) -> CounterSpec:
+    """The row of one counter, e.g. ``counter(Direction.EGRESS, "dropped", "bytes")``."""
+    return _BY_KEY[direction, Kind(kind), unit]
+
+
+_BY_KEY = {(c.direction, c.kind, c.unit): c for c in COUNTERS}
+
+
+def offsets(direction: Direction, kind: Kind | str) -> tuple[int, int]:
     """Byte offsets of (packets, bytes) for a direction and kind: passed, dropped, audit."""
-    base = {
-        "passed": Field.IN_PACKETS,
-        "dropped": Field.IN_DROPPED_PACKETS,
-        "audit": Field.IN_AUDIT_PACKETS,
-    }[kind]
-    first = base + 2 * direction
-    return first * 8, (first + 1) * 8
+    return (
+        counter(direction, kind, "packets").field * 8,
+        counter(direction, kind, "bytes").field * 8,
+    )
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from ipacctd.datapath import program as program_mod
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.datapath.rules import FamilyRules, compile_rules
 from ipacctd.errors import AlreadyExists, Error, NotFound
+from ipacctd.policy.names import tmp_pin_name
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -169,7 +170,7 @@ class UnitDatapath:
         parent = os.path.dirname(pin_dir)
         bpffs.make_dir(parent)
         # bpffs refuses names with a dot; "~" appears in no unit pin name.
-        tmp = os.path.join(parent, f"~tmp-{os.path.basename(pin_dir)}-{os.getpid()}")
+        tmp = os.path.join(parent, tmp_pin_name(os.path.basename(pin_dir), os.getpid()))
         bpffs.remove_tree(tmp)
         bpffs.make_dir(tmp)
         cmap = counters_mod.create_map()

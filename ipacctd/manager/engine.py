@@ -36,6 +36,7 @@ from ipacctd.errors import (
     PermissionDenied,
 )
 from ipacctd.manager import generation, owner, recovery, systemd
+from ipacctd.manager import stats as stats_mod
 from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store, canonical
 from ipacctd.manager.unit import (
@@ -46,7 +47,12 @@ from ipacctd.manager.unit import (
     UnitStatus,
     spec_for,
 )
-from ipacctd.policy.names import transient_name, validate_unit_name
+from ipacctd.policy.names import (
+    tmp_pin_name,
+    tmp_pin_pid,
+    transient_name,
+    validate_unit_name,
+)
 from ipacctd.policy.properties import Properties, parse_assignment
 
 if TYPE_CHECKING:
@@ -54,11 +60,6 @@ if TYPE_CHECKING:
     from ipacctd.policy.unitfile import UnitFile
 
 ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
-#: Prefix of the directory a datapath is built in before it is renamed into place
-#: (``~tmp-<pin name>-<pid>``, see :meth:`UnitDatapath.create`).
-TMP_PIN_PREFIX = "~tmp-"
-
-
 class _Log:
     """``logging.getLogger("ipacctd.engine")``, imported on first use: only crash recovery
     logs, and ``logging`` is a noticeable part of the CLI's start-up time."""
@@ -232,6 +233,11 @@ class Manager:
         except (NotFound, OSError):
             return []
         return entries[:limit] if limit is not None else entries
+
+    def program_stats(self, name: str) -> dict[Direction, stats_mod.ProgramStats]:
+        """Run time and run count of the unit's programs per direction, linked or (armed by
+        systemd) pinned; counted only while BPF statistics are on (see :mod:`.stats`)."""
+        return stats_mod.program_stats(self.store.pin_dir(name))
 
     def status(self, name: str) -> UnitStatus:
         """The unit with its live state: processes, counters, attachment.
@@ -640,7 +646,7 @@ class Manager:
         """The temporary directory this process builds ``name``'s datapath in."""
         from ipacctd.manager.store import pin_name
 
-        return f"{TMP_PIN_PREFIX}{pin_name(name)}-{os.getpid()}"
+        return tmp_pin_name(pin_name(name), os.getpid())
 
     # -- recording a run -------------------------------------------------------------------
 
@@ -850,11 +856,8 @@ class Manager:
         except OSError:  # none yet, or not ours to read (the datapath step will say so)
             return
         for entry in entries:
-            if not entry.startswith(TMP_PIN_PREFIX):
-                continue
-            try:
-                pid = int(entry.rsplit("-", 1)[1])
-            except (IndexError, ValueError):
+            pid = tmp_pin_pid(entry)
+            if pid is None:
                 continue
             if pid != os.getpid() and _alive(pid):
                 continue

@@ -7,18 +7,37 @@ from collections.abc import Iterable
 
 from ipacctd.errors import InvalidInput
 
+#: Prefix of the directory a unit's datapath is built in before it is renamed into place
+#: (``~tmp-PIN-PID``; ``~`` appears in no pin name). The engine sweeps those of dead PIDs.
+TMP_PIN_PREFIX = "~tmp-"
+
 #: Longest escaped form (:func:`pin_name`) accepted. A name is stored as a file or directory
 #: name in four places, each at most NAME_MAX = 255 bytes: the cgroup (the name), the
 #: metadata file (name + ``.json``), its temporary file (``.NAME.PID.tmp``) and the pin
 #: directory, built as ``~tmp-PIN-PID`` and renamed to PIN. With a PID of up to 7 digits
 #: (pid_max <= 4194304) the longest of these is 13 bytes over PIN, and PIN is never
 #: shorter than the name: PIN <= 242 bytes covers them all.
-MAX_PIN_NAME_LENGTH = 255 - len("~tmp-") - len("-4194304")
+MAX_PIN_NAME_LENGTH = 255 - len(TMP_PIN_PREFIX) - len("-4194304")
 
 #: Longest unit name accepted, suffix included: the suffix's dot escapes to two bytes, so
 #: no longer name can fit :data:`MAX_PIN_NAME_LENGTH` (names with more ``.``/``_`` must be
 #: shorter still; the validator says so).
 MAX_NAME_LENGTH = MAX_PIN_NAME_LENGTH - 1
+
+
+def tmp_pin_name(pin: str, pid: int) -> str:
+    """The temporary name process ``pid`` builds pin directory ``pin`` under."""
+    return f"{TMP_PIN_PREFIX}{pin}-{pid}"
+
+
+def tmp_pin_pid(entry: str) -> int | None:
+    """The PID that builds under temporary pin name ``entry`` (None: not such a name)."""
+    if not entry.startswith(TMP_PIN_PREFIX):
+        return None
+    try:
+        return int(entry.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def pin_name(unit: str) -> str:

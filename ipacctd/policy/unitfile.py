@@ -53,7 +53,6 @@ MAX_MESSAGE = 300
 MAX_EXCERPT = 60
 
 _COMMENTS = "#;"
-_GLOB_CHARS = "*?["
 
 #: Keys accepted per section (besides ``X-`` keys, which are ignored).
 SECTION_KEYS: dict[str, frozenset[str]] = {
@@ -61,6 +60,15 @@ SECTION_KEYS: dict[str, frozenset[str]] = {
     "Match": frozenset({"ControlGroup"}),
     "Service": frozenset(name for name in PROPERTIES if name != "Description"),
 }
+
+
+#: The characters that make a ``ControlGroup=`` value a glob (fnmatch's).
+GLOB_CHARS = "*?["
+
+
+def is_glob(pattern: str) -> bool:
+    """Whether a ``ControlGroup=`` pattern (or one component of it) is a glob."""
+    return any(c in pattern for c in GLOB_CHARS)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class UnitFile:
 
     def has_glob(self) -> bool:
         """Whether any cgroup pattern contains glob characters."""
-        return any(c in pattern for pattern in self.cgroups for c in _GLOB_CHARS)
+        return any(is_glob(pattern) for pattern in self.cgroups)
 
     def matches(self, rel: str) -> str | None:
         """The first ``ControlGroup=`` pattern matching cgroup path ``rel`` (None: none)."""
@@ -95,7 +103,7 @@ class UnitFile:
         for a container's cgroup; else ``<file stem>@<cgroup name>.service``. The OCI hook
         and the daemon's binder both name units here, so they never bind one cgroup twice.
         """
-        if not any(c in pattern for c in _GLOB_CHARS) and len(self.cgroups) == 1:
+        if not is_glob(pattern) and len(self.cgroups) == 1:
             return self.name
         if container is not None:
             return container.unit_name()
@@ -114,7 +122,7 @@ def merge_order(
     Used by the daemon's binder and the OCI hook alike."""
     ordered = sorted(
         matches,
-        key=lambda m: (not any(c in m[1] for c in _GLOB_CHARS), os.path.basename(m[0].path),
+        key=lambda m: (not is_glob(m[1]), os.path.basename(m[0].path),
                        m[0].path),
     )
     files: list[UnitFile] = []
@@ -133,7 +141,7 @@ def cgroup_matches(pattern: str, rel: str) -> bool:
     """Whether a cgroup path matches a ``ControlGroup=`` value: equal, or a glob matched
     component by component (``*`` never crosses a ``/``, as the filesystem glob the
     daemon's binder uses)."""
-    if not any(c in pattern for c in _GLOB_CHARS):
+    if not is_glob(pattern):
         return pattern == rel
     want = [p for p in pattern.split("/") if p]
     have = [p for p in rel.split("/") if p]

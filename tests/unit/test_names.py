@@ -7,7 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ipacctd.errors import InvalidInput
-from ipacctd.policy.names import MAX_NAME_LENGTH, transient_name, validate_unit_name
+from ipacctd.policy.names import (
+    MAX_NAME_LENGTH,
+    MAX_PIN_NAME_LENGTH,
+    pin_name,
+    tmp_pin_name,
+    tmp_pin_pid,
+    transient_name,
+    validate_unit_name,
+)
 
 
 @pytest.mark.parametrize(
@@ -90,3 +98,12 @@ def test_random_names_validate_or_raise(name: str) -> None:
     assert result.endswith((".service", ".scope"))
     assert validate_unit_name(result) == result
     assert len(result) <= MAX_NAME_LENGTH
+
+
+def test_tmp_pin_name_and_its_pid_round_trip() -> None:
+    name = tmp_pin_name(pin_name("web.service"), 4194304)
+    assert name == "~tmp-web_dservice-4194304"
+    assert tmp_pin_pid(name) == 4194304
+    assert len(tmp_pin_name("x" * MAX_PIN_NAME_LENGTH, 4194304)) == 255
+    assert tmp_pin_pid(pin_name("web.service")) is None  # a unit's own pin directory
+    assert tmp_pin_pid("~tmp-web_dservice-") is None

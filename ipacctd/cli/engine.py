@@ -1,0 +1,31 @@
+"""The engine a verb works with, from its command line: the paths, then the manager (local,
+or through the daemon when one serves this installation).
+
+Verbs import this, not :mod:`ipacctd.cli.main`: the dispatcher imports the verbs, never the
+other way round.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ipacctd.manager.config import Config
+
+
+def config_for(args: argparse.Namespace) -> Config:
+    """The paths: defaults, the configuration file, the environment, then the options."""
+    return Config.from_env(
+        state_dir=args.state_dir,
+        bpf_dir=args.bpf_dir,
+        cgroup_root=args.cgroup_root,
+        unit_dir=args.unit_dir,
+    )
+
+
+def manager_for(args: argparse.Namespace, write: bool = True):
+    """The engine for the paths given on the command line (or the configured ones);
+    through the daemon when one serves this installation (see :mod:`ipacctd.cli.remote`)."""
+    # Imported here: the D-Bus client (dbus_fast) loads only for verbs that use an engine.
+    from ipacctd.cli.remote import manager
+
+    return manager(config_for(args), write=write)
