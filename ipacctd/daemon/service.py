@@ -91,9 +91,9 @@ class Daemon:
                             "running?")
         addr = self.config.listen_address
         if addr is not None:
-            reg = metrics.make_registry(self.registry, self.config.program_stats,
-                                        asyncio.get_running_loop())
-            self.http = metrics.serve(reg, *addr)
+            units = metrics.UnitCollector(self.registry, self.config.program_stats,
+                                          asyncio.get_running_loop())
+            self.http = metrics.serve(units, *addr)
         self._start_watching()
         self._write_runtime_file()
         loop = asyncio.get_running_loop()
