@@ -22,7 +22,7 @@ from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
 
-from ipacctd.daemon.registry import Entry, Registry
+from ipacctd.daemon.registry import Entry, Registry, counter_fields
 from ipacctd.errors import AlreadyExists, Error, InvalidInput, NotFound, NotSupported
 from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.store import canonical
@@ -90,7 +90,7 @@ def counter_values(c: Counters | None) -> list[int]:
     """The twelve counters in field order (UINT64_MAX each when unknown)."""
     if c is None:
         return [UINT64_MAX] * 12
-    return list(c.to_dict().values())
+    return list(counter_fields(c))
 
 
 def unit_properties(entry: Entry) -> dict[str, Variant]:
@@ -453,7 +453,7 @@ class BusService:
             entry = self._entry(body[0])
             return Message.new_method_return(msg, "o", [unit_path(entry.status.unit.name)])
         if member == "GetCounters":
-            rows = [(n, counter_values(e.counters)) for n, e in sorted(self.registry.units.items())]
+            rows = self.registry.counter_rows(counter_values)
             return Message.new_method_return(msg, COUNTERS_SIG, [rows])
         if member == "DescribeUnits":
             self._check(msg, "asu")
