@@ -76,7 +76,10 @@ class Daemon:
         self.binder.load()
         self.binder.reconcile()
         self.registry.sync()
-        self.check_enforcement(list(self.registry.units))
+        # Every unit's status was read just now, enforcement included: check and repair
+        # from it rather than asking the kernel about each unit's links a second time
+        # (a quarter of the start-up's CPU at 10,000 units).
+        self.check_enforcement(list(self.registry.units), just_read=True)
         if self.config.bus:  # bus = "" (--no-bus): /metrics and unit files alone
             self.bus = await self._connect()
             self.service = BusService(self.bus, self.registry, __version__,
@@ -236,10 +239,12 @@ class Daemon:
         self.registry.sync()
         self.check_enforcement(list(self.registry.units))
 
-    def check_enforcement(self, names: list[str]) -> list[str]:
+    def check_enforcement(self, names: list[str], just_read: bool = False) -> list[str]:
         """Verify that each named unit's recorded policy is in force on the cgroup now at
         its path, repair it where not (re-bind, rebuild lost pins), and report what stays
         unenforced: the status (D-Bus, metrics) at once, the log at ERROR once per change.
+        ``just_read``: the units' statuses were read a moment ago; their enforcement is
+        taken from them (a unit found wrong is asked about again before any repair).
         Returns the units repaired."""
         repaired = []
         for gone in set(self._reported) - set(self.registry.units):
@@ -253,7 +258,8 @@ class Daemon:
                 continue
             try:
                 unit = entry.status.unit  # as last read: parsing metadata costs more
-                enf = self.manager.enforcement(name, unit)
+                enf = entry.status.enforcement if just_read else self.manager.enforcement(
+                    name, unit)
                 if enf.alarming or enf.disarmed:  # be sure, with the metadata as it is now
                     unit = self.manager.unit(name)
                     enf = self.manager.enforcement(name, unit)
