@@ -44,7 +44,7 @@ class CgroupWatch:
 
     def __init__(self) -> None:
         self.ino = Inotify()
-        self._names: dict[str, set[str]] = {}  # cgroup fs path → units there
+        self._names: dict[str, tuple[str, ...]] = {}  # cgroup fs path → units there
         self._dirty: set[str] = set()  # fs paths with an event not yet taken
         self._warned = False
 
@@ -65,18 +65,17 @@ class CgroupWatch:
     def add(self, name: str, fs: str) -> None:
         """Watch the cgroup of unit ``name`` at ``fs``. Call before reading its state: an
         event after the watch is in place is never lost."""
-        names = self._names.setdefault(fs, set())
-        names.add(name)
+        names = self._names.get(fs, ())
+        if name not in names:
+            self._names[fs] = (*names, name)
         if self._watch(os.path.dirname(fs), PARENT_MASK):
             self._watch(f"{fs}/{EVENTS}", IN_MODIFY)  # False while the cgroup is absent
 
     def discard(self, name: str, fs: str) -> None:
-        names = self._names.get(fs)
-        if names is None:
-            return
-        names.discard(name)
-        if not names:
-            del self._names[fs]
+        names = tuple(n for n in self._names.get(fs, ()) if n != name)
+        if names:
+            self._names[fs] = names
+        elif self._names.pop(fs, None) is not None:
             self._unwatch(f"{fs}/{EVENTS}")
 
     def _unwatch(self, path: str) -> None:

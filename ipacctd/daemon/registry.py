@@ -24,7 +24,7 @@ from ipacctd.manager.reader import CounterReader
 from ipacctd.manager.unit import UnitStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """What the daemon last saw of one unit."""
 
