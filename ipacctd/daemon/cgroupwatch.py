@@ -89,9 +89,10 @@ class CgroupWatch:
         """Whether an event would show a change of the cgroup at ``fs``, which existed
         (``exists``) when its state was read: its parent is watched (creation, removal)
         and, if it exists, its ``cgroup.events`` (populated)."""
-        if os.path.dirname(fs) not in self.ino.wds:
+        wds = self.ino.wds
+        if fs[: fs.rfind("/")] not in wds:  # os.path.dirname: 6 µs, a third of the loop
             return False
-        return not exists or f"{fs}/{EVENTS}" in self.ino.wds
+        return not exists or f"{fs}/{EVENTS}" in wds
 
     def changed(self) -> set[str] | None:
         """The cgroups (fs paths) with an event since the last call; None after the event

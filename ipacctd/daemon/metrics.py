@@ -90,7 +90,7 @@ class Family:
         )
 
 
-#: (family, its (line prefix, Counters attribute) per direction, counts passed traffic)
+#: (family, its (line prefix, Counters attribute) for ingress and egress, counts passed traffic)
 TRAFFIC = tuple(
     (
         fam,
@@ -105,6 +105,12 @@ UNIT_STATE = Family(
     "1 for the unit's active state (active, inactive, failed), 0 for the others",
     "gauge",
 )
+#: A unit's five ``ipacctd_unit_state`` lines by its state (None: none of them), ``%s`` for
+#: its ``unit="…"}``.
+STATE_LINES = {
+    own: "".join(f"{UNIT_STATE.prefix(state=s)}%s {1 if s == own else 0}\n" for s in STATES)
+    for own in (*STATES, None)
+}
 ENFORCED = Family(
     "ipacctd_unit_firewall_enforced",
     "1 when the unit's recorded policy is in force on the live cgroup at its path "
@@ -236,7 +242,6 @@ class UnitCollector:
             program_stats = self.program_stats and self.stats_probe.on()
         label = self._label
         traffic = [(fam, [], series, passed) for fam, series, passed in TRAFFIC]
-        state_prefixes = [UNIT_STATE.prefix(state=s) for s in STATES]
         states: list[str] = []
         enf_prefix, enforced = ENFORCED.prefix(), []
         allow_prefix, deny_prefix = PREFIXES.prefix(list="allow"), PREFIXES.prefix(list="deny")
@@ -248,15 +253,14 @@ class UnitCollector:
         for name, st, c in snap:
             u = label(name)
             props = st.unit.properties
+            # One string per unit and family (both directions, all five states): a third of
+            # the objects of one per series.
             if c is not None:
-                for _, lines, series, passed in traffic:
+                for _, lines, ((p1, a1), (p2, a2)), passed in traffic:
                     if passed and not props.ip_accounting:
                         continue  # as systemd: no passed counters without IPAccounting=
-                    for prefix, attr in series:
-                        lines.append(f"{prefix}{u} {getattr(c, attr)}\n")
-            own = st.active_state
-            for state, prefix in zip(STATES, state_prefixes, strict=True):
-                states.append(f"{prefix}{u} {1 if state == own else 0}\n")
+                    lines.append(f"{p1}{u} {getattr(c, a1)}\n{p2}{u} {getattr(c, a2)}\n")
+            states.append(STATE_LINES.get(st.active_state, STATE_LINES[None]) % ((u,) * 5))
             enforced.append(f"{enf_prefix}{u} {1 if st.enforcement.enforced else 0}\n")
             prefixes.append(
                 f"{allow_prefix}{u} {len(props.ip_address_allow)}\n"
