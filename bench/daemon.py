@@ -83,6 +83,7 @@ class Result:
     list_units_daemon_s: float = 0.0  # DescribeUnits of all units (a user's list-units)
     status_daemon_s: float = 0.0
     rss_mb: float = 0.0
+    peak_mb: float = 0.0  # VmHWM at the end (after list-units / DescribeUnits of all units)
     notes: list[str] = field(default_factory=list)
 
 
@@ -327,6 +328,7 @@ def bench(n: int, args: argparse.Namespace) -> Result:
             dbus_latency(bus.address, unit_path("bench00000.service"), args.dbus_runs)
         )
         res.getall_ms, res.getcounters_ms = getall * 1e3, getcounters * 1e3
+        res.rss_mb = vm_kb(daemon.pid, "VmRSS") / 1024  # after the scrapes and D-Bus calls
         res.gzip_cpu_ms = scrape_cpu(daemon.pid, port, args.scrapes, **{"Accept-Encoding": "gzip"})
         res.gzip_cpu_ms *= 1e3
         om = "application/openmetrics-text; version=1.0.0"
@@ -340,7 +342,7 @@ def bench(n: int, args: argparse.Namespace) -> Result:
         res.list_units_daemon_s, res.status_daemon_s = asyncio.run(
             describe_latency(bus.address, "bench00000.service")
         )
-        res.rss_mb = vm_kb(daemon.pid, "VmRSS") / 1024
+        res.peak_mb = vm_kb(daemon.pid, "VmHWM") / 1024
         stop_process(daemon, 10)
         daemon = None
         in_process(inst, res, args.profile)
@@ -408,6 +410,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
             "status s",
             "DescribeUnits all s",
             "DescribeUnits one s",
+            "RSS peak MB",
         )
     ]
     for r in results:
@@ -421,6 +424,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
                 f"{r.status_s:.2f}",
                 f"{r.list_units_daemon_s:.2f}",
                 f"{r.status_daemon_s:.2f}",
+                f"{r.peak_mb:.1f}",
             )
         )
     out = [
@@ -448,6 +452,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         "  wall s (median of 3), as root (reads the kernel and metadata itself);",
         "  DescribeUnits all / one: the daemon's D-Bus call behind them for users who cannot",
         "  read the state (all units once; one unit, median of 3).",
+        "RSS MB: the daemon's VmRSS after the scrapes and D-Bus calls; RSS peak MB: VmHWM at",
+        "  the end, after DescribeUnits of all units.",
         f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
     ]
     for r in results:
