@@ -39,13 +39,20 @@ EVENTS = "cgroup.events"
 PARENT_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR
 
 
+#: Who takes the events: the state poll and the enforcement check, each at its own pace.
+CONSUMERS = ("state", "enforcement")
+
+
 class CgroupWatch:
-    """inotify watches on units' cgroups; :meth:`changed` drains the events."""
+    """inotify watches on units' cgroups and pin directories; :meth:`changed` drains the
+    events."""
 
     def __init__(self) -> None:
         self.ino = Inotify()
         self._names: dict[str, tuple[str, ...]] = {}  # cgroup fs path → units there
-        self._dirty: set[str] = set()  # fs paths with an event not yet taken
+        # Per consumer: paths with an event not yet taken; None after a queue overflow.
+        self._dirty: dict[str, set[str] | None] = {c: set() for c in CONSUMERS}
+        self._dirs: dict[str, int] = {}  # watched parent directory → its inode
         self._warned = False
 
     def _watch(self, path: str, mask: int) -> bool:
@@ -62,16 +69,56 @@ class CgroupWatch:
                 self._warned = True
             return False
 
-    def add(self, name: str, fs: str) -> None:
-        """Watch the cgroup of unit ``name`` at ``fs``. Call before reading its state: an
-        event after the watch is in place is never lost."""
+    def _watch_dir(self, path: str) -> bool:
+        """Watch a parent directory, remembering which one (see :meth:`_check_dirs`)."""
+        if path in self._dirs and path in self.ino.wds:
+            return True
+        try:
+            before = os.stat(path).st_ino
+        except OSError:
+            return False
+        if not self._watch(path, PARENT_MASK):
+            return False
+        try:
+            same = os.stat(path).st_ino == before
+        except OSError:
+            same = False
+        if not same:  # replaced meanwhile: which one is watched is unknown
+            self._unwatch(path)
+            return False
+        self._dirs[path] = before
+        return True
+
+    def _check_dirs(self) -> None:
+        """Drop the watch of a parent directory that was removed (and maybe made again):
+        kernfs says nothing to a watch on a removed cgroup, so its inode is compared (one
+        stat per parent directory, not per unit). Its units are then read again, and
+        watched anew."""
+        for path, ino in list(self._dirs.items()):
+            try:
+                same = os.stat(path).st_ino == ino
+            except OSError:
+                same = False
+            if not same:
+                del self._dirs[path]
+                self._unwatch(path)
+
+    def add(self, name: str, fs: str, pin_dir: str) -> None:
+        """Watch the cgroup of unit ``name`` at ``fs`` and its pin directory. Call before
+        reading its state or identity: an event after the watch is in place is never lost.
+        """
         names = self._names.get(fs, ())
         if name not in names:
             self._names[fs] = (*names, name)
-        if self._watch(os.path.dirname(fs), PARENT_MASK):
+        if self._watch_dir(os.path.dirname(fs)):
             self._watch(f"{fs}/{EVENTS}", IN_MODIFY)  # False while the cgroup is absent
+        # Pins made, removed or renamed in the directory (what changes its mtime), and the
+        # directory itself made or replaced (its parent).
+        if self._watch_dir(os.path.dirname(pin_dir)):
+            self._watch_dir(pin_dir)
 
-    def discard(self, name: str, fs: str) -> None:
+    def discard(self, name: str, fs: str, pin_dir: str) -> None:
+        self._unwatch(pin_dir)
         names = tuple(n for n in self._names.get(fs, ()) if n != name)
         if names:
             self._names[fs] = names
@@ -79,6 +126,7 @@ class CgroupWatch:
             self._unwatch(f"{fs}/{EVENTS}")
 
     def _unwatch(self, path: str) -> None:
+        self._dirs.pop(path, None)
         wd = self.ino.wds.pop(path, None)
         if wd is not None:
             self.ino.paths.pop(wd, None)
@@ -94,28 +142,50 @@ class CgroupWatch:
             return False
         return not exists or f"{fs}/{EVENTS}" in wds
 
-    def changed(self) -> set[str] | None:
-        """The cgroups (fs paths) with an event since the last call; None after the event
-        queue overflowed (anything may have changed)."""
-        overflow = False
+    def identity_watched(self, fs: str, pin_dir: str) -> bool:
+        """Whether an event would show a change of what :meth:`Registry.identity` reads:
+        the cgroup at ``fs`` made or removed (its parent), the pin directory or a pin in it
+        made, removed or renamed."""
+        wds = self.ino.wds
+        return (
+            fs[: fs.rfind("/")] in wds and pin_dir in wds and pin_dir[: pin_dir.rfind("/")] in wds
+        )
+
+    def _drain(self) -> None:
         while True:
             events = list(self.ino.read())
             if not events:
-                break
+                return
+            paths: set[str] = set()
+            overflow = False
             for path, mask, child in events:
                 if mask & IN_Q_OVERFLOW:
                     overflow = True
                 elif path.endswith("/" + EVENTS):
-                    self._dirty.add(path[: -len(EVENTS) - 1])
+                    paths.add(path[: -len(EVENTS) - 1])
                 elif child:
                     fs = f"{path}/{child}"
-                    self._dirty.add(fs)
+                    paths.update((fs, path))  # a cgroup or pin directory, or a pin in one
                     if mask & (IN_DELETE | IN_MOVED_FROM):
                         # kernfs never says IN_IGNORED for the removed cgroup's files: drop
-                        # the dead watch, so that a cgroup made again there gets a new one.
+                        # the dead watches, so that a cgroup or pin directory made again
+                        # there gets new ones.
                         self._unwatch(f"{fs}/{EVENTS}")
-        dirty, self._dirty = self._dirty, set()
-        return None if overflow else dirty
+                        self._unwatch(fs)
+            for consumer, dirty in self._dirty.items():
+                if overflow or dirty is None:
+                    self._dirty[consumer] = None
+                else:
+                    dirty |= paths
+
+    def changed(self, consumer: str = "state") -> set[str] | None:
+        """The cgroups and pin directories (paths) with an event since ``consumer`` last
+        asked; None after the event queue overflowed (anything may have changed)."""
+        self._drain()
+        self._check_dirs()
+        dirty = self._dirty[consumer]
+        self._dirty[consumer] = set()
+        return dirty
 
     def close(self) -> None:
         self.ino.close()
