@@ -113,9 +113,10 @@ class CgroupWatch:
         if self._watch_dir(os.path.dirname(fs)):
             self._watch(f"{fs}/{EVENTS}", IN_MODIFY)  # False while the cgroup is absent
         # Pins made, removed or renamed in the directory (what changes its mtime), and the
-        # directory itself made or replaced (its parent).
+        # directory itself made or replaced (its parent). bpffs is no kernfs: a removed pin
+        # directory says so (and its parent names it), no inode to compare per unit.
         if self._watch_dir(os.path.dirname(pin_dir)):
-            self._watch_dir(pin_dir)
+            self._watch(pin_dir, PARENT_MASK)
 
     def discard(self, name: str, fs: str, pin_dir: str) -> None:
         self._unwatch(pin_dir)
