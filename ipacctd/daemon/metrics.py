@@ -237,54 +237,90 @@ class UnitCollector:
     def render(
         self, snap: Snapshot, openmetrics: bool = False, names: Collection[str] | None = None
     ) -> list[bytes]:
-        """The per-unit families of ``snap`` in the text format or OpenMetrics; only those
-        whose sample name is in ``names`` (``name[]``) when given."""
+        """The per-unit families of ``snap`` in the text format or OpenMetrics, one bytes
+        chunk each; only those whose sample name is in ``names`` (``name[]``) when given.
+
+        One pass over the units per family, its lines joined and let go before the next:
+        the lines of all families at once (190,000 strings at 10,000 units) left 20 MB of
+        fragmented heap behind each scrape."""
         with self._probe_lock:
             program_stats = self.program_stats and self.stats_probe.on()
         label = self._label
-        traffic = [(fam, [], series, passed) for fam, series, passed in TRAFFIC]
-        states: list[str] = []
-        enf_prefix, enforced = ENFORCED.prefix(), []
-        allow_prefix, deny_prefix = PREFIXES.prefix(list="allow"), PREFIXES.prefix(list="deny")
-        prefixes: list[str] = []
-        denied: list[str] = []
-        containers: list[str] = []
-        run_time: list[str] = []
-        run_count: list[str] = []
-        for name, st, c in snap:
-            u = label(name)
-            props = st.unit.properties
-            # One string per unit and family (both directions, all five states): a third of
-            # the objects of one per series.
-            if c is not None:
-                for _, lines, ((p1, a1), (p2, a2)), passed in traffic:
-                    if passed and not props.ip_accounting:
-                        continue  # as systemd: no passed counters without IPAccounting=
-                    lines.append(f"{p1}{u} {getattr(c, a1)}\n{p2}{u} {getattr(c, a2)}\n")
-            states.append(STATE_LINES.get(st.active_state, STATE_LINES[None]) % ((u,) * 5))
-            enforced.append(f"{enf_prefix}{u} {1 if st.enforcement.enforced else 0}\n")
-            prefixes.append(
-                f"{allow_prefix}{u} {len(props.ip_address_allow)}\n"
-                f"{deny_prefix}{u} {len(props.ip_address_deny)}\n"
-            )
-            if st.unit.container is not None:
-                containers.append(f"{self._container(name, st.unit.container)}{u} 1\n")
-            # The denied-address log is written on the drop and audit paths only: nothing
-            # to read (five syscalls saved per unit) while those counters are zero.
-            if (
-                props.ip_address_deny
-                and c is not None
-                and (
-                    c.ingress_dropped_packets
-                    or c.egress_dropped_packets
-                    or c.ingress_audit_packets
-                    or c.egress_audit_packets
+        rows = [(label(name), name, st, st.unit.properties, c) for name, st, c in snap]
+        chunks: list[bytes] = []
+
+        def wanted(fam: Family) -> bool:
+            return names is None or fam.sample in names
+
+        def emit(fam: Family, lines: list[str]) -> None:
+            lines.insert(0, fam.om_head if openmetrics else fam.text_head)
+            chunks.append("".join(lines).encode())
+
+        for fam, ((p1, a1), (p2, a2)), passed in TRAFFIC:
+            if wanted(fam):  # as systemd: no passed counters without IPAccounting=
+                emit(
+                    fam,
+                    [
+                        f"{p1}{u} {getattr(c, a1)}\n{p2}{u} {getattr(c, a2)}\n"
+                        for u, _, _, props, c in rows
+                        if c is not None and (props.ip_accounting or not passed)
+                    ],
                 )
-            ):
-                for e in self.registry.manager.denied(name, DENIED_TOP):
-                    prefix = DENIED.prefix(address=e["address"], direction=e["direction"])
-                    denied.append(f"{prefix}{u} {e['packets']}\n")
-            if program_stats and st.attached:
+        if wanted(UNIT_STATE):  # all five lines of a unit from one template
+            none = STATE_LINES[None]
+            emit(
+                UNIT_STATE,
+                [STATE_LINES.get(st.active_state, none) % ((u,) * 5) for u, _, st, _, _ in rows],
+            )
+        if wanted(ENFORCED):
+            p = ENFORCED.prefix()
+            emit(
+                ENFORCED,
+                [f"{p}{u} {1 if st.enforcement.enforced else 0}\n" for u, _, st, _, _ in rows],
+            )
+        if wanted(PREFIXES):
+            pa, pd = PREFIXES.prefix(list="allow"), PREFIXES.prefix(list="deny")
+            emit(
+                PREFIXES,
+                [
+                    f"{pa}{u} {len(props.ip_address_allow)}\n{pd}{u} {len(props.ip_address_deny)}\n"
+                    for u, _, _, props, _ in rows
+                ],
+            )
+        if wanted(DENIED):
+            lines = []
+            for u, name, _, props, c in rows:
+                # The denied-address log is written on the drop and audit paths only:
+                # nothing to read (five syscalls saved per unit) while those are zero.
+                if (
+                    props.ip_address_deny
+                    and c is not None
+                    and (
+                        c.ingress_dropped_packets
+                        or c.egress_dropped_packets
+                        or c.ingress_audit_packets
+                        or c.egress_audit_packets
+                    )
+                ):
+                    for e in self.registry.manager.denied(name, DENIED_TOP):
+                        prefix = DENIED.prefix(address=e["address"], direction=e["direction"])
+                        lines.append(f"{prefix}{u} {e['packets']}\n")
+            emit(DENIED, lines)
+        if wanted(CONTAINER):
+            emit(
+                CONTAINER,
+                [
+                    f"{self._container(name, st.unit.container)}{u} 1\n"
+                    for u, name, st, _, _ in rows
+                    if st.unit.container is not None
+                ],
+            )
+        if self.program_stats and (wanted(RUN_TIME) or wanted(RUN_COUNT)):
+            run_time: list[str] = []
+            run_count: list[str] = []
+            for u, name, st, _, _ in rows if program_stats else ():
+                if not st.attached:
+                    continue
                 for direction, stats in self.registry.manager.program_stats(name).items():
                     if stats.run_cnt:
                         d = direction.name.lower()
@@ -294,26 +330,13 @@ class UnitCollector:
                         run_count.append(
                             f'{RUN_COUNT.sample}{{direction="{d}",{u} {stats.run_cnt}\n'
                         )
+            for fam, lines in ((RUN_TIME, run_time), (RUN_COUNT, run_count)):
+                if wanted(fam):
+                    emit(fam, lines)
         if len(self._labels) > 2 * len(snap) + 64:  # units come and go: forget the gone
             keep = {name for name, _, _ in snap}
             self._labels = {n: v for n, v in self._labels.items() if n in keep}
             self._containers = {n: v for n, v in self._containers.items() if n in keep}
-        out = [(fam, lines) for fam, lines, _, _ in traffic]
-        out += [
-            (UNIT_STATE, states),
-            (ENFORCED, enforced),
-            (PREFIXES, prefixes),
-            (DENIED, denied),
-            (CONTAINER, containers),
-        ]
-        if self.program_stats:
-            out += [(RUN_TIME, run_time), (RUN_COUNT, run_count)]
-        chunks = []
-        for fam, lines in out:  # one bytes chunk a family, its lines let go as it is made
-            if names is None or fam.sample in names:
-                lines.insert(0, fam.om_head if openmetrics else fam.text_head)
-                chunks.append("".join(lines).encode())
-            lines.clear()
         return chunks
 
 
