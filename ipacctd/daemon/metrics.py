@@ -428,9 +428,13 @@ class MetricsServer:
 
     def __init__(self, units: UnitCollector, prom: CollectorRegistry, host: str, port: int) -> None:
         def metrics_app(environ: dict, start_response: Callable) -> list[bytes]:
-            if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
-                start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
-                return [b"use GET\n"]
+            method = environ["REQUEST_METHOD"]
+            if method == "OPTIONS":  # as prometheus_client's make_wsgi_app answers
+                start_response("200 OK", [("Allow", "OPTIONS,GET")])
+                return [b""]
+            if method not in ("GET", "HEAD"):
+                start_response("405 Method Not Allowed", [("Allow", "OPTIONS,GET")])
+                return [f"# HTTP 405 Method Not Allowed: {method}; use OPTIONS or GET\n".encode()]
             params = parse_qs(environ.get("QUERY_STRING", ""))
             content_type, body = exposition(
                 units, prom, environ.get("HTTP_ACCEPT"), params.get("name[]")
