@@ -36,6 +36,7 @@ import io
 import os
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -74,7 +75,15 @@ class Result:
     scrape_stats_ms: float = 0.0  # with BPF run-time stats on
     getall_ms: float = 0.0
     getcounters_ms: float = 0.0
+    gzip_cpu_ms: float = 0.0  # daemon CPU per scrape with Accept-Encoding: gzip
+    om_cpu_ms: float = 0.0  # daemon CPU per OpenMetrics scrape
+    scrape_inproc_ms: float = 0.0  # metrics.exposition in-process (process_time, median)
+    list_units_s: float = 0.0  # `ipacctd list-units --all`, root (reads the kernel itself)
+    status_s: float = 0.0  # `ipacctd status UNIT`, root
+    list_units_daemon_s: float = 0.0  # DescribeUnits of all units (a user's list-units)
+    status_daemon_s: float = 0.0
     rss_mb: float = 0.0
+    peak_mb: float = 0.0  # VmHWM at the end (after list-units / DescribeUnits of all units)
     notes: list[str] = field(default_factory=list)
 
 
@@ -100,9 +109,40 @@ def vm_kb(pid: int, key: str) -> int:
     return 0
 
 
-def scrape(port: int) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
+def scrape(port: int, **headers: str) -> bytes:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+    with urllib.request.urlopen(req, timeout=60) as r:
         return r.read()
+
+
+def scrape_cpu(pid: int, port: int, n: int, **headers: str) -> float:
+    """The daemon's CPU seconds per scrape over ``n`` scrapes with these headers."""
+    c0 = cpu_seconds(pid)
+    for _ in range(n):
+        scrape(port, **headers)
+    return (cpu_seconds(pid) - c0) / n
+
+
+def cli_seconds(env: dict[str, str], argv: list[str], runs: int) -> float:
+    """Median wall seconds of ``python -m ipacctd ARGV`` (exit 0, or 3: an inactive unit's
+    ``status``, as systemctl)."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        res = subprocess.run(
+            [sys.executable, "-m", "ipacctd", *argv],
+            env=env,
+            cwd=str(ROOT),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=300,
+        )
+        times.append(time.perf_counter() - t)
+        if res.returncode not in (0, 3):
+            raise subprocess.CalledProcessError(res.returncode, argv, stderr=res.stderr)
+    return statistics.median(times)
 
 
 async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, float]:
@@ -147,6 +187,34 @@ async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, 
         bus.disconnect()
 
 
+async def describe_latency(address: str, unit: str) -> tuple[float, float]:
+    """Wall seconds of the daemon's ``DescribeUnits`` for all units (once) and for one
+    (median of 3): what ``list-units`` and ``status`` call for a user who cannot read the
+    state (``cli/remote.py``)."""
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_address=address).connect()
+    try:
+        times = []
+        for names in ([], [unit], [unit], [unit]):
+            t = time.perf_counter()
+            msg = Message(
+                destination=BUS_NAME,
+                path="/org/ipacctd1",
+                interface="org.ipacctd1.Manager",
+                member="DescribeUnits",
+                signature="asu",
+                body=[names, 5],
+            )
+            reply = await asyncio.wait_for(bus.call(msg), 300)
+            assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+            times.append(time.perf_counter() - t)
+        return times[0], statistics.median(times[1:])
+    finally:
+        bus.disconnect()
+
+
 def in_process(inst: Installation, res: Result, profile: bool) -> None:
     """Time Daemon.poll in this process (no bus, no HTTP): counters-only and state cycles."""
     d = Daemon(DaemonConfig(paths=inst.config, bus="unused", listen=""))
@@ -165,15 +233,28 @@ def in_process(inst: Installation, res: Result, profile: bool) -> None:
             states.append(time.process_time() - t)
         res.counters_ms = statistics.median(counters) * 1e3
         res.states_ms = statistics.median(states) * 1e3
+        from ipacctd.daemon import metrics
+
+        units, prom = metrics.UnitCollector(d.registry), metrics.make_registry()
+        scrapes = []
+        for _ in range(5):
+            t = time.process_time()
+            metrics.exposition(units, prom, None)
+            scrapes.append(time.process_time() - t)
+        res.scrape_inproc_ms = statistics.median(scrapes) * 1e3
         if profile:
-            for label, cycle in (("counters-only cycle", 1), ("state cycle", STATE_EVERY)):
+            runs = (
+                ("counters-only cycle", d.poll, (1,)),
+                ("state cycle", d.poll, (STATE_EVERY,)),
+                ("scrape", metrics.exposition, (units, prom, None)),
+            )
+            for label, fn, fn_args in runs:
                 prof = cProfile.Profile()
-                prof.runcall(d.poll, cycle)
+                prof.runcall(fn, *fn_args)
                 out = io.StringIO()
                 pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(18)
                 print(
-                    f"--- cProfile of Daemon.poll, {label}, {res.units} units ---\n"
-                    f"{out.getvalue()}",
+                    f"--- cProfile of {label}, {res.units} units ---\n{out.getvalue()}",
                     file=sys.stderr,
                 )
     finally:
@@ -247,7 +328,21 @@ def bench(n: int, args: argparse.Namespace) -> Result:
             dbus_latency(bus.address, unit_path("bench00000.service"), args.dbus_runs)
         )
         res.getall_ms, res.getcounters_ms = getall * 1e3, getcounters * 1e3
-        res.rss_mb = vm_kb(daemon.pid, "VmRSS") / 1024
+        res.rss_mb = vm_kb(daemon.pid, "VmRSS") / 1024  # after the scrapes and D-Bus calls
+        res.gzip_cpu_ms = scrape_cpu(daemon.pid, port, args.scrapes, **{"Accept-Encoding": "gzip"})
+        res.gzip_cpu_ms *= 1e3
+        om = "application/openmetrics-text; version=1.0.0"
+        res.om_cpu_ms = scrape_cpu(daemon.pid, port, args.scrapes, Accept=om) * 1e3
+        env = dict(inst.env, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
+        try:
+            res.list_units_s = cli_seconds(env, ["list-units", "--all"], 3)
+            res.status_s = cli_seconds(env, ["status", "bench00000.service"], 3)
+        except subprocess.CalledProcessError as exc:
+            res.notes.append(f"CLI failed: {exc.stderr!r}")
+        res.list_units_daemon_s, res.status_daemon_s = asyncio.run(
+            describe_latency(bus.address, "bench00000.service")
+        )
+        res.peak_mb = vm_kb(daemon.pid, "VmHWM") / 1024
         stop_process(daemon, 10)
         daemon = None
         in_process(inst, res, args.profile)
@@ -258,6 +353,14 @@ def bench(n: int, args: argparse.Namespace) -> Result:
             bus.close()
         inst.close()
     return res
+
+
+def grid(rows: list[tuple[str, ...]]) -> list[str]:
+    """Right-aligned columns, a rule under the head row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def table(results: list[Result], args: argparse.Namespace) -> str:
@@ -297,16 +400,42 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
                 f"{r.rss_mb:.1f}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    more = [
+        (
+            "units",
+            "scrape in-process ms",
+            "gzip scrape CPU ms",
+            "OpenMetrics CPU ms",
+            "list-units s",
+            "status s",
+            "DescribeUnits all s",
+            "DescribeUnits one s",
+            "RSS peak MB",
+        )
+    ]
+    for r in results:
+        more.append(
+            (
+                str(r.units),
+                f"{r.scrape_inproc_ms:.1f}",
+                f"{r.gzip_cpu_ms:.1f}",
+                f"{r.om_cpu_ms:.1f}",
+                f"{r.list_units_s:.2f}",
+                f"{r.status_s:.2f}",
+                f"{r.list_units_daemon_s:.2f}",
+                f"{r.status_daemon_s:.2f}",
+                f"{r.peak_mb:.1f}",
+            )
+        )
     out = [
         f"ipacctd daemon benchmark — {time.strftime('%Y-%m-%d %H:%M:%S')}, kernel "
         f"{os.uname().release}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
         f"poll interval {args.poll_interval}s, CPU window {args.window}s, state re-check "
         f"every {STATE_EVERY} cycles; each unit: own cgroup, IPAddressDeny=198.51.100.1",
         "",
-        *lines,
+        *grid(rows),
+        "",
+        *grid(more),
         "",
         "poll CPU ms: the daemon's utime+stime per cycle, averaged over counters-only and",
         "  state cycles (external, /proc/<pid>/stat); counters ms / states ms: Daemon.poll",
@@ -315,6 +444,17 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         "  scrape (with the polls that ran meanwhile: less sensitive to a loaded machine);",
         "  +stats ms: the same while BPF run-time stats are on",
         "  (program run time and runs exported per unit, as while `ipacctd top` runs).",
+        "scrape in-process ms: metrics.exposition (snapshot + text) in this process, CPU",
+        "  (time.process_time, median of 5; BPF stats as they are: see the notes).",
+        "gzip / OpenMetrics CPU ms: the daemon's CPU per scrape with Accept-Encoding: gzip",
+        "  (as Prometheus asks) / with the OpenMetrics Accept header.",
+        "list-units / status: `ipacctd list-units --all` / `ipacctd status bench00000.service`,",
+        "  wall s (median of 3), as root (reads the kernel and metadata itself);",
+        "  DescribeUnits all / one: the daemon's D-Bus call behind them for users who cannot",
+        "  read the state (all units once; one unit, median of 3).",
+        "RSS MB: the daemon's VmRSS after the scrapes and D-Bus calls; RSS peak MB: VmHWM at",
+        "  the end, after DescribeUnits of all units.",
+        f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
     ]
     for r in results:
         if r.units >= 1000 and r.units < 2000:

@@ -61,7 +61,7 @@ from ipacctd.daemon.contract import (
     unescape_label,
     unit_path,
 )
-from ipacctd.daemon.registry import Entry, Registry
+from ipacctd.daemon.registry import Entry, Registry, counter_fields
 from ipacctd.errors import AccessDenied, InvalidInput, NotFound, NotSupported
 from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.store import canonical
@@ -91,7 +91,7 @@ def counter_values(c: Counters | None) -> list[int]:
     """The twelve counters in field order (UINT64_MAX each when unknown)."""
     if c is None:
         return [UINT64_MAX] * 12
-    return list(c.to_dict().values())
+    return list(counter_fields(c))
 
 
 def unit_properties(entry: Entry) -> dict[str, Variant]:
@@ -522,7 +522,7 @@ class BusService:
                 [j.row() for _, j in sorted(self.jobs.items())]])),
             "GetJob": ("u", lambda: ("o", [self._job(job_path(body[0])).path])),
             "GetCounters": ("", lambda: (COUNTERS_SIG, [
-                [(n, counter_values(e.counters)) for n, e in sorted(units.items())]])),
+                self.registry.counter_rows(counter_values)])),
             "DescribeUnits": ("asu", lambda: ("s", [self._describe(body[0], body[1])])),
             "InspectUnit": ("sb", lambda: ("s", [self._inspect(body[0], body[1])])),
             # Signals go out to every listener always; systemd's clients call these first.

@@ -9,7 +9,6 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
 from support import free_port
 
 from ipacctd.daemon import metrics
@@ -41,9 +40,8 @@ def test_scrape_beside_the_loop_snapshot_on_it(tmp_path: Path) -> None:
     async def main() -> tuple[bytes, int]:
         loop = asyncio.get_running_loop()
         threads["loop"] = threading.get_ident()
-        prom = CollectorRegistry(auto_describe=False)
-        prom.register(Recording(registry, program_stats=False, loop=loop))
-        server = metrics.serve(prom, "127.0.0.1", free_port())
+        units = Recording(registry, program_stats=False, loop=loop)
+        server = metrics.serve(units, "127.0.0.1", free_port())
         ticks = 0
 
         async def tick() -> None:  # runs only while the loop is free
