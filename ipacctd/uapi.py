@@ -611,6 +611,46 @@ class BpfLinkInfo(ctypes.Structure):
                 ("_u", _LinkInfoUnion)]
 
 
+# -- map keys the kernel defines ---------------------------------------------------------------
+
+
+class BpfLpmTrieKeyHdr(ctypes.Structure):
+    """The head of an LPM trie key (include/uapi/linux/bpf.h), the address bytes follow it
+    in network order::
+
+        struct bpf_lpm_trie_key_hdr {
+            __u32   prefixlen;
+        };
+        struct bpf_lpm_trie_key_u8 {
+            union {
+                struct bpf_lpm_trie_key_hdr hdr;
+                __u32 prefixlen;
+            };
+            __u8    data[];  /* Arbitrary size */
+        };
+    """
+
+    _fields_ = [("prefixlen", u32)]
+
+
+# -- inotify(7) ---------------------------------------------------------------------------------
+
+
+class InotifyEvent(ctypes.Structure):
+    """struct inotify_event (include/uapi/linux/inotify.h), ``len`` bytes of name follow::
+
+        struct inotify_event {
+            __s32       wd;
+            __u32       mask;
+            __u32       cookie;
+            __u32       len;
+            char        name[];
+        };
+    """
+
+    _fields_ = [("wd", ctypes.c_int32), ("mask", u32), ("cookie", u32), ("len", u32)]
+
+
 # -- clone3(2) --------------------------------------------------------------------------------
 
 

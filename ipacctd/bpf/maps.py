@@ -14,7 +14,7 @@ from ipacctd.bpf.errors import BPFError, BPFNotFound, BPFNotSupported
 from ipacctd.bpf.objects import Object, fd_by_id, obj_get
 from ipacctd.bpf.syscall import addr, bpf, close
 from ipacctd.bpf.types import ANY, ENOTSUPP, F_NO_PREALLOC, Cmd, MapType
-from ipacctd.uapi import BpfAttr, BpfMapInfo
+from ipacctd.uapi import BpfAttr, BpfLpmTrieKeyHdr, BpfMapInfo
 
 if TYPE_CHECKING:
     from ipacctd.bpf.info import MapInfo
@@ -332,13 +332,13 @@ class PerCPUSum:
 
 
 def prefix_key(net: Network) -> bytes:
-    """LPM trie key: u32 prefix length (host order) + address (network order)."""
-    return struct.pack("=I", net.prefixlen) + net.network_address.packed
+    """LPM trie key: its header (prefix length, host order) + address (network order)."""
+    return bytes(BpfLpmTrieKeyHdr(net.prefixlen)) + net.network_address.packed
 
 
 def address_key(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     """LPM trie lookup key for one address (full-length prefix)."""
-    return struct.pack("=I", ip.max_prefixlen) + ip.packed
+    return bytes(BpfLpmTrieKeyHdr(ip.max_prefixlen)) + ip.packed
 
 
 class LPMTrieMap(Map):
@@ -381,8 +381,8 @@ class LPMTrieMap(Map):
 
 
 def _key_network(key: bytes) -> Network:
-    plen = struct.unpack_from("=I", key)[0]
-    body = key[4:]
+    plen = BpfLpmTrieKeyHdr.from_buffer_copy(key).prefixlen
+    body = key[ctypes.sizeof(BpfLpmTrieKeyHdr):]
     if len(body) == 4:
         return ipaddress.IPv4Network((body, plen))
     return ipaddress.IPv6Network((body, plen))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import struct
 from collections.abc import Iterator
 
 from ipacctd.libc import last_error, libc
+from ipacctd.uapi import InotifyEvent
 
 IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
@@ -27,7 +27,7 @@ IN_CLOEXEC = os.O_CLOEXEC
 
 CHANGES = IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_CLOSE_WRITE | IN_DELETE_SELF
 
-_EVENT = struct.Struct("=iIII")
+_EVENT_SIZE = ctypes.sizeof(InotifyEvent)
 
 
 class Inotify:
@@ -62,15 +62,15 @@ class Inotify:
         except BlockingIOError:
             return
         offset = 0
-        while offset + _EVENT.size <= len(data):
-            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-            raw = data[offset + _EVENT.size: offset + _EVENT.size + length]
-            offset += _EVENT.size + length
-            path = self.paths.get(wd, "")
-            if mask & IN_IGNORED:
+        while offset + _EVENT_SIZE <= len(data):
+            event = InotifyEvent.from_buffer_copy(data, offset)
+            raw = data[offset + _EVENT_SIZE: offset + _EVENT_SIZE + event.len]
+            offset += _EVENT_SIZE + event.len
+            path = self.paths.get(event.wd, "")
+            if event.mask & IN_IGNORED:
                 self.wds.pop(path, None)
-                self.paths.pop(wd, None)
-            yield path, mask, raw.split(b"\0", 1)[0].decode(errors="replace")
+                self.paths.pop(event.wd, None)
+            yield path, event.mask, raw.split(b"\0", 1)[0].decode(errors="replace")
 
     def close(self) -> None:
         if self.fd >= 0:

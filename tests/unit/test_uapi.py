@@ -55,6 +55,8 @@ OFFSETS = {
     "BpfLinkInfo": """
     type=0 id=4 prog_id=8 cgroup.cgroup_id=16 cgroup.attach_type=24
     """,
+    "BpfLpmTrieKeyHdr": "prefixlen=0",
+    "InotifyEvent": "wd=0 mask=4 cookie=8 len=12",
     "CloneArgs": """
     flags=0 pidfd=8 child_tid=16 parent_tid=24 exit_signal=32 stack=40 stack_size=48
     tls=56 set_tid=64 set_tid_size=72 cgroup=80
@@ -68,6 +70,8 @@ SIZES = {
     "BpfMapInfo": 88,  # sizeof(struct bpf_map_info) up to map_extra
     "BpfLinkInfo": 64,  # the 16-byte head and a 48-byte union (the cgroup variant read)
     "CloneArgs": 88,  # CLONE_ARGS_SIZE_VER2
+    "BpfLpmTrieKeyHdr": 4,  # sizeof(struct bpf_lpm_trie_key_hdr): the address follows
+    "InotifyEvent": 16,  # sizeof(struct inotify_event): the name follows
     "BpfAttr": uapi.ATTR_SIZE,  # at least sizeof(union bpf_attr), 144 in 6.1
     "MapCreateAttr": 72,
     "MapElemAttr": 32,
