@@ -71,13 +71,7 @@ class Daemon:
         self._claim()
         self._own_leaf()
         self.manager.store.ensure_dirs()
-        try:  # finish what a crashed ipacctd left half done (policy changes, removals)
-            repaired = self.manager.reconcile()
-            if repaired:
-                log.warning("repaired after a crash: %s", ", ".join(repaired))
-        except Error as exc:
-            log.error("reconciling units: %s", exc)
-        self.registry.sync()
+        self._repair_at_start()
         self.binder.load()
         self.binder.reconcile()
         self.registry.sync()
@@ -122,6 +116,33 @@ class Daemon:
             self.config.listen or "off",
             self.manager.config.cgroup_root,
         )
+
+    def _repair_at_start(self) -> None:
+        """Finish what a crashed ipacctd left half done (policy changes, removals), from
+        every unit's status read once: only the units whose status shows something to
+        repair (:func:`recovery.due`) are reconciled and read again. Reconciling every unit
+        asked the kernel the same questions as its status does, doubling the start-up
+        (~0.5 ms a unit). Datapaths half built by a crashed creator are swept first, so that
+        no status reads them."""
+        from ipacctd.manager import recovery
+
+        try:
+            self.manager.reconcile(only=())  # the sweep alone
+        except Error as exc:
+            log.error("reconciling units: %s", exc)
+        self.registry.sync()
+        due = [n for n, e in self.registry.units.items() if recovery.due(e.status)]
+        if not due:
+            return
+        try:
+            repaired = self.manager.reconcile(only=due)
+            if repaired:
+                log.warning("repaired after a crash: %s", ", ".join(repaired))
+        except Error as exc:
+            log.error("reconciling units: %s", exc)
+        for name in due:  # as they are now (gone, repaired, or still not in force)
+            self.registry.refresh(name)
+        self.registry.sync()  # units a repair removed or made
 
     def _claim(self) -> None:
         """Take the installation's daemon lock for our whole life, before touching any

@@ -284,7 +284,7 @@ class Manager:
             with UnitDatapath.open(self.store.pin_dir(name)) as dp:
                 counters = dp.read()
             kgen = generation.read(self.store.pin_dir(name))
-        enf = self.enforcement(name, unit)
+        enf = self.enforcement(name, unit, kgen)
         attached = enf.enforced or enf.policy_cut_off
         if pids:
             active, sub = "active", "running"
@@ -305,10 +305,13 @@ class Manager:
             active, sub = "inactive", "dead"
         return UnitStatus(unit, active, sub, pids, counters, attached, kgen, enf)
 
-    def enforcement(self, name: str, unit: Unit | None = None) -> Enforcement:
+    def enforcement(
+        self, name: str, unit: Unit | None = None, kgen: int | None = None
+    ) -> Enforcement:
         """Whether the unit's recorded policy is in force on the cgroup now at its path,
         and if not, why: the kernel is asked (links, the programs on the cgroup, the
-        enforced generation), not the metadata."""
+        enforced generation), not the metadata. ``kgen``: the enforced generation as
+        :meth:`status` read it a moment before (None: read here)."""
         unit = unit or self.unit(name)
         fs = self.cgroup_fs(unit)
         cid = cgroup_id(fs) if cgroup.exists(fs) else None
@@ -325,7 +328,8 @@ class Manager:
             except OSError as exc:  # BPFError included: the kernel refused to answer
                 problem = f"programs missing: {exc}"
         if problem is None:
-            kgen = generation.read(pin_dir)
+            if kgen is None:  # not given, or not pinned a moment ago: ask now
+                kgen = generation.read(pin_dir)
             if kgen != unit.generation:
                 problem = (f"{POLICY_CUT_OFF}: the kernel enforces policy generation {kgen}, "
                            f"recorded {unit.generation}")
@@ -844,20 +848,24 @@ class Manager:
 
     # -- crash recovery --------------------------------------------------------------------
 
-    def reconcile(self, name: str | None = None) -> list[str]:
+    def reconcile(
+        self, name: str | None = None, *, only: Sequence[str] | None = None
+    ) -> list[str]:
         """Complete what a crashed ipacctd left half done; returns the units repaired.
 
-        For each unit (or only ``name``): finish an interrupted removal; re-apply the
-        recorded policy when the kernel enforces another generation (returning to the
-        recorded rollback policy if it cannot be applied); rebuild a missing datapath on a
-        live cgroup. Also removes datapaths left half built by a crashed creator.
+        For each unit (or only ``name``, or only the units named in ``only``, under one
+        lock): finish an interrupted removal; re-apply the recorded policy when the kernel
+        enforces another generation (returning to the recorded rollback policy if it cannot
+        be applied); rebuild a missing datapath on a live cgroup. Also removes datapaths
+        left half built by a crashed creator.
         """
         with self.store.locked():
             self._sweep_stale_pins()
             if name is not None:
                 return [name] if self._reconcile(name) else []
             done = []
-            for n in self.names():  # one broken unit must not keep the others unrepaired
+            # One broken unit must not keep the others unrepaired.
+            for n in self.names() if only is None else only:
                 try:
                     if self._reconcile(n):
                         done.append(n)

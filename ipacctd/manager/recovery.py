@@ -58,7 +58,7 @@ from ipacctd.bpf import bpffs
 from ipacctd.datapath.unit import COUNTERS, UnitDatapath, cgroup_id
 from ipacctd.errors import Error, NotFound
 from ipacctd.manager import generation, systemd
-from ipacctd.manager.unit import Unit, spec_for
+from ipacctd.manager.unit import Unit, UnitStatus, spec_for
 
 if TYPE_CHECKING:
     from ipacctd.manager.engine import Manager
@@ -73,6 +73,26 @@ def reconcile(manager: Manager, name: str, unit: Unit | None = None) -> bool:
     """
     done = _reconcile_policy(manager, name, unit)
     return _reconcile_systemd(manager, name) or done
+
+
+def due(status: UnitStatus) -> bool:
+    """Whether :func:`reconcile` may have something to do for a unit whose status (its
+    metadata, enforcement and kernel generation, read together) is ``status``: False only
+    when every step above would find nothing to do. The daemon's start reads every unit's
+    status anyway and repairs only these (at 10,000 units reconciling all of them cost as
+    much again as the statuses); a unit changed since its status was read is checked again
+    by the daemon's polls (its identity or metadata changed)."""
+    u = status.unit
+    if status.broken is not None or u.removing or u.rollback is not None:
+        return True  # steps 1, 2, 5's last step (and what a broken unit makes them say)
+    if u.systemd_service is not None:
+        return u.enforced  # step 6 asks systemd's drop-in and the service's cgroup itself
+    if not u.enforced:
+        return False  # step 2 only drops a rollback
+    enf = status.enforcement
+    if enf.live:  # steps 3 to 5: not in force (pins lost, links, generation) or a new cgroup
+        return not enf.enforced or u.cgroup_id != enf.cgroup_id
+    return status.kernel_generation != u.generation  # step 5 on a cgroup that is gone
 
 
 def _reconcile_policy(manager: Manager, name: str, unit: Unit | None) -> bool:

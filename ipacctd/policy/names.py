@@ -50,23 +50,17 @@ def pin_name(unit: str) -> str:
 
 def unpin_name(pin: str) -> str | None:
     """The unit name of a bpffs directory name (inverse of :func:`pin_name`; None when
-    ``pin`` is no such name)."""
-    out, i = [], 0
-    while i < len(pin):
-        c = pin[i]
-        if c == "_":
-            nxt = pin[i + 1 : i + 2]
-            if nxt == "_":
-                out.append("_")
-            elif nxt == "d":
-                out.append(".")
-            else:
-                return None
-            i += 2
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
+    ``pin`` is no such name).
+
+    Split at each ``__`` from the left (the pairs a left-to-right reading of the escapes
+    takes): within a piece every ``_`` must start ``_d``. String methods rather than a loop
+    over characters: the daemon reads every pin directory's name on each sync (10,000 at
+    10,000 units)."""
+    pieces = pin.split("__")
+    for piece in pieces:
+        if "_" in piece.replace("_d", ""):
+            return None
+    return "_".join(piece.replace("_d", ".") for piece in pieces)
 
 
 #: Unit types ipacctd manages.

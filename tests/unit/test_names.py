@@ -14,6 +14,7 @@ from ipacctd.policy.names import (
     tmp_pin_name,
     tmp_pin_pid,
     transient_name,
+    unpin_name,
     validate_unit_name,
 )
 
@@ -107,3 +108,33 @@ def test_tmp_pin_name_and_its_pid_round_trip() -> None:
     assert len(tmp_pin_name("x" * MAX_PIN_NAME_LENGTH, 4194304)) == 255
     assert tmp_pin_pid(pin_name("web.service")) is None  # a unit's own pin directory
     assert tmp_pin_pid("~tmp-web_dservice-") is None
+
+
+def _unpin_by_scan(pin: str) -> str | None:
+    """The escapes read one character at a time (what unpin_name must agree with)."""
+    out, i = [], 0
+    while i < len(pin):
+        if pin[i] == "_":
+            nxt = pin[i + 1 : i + 2]
+            if nxt not in ("_", "d"):
+                return None
+            out.append("_" if nxt == "_" else ".")
+            i += 2
+        else:
+            out.append(pin[i])
+            i += 1
+    return "".join(out)
+
+
+def test_unpin_name_inverts_pin_name_and_refuses_other_names() -> None:
+    import itertools
+
+    for n in range(7):  # every string of up to 6 characters over the escapes' alphabet
+        for chars in itertools.product("_d.x", repeat=n):
+            s = "".join(chars)
+            if "." not in s:  # a bpffs name (pin_name's output never holds a dot)
+                assert unpin_name(s) == _unpin_by_scan(s), s
+            assert unpin_name(pin_name(s)) == s, s
+    assert unpin_name("web_dservice") == "web.service"
+    assert unpin_name("a_b") is None
+    assert unpin_name("a_") is None
