@@ -7,6 +7,7 @@ import errno
 import functools
 import ipaddress
 import struct
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Self
 
@@ -300,31 +301,49 @@ def _sum_per_cpu(raw: bytes, words: int, fields: int) -> tuple[int, ...]:
 class PerCPUSum:
     """A prepared MAP_LOOKUP_ELEM of one index of a per-CPU array, summed over CPUs.
 
-    The key, value and attr buffers are made once, so a read is one syscall; when the value
-    is unchanged since the previous read, :meth:`read` returns the very same tuple without
-    unpacking it again (callers may cache what they derive from it by identity). The map
-    keeps the fd: close ``self.map`` when done.
+    The key, value and attr buffers are made once per thread and shape (index, value size)
+    and shared by all prepared reads of that shape: a read sets the map fd and is one
+    syscall; a daemon holding one of these per unit keeps no buffers per unit (they were
+    half a KiB each). When the value is unchanged since this object's previous read,
+    :meth:`read` returns the very same tuple without unpacking it again (callers may cache
+    what they derive from it by identity). The map keeps the fd: close ``self.map`` when
+    done.
     """
 
-    __slots__ = ("_attr", "_fields", "_key", "_last", "_last_raw", "_value", "_what", "_words",
-                 "map")
+    __slots__ = ("_fields", "_index", "_last", "_last_raw", "_size", "_what", "_words", "map")
+
+    #: Per thread: (index, value buffer size) → (key, value, attr). Per thread because a
+    #: bpf(2) call through ctypes releases the GIL: another thread must not write the same
+    #: buffers meanwhile.
+    _shared = threading.local()
 
     def __init__(self, pmap: PerCPUArrayMap, index: int = 0) -> None:
         self.map = pmap
         stride = pmap._stride
         self._words = stride // 8
         self._fields = pmap.value_size // 8
-        self._key = ctypes.create_string_buffer(struct.pack("=I", index), 4)
-        self._value = ctypes.create_string_buffer(stride * possible_cpus())
-        self._attr = pmap._elem_attr(self._key, self._value)
+        self._index = index
+        self._size = stride * possible_cpus()
         self._what = pmap._what()
         self._last_raw = b""
         self._last: tuple[int, ...] = ()
 
+    def _buffers(self) -> tuple[ctypes.Array, BpfAttr]:
+        shared = self._shared.__dict__.setdefault("buffers", {})
+        found = shared.get((self._index, self._size))
+        if found is None:
+            key = ctypes.create_string_buffer(struct.pack("=I", self._index), 4)
+            value = ctypes.create_string_buffer(self._size)
+            attr = self.map._elem_attr(key, value)
+            found = shared[(self._index, self._size)] = (key, value, attr)
+        return found[1], found[2]
+
     def read(self) -> tuple[int, ...]:
         """The u64 fields of the value, each summed over all CPUs (one bpf(2) call)."""
-        bpf(Cmd.MAP_LOOKUP_ELEM, self._attr, self._what)
-        raw = self._value.raw
+        value, attr = self._buffers()
+        attr.map_fd = self.map.fd
+        bpf(Cmd.MAP_LOOKUP_ELEM, attr, self._what)
+        raw = value.raw
         if raw != self._last_raw or not self._last:
             self._last = _sum_per_cpu(raw, self._words, self._fields)
             self._last_raw = raw

@@ -61,3 +61,29 @@ def test_prepared_per_cpu_sum_adds_every_cpu_and_reuses_an_unchanged_result() ->
         assert second == (total - 1 + 5, 10 * total - 10, 1)
         assert prepared.read() is second
         assert pmap.prepared_sum(0).read() == (0, 0, 0)
+
+
+def test_prepared_sums_of_many_maps_share_buffers_but_not_values() -> None:
+    """Prepared reads of several maps (one buffer set per thread and shape) each read their
+    own map, interleaved, from two threads."""
+    import threading
+
+    cpus = possible_cpus()
+    maps = [PerCPUArrayMap.new(16, 1, f"sum_share{i}") for i in range(3)]
+    try:
+        for i, pmap in enumerate(maps):
+            pmap.update_raw(struct.pack("=I", 0), struct.pack("=QQ", i + 1, 100 + i) * cpus)
+        prepared = [pmap.prepared_sum(0) for pmap in maps]
+        want = [((i + 1) * cpus, (100 + i) * cpus) for i in range(3)]
+        for _ in range(2):
+            assert [p.read() for p in prepared] == want
+        seen: list = []
+        t = threading.Thread(target=lambda: seen.extend(p.read() for p in reversed(prepared)))
+        t.start()
+        t.join(10)
+        assert seen == want[::-1]
+        maps[1].update_raw(struct.pack("=I", 0), struct.pack("=QQ", 7, 0) * cpus)
+        assert [p.read() for p in prepared] == [want[0], (7 * cpus, 0), want[2]]
+    finally:
+        for pmap in maps:
+            pmap.close()
