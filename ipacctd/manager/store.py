@@ -113,12 +113,24 @@ class Store:
         except OSError as exc:  # a symlink (ELOOP), ...
             raise Corrupt(f"metadata {path} cannot be opened: {exc.strerror}") from None
         try:
-            with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise Corrupt(f"metadata {path} is not a regular file")
-                data = f.read(MAX_META_BYTES + 1)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise Corrupt(f"metadata {path} is not a regular file")
+            # Reads sized by the file, up to the cap: one read(2) for a whole file, where
+            # a buffered read of the cap allocated (mmap) 16 MiB for every unit's status.
+            chunks, size = [], 0
+            while size <= MAX_META_BYTES:
+                want = max(st.st_size - size, 0) + 4096  # the end seen by a second read
+                chunk = os.read(fd, min(want, MAX_META_BYTES + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            data = b"".join(chunks)
         except OSError as exc:
             raise Corrupt(f"metadata {path} cannot be read: {exc.strerror}") from None
+        finally:
+            os.close(fd)
         if len(data) > MAX_META_BYTES:
             raise Corrupt(f"metadata {path} is larger than {MAX_META_BYTES} bytes")
         try:
