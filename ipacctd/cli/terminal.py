@@ -4,8 +4,10 @@ What systemd 252 does (``src/basic/terminal-util.c``, ``src/shared/pager.c``), a
 an operator's habits and environment expect here:
 
 * **colours** when standard output is a terminal (or, under the pager, was one), unless
-  ``NO_COLOR`` is set or ``TERM=dumb``; ``SYSTEMD_COLORS`` (a boolean) overrides both ways.
-* **the pager** only when standard output is a terminal and ``--no-pager`` is not given:
+  ``NO_COLOR`` is set or ``TERM`` is unset or ``dumb``; ``SYSTEMD_COLORS`` (a boolean)
+  overrides both ways.
+* **the pager** only when standard output is a terminal that is not dumb (``TERM`` set and
+  not ``dumb``) and ``--no-pager`` is not given:
   ``$SYSTEMD_PAGER``, else ``$PAGER``, else ``less``, else ``more``; an empty value or
   ``cat`` means none. ``less`` gets ``LESS=$SYSTEMD_LESS`` (default ``FRSXMK``: quit when
   the text fits one screen, keep colours, chop long lines, no init sequence, long prompt,
@@ -44,6 +46,7 @@ ENVIRONMENT = {
     "SYSTEMD_PAGER": "the pager (before PAGER); empty or cat: none",
     "PAGER": "the pager when SYSTEMD_PAGER is not set (default less, else more)",
     "SYSTEMD_LESS": f"the options less gets in LESS (default {DEFAULT_LESS})",
+    "TERM": "unset or dumb: neither colours (unless SYSTEMD_COLORS) nor a pager",
     "COLUMNS": "the width tables are cut to on a terminal (default: the terminal's)",
     "SYSTEMD_EDITOR": "the editor of edit (before EDITOR and VISUAL; default editor, nano, "
     "vim, vi)",
@@ -68,6 +71,13 @@ def on_tty() -> bool:
         return False
 
 
+def terminal_is_dumb() -> bool:
+    """``TERM`` unset or ``dumb`` (systemd's ``getenv_terminal_is_dumb()``): a terminal that
+    cannot move the cursor — an editor's shell buffer, a serial console, a script on a pty —
+    gets neither colours nor a pager, which would stop at ``--More--`` and wait there."""
+    return os.environ.get("TERM", "dumb") == "dumb"
+
+
 def colors_enabled() -> bool:
     """Whether to colour what goes to standard output, as systemd's ``colors_enabled()``."""
     forced = _boolean(os.environ.get("SYSTEMD_COLORS", ""))
@@ -75,7 +85,7 @@ def colors_enabled() -> bool:
         return forced
     if "NO_COLOR" in os.environ:
         return False
-    if os.environ.get("TERM") == "dumb":
+    if terminal_is_dumb():
         return False
     return on_tty()
 
@@ -162,7 +172,8 @@ def pager_command() -> list[str] | None:
 def pager(enabled: bool = True) -> Iterator[None]:
     """Standard output through the pager for the block (when systemd would use one)."""
     global _paging
-    cmd = pager_command() if enabled and not _paging and sys.stdout.isatty() else None
+    wanted = enabled and not _paging and sys.stdout.isatty() and not terminal_is_dumb()
+    cmd = pager_command() if wanted else None
     if cmd is None:
         yield
         return

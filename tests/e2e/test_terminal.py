@@ -185,12 +185,27 @@ def test_a_long_view_goes_through_less_as_systemctl_starts_it(term) -> None:
     assert seen.strip() == "VIA-PAGER", seen
 
 
-@pytest.mark.parametrize("how", ["--no-pager", "SYSTEMD_PAGER=cat", "SYSTEMD_PAGER=", "PAGER=cat"])
-def test_no_pager(term, how: str) -> None:
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("", "--no-pager"),
+        ("SYSTEMD_PAGER=cat", ""),
+        ("SYSTEMD_PAGER=", ""),
+        ("PAGER=cat", ""),
+        ("TERM=dumb", ""),
+        ("unset TERM;", ""),
+    ],
+)
+def test_no_pager(term, before: str, after: str) -> None:
+    """Also none on a dumb terminal (TERM unset or dumb, as systemd's terminal_is_dumb()):
+    a script on a pty, an editor's shell — ``more`` would stop there at ``--More--``."""
     tmux, _ = term
-    env, opt = (how, "") if "=" in how else ("", how)
-    shown = tmux.run(f"{env} ipacctd status ux-a ux-f ux-long {opt}".strip())
-    assert "lines 1-" not in shown and "ux-long.service" in shown, shown
+    line = f"{before} ipacctd status ux-a ux-f ux-long {after}".strip()
+    if before.startswith("unset"):
+        line = f"({line})"  # the shell's own TERM stays
+    shown = tmux.run(line)
+    assert "lines 1-" not in shown and "--More--" not in shown, shown
+    assert "ux-long.service" in shown, shown
 
 
 def test_a_pipe_gets_plain_whole_lines(term) -> None:
