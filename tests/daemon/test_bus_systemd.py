@@ -391,6 +391,12 @@ def test_shipped_policy_lets_everyone_make_systemds_reads(tmp_path: Path) -> Non
         env.start()
         env.inst.ok("run", "--unit", "pol", "--", "true")
         path = unit_path("pol.service")
+        # the daemon learns of the exit from the cgroup's events, a moment after run returns
+        env.client.wait(
+            lambda: env.client.units().get("pol.service", ("",) * 4)[3] == "inactive",
+            10,
+            "pol.service inactive in the daemon's view",
+        )
 
         def nobody(member: str, *args: str) -> Any:
             return env.tool(
