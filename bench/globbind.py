@@ -113,7 +113,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
         cgroup.create(inst.root_fs)
         root = inst.config.cgroup_root
         Path(inst.config.unit_dir, "gb.service").write_text(
-            f"[Service]\nControlGroup={root}/gb-*.scope\nIPAddressDeny=198.51.100.1\n"
+            f"[Match]\nControlGroup={root}/gb-*.scope\n\n[Service]\nIPAddressDeny=198.51.100.1\n"
         )
         log_path = os.path.join(inst.tmp, "daemon.log")
         daemon = start_daemon(inst.env, log_path, bus.address, free_port(), 1.0)
