@@ -35,26 +35,31 @@ def test_binder_binds_pending_matches_in_slices_once_each(env: DaemonEnv) -> Non
     inst = env.inst
     ext = f"/ipacctd-test-{inst.id}-ext"
     inst.make_cgroup(ext)
-    made = [inst.make_cgroup(f"{ext}/gb-{i}") for i in range(5)]
+    made = [inst.make_cgroup(f"{ext}/gb-{i}") for i in range(6)]
     write_glob(env, ext)
+    # Bound by hand already: the glob's unit is refused for it (one unit per cgroup).
+    inst.manager().attach(f"{ext}/gb-5", name="byhand")
+    hand = made.pop()
     seen: list[str] = []
     binder = Binder(inst.manager(), on_bound=seen.append)
     binder.load()
     # A slice with no time left still binds one match: the rest wait, in order.
     assert len(binder.reconcile(budget=0)) == 1
     assert seen == ["gb@gb-0.service"]
-    assert [b.name for b in binder.pending] == [f"gb@gb-{i}.service" for i in range(1, 5)]
+    assert [b.name for b in binder.pending] == [f"gb@gb-{i}.service" for i in range(1, 6)]
     os.rmdir(made.pop())  # gone while pending: refused and dropped, the others go on
     while binder.pending:
         binder.bind_pending(0)
     want = [f"gb@gb-{i}.service" for i in range(4)]
     assert seen == want
-    assert inst.unit_names() == want
+    assert inst.unit_names() == ["byhand.service", *want]
+    assert len(egress_progs(hand)) == 1
     assert [len(egress_progs(fs)) for fs in made] == [1, 1, 1, 1]
     # Nothing more to do: no unit bound twice, no program attached twice.
     assert binder.reconcile() == []
     assert not binder.pending
-    assert [len(egress_progs(fs)) for fs in made] == [1, 1, 1, 1]
+    assert [len(egress_progs(fs)) for fs in [*made, hand]] == [1, 1, 1, 1, 1]
+    assert inst.unit_names() == ["byhand.service", *want]
     assert inst.manager().unit("gb@gb-2.service").cgroup == f"{ext}/gb-2"
 
 
