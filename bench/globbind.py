@@ -58,6 +58,7 @@ class Pinger(threading.Thread):
         super().__init__(daemon=True)
         self.address, self.interval = address, interval
         self.rtts: list[float] = []
+        self.inflight: float | None = None  # perf_counter() when the call under way began
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
@@ -74,7 +75,7 @@ class Pinger(threading.Thread):
         bus = await MessageBus(bus_address=self.address).connect()
         try:
             while not self.stop.is_set():
-                t = time.perf_counter()
+                t = self.inflight = time.perf_counter()
                 await bus.call(
                     Message(
                         destination=BUS_NAME,
@@ -84,6 +85,7 @@ class Pinger(threading.Thread):
                     )
                 )
                 self.rtts.append((time.perf_counter() - t) * 1000)
+                self.inflight = None
                 await asyncio.sleep(self.interval)
         finally:
             bus.disconnect()
@@ -139,9 +141,12 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
                 raise RuntimeError("daemon exited:\n" + Path(log_path).read_text())
             time.sleep(0.05)
         pinger.stop.set()
+        stopped, inflight = time.perf_counter(), pinger.inflight
         pinger.join(timeout=60)
         if pinger.error is not None:
             raise pinger.error
+        if pinger.inflight is not None and inflight is not None:  # unanswered: a lower bound
+            pinger.rtts.append((stopped - inflight) * 1000)
         counts = [egress_count(fs) for fs in made]
         rtts = sorted(pinger.rtts)
         res = {

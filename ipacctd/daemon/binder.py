@@ -275,10 +275,16 @@ class Binder:
     def _bind_pending(self, budget: float | None) -> list[str]:
         until = None if budget is None else time.monotonic() + budget
         batch = list(self.pending)
-        results = self.manager.attach_many(
-            [dict(cgroup_path=b.cgroup, name=b.name, base=self._properties(b),
-                  source=b.file.path, container=b.container) for b in batch],
-            until=until)
+        try:
+            results = self.manager.attach_many(
+                [dict(cgroup_path=b.cgroup, name=b.name, base=self._properties(b),
+                      source=b.file.path, container=b.container) for b in batch],
+                until=until)
+        except BaseException:
+            # Not an attach refused (those are results) but the engine failing: drop the
+            # list, so that the next reconcile lists anew rather than waiting on this one.
+            self.pending.clear()
+            raise
         done: list[str] = []
         for b, result in zip(batch, results, strict=False):
             self.pending.popleft()

@@ -272,7 +272,9 @@ class Daemon:
 
     def reload(self) -> None:
         """Re-read the unit files, re-bind, and repair every unit whose policy is not in
-        force on the cgroup now at its path (SIGHUP, D-Bus Reload, ``ipacctd reload``)."""
+        force on the cgroup now at its path (SIGHUP, D-Bus Reload, ``ipacctd reload``).
+        New matches of a glob beyond one slice are bound after it returns, slice by slice
+        on the loop (as those of an inotify event are)."""
         log.info("reloading unit files from %s", self.manager.config.unit_dir)
         self.binder.load()
         self._bind_and_watch()
