@@ -35,7 +35,6 @@ import glob
 import logging
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -273,13 +272,12 @@ class Binder:
             return self._bind_pending(budget)
 
     def _bind_pending(self, budget: float | None) -> list[str]:
-        until = None if budget is None else time.monotonic() + budget
         batch = list(self.pending)
         try:
-            results = self.manager.attach_many(
-                [dict(cgroup_path=b.cgroup, name=b.name, base=self._properties(b),
-                      source=b.file.path, container=b.container) for b in batch],
-                until=until)
+            results = self.manager.attach_many(  # requests made as taken: a slice's worth
+                (dict(cgroup_path=b.cgroup, name=b.name, base=self._properties(b),
+                      source=b.file.path, container=b.container) for b in batch),
+                budget=budget)
         except BaseException:
             # Not an attach refused (those are results) but the engine failing: drop the
             # list, so that the next reconcile lists anew rather than waiting on this one.

@@ -37,7 +37,7 @@ from ipacctd.errors import (
 )
 from ipacctd.manager import generation, owner, systemd
 from ipacctd.manager.config import Config
-from ipacctd.manager.store import Store, canonical
+from ipacctd.manager.store import SUFFIX, Store, canonical
 from ipacctd.manager.unit import (
     NOT_ARMED,
     POLICY_CUT_OFF,
@@ -474,28 +474,37 @@ class Manager:
                                 allow_unenforced=allow_unenforced, dbus_items=dbus_items,
                                 base=base, source=source, container=container)
 
-    def attach_many(self, requests: Sequence[dict],
-                    until: float | None = None) -> list[Unit | Error]:
+    def attach_many(self, requests: Iterable[dict],
+                    budget: float | None = None) -> list[Unit | Error]:
         """:meth:`attach` for each request (its keyword arguments, ``cgroup_path`` among
         them) under one hold of the lock: the cgroups bound already are listed once for
         the batch, not once per unit (a glob matching thousands of cgroups). Returns each
         request's unit or the error that refused it, in order; one refusal stops none of
-        the others. ``until`` (``time.monotonic``): stop there, having done at least one;
-        the requests left (past the end of the answer) are not looked at."""
+        the others.
+
+        ``budget`` (seconds): stop after about that long — or as long as listing the bound
+        cgroups took, if longer, so that the listing stays at most half of a batch and the
+        whole stays linear in the units — having done at least one; the requests left
+        (past the end of the answer) are not taken from ``requests``."""
         out: list[Unit | Error] = []
         with self.store.locked():
             self._sweep_stale_pins()
+            start = time.monotonic()
             owners = self._cgroup_owners()  # complete while we hold the lock
+            now = time.monotonic()
+            until = None if budget is None else now + max(budget, now - start)
             for req in requests:
-                if out and until is not None and time.monotonic() >= until:
-                    break
                 try:
                     unit = self._attach(owners=owners, **req)
                 except Error as exc:
                     out.append(exc)
+                    if until is not None and time.monotonic() >= until:
+                        break
                     continue
                 owners[unit.cgroup] = unit.name
                 out.append(unit)
+                if until is not None and time.monotonic() >= until:
+                    break
         return out
 
     def _cgroup_owners(self) -> dict[str, str]:
@@ -505,9 +514,16 @@ class Manager:
         cache = self._owner_cache
         fresh: dict[str, tuple[tuple[int, int, int], str]] = {}
         owners: dict[str, str] = {}
-        for name in self.store.names():
+        try:
+            entries = list(os.scandir(self.config.units_dir))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:  # as Store.names(), without a path built per name
+            if not entry.name.endswith(SUFFIX) or entry.name.startswith("."):
+                continue
+            name = entry.name[: -len(SUFFIX)]
             try:
-                st = os.stat(self.store.meta_path(name))
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
