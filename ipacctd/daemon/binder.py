@@ -34,6 +34,8 @@ import fnmatch
 import glob
 import logging
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -90,21 +92,38 @@ def static_prefix(pattern: str) -> tuple[str, int]:
 class Binder:
     """Keeps units bound to the cgroups their files name."""
 
-    def __init__(self, manager: Manager, units: Callable[[], Iterable[Unit]] | None = None) -> None:
+    def __init__(self, manager: Manager, units: Callable[[], Iterable[Unit]] | None = None,
+                 on_bound: Callable[[str], object] | None = None) -> None:
         """``units``: every unit as recorded now (default: read all metadata files; the
-        daemon passes its registry's view, kept current by inotify, which is cheaper)."""
+        daemon passes its registry's view, kept current by inotify, which is cheaper).
+        ``on_bound``: called with each unit's name as it is bound (the daemon's registry
+        shows it at once, while the rest of a large binding is still pending)."""
         self.manager = manager
         self._units = units
+        self._on_bound = on_bound
         self.files: list[UnitFile] = []
         self.errors: list[InvalidInput] = []
         self._known: dict[str, str] | None = None  # container id → unit, per bindings()
         self._found: dict[str, ContainerInfo] = {}  # cgroup → container, per bindings()
+        # Matches not bound yet, oldest first: :meth:`reconcile` with a time budget leaves
+        # the rest here for :meth:`bind_pending` (the daemon's loop serves between).
+        self.pending: deque[Binding] = deque()
+        # The daemon binds on its loop and reloads in a worker thread (a D-Bus Reload):
+        # one at a time.
+        self._lock = threading.RLock()
+        self._merged: dict[tuple[str, ...], Properties] = {}  # files' paths → merged policy
 
     def load(self) -> list[InvalidInput]:
         """(Re)read the unit directory; bad files are reported and skipped."""
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> list[InvalidInput]:
         files, errors = load_unit_dir(self.manager.config.unit_dir)
         self.files = [f for f in files if f.cgroups]
         self.errors = errors
+        self.pending.clear()  # made from the files before: the next reconcile lists anew
+        self._merged.clear()
         for err in errors:
             log.error("skipping unit file: %s", err)
         return errors
@@ -209,9 +228,25 @@ class Binder:
                 out.append(unit)
         return out
 
-    def reconcile(self) -> list[str]:
+    def _properties(self, b: Binding) -> Properties:
+        """``b.properties()``, merged once per set of files (thousands of cgroups matching
+        one glob share it)."""
+        key = tuple(f.path for f in b.files)
+        props = self._merged.get(key)
+        if props is None:
+            props = self._merged[key] = b.properties()
+        return props
+
+    def reconcile(self, budget: float | None = None) -> list[str]:
         """Bind new matches, let go of vanished ones, follow edited files, re-bind cgroups
-        made again at the same path (by id, not by path); returns log lines."""
+        made again at the same path (by id, not by path); returns log lines.
+
+        ``budget`` (seconds): bind new matches for about that long, leaving the rest in
+        :attr:`pending` for :meth:`bind_pending`; None binds them all."""
+        with self._lock:
+            return self._reconcile(budget)
+
+    def _reconcile(self, budget: float | None) -> list[str]:
         want = self.bindings()
         sources = {f.path for f in self.files}
         done: list[str] = []
@@ -224,13 +259,40 @@ class Binder:
                     done.append(line)
             except Error as exc:
                 log.error("unit %s: %s", name, exc)
-        for name, b in want.items():
-            if name in bound:
-                continue
+        self.pending = deque(b for name, b in want.items() if name not in bound)
+        for line in done:
+            log.info("%s", line)
+        return done + self.bind_pending(budget)
+
+    def bind_pending(self, budget: float | None = None) -> list[str]:
+        """Bind pending matches, under one hold of the engine's lock, for about ``budget``
+        seconds (at least one; None: all); returns log lines. A cgroup gone meanwhile is
+        logged and dropped: the next reconcile sees what exists then."""
+        with self._lock:
+            return self._bind_pending(budget)
+
+    def _bind_pending(self, budget: float | None) -> list[str]:
+        batch = list(self.pending)
+        try:
+            results = self.manager.attach_many(  # requests made as taken: a slice's worth
+                (dict(cgroup_path=b.cgroup, name=b.name, base=self._properties(b),
+                      source=b.file.path, container=b.container) for b in batch),
+                budget=budget)
+        except BaseException:
+            # Not an attach refused (those are results) but the engine failing: drop the
+            # list, so that the next reconcile lists anew rather than waiting on this one.
+            self.pending.clear()
+            raise
+        done: list[str] = []
+        for b, result in zip(batch, results, strict=False):
+            self.pending.popleft()
             try:
-                done.append(self._bind(b))
+                done.append(self._bound(b, result))
             except Error as exc:
-                log.error("cannot bind %s to %s: %s", name, b.cgroup, exc)
+                log.error("cannot bind %s to %s: %s", b.name, b.cgroup, exc)
+                continue
+            if self._on_bound is not None:
+                self._on_bound(b.name)
         for line in done:
             log.info("%s", line)
         return done
@@ -257,22 +319,21 @@ class Binder:
         if unit.exited_at is not None or unit.cgroup_id != live:
             self.manager.rebind(name)
             lines.append(f"re-bound {name} to the cgroup now at {unit.cgroup} (id {live})")
-        if b is not None and unit.properties != b.properties():
-            self.manager.replace_properties(name, b.properties())
+        if b is not None and unit.properties != self._properties(b):
+            self.manager.replace_properties(name, self._properties(b))
             lines.append(f"updated {name} from {', '.join(f.path for f in b.files)}")
         return "; ".join(lines) or None
 
-    def _bind(self, b: Binding) -> str:
-        try:
-            self.manager.attach(b.cgroup, name=b.name, base=b.properties(),
-                                source=b.file.path, container=b.container)
-        except AlreadyExists:
+    def _bound(self, b: Binding, result: Unit | Error) -> str:
+        """The log line of one attach's ``result`` (its error raised)."""
+        if isinstance(result, AlreadyExists):
             # The OCI hook bound this container a moment ago (our view of the units is
             # older): the same unit on the same cgroup is done, not a conflict.
             with contextlib.suppress(NotFound):
                 if self.manager.unit(b.name).cgroup == b.cgroup:
                     return f"{b.name}: bound to {b.cgroup} already (by the OCI hook)"
-            raise
+        if isinstance(result, Error):
+            raise result
         merged = f" (merged: {', '.join(f.path for f in b.files)})" if len(b.files) > 1 else ""
         return f"bound {b.name} to {b.cgroup}{merged}"
 

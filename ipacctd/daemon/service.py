@@ -36,6 +36,9 @@ log = logging.getLogger("ipacctd.daemon")
 
 STATE_EVERY = 5  # re-check active states every this many polls
 DEBOUNCE = 0.05
+# Binding a glob's matches runs in slices of about this long, the loop serving D-Bus and
+# metrics between them (thousands of cgroups made at once would block it for seconds).
+BIND_SLICE = 0.04
 
 
 class Daemon:
@@ -45,13 +48,15 @@ class Daemon:
         self.config = config
         self.manager = Manager(config.paths)
         self.registry = Registry(self.manager)
-        self.binder = Binder(self.manager, self._current_units)
+        self.binder = Binder(self.manager, self._current_units, self.registry.refresh)
         self.bus: MessageBus | None = None
         self.service: BusService | None = None
         self.http: metrics.MetricsServer | None = None
         self.inotify: Inotify | None = None
         self.stopping = asyncio.Event()
-        self._pending: asyncio.TimerHandle | None = None
+        self._pending: asyncio.Handle | None = None
+        self._binding: asyncio.Handle | None = None  # the next slice of pending bindings
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._rebind = False
         self._reported: dict[str, str] = {}  # unit → enforcement problem last logged
         self._lock_fd: int | None = None
@@ -69,6 +74,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Claim the installation, rebuild state, connect to D-Bus, serve metrics, watch."""
+        self._loop = asyncio.get_running_loop()
         self._claim()
         self._own_leaf()
         self.manager.store.ensure_dirs()
@@ -239,7 +245,9 @@ class Daemon:
 
     def _settle(self) -> None:
         self._pending = None
-        if self._rebind:
+        # While slices of bindings are pending the binder's list stands: the last slice
+        # asks for a full pass then (it sees whatever was made meanwhile).
+        if self._rebind and not self.binder.pending:
             self._rebind = False
             self._bind_and_watch()
         self.registry.sync()
@@ -254,18 +262,41 @@ class Daemon:
             if self.inotify is not None:
                 self._watch_unit_dirs()
             try:
-                self.binder.reconcile()
+                self.binder.reconcile(BIND_SLICE)
             except Error as exc:
                 log.error("binding unit files: %s", exc)
+            self._bind_later()
             if self.inotify is None:
                 return
             self._watch_unit_dirs()
             if set(self.inotify.wds) <= before:
                 return
 
+    def _bind_later(self) -> None:
+        """Bind the binder's pending matches slice by slice, the loop serving between (also
+        when called from a D-Bus Reload's worker thread)."""
+        if self.binder.pending and self._binding is None and self._loop is not None:
+            self._binding = self._loop.call_soon_threadsafe(self._bind_slice)
+
+    def _bind_slice(self) -> None:
+        self._binding = None
+        try:
+            self.binder.bind_pending(BIND_SLICE)
+        except Error as exc:
+            log.error("binding unit files: %s", exc)
+        if self.binder.pending:
+            self._bind_later()
+            return
+        self.registry.sync()
+        if self._rebind and self._pending is None:  # events came meanwhile: a full pass
+            assert self._loop is not None
+            self._pending = self._loop.call_soon(self._settle)
+
     def reload(self) -> None:
         """Re-read the unit files, re-bind, and repair every unit whose policy is not in
-        force on the cgroup now at its path (SIGHUP, D-Bus Reload, ``ipacctd reload``)."""
+        force on the cgroup now at its path (SIGHUP, D-Bus Reload, ``ipacctd reload``).
+        New matches of a glob beyond one slice are bound after it returns, slice by slice
+        on the loop (as those of an inotify event are)."""
         log.info("reloading unit files from %s", self.manager.config.unit_dir)
         self.binder.load()
         self._bind_and_watch()
@@ -426,6 +457,8 @@ class Daemon:
 
     async def close(self) -> None:
         """Stop serving; the kernel keeps counting and enforcing."""
+        if self._binding is not None:
+            self._binding.cancel()
         if self.http is not None:  # its thread waits up to 0.5 s to see the shutdown
             await asyncio.get_running_loop().run_in_executor(None, self.http.close)
         if self.inotify is not None:

@@ -37,7 +37,7 @@ from ipacctd.errors import (
 )
 from ipacctd.manager import generation, owner, systemd
 from ipacctd.manager.config import Config
-from ipacctd.manager.store import Store, canonical
+from ipacctd.manager.store import SUFFIX, Store, canonical
 from ipacctd.manager.unit import (
     NOT_ARMED,
     POLICY_CUT_OFF,
@@ -162,6 +162,8 @@ class Manager:
         self.config = config or Config.from_env()
         self.store = Store(self.config)
         self._mount: str | None = None
+        # unit → (its metadata file's inode, size, mtime; its cgroup): _cgroup_owners
+        self._owner_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -470,40 +472,119 @@ class Manager:
         unit file by name; ``assignments`` and ``dbus_items`` apply on top. ``container``
         records the container the cgroup belongs to (OCI hook, binder).
         """
+        with self.store.locked():
+            self._sweep_stale_pins()
+            return self._attach(cgroup_path, assignments, name=name,
+                                allow_unenforced=allow_unenforced, dbus_items=dbus_items,
+                                base=base, source=source, container=container)
+
+    def attach_many(self, requests: Iterable[dict],
+                    budget: float | None = None) -> list[Unit | Error]:
+        """:meth:`attach` for each request (its keyword arguments, ``cgroup_path`` among
+        them) under one hold of the lock: the cgroups bound already are listed once for
+        the batch, not once per unit (a glob matching thousands of cgroups). Returns each
+        request's unit or the error that refused it, in order; one refusal stops none of
+        the others.
+
+        ``budget`` (seconds): stop after about that long — or as long as listing the bound
+        cgroups took, if longer, so that the listing stays at most half of a batch and the
+        whole stays linear in the units — having done at least one; the requests left
+        (past the end of the answer) are not taken from ``requests``."""
+        out: list[Unit | Error] = []
+        with self.store.locked():
+            self._sweep_stale_pins()
+            start = time.monotonic()
+            owners = self._cgroup_owners()  # complete while we hold the lock
+            now = time.monotonic()
+            until = None if budget is None else now + max(budget, now - start)
+            for req in requests:
+                try:
+                    unit = self._attach(owners=owners, **req)
+                except Error as exc:
+                    out.append(exc)
+                    if until is not None and time.monotonic() >= until:
+                        break
+                    continue
+                owners[unit.cgroup] = unit.name
+                out.append(unit)
+                if until is not None and time.monotonic() >= until:
+                    break
+        return out
+
+    def _cgroup_owners(self) -> dict[str, str]:
+        """cgroup → unit of every unit with metadata (lock held, so complete until it is
+        released). A metadata file is parsed again only when it changed (inode, size and
+        mtime, as a rename into place changes them): a unit's cgroup is fixed for its life."""
+        cache = self._owner_cache
+        fresh: dict[str, tuple[tuple[int, int, int], str]] = {}
+        owners: dict[str, str] = {}
+        try:
+            entries = list(os.scandir(self.config.units_dir))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:  # as Store.names(), without a path built per name
+            if not entry.name.endswith(SUFFIX) or entry.name.startswith("."):
+                continue
+            name = entry.name[: -len(SUFFIX)]
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            hit = cache.get(name)
+            if hit is None or hit[0] != key:
+                try:
+                    hit = (key, self.unit(name).cgroup)
+                except NotFound:
+                    continue
+            fresh[name] = hit
+            owners.setdefault(hit[1], name)
+        self._owner_cache = fresh
+        return owners
+
+    def _attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
+                name: str | None = None, allow_unenforced: bool = False,
+                dbus_items: Sequence[tuple[str, str, object]] = (),
+                base: Properties | None = None, source: str | None = None,
+                container: ContainerInfo | None = None,
+                owners: dict[str, str] | None = None) -> Unit:
+        """:meth:`attach` with the lock held; ``owners``: :meth:`_cgroup_owners`, kept
+        current by the caller (None: listed now)."""
         rel = cgroup.validate_path(cgroup_path)
         fs = cgroup.fs_path(rel)
         if not cgroup.exists(fs) and not self.stopped_systemd_service(rel):
             raise NotFound(f"cgroup {rel} does not exist (looked at {fs})")
         name = validate_unit_name(name or os.path.basename(rel) or "root")
-        with self.store.locked():
-            self._sweep_stale_pins()
-            if self.store.exists(name):
-                self._reconcile(name)
-            if self.store.exists(name):
-                old = self.status(name)
-                if old.unit.systemd_service is not None and old.unit.cgroup == rel:
-                    # Armed already (the service is merely stopped): removing it to bind
-                    # again would leave a start in between unarmed.
-                    raise AlreadyExists(f"unit {name} is bound to {old.unit.systemd_service} "
-                                        "already (systemd arms its every start)",
-                                        hint=f"change it with 'ipacctd set-property {name}'")
-                if old.unit.transient or old.active_state == "active" or old.unit.cgroup != rel:
-                    raise AlreadyExists(f"unit {name} exists already",
-                                        hint="pick another with --unit")
-                self._remove(old.unit)  # a bound cgroup that vanished and came back
-            for other in self.names():
-                with contextlib.suppress(NotFound):
-                    if self.unit(other).cgroup == rel:
-                        raise AlreadyExists(f"cgroup {rel} is bound to unit {other} already")
-            if base is None:
-                found = self.unit_file(name)
-                base = found.properties() if found else Properties()
-                source = found.path if found else source
-            props = base.apply(assignments).apply_dbus(dbus_items)
-            unit = Unit(name, rel, props, transient=False, started_at=time.time(),
-                        source=source, container=container,
-                        systemd_service=self._systemd_service(name, rel))
-            return self._create(unit, allow_unenforced, make_cgroup=False)
+        if self.store.exists(name):
+            self._reconcile(name)
+        if self.store.exists(name):
+            old = self.status(name)
+            if old.unit.systemd_service is not None and old.unit.cgroup == rel:
+                # Armed already (the service is merely stopped): removing it to bind
+                # again would leave a start in between unarmed.
+                raise AlreadyExists(f"unit {name} is bound to {old.unit.systemd_service} "
+                                    "already (systemd arms its every start)",
+                                    hint=f"change it with 'ipacctd set-property {name}'")
+            if old.unit.transient or old.active_state == "active" or old.unit.cgroup != rel:
+                raise AlreadyExists(f"unit {name} exists already",
+                                    hint="pick another with --unit")
+            self._remove(old.unit)  # a bound cgroup that vanished and came back
+        # ``name`` has no unit here (refused or removed above): an entry naming it is
+        # stale; any other is read again to be sure.
+        other = (self._cgroup_owners() if owners is None else owners).get(rel)
+        if other is not None and other != name:
+            with contextlib.suppress(NotFound):
+                if self.unit(other).cgroup == rel:
+                    raise AlreadyExists(f"cgroup {rel} is bound to unit {other} already")
+        if base is None:
+            found = self.unit_file(name)
+            base = found.properties() if found else Properties()
+            source = found.path if found else source
+        props = base.apply(assignments).apply_dbus(dbus_items)
+        unit = Unit(name, rel, props, transient=False, started_at=time.time(),
+                    source=source, container=container,
+                    systemd_service=self._systemd_service(name, rel))
+        return self._create(unit, allow_unenforced, make_cgroup=False)
 
     def _systemd_service(self, name: str, rel: str) -> str | None:
         """The systemd service whose cgroup ``rel`` is, when systemd is to attach the unit's

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Glob binding benchmark: a unit file ``ControlGroup=<root>/gb-*.scope`` and N cgroups made
+under it in batches while ``ipacctd daemon`` runs; the time until every one is bound, and the
+daemon's D-Bus latency meanwhile.
+
+For each N the script makes an isolated installation (state and unit files in a temporary
+directory, pins under ``/sys/fs/bpf/ipacctd-bench-<id>``, cgroups under
+``/ipacctd-bench-<id>``), writes the unit file (``IPAddressDeny=198.51.100.1``), starts a
+private ``dbus-daemon`` and ``python -m ipacctd daemon``, then makes the cgroups
+``gb-00000.scope`` ... in batches of ``--batch`` (no pause between batches). It records
+
+* bound: seconds from the first mkdir until the installation holds a unit for every cgroup
+  (metadata files counted every 50 ms by this script, without asking the daemon);
+* D-Bus: ``org.freedesktop.DBus.Peer.Ping`` to the daemon every ~50 ms from the first
+  mkdir until all are bound (one call at a time, each call's round trip): max, p99, median
+  — a Ping is answered by the daemon's event loop, so a loop blocked by binding shows here;
+* after: every cgroup's egress programs (``BPF_PROG_QUERY``): exactly one each (bound
+  once, none left unbound or bound twice).
+
+Everything made is removed at the end (daemon and bus by PID, pins, cgroups, files), also
+after a failure or Ctrl-C.
+
+Run as root:  python3 bench/globbind.py [--counts 1000,2000,5000] [--batch 100]
+              [--timeout 900] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # support.py: the test suites' helpers (stdlib only)
+
+import isolated  # noqa: E402
+from common import BUS_NAME, publish, start_daemon, wait_ready  # noqa: E402
+from support import PrivateBus, free_port, stop_process  # noqa: E402
+
+from ipacctd import cgroup  # noqa: E402
+from ipacctd.bpf import bpffs  # noqa: E402
+from ipacctd.bpf.links import open_cgroup, prog_query  # noqa: E402
+from ipacctd.bpf.types import AttachType  # noqa: E402
+
+
+class Pinger(threading.Thread):
+    """Peer.Ping round trips, one every ``interval`` s, until stopped."""
+
+    def __init__(self, address: str, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.address, self.interval = address, interval
+        self.rtts: list[float] = []
+        self.inflight: float | None = None  # perf_counter() when the call under way began
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+
+    async def _run(self) -> None:
+        from dbus_fast import Message
+        from dbus_fast.aio import MessageBus
+
+        bus = await MessageBus(bus_address=self.address).connect()
+        try:
+            while not self.stop.is_set():
+                t = self.inflight = time.perf_counter()
+                await bus.call(
+                    Message(
+                        destination=BUS_NAME,
+                        path="/org/ipacctd1",
+                        interface="org.freedesktop.DBus.Peer",
+                        member="Ping",
+                    )
+                )
+                self.rtts.append((time.perf_counter() - t) * 1000)
+                self.inflight = None
+                await asyncio.sleep(self.interval)
+        finally:
+            bus.disconnect()
+
+
+def units_recorded(state_dir: str) -> int:
+    try:
+        return sum(1 for e in os.listdir(os.path.join(state_dir, "units")) if e.endswith(".json"))
+    except FileNotFoundError:
+        return 0
+
+
+def egress_count(fs: str) -> int:
+    fd = open_cgroup(fs)
+    try:
+        return len(prog_query(fd, AttachType.CGROUP_INET_EGRESS).prog_ids)
+    finally:
+        os.close(fd)
+
+
+def run_one(n: int, args: argparse.Namespace) -> dict:
+    inst = isolated.Installation(make_unit_dir=True)
+    bus = PrivateBus()
+    daemon = None
+    made: list[str] = []
+    try:
+        cgroup.create(inst.root_fs)
+        root = inst.config.cgroup_root
+        Path(inst.config.unit_dir, "gb.service").write_text(
+            f"[Match]\nControlGroup={root}/gb-*.scope\n\n[Service]\nIPAddressDeny=198.51.100.1\n"
+        )
+        log_path = os.path.join(inst.tmp, "daemon.log")
+        daemon = start_daemon(inst.env, log_path, bus.address, free_port(), 1.0)
+        wait_ready(daemon, bus.address, log_path, time.monotonic())
+        time.sleep(1.0)
+        pinger = Pinger(bus.address)
+        pinger.start()
+        t0 = time.monotonic()
+        done_at = None
+        deadline = t0 + args.timeout
+        i = 0
+        while time.monotonic() < deadline:
+            if i < n:
+                for _ in range(min(args.batch, n - i)):
+                    fs = os.path.join(inst.root_fs, f"gb-{i:05d}.scope")
+                    os.mkdir(fs)
+                    made.append(fs)
+                    i += 1
+            if i == n and units_recorded(inst.config.state_dir) >= n:
+                done_at = time.monotonic()
+                break
+            if daemon.poll() is not None:
+                raise RuntimeError("daemon exited:\n" + Path(log_path).read_text())
+            time.sleep(0.05)
+        pinger.stop.set()
+        stopped, inflight = time.perf_counter(), pinger.inflight
+        pinger.join(timeout=60)
+        if pinger.error is not None:
+            raise pinger.error
+        if pinger.inflight is not None and inflight is not None:  # unanswered: a lower bound
+            pinger.rtts.append((stopped - inflight) * 1000)
+        counts = [egress_count(fs) for fs in made]
+        rtts = sorted(pinger.rtts)
+        res = {
+            "n": n,
+            "bound_s": None if done_at is None else done_at - t0,
+            "recorded": units_recorded(inst.config.state_dir),
+            "pings": len(rtts),
+            "max": rtts[-1] if rtts else float("nan"),
+            "p99": rtts[min(len(rtts) - 1, int(0.99 * len(rtts)))] if rtts else float("nan"),
+            "median": statistics.median(rtts) if rtts else float("nan"),
+            "once": sum(1 for c in counts if c == 1),
+            "none": sum(1 for c in counts if c == 0),
+            "twice": sum(1 for c in counts if c > 1),
+        }
+        return res
+    finally:
+        if daemon is not None:
+            stop_process(daemon)
+        bus.close()
+        inst.extra_cgroups.extend(reversed(made))
+        inst.close()
+
+
+def report(results: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        f"ipacctd glob binding benchmark — {time.strftime('%Y-%m-%d %H:%M:%S')}, kernel "
+        f"{platform.release()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        f"one unit file ControlGroup=<root>/gb-*.scope, IPAddressDeny=198.51.100.1; cgroups "
+        f"made in batches of {args.batch}; Peer.Ping every 50 ms meanwhile",
+        "",
+        f"{'N':>6} {'bound s':>8} {'units':>6} {'pings':>6} {'ping max ms':>11} "
+        f"{'p99':>8} {'median':>8} {'1 prog':>7} {'0 prog':>7} {'2+ prog':>7}",
+    ]
+    for r in results:
+        b = "timeout" if r["bound_s"] is None else f"{r['bound_s']:.1f}"
+        lines.append(
+            f"{r['n']:>6} {b:>8} {r['recorded']:>6} {r['pings']:>6} {r['max']:>11.1f} "
+            f"{r['p99']:>8.1f} {r['median']:>8.1f} {r['once']:>7} {r['none']:>7} "
+            f"{r['twice']:>7}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--counts", default="1000,2000,5000")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--out")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("run as root", file=sys.stderr)
+        return 1
+    bpffs.ensure_mounted()
+    results = []
+    for n in (int(x) for x in args.counts.split(",")):
+        print(f"N={n}", file=sys.stderr, flush=True)
+        results.append(run_one(n, args))
+        print(report(results[-1:], args).splitlines()[-1], file=sys.stderr, flush=True)
+    publish(report(results, args), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
