@@ -382,3 +382,15 @@ class DaemonEnv:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def egress_progs(fs: str) -> tuple[int, ...]:
+    """The ids of the programs attached to cgroup ``fs``'s egress hook (PROG_QUERY)."""
+    from ipacctd.bpf.links import open_cgroup, prog_query
+    from ipacctd.bpf.types import AttachType
+
+    fd = open_cgroup(fs)
+    try:
+        return prog_query(fd, AttachType.CGROUP_INET_EGRESS).prog_ids
+    finally:
+        os.close(fd)

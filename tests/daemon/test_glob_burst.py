@@ -7,10 +7,8 @@ import os
 import signal
 
 import pytest
-from daemon_support import DaemonEnv
+from daemon_support import DaemonEnv, egress_progs
 
-from ipacctd.bpf.links import open_cgroup, prog_query
-from ipacctd.bpf.types import AttachType
 from ipacctd.daemon.binder import Binder
 
 pytestmark = pytest.mark.kernel
@@ -21,14 +19,6 @@ DENIED = "198.51.100.1"
 def write_glob(env: DaemonEnv, ext: str) -> None:
     with open(os.path.join(env.inst.unit_dir, "gb.unit"), "w") as f:
         f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
-
-
-def egress_progs(fs: str) -> tuple[int, ...]:
-    fd = open_cgroup(fs)
-    try:
-        return prog_query(fd, AttachType.CGROUP_INET_EGRESS).prog_ids
-    finally:
-        os.close(fd)
 
 
 def test_binder_binds_pending_matches_in_slices_once_each(env: DaemonEnv) -> None:

@@ -10,12 +10,11 @@ import os
 import time
 
 import pytest
-from daemon_support import DaemonEnv, entries
+from daemon_support import DaemonEnv, egress_progs, entries
 from e2e_helpers import Agent
 from support import wait_for
 
 from ipacctd.bpf import bpffs
-from ipacctd.bpf.links import open_cgroup, prog_query
 from ipacctd.bpf.programs import Program, return_one
 from ipacctd.bpf.types import AttachType
 
@@ -53,14 +52,6 @@ def refused(inst, ns, fs: str, *addresses: str) -> None:
     for address in addresses:
         assert agent.send(address, 10) == "err 1", address
     end(agent)
-
-
-def egress_progs(fs: str) -> tuple[int, ...]:
-    fd = open_cgroup(fs)
-    try:
-        return prog_query(fd, AttachType.CGROUP_INET_EGRESS).prog_ids
-    finally:
-        os.close(fd)
 
 
 def blocked_after_repair(agent: Agent, tries: int = 300) -> tuple[int, int]:
