@@ -80,7 +80,10 @@ class Daemon:
         self.manager.store.ensure_dirs()
         self._repair_at_start()
         self.binder.load()
-        self.binder.reconcile()
+        try:  # an engine failure here is logged, and the next pass (inotify, reload) retries
+            self.binder.reconcile()
+        except Error as exc:
+            log.error("binding unit files: %s", exc)
         self.registry.sync()
         # Every unit's status was read just now, enforcement included: check and repair
         # from it rather than asking the kernel about each unit's links a second time

@@ -535,7 +535,9 @@ class Manager:
             if hit is None or hit[0] != key:
                 try:
                     hit = (key, self.unit(name).cgroup)
-                except NotFound:
+                except (NotFound, Corrupt):
+                    # gone, or broken (its views say so; reset removes it): it holds no
+                    # cgroup we can know of, and one bad file must not stop every binding
                     continue
             fresh[name] = hit
             owners.setdefault(hit[1], name)
