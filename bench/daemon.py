@@ -294,7 +294,7 @@ def bench(n: int, args: argparse.Namespace) -> Result:
         res.poll_ms = cpu / res.cycles * 1e3
 
         from ipacctd.bpf.stats import enabled_stats
-        from ipacctd.daemon.metrics import StatsProbe
+        from ipacctd.manager.stats import StatsProbe
 
         probe = StatsProbe()
         probe.on()
