@@ -21,8 +21,13 @@ from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.engine import CLEAN_EXIT
 from ipacctd.manager.systemd import dropin_path as armed_dropin
 from ipacctd.manager.unit import UnitStatus, escape_command
+from ipacctd.policy.properties import PROPERTIES
 
 DENIED_SHOWN = 5
+#: ``status`` names an address list of more prefixes than this by its length (the list
+#: itself is ``show -p``'s): a 200k-prefix list is a 3 MB line nobody reads, and its text
+#: is not read at all for the status of a unit that keeps it in a file (manager.store).
+STATUS_LIST_MAX = 32
 #: systemctl's glyph and colour of each active state.
 DOTS = {"active": ("●", terminal.HIGHLIGHT_GREEN), "inactive": ("○", ""),
         "failed": ("×", terminal.HIGHLIGHT_RED)}  # noqa: RUF001 — systemctl's glyphs
@@ -201,9 +206,9 @@ def _policy(st: UnitStatus) -> str:
     p = st.unit.properties
     parts = []
     if p.ip_address_allow:
-        parts.append(f"IPAddressAllow={p.ip_address_allow}")
+        parts.append(f"IPAddressAllow={_address_list(st, 'IPAddressAllow', p.ip_address_allow)}")
     if p.ip_address_deny:
-        parts.append(f"IPAddressDeny={p.ip_address_deny}")
+        parts.append(f"IPAddressDeny={_address_list(st, 'IPAddressDeny', p.ip_address_deny)}")
         if p.ip_address_deny_mode != "enforce":
             parts.append(f"IPAddressDenyMode={p.ip_address_deny_mode}")
     for path in p.ip_ingress_filter_path:
@@ -230,6 +235,14 @@ def _policy(st: UnitStatus) -> str:
             return f"{policy} (cgroup gone; pins lost)"
         return f"{policy} (cgroup gone; counters kept)"
     return f"{policy} (NOT ENFORCED, see above)"
+
+
+def _address_list(st: UnitStatus, prop: str, value: object) -> str:
+    """A list as ``status`` shows it: in full, or by its length when long."""
+    n = len(value)  # type: ignore[arg-type]
+    if n <= STATUS_LIST_MAX:
+        return str(value)
+    return f"({n} prefixes; 'ipacctd show {st.name} -p {prop}' lists them)"
 
 
 NOT_ENFORCED = "— NOT ENFORCED"
@@ -308,38 +321,45 @@ def list_units_text(statuses: list[UnitStatus], legend: bool = True, width: int 
 
 
 def show_properties(st: UnitStatus, wanted: list[str] | None = None) -> dict[str, str]:
-    """KEY=VALUE pairs like ``systemctl show`` (``[no data]`` where nothing is counted)."""
+    """KEY=VALUE pairs like ``systemctl show`` (``[no data]`` where nothing is counted).
+
+    With ``wanted`` (``-p``), only those are made: ``show -p IPEgressBytes`` of a unit with
+    a 200k-prefix list never reads or formats the list."""
     u = st.unit
-    props: dict[str, str] = {
-        "Id": u.name,
-        "Description": u.description,
-        "LoadState": "error" if st.broken is not None else "loaded",
-        "ActiveState": st.active_state,
-        "SubState": st.sub_state,
-        "Transient": "yes" if u.transient else "no",
-        "MainPID": str(u.main_pid if u.main_pid and st.active_state == "active" else 0),
-        "ExecMainStatus": str(u.exit_status if u.exit_status is not None else 0),
-        "ControlGroup": u.cgroup,
-    }
     c: Counters | None = st.counters
     counting = c is not None and u.properties.ip_accounting
+    p = u.properties
+    # name → how its value is made; systemctl show's order: the service's D-Bus properties
+    # (the counters before IPAccounting=), then the unit's (Id, Description, states);
+    # ipacctd's own after them.
+    makers: dict[str, object] = {
+        "MainPID": lambda: str(u.main_pid if u.main_pid and st.active_state == "active"
+                               else 0),
+        "ExecMainStatus": lambda: str(u.exit_status if u.exit_status is not None else 0),
+        "ControlGroup": lambda: u.cgroup,
+    }
     for spec in SYSTEMD_COUNTERS:
-        props[spec.prop] = str(getattr(c, spec.attr)) if counting else "[no data]"
-    for key, value in u.properties.to_show().items():
+        makers[spec.prop] = (lambda a=spec.attr: str(getattr(c, a))) if counting else \
+            (lambda: "[no data]")
+    for key, prop in PROPERTIES.items():
         if key != "Description":
-            props[key] = value
+            makers[key] = lambda prop=prop: prop.format(getattr(p, prop.attr))
+    makers |= {
+        "Id": lambda: u.name,
+        "Description": lambda: u.description,
+        "LoadState": lambda: "error" if st.broken is not None else "loaded",
+        "ActiveState": lambda: st.active_state,
+        "SubState": lambda: st.sub_state,
+        "Transient": lambda: "yes" if u.transient else "no",
+    }
     for spec in EXTRA_COUNTERS:
-        props[spec.prop] = str(getattr(c, spec.attr)) if c is not None else "[no data]"
-    props["SystemdDropIn"] = armed_dropin(u.systemd_service) if u.systemd_service else ""
-    props["IPFirewallEnforced"] = "yes" if st.enforcement.enforced else "no"
-    props["IPFirewallProblem"] = st.enforcement.problem
-    # systemctl show's order: the service's D-Bus properties (the counters before
-    # IPAccounting=), then the unit's (Id, Description, states); ipacctd's own after them.
-    service = ("MainPID", "ExecMainStatus", "ControlGroup",
-               *(spec.prop for spec in SYSTEMD_COUNTERS),
-               *(k for k in u.properties.to_show() if k != "Description"))
-    props = {**{k: props[k] for k in service}, **props}
-    if wanted:  # in that order, as systemctl; an unknown name is left out (systemd 252)
-        return {k: v for k, v in props.items() if k in wanted}
-    return props
-
+        makers[spec.prop] = (lambda a=spec.attr: str(getattr(c, a))) if c is not None else \
+            (lambda: "[no data]")
+    makers |= {
+        "SystemdDropIn": lambda: armed_dropin(u.systemd_service) if u.systemd_service else "",
+        "IPFirewallEnforced": lambda: "yes" if st.enforcement.enforced else "no",
+        "IPFirewallProblem": lambda: st.enforcement.problem,
+    }
+    # -p: in that order, as systemctl; an unknown name is left out (systemd 252)
+    return {k: make() for k, make in makers.items()  # type: ignore[operator]
+            if not wanted or k in wanted}

@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ipacctd.manager.unit import UnitStatus
-from ipacctd.policy.unitfile import is_glob
+from ipacctd.policy.names import is_glob
+
+if TYPE_CHECKING:
+    from ipacctd.manager.unit import UnitStatus
 
 #: The states a unit can be in (``--state=help``).
 ACTIVE_STATES = ("active", "activating", "deactivating", "inactive", "failed")
@@ -33,6 +35,8 @@ def matching(mgr, patterns: Sequence[str]) -> list[str] | None:
     """The known units matching any of ``patterns`` (None: no pattern, all units)."""
     if not patterns:
         return None
+    import fnmatch  # only for patterns (re, and its compiled pattern per glob)
+
     return [n for n in mgr.names() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
@@ -42,6 +46,8 @@ def expand(mgr, words: Sequence[str]) -> list[str]:
     known: list[str] | None = None
     for word in words:
         if is_glob(word):
+            import fnmatch
+
             if known is None:
                 known = mgr.names()
             hits = [n for n in known if fnmatch.fnmatchcase(n, word)]

@@ -14,7 +14,7 @@ import argparse
 from ipacctd.cli import selection
 from ipacctd.cli.engine import manager_for
 from ipacctd.errors import NotFound
-from ipacctd.policy.unitfile import is_glob
+from ipacctd.policy.names import is_glob
 
 #: verb → (the states it asks about, exit status when none is in them)
 CHECKS = {

@@ -830,6 +830,12 @@ class Manager:
                                "gone): its policy cannot change; reset it and start it again")
         if new.enforced:
             _check_filter_programs(old.properties, new.properties)
+        if old.rollback is None and not policy_changed(old.properties, new.properties):
+            # Nothing the kernel enforces or counts changes (Description=): no programs, no
+            # new policy generation, no intent to roll back — one atomic metadata write.
+            # Lists the store keeps in files are named again, not read, hashed or written.
+            self.store.write(new.name, new.to_json())
+            return new
         with _refused_for_memory(f"changing the policy of unit {new.name}"):
             intent = self._swap_policy(old, new)
         # 3. the kernel records that it enforces this generation.

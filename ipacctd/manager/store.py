@@ -4,6 +4,21 @@ Each unit has a small JSON file beside its pins (``<state>/units/<name>.json``),
 atomically (temporary file, fsync, rename) and readable by root only. Readers need no
 lock; writers hold an exclusive ``flock`` on ``<state>/lock`` so that concurrent CLIs
 and the daemon cannot interleave.
+
+**Address lists of more than** :data:`INLINE_LIST_BYTES` live in files of their own,
+``<state>/lists/<name>/<sha256>`` (the canonical text, named by its SHA-256), and the
+metadata names them by digest and length: ``{"sha256": ..., "count": ...}``. A unit with a
+200k-prefix list has a 1 KB metadata file beside a 3 MB list, so reading its counters or
+state (``show``, ``status``, ``list-units``, every daemon poll) reads, decodes and hashes
+none of the list, and a change that leaves the list as it is (``Description=``) writes,
+hashes and fsyncs none of it. A list is read — and checked against its digest — only when
+its text or networks are needed (:class:`StoredList`). Shorter lists stay inline as
+``{"canonical": text, "sha256": ...}`` (what 0.2.1 wrote for every list; read as before).
+
+A list file is written (fsynced) before the metadata that names it is renamed into place,
+and never changed: its name is its content. One that no metadata names any more is removed
+by a later write of the unit once it has been unnamed for :data:`LIST_GRACE` seconds, so a
+reader holding the previous metadata (the daemon's view, a CLI mid-read) can still load it.
 """
 
 from __future__ import annotations
@@ -20,9 +35,27 @@ from typing import Any
 
 from ipacctd.errors import Busy, Corrupt, NotFound, PermissionDenied
 from ipacctd.manager.config import Config
+from ipacctd.policy.addresses import AddressList
 from ipacctd.policy.names import pin_name, unpin_name, validate_unit_name
+from ipacctd.policy.properties import PROPERTIES
 
 SUFFIX = ".json"
+
+#: Address lists whose canonical text is longer than this (bytes; about 60 prefixes) are
+#: kept in a file of their own; shorter ones inline in the metadata.
+INLINE_LIST_BYTES = 1024
+
+#: Seconds a list file no metadata names is kept (for readers of the previous metadata).
+LIST_GRACE = 3600
+
+#: The address-list properties (the D-Bus type of systemd's IPAddressAllow=/Deny=).
+LIST_PROPERTIES = tuple(n for n, spec in PROPERTIES.items() if spec.signature == "a(iayu)")
+
+#: The sections of a unit's metadata that hold properties.
+_PROPERTY_SECTIONS = ("properties", "rollback")
+
+#: Largest list file read (a 200k-prefix IPv6 list is about 6 MB).
+MAX_LIST_BYTES = 256 << 20
 
 #: Largest metadata file read (a unit with 10k prefixes in two lists is ~0.5 MB).
 MAX_META_BYTES = 16 << 20
@@ -44,6 +77,119 @@ def canonical(unit: str) -> str:
 
 def _denied(path: str, exc: OSError) -> PermissionDenied:
     return PermissionDenied(f"cannot access {path}: {exc.strerror}; run as root")
+
+
+#: Where an :class:`AddressList` keeps its canonical text (the slot's own descriptor).
+_TEXT = AddressList._text  # type: ignore[attr-defined]
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib  # only when a list is read or written
+
+    return hashlib.sha256(data).hexdigest()
+
+
+class StoredList(AddressList):
+    """An address list kept in a file of its own (see the module's doc): its length comes
+    from the metadata, its text is read from the file — and checked against the digest the
+    metadata names — the first time it is needed (to show it, to compare it with another
+    list, to build programs), never to read counters or state.
+
+    Raises (when the text is needed):
+        Corrupt: the file is missing (removed by hand, or the unit changed more than
+            :data:`LIST_GRACE` seconds after this list was read) or does not match its
+            digest (edited by hand or damaged).
+    """
+
+    __slots__ = ("_count", "_path", "_sha256")
+
+    @classmethod
+    def at(cls, path: str, sha256: str, count: int, prop: str) -> StoredList:
+        new = cls.__new__(cls)
+        new._parts = new._networks = new._words = None
+        _TEXT.__set__(new, None)
+        new._prop, new._path, new._sha256, new._count = prop, path, sha256, count
+        return new
+
+    @property  # type: ignore[override]
+    def _text(self) -> str | None:
+        text = _TEXT.__get__(self, StoredList)
+        if text is None and self._networks is None and self._parts is None:
+            text = self.load()
+        return text
+
+    @_text.setter
+    def _text(self, value: str | None) -> None:
+        _TEXT.__set__(self, value)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the text has been read (or the networks made from it)."""
+        return _TEXT.__get__(self, StoredList) is not None or self.parsed
+
+    def load(self) -> str:
+        """Read the list's text (once), checked against its digest."""
+        text = _TEXT.__get__(self, StoredList)
+        if text is not None:
+            return text
+        try:
+            data = _read_file(self._path, MAX_LIST_BYTES, what=f"{self._prop}= list")
+        except FileNotFoundError:
+            raise Corrupt(f"{self._prop}= list {self._path} is missing (removed by hand, or "
+                          "the unit changed since it was read: read it again)") from None
+        if _sha256(data) != self._sha256:
+            raise Corrupt(f"{self._prop}= list {self._path} does not match its sha256 "
+                          "(edited by hand or damaged)")
+        text = data.decode("ascii", errors="replace")
+        _TEXT.__set__(self, text)
+        return text
+
+    @property
+    def kept(self) -> dict[str, Any]:
+        """The list as the metadata names it (see :func:`_address_list_to_json`): never
+        read, written or hashed again while it stays the unit's."""
+        return {"sha256": self._sha256, "count": self._count, "path": self._path}
+
+    def __len__(self) -> int:
+        return super().__len__() if self.loaded else self._count
+
+    def __bool__(self) -> bool:
+        return super().__bool__() if self.loaded else self._count > 0
+
+
+def _read_file(path: str, limit: int, what: str) -> bytes:
+    """A regular file's content, up to ``limit`` bytes, never through a symlink, FIFO or
+    device planted at its name; Corrupt when it cannot be read, PermissionDenied when it may
+    not be (FileNotFoundError as it is)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise  # the caller says what that means
+    except PermissionError as exc:
+        raise _denied(path, exc) from None
+    except OSError as exc:  # a symlink (ELOOP), ...
+        raise Corrupt(f"{what} {path} cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Corrupt(f"{what} {path} is not a regular file")
+        # Reads sized by the file, up to the cap: one read(2) for a whole file, where
+        # a buffered read of the cap allocated (mmap) 16 MiB for every unit's status.
+        chunks, size = [], 0
+        while size <= limit:
+            want = max(st.st_size - size, 0) + 4096  # the end seen by a second read
+            chunk = os.read(fd, min(want, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise Corrupt(f"{what} {path} cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise Corrupt(f"{what} {path} is larger than {limit} bytes")
+    return b"".join(chunks)
 
 
 class Store:
@@ -104,42 +250,137 @@ class Store:
         """
         path = self.meta_path(unit)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            data = _read_file(path, MAX_META_BYTES, what="metadata")
         except FileNotFoundError:
             raise NotFound(f"unit {unit} not found",
                            hint="see 'ipacctd list-units --all'") from None
-        except PermissionError as exc:
-            raise _denied(path, exc) from None
-        except OSError as exc:  # a symlink (ELOOP), ...
-            raise Corrupt(f"metadata {path} cannot be opened: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise Corrupt(f"metadata {path} is not a regular file")
-            # Reads sized by the file, up to the cap: one read(2) for a whole file, where
-            # a buffered read of the cap allocated (mmap) 16 MiB for every unit's status.
-            chunks, size = [], 0
-            while size <= MAX_META_BYTES:
-                want = max(st.st_size - size, 0) + 4096  # the end seen by a second read
-                chunk = os.read(fd, min(want, MAX_META_BYTES + 1 - size))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            data = b"".join(chunks)
-        except OSError as exc:
-            raise Corrupt(f"metadata {path} cannot be read: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        if len(data) > MAX_META_BYTES:
-            raise Corrupt(f"metadata {path} is larger than {MAX_META_BYTES} bytes")
         try:
             value = json.loads(data)
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
             raise Corrupt(f"metadata {path} is not valid JSON ({_short(str(exc))})") from None
         if not isinstance(value, dict):
             raise Corrupt(f"metadata {path} is not a JSON object")
+        self._stored_lists(unit, value)
         return value
+
+    # -- address lists in files of their own -----------------------------------------------
+
+    def lists_dir(self, unit: str) -> str:
+        """The directory of the unit's list files."""
+        return os.path.join(self.config.state_dir, "lists", canonical(unit))
+
+    def _stored_lists(self, unit: str, data: dict[str, Any]) -> None:
+        """Replace each list the metadata names by digest with a :class:`StoredList` (not
+        read now); Corrupt when the reference is malformed or its file is missing."""
+        for section in _PROPERTY_SECTIONS:
+            props = data.get(section)
+            if not isinstance(props, dict):
+                continue
+            for name in LIST_PROPERTIES:
+                ref = props.get(name)
+                if not (isinstance(ref, dict) and "canonical" not in ref):
+                    continue  # inline, or not there: Properties.from_json reads (or refuses) it
+                digest, count = ref.get("sha256"), ref.get("count")
+                if not (isinstance(digest, str) and len(digest) == 64 and digest.isalnum()
+                        and isinstance(count, int) and count > 0):
+                    raise Corrupt(f"metadata {self.meta_path(unit)}: {section} {name} names "
+                                  "no valid list file (expected 'sha256' and 'count')")
+                path = os.path.join(self.lists_dir(unit), digest)
+                if not os.path.isfile(path):
+                    raise Corrupt(f"{name}= list {path} of unit {unit} is missing")
+                props[name] = StoredList.at(path, digest, count, name)
+
+    def _keep_lists(self, unit: str, data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+        """``data`` as the metadata file holds it: long lists written to files of their own
+        (fsynced; one already there is not written again) and named by digest; and the
+        digests named."""
+        named: set[str] = set()
+        out = {**data, **{s: dict(data[s]) for s in _PROPERTY_SECTIONS
+                          if isinstance(data.get(s), dict)}}
+        for section in _PROPERTY_SECTIONS:
+            props = out.get(section)
+            if not isinstance(props, dict):
+                continue
+            for name in LIST_PROPERTIES:
+                value = props.get(name)
+                if not isinstance(value, dict):
+                    continue
+                if "path" in value:  # a StoredList's: kept as it is
+                    digest, count = value["sha256"], value["count"]
+                    if os.path.dirname(value["path"]) != self.lists_dir(unit):
+                        # another unit's list (a policy taken over): this unit's own copy
+                        self._write_list(unit, digest, StoredList.at(
+                            value["path"], digest, count, name).load())
+                elif len(value.get("canonical", "")) > INLINE_LIST_BYTES:
+                    text, digest = value["canonical"], value["sha256"]
+                    count = text.count(" ") + 1
+                    self._write_list(unit, digest, text)
+                else:
+                    continue
+                props[name] = {"sha256": digest, "count": count}
+                named.add(digest)
+        return out, named
+
+    def _write_list(self, unit: str, digest: str, text: str) -> None:
+        directory = self.lists_dir(unit)
+        path = os.path.join(directory, digest)
+        if os.path.isfile(path):
+            return  # named by its content: the same text
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        tmp = os.path.join(directory, f".{digest}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode("ascii"))
+                f.flush()
+                os.fsync(f.fileno())  # always: the metadata about to name it may be
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _named_on_disk(self, unit: str) -> set[str]:
+        """The list digests the unit's metadata on disk names now (before it is replaced)."""
+        try:
+            data = json.loads(_read_file(self.meta_path(unit), MAX_META_BYTES, "metadata"))
+        except (Corrupt, PermissionDenied, OSError, ValueError):
+            return set()
+        named = set()
+        for section in _PROPERTY_SECTIONS:
+            props = data.get(section) if isinstance(data, dict) else None
+            if isinstance(props, dict):
+                named |= {v["sha256"] for n in LIST_PROPERTIES
+                          if isinstance(v := props.get(n), dict) and "canonical" not in v
+                          and isinstance(v.get("sha256"), str)}
+        return named
+
+    def _prune_lists(self, unit: str, named: set[str], unnamed_now: set[str]) -> None:
+        """Remove the unit's list files no metadata has named for :data:`LIST_GRACE`
+        seconds (and temporary files of dead writers); those the write just replaced
+        (``unnamed_now``) start their grace now."""
+        directory = self.lists_dir(unit)
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return
+        now = time.time()
+        for entry in entries:
+            name = entry.name
+            if name in named:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if name.startswith("."):  # .DIGEST.PID.tmp of a writer
+                    pid = name.rsplit(".", 2)[-2]
+                    if not pid.isdigit() or not os.path.exists(f"/proc/{pid}"):
+                        os.unlink(entry.path)
+                elif name in unnamed_now:
+                    os.utime(entry.path)
+                elif entry.stat(follow_symlinks=False).st_mtime < now - LIST_GRACE:
+                    os.unlink(entry.path)
 
     def write(self, unit: str, data: dict[str, Any], durable: bool = True) -> None:
         """Write the unit's metadata atomically (write + fsync + rename), mode 0600.
@@ -152,6 +393,9 @@ class Store:
         self.ensure_dirs()
         path = self.meta_path(unit)
         tmp = self._tmp_path(unit, os.getpid())
+        has_lists = os.path.isdir(self.lists_dir(unit))
+        data, named = self._keep_lists(unit, data)
+        before = self._named_on_disk(unit) - named if has_lists else set()
         text = json.dumps(data, indent=1, sort_keys=True)
         # A stale temporary file (a crashed writer with our pid) goes first; then the file
         # is created exclusively and never through a symlink planted at its predictable name.
@@ -170,10 +414,17 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        if has_lists or named:
+            self._prune_lists(unit, named, before)
 
     def delete(self, unit: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.meta_path(unit))
+        directory = self.lists_dir(unit)
+        if os.path.isdir(directory):
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _tmp_path(self, unit: str, pid: int) -> str:
         return os.path.join(self.config.units_dir, f".{canonical(unit)}.{pid}.tmp")

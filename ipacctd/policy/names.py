@@ -148,3 +148,13 @@ def transient_name(existing: Iterable[str]) -> str:
         if candidate not in taken:
             return candidate
     raise AssertionError("unreachable: pigeonhole")  # pragma: no cover
+
+
+#: The characters that make a word a glob (fnmatch's): a ``ControlGroup=`` value of a unit
+#: file, a unit name on a command line (``list-units 'web*'``).
+GLOB_CHARS = "*?["
+
+
+def is_glob(pattern: str) -> bool:
+    """Whether a pattern (or one component of a ``ControlGroup=`` path) is a glob."""
+    return any(c in pattern for c in GLOB_CHARS)

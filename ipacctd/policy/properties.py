@@ -185,7 +185,11 @@ def _address_list_to_json(value: AddressList) -> Any:
     """An address list as the metadata stores it: its canonical text and that text's
     SHA-256, so that reading it back needs no parsing (see :func:`_address_list_from_json`);
     an empty list as ``[]``. (A list of 200k words took 1 s to write with the metadata's
-    indented JSON and 75 ms to read; one string takes milliseconds.)"""
+    indented JSON and 75 ms to read; one string takes milliseconds.) A list the store keeps
+    in a file of its own stays as the store named it: not read, hashed or written again."""
+    kept = getattr(value, "kept", None)  # ipacctd.manager.store.StoredList
+    if kept is not None:
+        return kept
     text = str(value)
     return {"canonical": text, "sha256": _digest(text)} if text else []
 
@@ -202,6 +206,8 @@ def _address_list_from_json(value: Any, name: str) -> AddressList:
     """
     if isinstance(value, list) and all(isinstance(w, str) for w in value):
         return AddressList.parse(" ".join(value), name) if value else EMPTY
+    if isinstance(value, AddressList):  # kept in a file, handed over by the store (unread)
+        return value
     if not (
         isinstance(value, dict)
         and isinstance(value.get("canonical"), str)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from ipacctd.errors import InvalidInput
 from ipacctd.policy.addresses import collector_paused
-from ipacctd.policy.names import SUFFIXES, validate_unit_name
+from ipacctd.policy.names import SUFFIXES, is_glob, validate_unit_name
 from ipacctd.policy.properties import (
     PROPERTIES,
     Assignment,
@@ -67,15 +67,6 @@ SECTION_KEYS: dict[str, frozenset[str]] = {
     "Match": frozenset({"ControlGroup"}),
     "Service": frozenset(name for name in PROPERTIES if name != "Description"),
 }
-
-
-#: The characters that make a ``ControlGroup=`` value a glob (fnmatch's).
-GLOB_CHARS = "*?["
-
-
-def is_glob(pattern: str) -> bool:
-    """Whether a ``ControlGroup=`` pattern (or one component of it) is a glob."""
-    return any(c in pattern for c in GLOB_CHARS)
 
 
 @dataclass(frozen=True)

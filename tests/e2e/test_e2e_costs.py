@@ -3,7 +3,11 @@
 * a change that does not touch the policy (``Description=``) swaps no programs: the
   programs on the unit's cgroup are the same ones, and still enforce;
 * reading a unit's counters and state, and such a change, never parse the unit's stored
-  address list: they work while that list's text would not parse at all.
+  address list: they work while that list's text would not parse at all;
+* a long list lives in a file of its own beside the metadata (manager/store.py), and those
+  same reads and changes do not even read it: they work while the file is damaged (any
+  read would find it does not match its digest), and a change of the policy, which needs
+  it, is refused for that very reason.
 """
 
 from __future__ import annotations
@@ -68,8 +72,9 @@ def _store_list(inst: Installation, unit: str, text: str) -> None:
         json.dump(meta, f)
 
 
-def test_reads_and_a_description_change_never_parse_the_stored_list(inst: Installation) -> None:
-    # A unit file with a list of some size; the claim does not depend on its size.
+def _start_big(inst: Installation):
+    """A running unit whose unit file holds a list of some size (the claims do not depend
+    on its size), its agent, the stored list's canonical text and the metadata's entry."""
     nets = [f"2001:db8:{i:x}::/48" for i in range(1, 601)] + [f"{DENIED}/32"]
     with open(os.path.join(inst.unit_dir, "big.unit"), "w") as f:
         f.write("[Service]\n")
@@ -80,19 +85,75 @@ def test_reads_and_a_description_change_never_parse_the_stored_list(inst: Instal
     assert agent.send(DENIED, 10) == "err 1"
     assert agent.send(ALLOWED, 10) == "ok 10"
     with open(_meta_path(inst, "big.service")) as f:
-        stored = json.load(f)["properties"]["IPAddressDeny"]
-    assert stored["canonical"].split() == sorted(nets[-1:]) + nets[:-1]  # IPv4 first
-    before = programs_on(inst, "big.service")
+        entry = json.load(f)["properties"]["IPAddressDeny"]
+    # Long: kept in a file of its own, named by its digest (the metadata holds no text).
+    assert set(entry) == {"sha256", "count"} and entry["count"] == len(nets), entry
+    with open(_list_path(inst, "big.service", entry["sha256"])) as f:
+        text = f.read()
+    assert text.split() == sorted(nets[-1:]) + nets[:-1]  # IPv4 first
+    assert hashlib.sha256(text.encode()).hexdigest() == entry["sha256"]
+    return agent, text, entry
 
-    # From here on the stored list does not parse: anything that parsed it would fail.
-    _store_list(inst, "big.service", "not-an-address " + stored["canonical"])
+
+def _list_path(inst: Installation, unit: str, digest: str) -> str:
+    return os.path.join(inst.state_dir, "lists", unit, digest)
+
+
+def _reads_and_a_description_change(inst: Installation, agent, before, count: int) -> None:
     assert inst.ok("show", "big", "-p", "IPEgressBytes", "--value").stdout.strip() == str(10 + 28)
     assert "big.service" in inst.ok("list-units").stdout
     assert inst.ok("show", "big", "-p", "IPFirewallEnforced", "--value").stdout == "yes\n"
-    inst.ok("status", "big")
+    status = inst.ok("status", "big").stdout
+    assert f"IPAddressDeny=({count} prefixes; 'ipacctd show big.service -p IPAddress" in status
+    assert inst.ok("is-active", "big").stdout == "active\n"
     inst.ok("set-property", "big", "Description=renamed")
     assert programs_on(inst, "big.service") == before
     assert agent.send(DENIED, 10) == "err 1"
+
+
+def test_reads_and_a_description_change_never_read_the_list_file(inst: Installation) -> None:
+    agent, text, entry = _start_big(inst)
+    before = programs_on(inst, "big.service")
+    # From here on the list file does not match its digest: anything that read it fails.
+    path = _list_path(inst, "big.service", entry["sha256"])
+    with open(path, "w") as f:
+        f.write("198.51.100.3/32 " + text)
+    _reads_and_a_description_change(inst, agent, before, 601)
+    with open(_meta_path(inst, "big.service")) as f:
+        assert json.load(f)["properties"]["IPAddressDeny"] == entry  # named, not rewritten
+
+    # A change of the policy needs the list itself: read now, refused as damaged, and
+    # nothing changes.
+    res = inst.cli("set-property", "big", f"IPAddressDeny={LATER}")
+    one_line_error(res, path, "does not match its sha256")
+    assert programs_on(inst, "big.service") == before
+    assert inst.ok("show", "big", "-p", "Description", "--value").stdout == "renamed\n"
+    assert agent.send(LATER, 10) == "ok 10"
+    # show -p of the list itself reads it (so the reads above could have failed).
+    one_line_error(inst.cli("show", "big", "-p", "IPAddressDeny"), "does not match its sha256")
+
+    # Put back what ipacctd wrote: a change goes through, and the new list is a new file.
+    with open(path, "w") as f:
+        f.write(text)
+    inst.ok("set-property", "big", f"IPAddressDeny={LATER}")
+    assert agent.send(LATER, 10) == "err 1"
+    with open(_meta_path(inst, "big.service")) as f:
+        new = json.load(f)["properties"]["IPAddressDeny"]
+    assert new["count"] == 602 and os.path.exists(_list_path(inst, "big.service", new["sha256"]))
+    assert os.path.exists(path)  # the replaced one stays for a while (readers of the old)
+    inst.ok("stop", "big")
+    inst.ok("reset", "big")
+    assert not os.path.exists(os.path.join(inst.state_dir, "lists", "big.service"))
+
+
+def test_reads_and_a_description_change_never_parse_a_list_of_0_2_1(inst: Installation) -> None:
+    """Metadata of 0.2.1 (every list inline, text and digest) is read as before, without
+    parsing its lists; the next write moves a long one to a file of its own."""
+    agent, text, _ = _start_big(inst)
+    before = programs_on(inst, "big.service")
+    # From here on the stored list does not parse: anything that parsed it would fail.
+    _store_list(inst, "big.service", "not-an-address " + text)
+    _reads_and_a_description_change(inst, agent, before, 602)
 
     # A change of the policy needs the list itself: parsed now, refused with the word that
     # does not parse, and nothing changes.
@@ -103,6 +164,8 @@ def test_reads_and_a_description_change_never_parse_the_stored_list(inst: Instal
     assert agent.send(LATER, 10) == "ok 10"
 
     # Put back what ipacctd wrote: the list parses again and a change goes through.
-    _store_list(inst, "big.service", stored["canonical"])
+    _store_list(inst, "big.service", text)
     inst.ok("set-property", "big", f"IPAddressDeny={LATER}")
     assert agent.send(LATER, 10) == "err 1"
+    with open(_meta_path(inst, "big.service")) as f:
+        assert set(json.load(f)["properties"]["IPAddressDeny"]) == {"sha256", "count"}

@@ -137,9 +137,12 @@ def test_kill9_cli_mid_set_property(inst: Installation) -> None:
     wait_for(flow.sender_ready, 20, "the sender")
     mgr = inst.manager()
     rng = random.Random(7)
+    # How long a policy change takes (a Description= change alone swaps no programs and
+    # takes a fraction of it: the kills below would all land early).
     t0 = time.monotonic()
-    inst.ok("set-property", "sp-tx.service", "Description=probe")
+    inst.ok("set-property", "sp-tx.service", f"IPAddressAllow={B}", "Description=probe")
     typical = time.monotonic() - t0
+    inst.ok("set-property", "sp-tx.service", "IPAddressAllow=")
     pending = 0
     for i in range(n):
         value = f"IPAddressAllow={B}" if i % 2 == 0 else "IPAddressAllow="
