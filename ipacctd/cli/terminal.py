@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
 import sys
 import unicodedata
 from collections.abc import Iterator
@@ -101,6 +99,8 @@ def columns() -> int | None:
     env = os.environ.get("COLUMNS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
+    import shutil  # on a terminal only (shutil loads bz2, lzma and fnmatch with it)
+
     return shutil.get_terminal_size((80, 24)).columns
 
 
@@ -162,6 +162,8 @@ def pager_command() -> list[str] | None:
             if value in ("", "cat"):
                 return None
             return ["sh", "-c", value]
+    import shutil
+
     for candidate in ("less", "more"):
         if shutil.which(candidate):
             return [candidate]
@@ -181,6 +183,8 @@ def pager(enabled: bool = True) -> Iterator[None]:
     env["LESS"] = os.environ.get("SYSTEMD_LESS", DEFAULT_LESS)
     env.setdefault("LESSCHARSET", "utf-8")
     sys.stdout.flush()
+    import subprocess  # a pager only on a terminal: a script's read never loads it
+
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env)
     except OSError:  # no pager after all: print as if none was asked for
