@@ -8,7 +8,6 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Self
 
-from ipacctd.bpf import asm
 from ipacctd.bpf.errors import BPFError, BPFPermissionError, VerifierError
 from ipacctd.bpf.objects import Object, c_str, fd_by_id, info_by_fd, obj_get
 from ipacctd.bpf.syscall import addr, bpf, close
@@ -16,6 +15,7 @@ from ipacctd.bpf.types import AttachType, Cmd, ProgType
 from ipacctd.uapi import BpfAttr, BpfProgInfo
 
 if TYPE_CHECKING:
+    from ipacctd.bpf import asm
     from ipacctd.bpf.info import ProgramInfo, ProgramStats, TestRun
 
 
@@ -37,7 +37,12 @@ class Program(Object):
              attach_type: AttachType | None = None, name: str = "",
              license: str = "GPL") -> Self:
         """BPF_PROG_LOAD instructions (or bytecode); raise VerifierError with the log."""
-        code = items if isinstance(items, bytes) else asm.assemble(items)
+        if isinstance(items, bytes):
+            code = items
+        else:  # the assembler only to load: reading pinned programs (views) never needs it
+            from ipacctd.bpf import asm
+
+            code = asm.assemble(items)
         text = ctypes.create_string_buffer(code, len(code))
         lic = ctypes.create_string_buffer(license.encode())
         expected = 0 if attach_type is None else int(attach_type)
@@ -189,5 +194,7 @@ def test_run(fd: int, data: bytes, repeat: int = 1) -> TestRun:
 
 def return_one() -> list[asm.Insn]:
     """The trivial ``return 1`` program: the floor for datapath benchmarks."""
+    from ipacctd.bpf import asm
+
     return [asm.mov64_imm(asm.R0, 1), asm.exit_()]
 

@@ -38,6 +38,7 @@ import ipaddress
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ipacctd.bpf import bpffs
 from ipacctd.bpf.errors import BPFError
@@ -46,12 +47,17 @@ from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap
 from ipacctd.bpf.programs import Program
 from ipacctd.bpf.types import AttachType
 from ipacctd.datapath import counters as counters_mod
-from ipacctd.datapath import denied, lookup
-from ipacctd.datapath import program as program_mod
 from ipacctd.datapath.counters import Counters, Direction
-from ipacctd.datapath.rules import FamilyRules, compile_rules
 from ipacctd.errors import AlreadyExists, Error, NotFound
 from ipacctd.policy.names import tmp_pin_name
+
+if TYPE_CHECKING:
+    # The builder (rules, lookup tables, program emitter and its assembler) and the denied
+    # log (whose program part needs the assembler too) are imported where a datapath is
+    # built or the log opened: reading a unit's counters and state (show, list-units, the
+    # daemon's polls) opens pinned maps and links only.
+    from ipacctd.datapath import denied, lookup
+    from ipacctd.datapath.rules import FamilyRules
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -129,6 +135,10 @@ def build_programs(
     """Compile the spec and load ingress and egress programs that use ``counters_map``
     (and record denied addresses in ``denied_map`` when given). Each family's lookup
     strategy follows from its compiled table's size (:func:`lookup.build_table`)."""
+    from ipacctd.datapath import lookup
+    from ipacctd.datapath import program as program_mod
+    from ipacctd.datapath.rules import compile_rules
+
     v4, v6 = compile_rules(spec.allow, spec.deny)
     tables: list[lookup.Table] = []
     loaded: list[Program] = []
@@ -186,6 +196,8 @@ class UnitDatapath:
         try:
             cmap.pin(os.path.join(tmp, COUNTERS))
             if spec.deny:
+                from ipacctd.datapath import denied
+
                 dmap = denied.create_map()
                 dmap.pin(os.path.join(tmp, denied.PIN))
             progs = build_programs(spec, cmap, dmap)
@@ -583,6 +595,8 @@ class UnitDatapath:
     def denied_map(self, create: bool = False) -> denied.Log | None:
         """Open the unit's denied-addresses log; with ``create``, make and pin what is
         missing of it."""
+        from ipacctd.datapath import denied
+
         path = os.path.join(self.pin_dir, denied.PIN)
         if os.path.exists(path):
             return denied.open_pinned(path, create)

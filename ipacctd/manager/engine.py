@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 from ipacctd import cgroup
 from ipacctd.bpf import bpffs
-from ipacctd.datapath import denied as denied_mod
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.datapath.unit import COUNTERS, PROG_PIN, UnitDatapath, cgroup_id, link_problem
 from ipacctd.errors import (
@@ -247,6 +246,8 @@ class Manager:
 
     def denied(self, name: str, limit: int | None = None) -> list[dict]:
         """Remote addresses the unit's firewall denied, most packets first."""
+        from ipacctd.datapath import denied as denied_mod  # status's, not every view's
+
         try:
             with UnitDatapath.open(self.store.pin_dir(name)) as dp:
                 dmap = dp.denied_map()
