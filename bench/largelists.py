@@ -126,8 +126,13 @@ def write_unit(unit_dir: str, name: str, words: list[str]) -> None:
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall s, child CPU s) of one run; fails loudly when it fails."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    proc = subprocess.Popen(  # cwd /: "python -c" never imports a checkout it stands in
+        argv,
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -284,65 +289,114 @@ def reads_and_changes(i: int, prefix: str = "") -> dict[str, list[str]]:
     }
 
 
-def unit_part(inst: Install, cmd: list[str], reps: int, out: Report) -> None:
-    """Reads and non-policy changes of one running unit with a 200k-prefix list."""
-    env = inst.env
-    write_unit(inst.unit_dir, BIG, prefixes(4, BIG_PREFIXES, "largelists-big"))
+#: What the D-Bus client costs a change through the daemon, step by step (run by the
+#: installation's interpreter, with the daemon running): the interpreter alone, the
+#: imports of asyncio and dbus-fast, and those plus connecting and proving the daemon
+#: (what ``set-property`` does before its one call).
+CLIENT_STEPS = {
+    "  D-Bus client: interpreter alone": "pass",
+    "  D-Bus client: import asyncio, dbus_fast": "import asyncio, dbus_fast.aio",
+    "  D-Bus client: + connect, prove daemon": (
+        "from ipacctd.cli.remote import connect\n"
+        "from ipacctd.manager.config import Config\n"
+        "link = connect(Config.from_env())\n"
+        "assert link is not None, 'no daemon found'\n"
+        "link.close()\n"
+    ),
+}
+
+
+class Side:
+    """One installation measured in part 2 (this checkout's, or ``--baseline``'s), with its
+    two running units."""
+
+    def __init__(self, label: str, inst: Install, python: str) -> None:
+        self.label = label  # prefix of its rows ("" for the installation measured)
+        self.inst = inst
+        self.cmd = [inst.ipacctd]
+        self.python = python
+        self.runners: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        write_unit(self.inst.unit_dir, BIG, prefixes(4, BIG_PREFIXES, "largelists-big"))
+        for unit, props in ((BIG, []), (SMALL, ["-p", "IPAddressDeny=198.51.100.1"])):
+            self.inst.keep.add(f"{unit}.service")
+            self.runners.append(start_running(self.inst, self.cmd, unit, props))
+
+    def round(self, i: int, bus: PrivateBus, table: Table) -> None:
+        inst, cmd, env, tag = self.inst, self.cmd, self.inst.env, self.label
+        # With the daemon running the CLI finds it on this bus (its runtime file is in the
+        # state directory); without, IPACCTD_NO_DAEMON=1 keeps it from looking.
+        daemon_env = {k: v for k, v in env.items() if k != "IPACCTD_NO_DAEMON"}
+        daemon_env["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+        for name, argv in reads_and_changes(i, tag).items():
+            table.add(name, *timed([*cmd, *argv], env))
+        wall, cpu, daemon = daemon_start(inst, cmd, bus)
+        table.add(f"{tag}daemon start", wall, cpu)
+        try:
+            for name, argv in reads_and_changes(i, f"{tag}daemon running: ").items():
+                table.add(name, *timed([*cmd, *argv], daemon_env))
+            for name, code in CLIENT_STEPS.items():
+                table.add(f"  {tag}{name.lstrip()}", *timed([self.python, "-c", code], daemon_env))
+        finally:
+            stop_process(daemon, 30)
+        # The same without the unit file to parse (the unit and its list stay recorded).
+        unit_file = os.path.join(inst.unit_dir, f"{BIG}.unit")
+        os.rename(unit_file, unit_file + ".off")
+        try:
+            wall, cpu, daemon = daemon_start(inst, cmd, bus)
+            stop_process(daemon, 30)
+            table.add(f"  {tag}same, without big.unit to load", wall, cpu)
+        finally:
+            os.rename(unit_file + ".off", unit_file)
+
+    def check(self, reps: int) -> None:
+        desc = self.inst.cli("show", BIG, "-p", "Description", "--value").stdout.strip()
+        if desc != f"x{reps - 1}":
+            raise SystemExit(f"set-property did not take: Description is {desc!r}")
+
+    def stop(self) -> None:
+        for unit in (BIG, SMALL):
+            with contextlib.suppress(subprocess.CalledProcessError, OSError):
+                self.inst.cli("stop", unit, check=False)
+        for runner in self.runners:
+            stop_process(runner, 30)
+            if runner.stderr:
+                runner.stderr.close()
+
+
+def unit_part(sides: list[Side], reps: int, out: Report) -> None:
+    """Reads and non-policy changes of one running unit with a 200k-prefix list, for each
+    installation (rounds interleaved: one of each side per round)."""
     out(
         f"# part 2: one running unit ({BIG}.service) whose unit file holds {BIG_PREFIXES // 1000}k "
         f"IPv4 prefixes in {BIG_PREFIXES // PER_LINE} lines; load average at start {load()}"
     )
     out(f"# beside it {SMALL}.service, running, with a one-prefix list: the floor of its rows")
-    runners = []
+    if len(sides) > 1:
+        out("# rows 'before: ...' are --baseline's installation, interleaved round by round")
     bus = None
     try:
-        for unit, props in ((BIG, []), (SMALL, ["-p", "IPAddressDeny=198.51.100.1"])):
-            inst.keep.add(f"{unit}.service")
-            runners.append(start_running(inst, cmd, unit, props))
+        for side in sides:
+            side.start()
         bus = PrivateBus()
         table = Table()
-        # With the daemon running the CLI finds it on this bus (its runtime file is in the
-        # state directory); without, IPACCTD_NO_DAEMON=1 keeps it from looking.
-        daemon_env = {k: v for k, v in env.items() if k != "IPACCTD_NO_DAEMON"}
-        daemon_env["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
         for i in range(reps):
-            for name, argv in reads_and_changes(i).items():
-                table.add(name, *timed([*cmd, *argv], env))
-            wall, cpu, daemon = daemon_start(inst, cmd, bus)
-            table.add("daemon start", wall, cpu)
-            try:
-                for name, argv in reads_and_changes(i, "daemon running: ").items():
-                    table.add(name, *timed([*cmd, *argv], daemon_env))
-            finally:
-                stop_process(daemon, 30)
-            # The same without the unit file to parse (the unit and its list stay recorded).
-            unit_file = os.path.join(inst.unit_dir, f"{BIG}.unit")
-            os.rename(unit_file, unit_file + ".off")
-            try:
-                wall, cpu, daemon = daemon_start(inst, cmd, bus)
-                stop_process(daemon, 30)
-                table.add("  same, without big.unit to load", wall, cpu)
-            finally:
-                os.rename(unit_file + ".off", unit_file)
-        desc = inst.cli("show", BIG, "-p", "Description", "--value").stdout.strip()
-        if desc != f"x{reps - 1}":
-            raise SystemExit(f"set-property did not take: Description is {desc!r}")
+            for side in sides:
+                side.round(i, bus, table)
+        for side in sides:
+            side.check(reps)
         out(f"# load average at end {load()}")
         out(
             "# daemon start: CPU s is the daemon's own until ready (which includes loading the "
-            "unit directory: parsing big.unit); previous: before this change"
+            "unit directory: parsing big.unit)"
         )
         table.print(out)
     finally:
         if bus is not None:
             bus.close()
-        for unit in (BIG, SMALL):
-            with contextlib.suppress(subprocess.CalledProcessError, OSError):
-                inst.cli("stop", unit, check=False)
-        for runner in runners:
-            stop_process(runner, 30)
-            if runner.stderr:
-                runner.stderr.close()
+        for side in sides:
+            side.stop()
 
 
 def make_venv() -> str:
@@ -396,6 +450,11 @@ def main() -> int:
         help="this checkout through this script's interpreter (default: a venv of "
         "/usr/bin/python3 with pip install .[daemon])",
     )
+    ap.add_argument(
+        "--baseline",
+        help="part 2 also for this installation's ipacctd script (e.g. a venv of the version "
+        "before), interleaved; its rows start with 'before:'",
+    )
     ap.add_argument("--out", help="also write the report to this file")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -417,13 +476,22 @@ def main() -> int:
         venv = make_venv()
         inst = Install(os.path.join(venv, "bin", "ipacctd"))
     cmd = [inst.ipacctd]
+    baseline = None
+    if args.baseline:
+        baseline = Install(find_ipacctd(args.baseline))
+        # An installation of its own: state, pins and cgroups apart from the other's.
+        baseline.bpf_dir += "-before"
+        baseline.cgroup_root += "-before"
+        baseline.env.update(
+            IPACCTD_BPF_DIR=baseline.bpf_dir, IPACCTD_CGROUP_ROOT=baseline.cgroup_root
+        )
     try:
         out(
             f"# ipacctd large lists end to end: kernel {platform.release()}, "
             f"{os.cpu_count()} CPUs, {args.reps} rounds, medians, {' '.join(cmd)}"
         )
+        python = sys.executable if args.checkout else script_python(inst.ipacctd)
         if not args.checkout:
-            python = script_python(inst.ipacctd)
             version = subprocess.run(
                 [python, "--version"], capture_output=True, text=True, check=True
             ).stdout.strip()
@@ -431,9 +499,16 @@ def main() -> int:
         if args.part in ("run", "all"):
             run_part(inst, cmd, args.reps, out)
         if args.part in ("unit", "all"):
-            unit_part(inst, cmd, args.reps, out)
+            sides = [Side("", inst, python)]
+            if baseline is not None:
+                base_python = script_python(baseline.ipacctd)
+                out(f"# baseline {baseline.ipacctd}: {install_kind(base_python)}")
+                sides.append(Side("before: ", baseline, base_python))
+            unit_part(sides, args.reps, out)
     finally:
         inst.cleanup()
+        if baseline is not None:
+            baseline.cleanup()
         if venv is not None:
             shutil.rmtree(venv, ignore_errors=True)
     out.save(args.out)
