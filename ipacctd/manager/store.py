@@ -333,6 +333,7 @@ class Store:
         path = os.path.join(directory, digest)
         if os.path.isfile(path):
             return  # named by its content: the same text
+        os.makedirs(os.path.dirname(directory), mode=0o700, exist_ok=True)  # root's, as units/
         os.makedirs(directory, mode=0o700, exist_ok=True)
         tmp = os.path.join(directory, f".{digest}.{os.getpid()}.tmp")
         with contextlib.suppress(FileNotFoundError):

@@ -178,6 +178,10 @@ def test_a_long_list_is_kept_in_a_file_and_read_only_when_needed(tmp_path) -> No
     assert os.path.getsize(store.meta_path("big.service")) < 2048  # no list text in it
     path = list_file(config)
     assert os.path.basename(path) == entry["sha256"]
+    # root's alone, as the metadata
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.dirname(os.path.dirname(path))).st_mode & 0o777 == 0o700
     with open(path) as f:
         assert f.read() == str(unit.properties.ip_address_deny)
 
