@@ -111,6 +111,9 @@ class StoredList(AddressList):
         new._prop, new._path, new._sha256, new._count = prop, path, sha256, count
         return new
 
+    # AddressList's methods read its text from the ``_text`` slot; this property stands in
+    # front of the slot (a subclass's descriptor comes first), so that each of them reads
+    # the file on first use — and none has to know that a list may live in one.
     @property  # type: ignore[override]
     def _text(self) -> str | None:
         text = _TEXT.__get__(self, StoredList)
