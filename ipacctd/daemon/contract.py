@@ -243,7 +243,7 @@ def signal_daemon(path: str, sig: int = signal.SIGHUP) -> int:
 def status_to_wire(st: Any) -> dict[str, Any]:
     """A ``UnitStatus`` as plain data (inverse: :func:`status_from_wire`)."""
     return {
-        "unit": st.unit.to_json(),
+        "unit": _unit_to_wire(st.unit),
         "active_state": st.active_state,
         "sub_state": st.sub_state,
         "pids": list(st.pids),
@@ -258,6 +258,24 @@ def status_to_wire(st: Any) -> dict[str, Any]:
             "cgroup_id": st.enforcement.cgroup_id,
         },
     }
+
+
+def _unit_to_wire(unit: Any) -> dict[str, Any]:
+    """The unit's metadata, each list in it whole: a list the store keeps in a file of its
+    own (named there by its digest, see ipacctd.manager.store) goes as its text and digest,
+    as an inline one does — the reader has no access to the file."""
+    data = unit.to_json()
+    for section, props in (("properties", unit.properties), ("rollback", unit.rollback)):
+        values = data.get(section)
+        if not isinstance(values, dict) or props is None:
+            continue
+        for name, value in values.items():
+            if isinstance(value, dict) and "canonical" not in value and "sha256" in value:
+                from ipacctd.policy.properties import property_spec
+
+                text = str(getattr(props, property_spec(name).attr))  # read, digest checked
+                values[name] = {"canonical": text, "sha256": value["sha256"]}
+    return data
 
 
 def status_from_wire(d: dict[str, Any]) -> Any:

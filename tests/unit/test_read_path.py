@@ -295,3 +295,21 @@ def test_a_replaced_list_stays_for_its_grace_then_goes(tmp_path) -> None:
     ]
     store.delete("big.service")
     assert not os.path.exists(store.lists_dir("big.service"))
+
+
+def test_a_status_sent_by_the_daemon_carries_the_list_itself(tmp_path) -> None:
+    """DescribeUnits (users who may not read the state) sends a unit's metadata: a list
+    kept in a file goes as its text and digest, and reads back as the same list."""
+    from ipacctd.daemon.contract import status_from_wire, status_to_wire
+    from ipacctd.manager.unit import UnitStatus
+
+    config, unit = make_unit(tmp_path)
+    read = Unit.from_json(Store(config).read("big.service"))
+    assert isinstance(read.properties.ip_address_deny, StoredList)
+    wire = json.loads(
+        json.dumps(status_to_wire(UnitStatus(read, "active", "running", (), None, True)))
+    )
+    entry = wire["unit"]["properties"]["IPAddressDeny"]
+    assert entry["canonical"] == str(unit.properties.ip_address_deny) and "path" not in entry
+    back = status_from_wire(wire).unit
+    assert back == unit and str(back.properties.ip_address_deny) == entry["canonical"]
