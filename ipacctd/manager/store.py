@@ -45,8 +45,10 @@ SUFFIX = ".json"
 #: kept in a file of their own; shorter ones inline in the metadata.
 INLINE_LIST_BYTES = 1024
 
-#: Seconds a list file no metadata names is kept (for readers of the previous metadata).
-LIST_GRACE = 3600
+#: Seconds a list file no metadata names is kept, for readers of the previous metadata (a
+#: CLI mid-read, the daemon until its next look: seconds). Short, for /run is memory: a
+#: 200k-prefix blocklist replaced every minute keeps two or three 3 MB files, not sixty.
+LIST_GRACE = 120
 
 #: The address-list properties (the D-Bus type of systemd's IPAddressAllow=/Deny=).
 LIST_PROPERTIES = tuple(n for n, spec in PROPERTIES.items() if spec.signature == "a(iayu)")
