@@ -277,9 +277,14 @@ class Store:
 
     # -- address lists in files of their own -----------------------------------------------
 
+    @property
+    def lists_root(self) -> str:
+        """The directory of every unit's directory of list files."""
+        return os.path.join(self.config.state_dir, "lists")
+
     def lists_dir(self, unit: str) -> str:
         """The directory of the unit's list files."""
-        return os.path.join(self.config.state_dir, "lists", canonical(unit))
+        return os.path.join(self.lists_root, canonical(unit))
 
     def _stored_lists(self, unit: str, data: dict[str, Any]) -> None:
         """Replace each list the metadata names by digest with a :class:`StoredList` (not
@@ -448,11 +453,14 @@ class Store:
             os.unlink(self._tmp_path(unit, os.getpid()))
 
     def sweep_tmp(self) -> list[str]:
-        """Remove temporary metadata files of writers that died (kill -9 mid-write).
+        """Remove temporary metadata files of writers that died (kill -9 mid-write), and
+        the list files of units without metadata (a creator killed between writing a list
+        and the metadata naming it; metadata deleted by hand). Lock held: every writer
+        holds it from a list file's write to the rename of the metadata that names it.
 
         A temporary file is ``.NAME.PID.tmp``: one whose PID runs is being written now.
         """
-        removed = []
+        removed = self._sweep_lists()
         try:
             entries = os.listdir(self.config.units_dir)
         except OSError:
@@ -469,6 +477,25 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.config.units_dir, entry))
                 removed.append(entry)
+        return removed
+
+    def _sweep_lists(self) -> list[str]:
+        top = self.lists_root
+        try:
+            entries = os.listdir(top)
+        except OSError:
+            return []
+        removed = []
+        for entry in entries:
+            try:
+                orphan = not os.path.lexists(self.meta_path(entry))
+            except ValueError:  # not a unit's name: not ours
+                continue
+            if orphan:
+                import shutil
+
+                shutil.rmtree(os.path.join(top, entry), ignore_errors=True)
+                removed.append(os.path.join(top, entry))
         return removed
 
     @contextlib.contextmanager

@@ -313,3 +313,17 @@ def test_a_status_sent_by_the_daemon_carries_the_list_itself(tmp_path) -> None:
     assert entry["canonical"] == str(unit.properties.ip_address_deny) and "path" not in entry
     back = status_from_wire(wire).unit
     assert back == unit and str(back.properties.ip_address_deny) == entry["canonical"]
+
+
+def test_list_files_of_units_without_metadata_are_swept(tmp_path) -> None:
+    """A creator killed between a list file and the metadata naming it leaves the list:
+    the next sweep (lock held, at every creation) removes it; a unit's own stays."""
+    config, _ = make_unit(tmp_path)
+    store = Store(config)
+    make_unit(tmp_path, name="gone.service")
+    os.unlink(store.meta_path("gone.service"))
+    assert os.path.isdir(store.lists_dir("gone.service"))
+    assert store.sweep_tmp() == [store.lists_dir("gone.service")]
+    assert not os.path.exists(store.lists_dir("gone.service"))
+    assert os.path.isdir(store.lists_dir("big.service"))
+    assert str(Unit.from_json(store.read("big.service")).properties.ip_address_deny)
