@@ -32,7 +32,6 @@ from ipacctd.daemon.contract import (
     PROPS_IFACE,
     ROOT,
     error_from_reply,
-    open_bus,
     status_from_wire,
     system_bus_address,
     unit_name,
@@ -59,46 +58,37 @@ class _Unreachable(Exception):
 
 
 class DaemonLink:
-    """A connection to the system bus and the proven owner of ``org.ipacctd1`` on it."""
+    """A connection to the system bus and the proven owner of ``org.ipacctd1`` on it.
+
+    Blocking, with the CLI's own client (:mod:`ipacctd.cli.busclient`): a command makes a
+    call or two and waits for a job, and an event loop (asyncio, dbus-fast's) cost more to
+    import than the rest of the command."""
 
     def __init__(self, address: str) -> None:
-        import asyncio
+        from ipacctd.cli.busclient import Connection
 
-        # An event loop needs descriptors (epoll, a self-pipe) and the bus a socket; when
-        # they cannot be had (RLIMIT_NOFILE), asyncio fails half-built and its finaliser
-        # prints a traceback. Say so plainly instead, before anything is started.
-        _need_descriptors(4)
         self.address = address
-        self.loop = asyncio.new_event_loop()
-        try:
-            self.bus = self.loop.run_until_complete(asyncio.wait_for(open_bus(address),
-                                                                     CONNECT_TIMEOUT))
-        except BaseException:
-            self.loop.close()
-            raise
+        self.conn = Connection(address, CONNECT_TIMEOUT)
         self.owner = ""
         self.uid = self.pid = -1
         self.state_dir = self.cgroup_root = ""
         self.ended: dict[str, tuple[str, str]] | None = None  # job path → (unit, result)
-        self.wake: Any = None  # an asyncio.Event set by each JobRemoved
         self.gone = False  # the daemon's connection closed
 
     def raw(self, destination: str, path: str, iface: str, member: str, signature: str = "",
             body: Sequence[Any] = ()) -> Any:
-        import asyncio
+        from ipacctd.cli.busclient import METHOD_CALL, Message
 
-        from dbus_fast import Message
-
-        msg = Message(destination=destination, path=path, interface=iface, member=member,
-                      signature=signature, body=list(body))
-        return self.loop.run_until_complete(asyncio.wait_for(self.bus.call(msg), CALL_TIMEOUT))
+        msg = Message(METHOD_CALL, destination=destination, path=path, interface=iface,
+                      member=member, signature=signature, body=list(body))
+        return self.conn.call(msg, CALL_TIMEOUT)
 
     def bus_call(self, member: str, *args: str) -> Any:
         """A call to the bus daemon itself; its return value (None on an error)."""
-        from dbus_fast import MessageType
+        from ipacctd.cli.busclient import METHOD_RETURN
 
         reply = self.raw(DBUS, "/org/freedesktop/DBus", DBUS, member, "s" * len(args), args)
-        return reply.body[0] if reply.message_type == MessageType.METHOD_RETURN else None
+        return reply.body[0] if reply.message_type == METHOD_RETURN else None
 
     def prove(self) -> bool:
         """Find the name's owner and check it; False when nobody owns the name."""
@@ -123,12 +113,12 @@ class DaemonLink:
     def call(self, iface: str, member: str, signature: str = "", body: Sequence[Any] = (),
              path: str = ROOT) -> list[Any]:
         """A method call to the proven owner; ipacctd errors raised as such."""
-        from dbus_fast import MessageType
+        from ipacctd.cli.busclient import ERROR
 
         reply = self.raw(self.owner, path, iface, member, signature, body)
-        if reply.message_type == MessageType.ERROR and reply.error_name in GONE:
+        if reply.message_type == ERROR and reply.error_name in GONE:
             raise _Unreachable(f"{BUS_NAME} left the bus")
-        if reply.message_type == MessageType.ERROR:
+        if reply.message_type == ERROR:
             # The daemon's message is plain; the hint (what to type next) is the CLI's to add.
             raise error_from_reply(reply.error_name, list(reply.body))
         return list(reply.body)
@@ -138,55 +128,39 @@ class DaemonLink:
         """Call a method that returns a job, as systemctl does: wait for the job's
         ``JobRemoved`` and return (unit, result) — the unit as the daemon named it.
         _Unreachable when the daemon leaves the bus before the job ends."""
-        import asyncio
+        import time
 
-        from dbus_fast import MessageType
+        from ipacctd.cli.busclient import SIGNAL
 
         if self.ended is None:  # listen before the first call, so no end is missed
-            ended: dict[str, tuple[str, str]] = {}
-            wake = self.wake = asyncio.Event()
-
-            def on_message(msg: Any) -> None:
-                if msg.message_type != MessageType.SIGNAL:
-                    return
-                if (msg.sender == self.owner and msg.path == ROOT
-                        and msg.interface == MANAGER_IFACE and msg.member == "JobRemoved"):
-                    ended[msg.body[1]] = (msg.body[2], msg.body[3])
-                    wake.set()
-                elif (msg.sender == DBUS and msg.member == "NameOwnerChanged"
-                        and msg.body[0] == self.owner and not msg.body[2]):
-                    self.gone = True  # the daemon's connection closed (it ended, or crashed)
-                    wake.set()
-
-            self.bus.add_message_handler(on_message)
             for rule in (f"type='signal',sender='{self.owner}',path='{ROOT}',"
                          f"interface='{MANAGER_IFACE}',member='JobRemoved'",
                          f"type='signal',sender='{DBUS}',member='NameOwnerChanged',"
                          f"arg0='{self.owner}'"):
                 self.raw(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
-            self.ended = ended
+            self.ended = {}
         ended = self.ended
         (job,) = self.call(iface, member, signature, body, path=path)
-
-        async def until_ended() -> None:
-            while job not in ended and not self.gone:
-                self.wake.clear()
-                await self.wake.wait()
-
-        try:
-            self.loop.run_until_complete(asyncio.wait_for(until_ended(), CALL_TIMEOUT))
-        except TimeoutError:
-            raise Error(f"job {job} did not end within {CALL_TIMEOUT:.0f}s") from None
+        deadline = time.monotonic() + CALL_TIMEOUT
+        while job not in ended and not self.gone:
+            try:
+                msg = self.conn.receive(deadline)
+            except TimeoutError:
+                raise Error(f"job {job} did not end within {CALL_TIMEOUT:.0f}s") from None
+            if msg.message_type != SIGNAL:
+                continue
+            if (msg.sender == self.owner and msg.path == ROOT
+                    and msg.interface == MANAGER_IFACE and msg.member == "JobRemoved"):
+                ended[msg.body[1]] = (msg.body[2], msg.body[3])
+            elif (msg.sender == DBUS and msg.member == "NameOwnerChanged"
+                    and msg.body[0] == self.owner and not msg.body[2]):
+                self.gone = True  # the daemon's connection closed (it ended, or crashed)
         if job not in ended:
             raise _Unreachable(f"{BUS_NAME} left the bus while its job {job} ran")
         return ended.pop(job)
 
     def close(self) -> None:
-        import contextlib
-
-        with contextlib.suppress(Exception):
-            self.bus.disconnect()
-        self.loop.close()
+        self.conn.close()
 
 
 def connect(config: Config) -> DaemonLink | None:
@@ -200,11 +174,6 @@ def connect(config: Config) -> DaemonLink | None:
     if address.startswith("unix:path=") and "," not in address \
             and not os.path.exists(address[len("unix:path="):]):
         why_no_daemon = f"no system bus at {address}"
-        return None
-    try:
-        import dbus_fast  # noqa: F401 — the daemon extra may be missing on a CLI-only host
-    except ImportError:
-        why_no_daemon = "the Python package dbus-fast is not installed"
         return None
     try:
         link = DaemonLink(address)
@@ -234,7 +203,7 @@ def connect(config: Config) -> DaemonLink | None:
 
 def assignments_to_dbus(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, Any]]:
     """Text assignments → (name, Variant) items with the same append/reset meaning."""
-    from dbus_fast import Variant
+    from ipacctd.cli.busclient import Variant
 
     items = []
     for name, value in pairs:
@@ -324,7 +293,7 @@ class DaemonManager(Manager):
                         command: Sequence[str] = (), allow_unenforced: bool = False,
                         dbus_items: Sequence[tuple[str, str, object]] = (),
                         owned_by: tuple[int, int] | None = None) -> Unit:
-        from dbus_fast import Variant
+        from ipacctd.cli.busclient import Variant
 
         # An override the D-Bus API does not offer, or a cgroup root that is not the
         # daemon's (``run`` inside another delegated service keeps the command in that
@@ -391,17 +360,6 @@ class DaemonManager(Manager):
 
     def reload(self) -> None:
         self._call("Reload", "", [])
-
-def _need_descriptors(n: int) -> None:
-    """Raise OSError(EMFILE) unless ``n`` more file descriptors can be opened now."""
-    fds: list[int] = []
-    try:
-        for _ in range(n):
-            fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
-    finally:
-        for fd in fds:
-            os.close(fd)
-
 
 def manager(config: Config, write: bool = True) -> Manager:
     """The engine for ``config``: through the daemon for changes (when one serves this
