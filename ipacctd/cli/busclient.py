@@ -64,8 +64,9 @@ _ALIGN = {
 }
 
 
-class WireError(Exception):
-    """The bus sent what this client cannot read, or closed the connection."""
+class WireError(ConnectionError):
+    """The bus sent what this client cannot read, or closed the connection (an OSError:
+    the CLI reports it in one line, as any other failure of the connection)."""
 
 
 class Variant:
