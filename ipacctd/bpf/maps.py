@@ -9,7 +9,6 @@ import ipaddress
 import struct
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf.errors import BPFError, BPFNotFound, BPFNotSupported
 from ipacctd.bpf.objects import Object, fd_by_id, obj_get
@@ -17,7 +16,10 @@ from ipacctd.bpf.syscall import addr, bpf, close
 from ipacctd.bpf.types import ANY, ENOTSUPP, F_NO_PREALLOC, Cmd, MapType
 from ipacctd.uapi import BpfAttr, BpfLpmTrieKeyHdr, BpfMapInfo
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
+    from typing import Self
+
     from ipacctd.bpf.info import MapInfo
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import struct
 import sys
-from dataclasses import dataclass
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.asm import (
@@ -62,6 +61,7 @@ from ipacctd.datapath import counters, denied, lookup, skb
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.lookup import Table
 from ipacctd.datapath.rules import DENY, FamilyRules
+from ipacctd.record import Record
 
 
 def _proto(ethertype: int) -> int:
@@ -77,16 +77,34 @@ IPV4_ADDR = (12, 16)
 IPV6_ADDR = (8, 24)
 
 
-@dataclass(frozen=True)
-class Shape:
+class Shape(Record):
     """Everything that decides the program's instructions."""
 
+    _fields = ("direction", "accounting", "audit", "v4", "v6", "log_denied")
+    __slots__ = _fields
     direction: Direction
     accounting: bool
     audit: bool
     v4: FamilyRules
     v6: FamilyRules
-    log_denied: bool = False  # record denied remote addresses in the denied map
+    log_denied: bool  # record denied remote addresses in the denied map
+
+    def __init__(
+        self,
+        direction: Direction,
+        accounting: bool,
+        audit: bool,
+        v4: FamilyRules,
+        v6: FamilyRules,
+        log_denied: bool = False,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "direction", direction)
+        set_(self, "accounting", accounting)
+        set_(self, "audit", audit)
+        set_(self, "v4", v4)
+        set_(self, "v6", v6)
+        set_(self, "log_denied", log_denied)
 
 
 def build(

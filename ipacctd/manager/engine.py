@@ -16,8 +16,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from ipacctd import cgroup
 from ipacctd.bpf import bpffs
@@ -54,7 +52,9 @@ from ipacctd.policy.names import (
     validate_unit_name,
 )
 from ipacctd.policy.properties import Assignment, Properties, parse_assignment
+from ipacctd.record import replace
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
     from ipacctd.manager.stats import ProgramStats

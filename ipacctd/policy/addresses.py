@@ -15,9 +15,12 @@ import _socket as socket  # socket.py's C core, the same inet_pton/ntop: 2 ms le
 import contextlib
 import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 from ipacctd.errors import InvalidInput
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
