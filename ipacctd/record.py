@@ -13,9 +13,10 @@ code; the rest, the same for every record, is here:
 * a frozen record refuses assignment and deletion (:class:`FrozenError`, an
   :class:`AttributeError` as dataclasses' ``FrozenInstanceError`` is): its ``__init__``
   sets its fields with ``object.__setattr__``;
-* ``repr`` is ``Name(field=value, ...)``; :func:`replace`, :func:`fields` and
-  :func:`asdict` stand for :mod:`dataclasses`' own (``replace`` calls ``__init__``, so its
-  checks run); copy and pickle work (``__reduce__``).
+* ``repr`` is ``Name(field=value, ...)`` (but for those named in ``_no_repr``);
+* :func:`replace`, :func:`fields` and :func:`asdict` stand for :mod:`dataclasses`' own
+  (``replace`` calls ``__init__``, so its checks run); copy and pickle work
+  (``__reduce__``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Record:
     _fields: tuple[str, ...] = ()
     #: Fields left out of ``==`` and the hash (``field(compare=False)``).
     _no_compare: tuple[str, ...] = ()
+    #: Fields left out of ``repr`` (``field(repr=False)``).
+    _no_repr: tuple[str, ...] = ()
     _key: Any = staticmethod(lambda _obj: ())
     _values: Any = staticmethod(lambda _obj: ())
 
@@ -85,7 +88,9 @@ class Record:
         return hash(self._key(self))
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        inner = ", ".join(
+            f"{f}={getattr(self, f)!r}" for f in self._fields if f not in self._no_repr
+        )
         return f"{type(self).__qualname__}({inner})"
 
     def __reduce__(self) -> tuple[Any, ...]:

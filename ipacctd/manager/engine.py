@@ -46,6 +46,7 @@ from ipacctd.manager.unit import (
     spec_for,
 )
 from ipacctd.policy.names import (
+    candidate_paths,
     tmp_pin_name,
     tmp_pin_pid,
     transient_name,
@@ -404,12 +405,13 @@ class Manager:
         Only the files that can define ``name`` are read (not every file on every run),
         each bounded (see :func:`~ipacctd.policy.unitfile.load_unit_file`).
         """
-        from ipacctd.policy.unitfile import candidate_paths, load_unit_file
+        paths = [p for p in candidate_paths(self.config.unit_dir, name) if os.path.lexists(p)]
+        if not paths:
+            return None  # the usual run: no file, and no parser imported to say so
+        from ipacctd.policy.unitfile import load_unit_file
 
         first_error: InvalidInput | None = None
-        for path in candidate_paths(self.config.unit_dir, name):
-            if not os.path.lexists(path):
-                continue
+        for path in paths:
             try:
                 found = load_unit_file(path, self.config.unit_dir)
             except InvalidInput as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 
@@ -148,3 +149,16 @@ def transient_name(existing: Iterable[str]) -> str:
         if candidate not in taken:
             return candidate
     raise AssertionError("unreachable: pigeonhole")  # pragma: no cover
+
+
+def candidate_paths(directory: str | os.PathLike[str], name: str) -> list[str]:
+    """The files of ``directory`` that would define unit ``name`` (see
+    :func:`ipacctd.policy.unitfile.unit_name_for_path`), in the order
+    :func:`~ipacctd.policy.unitfile.load_unit_dir` reads them. Here, not in the unit-file
+    parser, so that a start with no unit file (the usual ``ipacctd run``) looks for one
+    without importing the parser."""
+    full = validate_unit_name(name)
+    bases = {full, full + ".unit"}
+    if full.endswith(".service"):
+        bases.add(full[: -len(".service")] + ".unit")
+    return [os.path.join(os.fspath(directory), b) for b in sorted(bases)]
