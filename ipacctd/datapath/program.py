@@ -57,11 +57,15 @@ from ipacctd.bpf.asm import (
     W,
 )
 from ipacctd.bpf.maps import PerCPUArrayMap
-from ipacctd.datapath import counters, denied, lookup, skb
+from ipacctd.datapath import counters, lookup, skb
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.lookup import Table
 from ipacctd.datapath.rules import DENY, FamilyRules
 from ipacctd.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from ipacctd.datapath import denied
 
 
 def _proto(ethertype: int) -> int:
@@ -141,6 +145,9 @@ def build(
     kind = "audit" if shape.audit else "dropped"
     jumped = {i.target for i in p + cold if isinstance(i, Insn) and i.target}
     log = denied_map if shape.log_denied else None
+    if log is not None:
+        # Imported here: only a unit with a deny list logs (and its log imported it).
+        from ipacctd.datapath import denied
     if log is not None and denied.guarded(log):
         entries = [
             denied.Entry(f"drop_{tag}", rules.version, -alen)

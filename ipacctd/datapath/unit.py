@@ -45,13 +45,18 @@ from ipacctd.bpf.maps import LPMTrieMap, PerCPUArrayMap
 from ipacctd.bpf.programs import Program
 from ipacctd.bpf.types import AttachType
 from ipacctd.datapath import counters as counters_mod
-from ipacctd.datapath import denied, lookup
+from ipacctd.datapath import lookup
 from ipacctd.datapath import program as program_mod
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.datapath.rules import FamilyRules, compile_rules
 from ipacctd.errors import AlreadyExists, Error, NotFound
 from ipacctd.policy.names import tmp_pin_name
 from ipacctd.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    # At run time imported where used: a unit without a deny list has no denied log.
+    from ipacctd.datapath import denied
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -217,6 +222,8 @@ class UnitDatapath:
         try:
             cmap.pin(os.path.join(tmp, COUNTERS))
             if spec.deny:
+                from ipacctd.datapath import denied
+
                 dmap = denied.create_map()
                 dmap.pin(os.path.join(tmp, denied.PIN))
             progs = build_programs(spec, cmap, dmap)
@@ -614,6 +621,8 @@ class UnitDatapath:
     def denied_map(self, create: bool = False) -> denied.Log | None:
         """Open the unit's denied-addresses log; with ``create``, make and pin what is
         missing of it."""
+        from ipacctd.datapath import denied
+
         path = os.path.join(self.pin_dir, denied.PIN)
         if os.path.exists(path):
             return denied.open_pinned(path, create)

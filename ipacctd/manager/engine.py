@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from ipacctd import cgroup
 from ipacctd.bpf import bpffs
-from ipacctd.datapath import denied as denied_mod
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.datapath.unit import COUNTERS, PROG_PIN, UnitDatapath, cgroup_id, link_problem
 from ipacctd.errors import (
@@ -253,6 +252,8 @@ class Manager:
                 dmap = dp.denied_map()
                 if dmap is None:
                     return []
+                from ipacctd.datapath import denied as denied_mod  # the log's reader
+
                 with dmap:
                     entries = denied_mod.decode(dmap)
         except (NotFound, OSError):

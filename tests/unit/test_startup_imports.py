@@ -4,11 +4,16 @@ engine and everything they import at module level, the paths — are listed in a
 interpreter, and none of those a run has no use for may be among them.
 
 Each of these cost milliseconds of every ``ipacctd run`` (measured in bench/cli.py) and is
-imported where it is used instead: logging (and with it traceback, string, threading) only
-when something is logged or an error printed; tomllib (and datetime) only when there is a
-configuration file; subprocess and shutil only to call systemctl; the D-Bus client (and
-asyncio) only when a daemon serves the installation; the terminal helpers only to print;
-socket.py not at all (its C core has the address conversions).
+imported where it is used instead (or not at all): dataclasses (and with it inspect, ast,
+dis, tokenize: ~8 ms; ipacctd's value classes are :class:`ipacctd.record.Record`), typing
+(annotations only, under ``TYPE_CHECKING``), threading (``_thread._local`` is
+``threading.local``); the unit-file parser only when the unit has a file; the denied-address
+log (and hashlib, for list digests) only for a unit with a deny list; logging (and with it
+traceback, string, threading) only when something is logged or an error printed; tomllib
+(and datetime) only when there is a configuration file; subprocess and shutil only to call
+systemctl; the D-Bus client (and asyncio) only when a daemon serves the installation; the
+terminal helpers only to print; socket.py not at all (its C core has the address
+conversions).
 """
 
 from __future__ import annotations
@@ -39,31 +44,56 @@ NOT_ON_THE_RUN_PATH = (
     "ipacctd.manager.recovery",
     "ipacctd.manager.stats",
     "ipacctd.bpf.info",
+    "dataclasses",
+    "inspect",
+    "ast",
+    "dis",
+    "tokenize",
+    "typing",
+    "threading",
+    "difflib",
+    "ipacctd.policy.unitfile",
+    "ipacctd.datapath.denied",
+    "hashlib",
 )
+#: What a run with a deny list may load beyond a plain run's modules: the log (and the
+#: digest of its list in the unit's metadata).
+DENY_LIST_EXTRAS = ("ipacctd.datapath.denied", "hashlib")
 
-# What ``ipacctd run -q -- true`` imports (beyond the interpreter's own start-up) before it
-# touches the kernel: the parser built for the verb and the arguments parsed, the verb's
-# module (and so the engine), the unit file reader the engine loads to look for a unit
-# file, the paths, and the engine chosen for them (as root, with no daemon's runtime file
-# in the state directory: the local one). The effective uid is made 0 in the child only so
-# that the choice is root's without root; the default configuration file is one of the
-# test's (absent, or one it wrote).
+# What ``ipacctd run -q [-p ...] -- true`` imports (beyond the interpreter's own start-up)
+# before it touches the kernel: the parser built for the verb and the arguments parsed, the
+# verb's module (and so the engine), the paths, the engine chosen for them, the search for
+# the unit's file, the properties, and for a deny list the log that goes with it (imported
+# as UnitDatapath.create imports it) and the programs' rules. The engine is chosen for the
+# paths as root, with no daemon's runtime file in the state directory: the local one. The
+# effective uid is made 0 in the child only so that the choice is root's without root; the
+# default configuration file is one of the test's (absent, or one it wrote).
 PROBE = """
 import sys
 before = set(sys.modules)  # what the interpreter's start-up (site, .pth files) loaded
 import json, os
-state_dir, config = sys.argv[1], sys.argv[2]
+state_dir, config, unit_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+props = json.loads(sys.argv[4])
 os.environ.pop("IPACCTD_CONFIG", None)
 os.geteuid = lambda: 0
 from ipacctd.manager import config as config_mod
 config_mod.DEFAULT_FILE = config  # the file every ipacctd process reads when it exists
 from ipacctd.cli import main
-argv = ["--state-dir", state_dir, "run", "-q", "--", "true"]
+argv = ["--state-dir", state_dir, "--unit-dir", unit_dir, "run", "-q", *props, "--", "true"]
 args = main.build_parser(main._verb_of(argv)).parse_args(argv)
 from ipacctd.cli import run
 from ipacctd.cli.engine import manager_for
-import ipacctd.policy.unitfile
 manager = manager_for(args)
+from ipacctd.manager.engine import parse_assignments
+from ipacctd.manager.unit import spec_for
+from ipacctd.policy.properties import Properties
+source = manager.unit_file("run-u1.service")
+base = source.properties() if source else Properties()
+spec = spec_for(base.apply(parse_assignments(args.property)))
+if spec.deny:
+    from ipacctd.datapath import denied
+from ipacctd.datapath.rules import compile_rules
+compile_rules(spec.allow, spec.deny)
 print(json.dumps({"modules": sorted(set(sys.modules) - before),
                   "engine": type(manager).__module__}))
 """
@@ -83,10 +113,12 @@ def _python(code: str, *args: str) -> str:
     return res.stdout
 
 
-def _probe(tmp_path, config: str) -> dict:
+def _probe(tmp_path, config: str, props: tuple[str, ...] = ()) -> dict:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
-    return json.loads(_python(PROBE, str(state), config))
+    units = tmp_path / "units"
+    units.mkdir(exist_ok=True)
+    return json.loads(_python(PROBE, str(state), config, str(units), json.dumps(props)))
 
 
 def test_run_imports_nothing_it_does_not_need(tmp_path) -> None:
@@ -98,6 +130,24 @@ def test_run_imports_nothing_it_does_not_need(tmp_path) -> None:
     # No daemon serves this state directory: the engine is the local one, and no bus was
     # tried (the D-Bus client is not even imported, see above).
     assert found["engine"] == "ipacctd.manager.engine"
+
+
+def test_a_run_with_a_deny_list_loads_only_its_log_more(tmp_path) -> None:
+    found = _probe(tmp_path, str(tmp_path / "no-such.conf"), ("-p", "IPAddressDeny=198.51.100.1"))
+    modules = set(found["modules"])
+    assert "ipacctd.datapath.denied" in modules  # the probe built the deny list's part
+    loaded = sorted(m for m in NOT_ON_THE_RUN_PATH if m in modules and m not in DENY_LIST_EXTRAS)
+    assert loaded == [], f"ipacctd run -p IPAddressDeny=... loads {loaded}"
+
+
+def test_a_unit_file_is_still_read(tmp_path) -> None:
+    """The unit-file parser is off the run path only while the unit has no file: with one,
+    it is parsed and its properties apply."""
+    (tmp_path / "units").mkdir()
+    (tmp_path / "units" / "run-u1.service").write_text("[Service]\nIPAddressDeny=203.0.113.0/24\n")
+    found = _probe(tmp_path, str(tmp_path / "no-such.conf"))
+    assert "ipacctd.policy.unitfile" in found["modules"]
+    assert "ipacctd.datapath.denied" in found["modules"]  # the file's deny list applied
 
 
 def test_a_configuration_file_is_still_read(tmp_path) -> None:
