@@ -233,9 +233,14 @@ class Manager:
 
     def cgroup_fs(self, unit: Unit) -> str:
         """Filesystem path of the unit's cgroup."""
-        if self._mount is None:  # parsing mountinfo costs more than the rest of a status
+        return cgroup.fs_path(unit.cgroup, self._cgroup_mount())
+
+    def _cgroup_mount(self) -> str:
+        """The cgroup2 mount point, looked up once: parsing mountinfo costs more than the
+        rest of a status, and a run would parse it four times."""
+        if self._mount is None:
             self._mount = cgroup.mount_point()
-        return cgroup.fs_path(unit.cgroup, self._mount)
+        return self._mount
 
     def counters(self, name: str) -> Counters | None:
         """The unit's counters, or None when it has no datapath."""
@@ -636,7 +641,7 @@ class Manager:
                                 hint=f"reset it first ('ipacctd reset {name}') or pick "
                                 "another name with --unit")
         root = cgroup.validate_path(self.config.cgroup_root)
-        fs = cgroup.fs_path(f"{root.rstrip('/')}/{name}")
+        fs = cgroup.fs_path(f"{root.rstrip('/')}/{name}", self._cgroup_mount())
         if cgroup.exists(fs) and cgroup.procs_recursive(fs):
             raise AlreadyExists(f"cgroup {fs} of unit {name} holds processes but ipacctd has "
                                 "no record of it", hint="pick another name with --unit")
@@ -658,7 +663,7 @@ class Manager:
             os.close(fd)
 
     def _build(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
-        fs = cgroup.fs_path(unit.cgroup)
+        fs = cgroup.fs_path(unit.cgroup, self._cgroup_mount())
         problem = datapath_problem()
         if problem is not None:
             unit = self._unenforced(unit, problem, allow_unenforced)

@@ -55,6 +55,7 @@ NOT_ON_THE_RUN_PATH = (
     "ipacctd.policy.unitfile",
     "ipacctd.datapath.denied",
     "hashlib",
+    "locale",  # gettext's, for argparse's catalogue lookups (none under the C locale)
 )
 #: What a run with a deny list may load beyond a plain run's modules: the log (and the
 #: digest of its list in the unit's metadata).
@@ -80,6 +81,7 @@ from ipacctd.manager import config as config_mod
 config_mod.DEFAULT_FILE = config  # the file every ipacctd process reads when it exists
 from ipacctd.cli import main
 argv = ["--state-dir", state_dir, "--unit-dir", unit_dir, "run", "-q", *props, "--", "true"]
+main._untranslated()  # as main() does first
 args = main.build_parser(main._verb_of(argv)).parse_args(argv)
 from ipacctd.cli import run
 from ipacctd.cli.engine import manager_for
@@ -99,6 +101,13 @@ print(json.dumps({"modules": sorted(set(sys.modules) - before),
 """
 
 
+#: The environment, in the C locale (as services and most shells of root run).
+C_LOCALE = {
+    **{k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES")},
+    "LANG": "C.UTF-8",
+}
+
+
 def _python(code: str, *args: str) -> str:
     """What ``code`` prints, run in a fresh interpreter on this checkout."""
     res = subprocess.run(
@@ -106,7 +115,7 @@ def _python(code: str, *args: str) -> str:
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
+        env={**C_LOCALE, "PYTHONPATH": REPO},
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
@@ -210,3 +219,41 @@ def test_the_verb_runs_with_the_collector_on() -> None:
     )
     out = _python(probe)
     assert out.split() == ["0", "[True]"], out
+
+
+UNTRANSLATED_PROBE = """
+import argparse, gettext, json, os, sys
+catalogues = sys.argv[1]
+if catalogues:
+    gettext.bindtextdomain(gettext.textdomain(), catalogues)
+from ipacctd.cli import main
+translated = argparse._ is gettext.gettext
+main._untranslated()
+print(json.dumps({"before": translated, "after": argparse._ is gettext.gettext,
+                  "locale": "locale" in sys.modules}))
+"""
+
+
+def _untranslated(env: dict[str, str], catalogues: str = "") -> dict:
+    res = subprocess.run(
+        [sys.executable, "-c", UNTRANSLATED_PROBE, catalogues],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))},
+             "PYTHONPATH": REPO, **env},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_argparse_skips_catalogue_lookups_only_where_gettext_finds_none(tmp_path) -> None:
+    """Under the C locale argparse's texts go untranslated without a lookup per text; under
+    another language, or with a C.UTF-8 catalogue present, gettext is asked as before."""
+    for env in ({}, {"LANG": "C"}, {"LANG": "C.UTF-8"}, {"LC_ALL": "POSIX", "LANG": "de_DE"}):
+        found = _untranslated(env)
+        assert found == {"before": True, "after": False, "locale": False}, env
+    for env in ({"LANG": "de_DE.UTF-8"}, {"LANGUAGE": "fr:C", "LANG": "C"}):
+        assert _untranslated(env)["after"] is True, env
+    mo = tmp_path / "C.UTF-8" / "LC_MESSAGES"
+    mo.mkdir(parents=True)
+    (mo / "messages.mo").write_bytes(b"")  # its presence is what counts
+    assert _untranslated({"LANG": "C.UTF-8"}, str(tmp_path))["after"] is True
