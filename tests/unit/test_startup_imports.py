@@ -207,18 +207,31 @@ def test_the_program_leaves_its_objects_out_of_the_last_collection() -> None:
 
 def test_the_verb_runs_with_the_collector_on() -> None:
     """The collector is off only while the modules load: the verb itself (here one that
-    runs for long, as ``daemon`` or ``top`` may) runs with it on."""
+    runs for long, as ``daemon`` or ``top`` may) runs with it on, and with what the modules
+    made frozen out of its collections."""
     probe = (
         "import gc, sys\n"
         "from ipacctd.cli import completion, main\n"
         "seen = []\n"
-        "completion.dispatch = lambda args: seen.append(gc.isenabled()) or 0\n"
+        "completion.dispatch = lambda args: seen.extend(\n"
+        "    [gc.isenabled(), gc.get_freeze_count() > 1000]) or 0\n"
         "sys.argv = ['ipacctd', 'completion', 'bash']\n"
         "rc = main.main()\n"
-        "print(rc, seen)\n"
+        "print(rc, *seen)\n"
     )
     out = _python(probe)
-    assert out.split() == ["0", "[True]"], out
+    assert out.split() == ["0", "True", "True"], out
+
+
+def test_list_digests_are_sha256_without_hashlib() -> None:
+    """The digest of a stored address list comes from the interpreter's built-in SHA-256
+    (hashlib would load OpenSSL first): the same digest hashlib gives."""
+    import hashlib
+
+    from ipacctd.policy.properties import _digest
+
+    for text in ("", "198.51.100.1/32", "2001:db8::/32 203.0.113.0/24" * 1000):
+        assert _digest(text) == hashlib.sha256(text.encode()).hexdigest()
 
 
 UNTRANSLATED_PROBE = """
