@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 
 from ipacctd.errors import InvalidInput
@@ -80,7 +79,9 @@ OTHER_SUFFIXES = (
     ".slice",
 )
 
-_ALLOWED = re.compile(r"[A-Za-z0-9:_.\\@-]+")
+#: The characters a unit name may hold (a set, not a regular expression: compiling one is
+#: ~0.2 ms of every command's start-up).
+_ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.\\@-")
 
 
 def validate_unit_name(name: str) -> str:
@@ -110,8 +111,8 @@ def validate_unit_name(name: str) -> str:
         raise bad("must not contain '/'")
     if name in (".", ".."):
         raise bad("must not be '.' or '..'")
-    if not _ALLOWED.fullmatch(name):
-        odd = next(c for c in name if not _ALLOWED.fullmatch(c))
+    if not _ALLOWED.issuperset(name):
+        odd = next(c for c in name if c not in _ALLOWED)
         raise bad(f"character {odd!r} is not allowed (only A-Z a-z 0-9 : _ . \\ @ -)")
     if name[0] in ".-":
         raise bad(f"must not start with {name[0]!r}")
