@@ -56,6 +56,7 @@ NOT_ON_THE_RUN_PATH = (
     "ipacctd.datapath.denied",
     "hashlib",
     "locale",  # gettext's, for argparse's catalogue lookups (none under the C locale)
+    "signal",  # its enums: the run path takes the functions and numbers from _signal
 )
 #: What a run with a deny list may load beyond a plain run's modules: the log (and the
 #: digest of its list in the unit's metadata).
