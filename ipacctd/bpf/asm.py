@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterable, Sequence
 
 from ipacctd.errors import InvalidInput
-from ipacctd.record import Record
+from ipacctd.record import Record, simple_enum
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~2 ms of start-up)
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ IMM, ABS, IND, MEM, ATOMIC = 0x00, 0x20, 0x40, 0x60, 0xC0
 K, X = 0x00, 0x08
 
 
-class Alu(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Alu:
     """ALU operations (upper four bits of the opcode)."""
 
     ADD = 0x00
@@ -67,7 +68,8 @@ class Alu(enum.IntEnum):
     END = 0xD0
 
 
-class Jmp(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Jmp:
     """Jump operations (upper four bits of the opcode)."""
 
     JA = 0x00
@@ -86,7 +88,8 @@ class Jmp(enum.IntEnum):
     JSLE = 0xD0
 
 
-class Helper(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Helper:
     """BPF helper function ids used by ipacctd."""
 
     map_lookup_elem = 1
@@ -97,7 +100,8 @@ class Helper(enum.IntEnum):
     skb_load_bytes = 26
 
 
-class Reg(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Reg:
     """eBPF registers. R0 return value, R1-R5 arguments, R6-R9 callee-saved, R10 frame."""
 
     R0 = 0

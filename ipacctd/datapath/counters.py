@@ -12,17 +12,19 @@ import enum
 import operator
 
 from ipacctd.bpf.maps import PerCPUArrayMap
-from ipacctd.record import Record
+from ipacctd.record import Record, simple_enum
 
 
-class Direction(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Direction:
     """Traffic direction as seen from the unit."""
 
     INGRESS = 0
     EGRESS = 1
 
 
-class Field(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Field:
     """Index of each u64 in the counters value."""
 
     IN_PACKETS = 0
@@ -43,7 +45,8 @@ VALUE_SIZE = len(Field) * 8
 MAP_NAME = "ipacctd_cnt"
 
 
-class Kind(enum.StrEnum):
+@simple_enum(enum.StrEnum)
+class Kind:
     """What the programs did with a counted packet."""
 
     PASSED = "passed"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from ipacctd.errors import InvalidInput
 from ipacctd.policy.addresses import EMPTY, AddressList
-from ipacctd.record import Record, replace
+from ipacctd.record import Record, replace, simple_enum
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
@@ -35,7 +35,8 @@ _TRUE_WORDS = frozenset({"1", "yes", "y", "true", "t", "on"})
 _FALSE_WORDS = frozenset({"0", "no", "n", "false", "f", "off"})
 
 
-class DenyMode(enum.StrEnum):
+@simple_enum(enum.StrEnum)
+class DenyMode:
     """What a match of ``IPAddressDeny=`` does."""
 
     ENFORCE = "enforce"
