@@ -22,13 +22,18 @@ Cases:
   script brought it up). They are timed by a helper process inside the namespaces the
   same way the host cases are timed here (``subprocess.run`` between two clock reads).
 
-ipacctd runs in an isolated installation: state in a temporary directory, pins under
+ipacctd runs in an isolated installation: state in a temporary directory on tmpfs (under
+``/dev/shm`` unless ``--state-parent`` says otherwise), as ``/run/ipacctd`` is on a normal
+host — on a disk filesystem such as ext4 every rename that replaces a unit's metadata file
+makes the filesystem write the new file out first (ext4's ``auto_da_alloc``: 1-9 ms per
+record here, three records per run), a cost of where the benchmark put its files, not of a
+run on a host, and one systemd-run, keeping its state in /run, does not pay; pins under
 ``/sys/fs/bpf/ipacctd-bench-<pid>``, cgroups under ``/ipacctd-bench-<pid>``, an empty unit
 directory and no daemon (``IPACCTD_NO_DAEMON=1``). Everything is removed at the end, also
 after a failure or Ctrl-C. ``true`` sends no traffic, so no network namespace is needed.
 
 Run as root:  python3 bench/cli.py [--reps 20] [--units 100] [--systemd]
-              [--ipacctd PATH] [--baseline PATH] [--out FILE]
+              [--ipacctd PATH] [--baseline PATH] [--state-parent DIR] [--out FILE]
 Benchmark a normal (non-editable) installation, as users install it, e.g.:
   python3 -m venv --system-site-packages /tmp/ipacctd-bench-venv
   /tmp/ipacctd-bench-venv/bin/pip install .
@@ -145,6 +150,25 @@ def cgroup2_mount() -> str:
     raise AssertionError
 
 
+def fs_type(path: str) -> str:
+    """The type of the filesystem holding ``path`` (the longest mount point above it)."""
+    best, kind = "", "?"
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = left.split(" ")[4]
+            inside = real == point or real.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, kind = point, right.split(" ", 1)[0]
+    return kind
+
+
+def default_state_parent() -> str | None:
+    """/dev/shm when it is a tmpfs (as /run is on a normal host), else the default."""
+    return "/dev/shm" if fs_type("/dev/shm") == "tmpfs" else None
+
+
 def summary(values: list[float]) -> tuple[float, float, float]:
     """(median, p90, min) in ms."""
     v = sorted(values)
@@ -155,10 +179,10 @@ def summary(values: list[float]) -> tuple[float, float, float]:
 class Install:
     """An isolated ipacctd installation and the means to clean it up."""
 
-    def __init__(self, ipacctd: str) -> None:
+    def __init__(self, ipacctd: str, state_parent: str | None = None) -> None:
         self.ipacctd = ipacctd
         self.tag = f"ipacctd-bench-{os.getpid()}"
-        self.state = tempfile.mkdtemp(prefix=f"{self.tag}-")
+        self.state = tempfile.mkdtemp(prefix=f"{self.tag}-", dir=state_parent)
         self.unit_dir = os.path.join(self.state, "unit-files")
         os.mkdir(self.unit_dir)
         self.bpf_dir = f"/sys/fs/bpf/{self.tag}"
@@ -327,6 +351,12 @@ def main() -> int:
         help="another ipacctd script (e.g. an older version) whose run cases are "
         "timed in the same run, for a before/after comparison",
     )
+    ap.add_argument(
+        "--state-parent",
+        metavar="DIR",
+        default=default_state_parent(),
+        help="where the state directory is made (default: /dev/shm, a tmpfs as /run is)",
+    )
     ap.add_argument("--out", help="also write the report to this file")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -334,7 +364,7 @@ def main() -> int:
 
     ipacctd = find_ipacctd(args.ipacctd)
     python = script_python(ipacctd)
-    inst = Install(ipacctd)
+    inst = Install(ipacctd, args.state_parent)
     sd = SystemdRef() if args.systemd else None
     out = Report()
 
@@ -346,6 +376,7 @@ def main() -> int:
             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
         )
         out(f"# ipacctd: {ipacctd} ({install_kind(python)})")
+        out(f"# state directory: {inst.state} ({fs_type(inst.state)})")
         out(
             f"# python:  {python} "
             f"({subprocess.run([python, '-VV'], capture_output=True, text=True).stdout.strip()})"

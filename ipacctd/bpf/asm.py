@@ -23,10 +23,20 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from ipacctd.errors import InvalidInput
+from ipacctd.record import Record, simple_enum
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~2 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class HasFd(Protocol):
+        """Anything with a file descriptor, such as a map object."""
+
+        @property
+        def fd(self) -> int: ...
+
 
 # Instruction classes
 LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = range(8)
@@ -38,7 +48,8 @@ IMM, ABS, IND, MEM, ATOMIC = 0x00, 0x20, 0x40, 0x60, 0xC0
 K, X = 0x00, 0x08
 
 
-class Alu(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Alu:
     """ALU operations (upper four bits of the opcode)."""
 
     ADD = 0x00
@@ -57,7 +68,8 @@ class Alu(enum.IntEnum):
     END = 0xD0
 
 
-class Jmp(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Jmp:
     """Jump operations (upper four bits of the opcode)."""
 
     JA = 0x00
@@ -76,7 +88,8 @@ class Jmp(enum.IntEnum):
     JSLE = 0xD0
 
 
-class Helper(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Helper:
     """BPF helper function ids used by ipacctd."""
 
     map_lookup_elem = 1
@@ -87,7 +100,8 @@ class Helper(enum.IntEnum):
     skb_load_bytes = 26
 
 
-class Reg(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Reg:
     """eBPF registers. R0 return value, R1-R5 arguments, R6-R9 callee-saved, R10 frame."""
 
     R0 = 0
@@ -125,35 +139,53 @@ _JMP_SYM = {
 }
 
 
-class HasFd(Protocol):
-    """Anything with a file descriptor, such as a map object."""
-
-    @property
-    def fd(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class Label:
+class Label(Record):
     """Marks the position of the next instruction; jumps name it as their target."""
 
+    _fields = ("name",)
+    __slots__ = _fields
     name: str
 
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "name", name)
 
-@dataclass(frozen=True)
-class Insn:
+
+class Insn(Record):
     """One eBPF instruction (two slots for a 64-bit immediate load).
 
     ``target`` names the label a jump goes to (resolved by :func:`assemble`); ``map_ref``
     is the map whose fd an ``ld_map`` loads.
     """
 
+    _fields = ("op", "dst", "src", "off", "imm", "target", "map_ref")
+    __slots__ = _fields
+    _no_compare = ("map_ref",)
     op: int
-    dst: int = 0
-    src: int = 0
-    off: int = 0
-    imm: int = 0
-    target: str | None = None
-    map_ref: HasFd | None = field(default=None, compare=False)
+    dst: int
+    src: int
+    off: int
+    imm: int
+    target: str | None
+    map_ref: HasFd | None
+
+    def __init__(
+        self,
+        op: int,
+        dst: int = 0,
+        src: int = 0,
+        off: int = 0,
+        imm: int = 0,
+        target: str | None = None,
+        map_ref: HasFd | None = None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "op", op)
+        set_(self, "dst", dst)
+        set_(self, "src", src)
+        set_(self, "off", off)
+        set_(self, "imm", imm)
+        set_(self, "target", target)
+        set_(self, "map_ref", map_ref)
 
     @property
     def cls(self) -> int:

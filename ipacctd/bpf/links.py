@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf.objects import Object, fd_by_id, info_by_fd, obj_get
 from ipacctd.bpf.programs import Program, program_stats_by_id
@@ -14,7 +13,10 @@ from ipacctd.bpf.syscall import addr, bpf, close
 from ipacctd.bpf.types import F_ALLOW_MULTI, F_QUERY_EFFECTIVE, F_REPLACE, AttachType, Cmd
 from ipacctd.uapi import BpfAttr, BpfLinkInfo
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
+    from typing import Self
+
     from ipacctd.bpf.info import Attached, LinkInfo, ProgramStats
 
 

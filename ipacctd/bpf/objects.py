@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from typing import Self, TypeVar
 
 from ipacctd.bpf.syscall import addr, bpf, close
 from ipacctd.bpf.types import Cmd
 from ipacctd.uapi import BpfAttr
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Self, TypeVar
+
+    Info = TypeVar("Info", bound=ctypes.Structure)
 
 
 class Object:
@@ -74,8 +79,6 @@ def obj_get(path: str, kind: str = "object") -> int:
     attr.pathname = addr(p)
     return bpf(Cmd.OBJ_GET, attr, f"{kind} pinned at {path}")
 
-
-Info = TypeVar("Info", bound=ctypes.Structure)
 
 
 def info_by_fd(fd: int, info: Info, what: str = "", size: int | None = None) -> Info:

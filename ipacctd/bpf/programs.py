@@ -6,7 +6,6 @@ import ctypes
 import errno
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Self
 
 from ipacctd.bpf.errors import BPFError, BPFPermissionError, VerifierError
 from ipacctd.bpf.objects import Object, c_str, fd_by_id, info_by_fd, obj_get
@@ -14,7 +13,10 @@ from ipacctd.bpf.syscall import addr, bpf, close
 from ipacctd.bpf.types import AttachType, Cmd, ProgType
 from ipacctd.uapi import BpfAttr, BpfProgInfo
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
+    from typing import Self
+
     from ipacctd.bpf import asm
     from ipacctd.bpf.info import ProgramInfo, ProgramStats, TestRun
 

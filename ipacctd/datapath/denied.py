@@ -97,8 +97,6 @@ import os
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.asm import DW, FP, R0, R1, R2, R3, R4, R6, R7, R8, R9, Alu, Insn, Jmp, Label, W
@@ -106,6 +104,11 @@ from ipacctd.bpf.maps import LRUHashMap, Map, PerCPUArrayMap, possible_cpus
 from ipacctd.bpf.types import NOEXIST
 from ipacctd.datapath import counters, skb
 from ipacctd.datapath.counters import Direction
+from ipacctd.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 MAP_NAME = "ipacctd_denied"
 PIN = "denied"
@@ -365,14 +368,21 @@ def record(
     ]
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Record):
     """Where a deny jumps to: ``label``; the address is at fp+``addr_off`` for IPv
     ``version`` (None: no address, e.g. one that could not be read: counted, not logged)."""
 
+    _fields = ("label", "version", "addr_off")
+    __slots__ = _fields
     label: str
-    version: int | None = None
-    addr_off: int = 0
+    version: int | None
+    addr_off: int
+
+    def __init__(self, label: str, version: int | None = None, addr_off: int = 0) -> None:
+        set_ = object.__setattr__
+        set_(self, "label", label)
+        set_(self, "version", version)
+        set_(self, "addr_off", addr_off)
 
 
 def guarded_drop(

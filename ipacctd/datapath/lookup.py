@@ -93,11 +93,11 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from dataclasses import dataclass, field
 
 from ipacctd.bpf.maps import ArrayMap, HashMap, LPMTrieMap, Map
 from ipacctd.bpf.types import F_RDONLY_PROG
 from ipacctd.datapath.rules import FamilyRules, Item
+from ipacctd.record import Record
 
 INLINE_MAX = 8
 MULTIBIT_MIN = 1024
@@ -139,13 +139,20 @@ def strategy(rules: FamilyRules) -> str | None:
 # ---- multibit table -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Multibit:
+class Multibit(Record):
     """A built multibit table: its u32 slots and the strides that shape them."""
 
+    _fields = ("strides", "slots", "prefixes")
+    __slots__ = _fields
     strides: tuple[int, ...]
     slots: array  # array("I"): root, then the chunks
     prefixes: int
+
+    def __init__(self, strides: tuple[int, ...], slots: array, prefixes: int) -> None:
+        set_ = object.__setattr__
+        set_(self, "strides", strides)
+        set_(self, "slots", slots)
+        set_(self, "prefixes", prefixes)
 
     @property
     def chunks(self) -> int:
@@ -314,12 +321,13 @@ def key_words(length: int) -> int:
     return max(1, (length + 31) // 32)
 
 
-@dataclass(frozen=True)
-class LenHash:
+class LenHash(Record):
     """A built lenhash table: the root slots, the single entries, the lengths above the
     root that share a slot with others, and the hash entries (per key class:
     concatenated keys and verdict bytes)."""
 
+    _fields = ("root_bits", "slots", "singles", "lengths", "keys", "values", "prefixes")
+    __slots__ = _fields
     root_bits: int
     slots: array  # array("Q")
     singles: bytes  # SINGLE_SIZE bytes per slot holding exactly one longer prefix
@@ -327,6 +335,25 @@ class LenHash:
     keys: dict[int, bytes]  # key words -> concatenated keys
     values: dict[int, bytes]  # key words -> one verdict byte per key
     prefixes: int
+
+    def __init__(
+        self,
+        root_bits: int,
+        slots: array,
+        singles: bytes,
+        lengths: tuple[int, ...],
+        keys: dict[int, bytes],
+        values: dict[int, bytes],
+        prefixes: int,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "root_bits", root_bits)
+        set_(self, "slots", slots)
+        set_(self, "singles", singles)
+        set_(self, "lengths", lengths)
+        set_(self, "keys", keys)
+        set_(self, "values", values)
+        set_(self, "prefixes", prefixes)
 
     @property
     def n_singles(self) -> int:
@@ -481,16 +508,33 @@ def build_lenhash(rules: FamilyRules, root_bits: int | None = None) -> LenHash:
 # ---- the kernel side ----------------------------------------------------------------------
 
 
-@dataclass
-class Table:
+class Table(Record, frozen=False):
     """One family's lookup: its strategy and the map it needs (none for inline)."""
 
+    _fields = ("rules", "strategy", "map", "multibit", "lenhash", "hashes")
+    __slots__ = _fields
     rules: FamilyRules
     strategy: str
-    map: Map | None = None
-    multibit: Multibit | None = None
-    lenhash: LenHash | None = None
-    hashes: dict[int, Map] = field(default_factory=dict)  # lenhash: key words -> hash
+    map: Map | None
+    multibit: Multibit | None
+    lenhash: LenHash | None
+    hashes: dict[int, Map]  # lenhash: key words -> hash
+
+    def __init__(
+        self,
+        rules: FamilyRules,
+        strategy: str,
+        map: Map | None = None,
+        multibit: Multibit | None = None,
+        lenhash: LenHash | None = None,
+        hashes: dict[int, Map] | None = None,
+    ) -> None:
+        self.rules = rules
+        self.strategy = strategy
+        self.map = map
+        self.multibit = multibit
+        self.lenhash = lenhash
+        self.hashes = {} if hashes is None else hashes
 
     @property
     def version(self) -> int:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import struct
 import sys
-from dataclasses import dataclass
 
 from ipacctd.bpf import asm
 from ipacctd.bpf.asm import (
@@ -58,10 +57,15 @@ from ipacctd.bpf.asm import (
     W,
 )
 from ipacctd.bpf.maps import PerCPUArrayMap
-from ipacctd.datapath import counters, denied, lookup, skb
+from ipacctd.datapath import counters, lookup, skb
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.lookup import Table
 from ipacctd.datapath.rules import DENY, FamilyRules
+from ipacctd.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from ipacctd.datapath import denied
 
 
 def _proto(ethertype: int) -> int:
@@ -77,16 +81,34 @@ IPV4_ADDR = (12, 16)
 IPV6_ADDR = (8, 24)
 
 
-@dataclass(frozen=True)
-class Shape:
+class Shape(Record):
     """Everything that decides the program's instructions."""
 
+    _fields = ("direction", "accounting", "audit", "v4", "v6", "log_denied")
+    __slots__ = _fields
     direction: Direction
     accounting: bool
     audit: bool
     v4: FamilyRules
     v6: FamilyRules
-    log_denied: bool = False  # record denied remote addresses in the denied map
+    log_denied: bool  # record denied remote addresses in the denied map
+
+    def __init__(
+        self,
+        direction: Direction,
+        accounting: bool,
+        audit: bool,
+        v4: FamilyRules,
+        v6: FamilyRules,
+        log_denied: bool = False,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "direction", direction)
+        set_(self, "accounting", accounting)
+        set_(self, "audit", audit)
+        set_(self, "v4", v4)
+        set_(self, "v6", v6)
+        set_(self, "log_denied", log_denied)
 
 
 def build(
@@ -123,6 +145,9 @@ def build(
     kind = "audit" if shape.audit else "dropped"
     jumped = {i.target for i in p + cold if isinstance(i, Insn) and i.target}
     log = denied_map if shape.log_denied else None
+    if log is not None:
+        # Imported here: only a unit with a deny list logs (and its log imported it).
+        from ipacctd.datapath import denied
     if log is not None and denied.guarded(log):
         entries = [
             denied.Entry(f"drop_{tag}", rules.version, -alen)

@@ -37,8 +37,6 @@ import errno
 import ipaddress
 import os
 from collections.abc import Collection
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ipacctd.bpf import bpffs
 from ipacctd.bpf.errors import BPFError
@@ -50,7 +48,9 @@ from ipacctd.datapath import counters as counters_mod
 from ipacctd.datapath.counters import Counters, Direction
 from ipacctd.errors import AlreadyExists, Error, NotFound
 from ipacctd.policy.names import tmp_pin_name
+from ipacctd.record import Record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     # The builder (rules, lookup tables, program emitter and its assembler) and the denied
     # log (whose program part needs the assembler too) are imported where a datapath is
@@ -75,8 +75,7 @@ NEW_FILTER = "_new"  # pin suffix of links attached but not yet in place
 FILTER_PREFIX = {Direction.INGRESS: "filter_ingress_", Direction.EGRESS: "filter_egress_"}
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(Record):
     """What the datapath enforces and counts: the kernel-facing part of a unit's policy.
 
     ``allow`` and ``deny`` are read (iterated) only when programs are built: a unit's
@@ -85,26 +84,58 @@ class Spec:
     run, or comparing two specs, parses no list.
     """
 
-    allow: Collection[Network] = ()
-    deny: Collection[Network] = ()
-    accounting: bool = True
-    audit: bool = False
-    ingress_filters: tuple[str, ...] = ()
-    egress_filters: tuple[str, ...] = ()
+    _fields = ("allow", "deny", "accounting", "audit", "ingress_filters", "egress_filters")
+    __slots__ = _fields
+    allow: Collection[Network]
+    deny: Collection[Network]
+    accounting: bool
+    audit: bool
+    ingress_filters: tuple[str, ...]
+    egress_filters: tuple[str, ...]
+
+    def __init__(
+        self,
+        allow: Collection[Network] = (),
+        deny: Collection[Network] = (),
+        accounting: bool = True,
+        audit: bool = False,
+        ingress_filters: tuple[str, ...] = (),
+        egress_filters: tuple[str, ...] = (),
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "allow", allow)
+        set_(self, "deny", deny)
+        set_(self, "accounting", accounting)
+        set_(self, "audit", audit)
+        set_(self, "ingress_filters", ingress_filters)
+        set_(self, "egress_filters", egress_filters)
 
     def filters(self, direction: Direction) -> tuple[str, ...]:
         """Paths of the user programs pinned in bpffs for one direction."""
         return self.ingress_filters if direction == Direction.INGRESS else self.egress_filters
 
 
-@dataclass
-class Programs:
+class Programs(Record, frozen=False):
     """A freshly built pair of programs and the lookup tables they reference."""
 
+    _fields = ("ingress", "egress", "tables", "rules")
+    __slots__ = _fields
     ingress: Program
     egress: Program
-    tables: list[lookup.Table] = field(default_factory=list)
-    rules: tuple[FamilyRules, FamilyRules] | None = None
+    tables: list[lookup.Table]
+    rules: tuple[FamilyRules, FamilyRules] | None
+
+    def __init__(
+        self,
+        ingress: Program,
+        egress: Program,
+        tables: list[lookup.Table] | None = None,
+        rules: tuple[FamilyRules, FamilyRules] | None = None,
+    ) -> None:
+        self.ingress = ingress
+        self.egress = egress
+        self.tables = [] if tables is None else tables
+        self.rules = rules
 
     def by_direction(self, direction: Direction) -> Program:
         return self.ingress if direction == Direction.INGRESS else self.egress

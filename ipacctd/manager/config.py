@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, fields, replace
-from typing import Any
 
 from ipacctd.errors import InvalidInput, PermissionDenied
+from ipacctd.record import Record, replace
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_STATE_DIR = "/run/ipacctd"
 DEFAULT_BPF_DIR = "/sys/fs/bpf/ipacctd"
@@ -42,18 +45,32 @@ ENV = {
 SECTIONS = ("daemon", "paths")
 
 
-@dataclass(frozen=True)
-class Config:
-    """Paths of one ipacctd installation.
+class Config(Record):
+    """Paths of one ipacctd installation (immutable).
 
     ``cgroup_root`` is a cgroup path relative to the cgroup2 mount under which ipacctd
     creates the cgroups of its own units (``/ipacctd/run-u1.service``).
     """
 
-    state_dir: str = DEFAULT_STATE_DIR
-    bpf_dir: str = DEFAULT_BPF_DIR
-    cgroup_root: str = DEFAULT_CGROUP_ROOT
-    unit_dir: str = DEFAULT_UNIT_DIR
+    _fields = ("state_dir", "bpf_dir", "cgroup_root", "unit_dir")
+    __slots__ = _fields
+    state_dir: str
+    bpf_dir: str
+    cgroup_root: str
+    unit_dir: str
+
+    def __init__(
+        self,
+        state_dir: str = DEFAULT_STATE_DIR,
+        bpf_dir: str = DEFAULT_BPF_DIR,
+        cgroup_root: str = DEFAULT_CGROUP_ROOT,
+        unit_dir: str = DEFAULT_UNIT_DIR,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "state_dir", state_dir)
+        set_(self, "bpf_dir", bpf_dir)
+        set_(self, "cgroup_root", cgroup_root)
+        set_(self, "unit_dir", unit_dir)
 
     @classmethod
     def from_env(cls, **overrides: str | None) -> Config:
@@ -147,7 +164,7 @@ def read_file(path: str | None = None) -> dict[str, dict[str, Any]]:
     if unknown:
         raise InvalidInput(f"{file}: unknown section(s) {', '.join(sorted(unknown))}")
     paths = data.get("paths", {})
-    bad = set(paths) - {f.name for f in fields(Config)}
+    bad = set(paths) - set(Config._fields)
     if bad:
         raise InvalidInput(f"{file}: unknown key(s) in [paths]: {', '.join(sorted(bad))}")
     if any(not isinstance(v, str) or not v for v in paths.values()):

@@ -50,8 +50,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from ipacctd import cgroup
 from ipacctd.bpf import bpffs
@@ -59,7 +57,9 @@ from ipacctd.datapath.unit import COUNTERS, UnitDatapath, cgroup_id
 from ipacctd.errors import Error, NotFound
 from ipacctd.manager import generation, systemd
 from ipacctd.manager.unit import Unit, UnitStatus, spec_for
+from ipacctd.record import replace
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from ipacctd.manager.engine import Manager
 

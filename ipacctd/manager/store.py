@@ -31,13 +31,16 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from ipacctd.errors import Busy, Corrupt, NotFound, PermissionDenied
 from ipacctd.manager.config import Config
 from ipacctd.policy.addresses import AddressList
 from ipacctd.policy.names import pin_name, unpin_name, validate_unit_name
 from ipacctd.policy.properties import PROPERTIES
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SUFFIX = ".json"
 

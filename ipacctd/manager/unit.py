@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from ipacctd.datapath.counters import Counters
 from ipacctd.datapath.unit import Spec
 from ipacctd.errors import Corrupt, Error
 from ipacctd.policy.properties import PROPERTIES, DenyMode, Properties
+from ipacctd.record import Record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
+    from typing import Any
+
     from ipacctd.containers import ContainerInfo
+    from ipacctd.datapath.counters import Counters
+
+#: The default properties (immutable, so one instance serves every unit).
+_DEFAULT_PROPERTIES = Properties()
 
 META_VERSION = 1
 
@@ -20,39 +24,123 @@ META_VERSION = 1
 _WARNED: set[tuple[str, str]] = set()
 
 
-@dataclass(frozen=True)
-class Unit:
-    """What ipacctd records about a unit (its metadata file)."""
+class Unit(Record):
+    """What ipacctd records about a unit (its metadata file); immutable.
 
+    Fields (in order, as the constructor takes them):
+
+    * ``name``; ``cgroup``: relative to the cgroup2 mount, e.g. /ipacctd/run-u1.service;
+      ``properties``;
+    * ``transient``: ipacctd made the cgroup (run) rather than attaching to one;
+    * ``enforced``: False only when started with the override and BPF unusable;
+      ``not_enforced_reason``;
+    * ``command``; ``main_pid``; ``started_at``, ``exited_at``: wall clock, seconds;
+      ``exit_status``: exit code, or -signal number;
+    * ``source``: the unit file applied, if any;
+    * ``generation``: the policy generation (see ipacctd.manager.generation);
+      ``rollback``: set while a policy change is in flight; ``removing``: set while the
+      unit is being removed (finished on reconcile);
+    * ``owner``: (pid, start time) of the process that starts the command and records its
+      exit: while it lives and no exit is recorded, the name is taken (see
+      ipacctd.manager.owner);
+    * ``unknown_properties``: properties this version does not know (metadata of another
+      version): written back unchanged, never applied;
+    * ``systemd_service``: NAME.service when systemd attaches the unit's pinned programs
+      at every start of that service (a runtime drop-in; see ipacctd.manager.systemd);
+      None: ipacctd's own links;
+    * ``cgroup_id``: id (inode) of the cgroup the unit's links were made for; None in
+      metadata older than this field (the next rebind or repair records it);
+    * ``container``: a container's unit (bound by the OCI hook or a unit file's glob).
+    """
+
+    _fields = (
+        "name",
+        "cgroup",
+        "properties",
+        "transient",
+        "enforced",
+        "not_enforced_reason",
+        "command",
+        "main_pid",
+        "started_at",
+        "exited_at",
+        "exit_status",
+        "source",
+        "generation",
+        "rollback",
+        "removing",
+        "owner",
+        "unknown_properties",
+        "systemd_service",
+        "cgroup_id",
+        "container",
+    )
+    __slots__ = _fields
     name: str
-    cgroup: str  # relative to the cgroup2 mount, e.g. /ipacctd/run-u1.service
-    properties: Properties = field(default_factory=Properties)
-    transient: bool = True  # ipacctd made the cgroup (run) rather than attaching to one
-    enforced: bool = True  # False only when started with the override and BPF unusable
-    not_enforced_reason: str = ""
-    command: tuple[str, ...] = ()
-    main_pid: int | None = None
-    started_at: float | None = None  # wall clock, seconds
-    exited_at: float | None = None
-    exit_status: int | None = None  # exit code, or -signal number
-    source: str | None = None  # unit file applied, if any
-    generation: int = 1  # policy generation (see ipacctd.manager.generation)
-    rollback: Properties | None = None  # set while a policy change is in flight
-    removing: bool = False  # set while the unit is being removed (finish on reconcile)
-    #: (pid, start time) of the process that starts the command and records its exit: while
-    #: it lives and no exit is recorded, the name is taken (see ipacctd.manager.owner).
-    owner: tuple[int, int] | None = None
-    #: Properties this version does not know (metadata of another version): written back
-    #: unchanged, never applied.
-    unknown_properties: tuple[tuple[str, Any], ...] = ()
-    # NAME.service when systemd attaches the unit's pinned programs at every start of that
-    # service (a runtime drop-in; see ipacctd.manager.systemd); None: ipacctd's own links.
-    systemd_service: str | None = None
-    # Id (inode) of the cgroup the unit's links were made for; None in metadata older than
-    # this field (the next rebind or repair records it).
-    cgroup_id: int | None = None
-    # -- a container's unit (bound by the OCI hook or a unit file's glob) --
-    container: ContainerInfo | None = None
+    cgroup: str
+    properties: Properties
+    transient: bool
+    enforced: bool
+    not_enforced_reason: str
+    command: tuple[str, ...]
+    main_pid: int | None
+    started_at: float | None
+    exited_at: float | None
+    exit_status: int | None
+    source: str | None
+    generation: int
+    rollback: Properties | None
+    removing: bool
+    owner: tuple[int, int] | None
+    unknown_properties: tuple[tuple[str, Any], ...]
+    systemd_service: str | None
+    cgroup_id: int | None
+    container: ContainerInfo | None
+
+    def __init__(
+        self,
+        name: str,
+        cgroup: str,
+        properties: Properties = _DEFAULT_PROPERTIES,
+        transient: bool = True,
+        enforced: bool = True,
+        not_enforced_reason: str = "",
+        command: tuple[str, ...] = (),
+        main_pid: int | None = None,
+        started_at: float | None = None,
+        exited_at: float | None = None,
+        exit_status: int | None = None,
+        source: str | None = None,
+        generation: int = 1,
+        rollback: Properties | None = None,
+        removing: bool = False,
+        owner: tuple[int, int] | None = None,
+        unknown_properties: tuple[tuple[str, Any], ...] = (),
+        systemd_service: str | None = None,
+        cgroup_id: int | None = None,
+        container: ContainerInfo | None = None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "cgroup", cgroup)
+        set_(self, "properties", properties)
+        set_(self, "transient", transient)
+        set_(self, "enforced", enforced)
+        set_(self, "not_enforced_reason", not_enforced_reason)
+        set_(self, "command", command)
+        set_(self, "main_pid", main_pid)
+        set_(self, "started_at", started_at)
+        set_(self, "exited_at", exited_at)
+        set_(self, "exit_status", exit_status)
+        set_(self, "source", source)
+        set_(self, "generation", generation)
+        set_(self, "rollback", rollback)
+        set_(self, "removing", removing)
+        set_(self, "owner", owner)
+        set_(self, "unknown_properties", unknown_properties)
+        set_(self, "systemd_service", systemd_service)
+        set_(self, "cgroup_id", cgroup_id)
+        set_(self, "container", container)
 
     @property
     def description(self) -> str:
@@ -208,14 +296,24 @@ POLICY_CUT_OFF = "policy change cut off"
 NOT_ARMED = "not armed"
 
 
-@dataclass(frozen=True)
-class Enforcement:
+class Enforcement(Record):
     """Whether a unit's recorded policy is in force on the live cgroup now at its path."""
 
+    _fields = ("enforced", "problem", "live", "cgroup_id")
+    __slots__ = _fields
     enforced: bool
-    problem: str = ""  # the cause when not: "cgroup re-created: ...", "pins lost: ..."
-    live: bool = True  # a cgroup exists at the unit's path
-    cgroup_id: int | None = None  # of that cgroup
+    problem: str  # the cause when not: "cgroup re-created: ...", "pins lost: ..."
+    live: bool  # a cgroup exists at the unit's path
+    cgroup_id: int | None  # of that cgroup
+
+    def __init__(
+        self, enforced: bool, problem: str = "", live: bool = True, cgroup_id: int | None = None
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "enforced", enforced)
+        set_(self, "problem", problem)
+        set_(self, "live", live)
+        set_(self, "cgroup_id", cgroup_id)
 
     @property
     def policy_cut_off(self) -> bool:
@@ -233,19 +331,47 @@ class Enforcement:
         return self.live and not self.enforced
 
 
-@dataclass(frozen=True)
-class UnitStatus:
+_ENFORCED = Enforcement(True)
+
+
+class UnitStatus(Record):
     """A unit and what the kernel says about it now."""
 
+    _fields = ("unit", "active_state", "sub_state", "pids", "counters", "attached",
+               "kernel_generation", "enforcement", "broken")
+    __slots__ = _fields
     unit: Unit
     active_state: str  # active | inactive | failed
     sub_state: str  # running | exited | dead | failed
     pids: tuple[int, ...]
     counters: Counters | None  # None when nothing is pinned (not enforced / broken)
     attached: bool  # the unit's programs run on the live cgroup now at its path
-    kernel_generation: int | None = None  # policy generation the kernel enforces
-    enforcement: Enforcement = Enforcement(True)
-    broken: str | None = None  # why the unit's state cannot be read (None: it can)
+    kernel_generation: int | None  # policy generation the kernel enforces
+    enforcement: Enforcement
+    broken: str | None  # why the unit's state cannot be read (None: it can)
+
+    def __init__(
+        self,
+        unit: Unit,
+        active_state: str,
+        sub_state: str,
+        pids: tuple[int, ...],
+        counters: Counters | None,
+        attached: bool,
+        kernel_generation: int | None = None,
+        enforcement: Enforcement = _ENFORCED,
+        broken: str | None = None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "unit", unit)
+        set_(self, "active_state", active_state)
+        set_(self, "sub_state", sub_state)
+        set_(self, "pids", pids)
+        set_(self, "counters", counters)
+        set_(self, "attached", attached)
+        set_(self, "kernel_generation", kernel_generation)
+        set_(self, "enforcement", enforcement)
+        set_(self, "broken", broken)
 
     @property
     def policy_in_force(self) -> bool:

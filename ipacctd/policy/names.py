@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Iterable
 
 from ipacctd.errors import InvalidInput
@@ -79,7 +79,9 @@ OTHER_SUFFIXES = (
     ".slice",
 )
 
-_ALLOWED = re.compile(r"[A-Za-z0-9:_.\\@-]+")
+#: The characters a unit name may hold (a set, not a regular expression: compiling one is
+#: ~0.2 ms of every command's start-up).
+_ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.\\@-")
 
 
 def validate_unit_name(name: str) -> str:
@@ -109,8 +111,8 @@ def validate_unit_name(name: str) -> str:
         raise bad("must not contain '/'")
     if name in (".", ".."):
         raise bad("must not be '.' or '..'")
-    if not _ALLOWED.fullmatch(name):
-        odd = next(c for c in name if not _ALLOWED.fullmatch(c))
+    if not _ALLOWED.issuperset(name):
+        odd = next(c for c in name if c not in _ALLOWED)
         raise bad(f"character {odd!r} is not allowed (only A-Z a-z 0-9 : _ . \\ @ -)")
     if name[0] in ".-":
         raise bad(f"must not start with {name[0]!r}")
@@ -158,3 +160,16 @@ GLOB_CHARS = "*?["
 def is_glob(pattern: str) -> bool:
     """Whether a pattern (or one component of a ``ControlGroup=`` path) is a glob."""
     return any(c in pattern for c in GLOB_CHARS)
+
+
+def candidate_paths(directory: str | os.PathLike[str], name: str) -> list[str]:
+    """The files of ``directory`` that would define unit ``name`` (see
+    :func:`ipacctd.policy.unitfile.unit_name_for_path`), in the order
+    :func:`~ipacctd.policy.unitfile.load_unit_dir` reads them. Here, not in the unit-file
+    parser, so that a start with no unit file (the usual ``ipacctd run``) looks for one
+    without importing the parser."""
+    full = validate_unit_name(name)
+    bases = {full, full + ".unit"}
+    if full.endswith(".service"):
+        bases.add(full[: -len(".service")] + ".unit")
+    return [os.path.join(os.fspath(directory), b) for b in sorted(bases)]

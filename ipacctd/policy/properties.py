@@ -17,15 +17,17 @@ Everything is validated before anything is applied: :meth:`Properties.apply` and
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 from ipacctd.errors import InvalidInput
 from ipacctd.policy.addresses import EMPTY, AddressList
+from ipacctd.record import Record, replace, simple_enum
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_DESCRIPTION_LENGTH = 256
 
@@ -33,7 +35,8 @@ _TRUE_WORDS = frozenset({"1", "yes", "y", "true", "t", "on"})
 _FALSE_WORDS = frozenset({"0", "no", "n", "false", "f", "off"})
 
 
-class DenyMode(enum.StrEnum):
+@simple_enum(enum.StrEnum)
+class DenyMode:
     """What a match of ``IPAddressDeny=`` does."""
 
     ENFORCE = "enforce"
@@ -135,14 +138,24 @@ def _expect(prop: str, ok: bool, expected: str, value: Any) -> None:
         )
 
 
-@dataclass(frozen=True)
-class PropertySpec:
+def _replace_value(_old: Any, new: Any) -> Any:
+    return new
+
+
+class PropertySpec(Record):
     """One row of the property table.
 
     ``parse`` turns a non-empty text value into the value of *this* assignment (for an
-    appending property: the items to append); ``combine`` merges it into the old value.
+    appending property: the items to append); ``combine`` merges it into the old value
+    (default: the new value replaces the old). ``to_store`` is the value as the unit's
+    metadata stores it, when not ``to_json``'s (``from_json`` reads both); ``combine_all``
+    is ``combine`` of many new values at once (when faster than one at a time).
     """
 
+    _fields = ("name", "attr", "parse", "format", "signature", "default", "appends", "doc",
+               "to_dbus", "from_dbus", "to_json", "from_json", "combine", "to_store",
+               "combine_all")
+    __slots__ = _fields
     name: str
     attr: str
     parse: Callable[[str], Any]
@@ -155,12 +168,44 @@ class PropertySpec:
     from_dbus: Callable[[Any], Any]
     to_json: Callable[[Any], Any]
     from_json: Callable[[Any], Any]
-    combine: Callable[[Any, Any], Any] = lambda _old, new: new
-    #: The value as the unit's metadata stores it, when not ``to_json``'s (``from_json``
-    #: reads both).
-    to_store: Callable[[Any], Any] | None = None
-    #: ``combine`` of many new values at once (when faster than one at a time).
-    combine_all: Callable[[Any, list[Any]], Any] | None = None
+    combine: Callable[[Any, Any], Any]
+    to_store: Callable[[Any], Any] | None
+    combine_all: Callable[[Any, list[Any]], Any] | None
+
+    def __init__(
+        self,
+        name: str,
+        attr: str,
+        parse: Callable[[str], Any],
+        format: Callable[[Any], str],
+        signature: str,
+        default: Any,
+        appends: bool,
+        doc: str,
+        to_dbus: Callable[[Any], Any],
+        from_dbus: Callable[[Any], Any],
+        to_json: Callable[[Any], Any],
+        from_json: Callable[[Any], Any],
+        combine: Callable[[Any, Any], Any] = _replace_value,
+        to_store: Callable[[Any], Any] | None = None,
+        combine_all: Callable[[Any, list[Any]], Any] | None = None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "attr", attr)
+        set_(self, "parse", parse)
+        set_(self, "format", format)
+        set_(self, "signature", signature)
+        set_(self, "default", default)
+        set_(self, "appends", appends)
+        set_(self, "doc", doc)
+        set_(self, "to_dbus", to_dbus)
+        set_(self, "from_dbus", from_dbus)
+        set_(self, "to_json", to_json)
+        set_(self, "from_json", from_json)
+        set_(self, "combine", combine)
+        set_(self, "to_store", to_store)
+        set_(self, "combine_all", combine_all)
 
     def assign_dbus(self, old: Any, signature: str, value: Any) -> Any:
         """Apply one D-Bus assignment to ``old`` after checking signature and value type."""
@@ -176,9 +221,22 @@ class PropertySpec:
 
 
 def _digest(text: str) -> str:
-    import hashlib  # only for non-empty address lists
+    """The SHA-256 of an address list's text (for non-empty lists only)."""
+    return _sha256()(text.encode()).hexdigest()
 
-    return hashlib.sha256(text.encode()).hexdigest()
+
+def _sha256() -> Any:
+    """SHA-256 from the interpreter's own module (built in: ~0.1 ms to import), not through
+    :mod:`hashlib`, which loads OpenSSL first (~4-12 ms of a run with a deny list). The
+    same digest; hashlib where there is no such module."""
+    try:
+        from _sha256 import sha256  # Python 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[no-redef]  # Python 3.12 and later
+        except ImportError:
+            from hashlib import sha256  # type: ignore[no-redef]
+    return sha256
 
 
 def _address_list_to_json(value: AddressList) -> Any:
@@ -446,17 +504,38 @@ class Assignment(tuple[str, str]):
         return cls(name, text, spec.parse(text))
 
 
-@dataclass(frozen=True)
-class Properties:
+class Properties(Record):
     """The values of all properties of one unit; immutable, every field has its default."""
 
-    description: str = ""
-    ip_accounting: bool = True
-    ip_address_allow: AddressList = EMPTY
-    ip_address_deny: AddressList = EMPTY
-    ip_address_deny_mode: DenyMode = DenyMode.ENFORCE
-    ip_ingress_filter_path: tuple[str, ...] = ()
-    ip_egress_filter_path: tuple[str, ...] = ()
+    _fields = ("description", "ip_accounting", "ip_address_allow", "ip_address_deny",
+               "ip_address_deny_mode", "ip_ingress_filter_path", "ip_egress_filter_path")
+    __slots__ = _fields
+    description: str
+    ip_accounting: bool
+    ip_address_allow: AddressList
+    ip_address_deny: AddressList
+    ip_address_deny_mode: DenyMode
+    ip_ingress_filter_path: tuple[str, ...]
+    ip_egress_filter_path: tuple[str, ...]
+
+    def __init__(
+        self,
+        description: str = "",
+        ip_accounting: bool = True,
+        ip_address_allow: AddressList = EMPTY,
+        ip_address_deny: AddressList = EMPTY,
+        ip_address_deny_mode: DenyMode = DenyMode.ENFORCE,
+        ip_ingress_filter_path: tuple[str, ...] = (),
+        ip_egress_filter_path: tuple[str, ...] = (),
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "description", description)
+        set_(self, "ip_accounting", ip_accounting)
+        set_(self, "ip_address_allow", ip_address_allow)
+        set_(self, "ip_address_deny", ip_address_deny)
+        set_(self, "ip_address_deny_mode", ip_address_deny_mode)
+        set_(self, "ip_ingress_filter_path", ip_ingress_filter_path)
+        set_(self, "ip_egress_filter_path", ip_egress_filter_path)
 
     def get(self, name: str) -> Any:
         """Return the value of property ``name`` (e.g. ``"IPAddressDeny"``)."""
@@ -495,7 +574,7 @@ class Properties:
                 if spec.combine_all is not None
                 else functools.reduce(spec.combine, items, old)
             )
-        return dataclasses.replace(self, **values)
+        return replace(self, **values)
 
     def apply_dbus(self, items: Iterable[tuple[str, str, Any]]) -> Properties:
         """Apply SetUnitProperties-style ``(name, signature, value)`` items in order.
@@ -523,7 +602,7 @@ class Properties:
             spec = property_spec(name)
             old = values.get(spec.attr, getattr(self, spec.attr))
             values[spec.attr] = spec.assign_dbus(old, signature, value)
-        return dataclasses.replace(self, **values)
+        return replace(self, **values)
 
     def to_show(self) -> dict[str, str]:
         """Return the properties as ``systemctl show`` prints them, keyed by name."""

@@ -29,24 +29,24 @@ append, an empty value resets).
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ipacctd.errors import InvalidInput
 from ipacctd.policy.addresses import collector_paused
 from ipacctd.policy.names import SUFFIXES, is_glob, validate_unit_name
+from ipacctd.policy.names import candidate_paths as candidate_paths  # its former home
 from ipacctd.policy.properties import (
     PROPERTIES,
     Assignment,
     Properties,
     normalize_absolute_path,
 )
+from ipacctd.record import Record, replace
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
 
@@ -69,10 +69,12 @@ SECTION_KEYS: dict[str, frozenset[str]] = {
 }
 
 
-@dataclass(frozen=True)
-class UnitFile:
+class UnitFile(Record):
     """A parsed policy file."""
 
+    _fields = ("name", "path", "description", "cgroups", "assignments", "parsed")
+    __slots__ = _fields
+    _no_compare = _no_repr = ("parsed",)
     name: str
     """Unit name: the file stem plus ``.service`` unless it ends in ``.service``/``.scope``."""
     path: str
@@ -81,8 +83,25 @@ class UnitFile:
     """cgroup path patterns relative to the cgroup2 mount (may contain ``*?[`` globs)."""
     assignments: tuple[tuple[str, str], ...]
     """Every property assignment (``Description=`` included) in file order."""
-    parsed: Properties | None = field(default=None, compare=False, repr=False)
+    parsed: Properties | None
     """:meth:`properties`, merged when the file was parsed (None: merged when asked)."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        description: str,
+        cgroups: tuple[str, ...],
+        assignments: tuple[tuple[str, str], ...],
+        parsed: Properties | None = None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "path", path)
+        set_(self, "description", description)
+        set_(self, "cgroups", cgroups)
+        set_(self, "assignments", assignments)
+        set_(self, "parsed", parsed)
 
     def properties(self) -> Properties:
         """Return the default properties with :attr:`assignments` applied."""
@@ -395,18 +414,8 @@ def load_unit_file(
         _CACHE.clear()
     # Kept without networks: a 200k-prefix list is 70 MB of them but 3 MB of text (a later
     # load merges its properties from the text again).
-    _CACHE[key] = unit if defer else dataclasses.replace(unit, parsed=None)
+    _CACHE[key] = unit if defer else replace(unit, parsed=None)
     return unit
-
-
-def candidate_paths(directory: str | os.PathLike[str], name: str) -> list[str]:
-    """The files of ``directory`` that would define unit ``name`` (see
-    :func:`unit_name_for_path`), in the order :func:`load_unit_dir` reads them."""
-    full = validate_unit_name(name)
-    bases = {full, full + ".unit"}
-    if full.endswith(".service"):
-        bases.add(full[: -len(".service")] + ".unit")
-    return [os.path.join(os.fspath(directory), b) for b in sorted(bases)]
 
 
 def load_unit_dir(

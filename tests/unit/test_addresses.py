@@ -411,6 +411,9 @@ def test_the_fast_network_builder_is_in_use_here() -> None:
     """On this Python the fast builder passed its self-check (else parsing is 3x slower)."""
     from ipacctd.policy import addresses
 
+    many = " ".join(f"192.0.2.{i}" for i in range(256))
+    for _ in range(addresses.SLOW_FIRST // 256 + 1):  # after the first ones, it is chosen
+        addresses.parse_words(many)
     assert addresses.make_network is addresses._network_fast
 
 
@@ -422,6 +425,9 @@ def test_fast_networks_are_the_constructors_networks(v6: bool, value: int, lengt
     bits = 128 if v6 else 32
     length = min(length, bits)
     value = (value % (1 << bits)) >> (bits - length) << (bits - length)
+    many = " ".join(f"192.0.2.{i}" for i in range(256))
+    for _ in range(addresses.SLOW_FIRST // 256 + 1):  # then the fast builder has its masks
+        addresses.parse_words(many)
     fast = addresses._network_fast(v6, value, length)
     slow = addresses._network_slow(v6, value, length)
     assert type(fast) is type(slow)

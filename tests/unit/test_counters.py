@@ -1,7 +1,5 @@
 """The one counters table agrees with the map layout and the Counters value type."""
 
-import dataclasses
-
 from ipacctd.datapath.counters import (
     COUNTERS,
     EXTRA_COUNTERS,
@@ -14,12 +12,13 @@ from ipacctd.datapath.counters import (
     counter,
     offsets,
 )
+from ipacctd.record import fields
 
 
 def test_one_row_per_field_in_counters_order() -> None:
     by_field = sorted(COUNTERS, key=lambda c: c.field)
     assert [c.field for c in by_field] == list(Field)
-    assert [c.attr for c in by_field] == [f.name for f in dataclasses.fields(Counters)]
+    assert [c.attr for c in by_field] == list(fields(Counters))
 
 
 def test_names_follow_field_direction_kind_and_unit() -> None:

@@ -18,10 +18,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PACKAGE = "ipacctd"
 
 # What the BPF layer may import of ipacctd besides itself: the shared exception hierarchy,
-# the C library handle and the kernel structs (the last two are leaves).
-BPF_MAY_IMPORT = {"ipacctd", "ipacctd.errors", "ipacctd.libc", "ipacctd.uapi"}
+# the C library handle, the kernel structs and the value-class base (the last three are
+# leaves).
+BPF_MAY_IMPORT = {"ipacctd", "ipacctd.errors", "ipacctd.libc", "ipacctd.uapi", "ipacctd.record"}
 # Leaves: modules that import nothing of ipacctd, so that anything may import them.
-LEAVES = ("ipacctd.bpf.types", "ipacctd.libc", "ipacctd.uapi")
+LEAVES = ("ipacctd.bpf.types", "ipacctd.libc", "ipacctd.uapi", "ipacctd.record")
 
 
 def _modules() -> dict[str, str]:

@@ -4,11 +4,16 @@ engine and everything they import at module level, the paths — are listed in a
 interpreter, and none of those a run has no use for may be among them.
 
 Each of these cost milliseconds of every ``ipacctd run`` (measured in bench/cli.py) and is
-imported where it is used instead: logging (and with it traceback, string, threading) only
-when something is logged or an error printed; tomllib (and datetime) only when there is a
-configuration file; subprocess and shutil only to call systemctl; the D-Bus client (and
-asyncio) only when a daemon serves the installation; the terminal helpers only to print;
-socket.py not at all (its C core has the address conversions).
+imported where it is used instead (or not at all): dataclasses (and with it inspect, ast,
+dis, tokenize: ~8 ms; ipacctd's value classes are :class:`ipacctd.record.Record`), typing
+(annotations only, under ``TYPE_CHECKING``), threading (``_thread._local`` is
+``threading.local``); the unit-file parser only when the unit has a file; the denied-address
+log (and hashlib, for list digests) only for a unit with a deny list; logging (and with it
+traceback, string, threading) only when something is logged or an error printed; tomllib
+(and datetime) only when there is a configuration file; subprocess and shutil only to call
+systemctl; the D-Bus client (and asyncio) only when a daemon serves the installation; the
+terminal helpers only to print; socket.py not at all (its C core has the address
+conversions).
 """
 
 from __future__ import annotations
@@ -39,34 +44,69 @@ NOT_ON_THE_RUN_PATH = (
     "ipacctd.manager.recovery",
     "ipacctd.manager.stats",
     "ipacctd.bpf.info",
+    "dataclasses",
+    "inspect",
+    "ast",
+    "dis",
+    "tokenize",
+    "typing",
+    "threading",
+    "difflib",
+    "ipacctd.policy.unitfile",
+    "ipacctd.datapath.denied",
+    "hashlib",
+    "locale",  # gettext's, for argparse's catalogue lookups (none under the C locale)
+    "signal",  # its enums: the run path takes the functions and numbers from _signal
 )
+#: What a run with a deny list may load beyond a plain run's modules: the log (and the
+#: digest of its list in the unit's metadata).
+DENY_LIST_EXTRAS = ("ipacctd.datapath.denied", "hashlib")
 
-# What ``ipacctd run -q -- true`` imports (beyond the interpreter's own start-up) before it
-# touches the kernel: the parser built for the verb and the arguments parsed, the verb's
-# module (and so the engine), the unit file reader the engine loads to look for a unit
-# file, the paths, and the engine chosen for them (as root, with no daemon's runtime file
-# in the state directory: the local one). The effective uid is made 0 in the child only so
-# that the choice is root's without root; the default configuration file is one of the
-# test's (absent, or one it wrote).
+# What ``ipacctd run -q [-p ...] -- true`` imports (beyond the interpreter's own start-up)
+# before it touches the kernel: the parser built for the verb and the arguments parsed, the
+# verb's module (and so the engine), the paths, the engine chosen for them, the search for
+# the unit's file, the properties, and for a deny list the log that goes with it (imported
+# as UnitDatapath.create imports it) and the programs' rules. The engine is chosen for the
+# paths as root, with no daemon's runtime file in the state directory: the local one. The
+# effective uid is made 0 in the child only so that the choice is root's without root; the
+# default configuration file is one of the test's (absent, or one it wrote).
 PROBE = """
 import sys
 before = set(sys.modules)  # what the interpreter's start-up (site, .pth files) loaded
 import json, os
-state_dir, config = sys.argv[1], sys.argv[2]
+state_dir, config, unit_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+props = json.loads(sys.argv[4])
 os.environ.pop("IPACCTD_CONFIG", None)
 os.geteuid = lambda: 0
 from ipacctd.manager import config as config_mod
 config_mod.DEFAULT_FILE = config  # the file every ipacctd process reads when it exists
 from ipacctd.cli import main
-argv = ["--state-dir", state_dir, "run", "-q", "--", "true"]
+argv = ["--state-dir", state_dir, "--unit-dir", unit_dir, "run", "-q", *props, "--", "true"]
+main._untranslated()  # as main() does first
 args = main.build_parser(main._verb_of(argv)).parse_args(argv)
 from ipacctd.cli import run
 from ipacctd.cli.engine import manager_for
-import ipacctd.policy.unitfile
 manager = manager_for(args)
+from ipacctd.manager.engine import parse_assignments
+from ipacctd.manager.unit import spec_for
+from ipacctd.policy.properties import Properties
+source = manager.unit_file("run-u1.service")
+base = source.properties() if source else Properties()
+spec = spec_for(base.apply(parse_assignments(args.property)))
+if spec.deny:
+    from ipacctd.datapath import denied
+from ipacctd.datapath.rules import compile_rules
+compile_rules(spec.allow, spec.deny)
 print(json.dumps({"modules": sorted(set(sys.modules) - before),
                   "engine": type(manager).__module__}))
 """
+
+
+#: The environment, in the C locale (as services and most shells of root run).
+C_LOCALE = {
+    **{k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES")},
+    "LANG": "C.UTF-8",
+}
 
 
 def _python(code: str, *args: str) -> str:
@@ -76,17 +116,19 @@ def _python(code: str, *args: str) -> str:
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
+        env={**C_LOCALE, "PYTHONPATH": REPO},
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
     return res.stdout
 
 
-def _probe(tmp_path, config: str) -> dict:
+def _probe(tmp_path, config: str, props: tuple[str, ...] = ()) -> dict:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
-    return json.loads(_python(PROBE, str(state), config))
+    units = tmp_path / "units"
+    units.mkdir(exist_ok=True)
+    return json.loads(_python(PROBE, str(state), config, str(units), json.dumps(props)))
 
 
 def test_run_imports_nothing_it_does_not_need(tmp_path) -> None:
@@ -98,6 +140,24 @@ def test_run_imports_nothing_it_does_not_need(tmp_path) -> None:
     # No daemon serves this state directory: the engine is the local one, and no bus was
     # tried (the D-Bus client is not even imported, see above).
     assert found["engine"] == "ipacctd.manager.engine"
+
+
+def test_a_run_with_a_deny_list_loads_only_its_log_more(tmp_path) -> None:
+    found = _probe(tmp_path, str(tmp_path / "no-such.conf"), ("-p", "IPAddressDeny=198.51.100.1"))
+    modules = set(found["modules"])
+    assert "ipacctd.datapath.denied" in modules  # the probe built the deny list's part
+    loaded = sorted(m for m in NOT_ON_THE_RUN_PATH if m in modules and m not in DENY_LIST_EXTRAS)
+    assert loaded == [], f"ipacctd run -p IPAddressDeny=... loads {loaded}"
+
+
+def test_a_unit_file_is_still_read(tmp_path) -> None:
+    """The unit-file parser is off the run path only while the unit has no file: with one,
+    it is parsed and its properties apply."""
+    (tmp_path / "units").mkdir()
+    (tmp_path / "units" / "run-u1.service").write_text("[Service]\nIPAddressDeny=203.0.113.0/24\n")
+    found = _probe(tmp_path, str(tmp_path / "no-such.conf"))
+    assert "ipacctd.policy.unitfile" in found["modules"]
+    assert "ipacctd.datapath.denied" in found["modules"]  # the file's deny list applied
 
 
 def test_a_configuration_file_is_still_read(tmp_path) -> None:
@@ -148,15 +208,66 @@ def test_the_program_leaves_its_objects_out_of_the_last_collection() -> None:
 
 def test_the_verb_runs_with_the_collector_on() -> None:
     """The collector is off only while the modules load: the verb itself (here one that
-    runs for long, as ``daemon`` or ``top`` may) runs with it on."""
+    runs for long, as ``daemon`` or ``top`` may) runs with it on, and with what the modules
+    made frozen out of its collections."""
     probe = (
         "import gc, sys\n"
         "from ipacctd.cli import completion, main\n"
         "seen = []\n"
-        "completion.dispatch = lambda args: seen.append(gc.isenabled()) or 0\n"
+        "completion.dispatch = lambda args: seen.extend(\n"
+        "    [gc.isenabled(), gc.get_freeze_count() > 1000]) or 0\n"
         "sys.argv = ['ipacctd', 'completion', 'bash']\n"
         "rc = main.main()\n"
-        "print(rc, seen)\n"
+        "print(rc, *seen)\n"
     )
     out = _python(probe)
-    assert out.split() == ["0", "[True]"], out
+    assert out.split() == ["0", "True", "True"], out
+
+
+def test_list_digests_are_sha256_without_hashlib() -> None:
+    """The digest of a stored address list comes from the interpreter's built-in SHA-256
+    (hashlib would load OpenSSL first): the same digest hashlib gives."""
+    import hashlib
+
+    from ipacctd.policy.properties import _digest
+
+    for text in ("", "198.51.100.1/32", "2001:db8::/32 203.0.113.0/24" * 1000):
+        assert _digest(text) == hashlib.sha256(text.encode()).hexdigest()
+
+
+UNTRANSLATED_PROBE = """
+import argparse, gettext, json, os, sys
+catalogues = sys.argv[1]
+if catalogues:
+    gettext.bindtextdomain(gettext.textdomain(), catalogues)
+from ipacctd.cli import main
+translated = argparse._ is gettext.gettext
+main._untranslated()
+print(json.dumps({"before": translated, "after": argparse._ is gettext.gettext,
+                  "locale": "locale" in sys.modules}))
+"""
+
+
+def _untranslated(env: dict[str, str], catalogues: str = "") -> dict:
+    res = subprocess.run(
+        [sys.executable, "-c", UNTRANSLATED_PROBE, catalogues],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))},
+             "PYTHONPATH": REPO, **env},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_argparse_skips_catalogue_lookups_only_where_gettext_finds_none(tmp_path) -> None:
+    """Under the C locale argparse's texts go untranslated without a lookup per text; under
+    another language, or with a C.UTF-8 catalogue present, gettext is asked as before."""
+    for env in ({}, {"LANG": "C"}, {"LANG": "C.UTF-8"}, {"LC_ALL": "POSIX", "LANG": "de_DE"}):
+        found = _untranslated(env)
+        assert found == {"before": True, "after": False, "locale": False}, env
+    for env in ({"LANG": "de_DE.UTF-8"}, {"LANGUAGE": "fr:C", "LANG": "C"}):
+        assert _untranslated(env)["after"] is True, env
+    mo = tmp_path / "C.UTF-8" / "LC_MESSAGES"
+    mo.mkdir(parents=True)
+    (mo / "messages.mo").write_bytes(b"")  # its presence is what counts
+    assert _untranslated({"LANG": "C.UTF-8"}, str(tmp_path))["after"] is True
