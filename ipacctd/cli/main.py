@@ -276,7 +276,15 @@ def _add_stop(sub: argparse._SubParsersAction) -> None:
 
 def _add_reset(sub: argparse._SubParsersAction) -> None:
     rs = sub.add_parser("reset", help="forget inactive units and their counters")
-    rs.add_argument("units", nargs="+", metavar="UNIT")
+    rs.add_argument("units", nargs="+", metavar="UNIT",
+                    help="unit names, or glob patterns (which skip the units still running)")
+
+
+def _add_reset_failed(sub: argparse._SubParsersAction) -> None:
+    rf = sub.add_parser(
+        "reset-failed", help="forget failed units and their counters, like systemctl "
+        "reset-failed (all failed units, or those named or matched)")
+    rf.add_argument("units", nargs="*", metavar="UNIT")
 
 
 def _add_attach(sub: argparse._SubParsersAction) -> None:
@@ -361,6 +369,7 @@ _VERBS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "stop": _add_stop,
     "kill": _add_kill,
     "reset": _add_reset,
+    "reset-failed": _add_reset_failed,
     "attach": _add_attach,
     "detach": _add_detach,
     "daemon": _add_daemon,

@@ -184,3 +184,40 @@ def test_kill_leaves_cgroups_ipacctd_did_not_make(inst: Installation) -> None:
     sleeper.kill()
     sleeper.wait(timeout=10)
     inst.ok("detach", "theirs")
+
+
+def test_reset_failed_and_reset_by_pattern(inst: Installation) -> None:
+    """``reset-failed`` forgets failed units only (all of them, or those named or matched),
+    as systemctl does; ``reset PATTERN`` forgets the matching units that are not running
+    and leaves a running one (and its firewall) alone; an unknown name fails first."""
+    ns = inst.netns([])
+    for name, cmd in (("rf-bad1", "false"), ("rf-bad2", "false"), ("rf-good", "true")):
+        res = inst.cli("run", "-q", "--unit", name, "--", cmd)
+        assert res.returncode == (1 if cmd == "false" else 0), res
+    inst.start_unit(ns, "rf-live", "IPAddressDeny=198.51.100.1")
+    assert inst.cli("is-failed", "rf-bad1").stdout == "failed\n"
+
+    def listed() -> set[str]:
+        out = inst.ok("list-units", "--all", "--no-legend", "rf-*").stdout
+        return {word for word in out.split() if word.startswith("rf-")}
+
+    everything = {"rf-bad1.service", "rf-bad2.service", "rf-good.service", "rf-live.service"}
+    assert listed() == everything
+    # a named unit that is not failed, and one that does not exist: nothing changes
+    res = inst.cli("reset-failed", "rf-good", "rf-nosuch")
+    assert res.returncode != 0 and "rf-nosuch" in res.stderr, res
+    assert listed() == everything
+    inst.ok("reset-failed", "rf-good", "rf-live")  # neither failed: left alone
+    assert listed() == everything
+    inst.ok("reset-failed", "rf-bad1")
+    assert listed() == everything - {"rf-bad1.service"}
+    inst.ok("reset-failed")  # every failed unit
+    assert listed() == {"rf-good.service", "rf-live.service"}
+    # a pattern: the dead one goes, the running one stays, its policy in force
+    inst.ok("reset", "rf-*")
+    assert listed() == {"rf-live.service"}
+    assert inst.cli("show", "-P", "IPAddressDeny", "rf-live").stdout == "198.51.100.1/32\n"
+    assert "(enforced)" in inst.ok("status", "rf-live").stdout
+    # a running unit named outright is refused, as before
+    res = inst.cli("reset", "rf-live")
+    assert res.returncode != 0 and "stop it first" in res.stderr, res
