@@ -15,7 +15,6 @@ import _signal as signal
 import contextlib
 import errno
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -36,6 +35,7 @@ from ipacctd.errors import (
 )
 from ipacctd.manager import generation, owner, systemd
 from ipacctd.manager.config import Config
+from ipacctd.manager.logs import LazyLogger
 from ipacctd.manager.store import SUFFIX, Store, canonical
 from ipacctd.manager.unit import (
     NOT_ARMED,
@@ -63,30 +63,7 @@ if TYPE_CHECKING:
     from ipacctd.policy.unitfile import UnitFile
 
 ENV_DISABLE_BPF = "IPACCTD_DISABLE_BPF"
-class _Log:
-    """``logging.getLogger("ipacctd.engine")``, imported on first use: only crash recovery
-    and failure paths log, and ``logging`` is a noticeable part of the CLI's start-up time.
-
-    A failure path may be the one that ran out of file descriptors or memory, where the
-    import itself fails (EMFILE opening logging/__init__.py): then the message goes to
-    stderr as it is, so that the clean-up it is part of goes on."""
-
-    def __getattr__(self, attr: str) -> object:
-        try:
-            import logging
-        except (ImportError, OSError, MemoryError):
-            return _to_stderr
-        return getattr(logging.getLogger("ipacctd.engine"), attr)
-
-
-def _to_stderr(msg: str, *args: object, **_kwargs: object) -> None:
-    try:
-        sys.stderr.write(f"ipacctd: {msg % args if args else msg}\n")
-    except (OSError, ValueError, MemoryError):
-        pass  # nowhere to say it: the clean-up matters more than the message
-
-
-log = _Log()
+log = LazyLogger("ipacctd.engine")
 
 #: Exit statuses of a main process that leave a unit inactive rather than failed: as
 #: systemd's services, a normal exit 0 and death by SIGHUP, SIGINT, SIGTERM or SIGPIPE

@@ -47,7 +47,6 @@ work on it all the same.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
@@ -56,6 +55,7 @@ from ipacctd.bpf import bpffs
 from ipacctd.datapath.unit import COUNTERS, UnitDatapath, cgroup_id
 from ipacctd.errors import Error, NotFound
 from ipacctd.manager import generation, systemd
+from ipacctd.manager.logs import LazyLogger
 from ipacctd.manager.unit import Unit, UnitStatus, spec_for
 from ipacctd.record import replace
 
@@ -63,7 +63,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from ipacctd.manager.engine import Manager
 
-log = logging.getLogger("ipacctd.recovery")
+log = LazyLogger("ipacctd.recovery")
 
 
 def reconcile(manager: Manager, name: str, unit: Unit | None = None) -> bool:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 
-from e2e_helpers import Installation, one_line_error
+from e2e_helpers import PY, REPO, Installation, one_line_error
 
 from ipacctd.bpf.links import open_cgroup, prog_query
 from ipacctd.datapath.counters import Direction
@@ -169,3 +170,44 @@ def test_reads_and_a_description_change_never_parse_a_list_of_0_2_1(inst: Instal
     assert agent.send(LATER, 10) == "err 1"
     with open(_meta_path(inst, "big.service")) as f:
         assert set(json.load(f)["properties"]["IPAddressDeny"]) == {"sha256", "count"}
+
+
+#: Imported by none of the read verbs nor by a Description= change, on a live unit whose
+#: programs are checked in the kernel (PROG_QUERY, link info): dataclasses (and inspect,
+#: ~5 ms of start-up) and logging (~3-5 ms: only failure and recovery paths log).
+HEAVY = ("dataclasses", "inspect", "logging")
+
+MODULES_PROBE = """
+import contextlib, io, json, sys
+from ipacctd.cli.main import main
+with contextlib.redirect_stdout(io.StringIO()):
+    rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_reads_of_a_live_unit_import_no_heavy_modules(inst: Installation) -> None:
+    ns = inst.netns(["198.51.100.1"])
+    inst.start_unit(ns, "light", "IPAddressDeny=198.51.100.1")
+    assert "(enforced)" in inst.ok("status", "light").stdout  # programs found in the kernel
+    for argv in (
+        ("status", "light"),
+        ("show", "light"),
+        ("list-units",),
+        ("is-active", "light"),
+        ("set-property", "light", "Description=lighter"),
+    ):
+        res = subprocess.run(
+            [PY, "-c", MODULES_PROBE, *argv],
+            env={**inst.environ(), "IPACCTD_NO_DAEMON": "1"},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert res.returncode == 0, (argv, res.stderr)
+        out = json.loads(res.stdout.splitlines()[-1])
+        assert out["rc"] == 0, (argv, out)
+        assert not set(HEAVY) & set(out["modules"]), (argv, set(HEAVY) & set(out["modules"]))
+    assert inst.ok("show", "-P", "Description", "light").stdout == "lighter\n"
