@@ -164,6 +164,8 @@ class Manager:
         self._mount: str | None = None
         # unit → (its metadata file's inode, size, mtime; its cgroup): _cgroup_owners
         self._owner_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
+        # (datapath_problem(), cgroup2 mount) during attach_many: see _host_facts_once
+        self._facts: tuple[str | None, str] | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -491,7 +493,10 @@ class Manager:
         whole stays linear in the units — having done at least one; the requests left
         (past the end of the answer) are not taken from ``requests``."""
         out: list[Unit | Error] = []
-        with self.store.locked():
+        # The records are made durable together, once per call (Store.batch), before any
+        # unit is returned as bound; the host facts every unit asks about (can BPF be
+        # used here, where cgroup2 is mounted) are looked up once per call too.
+        with self.store.locked(), self.store.batch(), self._host_facts_once():
             self._sweep_stale_pins()
             start = time.monotonic()
             owners = self._cgroup_owners()  # complete while we hold the lock
@@ -510,6 +515,25 @@ class Manager:
                 if until is not None and time.monotonic() >= until:
                     break
         return out
+
+    @contextlib.contextmanager
+    def _host_facts_once(self) -> Iterator[None]:
+        """:func:`datapath_problem` and the cgroup2 mount, looked up at the start of a batch
+        of attaches and reused by each (each lookup reads /proc/self/mountinfo)."""
+        self._facts = (datapath_problem(), cgroup.mount_point())
+        try:
+            yield
+        finally:
+            self._facts = None
+
+    def _datapath_problem(self) -> str | None:
+        facts = self._facts
+        return datapath_problem() if facts is None else facts[0]
+
+    def _cgroup_mount(self) -> str | None:
+        """The cgroup2 mount inside a batch of attaches (None: look it up)."""
+        facts = self._facts
+        return None if facts is None else facts[1]
 
     def _cgroup_owners(self) -> dict[str, str]:
         """cgroup → unit of every unit with metadata (lock held, so complete until it is
@@ -553,7 +577,7 @@ class Manager:
         """:meth:`attach` with the lock held; ``owners``: :meth:`_cgroup_owners`, kept
         current by the caller (None: listed now)."""
         rel = cgroup.validate_path(cgroup_path)
-        fs = cgroup.fs_path(rel)
+        fs = cgroup.fs_path(rel, self._cgroup_mount())
         if not cgroup.exists(fs) and not self.stopped_systemd_service(rel):
             raise NotFound(f"cgroup {rel} does not exist (looked at {fs})")
         name = validate_unit_name(name or os.path.basename(rel) or "root")
@@ -592,7 +616,7 @@ class Manager:
         """The systemd service whose cgroup ``rel`` is, when systemd is to attach the unit's
         programs at its every start (see :mod:`ipacctd.manager.systemd`); refuses a service
         another unit armed already."""
-        if datapath_problem() is not None:
+        if self._datapath_problem() is not None:
             return None  # nothing to pin: the unit is refused or runs unenforced
         service = systemd.service_for(rel)
         if service is not None:
@@ -655,8 +679,8 @@ class Manager:
             os.close(fd)
 
     def _build(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
-        fs = cgroup.fs_path(unit.cgroup)
-        problem = datapath_problem()
+        fs = cgroup.fs_path(unit.cgroup, self._cgroup_mount())
+        problem = self._datapath_problem()
         if problem is not None:
             unit = self._unenforced(unit, problem, allow_unenforced)
         unit = replace(unit, generation=1, rollback=None, removing=False)
