@@ -37,6 +37,7 @@ from ipacctd.errors import (
 )
 from ipacctd.manager import generation, owner, systemd
 from ipacctd.manager.config import Config
+from ipacctd.manager.dirwatch import DirChanges
 from ipacctd.manager.store import SUFFIX, Store, canonical
 from ipacctd.manager.unit import (
     NOT_ARMED,
@@ -164,6 +165,7 @@ class Manager:
         self._mount: str | None = None
         # unit → (its metadata file's inode, size, mtime; its cgroup): _cgroup_owners
         self._owner_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
+        self._owner_watch: DirChanges | None = None  # what changed since: _cgroup_owners
         # (datapath_problem(), cgroup2 mount) during attach_many: see _host_facts_once
         self._facts: tuple[str | None, str] | None = None
 
@@ -538,7 +540,34 @@ class Manager:
     def _cgroup_owners(self) -> dict[str, str]:
         """cgroup → unit of every unit with metadata (lock held, so complete until it is
         released). A metadata file is parsed again only when it changed (inode, size and
-        mtime, as a rename into place changes them): a unit's cgroup is fixed for its life."""
+        mtime, as a rename into place changes them): a unit's cgroup is fixed for its life.
+
+        Between calls the directory's inotify queue (:class:`DirChanges`) names the files
+        that changed, so a call costs what changed, not a stat per unit (it runs once per
+        slice of a glob's binding); the first call, or one after lost events, lists all."""
+        changes = self._owner_watch
+        changed = changes.take() if changes is not None else None
+        if changed is None:
+            with contextlib.suppress(OSError):  # no inotify: a listing every time
+                self._owner_watch = DirChanges(self.config.units_dir)  # before the listing
+            return self._list_cgroup_owners()
+        cache = self._owner_cache
+        for entry in changed:
+            if not entry.endswith(SUFFIX) or entry.startswith("."):
+                continue
+            name = entry[: -len(SUFFIX)]
+            hit = self._owner_entry(name, None, cache.get(name))
+            if hit is None:
+                cache.pop(name, None)
+            else:
+                cache[name] = hit
+        owners: dict[str, str] = {}
+        for name, (_, rel) in cache.items():
+            owners.setdefault(rel, name)
+        return owners
+
+    def _list_cgroup_owners(self) -> dict[str, str]:
+        """:meth:`_cgroup_owners` by a listing of every metadata file."""
         cache = self._owner_cache
         fresh: dict[str, tuple[tuple[int, int, int], str]] = {}
         owners: dict[str, str] = {}
@@ -550,23 +579,33 @@ class Manager:
             if not entry.name.endswith(SUFFIX) or entry.name.startswith("."):
                 continue
             name = entry.name[: -len(SUFFIX)]
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
+            hit = self._owner_entry(name, entry, cache.get(name))
+            if hit is None:
                 continue
-            key = (st.st_ino, st.st_size, st.st_mtime_ns)
-            hit = cache.get(name)
-            if hit is None or hit[0] != key:
-                try:
-                    hit = (key, self.unit(name).cgroup)
-                except (NotFound, Corrupt):
-                    # gone, or broken (its views say so; reset removes it): it holds no
-                    # cgroup we can know of, and one bad file must not stop every binding
-                    continue
             fresh[name] = hit
             owners.setdefault(hit[1], name)
         self._owner_cache = fresh
         return owners
+
+    def _owner_entry(self, name: str, entry: os.DirEntry | None,
+                     hit: tuple[tuple[int, int, int], str] | None
+                     ) -> tuple[tuple[int, int, int], str] | None:
+        """(file key, cgroup) of one unit's metadata file, parsed again only when its key
+        changed; None when it is gone or broken."""
+        try:
+            st = entry.stat(follow_symlinks=False) if entry is not None else \
+                os.lstat(self.store.meta_path(name))
+        except (FileNotFoundError, ValueError):  # ValueError: not a unit name of ours
+            return None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if hit is not None and hit[0] == key:
+            return hit
+        try:
+            return (key, self.unit(name).cgroup)
+        except (NotFound, Corrupt, InvalidInput):
+            # gone, or broken (its views say so; reset removes it): it holds no cgroup we
+            # can know of, and one bad file must not stop every binding
+            return None
 
     def _attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
                 name: str | None = None, allow_unenforced: bool = False,

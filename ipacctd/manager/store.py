@@ -31,17 +31,10 @@ MAX_META_BYTES = 16 << 20
 
 def _syncfs(fd: int) -> None:
     """syncfs(2) of the filesystem holding ``fd`` (Python's os module has none)."""
-    import ctypes  # only writers in batches need it: off the CLI's import path
+    from ipacctd.libc import last_error, libc  # only writers in batches need it
 
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"syncfs: {os.strerror(err)}")
-
-
-_libc = None  # the C library, loaded by the first _syncfs
+    if libc.syncfs(fd) != 0:
+        raise last_error("syncfs")
 
 
 def _short(text: str, limit: int = 80) -> str:
