@@ -138,6 +138,10 @@ class Binder:
         # (cgroup, (file, pattern) of every match) → its Binding, from the last pass
         self._bindings: dict[tuple, Binding] = {}
         self._ids: dict[str, int] = {}  # cgroup → its id, as the last pass's listing saw it
+        self._now: list[Unit] | None = None  # the units, during one pass (_pass_units)
+        # Parents of the cgroups of units no file binds (attached by hand, or their file
+        # gone), as the last pass saw them: watch_dirs watches them (None: no pass yet).
+        self._parents: set[str] | None = None
         # Moving averages of what one attach and one ``on_bound`` cost (seconds): a slice's
         # budget is shared between them (see _bind_pending).
         self._attach_cost = 0.002
@@ -164,6 +168,7 @@ class Binder:
         """Every (unit name → cgroup) the files ask for, among cgroups that exist now."""
         mount = cgroup.mount_point()
         self._known, self._found, self._ids = None, {}, {}
+        self._now = None  # the units as this pass sees them: read once, when first needed
         # cgroup → [(file, the pattern of it that matches)]
         matches: dict[str, list[tuple[UnitFile, str]]] = {}
         for f in self.files:
@@ -212,7 +217,7 @@ class Binder:
             rel = cgroup.validate_path(pattern)
         except InvalidInput:
             return False
-        for unit in self._attached_units():
+        for unit in self._pass_units():
             if unit.cgroup == rel and unit.systemd_service is not None:
                 return True
         return self.manager.stopped_systemd_service(rel)
@@ -227,7 +232,7 @@ class Binder:
             return f.unit_name_for(pattern, rel)
         if self._known is None:
             self._known = {}
-            for unit in self._attached_units():
+            for unit in self._pass_units():
                 if unit.container is not None:
                     self._known[unit.container.id] = unit.name
         if info.id in self._known:
@@ -255,9 +260,19 @@ class Binder:
                             dirs.add(dirpath)
                 else:
                     dirs.add(_existing(os.path.dirname(cgroup.fs_path(pattern, mount)), mount))
-        for unit in self._attached_units():
-            dirs.add(_existing(os.path.dirname(cgroup.fs_path(unit.cgroup, mount)), mount))
+        parents = self._parents
+        if parents is None:  # before the first pass
+            parents = _parents(self._attached_units(), {f.path for f in self.files})
+        for rel in parents:
+            dirs.add(_existing(cgroup.fs_path(rel, mount), mount))
         return sorted(dirs)
+
+    def _pass_units(self) -> list[Unit]:
+        """:meth:`_attached_units`, read once per pass (the daemon's view brings itself up
+        to date with a stat per unit)."""
+        if self._now is None:
+            self._now = self._attached_units()
+        return self._now
 
     def _attached_units(self) -> list[Unit]:
         """Units bound to cgroups ipacctd did not create (by unit files or by hand)."""
@@ -296,7 +311,10 @@ class Binder:
         start = time.monotonic()
         want = self.bindings()
         self._sources = {f.path for f in self.files}
-        bound = {u.name: u for u in self._attached_units()}
+        units = self._pass_units()
+        self._now = None
+        self._parents = _parents(units, self._sources)
+        bound = {u.name: u for u in units}
         # The units bound already are followed first, then the new matches bound: both in
         # slices (each unit's follow reads its cgroup anew when its turn comes). A unit in
         # line is left out: bound (not exited) to the cgroup id the listing just saw at its
@@ -463,6 +481,14 @@ def glob_cgroups(mount: str, pattern: str, ids: dict[str, int] | None = None) ->
     if not checked:
         rels = [rel for rel in rels if cgroup.exists(base + rel)]
     return sorted(rels)
+
+
+def _parents(units: Iterable[Unit], sources: set[str]) -> set[str]:
+    """The parent cgroups of the units no unit file in ``sources`` binds: where their
+    cgroups are made again (a glob's or an exact path's directory is watched for its
+    file). A set of paths, each looked up once: ten thousand units share a few parents."""
+    return {os.path.dirname(u.cgroup) or "/" for u in units
+            if u.source is None or u.source not in sources}
 
 
 def _existing(path: str, mount: str) -> str:

@@ -253,6 +253,11 @@ class Daemon:
         if self._rebind and not self.binder.busy:
             self._rebind = False
             self._bind_and_watch()
+        if self.binder.busy:
+            # A binding under way writes a record per unit, each an event here: the passes
+            # over every unit wait for its last slice (which settles), or they would run
+            # once per slice, each as long as a slice at ten thousand units.
+            return
         self.registry.sync()
         self.check_enforcement(self.registry.enforcement_due())
 
@@ -296,10 +301,9 @@ class Daemon:
         if self.binder.busy:
             self._bind_later()
             return
-        self.registry.sync()
-        if self._rebind and self._pending is None:  # events came meanwhile: a full pass
+        if self._pending is None:  # the settle the slices held back (a full pass if needed)
             assert self._loop is not None
-            self._pending = self._loop.call_soon(self._settle)
+            self._pending = self._loop.call_later(0, self._settle)
 
     def reload(self) -> None:
         """Re-read the unit files, re-bind, and repair every unit whose policy is not in

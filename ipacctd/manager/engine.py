@@ -96,6 +96,8 @@ CLEAN_EXIT = frozenset({None, 0, -signal.SIGHUP, -signal.SIGINT, -signal.SIGTERM
 #: Active states in which a unit's name is in use: its processes run, or the ``ipacctd run``
 #: that owns it is starting its command or recording its exit. Such a unit is never removed.
 BUSY_STATES = frozenset({"active", "activating", "deactivating"})
+#: attach_many sweeps the remains of crashed creators at most this often (seconds).
+SWEEP_EVERY = 1.0
 
 
 class Unenforceable(NotSupported):
@@ -166,6 +168,8 @@ class Manager:
         # unit → (its metadata file's inode, size, mtime; its cgroup): _cgroup_owners
         self._owner_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
         self._owner_watch: DirChanges | None = None  # what changed since: _cgroup_owners
+        self._owners: dict[str, str] = {}  # cgroup → unit, as _owner_cache has it
+        self._swept = -SWEEP_EVERY  # when attach_many last swept stale pins (monotonic)
         # (datapath_problem(), cgroup2 mount) during attach_many: see _host_facts_once
         self._facts: tuple[str | None, str] | None = None
 
@@ -499,7 +503,11 @@ class Manager:
         # unit is returned as bound; the host facts every unit asks about (can BPF be
         # used here, where cgroup2 is mounted) are looked up once per call too.
         with self.store.locked(), self.store.batch(), self._host_facts_once():
-            self._sweep_stale_pins()
+            if time.monotonic() >= self._swept + SWEEP_EVERY:
+                # Remains of a crashed creator are left for a moment (ours are removed by
+                # their own creation): a sweep lists every unit's pins, each slice would.
+                self._sweep_stale_pins()
+                self._swept = time.monotonic()
             start = time.monotonic()
             owners = self._cgroup_owners()  # complete while we hold the lock
             now = time.monotonic()
@@ -551,19 +559,21 @@ class Manager:
             with contextlib.suppress(OSError):  # no inotify: a listing every time
                 self._owner_watch = DirChanges(self.config.units_dir)  # before the listing
             return self._list_cgroup_owners()
-        cache = self._owner_cache
+        cache, owners = self._owner_cache, self._owners
         for entry in changed:
             if not entry.endswith(SUFFIX) or entry.startswith("."):
                 continue
             name = entry[: -len(SUFFIX)]
-            hit = self._owner_entry(name, None, cache.get(name))
+            old = cache.get(name)
+            hit = self._owner_entry(name, None, old)
+            if old is not None and owners.get(old[1]) == name and (hit is None or
+                                                                   hit[1] != old[1]):
+                del owners[old[1]]
             if hit is None:
                 cache.pop(name, None)
             else:
                 cache[name] = hit
-        owners: dict[str, str] = {}
-        for name, (_, rel) in cache.items():
-            owners.setdefault(rel, name)
+                owners.setdefault(hit[1], name)
         return owners
 
     def _list_cgroup_owners(self) -> dict[str, str]:
@@ -584,7 +594,7 @@ class Manager:
                 continue
             fresh[name] = hit
             owners.setdefault(hit[1], name)
-        self._owner_cache = fresh
+        self._owner_cache, self._owners = fresh, owners
         return owners
 
     def _owner_entry(self, name: str, entry: os.DirEntry | None,
@@ -600,12 +610,16 @@ class Manager:
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         if hit is not None and hit[0] == key:
             return hit
-        try:
-            return (key, self.unit(name).cgroup)
+        try:  # as unit() reads it, without parsing the rest of the unit
+            data = self.store.read(name)
+            rel = data.get("cgroup")
+            if data.get("name") == canonical(name) and isinstance(rel, str):
+                return (key, rel)
         except (NotFound, Corrupt, InvalidInput):
-            # gone, or broken (its views say so; reset removes it): it holds no cgroup we
-            # can know of, and one bad file must not stop every binding
-            return None
+            pass
+        # gone, or broken (its views say so; reset removes it): it holds no cgroup we can
+        # know of, and one bad file must not stop every binding
+        return None
 
     def _attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
                 name: str | None = None, allow_unenforced: bool = False,
