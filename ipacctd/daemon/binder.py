@@ -98,10 +98,6 @@ class _Follow:
     unit: Unit
     binding: Binding | None
 
-    @property
-    def name(self) -> str:
-        return self.unit.name
-
 
 def _average(old: float, new: float) -> float:
     """A moving average of a cost per unit (the last few slices weigh most)."""
@@ -339,10 +335,10 @@ class Binder:
         return bool(self._follows or self.pending)
 
     def bind_pending(self, budget: float | None = None) -> list[str]:
-        """Follow the bound units left by the last pass, then bind pending matches, under
-        one hold of the engine's lock each, for about ``budget`` seconds (at least one of
-        each kind that is left; None: all); returns log lines. A cgroup gone meanwhile is
-        logged and dropped: the next reconcile sees what exists then."""
+        """Follow the bound units the last pass left, then bind pending matches (under one
+        hold of the engine's lock), for about ``budget`` seconds: at least one follow, or
+        when none is left at least one bind (None: all); returns log lines. A cgroup gone
+        meanwhile is logged and dropped: the next reconcile sees what exists then."""
         with self._lock:
             return self._bind_pending(budget)
 
