@@ -750,6 +750,8 @@ class Manager:
             # pins on bpffs — ends with the host, so a record that outlived a power cut
             # would describe nothing; the rename keeps it all-or-nothing for readers, and
             # the order (record, then pins) holds against a crash of this process as is.
+            # Inside attach_many the fsync is the batch's one syncfs, before any unit of it
+            # is returned (Store.batch): a power cut before then takes the pins with it.
             self.store.write(unit.name, unit.to_json(), durable=not unit.transient)
         except BaseException:  # e.g. a full state directory: nothing may stay behind
             self._undo_create(unit, make_cgroup)

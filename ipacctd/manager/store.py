@@ -1,9 +1,10 @@
 """Unit metadata on disk and the lock that serialises mutations.
 
 Each unit has a small JSON file beside its pins (``<state>/units/<name>.json``), written
-atomically (temporary file, fsync, rename) and readable by root only. Readers need no
-lock; writers hold an exclusive ``flock`` on ``<state>/lock`` so that concurrent CLIs
-and the daemon cannot interleave.
+atomically (temporary file, fsync, rename) and readable by root only; inside
+:meth:`Store.batch` (a glob's slice of attaches) the fsyncs become one syncfs at its end.
+Readers need no lock; writers hold an exclusive ``flock`` on ``<state>/lock`` so that
+concurrent CLIs and the daemon cannot interleave.
 """
 
 from __future__ import annotations
