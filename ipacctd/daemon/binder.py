@@ -453,6 +453,7 @@ def glob_cgroups(mount: str, pattern: str, ids: dict[str, int] | None = None) ->
     inode is the cgroup's id on cgroup2, the same number stat gives)."""
     base = mount.rstrip("/")
     rels = [""]
+    seen: dict[str, int] = {}  # the ids the last glob component's listing saw
     checked = True
     for part in (p for p in pattern.split("/") if p):
         if not is_glob(part):
@@ -462,6 +463,7 @@ def glob_cgroups(mount: str, pattern: str, ids: dict[str, int] | None = None) ->
         match = re.compile(fnmatch.translate(part)).match
         hidden = part.startswith(".")
         found: list[str] = []
+        seen = {}
         for rel in rels:
             try:
                 with os.scandir(base + rel or "/") as it:
@@ -469,13 +471,14 @@ def glob_cgroups(mount: str, pattern: str, ids: dict[str, int] | None = None) ->
                         if (hidden or e.name[0] != ".") and match(e.name) \
                                 and e.is_dir(follow_symlinks=False):
                             found.append(f"{rel}/{e.name}")
-                            if ids is not None:
-                                ids[found[-1]] = e.inode()
+                            seen[found[-1]] = e.inode()
             except (FileNotFoundError, NotADirectoryError, PermissionError):
                 continue
         rels, checked = found, True
-    if not checked:
-        rels = [rel for rel in rels if cgroup.exists(base + rel)]
+    if not checked:  # a literal tail: its cgroups were not listed
+        return sorted(rel for rel in rels if cgroup.exists(base + rel))
+    if ids is not None:
+        ids.update(seen)
     return sorted(rels)
 
 

@@ -37,7 +37,6 @@ from ipacctd.errors import (
 )
 from ipacctd.manager import generation, owner, systemd
 from ipacctd.manager.config import Config
-from ipacctd.manager.dirwatch import DirChanges
 from ipacctd.manager.store import SUFFIX, Store, canonical
 from ipacctd.manager.unit import (
     NOT_ARMED,
@@ -58,6 +57,7 @@ from ipacctd.policy.properties import Assignment, Properties, parse_assignment
 
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
+    from ipacctd.manager.dirwatch import DirChanges
     from ipacctd.manager.stats import ProgramStats
     from ipacctd.policy.unitfile import UnitFile
 
@@ -556,6 +556,8 @@ class Manager:
         changes = self._owner_watch
         changed = changes.take() if changes is not None else None
         if changed is None:
+            from ipacctd.manager.dirwatch import DirChanges  # attaching only
+
             with contextlib.suppress(OSError):  # no inotify: a listing every time
                 self._owner_watch = DirChanges(self.config.units_dir)  # before the listing
             return self._list_cgroup_owners()
