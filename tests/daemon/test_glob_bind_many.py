@@ -26,6 +26,7 @@ from ipacctd.manager.unit import Unit
 pytestmark = pytest.mark.kernel
 
 DENIED = "198.51.100.1"
+ALLOWED = "203.0.113.1"
 
 
 def _request(ext: str, cg: str, name: str) -> dict:
@@ -74,10 +75,18 @@ def test_daemon_killed_mid_binding_restarts_and_binds_each_cgroup_once(env: Daem
         f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
     env.start()
     assert env.proc is not None
+    c = env.client
     n = 600
+    # The first cgroup bound before the burst, a process in it denied once: counted.
+    made = {"gb@gb-000.service": inst.make_cgroup(f"{ext}/gb-000")}
+    c.wait(lambda: "gb@gb-000.service" in c.units(), 10, "gb-000 bound")
+    ns = inst.netns([ALLOWED, DENIED])
+    first = inst.start_in_cgroup(ns, made["gb@gb-000.service"])
+    assert first.send(DENIED, 10) == "err 1"
     os.kill(env.proc.pid, signal.SIGSTOP)  # the whole burst in one read of its queue
     try:
-        made = {f"gb@gb-{i:03d}.service": inst.make_cgroup(f"{ext}/gb-{i:03d}") for i in range(n)}
+        for i in range(1, n):
+            made[f"gb@gb-{i:03d}.service"] = inst.make_cgroup(f"{ext}/gb-{i:03d}")
     finally:
         os.kill(env.proc.pid, signal.SIGCONT)
     deadline = time.monotonic() + 120
@@ -93,9 +102,9 @@ def test_daemon_killed_mid_binding_restarts_and_binds_each_cgroup_once(env: Daem
     attached = {name for name, p in progs.items() if p}
     assert attached <= before, attached - before
     kept = {name: progs[name] for name in attached}
+    assert first.send(DENIED, 10) == "err 1"  # no daemon: enforced all the same
 
     env.start()
-    c = env.client
     c.wait(lambda: len(_recorded(inst)) == n, 120, f"all {n} cgroups bound after the restart")
     wait_for(
         lambda: all(len(egress_progs(fs)) == 1 for fs in made.values()),
@@ -113,4 +122,23 @@ def test_daemon_killed_mid_binding_restarts_and_binds_each_cgroup_once(env: Daem
     leftovers = [e for e in inst.pin_dirs() if e.startswith("~")]
     assert not leftovers, leftovers
     assert not [e for e in os.listdir(os.path.join(inst.state_dir, "units")) if e.endswith(".tmp")]
+    # Real traffic: the first unit's counts went on through the crash; the last cgroup,
+    # bound after the restart, drops the denied address and passes the other.
+    assert first.send(ALLOWED, 10) == "ok 10"
+    c.wait(
+        lambda: (
+            c.props("gb@gb-000.service")["IPEgressDroppedPackets"] == 2
+            and c.props("gb@gb-000.service")["IPEgressPackets"] >= 1
+        ),
+        10,
+        "gb-000's counters",
+    )
+    last = inst.start_in_cgroup(ns, made[f"gb@gb-{n - 1:03d}.service"], port=7001)
+    assert last.send(DENIED, 10) == "err 1"
+    assert last.send(ALLOWED, 10) == "ok 10"
+    c.wait(
+        lambda: c.props(f"gb@gb-{n - 1:03d}.service")["IPEgressDroppedPackets"] == 1,
+        10,
+        "the last cgroup's counters",
+    )
     assert "Traceback" not in env.log()
