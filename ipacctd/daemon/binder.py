@@ -135,6 +135,8 @@ class Binder:
         self._bindings: dict[tuple, Binding] = {}
         self._ids: dict[str, int] = {}  # cgroup → its id, as the last pass's listing saw it
         self._now: list[Unit] | None = None  # the units, during one pass (_pass_units)
+        # unit → (its policy, its files' policy) found equal by the last pass
+        self._same: dict[str, tuple[Properties, Properties]] = {}
         # Parents of the cgroups of units no file binds (attached by hand, or their file
         # gone), as the last pass saw them: watch_dirs watches them (None: no pass yet).
         self._parents: set[str] | None = None
@@ -316,13 +318,21 @@ class Binder:
         # line is left out: bound (not exited) to the cgroup id the listing just saw at its
         # path, which its files still match with the policy it has.
         self._follows = deque()
+        same: dict[str, tuple[Properties, Properties]] = {}
         for name, unit in bound.items():
             b = want.get(name) if unit.source is not None else None
             if b is not None and unit.exited_at is None and unit.cgroup == b.cgroup \
-                    and unit.cgroup_id is not None and unit.cgroup_id == self._ids.get(b.cgroup) \
-                    and unit.properties == self._properties(b):
-                continue
+                    and unit.cgroup_id is not None and unit.cgroup_id == self._ids.get(b.cgroup):
+                props = self._properties(b)
+                # Compared once per pair of objects (a unit's policy is a new object when
+                # its record changes; the pair is held, so neither id is reused meanwhile).
+                seen = self._same.get(name)
+                if (seen is not None and seen[0] is unit.properties and seen[1] is props) \
+                        or unit.properties == props:
+                    same[name] = (unit.properties, props)
+                    continue
             self._follows.append(_Follow(unit, b))
+        self._same = same
         self.pending = deque(b for name, b in want.items() if name not in bound)
         # The listing counts against the slice (one follow or bind is done all the same).
         return self._bind_pending(None if budget is None else
