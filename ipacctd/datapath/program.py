@@ -515,12 +515,24 @@ def template_key(
     shape: Shape, table4: Table | None, table6: Table | None, denied_map: denied.Log | None
 ) -> tuple:
     """Everything besides the maps' fds that :func:`build` reads: equal keys, equal
-    bytecode up to the fds. The tables follow from the rules (their strategy and the maps
-    they hold are named too, so that two keys of different map layouts never meet); the
-    denied log counts by its slots (busy flag or legacy: :func:`denied.guarded`)."""
+    bytecode up to the fds. Of a table: its strategy, the maps it holds, and the shape of
+    its value that the lookup's code is written for — a multibit table's strides and last
+    chunk offset, a lenhash table's root bits, lengths, single entries and slots' size
+    (:func:`_multibit`, :func:`_lenhash`; not fixed by the rules: a table may be built with
+    other strides). The denied log counts by its slots (busy flag or legacy:
+    :func:`denied.guarded`)."""
 
     def table(t: Table | None) -> tuple | None:
-        return None if t is None else (t.strategy, t.map is not None, tuple(sorted(t.hashes)))
+        if t is None:
+            return None
+        mb, lh = t.multibit, t.lenhash
+        return (
+            t.strategy,
+            t.map is not None,
+            tuple(sorted(t.hashes)),
+            None if mb is None else (mb.strides, mb.max_chunk_offset),
+            None if lh is None else (lh.root_bits, lh.lengths, lh.n_singles, lh.slots_size),
+        )
 
     log = None
     if denied_map is not None:

@@ -337,3 +337,25 @@ def test_bytecode_cache_relocates_per_unit_and_keys_by_shape() -> None:
     got = program_mod.bytecode(audit, *maps[:3], maps[3])  # type: ignore[arg-type]
     assert got == asm.assemble(program_mod.build(audit, *maps[:3], maps[3]))  # type: ignore[arg-type]
     assert len(program_mod._TEMPLATES) == 3
+
+
+def test_bytecode_cache_keys_by_table_shape_not_only_rules() -> None:
+    """The same rules in tables of other shapes (multibit strides, lenhash root bits: the
+    decision-table tests build them so) are other templates: each program equals its fresh
+    build."""
+    v4, v6 = compile_rules((), (*_v4(lookup.MULTIBIT_MIN), *_v6(lookup.LENHASH_MIN)))
+    program_mod._TEMPLATES.clear()
+    fds = iter(range(6000, 7000))
+    for strides, root_bits in (((16, 8, 8), 12), ((20, 4, 4, 4), 16), ((16, 8, 8), 16)):
+        counters_map = StandIn(next(fds), "counters")
+        t4 = lookup.Table(
+            v4, lookup.MULTIBIT, StandIn(next(fds), "mb"), lookup.build_multibit(v4, strides)
+        )
+        lh = lookup.build_lenhash(v6, root_bits)
+        hashes = {w: StandIn(next(fds), f"k{w}") for w in sorted(lh.keys)}
+        t6 = lookup.Table(v6, lookup.LENHASH, StandIn(next(fds), "lh"), lenhash=lh, hashes=hashes)
+        shape = program_mod.Shape(Direction.INGRESS, True, False, v4, v6)
+        got = program_mod.bytecode(shape, counters_map, t4, t6)  # type: ignore[arg-type]
+        fresh = program_mod.build(shape, counters_map, t4, t6)  # type: ignore[arg-type]
+        assert got == asm.assemble(fresh), (strides, root_bits)
+    assert len(program_mod._TEMPLATES) == 3
