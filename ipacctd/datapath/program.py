@@ -584,10 +584,14 @@ def template(items: list[Insn | Label], maps: list[asm.HasFd]) -> Template:
 
 
 # Templates by key (template_key), most recently used last; a few shapes per installation
-# (one per policy of a unit file), bounded all the same.
+# (one per policy of a unit file), bounded all the same. A key holds its rules: only
+# policies of up to TEMPLATE_MAX_RULES compiled entries are kept (thousands of cgroups of
+# one glob file share a short list; a long list's table costs far more than assembling,
+# and its rules must not outlive the build — a memory-limited change reuses that memory).
 _TEMPLATES: dict[tuple, Template] = {}
 _TEMPLATES_LOCK = threading.Lock()
 TEMPLATES_MAX = 64
+TEMPLATE_MAX_RULES = 256
 
 
 def bytecode(
@@ -599,6 +603,8 @@ def bytecode(
 ) -> bytes:
     """``asm.assemble(build(...))``, from a template when a program of the same shape was
     built before (its fds relocated to these maps)."""
+    if len(shape.v4) + len(shape.v6) > TEMPLATE_MAX_RULES:
+        return asm.assemble(build(shape, counters_map, table4, table6, denied_map))
     key = template_key(shape, table4, table6, denied_map)
     maps = maps_of(counters_map, table4, table6, denied_map)
     with _TEMPLATES_LOCK:

@@ -339,11 +339,12 @@ def test_bytecode_cache_relocates_per_unit_and_keys_by_shape() -> None:
     assert len(program_mod._TEMPLATES) == 3
 
 
-def test_bytecode_cache_keys_by_table_shape_not_only_rules() -> None:
+def test_bytecode_cache_keys_by_table_shape_not_only_rules(monkeypatch) -> None:
     """The same rules in tables of other shapes (multibit strides, lenhash root bits: the
     decision-table tests build them so) are other templates: each program equals its fresh
-    build."""
+    build. (Lists this long are not cached by default: the limit is lifted here.)"""
     v4, v6 = compile_rules((), (*_v4(lookup.MULTIBIT_MIN), *_v6(lookup.LENHASH_MIN)))
+    monkeypatch.setattr(program_mod, "TEMPLATE_MAX_RULES", len(v4) + len(v6))
     program_mod._TEMPLATES.clear()
     fds = iter(range(6000, 7000))
     for strides, root_bits in (((16, 8, 8), 12), ((20, 4, 4, 4), 16), ((16, 8, 8), 16)):
@@ -359,3 +360,19 @@ def test_bytecode_cache_keys_by_table_shape_not_only_rules() -> None:
         fresh = program_mod.build(shape, counters_map, t4, t6)  # type: ignore[arg-type]
         assert got == asm.assemble(fresh), (strides, root_bits)
     assert len(program_mod._TEMPLATES) == 3
+
+
+def test_long_lists_are_assembled_not_cached() -> None:
+    """A policy longer than TEMPLATE_MAX_RULES is assembled afresh and leaves no template
+    (its rules would stay in memory with it)."""
+    policy = POLICIES["lpm"]
+    v4, v6 = compile_rules(policy.allow, policy.deny)
+    assert len(v4) + len(v6) <= program_mod.TEMPLATE_MAX_RULES  # lpm: cached
+    deny = (*_v4(program_mod.TEMPLATE_MAX_RULES + 1),)
+    v4, v6 = compile_rules((), deny)
+    program_mod._TEMPLATES.clear()
+    maps = _maps(Policy("long", deny=deny), v4, v6, 8000)
+    shape = program_mod.Shape(Direction.EGRESS, True, False, v4, v6)
+    got = program_mod.bytecode(shape, *maps[:3], maps[3])  # type: ignore[arg-type]
+    assert got == asm.assemble(program_mod.build(shape, *maps[:3], maps[3]))  # type: ignore[arg-type]
+    assert program_mod._TEMPLATES == {}
