@@ -142,6 +142,8 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
             time.sleep(0.05)
         pinger.stop.set()
         stopped, inflight = time.perf_counter(), pinger.inflight
+        if args.keep_log:
+            Path(args.keep_log).write_text(Path(log_path).read_text())
         pinger.join(timeout=60)
         if pinger.error is not None:
             raise pinger.error
@@ -196,6 +198,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out")
+    p.add_argument("--keep-log", help="copy the daemon's log here (the last N's)")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("run as root", file=sys.stderr)

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import glob
 import logging
 import os
+import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -89,6 +90,20 @@ def static_prefix(pattern: str) -> tuple[str, int]:
     return "/" + "/".join(fixed), len(parts) - len(fixed)
 
 
+@dataclass(frozen=True)
+class _Follow:
+    """A bound unit to bring in line with its cgroup and its files (:meth:`Binder._follow`):
+    ``binding`` is what the files ask for it now (None: nothing or not from a file)."""
+
+    unit: Unit
+    binding: Binding | None
+
+
+def _average(old: float, new: float) -> float:
+    """A moving average of a cost per unit (the last few slices weigh most)."""
+    return 0.7 * old + 0.3 * new
+
+
 class Binder:
     """Keeps units bound to the cgroups their files name."""
 
@@ -108,10 +123,27 @@ class Binder:
         # Matches not bound yet, oldest first: :meth:`reconcile` with a time budget leaves
         # the rest here for :meth:`bind_pending` (the daemon's loop serves between).
         self.pending: deque[Binding] = deque()
+        # Bound units a pass left to follow (before the pending matches are bound), and the
+        # unit files' paths as that pass saw them.
+        self._follows: deque[_Follow] = deque()
+        self._sources: set[str] = set()
         # The daemon binds on its loop and reloads in a worker thread (a D-Bus Reload):
         # one at a time.
         self._lock = threading.RLock()
         self._merged: dict[tuple[str, ...], Properties] = {}  # files' paths → merged policy
+        # (cgroup, (file, pattern) of every match) → its Binding, from the last pass
+        self._bindings: dict[tuple, Binding] = {}
+        self._ids: dict[str, int] = {}  # cgroup → its id, as the last pass's listing saw it
+        self._now: list[Unit] | None = None  # the units, during one pass (_pass_units)
+        # unit → (its policy, its files' policy) found equal by the last pass
+        self._same: dict[str, tuple[Properties, Properties]] = {}
+        # Parents of the cgroups of units no file binds (attached by hand, or their file
+        # gone), as the last pass saw them: watch_dirs watches them (None: no pass yet).
+        self._parents: set[str] | None = None
+        # Moving averages of what one attach and one ``on_bound`` cost (seconds): a slice's
+        # budget is shared between them (see _bind_pending).
+        self._attach_cost = 0.002
+        self._bound_cost = 0.001
 
     def load(self) -> list[InvalidInput]:
         """(Re)read the unit directory; bad files are reported and skipped."""
@@ -123,7 +155,9 @@ class Binder:
         self.files = [f for f in files if f.cgroups]
         self.errors = errors
         self.pending.clear()  # made from the files before: the next reconcile lists anew
+        self._follows.clear()
         self._merged.clear()
+        self._bindings.clear()
         for err in errors:
             log.error("skipping unit file: %s", err)
         return errors
@@ -131,7 +165,8 @@ class Binder:
     def bindings(self) -> dict[str, Binding]:
         """Every (unit name → cgroup) the files ask for, among cgroups that exist now."""
         mount = cgroup.mount_point()
-        self._known, self._found = None, {}
+        self._known, self._found, self._ids = None, {}, {}
+        self._now = None  # the units as this pass sees them: read once, when first needed
         # cgroup → [(file, the pattern of it that matches)]
         matches: dict[str, list[tuple[UnitFile, str]]] = {}
         for f in self.files:
@@ -142,21 +177,35 @@ class Binder:
                         rel = cgroup.validate_path(pattern)
                         matches.setdefault(rel, []).append((f, pattern))
                     continue
-                for fs in sorted(glob.glob(os.path.join(mount, pattern.lstrip("/")))):
-                    if not cgroup.exists(fs):
-                        continue
-                    rel = cgroup.relative(fs, mount)
-                    if not fnmatch.fnmatchcase(rel, pattern):
-                        continue
+                for rel in glob_cgroups(mount, pattern, self._ids):
                     matches.setdefault(rel, []).append((f, pattern))
         out: dict[str, Binding] = {}
+        cache: dict[tuple, Binding] = {}
         for rel in sorted(matches):
-            files, (last, pattern) = merge_order(matches[rel])  # the OCI hook's order too
-            name = self._name(last, pattern, rel)
-            if len(files) > 1:
-                log.debug("cgroup %s: merging %s", rel, ", ".join(f.path for f in files))
-            out.setdefault(name, Binding(name, rel, files, self._found.get(rel)))
+            # A cgroup that is no container's, matched by the same files as in the last
+            # pass, binds as it did then (thousands of a glob's matches are named once).
+            key = (rel, *((id(f), pattern) for f, pattern in matches[rel]))
+            b = self._bindings.get(key)
+            if b is None:
+                files, (last, pattern) = merge_order(matches[rel])  # the OCI hook's order too
+                name = self._name(last, pattern, rel)
+                if len(files) > 1:
+                    log.debug("cgroup %s: merging %s", rel, ", ".join(f.path for f in files))
+                b = Binding(name, rel, files, self._found.get(rel))
+                if b.container is None and not self._is_container(last, pattern, rel):
+                    cache[key] = b
+            else:
+                cache[key] = b
+            out.setdefault(b.name, b)
+        self._bindings = cache  # the matches of this pass only: bounded by them
         return out
+
+    @staticmethod
+    def _is_container(f: UnitFile, pattern: str, rel: str) -> bool:
+        """Whether ``rel`` may be named after a container (then its name depends on the
+        units bound now: see :meth:`_name`)."""
+        return (is_glob(pattern) or len(f.cgroups) > 1) and containers.from_cgroup(rel) \
+            is not None
 
     def _stopped_service(self, pattern: str) -> bool:
         """An exact path naming a systemd service that is loaded but not running: bound at
@@ -166,7 +215,7 @@ class Binder:
             rel = cgroup.validate_path(pattern)
         except InvalidInput:
             return False
-        for unit in self._attached_units():
+        for unit in self._pass_units():
             if unit.cgroup == rel and unit.systemd_service is not None:
                 return True
         return self.manager.stopped_systemd_service(rel)
@@ -181,7 +230,7 @@ class Binder:
             return f.unit_name_for(pattern, rel)
         if self._known is None:
             self._known = {}
-            for unit in self._attached_units():
+            for unit in self._pass_units():
                 if unit.container is not None:
                     self._known[unit.container.id] = unit.name
         if info.id in self._known:
@@ -209,9 +258,19 @@ class Binder:
                             dirs.add(dirpath)
                 else:
                     dirs.add(_existing(os.path.dirname(cgroup.fs_path(pattern, mount)), mount))
-        for unit in self._attached_units():
-            dirs.add(_existing(os.path.dirname(cgroup.fs_path(unit.cgroup, mount)), mount))
+        parents = self._parents
+        if parents is None:  # before the first pass
+            parents = _parents(self._attached_units(), {f.path for f in self.files})
+        for rel in parents:
+            dirs.add(_existing(cgroup.fs_path(rel, mount), mount))
         return sorted(dirs)
+
+    def _pass_units(self) -> list[Unit]:
+        """:meth:`_attached_units`, read once per pass (the daemon's view brings itself up
+        to date with a stat per unit)."""
+        if self._now is None:
+            self._now = self._attached_units()
+        return self._now
 
     def _attached_units(self) -> list[Unit]:
         """Units bound to cgroups ipacctd did not create (by unit files or by hand)."""
@@ -247,43 +306,92 @@ class Binder:
             return self._reconcile(budget)
 
     def _reconcile(self, budget: float | None) -> list[str]:
+        start = time.monotonic()
         want = self.bindings()
-        sources = {f.path for f in self.files}
-        done: list[str] = []
-        bound = {u.name: u for u in self._attached_units()}
+        self._sources = {f.path for f in self.files}
+        units = self._pass_units()
+        self._now = None
+        self._parents = _parents(units, self._sources)
+        bound = {u.name: u for u in units}
+        # The units bound already are followed first, then the new matches bound: both in
+        # slices (each unit's follow reads its cgroup anew when its turn comes). A unit in
+        # line is left out: bound (not exited) to the cgroup id the listing just saw at its
+        # path, which its files still match with the policy it has.
+        self._follows = deque()
+        same: dict[str, tuple[Properties, Properties]] = {}
         for name, unit in bound.items():
             b = want.get(name) if unit.source is not None else None
-            try:
-                line = self._follow(unit, b, sources)
-                if line:
-                    done.append(line)
-            except Error as exc:
-                log.error("unit %s: %s", name, exc)
+            if b is not None and unit.exited_at is None and unit.cgroup == b.cgroup \
+                    and unit.cgroup_id is not None and unit.cgroup_id == self._ids.get(b.cgroup):
+                props = self._properties(b)
+                # Compared once per pair of objects (a unit's policy is a new object when
+                # its record changes; the pair is held, so neither id is reused meanwhile).
+                seen = self._same.get(name)
+                if (seen is not None and seen[0] is unit.properties and seen[1] is props) \
+                        or unit.properties == props:
+                    same[name] = (unit.properties, props)
+                    continue
+            self._follows.append(_Follow(unit, b))
+        self._same = same
         self.pending = deque(b for name, b in want.items() if name not in bound)
-        for line in done:
-            log.info("%s", line)
-        return done + self.bind_pending(budget)
+        # The listing counts against the slice (one follow or bind is done all the same).
+        return self._bind_pending(None if budget is None else
+                                  max(budget - (time.monotonic() - start), 0.0))
+
+    @property
+    def busy(self) -> bool:
+        """Whether a pass is under way: units to follow or matches to bind are left for
+        :meth:`bind_pending`."""
+        return bool(self._follows or self.pending)
 
     def bind_pending(self, budget: float | None = None) -> list[str]:
-        """Bind pending matches, under one hold of the engine's lock, for about ``budget``
-        seconds (at least one; None: all); returns log lines. A cgroup gone meanwhile is
-        logged and dropped: the next reconcile sees what exists then."""
+        """Follow the bound units the last pass left, then bind pending matches (under one
+        hold of the engine's lock), for about ``budget`` seconds: at least one follow, or
+        when none is left at least one bind (None: all); returns log lines. A cgroup gone
+        meanwhile is logged and dropped: the next reconcile sees what exists then."""
         with self._lock:
             return self._bind_pending(budget)
 
     def _bind_pending(self, budget: float | None) -> list[str]:
+        start = time.monotonic()
+        until = None if budget is None else start + budget
+        done: list[str] = []
+        first = True
+        while self._follows and (first or until is None or time.monotonic() < until):
+            first = False
+            f = self._follows.popleft()
+            try:
+                line = self._follow(f.unit, f.binding, self._sources)
+                if line:
+                    done.append(line)
+            except Error as exc:
+                log.error("unit %s: %s", f.unit.name, exc)
+        if self._follows or not self.pending:
+            for line in done:
+                log.info("%s", line)
+            return done
+        left = None if until is None else max(until - time.monotonic(), 0.0)
+        if left is not None:
+            # ``on_bound`` runs after the attaches, in the same slice: share the time by
+            # what each has cost so far, so that the slice as a whole keeps to its budget.
+            left *= self._attach_cost / (self._attach_cost + self._bound_cost)
         batch = list(self.pending)
+        t = time.monotonic()
         try:
             results = self.manager.attach_many(  # requests made as taken: a slice's worth
                 (dict(cgroup_path=b.cgroup, name=b.name, base=self._properties(b),
                       source=b.file.path, container=b.container) for b in batch),
-                budget=budget)
+                budget=left)
         except BaseException:
             # Not an attach refused (those are results) but the engine failing: drop the
             # list, so that the next reconcile lists anew rather than waiting on this one.
             self.pending.clear()
             raise
-        done: list[str] = []
+        if results:
+            self._attach_cost = _average(self._attach_cost,
+                                         (time.monotonic() - t) / len(results))
+        t = time.monotonic()
+        told = 0
         for b, result in zip(batch, results, strict=False):
             self.pending.popleft()
             try:
@@ -293,6 +401,9 @@ class Binder:
                 continue
             if self._on_bound is not None:
                 self._on_bound(b.name)
+                told += 1
+        if told:
+            self._bound_cost = _average(self._bound_cost, (time.monotonic() - t) / told)
         for line in done:
             log.info("%s", line)
         return done
@@ -336,6 +447,57 @@ class Binder:
             raise result
         merged = f" (merged: {', '.join(f.path for f in b.files)})" if len(b.files) > 1 else ""
         return f"bound {b.name} to {b.cgroup}{merged}"
+
+
+def glob_cgroups(mount: str, pattern: str, ids: dict[str, int] | None = None) -> list[str]:
+    """The cgroups (relative to ``mount``) matching a glob ``pattern``, sorted.
+
+    As ``glob.glob`` matches, component by component, and as cheaply as a directory
+    listing: one ``scandir`` per directory a glob component spans, its directories alone
+    (on cgroup2 every directory is a cgroup and nothing is a symlink), no stat and no
+    realpath per match — a glob matching ten thousand cgroups is listed on every pass.
+    Names starting with a dot match only a component that starts with one, as in glob.
+    Literal components after the last glob are checked to be cgroups at the end.
+
+    ``ids``: filled with the cgroup id of each match the listing saw (a directory entry's
+    inode is the cgroup's id on cgroup2, the same number stat gives)."""
+    base = mount.rstrip("/")
+    rels = [""]
+    seen: dict[str, int] = {}  # the ids the last glob component's listing saw
+    checked = True
+    for part in (p for p in pattern.split("/") if p):
+        if not is_glob(part):
+            rels = [f"{rel}/{part}" for rel in rels]
+            checked = False
+            continue
+        match = re.compile(fnmatch.translate(part)).match
+        hidden = part.startswith(".")
+        found: list[str] = []
+        seen = {}
+        for rel in rels:
+            try:
+                with os.scandir(base + rel or "/") as it:
+                    for e in it:
+                        if (hidden or e.name[0] != ".") and match(e.name) \
+                                and e.is_dir(follow_symlinks=False):
+                            found.append(f"{rel}/{e.name}")
+                            seen[found[-1]] = e.inode()
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                continue
+        rels, checked = found, True
+    if not checked:  # a literal tail: its cgroups were not listed
+        return sorted(rel for rel in rels if cgroup.exists(base + rel))
+    if ids is not None:
+        ids.update(seen)
+    return sorted(rels)
+
+
+def _parents(units: Iterable[Unit], sources: set[str]) -> set[str]:
+    """The parent cgroups of the units no unit file in ``sources`` binds: where their
+    cgroups are made again (a glob's or an exact path's directory is watched for its
+    file). A set of paths, each looked up once: ten thousand units share a few parents."""
+    return {os.path.dirname(u.cgroup) or "/" for u in units
+            if u.source is None or u.source not in sources}
 
 
 def _existing(path: str, mount: str) -> str:

@@ -250,9 +250,14 @@ class Daemon:
         self._pending = None
         # While slices of bindings are pending the binder's list stands: the last slice
         # asks for a full pass then (it sees whatever was made meanwhile).
-        if self._rebind and not self.binder.pending:
+        if self._rebind and not self.binder.busy:
             self._rebind = False
             self._bind_and_watch()
+        if self.binder.busy:
+            # A binding under way writes a record per unit, each an event here: the passes
+            # over every unit wait for its last slice (which settles), or they would run
+            # once per slice, each as long as a slice at ten thousand units.
+            return
         self.registry.sync()
         self.check_enforcement(self.registry.enforcement_due())
 
@@ -278,8 +283,14 @@ class Daemon:
     def _bind_later(self) -> None:
         """Bind the binder's pending matches slice by slice, the loop serving between (also
         when called from a D-Bus Reload's worker thread)."""
-        if self.binder.pending and self._binding is None and self._loop is not None:
-            self._binding = self._loop.call_soon_threadsafe(self._bind_slice)
+        if self.binder.busy and self._binding is None and self._loop is not None:
+            self._binding = self._loop.call_soon_threadsafe(self._bind_after_io)
+
+    def _bind_after_io(self) -> None:
+        # A timer due now runs after the I/O the loop's next poll finds, where a handle
+        # queued now would run before it: a D-Bus call waits for one slice, not two.
+        assert self._loop is not None
+        self._binding = self._loop.call_later(0, self._bind_slice)
 
     def _bind_slice(self) -> None:
         self._binding = None
@@ -287,13 +298,12 @@ class Daemon:
             self.binder.bind_pending(BIND_SLICE)
         except Error as exc:
             log.error("binding unit files: %s", exc)
-        if self.binder.pending:
+        if self.binder.busy:
             self._bind_later()
             return
-        self.registry.sync()
-        if self._rebind and self._pending is None:  # events came meanwhile: a full pass
+        if self._pending is None:  # the settle the slices held back (a full pass if needed)
             assert self._loop is not None
-            self._pending = self._loop.call_soon(self._settle)
+            self._pending = self._loop.call_later(0, self._settle)
 
     def reload(self) -> None:
         """Re-read the unit files, re-bind, and repair every unit whose policy is not in

@@ -31,6 +31,7 @@ In a cgroup_skb program offset 0 of ``bpf_skb_load_bytes`` is the IP header.
 
 from __future__ import annotations
 
+import _thread  # not threading: the run path imports neither (see ipacctd.record)
 import struct
 import sys
 
@@ -498,3 +499,158 @@ def _tighten(p: list[Insn | Label]) -> list[Insn | Label]:
         out.append(item)
     used = {i.target for i in out if isinstance(i, Insn) and i.target}
     return [i for i in out if not isinstance(i, Label) or i.name in used]
+
+
+# ---- assembled once, relocated per unit ----------------------------------------------------
+#
+# The instructions of a program depend on its shape (direction, accounting, audit, the
+# compiled rules, whether denied addresses are logged and with which slots) and on the
+# maps it loads only through their file descriptors, which sit in the low 32 bits of the
+# first half of each LD_IMM64 map load (asm.resolve puts them there, and nothing else
+# depends on them). So the bytecode built for one unit is the bytecode of every unit of
+# the same shape once those 32-bit holes hold the other unit's fds: a glob unit file that
+# binds thousands of cgroups assembles its two programs once, not once per cgroup.
+# tests/unit/test_program_golden.py checks, for every golden shape, that the relocated
+# bytecode equals the bytecode built afresh for the other maps.
+
+
+def maps_of(
+    counters_map: asm.HasFd,
+    table4: Table | None,
+    table6: Table | None,
+    denied_map: denied.Log | None,
+) -> list[asm.HasFd]:
+    """Every map a program built from these arguments may load, in a fixed order: the
+    relocation's numbering of the holes (the same arguments of another unit give its maps
+    in the same order)."""
+    out: list[asm.HasFd] = [counters_map]
+    for table in (table4, table6):
+        if table is not None:
+            if table.map is not None:
+                out.append(table.map)
+            out += [table.hashes[w] for w in sorted(table.hashes)]
+    if denied_map is not None:
+        out.append(denied_map.table)
+        if denied_map.slots is not None:
+            out.append(denied_map.slots)
+    return out
+
+
+def template_key(
+    shape: Shape, table4: Table | None, table6: Table | None, denied_map: denied.Log | None
+) -> tuple:
+    """Everything besides the maps' fds that :func:`build` reads: equal keys, equal
+    bytecode up to the fds. Of a table: its strategy, the maps it holds, and the shape of
+    its value that the lookup's code is written for — a multibit table's strides and last
+    chunk offset, a lenhash table's root bits, lengths, single entries and slots' size
+    (:func:`_multibit`, :func:`_lenhash`; not fixed by the rules: a table may be built with
+    other strides). The denied log counts by its slots (busy flag or legacy:
+    :func:`denied.guarded`)."""
+
+    def table(t: Table | None) -> tuple | None:
+        if t is None:
+            return None
+        mb, lh = t.multibit, t.lenhash
+        return (
+            t.strategy,
+            t.map is not None,
+            tuple(sorted(t.hashes)),
+            None if mb is None else (mb.strides, mb.max_chunk_offset),
+            None if lh is None else (lh.root_bits, lh.lengths, lh.n_singles, lh.slots_size),
+        )
+
+    log = None
+    if denied_map is not None:
+        from ipacctd.datapath import denied  # a unit with a deny list has it loaded already
+
+        slots = denied_map.slots
+        log = (denied.guarded(denied_map), None if slots is None else slots.value_size)
+    return (
+        shape.direction,
+        shape.accounting,
+        shape.audit,
+        shape.log_denied,
+        shape.v4.items,
+        shape.v6.items,
+        table(table4),
+        table(table6),
+        log,
+    )
+
+
+class Template(Record):
+    """A program's bytecode with its map fds as holes: ``holes`` are (byte offset of an
+    LD_IMM64's low immediate, index of the map in :func:`maps_of`)."""
+
+    _fields = ("code", "holes")
+    __slots__ = _fields
+    code: bytes
+    holes: tuple[tuple[int, int], ...]
+
+    def __init__(self, code: bytes, holes: tuple[tuple[int, int], ...]) -> None:
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "holes", holes)
+
+    def emit(self, maps: list[asm.HasFd]) -> bytes:
+        """The bytecode for ``maps`` (:func:`maps_of` of the unit's own maps)."""
+        code = bytearray(self.code)
+        for offset, index in self.holes:
+            struct.pack_into("<I", code, offset, maps[index].fd & 0xFFFFFFFF)
+        return bytes(code)
+
+
+def template(items: list[Insn | Label], maps: list[asm.HasFd]) -> Template:
+    """The :class:`Template` of instructions built with ``maps``; ValueError when one of
+    them loads a map not among ``maps`` (then it cannot be relocated)."""
+    index = {id(m): i for i, m in enumerate(maps)}
+    resolved = asm.resolve(items)
+    holes: list[tuple[int, int]] = []
+    slot = 0
+    for ins, src in zip(resolved, (i for i in items if isinstance(i, Insn)), strict=True):
+        if src.map_ref is not None:
+            if id(src.map_ref) not in index:
+                raise ValueError("a map load of a map the relocation does not know")
+            holes.append((slot * 8 + 4, index[id(src.map_ref)]))
+        slot += ins.slots
+    return Template(b"".join(i.encode() for i in resolved), tuple(holes))
+
+
+# Templates by key (template_key), most recently used last; a few shapes per installation
+# (one per policy of a unit file), bounded all the same. A key holds its rules: only
+# policies of up to TEMPLATE_MAX_RULES compiled entries are kept (thousands of cgroups of
+# one glob file share a short list; a long list's table costs far more than assembling,
+# and its rules must not outlive the build — a memory-limited change reuses that memory).
+_TEMPLATES: dict[tuple, Template] = {}
+_TEMPLATES_LOCK = _thread.allocate_lock()
+TEMPLATES_MAX = 64
+TEMPLATE_MAX_RULES = 256
+
+
+def bytecode(
+    shape: Shape,
+    counters_map: PerCPUArrayMap,
+    table4: Table | None,
+    table6: Table | None,
+    denied_map: denied.Log | None = None,
+) -> bytes:
+    """``asm.assemble(build(...))``, from a template when a program of the same shape was
+    built before (its fds relocated to these maps)."""
+    if len(shape.v4) + len(shape.v6) > TEMPLATE_MAX_RULES:
+        return asm.assemble(build(shape, counters_map, table4, table6, denied_map))
+    key = template_key(shape, table4, table6, denied_map)
+    maps = maps_of(counters_map, table4, table6, denied_map)
+    with _TEMPLATES_LOCK:
+        found = _TEMPLATES.pop(key, None)
+        if found is not None:
+            _TEMPLATES[key] = found  # most recent last
+    if found is None:
+        items = build(shape, counters_map, table4, table6, denied_map)
+        try:
+            found = template(items, maps)
+        except ValueError:
+            return asm.assemble(items)
+        with _TEMPLATES_LOCK:
+            _TEMPLATES[key] = found
+            while len(_TEMPLATES) > TEMPLATES_MAX:
+                del _TEMPLATES[next(iter(_TEMPLATES))]
+    return found.emit(maps)

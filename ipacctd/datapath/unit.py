@@ -184,9 +184,10 @@ def build_programs(
             shape = program_mod.Shape(
                 direction, spec.accounting, spec.audit, v4, v6, log_denied=denied_map is not None
             )
-            insns = program_mod.build(shape, counters_map, table4, table6, denied_map)
+            # Assembled once per shape, relocated to this unit's maps (program.bytecode).
+            code = program_mod.bytecode(shape, counters_map, table4, table6, denied_map)
             loaded.append(
-                Program.load(insns, attach_type=ATTACH[direction], name=PROG_NAME[direction])
+                Program.load(code, attach_type=ATTACH[direction], name=PROG_NAME[direction])
             )
     except BaseException:
         for obj in (*loaded, *tables):

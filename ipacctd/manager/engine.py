@@ -59,6 +59,7 @@ from ipacctd.record import replace
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
+    from ipacctd.manager.dirwatch import DirChanges
     from ipacctd.manager.stats import ProgramStats
     from ipacctd.policy.unitfile import UnitFile
 
@@ -74,6 +75,8 @@ CLEAN_EXIT = frozenset({None, 0, -signal.SIGHUP, -signal.SIGINT, -signal.SIGTERM
 #: Active states in which a unit's name is in use: its processes run, or the ``ipacctd run``
 #: that owns it is starting its command or recording its exit. Such a unit is never removed.
 BUSY_STATES = frozenset({"active", "activating", "deactivating"})
+#: attach_many sweeps the remains of crashed creators at most this often (seconds).
+SWEEP_EVERY = 1.0
 
 
 class Unenforceable(NotSupported):
@@ -143,6 +146,11 @@ class Manager:
         self._mount: str | None = None
         # unit → (its metadata file's inode, size, mtime; its cgroup): _cgroup_owners
         self._owner_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
+        self._owner_watch: DirChanges | None = None  # what changed since: _cgroup_owners
+        self._owners: dict[str, str] = {}  # cgroup → unit, as _owner_cache has it
+        self._swept = -SWEEP_EVERY  # when attach_many last swept stale pins (monotonic)
+        # (datapath_problem(), cgroup2 mount) during attach_many: see _host_facts_once
+        self._facts: tuple[str | None, str] | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -480,8 +488,15 @@ class Manager:
         whole stays linear in the units — having done at least one; the requests left
         (past the end of the answer) are not taken from ``requests``."""
         out: list[Unit | Error] = []
-        with self.store.locked():
-            self._sweep_stale_pins()
+        # The records are made durable together, once per call (Store.batch), before any
+        # unit is returned as bound; the host facts every unit asks about (can BPF be
+        # used here, where cgroup2 is mounted) are looked up once per call too.
+        with self.store.locked(), self.store.batch(), self._host_facts_once():
+            if time.monotonic() >= self._swept + SWEEP_EVERY:
+                # Remains of a crashed creator are left for a moment (ours are removed by
+                # their own creation): a sweep lists every unit's pins, each slice would.
+                self._sweep_stale_pins()
+                self._swept = time.monotonic()
             start = time.monotonic()
             owners = self._cgroup_owners()  # complete while we hold the lock
             now = time.monotonic()
@@ -500,10 +515,56 @@ class Manager:
                     break
         return out
 
+    @contextlib.contextmanager
+    def _host_facts_once(self) -> Iterator[None]:
+        """:func:`datapath_problem`, looked up at the start of a batch of attaches and reused
+        by each (each lookup reads /proc/self/mountinfo; the cgroup2 mount is
+        :meth:`_cgroup_mount`'s, looked up once)."""
+        self._facts = (datapath_problem(), self._cgroup_mount())
+        try:
+            yield
+        finally:
+            self._facts = None
+
+    def _datapath_problem(self) -> str | None:
+        facts = self._facts
+        return datapath_problem() if facts is None else facts[0]
+
     def _cgroup_owners(self) -> dict[str, str]:
         """cgroup → unit of every unit with metadata (lock held, so complete until it is
         released). A metadata file is parsed again only when it changed (inode, size and
-        mtime, as a rename into place changes them): a unit's cgroup is fixed for its life."""
+        mtime, as a rename into place changes them): a unit's cgroup is fixed for its life.
+
+        Between calls the directory's inotify queue (:class:`DirChanges`) names the files
+        that changed, so a call costs what changed, not a stat per unit (it runs once per
+        slice of a glob's binding); the first call, or one after lost events, lists all."""
+        changes = self._owner_watch
+        changed = changes.take() if changes is not None else None
+        if changed is None:
+            from ipacctd.manager.dirwatch import DirChanges  # attaching only
+
+            with contextlib.suppress(OSError):  # no inotify: a listing every time
+                self._owner_watch = DirChanges(self.config.units_dir)  # before the listing
+            return self._list_cgroup_owners()
+        cache, owners = self._owner_cache, self._owners
+        for entry in changed:
+            if not entry.endswith(SUFFIX) or entry.startswith("."):
+                continue
+            name = entry[: -len(SUFFIX)]
+            old = cache.get(name)
+            hit = self._owner_entry(name, None, old)
+            if old is not None and owners.get(old[1]) == name and (hit is None or
+                                                                   hit[1] != old[1]):
+                del owners[old[1]]
+            if hit is None:
+                cache.pop(name, None)
+            else:
+                cache[name] = hit
+                owners.setdefault(hit[1], name)
+        return owners
+
+    def _list_cgroup_owners(self) -> dict[str, str]:
+        """:meth:`_cgroup_owners` by a listing of every metadata file."""
         cache = self._owner_cache
         fresh: dict[str, tuple[tuple[int, int, int], str]] = {}
         owners: dict[str, str] = {}
@@ -515,23 +576,37 @@ class Manager:
             if not entry.name.endswith(SUFFIX) or entry.name.startswith("."):
                 continue
             name = entry.name[: -len(SUFFIX)]
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
+            hit = self._owner_entry(name, entry, cache.get(name))
+            if hit is None:
                 continue
-            key = (st.st_ino, st.st_size, st.st_mtime_ns)
-            hit = cache.get(name)
-            if hit is None or hit[0] != key:
-                try:
-                    hit = (key, self.unit(name).cgroup)
-                except (NotFound, Corrupt):
-                    # gone, or broken (its views say so; reset removes it): it holds no
-                    # cgroup we can know of, and one bad file must not stop every binding
-                    continue
             fresh[name] = hit
             owners.setdefault(hit[1], name)
-        self._owner_cache = fresh
+        self._owner_cache, self._owners = fresh, owners
         return owners
+
+    def _owner_entry(self, name: str, entry: os.DirEntry | None,
+                     hit: tuple[tuple[int, int, int], str] | None
+                     ) -> tuple[tuple[int, int, int], str] | None:
+        """(file key, cgroup) of one unit's metadata file, parsed again only when its key
+        changed; None when it is gone or broken."""
+        try:
+            st = entry.stat(follow_symlinks=False) if entry is not None else \
+                os.lstat(self.store.meta_path(name))
+        except (FileNotFoundError, ValueError):  # ValueError: not a unit name of ours
+            return None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if hit is not None and hit[0] == key:
+            return hit
+        try:  # as unit() reads it, without parsing the rest of the unit
+            data = self.store.read(name)
+            rel = data.get("cgroup")
+            if data.get("name") == canonical(name) and isinstance(rel, str):
+                return (key, rel)
+        except (NotFound, Corrupt, InvalidInput):
+            pass
+        # gone, or broken (its views say so; reset removes it): it holds no cgroup we can
+        # know of, and one bad file must not stop every binding
+        return None
 
     def _attach(self, cgroup_path: str, assignments: Sequence[tuple[str, str]] = (), *,
                 name: str | None = None, allow_unenforced: bool = False,
@@ -542,7 +617,7 @@ class Manager:
         """:meth:`attach` with the lock held; ``owners``: :meth:`_cgroup_owners`, kept
         current by the caller (None: listed now)."""
         rel = cgroup.validate_path(cgroup_path)
-        fs = cgroup.fs_path(rel)
+        fs = cgroup.fs_path(rel, self._cgroup_mount())
         if not cgroup.exists(fs) and not self.stopped_systemd_service(rel):
             raise NotFound(f"cgroup {rel} does not exist (looked at {fs})")
         name = validate_unit_name(name or os.path.basename(rel) or "root")
@@ -581,7 +656,7 @@ class Manager:
         """The systemd service whose cgroup ``rel`` is, when systemd is to attach the unit's
         programs at its every start (see :mod:`ipacctd.manager.systemd`); refuses a service
         another unit armed already."""
-        if datapath_problem() is not None:
+        if self._datapath_problem() is not None:
             return None  # nothing to pin: the unit is refused or runs unenforced
         service = systemd.service_for(rel)
         if service is not None:
@@ -645,7 +720,7 @@ class Manager:
 
     def _build(self, unit: Unit, allow_unenforced: bool, make_cgroup: bool) -> Unit:
         fs = cgroup.fs_path(unit.cgroup, self._cgroup_mount())
-        problem = datapath_problem()
+        problem = self._datapath_problem()
         if problem is not None:
             unit = self._unenforced(unit, problem, allow_unenforced)
         unit = replace(unit, generation=1, rollback=None, removing=False)
@@ -662,6 +737,8 @@ class Manager:
             # pins on bpffs — ends with the host, so a record that outlived a power cut
             # would describe nothing; the rename keeps it all-or-nothing for readers, and
             # the order (record, then pins) holds against a crash of this process as is.
+            # Inside attach_many the fsync is the batch's one syncfs, before any unit of it
+            # is returned (Store.batch): a power cut before then takes the pins with it.
             self.store.write(unit.name, unit.to_json(), durable=not unit.transient)
         except BaseException:  # e.g. a full state directory: nothing may stay behind
             self._undo_create(unit, make_cgroup)

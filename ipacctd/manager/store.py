@@ -1,9 +1,10 @@
 """Unit metadata on disk and the lock that serialises mutations.
 
 Each unit has a small JSON file beside its pins (``<state>/units/<name>.json``), written
-atomically (temporary file, fsync, rename) and readable by root only. Readers need no
-lock; writers hold an exclusive ``flock`` on ``<state>/lock`` so that concurrent CLIs
-and the daemon cannot interleave.
+atomically (temporary file, fsync, rename) and readable by root only; inside
+:meth:`Store.batch` (a glob's slice of attaches) the fsyncs become one syncfs at its end.
+Readers need no lock; writers hold an exclusive ``flock`` on ``<state>/lock`` so that
+concurrent CLIs and the daemon cannot interleave.
 
 **Address lists of more than** :data:`INLINE_LIST_BYTES` live in files of their own,
 ``<state>/lists/<name>/<sha256>`` (the canonical text, named by its SHA-256), and the
@@ -23,6 +24,7 @@ reader holding the previous metadata (the daemon's view, a CLI mid-read) can sti
 
 from __future__ import annotations
 
+import _thread  # not threading: the run path imports neither (see ipacctd.record)
 import contextlib
 import fcntl
 import functools
@@ -64,6 +66,14 @@ MAX_LIST_BYTES = 256 << 20
 
 #: Largest metadata file read (a unit with 10k prefixes in two lists is ~0.5 MB).
 MAX_META_BYTES = 16 << 20
+
+
+def _syncfs(fd: int) -> None:
+    """syncfs(2) of the filesystem holding ``fd`` (Python's os module has none)."""
+    from ipacctd.libc import last_error, libc  # only writers in batches need it
+
+    if libc.syncfs(fd) != 0:
+        raise last_error("syncfs")
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -212,6 +222,9 @@ class Store:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Inside :meth:`batch`, the thread in it: its durable writes wait for the end (one
+        # syncfs for them all), and whether there were any. Other threads write as always.
+        self._batch: tuple[int, list[bool]] | None = None
 
     def ensure_dirs(self) -> None:
         """Create the state directories (root-only)."""
@@ -418,6 +431,8 @@ class Store:
         data, named = self._keep_lists(unit, data)
         before = self._named_on_disk(unit) - named if has_lists else set()
         text = json.dumps(data, indent=1, sort_keys=True)
+        held = self._batch
+        batch = held[1] if held is not None and held[0] == _thread.get_ident() else None
         # A stale temporary file (a crashed writer with our pid) goes first; then the file
         # is created exclusively and never through a symlink planted at its predictable name.
         with contextlib.suppress(FileNotFoundError):
@@ -428,15 +443,48 @@ class Store:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
                 f.flush()
-                if durable:
+                if durable and batch is None:
                     os.fsync(f.fileno())
             os.rename(tmp, path)
+            if durable and batch is not None:
+                batch[0] = True
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         if has_lists or named:
             self._prune_lists(unit, named, before)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Durable writes inside the block are made durable together when it ends: one
+        ``syncfs`` of the state filesystem (their data and the renames into place) instead
+        of an fsync per file — binding thousands of cgroups of one glob writes a record for
+        each. Until the block ends a record is what a crash of this process leaves (the
+        rename made it visible: a new process reads it), and what a host crash may lose —
+        together with everything it describes in the kernel (pins, links, cgroups made by
+        others live in memory only). So the caller ends the block before it reports any of
+        those writes as done. Also ends on an exception: what was written is synced."""
+        if self._batch is not None and self._batch[0] == _thread.get_ident():
+            yield  # nested: the outer block syncs
+            return
+        batch: list[bool] = [False]
+        self._batch = (_thread.get_ident(), batch)
+        try:
+            yield
+        finally:
+            self._batch = None
+            if batch[0]:
+                self.sync()
+
+    def sync(self) -> None:
+        """Make every write to the state filesystem durable (``syncfs`` of the filesystem
+        of the units directory: the files' data and their directory entries)."""
+        fd = os.open(self.config.units_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
 
     def delete(self, unit: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -273,3 +273,106 @@ def test_shapes_cover_every_lookup_strategy_and_part() -> None:
     assert "map[denied slots]" in text["denied-log"]
     assert "counted_audit" in text["audit"] and "counted_dropped" not in text["audit"]
     assert "map[counters]" not in text["deny-v4-no-accounting"].split("\ndrop:")[0]
+
+
+def _maps(policy: Policy, v4: FamilyRules, v6: FamilyRules, first_fd: int):
+    """Stand-in maps of one unit of ``policy``: counters, log, tables, fds from ``first_fd``."""
+    fds = iter(range(first_fd, first_fd + 100))
+    counters_map = StandIn(next(fds), "counters")
+    log = (
+        denied.Log(
+            StandIn(next(fds), "denied"),
+            StandIn(next(fds), "denied slots", policy.slot_size),
+        )
+        if policy.log_denied
+        else None
+    )
+    return counters_map, _table(v4, fds), _table(v6, fds), log
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_relocated_program_equals_a_fresh_build(name: str) -> None:
+    """A program assembled for one unit's maps and relocated to another's (what binding
+    thousands of cgroups of one glob file does) is byte for byte the program built afresh
+    for the other unit's maps; and the holes are exactly the map loads."""
+    policy = POLICIES[name]
+    v4, v6 = compile_rules(policy.allow, policy.deny)
+    first = _maps(policy, v4, v6, 100)
+    other = _maps(policy, v4, v6, 1000)
+    for direction in Direction:
+        shape = program_mod.Shape(
+            direction, policy.accounting, policy.audit, v4, v6, log_denied=policy.log_denied
+        )
+        items = program_mod.build(shape, *first[:3], first[3])  # type: ignore[arg-type]
+        tpl = program_mod.template(items, program_mod.maps_of(*first))  # type: ignore[arg-type]
+        assert tpl.code == asm.assemble(items)
+        fresh = asm.assemble(program_mod.build(shape, *other[:3], other[3]))  # type: ignore[arg-type]
+        relocated = tpl.emit(program_mod.maps_of(*other))  # type: ignore[arg-type]
+        assert relocated == fresh
+        assert relocated != tpl.code or not tpl.holes  # the fds did change
+        assert len(tpl.holes) == sum(1 for i in items if isinstance(i, Insn) and i.map_ref)
+        assert program_mod.template_key(shape, *first[1:]) == program_mod.template_key(
+            shape, *other[1:]
+        )
+
+
+def test_bytecode_cache_relocates_per_unit_and_keys_by_shape() -> None:
+    """program.bytecode: the second unit of a shape gets its own fds from the cached template
+    (equal to a fresh build); a different shape (audit) or a log with legacy slots is a
+    different template, never the cached one."""
+    deny = POLICIES["denied-log"]
+    v4, v6 = compile_rules(deny.allow, deny.deny)
+    program_mod._TEMPLATES.clear()
+    for first_fd in (100, 2000, 3000):
+        maps = _maps(deny, v4, v6, first_fd)
+        shape = program_mod.Shape(Direction.EGRESS, True, False, v4, v6, log_denied=True)
+        got = program_mod.bytecode(shape, maps[0], maps[1], maps[2], maps[3])  # type: ignore[arg-type]
+        assert got == asm.assemble(program_mod.build(shape, *maps[:3], maps[3]))  # type: ignore[arg-type]
+    assert len(program_mod._TEMPLATES) == 1
+    legacy = _maps(POLICIES["denied-log-legacy-slots"], v4, v6, 4000)
+    got = program_mod.bytecode(shape, *legacy[:3], legacy[3])  # type: ignore[arg-type]
+    assert got == asm.assemble(program_mod.build(shape, *legacy[:3], legacy[3]))  # type: ignore[arg-type]
+    audit = program_mod.Shape(Direction.EGRESS, True, True, v4, v6, log_denied=True)
+    maps = _maps(deny, v4, v6, 5000)
+    got = program_mod.bytecode(audit, *maps[:3], maps[3])  # type: ignore[arg-type]
+    assert got == asm.assemble(program_mod.build(audit, *maps[:3], maps[3]))  # type: ignore[arg-type]
+    assert len(program_mod._TEMPLATES) == 3
+
+
+def test_bytecode_cache_keys_by_table_shape_not_only_rules(monkeypatch) -> None:
+    """The same rules in tables of other shapes (multibit strides, lenhash root bits: the
+    decision-table tests build them so) are other templates: each program equals its fresh
+    build. (Lists this long are not cached by default: the limit is lifted here.)"""
+    v4, v6 = compile_rules((), (*_v4(lookup.MULTIBIT_MIN), *_v6(lookup.LENHASH_MIN)))
+    monkeypatch.setattr(program_mod, "TEMPLATE_MAX_RULES", len(v4) + len(v6))
+    program_mod._TEMPLATES.clear()
+    fds = iter(range(6000, 7000))
+    for strides, root_bits in (((16, 8, 8), 12), ((20, 4, 4, 4), 16), ((16, 8, 8), 16)):
+        counters_map = StandIn(next(fds), "counters")
+        t4 = lookup.Table(
+            v4, lookup.MULTIBIT, StandIn(next(fds), "mb"), lookup.build_multibit(v4, strides)
+        )
+        lh = lookup.build_lenhash(v6, root_bits)
+        hashes = {w: StandIn(next(fds), f"k{w}") for w in sorted(lh.keys)}
+        t6 = lookup.Table(v6, lookup.LENHASH, StandIn(next(fds), "lh"), lenhash=lh, hashes=hashes)
+        shape = program_mod.Shape(Direction.INGRESS, True, False, v4, v6)
+        got = program_mod.bytecode(shape, counters_map, t4, t6)  # type: ignore[arg-type]
+        fresh = program_mod.build(shape, counters_map, t4, t6)  # type: ignore[arg-type]
+        assert got == asm.assemble(fresh), (strides, root_bits)
+    assert len(program_mod._TEMPLATES) == 3
+
+
+def test_long_lists_are_assembled_not_cached() -> None:
+    """A policy longer than TEMPLATE_MAX_RULES is assembled afresh and leaves no template
+    (its rules would stay in memory with it)."""
+    policy = POLICIES["lpm"]
+    v4, v6 = compile_rules(policy.allow, policy.deny)
+    assert len(v4) + len(v6) <= program_mod.TEMPLATE_MAX_RULES  # lpm: cached
+    deny = (*_v4(program_mod.TEMPLATE_MAX_RULES + 1),)
+    v4, v6 = compile_rules((), deny)
+    program_mod._TEMPLATES.clear()
+    maps = _maps(Policy("long", deny=deny), v4, v6, 8000)
+    shape = program_mod.Shape(Direction.EGRESS, True, False, v4, v6)
+    got = program_mod.bytecode(shape, *maps[:3], maps[3])  # type: ignore[arg-type]
+    assert got == asm.assemble(program_mod.build(shape, *maps[:3], maps[3]))  # type: ignore[arg-type]
+    assert program_mod._TEMPLATES == {}

@@ -1,0 +1,154 @@
+"""The parts a glob's binding of thousands of cgroups is made of, without a kernel:
+the binder's listing of a glob's cgroups (as ``glob.glob`` matched them before, at the cost
+of a directory listing), the store's batched durability, and the state directory's
+change queue the engine reads between batches."""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+from pathlib import Path
+
+import pytest
+
+from ipacctd.daemon.binder import glob_cgroups
+from ipacctd.manager import store as store_mod
+from ipacctd.manager.config import Config
+from ipacctd.manager.dirwatch import DirChanges
+from ipacctd.manager.store import Store
+
+TREE = [
+    "a/x.scope",
+    "a/y.scope",
+    "a/.hidden.scope",
+    "a/sub/x.scope",
+    "b/x.scope",
+    "b/z.service",
+    "c/gb-1.scope",
+    "c/gb-22.scope",
+    "c/gb-3.service",
+    "c/gb-[x].scope",
+    ".dot/x.scope",
+]
+
+
+def _cgroup_tree(root: Path) -> str:
+    """A directory tree shaped like cgroup2: every directory holds a ``cgroup.procs``."""
+    for rel in TREE:
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    for d, _, _ in os.walk(root):
+        Path(d, "cgroup.procs").write_text("")
+    (root / "a" / "file.scope").write_text("")  # a file matching a glob: not a cgroup
+    return str(root)
+
+
+def _as_before(mount: str, pattern: str) -> list[str]:
+    """What the binder listed before: glob.glob, cgroups only, relative, fnmatch'ed."""
+    out = []
+    for fs in sorted(glob.glob(os.path.join(mount, pattern.lstrip("/")))):
+        if not os.path.isfile(os.path.join(fs, "cgroup.procs")):
+            continue
+        rel = fs[len(mount.rstrip("/")) :] or "/"
+        if fnmatch.fnmatchcase(rel, pattern):
+            out.append(rel)
+    return out
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "/a/*",
+        "/a/*.scope",
+        "/*/x.scope",
+        "/*/*",
+        "/a/*/x.scope",
+        "/c/gb-?.scope",
+        "/c/gb-*.scope",
+        "/c/gb-[12]*",
+        "/c/gb-[[]x].scope",
+        "/a/.h*",
+        "/.*/x.scope",
+        "/missing/*",
+        "/a/sub/*",
+        "/*/sub",
+    ],
+)
+def test_glob_cgroups_lists_what_glob_matched(tmp_path: Path, pattern: str) -> None:
+    mount = _cgroup_tree(tmp_path)
+    ids: dict[str, int] = {}
+    got = glob_cgroups(mount, pattern, ids)
+    assert got == _as_before(mount, pattern)
+    assert set(ids) <= set(got)
+    for rel in ids:  # a listed cgroup's id is its directory's inode, as stat gives it
+        assert ids[rel] == os.stat(mount + rel).st_ino
+
+
+def test_glob_cgroups_of_a_glob_with_matches_is_not_empty(tmp_path: Path) -> None:
+    mount = _cgroup_tree(tmp_path)
+    assert glob_cgroups(mount, "/c/gb-*.scope") == [
+        "/c/gb-1.scope",
+        "/c/gb-22.scope",
+        "/c/gb-[x].scope",
+    ]
+
+
+def _store(tmp_path: Path) -> Store:
+    s = Store(
+        Config(
+            state_dir=str(tmp_path / "state"),
+            bpf_dir=str(tmp_path / "bpf"),
+            cgroup_root="/x",
+            unit_dir=str(tmp_path / "units"),
+        )
+    )
+    s.ensure_dirs()
+    return s
+
+
+def test_store_batch_syncs_once_at_its_end(tmp_path: Path, monkeypatch) -> None:
+    """Inside a batch no record is fsynced; one syncfs at the end covers them (also when
+    the block raises); a write that is not durable asks for none; outside, fsync as ever."""
+    s = _store(tmp_path)
+    calls: list[str] = []
+    real_fsync, real_syncfs = os.fsync, store_mod._syncfs
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        store_mod, "_syncfs", lambda fd: (calls.append("syncfs"), real_syncfs(fd))[1]
+    )
+    with s.batch():
+        for i in range(5):
+            s.write(f"u{i}", {"name": f"u{i}.service"})
+        assert calls == []
+        assert s.read("u3")["name"] == "u3.service"  # visible before the sync
+    assert calls == ["syncfs"]
+    calls.clear()
+    with s.batch():
+        s.write("t", {"name": "t.service"}, durable=False)
+    assert calls == []
+    with pytest.raises(RuntimeError), s.batch():
+        s.write("v", {"name": "v.service"})
+        raise RuntimeError("boom")
+    assert calls == ["syncfs"]
+    calls.clear()
+    s.write("w", {"name": "w.service"})
+    assert calls == ["fsync"]
+
+
+def test_dir_changes_names_what_changed_and_gives_up_when_the_dir_goes(tmp_path: Path) -> None:
+    d = tmp_path / "units"
+    d.mkdir()
+    (d / "old.json").write_text("{}")
+    changes = DirChanges(str(d))
+    try:
+        assert changes.take() == set()
+        (d / ".new.1.tmp").write_text("{}")
+        os.rename(d / ".new.1.tmp", d / "new.json")
+        os.unlink(d / "old.json")
+        assert changes.take() == {".new.1.tmp", "new.json", "old.json"}
+        assert changes.take() == set()
+        (d / "new.json").unlink()
+        d.rmdir()
+        assert changes.take() is None  # the directory is gone: nothing is known
+    finally:
+        changes.close()
