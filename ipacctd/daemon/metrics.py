@@ -181,8 +181,11 @@ class UnitCollector:
         # Read only: the entries keep the counters the last poll announced, so that a
         # scrape between two polls does not swallow a change the next poll would signal.
         reg = self.registry
-        read = reg.reader.read
-        return [(name, entry.status, read(name)) for name, entry in sorted(reg.units.items())]
+        units = sorted(reg.units.items())
+        return [
+            (name, entry.status, c)
+            for (name, entry), c in zip(units, reg.reader.read_many(n for n, _ in units), strict=True)
+        ]
 
     def snapshot_from_any_thread(self) -> Snapshot:
         loop = self.loop

@@ -357,7 +357,7 @@ class Daemon:
                 or (enf.enforced, enf.problem, enf.live) != (old.enforced, old.problem, old.live)
             ):
                 self.registry.refresh(name)
-            elif name in self.registry.units:
+            elif name in self.registry.units and not just_read:  # (read with the status)
                 self.registry.units[name].identity = self.registry.identity(
                     name, entry.status.unit.cgroup
                 )

@@ -279,7 +279,8 @@ class Manager:
                 return self.status(name)
             return self._broken_status(*found)
         fs = self.cgroup_fs(unit)
-        pids = tuple(sorted(cgroup.procs_recursive(fs))) if cgroup.exists(fs) else ()
+        exists = cgroup.exists(fs)
+        pids = tuple(sorted(cgroup.procs_recursive(fs))) if exists else ()
         counters = None
         kgen = None
         with contextlib.suppress(Error, OSError):  # an unreadable pin: "programs missing"
@@ -288,24 +289,29 @@ class Manager:
             kgen = generation.read(self.store.pin_dir(name))
         enf = self.enforcement(name, unit, kgen)
         attached = enf.enforced or enf.policy_cut_off
+        active, sub = self.active_state(unit, pids, exists)
+        return UnitStatus(unit, active, sub, pids, counters, attached, kgen, enf)
+
+    @staticmethod
+    def active_state(unit: Unit, pids: tuple[int, ...], exists: bool) -> tuple[str, str]:
+        """(active state, sub state) of a unit with these processes in its cgroup, which
+        exists (``exists``) or not."""
         if pids:
-            active, sub = "active", "running"
-        elif unit.transient and owner.alive(unit.owner) and (
+            return "active", "running"
+        if unit.transient and owner.alive(unit.owner) and (
                 unit.exited_at is None or (unit.main_pid is None and unit.exit_status is None)):
             # Its run reserved the name and is about to start the command (also after a
             # stop that came first), or the command ended and the run is recording it: the
             # name is taken either way.
-            active, sub = (("activating", "start") if unit.main_pid is None
-                           else ("deactivating", "stop"))
-        elif unit.exit_status not in CLEAN_EXIT:
-            active, sub = "failed", "failed"
-        elif unit.exited_at is not None:
-            active, sub = "inactive", "dead"
-        elif not unit.transient and cgroup.exists(fs):
-            active, sub = "active", "idle"
-        else:
-            active, sub = "inactive", "dead"
-        return UnitStatus(unit, active, sub, pids, counters, attached, kgen, enf)
+            return (("activating", "start") if unit.main_pid is None
+                    else ("deactivating", "stop"))
+        if unit.exit_status not in CLEAN_EXIT:
+            return "failed", "failed"
+        if unit.exited_at is not None:
+            return "inactive", "dead"
+        if not unit.transient and exists:
+            return "active", "idle"
+        return "inactive", "dead"
 
     def enforcement(
         self, name: str, unit: Unit | None = None, kgen: int | None = None
@@ -388,15 +394,12 @@ class Manager:
                           enforcement=enf)
 
     def statuses(self, names: Sequence[str] | None = None) -> list[UnitStatus]:
-        """Status of the named units (all when None); unknown names raise NotFound."""
-        out = []
-        for n in self.names() if names is None else names:
-            try:
-                out.append(self.status(n))
-            except NotFound:
-                if names is not None:
-                    raise
-        return out
+        """Status of the named units (all when None); unknown names raise NotFound.
+        Read as :meth:`status` reads them, each fact once (:mod:`.listing`)."""
+        from ipacctd.manager.listing import StatusReader
+
+        with StatusReader(self) as reader:
+            return list(reader.statuses(names))
 
     def unit_file(self, name: str) -> UnitFile | None:
         """The policy file for ``name`` in the unit directory, if there is one.
