@@ -34,7 +34,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from ipacctd import __version__
 from ipacctd.daemon.registry import Registry
 from ipacctd.manager.counters import COUNTERS, METRIC_HELP, Counters, Kind
-from ipacctd.manager.stats import StatsProbe
+from ipacctd.manager.stats import StatsProbe, StatsReader
 from ipacctd.manager.unit import UnitStatus
 
 log = logging.getLogger("ipacctd.metrics")
@@ -172,6 +172,8 @@ class UnitCollector:
         self.program_stats = program_stats
         self.stats_probe = StatsProbe()
         self._probe_lock = threading.Lock()  # scrapes may run in parallel threads
+        self._stats = StatsReader()
+        self._stats_lock = threading.Lock()
         self.loop = loop
         self._labels: dict[str, str] = {}  # unit name → 'unit="…"}'
         self._containers: dict[str, tuple[object, str]] = {}  # name → (record, its labels)
@@ -182,10 +184,8 @@ class UnitCollector:
         # scrape between two polls does not swallow a change the next poll would signal.
         reg = self.registry
         units = sorted(reg.units.items())
-        return [
-            (name, entry.status, c)
-            for (name, entry), c in zip(units, reg.reader.read_many(n for n, _ in units), strict=True)
-        ]
+        counters = reg.reader.read_many(n for n, _ in units)
+        return [(name, entry.status, c) for (name, entry), c in zip(units, counters, strict=True)]
 
     def snapshot_from_any_thread(self) -> Snapshot:
         loop = self.loop
@@ -224,6 +224,18 @@ class UnitCollector:
         )
         self._containers[name] = (ci, line)
         return line
+
+    def _stats_of(self, snap: Snapshot, on: bool) -> dict[str, dict]:
+        """Program statistics of the attached units of ``snap`` (their program fds kept
+        while statistics are on: :class:`StatsReader`; let go when they turn off)."""
+        reader = self._stats
+        if not on:
+            reader.close()
+            return {}
+        pin_dir = self.registry.manager.store.pin_dir
+        out = {name: reader.read(name, st, pin_dir) for name, st, _ in snap if st.attached}
+        reader.keep_only(set(out))
+        return out
 
     def families(self, snap: Snapshot) -> list[Metric]:
         """The families of a fixed size, for prometheus_client's exposition."""
@@ -321,10 +333,12 @@ class UnitCollector:
         if self.program_stats and (wanted(RUN_TIME) or wanted(RUN_COUNT)):
             run_time: list[str] = []
             run_count: list[str] = []
+            with self._stats_lock:
+                stats_of = self._stats_of(snap, program_stats)
             for u, name, st, _, _ in rows if program_stats else ():
                 if not st.attached:
                     continue
-                for direction, stats in self.registry.manager.program_stats(name).items():
+                for direction, stats in stats_of[name].items():
                     if stats.run_cnt:
                         d = direction.name.lower()
                         run_time.append(

@@ -414,12 +414,9 @@ class Registry:
         nothing to look at are not walked (:meth:`_candidates`).
         """
         changed = []
-        rolling, self._cursor = self._rolling(
-            list(self.units), FULL_EVERY, FULL_MAX, self._cursor
-        )
+        rolling, self._cursor = self._rolling(list(self.units), FULL_EVERY, FULL_MAX, self._cursor)
         names, events = self._candidates("state", rolling)
         watch = self._watch
-        slow = self._slow["state"]
         for name in names:
             entry = self.units[name]
             st = entry.status

@@ -39,8 +39,8 @@ from ipacctd.errors import Error, NotFound
 from ipacctd.manager import generation
 from ipacctd.manager.reader import CounterReader
 from ipacctd.manager.store import MAX_META_BYTES, SUFFIX, canonical
-from ipacctd.policy.names import pin_name
 from ipacctd.manager.unit import Enforcement, Unit, UnitStatus, spec_for
+from ipacctd.policy.names import pin_name
 
 if TYPE_CHECKING:
     from ipacctd.manager.engine import Manager
