@@ -48,9 +48,11 @@ from ipacctd.manager.unit import (
     spec_for,
 )
 from ipacctd.policy.names import (
+    pin_name,
     tmp_pin_name,
     tmp_pin_pid,
     transient_name,
+    unpin_name,
     validate_unit_name,
 )
 from ipacctd.policy.properties import Assignment, Properties, parse_assignment
@@ -171,7 +173,23 @@ class Manager:
         """All unit names, sorted: those with metadata, and broken ones that have only pins
         (their metadata deleted by hand) so that they can be seen and reset."""
         names = self.store.names()
-        orphans = set(self.store.pinned_names()) - set(names)
+        try:
+            entries = os.listdir(self.config.pins_dir)
+        except OSError:
+            return names
+        # Only the pin directories of no unit with metadata are read as names (unescaped
+        # and checked, as Store.pinned_names does): doing so for all cost ~6 µs a unit.
+        expected = {pin_name(n) for n in names}
+        orphans = set()
+        for entry in entries:
+            if entry in expected or entry.startswith("~"):
+                continue
+            name = unpin_name(entry)
+            if name is None:
+                continue
+            with contextlib.suppress(ValueError):  # not a name of ours
+                orphans.add(canonical(name))
+        orphans.difference_update(names)
         return sorted([*names, *orphans]) if orphans else names
 
     def unit(self, name: str) -> Unit:

@@ -24,23 +24,27 @@ unit included — is exactly the engine's.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import stat
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ipacctd import cgroup
-from ipacctd.bpf.errors import BPFError
-from ipacctd.bpf.links import CgroupLink
+from ipacctd.bpf.syscall import NR_BPF
+from ipacctd.bpf.types import Cmd, LinkType, MapType
 from ipacctd.datapath.counters import Direction
 from ipacctd.datapath.unit import COUNTERS, LINK, PROG_PIN
 from ipacctd.errors import Error, NotFound
+from ipacctd.libc import libc
 from ipacctd.manager import generation
 from ipacctd.manager.reader import CounterReader
 from ipacctd.manager.store import MAX_META_BYTES, SUFFIX, canonical
 from ipacctd.manager.unit import Enforcement, Unit, UnitStatus, spec_for
 from ipacctd.policy.names import pin_name
+from ipacctd.uapi import ATTR_SIZE, BpfAttr, BpfLinkInfo, BpfMapInfo
 
 if TYPE_CHECKING:
     from ipacctd.manager.engine import Manager
@@ -48,6 +52,73 @@ if TYPE_CHECKING:
 _OPEN_META = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _LINKS = tuple(LINK[d] for d in Direction)
+_OBJ_GET = int(Cmd.OBJ_GET)
+_INFO = int(Cmd.OBJ_GET_INFO_BY_FD)
+_LOOKUP = int(Cmd.MAP_LOOKUP_ELEM)
+_GEN_SHAPE = (MapType.ARRAY, 4, 8)
+_GEN_PIN = os.path.basename(generation.path(""))
+
+
+class _Kernel:
+    """The bpf(2) calls of a fast status, each one syscall with buffers made once (per
+    :class:`StatusReader`; not shared between threads). Any failure answers None: the
+    caller then takes the engine's way, which raises or explains."""
+
+    def __init__(self) -> None:
+        self.get = BpfAttr()
+        self.get_ref = ctypes.byref(self.get)
+        self.info = BpfAttr()
+        self.info_ref = ctypes.byref(self.info)
+        self.link = BpfLinkInfo()
+        self.map = BpfMapInfo()
+        self.key = ctypes.create_string_buffer(4)  # index 0
+        self.value = ctypes.create_string_buffer(8)
+        self.lookup = BpfAttr()
+        self.lookup.key = ctypes.addressof(self.key)
+        self.lookup.value = ctypes.addressof(self.value)
+        self.lookup_ref = ctypes.byref(self.lookup)
+
+    def _obj_get(self, path: str) -> int:
+        buf = ctypes.create_string_buffer(path.encode())
+        self.get.pathname = ctypes.addressof(buf)
+        return libc.syscall(NR_BPF, _OBJ_GET, self.get_ref, ATTR_SIZE)
+
+    def _info(self, fd: int, info: ctypes.Structure) -> bool:
+        # Zeroed each time: the kernel reads some link types' buffers from the struct.
+        ctypes.memset(ctypes.addressof(info), 0, ctypes.sizeof(info))
+        self.info.info.bpf_fd = fd
+        self.info.info.info_len = ctypes.sizeof(info)
+        self.info.info.info = ctypes.addressof(info)
+        return libc.syscall(NR_BPF, _INFO, self.info_ref, ATTR_SIZE) == 0
+
+    def link_cgroup(self, path: str) -> int | None:
+        """The id of the cgroup the cgroup link pinned at ``path`` is on (0: none)."""
+        fd = self._obj_get(path)
+        if fd < 0:
+            return None
+        try:
+            if not self._info(fd, self.link) or self.link.type != LinkType.CGROUP:
+                return None
+            return self.link.cgroup.cgroup_id
+        finally:
+            os.close(fd)
+
+    def generation(self, path: str) -> int | None:
+        """The u64 at index 0 of the one-value array pinned at ``path`` (the enforced
+        policy generation, :mod:`.generation`)."""
+        fd = self._obj_get(path)
+        if fd < 0:
+            return None
+        try:
+            m = self.map
+            if not self._info(fd, m) or (m.type, m.key_size, m.value_size) != _GEN_SHAPE:
+                return None
+            self.lookup.map_fd = fd
+            if libc.syscall(NR_BPF, _LOOKUP, self.lookup_ref, ATTR_SIZE) != 0:
+                return None
+            return struct.unpack("=Q", self.value.raw)[0]
+        finally:
+            os.close(fd)
 
 
 class Seen:
@@ -76,6 +147,7 @@ class StatusReader:
         cfg = manager.config
         self.units_dir = cfg.units_dir
         self.pins_dir = cfg.pins_dir
+        self.kernel = _Kernel()
 
     def close(self) -> None:
         if self.own_reader:
@@ -142,7 +214,12 @@ class StatusReader:
             unit = Unit.from_json(obj)
         except (Error, ValueError):
             return None
-        return unit, (st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        # The engine's cache of who owns which cgroup (Manager._cgroup_owners, keyed the
+        # same way) need not parse this file again: the daemon's first binding pass did,
+        # for every unit (1 s at 10,000 units).
+        self.manager._owner_cache[name] = (key, unit.cgroup)
+        return unit, key
 
     def _fast(
         self, name: str, before: Callable[[Unit], None] | None
@@ -186,16 +263,13 @@ class StatusReader:
         counters = self.reader.read(name)
         if counters is None:
             return None
-        kgen = generation.read(pin_dir)
-        if kgen != unit.generation:
+        kernel = self.kernel
+        kgen = kernel.generation(f"{pin_dir}/{_GEN_PIN}")
+        if kgen is None or kgen != unit.generation:
             return None
         for pin in _LINKS:
-            try:
-                with CgroupLink.open_pinned(f"{pin_dir}/{pin}") as link:
-                    if link.info().cgroup_id != cid:
-                        return None  # on no cgroup or another: Manager.status says which
-            except (BPFError, OSError):
-                return None
+            if kernel.link_cgroup(f"{pin_dir}/{pin}") != cid:
+                return None  # on no cgroup or another: Manager.status says which
         pids: tuple[int, ...] = ()
         if populated:
             with contextlib.suppress(OSError):
