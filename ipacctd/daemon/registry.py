@@ -418,11 +418,15 @@ class Registry:
         converting every row on each call cost 320 ms (``dataclasses.asdict``)."""
         cache = self._rows
         rows = []
+        made: dict[int, list[int]] = {}  # one row for units sharing a Counters (all zero)
         for name, entry in sorted(self.units.items()):
             c = entry.counters
             hit = cache.get(name)
             if hit is None or hit[0] is not c:
-                hit = cache[name] = (c, values(c))
+                row = made.get(id(c))
+                if row is None:
+                    row = made[id(c)] = values(c)
+                hit = cache[name] = (c, row)
             rows.append((name, hit[1]))
         if len(cache) > len(rows):  # units removed
             self._rows = {name: cache[name] for name, _ in rows}
@@ -456,7 +460,7 @@ class Registry:
                 self._look_again(name, entry)
                 continue
             with contextlib.suppress(NotFound):
-                new = self.manager.status(name)
+                new = self.lister.status(name)
                 entry.probe = probe
                 if (new.active_state, new.sub_state, new.attached) != (
                     st.active_state,
