@@ -485,7 +485,11 @@ class BusService:
                 continue
             parts.append(json.dumps({**status_to_wire(st),
                                      "denied": self.manager.denied(st.name, min(denied, 100))}))
-        return "[" + ", ".join(parts) + "]"
+        if not parts:
+            return "[]"
+        parts[0] = "[" + parts[0]  # one join, no copy of the whole text to add brackets
+        parts[-1] += "]"
+        return ", ".join(parts)
 
     def _manager_props(self) -> dict[str, Variant]:
         cfg = self.manager.config
