@@ -233,11 +233,13 @@ class Registry:
     def _rolling(self, names: list[str], every: int, cap: int, cursor: int) -> tuple[set, int]:
         """The next slice of ``names`` (a ``every``-th of them, at most ``cap``) from
         ``cursor``, and the cursor after it."""
-        if not names:
+        n = len(names)
+        if not n:
             return set(), cursor
-        k = min(-(-len(names) // every), cap)
-        start = cursor % len(names)
-        return set((names + names)[start : start + k]), start + k
+        k = min(-(-n // every), cap)
+        start = cursor % n
+        end = start + k
+        return set(names[start:end]) | set(names[: end - n] if end > n else ()), end
 
     def _named(self, events: set[str]) -> set[str]:
         """Units whose cgroup or pin directory is at one of these paths (or under it: an
@@ -340,9 +342,14 @@ class Registry:
         status, seen = self.lister.read(name, before=before)
         if seen is None or (old is not None and old.status.unit.cgroup != status.unit.cgroup):
             return None
-        ident = self.identity(name, status.unit.cgroup)
-        if ident[0] != status.enforcement.cgroup_id:  # changed meanwhile: check again
-            ident = None
+        # The identity: the cgroup id the status read (after the watch was placed), and
+        # the pin directory as it is now (a change since the status's reads is an event).
+        paths = self._paths_of(name, status.unit.cgroup)
+        ident = None
+        if paths is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(paths[1])
+                ident = (status.enforcement.cgroup_id, (st.st_ino, st.st_mtime_ns))
         entry = Entry(status, seen.meta[2], status.counters, probe=seen.probe, identity=ident)
         self._install(name, old, entry)
         return entry

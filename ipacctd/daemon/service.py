@@ -339,7 +339,9 @@ class Daemon:
             try:
                 unit = entry.status.unit  # as last read: parsing metadata costs more
                 enf = (
-                    entry.status.enforcement if just_read else self.manager.enforcement(name, unit)
+                    entry.status.enforcement
+                    if just_read
+                    else self.registry.lister.enforcement(name, unit)
                 )
                 if enf.alarming or enf.disarmed:  # be sure, with the metadata as it is now
                     unit = self.manager.unit(name)

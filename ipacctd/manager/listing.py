@@ -221,6 +221,50 @@ class StatusReader:
         self.manager._owner_cache[name] = (key, unit.cgroup)
         return unit, key
 
+    def _common(self, unit: Unit) -> str | None:
+        """The filesystem path of the unit's cgroup when the unit is of the kind this
+        reader answers for itself (enforced, its links ipacctd's own, no user filters)."""
+        if not unit.enforced or unit.systemd_service is not None:
+            return None  # its enforcement is another question (Manager.enforcement)
+        spec = spec_for(unit.properties)
+        if spec.ingress_filters or spec.egress_filters:
+            return None
+        try:
+            return self.manager.cgroup_fs(unit)
+        except Error:
+            return None
+
+    def _in_force(self, name: str, unit: Unit, cid: int) -> int | None:
+        """The enforced generation when the unit's programs are in force on the cgroup
+        ``cid`` as the engine would find them (counters pinned, no programs systemd
+        attaches, the recorded generation, both links on that very cgroup); else None."""
+        pin_dir = f"{self.pins_dir}/{pin_name(name)}"
+        if not os.path.exists(f"{pin_dir}/{COUNTERS}") or os.path.exists(
+            f"{pin_dir}/{PROG_PIN[Direction.INGRESS]}"
+        ):
+            return None  # pins lost, or programs systemd attaches
+        kernel = self.kernel
+        kgen = kernel.generation(f"{pin_dir}/{_GEN_PIN}")
+        if kgen is None or kgen != unit.generation:
+            return None
+        for pin in _LINKS:
+            if kernel.link_cgroup(f"{pin_dir}/{pin}") != cid:
+                return None  # on no cgroup or another: Manager.status says which
+        return kgen
+
+    def enforcement(self, name: str, unit: Unit) -> Enforcement:
+        """:meth:`Manager.enforcement` of the unit as recorded in ``unit``: in force when
+        this reader finds it so by its own reads, else the engine's answer (and cause)."""
+        fs = self._common(unit)
+        if fs is not None:
+            try:
+                cid = os.stat(fs).st_ino
+            except OSError:
+                cid = None
+            if cid is not None and self._in_force(canonical(name), unit, cid) is not None:
+                return Enforcement(True, cgroup_id=cid)
+        return self.manager.enforcement(name, unit)
+
     def _fast(
         self, name: str, before: Callable[[Unit], None] | None
     ) -> tuple[UnitStatus, Seen] | None:
@@ -230,15 +274,8 @@ class StatusReader:
         unit, meta = found
         if before is not None:
             before(unit)
-        if not unit.enforced or unit.systemd_service is not None:
-            return None  # its enforcement is another question (Manager.enforcement)
-        spec = spec_for(unit.properties)
-        if spec.ingress_filters or spec.egress_filters:
-            return None
-        mgr = self.manager
-        try:
-            fs = mgr.cgroup_fs(unit)
-        except Error:
+        fs = self._common(unit)
+        if fs is None:
             return None
         try:
             dfd = os.open(fs, _OPEN_DIR)
@@ -255,26 +292,17 @@ class StatusReader:
             return None
         finally:
             os.close(dfd)
-        pin_dir = f"{self.pins_dir}/{pin_name(name)}"
-        if not os.path.exists(f"{pin_dir}/{COUNTERS}") or os.path.exists(
-            f"{pin_dir}/{PROG_PIN[Direction.INGRESS]}"
-        ):
-            return None  # pins lost, or programs systemd attaches
         counters = self.reader.read(name)
         if counters is None:
             return None
-        kernel = self.kernel
-        kgen = kernel.generation(f"{pin_dir}/{_GEN_PIN}")
-        if kgen is None or kgen != unit.generation:
+        kgen = self._in_force(name, unit, cid)
+        if kgen is None:
             return None
-        for pin in _LINKS:
-            if kernel.link_cgroup(f"{pin_dir}/{pin}") != cid:
-                return None  # on no cgroup or another: Manager.status says which
         pids: tuple[int, ...] = ()
         if populated:
             with contextlib.suppress(OSError):
                 pids = tuple(sorted(cgroup.procs_recursive(fs)))
-        active, sub = mgr.active_state(unit, pids, True)
+        active, sub = self.manager.active_state(unit, pids, True)
         enf = Enforcement(True, cgroup_id=cid)
         status = UnitStatus(unit, active, sub, pids, counters, True, kgen, enf)
         return status, Seen(meta, (True, populated))

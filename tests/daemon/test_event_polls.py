@@ -61,6 +61,10 @@ def test_status_reader_is_manager_status(inst) -> None:
             for n in names:
                 assert reader.status(n) == mgr.status(n), n
             assert list(reader.statuses()) == [mgr.status(n) for n in names]
+            for n in names:  # the daemon's enforcement check by the same reads
+                if n != "broken.service":
+                    unit = mgr.unit(n)
+                    assert reader.enforcement(n, unit) == mgr.enforcement(n, unit), n
         # The common units were read by the reader's own path, the others by the engine's.
         assert fast == {
             "broken.service": False,
