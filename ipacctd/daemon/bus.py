@@ -483,8 +483,13 @@ class BusService:
                 if asked:
                     raise
                 continue
-            parts.append(json.dumps({**status_to_wire(st),
-                                     "denied": self.manager.denied(st.name, min(denied, 100))}))
+            c = st.counters
+            # The denied-address log is written on the drop and audit paths only: nothing
+            # to read (a map opened and walked: 0.3 ms a unit) while those counted nothing.
+            hits = c is not None and (c.ingress_dropped_packets or c.egress_dropped_packets
+                                      or c.ingress_audit_packets or c.egress_audit_packets)
+            log = self.manager.denied(st.name, min(denied, 100)) if hits else []
+            parts.append(json.dumps({**status_to_wire(st), "denied": log}))
         if not parts:
             return "[]"
         parts[0] = "[" + parts[0]  # one join, no copy of the whole text to add brackets
