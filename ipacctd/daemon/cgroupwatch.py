@@ -123,6 +123,10 @@ class CgroupWatch:
         if self._watch_dir(os.path.dirname(pin_dir)):
             self._watch(pin_dir, PARENT_MASK)
 
+    def units_at(self, fs: str) -> tuple[str, ...]:
+        """The units added with their cgroup at ``fs``."""
+        return self._names.get(fs, ())
+
     def discard(self, name: str, fs: str, pin_dir: str) -> None:
         self._unwatch(pin_dir)
         names = tuple(n for n in self._names.get(fs, ()) if n != name)

@@ -222,7 +222,14 @@ class Registry:
         return cid, pins
 
     def units_at(self, fs_paths: set[str]) -> list[str]:
-        """Units whose cgroup is at one of these filesystem paths."""
+        """Units whose cgroup is at one of these filesystem paths: from the watches' index
+        of cgroups (every unit is in it from its first read on), not a walk of every unit
+        per cgroup made (a glob binding thousands of cgroups at 10,000 units)."""
+        if self._watch is not None:
+            units = self.units
+            found = {n for p in fs_paths for n in self._watch.units_at(p) if n in units}
+            at = self._fs
+            return [n for n in sorted(found) if at(n, units[n].status.unit.cgroup) in fs_paths]
         out = []
         for name, entry in self.units.items():
             paths = self._paths.get((name, entry.status.unit.cgroup))
@@ -245,11 +252,11 @@ class Registry:
         """Units whose cgroup or pin directory is at one of these paths (or under it: an
         event on a pin names the pin directory as well, see :mod:`.cgroupwatch`)."""
         assert self._watch is not None
-        by_fs = self._watch._names
+        by_fs = self._watch.units_at
         by_pins = self._pin_names
         out: set[str] = set()
         for path in events:
-            out.update(by_fs.get(path, ()))
+            out.update(by_fs(path))
             name = by_pins.get(path)
             if name is not None:
                 out.add(name)

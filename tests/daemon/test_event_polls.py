@@ -106,6 +106,10 @@ def test_detached_program_is_found_without_any_event(inst, monkeypatch) -> None:
     target_fs = os.path.join(inst.root_fs, "ev37")
     d = _daemon(inst)
     try:
+        assert d.registry.units_at({target_fs, "/nonexistent"}) == [target]  # by the index
+        watch, d.registry._watch = d.registry._watch, None
+        assert d.registry.units_at({target_fs}) == [target]  # by a walk, without inotify
+        d.registry._watch = watch
         for cycle in range(1, 4):
             d.poll(cycle)  # settle: the units announced at the sync are looked at once
         checked: list[str] = []
