@@ -228,13 +228,26 @@ class UnitCollector:
 
     def _stats_of(self, snap: Snapshot, on: bool) -> dict[str, dict]:
         """Program statistics of the attached units of ``snap`` (their program fds kept
-        while statistics are on: :class:`StatsReader`; let go when they turn off)."""
+        while statistics are on: :class:`StatsReader`; let go when they turn off).
+
+        Two fds a unit, within what RLIMIT_NOFILE leaves beside the counters fds (one a
+        unit) and a reserve for everything else: the units beyond are read by opening and
+        closing their programs, never by taking the fds the daemon's own reads need."""
         reader = self._stats
         if not on:
             reader.close()
             return {}
         pin_dir = self.registry.manager.store.pin_dir
-        out = {name: reader.read(name, st, pin_dir) for name, st, _ in snap if st.attached}
+        # Units whose fds may be kept besides those kept already.
+        spare = (_fd_limit() - 2 * len(snap) - FD_RESERVE) // 2 - len(reader)
+        out = {}
+        for name, st, _ in snap:
+            if st.attached:
+                kept = name in reader
+                if not kept and spare > 0:
+                    spare -= 1
+                    kept = True
+                out[name] = reader.read(name, st, pin_dir, kept)
         reader.keep_only(set(out))
         return out
 
@@ -356,6 +369,17 @@ class UnitCollector:
             keep = {name for name, _, _ in snap}
             self._labels = {n: v for n, v in self._labels.items() if n in keep}
             self._containers = {n: v for n, v in self._containers.items() if n in keep}
+
+
+#: File descriptors a scrape leaves to everything else when keeping programs' fds.
+FD_RESERVE = 1024
+
+
+def _fd_limit() -> int:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
 class _Families:

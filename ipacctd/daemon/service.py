@@ -514,13 +514,24 @@ async def serve(config: DaemonConfig) -> None:
             log.info("ipacctd stopped; its units keep counting and enforcing in the kernel")
 
 
+#: The fd limit the daemon asks for (the systemd unit's LimitNOFILE=): a counters-map fd
+#: a unit, and while BPF statistics are on two program fds a unit for /metrics.
+WANT_NOFILE = 65536
+
+
 def raise_fd_limit() -> None:
-    """Lift the soft RLIMIT_NOFILE to the hard limit: the daemon keeps one counters-map fd
-    open per unit, and a shell's usual soft limit of 1,024 would make the counters of
-    units beyond it unreadable (the systemd unit sets LimitNOFILE= itself)."""
+    """Lift RLIMIT_NOFILE: the daemon keeps one counters-map fd open per unit (and two
+    program fds a unit while BPF statistics are on), and a shell's usual soft limit of
+    1,024 would make the counters of units beyond it unreadable. The soft limit goes to
+    the hard one, and both to :data:`WANT_NOFILE` where the hard one is lower and we may
+    raise it (root); the systemd unit sets LimitNOFILE= itself."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < WANT_NOFILE:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (WANT_NOFILE, WANT_NOFILE))
+            return
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

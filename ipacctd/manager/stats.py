@@ -108,11 +108,22 @@ class StatsReader:
             fds.append((direction, fd))
         return tuple(fds)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._units
+
+    def __len__(self) -> int:
+        return len(self._units)
+
     def read(
-        self, name: str, key: object, pin_dir: Callable[[str], str]
+        self, name: str, key: object, pin_dir: Callable[[str], str], keep: bool = True
     ) -> dict[Direction, ProgramStats]:
-        """As :func:`program_stats` for the unit ``name``, pinned at ``pin_dir(name)``."""
+        """As :func:`program_stats` for the unit ``name``, pinned at ``pin_dir(name)``;
+        ``keep``: its programs' fds may be kept (else they are opened and closed now,
+        unless kept already)."""
         hit = self._units.get(name)
+        if not keep and (hit is None or hit[0] is not key):
+            self.forget(name)
+            return program_stats(pin_dir(name))
         if hit is None or hit[0] is not key:
             self.forget(name)
             hit = self._units[name] = (key, self._open(pin_dir(name)))

@@ -149,3 +149,32 @@ def test_detached_program_is_found_without_any_event(inst, monkeypatch) -> None:
         assert egress_progs(target_fs) != ()
     finally:
         d.registry.close()
+
+
+def test_metrics_keep_program_fds_within_the_fd_limit(inst, monkeypatch) -> None:
+    """While BPF statistics are on, a scrape keeps two program fds a unit only within
+    what RLIMIT_NOFILE leaves beside the counters fds and a reserve; the other units' are
+    opened and closed; none are kept once statistics are off."""
+    from ipacctd.manager.stats import enabled_stats
+
+    mgr = inst.manager()
+    for i in range(6):
+        inst.make_cgroup(f"{inst.cgroup_root}/fd{i}")
+        mgr.attach(f"{inst.cgroup_root}/fd{i}", DENY, name=f"fd{i}.service")
+    d = _daemon(inst)
+    try:
+        units, prom = metrics.UnitCollector(d.registry), metrics.make_registry()
+        limit = 2 * 6 + metrics.FD_RESERVE + 2 * 2  # room for the fds of two units
+        monkeypatch.setattr(metrics, "_fd_limit", lambda: limit)
+        with enabled_stats():
+            for _ in range(2):
+                b"".join(metrics.exposition(units, prom, None)[1])
+                assert len(units._stats._units) == 2
+            monkeypatch.setattr(metrics, "_fd_limit", lambda: 1 << 20)
+            b"".join(metrics.exposition(units, prom, None)[1])
+            assert len(units._stats._units) == 6
+        units.stats_probe.on()  # the probe's own count moves on: off from here
+        b"".join(metrics.exposition(units, prom, None)[1])
+        assert len(units._stats._units) == 0
+    finally:
+        d.registry.close()

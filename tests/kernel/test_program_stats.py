@@ -34,6 +34,9 @@ def _check(pin_dir: str, cgroup_dir: str, ns) -> None:
         again = reader.read("u", key, lambda _: "/nonexistent")  # kept: not opened again
         assert again[Direction.EGRESS].run_cnt == 2 * SENDS
         assert again == program_stats(pin_dir)
+        # Beyond the fds it may keep: read by opening and closing, nothing kept.
+        assert reader.read("v", key, lambda _: pin_dir, keep=False) == again
+        assert "v" not in reader and "u" in reader
     finally:
         reader.close()
     assert reader.read("u", key, lambda _: "/nonexistent") == {}  # closed: opened anew
