@@ -68,11 +68,13 @@ class StatsReader:
     The programs are those the unit's links held when first read under ``key`` (the
     caller's token for the unit as it knew it: the daemon passes the unit's status, which
     it replaces when the unit's policy or cgroup changes); a read under another key opens
-    them again. :meth:`close` lets go of every fd (statistics turned off).
+    them again. :meth:`close` lets go of every fd (statistics turned off). Units beyond
+    the fds the caller lets it keep are read by their programs' ids (see :meth:`read`).
     """
 
     def __init__(self) -> None:
         self._units: dict[str, tuple[object, tuple[tuple[Direction, int], ...]]] = {}
+        self._ids: dict[str, tuple[object, tuple[tuple[Direction, int | str], ...]]] = {}
         # One struct and attr for every read (the reader is used under one lock): a new
         # ctypes struct per program read was a third of a scrape's statistics.
         self._info = BpfProgInfo()
@@ -90,22 +92,38 @@ class StatsReader:
             return fd_program_stats(fd)  # asked again, to raise the mapped error
         return ProgramStats(info.run_time_ns, info.run_cnt, info.recursion_misses)
 
-    def _open(self, pin_dir: str) -> tuple[tuple[Direction, int], ...]:
-        fds = []
+    @staticmethod
+    def _resolve(pin_dir: str) -> tuple[tuple[Direction, int | str], ...]:
+        """Per direction, the id of the program the unit's link holds, or for a unit
+        systemd arms the path of its pinned program."""
+        out: list[tuple[Direction, int | str]] = []
         for direction in Direction:
             try:
                 link = obj_get(f"{pin_dir}/{LINK[direction]}", "link")
-                try:
-                    prog_id = link_program_id(link)
-                finally:
-                    close(link)
-                fd = fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id, "program")
             except (BPFError, OSError):
-                try:  # armed by systemd: its pinned program
-                    fd = obj_get(f"{pin_dir}/{PROG_PIN[direction]}", "program")
-                except (BPFError, OSError):
-                    continue
-            fds.append((direction, fd))
+                out.append((direction, f"{pin_dir}/{PROG_PIN[direction]}"))
+                continue
+            try:
+                out.append((direction, link_program_id(link)))
+            except (BPFError, OSError):
+                out.append((direction, f"{pin_dir}/{PROG_PIN[direction]}"))
+            finally:
+                close(link)
+        return tuple(out)
+
+    @staticmethod
+    def _fd(prog: int | str) -> int:
+        if isinstance(prog, str):
+            return obj_get(prog, "program")
+        return fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog, "program")
+
+    def _open(self, pin_dir: str) -> tuple[tuple[Direction, int], ...]:
+        fds = []
+        for direction, prog in self._resolve(pin_dir):
+            try:
+                fds.append((direction, self._fd(prog)))
+            except (BPFError, OSError):
+                continue
         return tuple(fds)
 
     def __contains__(self, name: str) -> bool:
@@ -117,13 +135,33 @@ class StatsReader:
     def read(
         self, name: str, key: object, pin_dir: Callable[[str], str], keep: bool = True
     ) -> dict[Direction, ProgramStats]:
-        """As :func:`program_stats` for the unit ``name``, pinned at ``pin_dir(name)``;
-        ``keep``: its programs' fds may be kept (else they are opened and closed now,
-        unless kept already)."""
+        """As :func:`program_stats` for the unit ``name``, pinned at ``pin_dir(name)``.
+
+        ``keep``: its programs' fds may be kept. Else (the fds it may keep are taken) the
+        ids of its programs are kept instead, each opened by id, read and closed (three
+        syscalls a program, where resolving the link each time took six): a program's
+        id stays its own while a link holds it, and the unit's links change with its
+        policy or cgroup, that is with ``key``."""
         hit = self._units.get(name)
         if not keep and (hit is None or hit[0] is not key):
             self.forget(name)
-            return program_stats(pin_dir(name))
+            ids = self._ids.get(name)
+            if ids is None or ids[0] is not key:
+                ids = self._ids[name] = (key, self._resolve(pin_dir(name)))
+            out = {}
+            for direction, prog in ids[1]:
+                try:
+                    fd = self._fd(prog)
+                except (BPFError, OSError):
+                    continue  # gone: the unit's key changes with it
+                try:
+                    out[direction] = self._stats(fd)
+                except (BPFError, OSError):
+                    continue
+                finally:
+                    close(fd)
+            return out
+        self._ids.pop(name, None)
         if hit is None or hit[0] is not key:
             self.forget(name)
             hit = self._units[name] = (key, self._open(pin_dir(name)))
@@ -144,10 +182,13 @@ class StatsReader:
         """Let go of every unit not in ``names``."""
         for name in [n for n in self._units if n not in names]:
             self.forget(name)
+        if len(self._ids) > len(names):
+            self._ids = {n: v for n, v in self._ids.items() if n in names}
 
     def close(self) -> None:
         for name in list(self._units):
             self.forget(name)
+        self._ids.clear()
 
 
 class StatsProbe:

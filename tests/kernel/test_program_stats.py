@@ -34,9 +34,13 @@ def _check(pin_dir: str, cgroup_dir: str, ns) -> None:
         again = reader.read("u", key, lambda _: "/nonexistent")  # kept: not opened again
         assert again[Direction.EGRESS].run_cnt == 2 * SENDS
         assert again == program_stats(pin_dir)
-        # Beyond the fds it may keep: read by opening and closing, nothing kept.
+        # Beyond the fds it may keep: read by the programs' ids, no fd kept.
         assert reader.read("v", key, lambda _: pin_dir, keep=False) == again
         assert "v" not in reader and "u" in reader
+        assert udp(ns, [(ALLOWED, 20)] * SENDS, cgroup_dir) == ["ok"] * SENDS
+        later = reader.read("v", key, lambda _: "/nonexistent", keep=False)  # ids kept
+        assert later[Direction.EGRESS].run_cnt == 3 * SENDS
+        assert later == program_stats(pin_dir) == reader.read("u", key, lambda _: "/x")
     finally:
         reader.close()
     assert reader.read("u", key, lambda _: "/nonexistent") == {}  # closed: opened anew
