@@ -2,9 +2,10 @@
 
 :meth:`Manager.status` answers for one unit and takes each fact from where it lives,
 asking again where two of its parts need the same one (the cgroup's existence and id, the
-metadata's path, the counters map opened and closed). Over 10,000 units that was ~0.2 ms
-of CPU and ~25 syscalls a unit: 2 s before the daemon answered, 5.7 s for ``list-units
---all``. :class:`StatusReader` reads the same facts once each:
+metadata's path, the counters map opened and closed). Over 10,000 units that was ~0.3 ms
+of CPU and 32 syscalls a unit: 6.6 s of CPU before the daemon answered, 5 s for
+``list-units --all`` (bench/results-daemon.txt). :class:`StatusReader` reads the same
+facts once each (27 syscalls a unit, half the CPU; the daemon keeps the counters fd):
 
 * the metadata: one open, fstat, read and close (the file is replaced by rename, never
   written in place: a read of its size is all of it);
