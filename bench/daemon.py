@@ -76,6 +76,7 @@ class Result:
     scrape_stats_ms: float = 0.0  # with BPF run-time stats on
     getall_ms: float = 0.0
     getcounters_ms: float = 0.0
+    getcounters_client_ms: float = 0.0  # of which the client's unmarshalling of the reply
     gzip_cpu_ms: float = 0.0  # daemon CPU per scrape with Accept-Encoding: gzip
     om_cpu_ms: float = 0.0  # daemon CPU per OpenMetrics scrape
     scrape_inproc_ms: float = 0.0  # metrics.exposition in-process (process_time, median)
@@ -85,6 +86,7 @@ class Result:
     status_daemon_s: float = 0.0
     rss_mb: float = 0.0
     peak_mb: float = 0.0  # VmHWM at the end (after list-units / DescribeUnits of all units)
+    peak_pre_mb: float = 0.0  # VmHWM before them (start-up, scrapes, GetCounters)
     notes: list[str] = field(default_factory=list)
 
 
@@ -146,13 +148,31 @@ def cli_seconds(env: dict[str, str], argv: list[str], runs: int) -> float:
     return statistics.median(times)
 
 
-async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, float]:
-    """Median seconds of GetAll on a unit object and of GetCounters."""
+def unmarshal_seconds(reply) -> float:
+    """Median seconds this process takes to unmarshal ``reply`` (a dbus-fast Message) as
+    its bus connection did when it arrived: the client's share of a call's wall time."""
+    import io
+
+    from dbus_fast._private.unmarshaller import Unmarshaller
+
+    data = reply._marshall(False)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        Unmarshaller(io.BytesIO(data)).unmarshall()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, float, float]:
+    """Median seconds of GetAll on a unit object and of GetCounters, and of unmarshalling a
+    GetCounters reply in this process."""
     from dbus_fast import Message, MessageType
     from dbus_fast.aio import MessageBus
 
     bus = await MessageBus(bus_address=address).connect()
     try:
+        last = []
 
         async def timed(msg_args: dict, n: int) -> float:
             times = []
@@ -161,6 +181,7 @@ async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, 
                 reply = await asyncio.wait_for(bus.call(Message(**msg_args)), 60)
                 times.append(time.perf_counter() - t)
                 assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+            last[:] = [reply]
             return statistics.median(times)
 
         getall = await timed(
@@ -183,7 +204,7 @@ async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, 
             ),
             max(3, runs // 5),
         )
-        return getall, counters
+        return getall, counters, unmarshal_seconds(last[0])
     finally:
         bus.disconnect()
 
@@ -240,14 +261,14 @@ def in_process(inst: Installation, res: Result, profile: bool) -> None:
         scrapes = []
         for _ in range(5):
             t = time.process_time()
-            metrics.exposition(units, prom, None)
+            b"".join(metrics.exposition(units, prom, None)[1])  # made as taken: take all
             scrapes.append(time.process_time() - t)
         res.scrape_inproc_ms = statistics.median(scrapes) * 1e3
         if profile:
             runs = (
                 ("counters-only cycle", d.poll, (1,)),
                 ("state cycle", d.poll, (STATE_EVERY,)),
-                ("scrape", metrics.exposition, (units, prom, None)),
+                ("scrape", lambda: b"".join(metrics.exposition(units, prom, None)[1]), ()),
             )
             for label, fn, fn_args in runs:
                 prof = cProfile.Profile()
@@ -326,15 +347,17 @@ def bench(n: int, args: argparse.Namespace) -> Result:
 
         from ipacctd.daemon.bus import unit_path
 
-        getall, getcounters = asyncio.run(
+        getall, getcounters, client = asyncio.run(
             dbus_latency(bus.address, unit_path("bench00000.service"), args.dbus_runs)
         )
         res.getall_ms, res.getcounters_ms = getall * 1e3, getcounters * 1e3
+        res.getcounters_client_ms = client * 1e3
         res.rss_mb = vm_kb(daemon.pid, "VmRSS") / 1024  # after the scrapes and D-Bus calls
         res.gzip_cpu_ms = scrape_cpu(daemon.pid, port, args.scrapes, **{"Accept-Encoding": "gzip"})
         res.gzip_cpu_ms *= 1e3
         om = "application/openmetrics-text; version=1.0.0"
         res.om_cpu_ms = scrape_cpu(daemon.pid, port, args.scrapes, Accept=om) * 1e3
+        res.peak_pre_mb = vm_kb(daemon.pid, "VmHWM") / 1024
         env = dict(inst.env, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
         try:
             res.list_units_s = cli_seconds(env, ["list-units", "--all"], 3)
@@ -414,6 +437,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
             "status s",
             "DescribeUnits all s",
             "DescribeUnits one s",
+            "GetCounters client ms",
+            "RSS peak before MB",
             "RSS peak MB",
         )
     ]
@@ -428,6 +453,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
                 f"{r.status_s:.2f}",
                 f"{r.list_units_daemon_s:.2f}",
                 f"{r.status_daemon_s:.2f}",
+                f"{r.getcounters_client_ms:.1f}",
+                f"{r.peak_pre_mb:.1f}",
                 f"{r.peak_mb:.1f}",
             )
         )
@@ -459,8 +486,11 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         "  wall s (median of 3), as root (reads the kernel and metadata itself);",
         "  DescribeUnits all / one: the daemon's D-Bus call behind them for users who cannot",
         "  read the state (all units once; one unit, median of 3).",
-        "RSS MB: the daemon's VmRSS after the scrapes and D-Bus calls; RSS peak MB: VmHWM at",
-        "  the end, after DescribeUnits of all units.",
+        "GetCounters client ms: of GetCounters ms, what this process takes to unmarshal the",
+        "  reply (12 counters of every unit; dbus-fast, median of 3).",
+        "RSS MB: the daemon's VmRSS after the scrapes and D-Bus calls; RSS peak before MB:",
+        "  VmHWM then (start-up, scrapes, D-Bus calls); RSS peak MB: VmHWM at the end, after",
+        "  list-units and DescribeUnits of all units.",
         f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
     ]
     for r in results:

@@ -109,6 +109,8 @@ def cescape(text: str) -> str:
     ``cescape()`` writes them; printable text (any script) unchanged. A backslash stays
     one: the texts escaped here (commands, descriptions) carry ipacctd's own escapes
     already (:func:`~ipacctd.manager.unit.escape_command`), which must read the same."""
+    if text.isascii() and text.isprintable():  # nothing to escape (and fast: 80,000 cells
+        return text  # of list-units at 10,000 units took 0.7 s one character at a time)
     out = []
     for ch in text:
         if ch in "\a\b\f\n\r\t\v":
@@ -128,6 +130,8 @@ def printable(text: str) -> bool:
 
 def width_of(text: str) -> int:
     """Columns the text takes on a terminal (wide East Asian characters take two)."""
+    if text.isascii():  # one column each (neither combining nor wide): 2.4 s of CPU one
+        return len(text)  # character at a time for list-units at 10,000 units
     return sum(
         0
         if unicodedata.combining(ch)

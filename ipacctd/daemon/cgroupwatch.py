@@ -24,6 +24,7 @@ import os
 from ipacctd.daemon.inotify import (
     IN_CREATE,
     IN_DELETE,
+    IN_IGNORED,
     IN_MODIFY,
     IN_MOVED_FROM,
     IN_MOVED_TO,
@@ -102,6 +103,10 @@ class CgroupWatch:
             if not same:
                 del self._dirs[path]
                 self._unwatch(path)
+                # Its units' watches are gone without an event naming them: the next look
+                # of each consumer goes through every unit (as after an overflow).
+                for consumer in self._dirty:
+                    self._dirty[consumer] = None
 
     def add(self, name: str, fs: str, pin_dir: str) -> None:
         """Watch the cgroup of unit ``name`` at ``fs`` and its pin directory. Call before
@@ -117,6 +122,10 @@ class CgroupWatch:
         # directory says so (and its parent names it), no inode to compare per unit.
         if self._watch_dir(os.path.dirname(pin_dir)):
             self._watch(pin_dir, PARENT_MASK)
+
+    def units_at(self, fs: str) -> tuple[str, ...]:
+        """The units added with their cgroup at ``fs``."""
+        return self._names.get(fs, ())
 
     def discard(self, name: str, fs: str, pin_dir: str) -> None:
         self._unwatch(pin_dir)
@@ -162,6 +171,8 @@ class CgroupWatch:
             for path, mask, child in events:
                 if mask & IN_Q_OVERFLOW:
                     overflow = True
+                elif mask & IN_IGNORED:  # a watch ended (its path removed): look at it
+                    paths.add(path[: -len(EVENTS) - 1] if path.endswith("/" + EVENTS) else path)
                 elif path.endswith("/" + EVENTS):
                     paths.add(path[: -len(EVENTS) - 1])
                 elif child:

@@ -46,13 +46,13 @@ def test_state_poll_follows_cgroup_events(inst, monkeypatch) -> None:
     mgr.attach(f"{inst.cgroup_root}/evpar/evsvc", [("IPAddressDeny", "198.51.100.1")], name=UNIT)
     reg = Registry(mgr)
     reads: list[str] = []
-    status = mgr.status
+    status = reg.lister.status
 
     def counted(name: str):
         reads.append(name)
         return status(name)
 
-    monkeypatch.setattr(mgr, "status", counted)
+    monkeypatch.setattr(reg.lister, "status", counted)
     proc = None
     try:
         reg.sync()
