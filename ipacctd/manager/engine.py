@@ -584,6 +584,17 @@ class Manager:
                 owners.setdefault(hit[1], name)
         return owners
 
+    def remember_owner(self, name: str, key: tuple[int, int, int], rel: str) -> None:
+        """What a reader of unit ``name``'s metadata file (key: its inode, size, mtime) found
+        its cgroup to be, so that :meth:`_cgroup_owners` need not parse the file again. The
+        cgroup → unit map itself is :meth:`_cgroup_owners`' to fill (the file's change is
+        queued for it); but a cgroup this unit no longer owns (its name re-made for another
+        cgroup) leaves it here, or that cgroup would count as bound and never be bound."""
+        old = self._owner_cache.get(name)
+        if old is not None and old[1] != rel and self._owners.get(old[1]) == name:
+            del self._owners[old[1]]
+        self._owner_cache[name] = (key, rel)
+
     def _list_cgroup_owners(self) -> dict[str, str]:
         """:meth:`_cgroup_owners` by a listing of every metadata file."""
         cache = self._owner_cache

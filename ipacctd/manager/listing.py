@@ -219,7 +219,7 @@ class StatusReader:
         # The engine's cache of who owns which cgroup (Manager._cgroup_owners, keyed the
         # same way) need not parse this file again: the daemon's first binding pass did,
         # for every unit (1 s at 10,000 units).
-        self.manager._owner_cache[name] = (key, unit.cgroup)
+        self.manager.remember_owner(name, key, unit.cgroup)
         return unit, key
 
     def _common(self, unit: Unit) -> str | None:

@@ -152,3 +152,26 @@ def test_dir_changes_names_what_changed_and_gives_up_when_the_dir_goes(tmp_path:
         assert changes.take() is None  # the directory is gone: nothing is known
     finally:
         changes.close()
+
+
+def test_a_reader_seeing_a_unit_re_made_for_another_cgroup_frees_the_old_one(
+    tmp_path: Path,
+) -> None:
+    """The status reader tells the engine's cgroup-owner cache what it read (so the daemon's
+    first binding pass parses no file twice); when a unit's name was re-made for another
+    cgroup, the cgroup it left must not stay "bound" — the binder would never bind it."""
+    from ipacctd.manager.engine import Manager
+    from ipacctd.manager.unit import Unit
+
+    mgr = Manager(_store(tmp_path).config)
+
+    def write(cg: str) -> tuple[int, int, int]:
+        mgr.store.write("a.service", Unit("a.service", cg, transient=False).to_json())
+        st = os.stat(mgr.store.meta_path("a.service"))
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    write("/x/one")
+    assert mgr._cgroup_owners() == {"/x/one": "a.service"}
+    key = write("/x/two")
+    mgr.remember_owner("a.service", key, "/x/two")  # as StatusReader does when it reads it
+    assert mgr._cgroup_owners() == {"/x/two": "a.service"}
