@@ -61,6 +61,19 @@ LIST_PROPERTIES = tuple(n for n, spec in PROPERTIES.items() if spec.signature ==
 #: The sections of a unit's metadata that hold properties.
 _PROPERTY_SECTIONS = ("properties", "rollback")
 
+
+def _list_slots(data: object) -> Iterator[tuple[str, dict[str, Any], str, Any]]:
+    """(section name, its properties, list property name, its value or None) for each
+    address list a unit's metadata may hold: where a list is inline, named by digest, or
+    absent."""
+    if not isinstance(data, dict):
+        return
+    for section in _PROPERTY_SECTIONS:
+        props = data.get(section)
+        if isinstance(props, dict):
+            for name in LIST_PROPERTIES:
+                yield section, props, name, props.get(name)
+
 #: Largest list file read (a 200k-prefix IPv6 list is about 6 MB).
 MAX_LIST_BYTES = 256 << 20
 
@@ -305,23 +318,18 @@ class Store:
     def _stored_lists(self, unit: str, data: dict[str, Any]) -> None:
         """Replace each list the metadata names by digest with a :class:`StoredList` (not
         read now); Corrupt when the reference is malformed or its file is missing."""
-        for section in _PROPERTY_SECTIONS:
-            props = data.get(section)
-            if not isinstance(props, dict):
-                continue
-            for name in LIST_PROPERTIES:
-                ref = props.get(name)
-                if not (isinstance(ref, dict) and "canonical" not in ref):
-                    continue  # inline, or not there: Properties.from_json reads (or refuses) it
-                digest, count = ref.get("sha256"), ref.get("count")
-                if not (isinstance(digest, str) and len(digest) == 64 and digest.isalnum()
-                        and isinstance(count, int) and count > 0):
-                    raise Corrupt(f"metadata {self.meta_path(unit)}: {section} {name} names "
-                                  "no valid list file (expected 'sha256' and 'count')")
-                path = os.path.join(self.lists_dir(unit), digest)
-                if not os.path.isfile(path):
-                    raise Corrupt(f"{name}= list {path} of unit {unit} is missing")
-                props[name] = StoredList.at(path, digest, count, name)
+        for section, props, name, ref in _list_slots(data):
+            if not (isinstance(ref, dict) and "canonical" not in ref):
+                continue  # inline, or not there: Properties.from_json reads (or refuses) it
+            digest, count = ref.get("sha256"), ref.get("count")
+            if not (isinstance(digest, str) and len(digest) == 64 and digest.isalnum()
+                    and isinstance(count, int) and count > 0):
+                raise Corrupt(f"metadata {self.meta_path(unit)}: {section} {name} names "
+                              "no valid list file (expected 'sha256' and 'count')")
+            path = os.path.join(self.lists_dir(unit), digest)
+            if not os.path.isfile(path):
+                raise Corrupt(f"{name}= list {path} of unit {unit} is missing")
+            props[name] = StoredList.at(path, digest, count, name)
 
     def _keep_lists(self, unit: str, data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
         """``data`` as the metadata file holds it: long lists written to files of their own
@@ -330,28 +338,23 @@ class Store:
         named: set[str] = set()
         out = {**data, **{s: dict(data[s]) for s in _PROPERTY_SECTIONS
                           if isinstance(data.get(s), dict)}}
-        for section in _PROPERTY_SECTIONS:
-            props = out.get(section)
-            if not isinstance(props, dict):
+        for _section, props, name, value in _list_slots(out):
+            if not isinstance(value, dict):
                 continue
-            for name in LIST_PROPERTIES:
-                value = props.get(name)
-                if not isinstance(value, dict):
-                    continue
-                if "path" in value:  # a StoredList's: kept as it is
-                    digest, count = value["sha256"], value["count"]
-                    if os.path.dirname(value["path"]) != self.lists_dir(unit):
-                        # another unit's list (a policy taken over): this unit's own copy
-                        self._write_list(unit, digest, StoredList.at(
-                            value["path"], digest, count, name).load())
-                elif len(value.get("canonical", "")) > INLINE_LIST_BYTES:
-                    text, digest = value["canonical"], value["sha256"]
-                    count = text.count(" ") + 1
-                    self._write_list(unit, digest, text)
-                else:
-                    continue
-                props[name] = {"sha256": digest, "count": count}
-                named.add(digest)
+            if "path" in value:  # a StoredList's: kept as it is
+                digest, count = value["sha256"], value["count"]
+                if os.path.dirname(value["path"]) != self.lists_dir(unit):
+                    # another unit's list (a policy taken over): this unit's own copy
+                    self._write_list(unit, digest, StoredList.at(
+                        value["path"], digest, count, name).load())
+            elif len(value.get("canonical", "")) > INLINE_LIST_BYTES:
+                text, digest = value["canonical"], value["sha256"]
+                count = text.count(" ") + 1
+                self._write_list(unit, digest, text)
+            else:
+                continue
+            props[name] = {"sha256": digest, "count": count}
+            named.add(digest)
         return out, named
 
     def _write_list(self, unit: str, digest: str, text: str) -> None:
@@ -383,14 +386,9 @@ class Store:
             data = json.loads(_read_file(self.meta_path(unit), MAX_META_BYTES, "metadata"))
         except (Corrupt, PermissionDenied, OSError, ValueError):
             return set()
-        named = set()
-        for section in _PROPERTY_SECTIONS:
-            props = data.get(section) if isinstance(data, dict) else None
-            if isinstance(props, dict):
-                named |= {v["sha256"] for n in LIST_PROPERTIES
-                          if isinstance(v := props.get(n), dict) and "canonical" not in v
-                          and isinstance(v.get("sha256"), str)}
-        return named
+        return {v["sha256"] for _s, _p, _n, v in _list_slots(data)
+                if isinstance(v, dict) and "canonical" not in v
+                and isinstance(v.get("sha256"), str)}
 
     def _prune_lists(self, unit: str, named: set[str], unnamed_now: set[str]) -> None:
         """Remove the unit's list files no metadata has named for :data:`LIST_GRACE`

@@ -200,17 +200,7 @@ def listing(items: list[Insn | Label]) -> list[str]:
 def render(name: str) -> str:
     policy = POLICIES[name]
     v4, v6 = compile_rules(policy.allow, policy.deny)
-    fds = iter(range(100, 200))
-    counters_map = StandIn(next(fds), "counters")
-    log = (
-        denied.Log(
-            StandIn(next(fds), "denied"),
-            StandIn(next(fds), "denied slots", policy.slot_size),
-        )
-        if policy.log_denied
-        else None
-    )
-    table4, table6 = _table(v4, fds), _table(v6, fds)
+    counters_map, table4, table6, log = _maps(policy, v4, v6, 100)
     out = [
         f"# {policy.title}",
         f"# accounting {'on' if policy.accounting else 'off'}; IPv4 lookup "
