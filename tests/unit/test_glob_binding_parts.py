@@ -175,3 +175,14 @@ def test_a_reader_seeing_a_unit_re_made_for_another_cgroup_frees_the_old_one(
     key = write("/x/two")
     mgr.remember_owner("a.service", key, "/x/two")  # as StatusReader does when it reads it
     assert mgr._cgroup_owners() == {"/x/two": "a.service"}
+
+
+def test_is_glob_is_glob_chars() -> None:
+    """is_glob spells GLOB_CHARS out (for speed): the two must stay the same set."""
+    import string
+
+    from ipacctd.policy.names import GLOB_CHARS, is_glob
+
+    for c in string.printable:
+        assert is_glob(f"web{c}x.service") == (c in GLOB_CHARS), repr(c)
+    assert not is_glob("") and is_glob("[ab]")
