@@ -172,9 +172,56 @@ async def open_bus(where: str = "system") -> Any:
     from dbus_fast.aio import MessageBus
 
     if where == "session":
-        return await MessageBus(bus_type=BusType.SESSION).connect()
-    address = system_bus_address() if where == "system" else where
-    return await MessageBus(bus_address=address).connect()
+        bus = await MessageBus(bus_type=BusType.SESSION).connect()
+    else:
+        address = system_bus_address() if where == "system" else where
+        bus = await MessageBus(bus_address=address).connect()
+    return wait_when_full(bus)
+
+
+class _WaitWhenFull:
+    """The bus socket as dbus-fast's writer uses it, but a send that finds the socket's
+    buffer full writes nothing instead of raising ``BlockingIOError``.
+
+    dbus-fast's writer (5.2.0, inherited from python-dbus-next: its issue #153, still open)
+    sends a new message at once when its queue is empty, also while the message before is
+    only partly written; the socket, non-blocking and full, raises EAGAIN, and the writer
+    takes any exception for a broken connection: it closes the bus. The daemon sending a
+    unit's properties with a long address list and then another message lost its bus that
+    way (the CLI saw "Message recipient disconnected from message bus without replying").
+    Written nothing, the writer keeps the rest of the message and waits until the socket is
+    writable, as it does after a partial write."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def send(self, data: Any, *flags: int) -> int:
+        try:
+            return self._sock.send(data, *flags)
+        except BlockingIOError:
+            return 0
+
+    def sendmsg(self, *args: Any) -> int:
+        try:
+            return self._sock.sendmsg(*args)
+        except BlockingIOError:
+            return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def wait_when_full(bus: Any) -> Any:
+    """``bus`` (a connected ``dbus_fast.aio.MessageBus``) with its writer's socket wrapped
+    in :class:`_WaitWhenFull`. A dbus-fast without that writer (its internals changed) is
+    left as it is."""
+    writer = getattr(bus, "_writer", None)
+    if writer is not None and hasattr(writer, "sock") and not isinstance(writer.sock,
+                                                                          _WaitWhenFull):
+        writer.sock = _WaitWhenFull(writer.sock)
+    return bus
 
 
 # -- the runtime file ------------------------------------------------------------------------
