@@ -21,6 +21,7 @@ their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -218,9 +219,10 @@ def wait_when_full(bus: Any) -> Any:
     in :class:`_WaitWhenFull`. A dbus-fast without that writer (its internals changed) is
     left as it is."""
     writer = getattr(bus, "_writer", None)
-    if writer is not None and hasattr(writer, "sock") and not isinstance(writer.sock,
-                                                                          _WaitWhenFull):
-        writer.sock = _WaitWhenFull(writer.sock)
+    sock = getattr(writer, "sock", None)
+    if sock is not None and not isinstance(sock, _WaitWhenFull):
+        with contextlib.suppress(AttributeError, TypeError):  # a compiled, typed writer
+            writer.sock = _WaitWhenFull(sock)
     return bus
 
 
