@@ -69,17 +69,22 @@ def test_a_burst_over_the_socket_buffer_keeps_the_bus() -> None:
             listener = await MessageBus(bus_address=bus_daemon.address).connect()
             plain = await MessageBus(bus_address=bus_daemon.address).connect()
             payload = "x" * BIG
+            broke = False
             for _ in range(BURST):
-                plain.send(
-                    Message.new_signal(
-                        "/org/ipacctd1/test", "org.ipacctd1.Test", "Plain", "s", [payload]
+                try:
+                    plain.send(
+                        Message.new_signal(
+                            "/org/ipacctd1/test", "org.ipacctd1.Test", "Plain", "s", [payload]
+                        )
                     )
-                )
+                except OSError:  # the writer closed the bus mid-burst: a later send fails
+                    broke = True
+                    break
             for _ in range(200):  # bounded: up to 20 s for the writer to give up
-                if not plain.connected:
+                if broke or not plain.connected:
                     break
                 await asyncio.sleep(0.1)
-            assert not plain.connected, "a plain dbus-fast connection survived: nothing tested"
+            assert broke or not plain.connected, "a plain connection survived: nothing tested"
 
             ours = await open_bus(bus_daemon.address)
             assert await _burst(ours, listener) == BURST
