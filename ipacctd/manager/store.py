@@ -62,6 +62,27 @@ LIST_PROPERTIES = tuple(n for n, spec in PROPERTIES.items() if spec.signature ==
 _PROPERTY_SECTIONS = ("properties", "rollback")
 
 
+def _replace(tmp: str, path: str, data: bytes, fsync: bool) -> None:
+    """Put ``data`` at ``path`` whole or not at all: written to ``tmp`` (a name of this
+    process's own: a stale one, left by a crashed writer with our pid, goes first), synced
+    when ``fsync``, renamed into place. The temporary file is created exclusively and never
+    through a symlink planted at its predictable name (0600: the state is root's)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def _list_slots(data: object) -> Iterator[tuple[str, dict[str, Any], str, Any]]:
     """(section name, its properties, list property name, its value or None) for each
     address list a unit's metadata may hold: where a list is inline, named by digest, or
@@ -365,20 +386,8 @@ class Store:
         os.makedirs(os.path.dirname(directory), mode=0o700, exist_ok=True)  # root's, as units/
         os.makedirs(directory, mode=0o700, exist_ok=True)
         tmp = os.path.join(directory, f".{digest}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(text.encode("ascii"))
-                f.flush()
-                os.fsync(f.fileno())  # always: the metadata about to name it may be
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        # Always synced: the metadata about to name it may be.
+        _replace(tmp, path, text.encode("ascii"), fsync=True)
 
     def _named_on_disk(self, unit: str) -> set[str]:
         """The list digests the unit's metadata on disk names now (before it is replaced)."""
@@ -431,25 +440,9 @@ class Store:
         text = json.dumps(data, indent=1, sort_keys=True)
         held = self._batch
         batch = held[1] if held is not None and held[0] == _thread.get_ident() else None
-        # A stale temporary file (a crashed writer with our pid) goes first; then the file
-        # is created exclusively and never through a symlink planted at its predictable name.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                if durable and batch is None:
-                    os.fsync(f.fileno())
-            os.rename(tmp, path)
-            if durable and batch is not None:
-                batch[0] = True
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        _replace(tmp, path, text.encode(), fsync=durable and batch is None)
+        if durable and batch is not None:
+            batch[0] = True
         if has_lists or named:
             self._prune_lists(unit, named, before)
 
