@@ -192,3 +192,21 @@ class PrivateBus:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def temp_store(tmp_path: Path):
+    """A :class:`~ipacctd.manager.store.Store` of an installation under ``tmp_path`` (its
+    directories made; no kernel object is touched)."""
+    from ipacctd.manager.config import Config
+    from ipacctd.manager.store import Store
+
+    store = Store(
+        Config(
+            state_dir=str(tmp_path / "state"),
+            bpf_dir=str(tmp_path / "bpf"),
+            cgroup_root="/ipacctd-unit-test",
+            unit_dir=str(tmp_path / "units"),
+        )
+    )
+    store.ensure_dirs()
+    return store

@@ -11,12 +11,11 @@ import os
 from pathlib import Path
 
 import pytest
+from support import temp_store
 
 from ipacctd.daemon.binder import glob_cgroups
 from ipacctd.manager import store as store_mod
-from ipacctd.manager.config import Config
 from ipacctd.manager.dirwatch import DirChanges
-from ipacctd.manager.store import Store
 
 TREE = [
     "a/x.scope",
@@ -93,23 +92,11 @@ def test_glob_cgroups_of_a_glob_with_matches_is_not_empty(tmp_path: Path) -> Non
     ]
 
 
-def _store(tmp_path: Path) -> Store:
-    s = Store(
-        Config(
-            state_dir=str(tmp_path / "state"),
-            bpf_dir=str(tmp_path / "bpf"),
-            cgroup_root="/x",
-            unit_dir=str(tmp_path / "units"),
-        )
-    )
-    s.ensure_dirs()
-    return s
-
 
 def test_store_batch_syncs_once_at_its_end(tmp_path: Path, monkeypatch) -> None:
     """Inside a batch no record is fsynced; one syncfs at the end covers them (also when
     the block raises); a write that is not durable asks for none; outside, fsync as ever."""
-    s = _store(tmp_path)
+    s = temp_store(tmp_path)
     calls: list[str] = []
     real_fsync, real_syncfs = os.fsync, store_mod._syncfs
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
@@ -163,7 +150,7 @@ def test_a_reader_seeing_a_unit_re_made_for_another_cgroup_frees_the_old_one(
     from ipacctd.manager.engine import Manager
     from ipacctd.manager.unit import Unit
 
-    mgr = Manager(_store(tmp_path).config)
+    mgr = Manager(temp_store(tmp_path).config)
 
     def write(cg: str) -> tuple[int, int, int]:
         mgr.store.write("a.service", Unit("a.service", cg, transient=False).to_json())

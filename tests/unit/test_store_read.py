@@ -7,24 +7,11 @@ import json
 import os
 
 import pytest
+from support import temp_store
 
 from ipacctd.errors import Corrupt, NotFound
 from ipacctd.manager import store as store_mod
-from ipacctd.manager.config import Config
 from ipacctd.manager.store import Store
-
-
-def _store(tmp_path) -> Store:
-    s = Store(
-        Config(
-            state_dir=str(tmp_path / "state"),
-            bpf_dir=str(tmp_path / "bpf"),
-            cgroup_root="/ipacctd-unit-test",
-            unit_dir=str(tmp_path / "units"),
-        )
-    )
-    s.ensure_dirs()
-    return s
 
 
 def _put(s: Store, name: str, text: str) -> None:
@@ -33,7 +20,7 @@ def _put(s: Store, name: str, text: str) -> None:
 
 
 def test_read_whole_files_up_to_the_cap(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = _store(tmp_path)
+    s = temp_store(tmp_path)
     monkeypatch.setattr(store_mod, "MAX_META_BYTES", 20_000)
     for n in (0, 1, 4000, 4096, 10_000):  # sizes around the read sizes
         data = {"name": "a.service", "pad": "x" * n}
