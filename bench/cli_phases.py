@@ -39,11 +39,14 @@ def mark(label, since):
 t = time.perf_counter()
 gc.disable()
 from ipacctd.cli import main as m
-t = mark("import ipacctd.cli.main (argparse)", t)
+t = mark("import ipacctd.cli.main", t)
 argv = sys.argv[1:]
-m._untranslated()
-args = m.build_parser(m._verb_of(argv)).parse_args(argv)
-t = mark("parser: build + parse", t)
+from ipacctd.cli.runline import parse_run
+args = parse_run(argv)
+if args is None:  # not a plain run: argparse, as main() does then
+    from ipacctd.cli.parser import parse_args
+    args = parse_args(argv)
+t = mark("command line: runline (argparse if not plain)", t)
 from ipacctd.cli import run as mod
 t = mark("import the verb (engine, datapath, bpf, policy)", t)
 gc.freeze()

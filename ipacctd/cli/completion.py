@@ -1,7 +1,7 @@
 """``ipacctd completion bash|zsh|fish``: shell completion generated from the argument parser.
 
 The scripts are written by ``shtab`` from the same ``argparse`` parser the CLI runs, so a
-verb or option added to :func:`ipacctd.cli.main.build_parser` completes without anything
+verb or option added to :func:`ipacctd.cli.parser.build_parser` completes without anything
 written by hand here. What the parser cannot know is filled in by walking it once:
 
 * every positional whose metavar is ``UNIT`` completes the names of the units ipacctd
@@ -99,7 +99,7 @@ def script(shell: str) -> str:
             "completion scripts need the shtab package: python3 -m pip install shtab"
         ) from exc
 
-    from ipacctd.cli.main import build_parser
+    from ipacctd.cli.parser import build_parser
 
     parser = annotate(build_parser())
     return shtab.complete(parser, shell=shell, preamble=_PREAMBLE)

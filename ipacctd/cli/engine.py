@@ -7,10 +7,13 @@ other way round.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from ipacctd.manager.config import Config
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    import argparse  # the namespace of the command line (or runline's, alike)
 
 
 def config_for(args: argparse.Namespace) -> Config:

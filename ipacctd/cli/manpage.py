@@ -305,7 +305,7 @@ def ipacctd_unit_5() -> str:
 
 def pages() -> dict[str, str]:
     """File name -> text of every page."""
-    from ipacctd.cli.main import build_parser
+    from ipacctd.cli.parser import build_parser
 
     return {"ipacctd.1": ipacctd_1(build_parser()), "ipacctd.unit.5": ipacctd_unit_5()}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 # signal.py's C core: the same functions and numbers, without the enums signal.py
 # builds at import (~0.5 ms of every run); names of signals come from signal.py where shown.
 import _signal as signal
-import argparse
 import contextlib
 import os
 import sys
@@ -17,6 +16,10 @@ from ipacctd.cli.spawn import spawn
 from ipacctd.errors import Error, InvalidInput, NotFound, NotSupported
 from ipacctd.manager import owner
 from ipacctd.manager.engine import CLEAN_EXIT, Manager, parse_assignments
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    import argparse  # the namespace of the command line (or runline's, alike)
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 # Keys typed at the terminal reach the command directly (same process group); we ignore them.

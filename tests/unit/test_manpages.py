@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ipacctd.cli.main import build_parser
 from ipacctd.cli.manpage import pages
+from ipacctd.cli.parser import build_parser
 from ipacctd.policy.properties import PROPERTIES
 
 MAN = Path(__file__).resolve().parents[2] / "man"

@@ -56,6 +56,9 @@ NOT_ON_THE_RUN_PATH = (
     "ipacctd.datapath.denied",
     "hashlib",
     "locale",  # gettext's, for argparse's catalogue lookups (none under the C locale)
+    "argparse",  # a plain run's command line is read by ipacctd.cli.runline
+    "gettext",
+    "ipacctd.cli.parser",
     "signal",  # its enums: the run path takes the functions and numbers from _signal
 )
 #: What a run with a deny list may load beyond a plain run's modules: the log (and the
@@ -63,7 +66,7 @@ NOT_ON_THE_RUN_PATH = (
 DENY_LIST_EXTRAS = ("ipacctd.datapath.denied", "hashlib")
 
 # What ``ipacctd run -q [-p ...] -- true`` imports (beyond the interpreter's own start-up)
-# before it touches the kernel: the parser built for the verb and the arguments parsed, the
+# before it touches the kernel: the command line read (runline's reader, not argparse), the
 # verb's module (and so the engine), the paths, the engine chosen for them, the search for
 # the unit's file, the properties, and for a deny list the log that goes with it (imported
 # as UnitDatapath.create imports it) and the programs' rules. The engine is chosen for the
@@ -82,8 +85,9 @@ from ipacctd.manager import config as config_mod
 config_mod.DEFAULT_FILE = config  # the file every ipacctd process reads when it exists
 from ipacctd.cli import main
 argv = ["--state-dir", state_dir, "--unit-dir", unit_dir, "run", "-q", *props, "--", "true"]
-main._untranslated()  # as main() does first
-args = main.build_parser(main._verb_of(argv)).parse_args(argv)
+from ipacctd.cli.runline import parse_run
+args = parse_run(argv)  # as main() reads a plain run
+assert args is not None, argv
 from ipacctd.cli import run
 from ipacctd.cli.engine import manager_for
 manager = manager_for(args)
@@ -134,7 +138,7 @@ def _probe(tmp_path, config: str, props: tuple[str, ...] = ()) -> dict:
 def test_run_imports_nothing_it_does_not_need(tmp_path) -> None:
     found = _probe(tmp_path, str(tmp_path / "no-such.conf"))
     modules = set(found["modules"])
-    assert "ipacctd.manager.engine" in modules and "argparse" in modules  # the probe ran
+    assert "ipacctd.manager.engine" in modules and "ipacctd.cli.runline" in modules  # it ran
     loaded = sorted(m for m in NOT_ON_THE_RUN_PATH if m in modules)
     assert loaded == [], f"ipacctd run loads {loaded}"
     # No daemon serves this state directory: the engine is the local one, and no bus was
@@ -240,9 +244,9 @@ import argparse, gettext, json, os, sys
 catalogues = sys.argv[1]
 if catalogues:
     gettext.bindtextdomain(gettext.textdomain(), catalogues)
-from ipacctd.cli import main
+from ipacctd.cli import parser
 translated = argparse._ is gettext.gettext
-main._untranslated()
+parser._untranslated()
 print(json.dumps({"before": translated, "after": argparse._ is gettext.gettext,
                   "locale": "locale" in sys.modules}))
 """
