@@ -13,11 +13,17 @@ Unix sockets only (``unix:path=`` and ``unix:abstract=``): the system bus.
 
 from __future__ import annotations
 
+# _socket, the C module under socket.py: the same socket object for what this client does
+# (connect, sendall, recv, timeouts), without the enums and the selectors module socket.py
+# builds and imports (~4-6 ms of a command's start-up, like typing's; bench/cli_phases.py).
+import _socket
 import os
-import socket
 import struct
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see ipacctd.record)
+if TYPE_CHECKING:
+    from typing import Any
 
 METHOD_CALL, METHOD_RETURN, ERROR, SIGNAL = 1, 2, 3, 4
 NO_REPLY_EXPECTED = 0x1
@@ -372,7 +378,7 @@ class Connection:
     (``Hello``). Messages that arrive while a reply is awaited are kept (:attr:`queued`)."""
 
     def __init__(self, address: str, timeout: float) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         self._serial = 0
         self._buf = b""
         self.queued: list[Message] = []

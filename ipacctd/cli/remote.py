@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from ipacctd.daemon.contract import (
     BUS_NAME,
@@ -42,6 +41,10 @@ from ipacctd.manager.counters import Counters
 from ipacctd.manager.engine import Manager
 from ipacctd.manager.unit import Unit, UnitStatus
 from ipacctd.policy.properties import Properties, property_spec
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see ipacctd.record)
+if TYPE_CHECKING:
+    from typing import Any
 
 ENV_DIRECT = "IPACCTD_NO_DAEMON"  # "1": never go through the daemon
 CONNECT_TIMEOUT = 2.0

@@ -21,11 +21,12 @@ their own.
 
 from __future__ import annotations
 
+# signal.py's C core (as ipacctd.cli.run takes it): the numbers and pidfd_send_signal,
+# without the enums signal.py builds at import; the CLI imports this module.
+import _signal as signal
 import contextlib
 import json
 import os
-import signal
-from typing import Any
 
 from ipacctd.errors import (
     AccessDenied,
@@ -37,6 +38,10 @@ from ipacctd.errors import (
     NotSupported,
 )
 from ipacctd.manager.owner import start_time  # one home for "process identity"
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see ipacctd.record)
+if TYPE_CHECKING:
+    from typing import Any
 
 BUS_NAME = "org.ipacctd1"
 ROOT = "/org/ipacctd1"

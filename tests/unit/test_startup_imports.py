@@ -23,6 +23,8 @@ import os
 import subprocess
 import sys
 
+from support import PrivateBus
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Modules a plain ``ipacctd run -- CMD`` must not load.
@@ -113,26 +115,30 @@ C_LOCALE = {
 }
 
 
-def _python(code: str, *args: str) -> str:
-    """What ``code`` prints, run in a fresh interpreter on this checkout."""
+def _python(code: str, *args: str, site: bool = True, env: dict[str, str] | None = None) -> str:
+    """What ``code`` prints, run in a fresh interpreter on this checkout (``site=False``:
+    without the site module, whose .pth files may import what a probe looks for)."""
     res = subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, *(() if site else ("-S",)), "-c", code, *args],
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**C_LOCALE, "PYTHONPATH": REPO},
+        env={**C_LOCALE, "PYTHONPATH": REPO, **(env or {})},
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
     return res.stdout
 
 
-def _probe(tmp_path, config: str, props: tuple[str, ...] = ()) -> dict:
+def _probe(tmp_path, config: str, props: tuple[str, ...] = (), site: bool = True,
+           env: dict[str, str] | None = None) -> dict:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
     units = tmp_path / "units"
     units.mkdir(exist_ok=True)
-    return json.loads(_python(PROBE, str(state), config, str(units), json.dumps(props)))
+    return json.loads(
+        _python(PROBE, str(state), config, str(units), json.dumps(props), site=site, env=env)
+    )
 
 
 def test_run_imports_nothing_it_does_not_need(tmp_path) -> None:
@@ -175,12 +181,21 @@ def test_a_configuration_file_is_still_read(tmp_path) -> None:
 
 def test_a_daemons_runtime_file_sends_the_run_to_the_daemon_client(tmp_path) -> None:
     """With a daemon's runtime file in the state directory, the engine comes from the D-Bus
-    client (which then proves the daemon on the bus, or falls back to the local engine)."""
+    client (which then proves the daemon on the bus, or falls back to the local engine).
+    The client is as lean as the rest: no typing, no socket.py (its enums and selectors),
+    no signal.py — the C modules under them serve it (checked to fail with busclient's
+    former ``import socket``). On a real bus (nobody owns ipacctd's name there: the local
+    engine), the interpreter started without site (whose .pth files may load them)."""
     state = tmp_path / "state"
     state.mkdir()
     (state / "daemon.json").write_text(json.dumps({"pid": 1, "starttime": 1}))
-    found = _probe(tmp_path, str(tmp_path / "no-such.conf"))
-    assert "ipacctd.cli.remote" in found["modules"]
+    with PrivateBus() as bus:
+        found = _probe(tmp_path, str(tmp_path / "no-such.conf"), site=False,
+                       env={"DBUS_SYSTEM_BUS_ADDRESS": bus.address})
+    assert {"ipacctd.cli.remote", "ipacctd.cli.busclient"} <= set(found["modules"])
+    assert found["engine"] == "ipacctd.manager.engine"  # no daemon on that bus
+    heavy = sorted(m for m in ("typing", "socket", "selectors", "signal") if m in found["modules"])
+    assert heavy == [], f"the D-Bus client path loads {heavy}"
 
 
 FREEZE_PROBE = """
