@@ -49,7 +49,7 @@ class Daemon:
         self.config = config
         self.manager = Manager(config.paths)
         self.registry = Registry(self.manager)
-        self.binder = Binder(self.manager, self._current_units, self.registry.refresh)
+        self.binder = Binder(self.manager, self._current_units, self.registry.bound)
         self.bus: MessageBus | None = None
         self.service: BusService | None = None
         self.http: metrics.MetricsServer | None = None

@@ -1,0 +1,147 @@
+"""The daemon's view of a unit its binder has just bound (:meth:`Registry.bound`) is taken
+from what the engine made — the unit :meth:`Manager.attach_many` returned and the record
+its batch wrote — not read back; the kernel's facts are read as a refresh reads them. It
+must be the very status the read-back gives: compared here, unit by unit, with a second
+registry's :meth:`Registry.refresh` and with :meth:`Manager.status` (real cgroups, real
+programs, one of them with a process inside), and for the cases the engine's result cannot
+vouch for (the record changed since, a unit shown already) the read-back is what is shown.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from daemon_support import DaemonEnv, egress_progs
+
+from ipacctd.bpf.links import open_cgroup, prog_query
+from ipacctd.bpf.types import AttachType
+from ipacctd.daemon.binder import Binder
+from ipacctd.daemon.registry import Registry
+from ipacctd.manager.unit import Unit
+
+pytestmark = pytest.mark.kernel
+
+DENIED = "198.51.100.1"
+
+
+def ingress_progs(fs: str) -> tuple[int, ...]:
+    fd = open_cgroup(fs)
+    try:
+        return tuple(prog_query(fd, AttachType.CGROUP_INET_INGRESS).prog_ids)
+    finally:
+        os.close(fd)
+
+
+def _same_entry(shown, read) -> None:
+    """The entry the binder's registry shows equals the one a read-back makes."""
+    a, b = shown.status, read.status
+    assert a.unit == b.unit
+    assert (a.active_state, a.sub_state, a.pids) == (b.active_state, b.sub_state, b.pids)
+    assert a.enforcement == b.enforcement and a.enforcement.enforced
+    assert a.enforcement.problem == b.enforcement.problem == ""
+    assert (a.attached, a.kernel_generation, a.broken) == (b.attached, b.kernel_generation, None)
+    assert a.counters is not None and a.counters == b.counters
+    assert a == b  # every field of the status, whatever is added to it later
+    assert (shown.meta_mtime, shown.probe, shown.identity) == (
+        read.meta_mtime,
+        read.probe,
+        read.identity,
+    )
+
+
+def test_bound_units_show_the_status_the_read_back_gives(env: DaemonEnv) -> None:
+    inst = env.inst
+    ext = f"/ipacctd-test-{inst.id}-ext"
+    inst.make_cgroup(ext)
+    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
+        f.write(
+            f"[Unit]\nDescription=glob\n\n[Match]\nControlGroup={ext}/gb-*\n\n[Service]\n"
+            f"IPAddressDeny={DENIED}\nIPAddressAllow=203.0.113.0/24\n"
+        )
+    made = {f"gb@gb-{i}.service": inst.make_cgroup(f"{ext}/gb-{i}") for i in range(5)}
+    # A process in one of them: active (running) with its PID, not idle.
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        with open(os.path.join(made["gb@gb-2.service"], "cgroup.procs"), "w") as f:
+            f.write(str(sleeper.pid))
+        manager = inst.manager()
+        registry = Registry(manager)
+        read_back: list[str] = []
+        real_refresh = registry.refresh
+
+        def refresh(name: str, mtime: int | None = None):
+            read_back.append(name)
+            return real_refresh(name, mtime)
+
+        registry.refresh = refresh  # type: ignore[method-assign]
+        bound: list[Unit] = []
+
+        def on_bound(unit: Unit) -> None:
+            bound.append(unit)
+            registry.bound(unit)
+
+        binder = Binder(manager, lambda: [e.status.unit for e in registry.units.values()], on_bound)
+        binder.load()
+        binder.reconcile()
+        assert sorted(u.name for u in bound) == sorted(made)
+        assert read_back == []  # every one shown from what the engine made
+        other = Registry(inst.manager())  # the read-back, as the daemon did it before
+        try:
+            for name, fs in made.items():
+                shown = registry.units[name]
+                read = other.refresh(name)
+                assert read is not None
+                _same_entry(shown, read)
+                assert shown.status == manager.status(name)  # the engine's own read
+                assert shown.status.unit.cgroup_id == os.stat(fs).st_ino
+                # The programs the status vouches for are on the cgroup, once each.
+                assert len(egress_progs(fs)) == 1 and len(ingress_progs(fs)) == 1
+            running = registry.units["gb@gb-2.service"].status
+            assert (running.active_state, running.sub_state) == ("active", "running")
+            assert running.pids == (sleeper.pid,)
+            idle = registry.units["gb@gb-0.service"].status
+            assert (idle.active_state, idle.sub_state, idle.pids) == ("active", "idle", ())
+        finally:
+            other.close()
+            registry.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_bound_reads_back_what_the_engine_result_cannot_vouch_for(env: DaemonEnv) -> None:
+    inst = env.inst
+    ext = f"/ipacctd-test-{inst.id}-ext"
+    inst.make_cgroup(ext)
+    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
+        f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
+    for i in range(3):
+        inst.make_cgroup(f"{ext}/gb-{i}")
+    manager, cli = inst.manager(), inst.manager()
+    registry = Registry(manager)
+    try:
+        units: list[Unit] = []
+        binder = Binder(manager, on_bound=units.append)
+        binder.load()
+        binder.reconcile()
+        assert sorted(u.name for u in units) == [f"gb@gb-{i}.service" for i in range(3)]
+        changed, shown, plain = units
+        # Another process changes one record after the binding, before the registry shows
+        # it: the engine's unit is not what is recorded now, so the record is read back.
+        cli.set_properties(changed.name, [("Description", "changed by hand")])
+        entry = registry.bound(changed)
+        assert entry is not None
+        assert entry.status.unit.properties.description == "changed by hand"
+        assert entry.status == manager.status(changed.name)
+        # A unit the registry shows already: read back (an older view is replaced).
+        registry.refresh(shown.name)
+        again = registry.bound(shown)
+        assert again is not None and again.status == manager.status(shown.name)
+        # The record removed meanwhile: nothing is shown for it.
+        cli.detach(plain.name)
+        assert registry.bound(plain) is None
+        assert plain.name not in registry.units
+    finally:
+        registry.close()
