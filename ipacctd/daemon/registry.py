@@ -11,7 +11,8 @@ import contextlib
 import logging
 import operator
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ipacctd import cgroup
@@ -95,10 +96,38 @@ class Registry:
         # not be compared (identity or probe unknown, an owner-following state), and those
         # announced new or changed since (see refresh).
         self._slow: dict[str, set[str]] = {"state": set(), "enforcement": set()}
+        # Inside :meth:`held`: the thread holding its announcements, and what it announced.
+        self._held: tuple[int, list[tuple[str, str, Entry | None]]] | None = None
 
     def _emit(self, event: str, name: str, entry: Entry | None) -> None:
+        held = self._held
+        if held is not None and held[0] == threading.get_ident():
+            held[1].append((event, name, entry))
+            return
         for listener in self.listeners:
             listener(event, name, entry)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Announce what this thread shows inside the block when it ends, in order.
+
+        A binding slice shows each unit as it is bound; its ``UnitNew`` sent there and then
+        was one write to the bus socket per unit, each waking the bus daemon between two
+        attaches (~70 µs of the daemon's CPU a unit, three times that of wall time on two
+        CPUs). Sent together after the slice — the loop serves nothing during it anyway —
+        they are the same signals in the same order, written back to back. Other threads'
+        announcements are not held."""
+        if self._held is not None and self._held[0] == threading.get_ident():
+            yield  # nested: the outer block announces
+            return
+        queue: list[tuple[str, str, Entry | None]] = []
+        self._held = (threading.get_ident(), queue)
+        try:
+            yield
+        finally:
+            self._held = None
+            for event in queue:
+                self._emit(*event)
 
     def _mtime(self, name: str) -> int:
         try:

@@ -10,10 +10,12 @@ vouch for (the record changed since, a unit shown already) the read-back is what
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 
 import pytest
-from daemon_support import DaemonEnv, egress_progs
+from daemon_support import MANAGER, ROOT, DaemonEnv, egress_progs
 
 from ipacctd.bpf.links import open_cgroup, prog_query
 from ipacctd.bpf.types import AttachType
@@ -145,3 +147,70 @@ def test_bound_reads_back_what_the_engine_result_cannot_vouch_for(env: DaemonEnv
         assert plain.name not in registry.units
     finally:
         registry.close()
+
+
+def test_held_announcements_go_out_after_the_block_in_order(env: DaemonEnv) -> None:
+    """Inside :meth:`Registry.held` this thread's announcements wait for the block's end,
+    then go out in the order made; another thread's are not held."""
+    inst = env.inst
+    ext = f"/ipacctd-test-{inst.id}-ext"
+    inst.make_cgroup(ext)
+    for i in range(2):
+        inst.make_cgroup(f"{ext}/u{i}")
+        inst.manager().attach(f"{ext}/u{i}", name=f"u{i}")
+    registry = Registry(inst.manager())
+    try:
+        seen: list[tuple[str, str]] = []
+        registry.listeners.append(lambda event, name, entry: seen.append((event, name)))
+        with registry.held():
+            registry.refresh("u0.service")
+            with registry.held():  # nested: the outer block announces
+                registry.refresh("u1.service")
+            registry.refresh("u0.service")
+            other = threading.Thread(target=registry.refresh, args=("u1.service",))
+            other.start()
+            other.join()
+            assert seen == [("changed", "u1.service")]  # the other thread's, at once
+        assert seen == [
+            ("changed", "u1.service"),
+            ("new", "u0.service"),
+            ("new", "u1.service"),
+            ("changed", "u0.service"),
+        ]
+    finally:
+        registry.close()
+
+
+def test_a_burst_bound_by_the_daemon_announces_each_unit_once(env: DaemonEnv) -> None:
+    """The daemon binds a burst in slices and sends each slice's ``UnitNew`` signals after
+    it: every unit is announced exactly once, in the order bound, with the object path
+    ``GetUnit`` gives it."""
+    inst = env.inst
+    ext = f"/ipacctd-test-{inst.id}-ext"
+    inst.make_cgroup(ext)
+    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
+        f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
+    env.start()
+    assert env.proc is not None
+    c = env.client
+    listener = env.new_client()
+    listener.add_match(f"type='signal',path='{ROOT}',interface='{MANAGER}',member='UnitNew'")
+    n = 120
+    # Stopped, the daemon finds the whole burst at once: several slices.
+    os.kill(env.proc.pid, signal.SIGSTOP)
+    try:
+        made = [inst.make_cgroup(f"{ext}/gb-{i:03d}") for i in range(n)]
+    finally:
+        os.kill(env.proc.pid, signal.SIGCONT)
+    want = [f"gb@gb-{i:03d}.service" for i in range(n)]
+
+    def announced() -> list[str]:
+        return [m.body[0] for m in listener.signals if m.member == "UnitNew"]
+
+    listener.wait(lambda: len(announced()) >= n, 120, f"UnitNew for {n} units")
+    listener.pump(0.5)  # none more
+    assert announced() == want  # each once, in the order the binder binds them
+    paths = {m.body[0]: m.body[1] for m in listener.signals if m.member == "UnitNew"}
+    for name in want:
+        assert c.manager("GetUnit", "s", name) == [paths[name]]
+    assert [len(egress_progs(fs)) for fs in made] == [1] * n
