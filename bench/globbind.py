@@ -15,7 +15,7 @@ private ``dbus-daemon`` and ``python -m ipacctd daemon``, then makes the cgroups
   mkdir until all are bound (one call at a time, each call's round trip): max, p99, median
   — a Ping is answered by the daemon's event loop, so a loop blocked by binding shows here;
 * after: every cgroup's egress programs (``BPF_PROG_QUERY``): exactly one each (bound
-  once, none left unbound or bound twice).
+  once, none left unbound or bound twice); and the daemon's RSS once all are bound.
 
 Everything made is removed at the end (daemon and bus by PID, pins, cgroups, files), also
 after a failure or Ctrl-C.
@@ -109,6 +109,15 @@ def units_recorded(state_dir: str) -> int:
         return 0
 
 
+def daemon_rss_mb(pid: int) -> float:
+    """The daemon's resident memory (MB), from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def egress_count(fs: str) -> int:
     fd = open_cgroup(fs)
     try:
@@ -153,6 +162,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
             time.sleep(0.05)
         pinger.stop.set()
         stopped, inflight = time.perf_counter(), pinger.inflight
+        rss = daemon_rss_mb(daemon.pid)
         if args.keep_log:
             Path(args.keep_log).write_text(Path(log_path).read_text())
         pinger.join(timeout=60)
@@ -173,6 +183,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
             "once": sum(1 for c in counts if c == 1),
             "none": sum(1 for c in counts if c == 0),
             "twice": sum(1 for c in counts if c > 1),
+            "rss": rss,
         }
         return res
     finally:
@@ -293,14 +304,14 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         f"made in batches of {args.batch}; Peer.Ping every 50 ms meanwhile",
         "",
         f"{'N':>6} {'bound s':>8} {'units':>6} {'pings':>6} {'ping max ms':>11} "
-        f"{'p99':>8} {'median':>8} {'1 prog':>7} {'0 prog':>7} {'2+ prog':>7}",
+        f"{'p99':>8} {'median':>8} {'1 prog':>7} {'0 prog':>7} {'2+ prog':>7} {'RSS MB':>7}",
     ]
     for r in results:
         b = "timeout" if r["bound_s"] is None else f"{r['bound_s']:.1f}"
         lines.append(
             f"{r['n']:>6} {b:>8} {r['recorded']:>6} {r['pings']:>6} {r['max']:>11.1f} "
             f"{r['p99']:>8.1f} {r['median']:>8.1f} {r['once']:>7} {r['none']:>7} "
-            f"{r['twice']:>7}"
+            f"{r['twice']:>7} {r['rss']:>7.0f}"
         )
     return "\n".join(lines)
 
