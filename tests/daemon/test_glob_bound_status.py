@@ -21,6 +21,8 @@ from ipacctd.bpf.links import open_cgroup, prog_query
 from ipacctd.bpf.types import AttachType
 from ipacctd.daemon.binder import Binder
 from ipacctd.daemon.registry import Registry
+from ipacctd.datapath.counters import Direction
+from ipacctd.datapath.unit import LINK
 from ipacctd.manager.unit import Unit
 
 pytestmark = pytest.mark.kernel
@@ -119,8 +121,7 @@ def test_bound_reads_back_what_the_engine_result_cannot_vouch_for(env: DaemonEnv
     inst.make_cgroup(ext)
     with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
         f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
-    for i in range(3):
-        inst.make_cgroup(f"{ext}/gb-{i}")
+    made = [inst.make_cgroup(f"{ext}/gb-{i}") for i in range(4)]
     manager, cli = inst.manager(), inst.manager()
     registry = Registry(manager)
     try:
@@ -128,8 +129,8 @@ def test_bound_reads_back_what_the_engine_result_cannot_vouch_for(env: DaemonEnv
         binder = Binder(manager, on_bound=units.append)
         binder.load()
         binder.reconcile()
-        assert sorted(u.name for u in units) == [f"gb@gb-{i}.service" for i in range(3)]
-        changed, shown, plain = units
+        assert sorted(u.name for u in units) == [f"gb@gb-{i}.service" for i in range(4)]
+        changed, shown, plain, cut = units
         # Another process changes one record after the binding, before the registry shows
         # it: the engine's unit is not what is recorded now, so the record is read back.
         cli.set_properties(changed.name, [("Description", "changed by hand")])
@@ -141,6 +142,16 @@ def test_bound_reads_back_what_the_engine_result_cannot_vouch_for(env: DaemonEnv
         registry.refresh(shown.name)
         again = registry.bound(shown)
         assert again is not None and again.status == manager.status(shown.name)
+        # Its egress link unpinned by hand meanwhile (the program comes off the cgroup),
+        # the record unchanged: the kernel's facts are read, not assumed, so the view says
+        # NOT in force, with the engine's own problem text.
+        os.unlink(os.path.join(manager.store.pin_dir(cut.name), LINK[Direction.EGRESS]))
+        assert egress_progs(made[3]) == ()
+        entry = registry.bound(cut)
+        assert entry is not None and entry.status == manager.status(cut.name)
+        enf = entry.status.enforcement
+        assert not enf.enforced and enf.alarming and enf.problem, enf
+        assert entry.status.attached is False
         # The record removed meanwhile: nothing is shown for it.
         cli.detach(plain.name)
         assert registry.bound(plain) is None
