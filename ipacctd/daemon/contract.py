@@ -111,8 +111,9 @@ def error_from_reply(name: str | None, body: list[Any]) -> Error:
 # -- object paths ----------------------------------------------------------------------------
 
 
-#: Each byte as a label keeps it: itself when an ASCII letter or digit, else ``_XX``.
-_LABEL = [chr(b) if chr(b).isascii() and chr(b).isalnum() else f"_{b:02x}" for b in range(256)]
+#: Each byte as a label keeps it: itself when an ASCII letter or digit, else ``_XX``. Made
+#: at the first escape (64 µs), not at import: every CLI command imports this module.
+_LABEL: list[str] | None = None
 
 
 def escape_label(name: str) -> str:
@@ -121,9 +122,15 @@ def escape_label(name: str) -> str:
     name, on every unit's ``UnitNew`` and every row of a ``ListUnits``."""
     if not name:
         return "_"
+    global _LABEL
+    label = _LABEL
+    if label is None:  # made whole, then published (two threads may both make it)
+        label = [
+            chr(b) if chr(b).isascii() and chr(b).isalnum() else f"_{b:02x}" for b in range(256)
+        ]
+        _LABEL = label
     raw = name.encode()
     first = raw[0]
-    label = _LABEL
     head = f"_{first:02x}" if 0x30 <= first <= 0x39 else label[first]
     return head + "".join([label[b] for b in raw[1:]])
 
