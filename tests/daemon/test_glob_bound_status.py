@@ -225,3 +225,42 @@ def test_a_burst_bound_by_the_daemon_announces_each_unit_once(env: DaemonEnv) ->
     for name in want:
         assert c.manager("GetUnit", "s", name) == [paths[name]]
     assert [len(egress_progs(fs)) for fs in made] == [1] * n
+
+
+def test_a_match_bound_meanwhile_by_another_process_is_shown_as_recorded(
+    env: DaemonEnv,
+) -> None:
+    """A pending match that another process bound under the same name to the same cgroup
+    meanwhile (the OCI hook does so for a container) is done, not refused: the binder
+    hands the unit as recorded to the registry, which reads it back (no record of the
+    binder's batch vouches for it)."""
+    inst = env.inst
+    ext = f"/ipacctd-test-{inst.id}-ext"
+    inst.make_cgroup(ext)
+    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
+        f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
+    made = [inst.make_cgroup(f"{ext}/gb-{i}") for i in range(2)]
+    manager = inst.manager()
+    registry = Registry(manager)
+    try:
+        given: list[Unit] = []
+
+        def on_bound(unit: Unit) -> None:
+            given.append(unit)
+            registry.bound(unit)
+
+        binder = Binder(manager, on_bound=on_bound)
+        binder.load()
+        assert len(binder.reconcile(budget=0)) == 1  # gb-0 bound, gb-1 pending
+        assert [b.name for b in binder.pending] == ["gb@gb-1.service"]
+        other = inst.manager().attach(f"{ext}/gb-1", name="gb@gb-1")  # the other process
+        lines = binder.bind_pending()
+        assert lines == [f"gb@gb-1.service: bound to {ext}/gb-1 already (by the OCI hook)"]
+        assert [u.name for u in given] == ["gb@gb-0.service", "gb@gb-1.service"]
+        assert given[1].started_at == other.started_at  # the unit as the other one made it
+        shown = registry.units["gb@gb-1.service"]
+        assert shown.status == manager.status("gb@gb-1.service")
+        assert shown.status.enforcement.enforced
+        assert [len(egress_progs(fs)) for fs in made] == [1, 1]
+    finally:
+        registry.close()
