@@ -15,19 +15,30 @@ private ``dbus-daemon`` and ``python -m ipacctd daemon``, then makes the cgroups
   mkdir until all are bound (one call at a time, each call's round trip): max, p99, median
   — a Ping is answered by the daemon's event loop, so a loop blocked by binding shows here;
 * after: every cgroup's egress programs (``BPF_PROG_QUERY``): exactly one each (bound
-  once, none left unbound or bound twice).
+  once, none left unbound or bound twice); and the daemon's RSS once all are bound.
 
 Everything made is removed at the end (daemon and bus by PID, pins, cgroups, files), also
 after a failure or Ctrl-C.
 
+``--steps N``: instead, what the daemon does per unit, in this process (CPU time of this
+thread, less sensitive to the load of a shared machine than the wall time above): N cgroups
+made at once and bound in slices as the daemon binds them (the engine, a registry, D-Bus
+signals on a private bus), each step timed; rounds alternate between the way the daemon
+showed a new unit before (``read-back``: Registry.refresh reads its record and the kernel
+again, its UnitNew sent at once) and now (``engine``: Registry.bound takes the unit
+attach_many returned, the slice's UnitNew sent after it), each round on a fresh
+installation.
+
 Run as root:  python3 bench/globbind.py [--counts 1000,2000,5000] [--batch 100]
               [--timeout 900] [--out FILE]
+              python3 bench/globbind.py --steps 2000 [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
@@ -98,6 +109,15 @@ def units_recorded(state_dir: str) -> int:
         return 0
 
 
+def daemon_rss_mb(pid: int) -> float:
+    """The daemon's resident memory (MB), from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def egress_count(fs: str) -> int:
     fd = open_cgroup(fs)
     try:
@@ -142,6 +162,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
             time.sleep(0.05)
         pinger.stop.set()
         stopped, inflight = time.perf_counter(), pinger.inflight
+        rss = daemon_rss_mb(daemon.pid)
         if args.keep_log:
             Path(args.keep_log).write_text(Path(log_path).read_text())
         pinger.join(timeout=60)
@@ -162,6 +183,7 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
             "once": sum(1 for c in counts if c == 1),
             "none": sum(1 for c in counts if c == 0),
             "twice": sum(1 for c in counts if c > 1),
+            "rss": rss,
         }
         return res
     finally:
@@ -172,6 +194,108 @@ def run_one(n: int, args: argparse.Namespace) -> dict:
         inst.close()
 
 
+def run_steps(n: int, mode: str) -> dict:
+    """One round of ``--steps``: N cgroups bound in slices as the daemon binds them, the
+    new unit shown by ``mode`` ("read-back" or "engine"); CPU seconds of each step."""
+    from ipacctd.daemon.binder import Binder
+    from ipacctd.daemon.bus import BusService
+    from ipacctd.daemon.contract import open_bus
+    from ipacctd.daemon.registry import Registry
+    from ipacctd.daemon.service import BIND_SLICE
+
+    inst = isolated.Installation(make_unit_dir=True)
+    bus = PrivateBus()
+    made: list[str] = []
+    cpu = {"attach_many": 0.0, "view": 0.0, "signals": 0.0, "all": 0.0}
+
+    def timed(key: str, fn):
+        def call(*args, **kwargs):
+            t = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                cpu[key] += time.thread_time() - t
+
+        return call
+
+    async def bind() -> None:
+        conn = await open_bus(bus.address)
+        registry = Registry(inst.manager)
+        try:
+            service = BusService(conn, registry, "bench", 1.0, lambda: None)
+            registry.listeners[-1] = timed("signals", service._on_registry)
+            inst.manager.attach_many = timed("attach_many", inst.manager.attach_many)
+            if mode == "engine":
+                on_bound, hold = registry.bound, registry.held
+            else:
+                on_bound, hold = (lambda unit: registry.refresh(unit.name)), contextlib.nullcontext
+            binder = Binder(
+                inst.manager,
+                lambda: [e.status.unit for e in registry.units.values()],
+                timed("view", on_bound),
+            )
+            binder.load()
+            t = time.thread_time()
+            with hold():
+                binder.reconcile(BIND_SLICE)
+            while binder.busy:
+                await asyncio.sleep(0)  # the loop between slices (the bus writer flushes)
+                with hold():
+                    binder.bind_pending(BIND_SLICE)
+            cpu["all"] = time.thread_time() - t
+            await asyncio.sleep(0.2)
+            if len(registry.units) != n:
+                raise RuntimeError(f"{len(registry.units)} units shown, {n} bound")
+        finally:
+            registry.close()
+            conn.disconnect()
+
+    try:
+        cgroup.create(inst.root_fs)
+        Path(inst.config.unit_dir, "gb.service").write_text(
+            f"[Match]\nControlGroup={inst.config.cgroup_root}/gb-*.scope\n\n[Service]\n"
+            "IPAddressDeny=198.51.100.1\n"
+        )
+        for i in range(n):
+            made.append(os.path.join(inst.root_fs, f"gb-{i:05d}.scope"))
+            os.mkdir(made[-1])
+        asyncio.run(bind())
+        if mode == "read-back":  # its signals were sent from inside the refresh
+            cpu["view"] -= cpu["signals"]
+        return {"mode": mode, **{k: v / n * 1000 for k, v in cpu.items()}}
+    finally:
+        bus.close()
+        inst.extra_cgroups.extend(reversed(made))
+        inst.close()
+
+
+def steps_report(n: int, rounds: list[dict]) -> str:
+    lines = [
+        f"ipacctd glob binding, per unit in-process (--steps {n}) — "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}, kernel {platform.release()}, "
+        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        "CPU ms a unit (this thread): attach_many (the engine), the registry's view of the new "
+        "unit (its signals apart), its D-Bus signals, and the whole binding (slices, view, "
+        "signals, the rest)",
+        "",
+        f"{'mode':>10} {'attach_many':>12} {'view':>8} {'signals':>8} {'all':>8}",
+    ]
+    for r in rounds:
+        lines.append(
+            f"{r['mode']:>10} {r['attach_many']:>12.3f} {r['view']:>8.3f} {r['signals']:>8.3f} "
+            f"{r['all']:>8.3f}"
+        )
+    for mode in ("read-back", "engine"):
+        mine = [r for r in rounds if r["mode"] == mode]
+        if mine:
+            med = {k: statistics.median(r[k] for r in mine) for k in ("view", "signals", "all")}
+            lines.append(
+                f"{mode:>10} median: view {med['view']:.3f}, signals {med['signals']:.3f}, "
+                f"view + signals {med['view'] + med['signals']:.3f}, all {med['all']:.3f}"
+            )
+    return "\n".join(lines)
+
+
 def report(results: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"ipacctd glob binding benchmark — {time.strftime('%Y-%m-%d %H:%M:%S')}, kernel "
@@ -180,14 +304,14 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         f"made in batches of {args.batch}; Peer.Ping every 50 ms meanwhile",
         "",
         f"{'N':>6} {'bound s':>8} {'units':>6} {'pings':>6} {'ping max ms':>11} "
-        f"{'p99':>8} {'median':>8} {'1 prog':>7} {'0 prog':>7} {'2+ prog':>7}",
+        f"{'p99':>8} {'median':>8} {'1 prog':>7} {'0 prog':>7} {'2+ prog':>7} {'RSS MB':>7}",
     ]
     for r in results:
         b = "timeout" if r["bound_s"] is None else f"{r['bound_s']:.1f}"
         lines.append(
             f"{r['n']:>6} {b:>8} {r['recorded']:>6} {r['pings']:>6} {r['max']:>11.1f} "
             f"{r['p99']:>8.1f} {r['median']:>8.1f} {r['once']:>7} {r['none']:>7} "
-            f"{r['twice']:>7}"
+            f"{r['twice']:>7} {r['rss']:>7.0f}"
         )
     return "\n".join(lines)
 
@@ -199,11 +323,21 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out")
     p.add_argument("--keep-log", help="copy the daemon's log here (the last N's)")
+    p.add_argument("--steps", type=int, help="per-unit CPU of each step, in-process (N units)")
+    p.add_argument("--rounds", type=int, default=3, help="--steps: rounds of each mode")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("run as root", file=sys.stderr)
         return 1
     bpffs.ensure_mounted()
+    if args.steps:
+        rounds = []
+        for _ in range(args.rounds):
+            for mode in ("read-back", "engine"):  # interleaved
+                rounds.append(run_steps(args.steps, mode))
+                print(steps_report(args.steps, rounds[-1:]).splitlines()[4], file=sys.stderr)
+        publish(steps_report(args.steps, rounds), args.out)
+        return 0
     results = []
     for n in (int(x) for x in args.counts.split(",")):
         print(f"N={n}", file=sys.stderr, flush=True)

@@ -108,11 +108,12 @@ class Binder:
     """Keeps units bound to the cgroups their files name."""
 
     def __init__(self, manager: Manager, units: Callable[[], Iterable[Unit]] | None = None,
-                 on_bound: Callable[[str], object] | None = None) -> None:
+                 on_bound: Callable[[Unit], object] | None = None) -> None:
         """``units``: every unit as recorded now (default: read all metadata files; the
         daemon passes its registry's view, kept current by inotify, which is cheaper).
-        ``on_bound``: called with each unit's name as it is bound (the daemon's registry
-        shows it at once, while the rest of a large binding is still pending)."""
+        ``on_bound``: called with each unit as :meth:`Manager.attach_many` made it, once its
+        record is durable (the daemon's registry shows it at once, while the rest of a
+        large binding is still pending)."""
         self.manager = manager
         self._units = units
         self._on_bound = on_bound
@@ -401,12 +402,13 @@ class Binder:
         for b, result in zip(batch, results, strict=False):
             self.pending.popleft()
             try:
-                done.append(self._bound(b, result))
+                line, unit = self._bound(b, result)
             except Error as exc:
                 log.error("cannot bind %s to %s: %s", b.name, b.cgroup, exc)
                 continue
+            done.append(line)
             if self._on_bound is not None:
-                self._on_bound(b.name)
+                self._on_bound(unit)
                 told += 1
         if told:
             self._bound_cost = _average(self._bound_cost, (time.monotonic() - t) / told)
@@ -441,18 +443,19 @@ class Binder:
             lines.append(f"updated {name} from {', '.join(f.path for f in b.files)}")
         return "; ".join(lines) or None
 
-    def _bound(self, b: Binding, result: Unit | Error) -> str:
-        """The log line of one attach's ``result`` (its error raised)."""
+    def _bound(self, b: Binding, result: Unit | Error) -> tuple[str, Unit]:
+        """The log line of one attach's ``result`` and the unit bound (its error raised)."""
         if isinstance(result, AlreadyExists):
             # The OCI hook bound this container a moment ago (our view of the units is
             # older): the same unit on the same cgroup is done, not a conflict.
             with contextlib.suppress(NotFound):
-                if self.manager.unit(b.name).cgroup == b.cgroup:
-                    return f"{b.name}: bound to {b.cgroup} already (by the OCI hook)"
+                unit = self.manager.unit(b.name)
+                if unit.cgroup == b.cgroup:
+                    return f"{b.name}: bound to {b.cgroup} already (by the OCI hook)", unit
         if isinstance(result, Error):
             raise result
         merged = f" (merged: {', '.join(f.path for f in b.files)})" if len(b.files) > 1 else ""
-        return f"bound {b.name} to {b.cgroup}{merged}"
+        return f"bound {b.name} to {b.cgroup}{merged}", result
 
 
 def _nameable(f: UnitFile, pattern: str) -> bool:

@@ -49,7 +49,7 @@ class Daemon:
         self.config = config
         self.manager = Manager(config.paths)
         self.registry = Registry(self.manager)
-        self.binder = Binder(self.manager, self._current_units, self.registry.refresh)
+        self.binder = Binder(self.manager, self._current_units, self.registry.bound)
         self.bus: MessageBus | None = None
         self.service: BusService | None = None
         self.http: metrics.MetricsServer | None = None
@@ -277,7 +277,8 @@ class Daemon:
             if self.inotify is not None:
                 self._watch_unit_dirs()
             try:
-                self.binder.reconcile(BIND_SLICE)
+                with self.registry.held():  # the units' signals after the slice
+                    self.binder.reconcile(BIND_SLICE)
             except Error as exc:
                 log.error("binding unit files: %s", exc)
             self._bind_later()
@@ -302,7 +303,8 @@ class Daemon:
     def _bind_slice(self) -> None:
         self._binding = None
         try:
-            self.binder.bind_pending(BIND_SLICE)
+            with self.registry.held():  # the units' signals after the slice, back to back
+                self.binder.bind_pending(BIND_SLICE)
         except Error as exc:
             log.error("binding unit files: %s", exc)
         if self.binder.busy:

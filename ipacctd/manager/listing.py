@@ -275,6 +275,15 @@ class StatusReader:
         unit, meta = found
         if before is not None:
             before(unit)
+        return self.live(name, unit, meta)
+
+    def live(
+        self, name: str, unit: Unit, meta: tuple[int, int, int]
+    ) -> tuple[UnitStatus, Seen] | None:
+        """The fast status of ``unit`` as its metadata file (key ``meta``: inode, size,
+        mtime in ns) holds it: the kernel's facts read as :meth:`read` reads them, the
+        metadata not read again (the daemon's registry has the unit its binder just bound
+        and recorded). None when the unit is off the common path."""
         fs = self._common(unit)
         if fs is None:
             return None

@@ -62,11 +62,13 @@ LIST_PROPERTIES = tuple(n for n, spec in PROPERTIES.items() if spec.signature ==
 _PROPERTY_SECTIONS = ("properties", "rollback")
 
 
-def _replace(tmp: str, path: str, data: bytes, fsync: bool) -> None:
+def _replace(tmp: str, path: str, data: bytes, fsync: bool) -> tuple[int, int, int]:
     """Put ``data`` at ``path`` whole or not at all: written to ``tmp`` (a name of this
     process's own: a stale one, left by a crashed writer with our pid, goes first), synced
     when ``fsync``, renamed into place. The temporary file is created exclusively and never
-    through a symlink planted at its predictable name (0600: the state is root's)."""
+    through a symlink planted at its predictable name (0600: the state is root's).
+    Returns the file's (inode, size, mtime in ns), which the rename keeps: the file at
+    ``path`` is this one for as long as a stat of it gives the same."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -76,7 +78,9 @@ def _replace(tmp: str, path: str, data: bytes, fsync: bool) -> None:
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+            st = os.fstat(f.fileno())
         os.rename(tmp, path)
+        return st.st_ino, st.st_size, st.st_mtime_ns
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -259,6 +263,12 @@ class Store:
         # Inside :meth:`batch`, the thread in it: its durable writes wait for the end (one
         # syncfs for them all), and whether there were any. Other threads write as always.
         self._batch: tuple[int, list[bool]] | None = None
+        # The records the last batch wrote (unit → the file's inode, size, mtime in ns), set
+        # when it ended, their sync done: a reader holding what was written (the daemon's
+        # registry, given the units a binding made) knows from one stat that the file on
+        # disk is still that record, and need not read it back.
+        self.written: dict[str, tuple[int, int, int]] = {}
+        self._written: dict[str, tuple[int, int, int]] = {}
 
     def ensure_dirs(self) -> None:
         """Create the state directories (root-only)."""
@@ -440,9 +450,10 @@ class Store:
         text = json.dumps(data, indent=1, sort_keys=True)
         held = self._batch
         batch = held[1] if held is not None and held[0] == _thread.get_ident() else None
-        _replace(tmp, path, text.encode(), fsync=durable and batch is None)
+        key = _replace(tmp, path, text.encode(), fsync=durable and batch is None)
         if durable and batch is not None:
             batch[0] = True
+            self._written[canonical(unit)] = key
         if has_lists or named:
             self._prune_lists(unit, named, before)
 
@@ -460,6 +471,7 @@ class Store:
             yield  # nested: the outer block syncs
             return
         batch: list[bool] = [False]
+        self._written = {}
         self._batch = (_thread.get_ident(), batch)
         try:
             yield
@@ -467,6 +479,7 @@ class Store:
             self._batch = None
             if batch[0]:
                 self.sync()
+            self.written, self._written = self._written, {}
 
     def sync(self) -> None:
         """Make every write to the state filesystem durable (``syncfs`` of the filesystem

@@ -31,7 +31,7 @@ def test_binder_binds_pending_matches_in_slices_once_each(env: DaemonEnv) -> Non
     inst.manager().attach(f"{ext}/gb-5", name="byhand")
     hand = made.pop()
     seen: list[str] = []
-    binder = Binder(inst.manager(), on_bound=seen.append)
+    binder = Binder(inst.manager(), on_bound=lambda unit: seen.append(unit.name))
     binder.load()
     # A slice with no time left still binds one match: the rest wait, in order.
     assert len(binder.reconcile(budget=0)) == 1

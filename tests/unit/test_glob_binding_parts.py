@@ -92,7 +92,6 @@ def test_glob_cgroups_of_a_glob_with_matches_is_not_empty(tmp_path: Path) -> Non
     ]
 
 
-
 def test_store_batch_syncs_once_at_its_end(tmp_path: Path, monkeypatch) -> None:
     """Inside a batch no record is fsynced; one syncfs at the end covers them (also when
     the block raises); a write that is not durable asks for none; outside, fsync as ever."""
@@ -173,3 +172,29 @@ def test_is_glob_is_glob_chars() -> None:
     for c in string.printable:
         assert is_glob(f"web{c}x.service") == (c in GLOB_CHARS), repr(c)
     assert not is_glob("") and is_glob("[ab]")
+
+
+def test_store_batch_tells_which_files_it_wrote(tmp_path: Path) -> None:
+    """After a batch, :attr:`Store.written` holds the key (inode, size, mtime) of each
+    durable record it wrote, as a stat of the file in place gives it (the rename keeps it);
+    a later write of the file gives another key; a record not durable is not listed; the
+    keys are set when the batch ends, and a new batch starts from none."""
+    s = temp_store(tmp_path)
+    with s.batch():
+        s.write("a", {"name": "a.service"})
+        s.write("b", {"name": "b.service", "x": 1})
+        s.write("t", {"name": "t.service"}, durable=False)
+        assert s.written == {}
+    path = s.meta_path
+
+    def key(unit: str) -> tuple[int, int, int]:
+        st = os.stat(path(unit))
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    assert s.written == {"a.service": key("a"), "b.service": key("b")}
+    old = s.written["a.service"]
+    s.write("a", {"name": "a.service", "y": 2})  # outside a batch: fsynced, not listed
+    assert key("a") != old and s.written["a.service"] == old
+    with s.batch():
+        s.write("c", {"name": "c.service"})
+    assert s.written == {"c.service": key("c")}

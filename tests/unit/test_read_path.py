@@ -329,3 +329,28 @@ def test_list_files_of_units_without_metadata_are_swept(tmp_path) -> None:
     assert not os.path.exists(store.lists_dir("gone.service"))
     assert os.path.isdir(store.lists_dir("big.service"))
     assert str(Unit.from_json(store.read("big.service")).properties.ip_address_deny)
+
+
+def _escape_as_before(name: str) -> str:
+    """systemd's bus_label_escape, character by character (the table's reference)."""
+    if not name:
+        return "_"
+    out = []
+    for i, ch in enumerate(name.encode()):
+        c = chr(ch)
+        if c.isascii() and (c.isalpha() or (c.isdigit() and i > 0)):
+            out.append(c)
+        else:
+            out.append(f"_{ch:02x}")
+    return "".join(out)
+
+
+def test_escape_label_is_systemds_for_every_byte_first_and_later() -> None:
+    from ipacctd.daemon.contract import escape_label, unescape_label
+
+    names = ["", "a", "0", "9x", "x9", "gb@gb-00001.scope", "web.service", "ü-ß.service", "_"]
+    names += [chr(c) for c in range(1, 256)] + [f"a{chr(c)}b" for c in range(1, 256)]
+    for name in names:
+        got = escape_label(name)
+        assert got == _escape_as_before(name), name
+        assert unescape_label(got) == name, name
