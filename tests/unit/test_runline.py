@@ -98,10 +98,10 @@ def test_the_parser_is_built_from_the_same_tables(parsers) -> None:
     """Each option in runline's tables is one the parser knows, with the same destination
     (a new option added to the parser alone would be refused by the reader, not misread)."""
     run_parser, _ = parsers
-    run_sub = next(a for a in run_parser._subparsers._group_actions)  # noqa: SLF001
+    run_sub = next(a for a in run_parser._subparsers._group_actions)
     sub = run_sub.choices["run"]
-    known = {flag: a.dest for a in sub._actions for flag in a.option_strings}  # noqa: SLF001
-    known.update({f: a.dest for a in run_parser._actions for f in a.option_strings})  # noqa: SLF001
+    known = {flag: a.dest for a in sub._actions for flag in a.option_strings}
+    known.update({f: a.dest for a in run_parser._actions for f in a.option_strings})
     for option in (*GLOBAL_OPTIONS, *RUN_OPTIONS):
         for flag in option.flags:
             assert known[flag] == option.dest, flag
