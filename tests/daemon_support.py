@@ -394,3 +394,16 @@ def egress_progs(fs: str) -> tuple[int, ...]:
         return prog_query(fd, AttachType.CGROUP_INET_EGRESS).prog_ids
     finally:
         os.close(fd)
+
+
+def glob_unit(inst: Installation, service: str = "IPAddressDeny=198.51.100.1",
+              unit: str = "") -> str:
+    """The glob tests' unit file ``gb.unit``: ``ControlGroup=<ext>/gb-*`` with ``service``
+    (and a ``[Unit]`` section's ``unit`` lines); ``<ext>``, a cgroup of the test's own made
+    beside ipacctd's, is returned."""
+    ext = f"/ipacctd-test-{inst.id}-ext"
+    inst.make_cgroup(ext)
+    head = f"[Unit]\n{unit}\n\n" if unit else ""
+    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
+        f.write(f"{head}[Match]\nControlGroup={ext}/gb-*\n\n[Service]\n{service}\n")
+    return ext

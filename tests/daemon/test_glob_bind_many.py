@@ -17,7 +17,7 @@ import signal
 import time
 
 import pytest
-from daemon_support import DaemonEnv, egress_progs
+from daemon_support import DaemonEnv, egress_progs, glob_unit
 from support import wait_for
 
 from ipacctd.errors import AlreadyExists
@@ -69,10 +69,7 @@ def _recorded(inst) -> set[str]:
 
 def test_daemon_killed_mid_binding_restarts_and_binds_each_cgroup_once(env: DaemonEnv) -> None:
     inst = env.inst
-    ext = f"/ipacctd-test-{inst.id}-ext"
-    inst.make_cgroup(ext)
-    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
-        f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
+    ext = glob_unit(inst)
     env.start()
     assert env.proc is not None
     c = env.client

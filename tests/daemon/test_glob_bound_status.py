@@ -15,7 +15,7 @@ import subprocess
 import threading
 
 import pytest
-from daemon_support import MANAGER, ROOT, DaemonEnv, egress_progs
+from daemon_support import MANAGER, ROOT, DaemonEnv, egress_progs, glob_unit
 
 from ipacctd.bpf.links import open_cgroup, prog_query
 from ipacctd.bpf.types import AttachType
@@ -57,13 +57,8 @@ def _same_entry(shown, read) -> None:
 
 def test_bound_units_show_the_status_the_read_back_gives(env: DaemonEnv) -> None:
     inst = env.inst
-    ext = f"/ipacctd-test-{inst.id}-ext"
-    inst.make_cgroup(ext)
-    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
-        f.write(
-            f"[Unit]\nDescription=glob\n\n[Match]\nControlGroup={ext}/gb-*\n\n[Service]\n"
-            f"IPAddressDeny={DENIED}\nIPAddressAllow=203.0.113.0/24\n"
-        )
+    ext = glob_unit(inst, f"IPAddressDeny={DENIED}\nIPAddressAllow=203.0.113.0/24",
+                    unit="Description=glob")
     made = {f"gb@gb-{i}.service": inst.make_cgroup(f"{ext}/gb-{i}") for i in range(5)}
     # A process in one of them: active (running) with its PID, not idle.
     sleeper = subprocess.Popen(["sleep", "120"])
@@ -117,10 +112,7 @@ def test_bound_units_show_the_status_the_read_back_gives(env: DaemonEnv) -> None
 
 def test_bound_reads_back_what_the_engine_result_cannot_vouch_for(env: DaemonEnv) -> None:
     inst = env.inst
-    ext = f"/ipacctd-test-{inst.id}-ext"
-    inst.make_cgroup(ext)
-    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
-        f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
+    ext = glob_unit(inst)
     made = [inst.make_cgroup(f"{ext}/gb-{i}") for i in range(4)]
     manager, cli = inst.manager(), inst.manager()
     registry = Registry(manager)
@@ -197,10 +189,7 @@ def test_a_burst_bound_by_the_daemon_announces_each_unit_once(env: DaemonEnv) ->
     it: every unit is announced exactly once, in the order bound, with the object path
     ``GetUnit`` gives it."""
     inst = env.inst
-    ext = f"/ipacctd-test-{inst.id}-ext"
-    inst.make_cgroup(ext)
-    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
-        f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
+    ext = glob_unit(inst)
     env.start()
     assert env.proc is not None
     c = env.client
@@ -235,10 +224,7 @@ def test_a_match_bound_meanwhile_by_another_process_is_shown_as_recorded(
     hands the unit as recorded to the registry, which reads it back (no record of the
     binder's batch vouches for it)."""
     inst = env.inst
-    ext = f"/ipacctd-test-{inst.id}-ext"
-    inst.make_cgroup(ext)
-    with open(os.path.join(inst.unit_dir, "gb.unit"), "w") as f:
-        f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
+    ext = glob_unit(inst)
     made = [inst.make_cgroup(f"{ext}/gb-{i}") for i in range(2)]
     manager = inst.manager()
     registry = Registry(manager)

@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from daemon_support import DaemonEnv, egress_progs
+from daemon_support import DaemonEnv, egress_progs, glob_unit
 
 from ipacctd.daemon.binder import Binder
 
@@ -16,17 +16,10 @@ pytestmark = pytest.mark.kernel
 DENIED = "198.51.100.1"
 
 
-def write_glob(env: DaemonEnv, ext: str) -> None:
-    with open(os.path.join(env.inst.unit_dir, "gb.unit"), "w") as f:
-        f.write(f"[Match]\nControlGroup={ext}/gb-*\n\n[Service]\nIPAddressDeny={DENIED}\n")
-
-
 def test_binder_binds_pending_matches_in_slices_once_each(env: DaemonEnv) -> None:
     inst = env.inst
-    ext = f"/ipacctd-test-{inst.id}-ext"
-    inst.make_cgroup(ext)
+    ext = glob_unit(inst)
     made = [inst.make_cgroup(f"{ext}/gb-{i}") for i in range(6)]
-    write_glob(env, ext)
     # Bound by hand already: the glob's unit is refused for it (one unit per cgroup).
     inst.manager().attach(f"{ext}/gb-5", name="byhand")
     hand = made.pop()
@@ -55,9 +48,7 @@ def test_binder_binds_pending_matches_in_slices_once_each(env: DaemonEnv) -> Non
 
 def test_burst_under_a_glob_is_bound_once_each_while_the_bus_answers(env: DaemonEnv) -> None:
     inst = env.inst
-    ext = f"/ipacctd-test-{inst.id}-ext"
-    inst.make_cgroup(ext)
-    write_glob(env, ext)
+    ext = glob_unit(inst)
     env.start()
     c = env.client
     n = 150
