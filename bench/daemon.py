@@ -77,6 +77,9 @@ class Result:
     getall_ms: float = 0.0
     getcounters_ms: float = 0.0
     getcounters_client_ms: float = 0.0  # of which the client's unmarshalling of the reply
+    getcounters_daemon_ms: float = 0.0  # the daemon's handler + marshalling, in-process CPU
+    getcounters_busctl_ms: float = 0.0  # `busctl call GetCounters` (sd-bus, C), wall
+    ping_busctl_ms: float = 0.0  # `busctl call ... Peer.Ping`: busctl's own start and connect
     gzip_cpu_ms: float = 0.0  # daemon CPU per scrape with Accept-Encoding: gzip
     om_cpu_ms: float = 0.0  # daemon CPU per OpenMetrics scrape
     scrape_inproc_ms: float = 0.0  # metrics.exposition in-process (process_time, median)
@@ -164,6 +167,22 @@ def unmarshal_seconds(reply) -> float:
     return statistics.median(times)
 
 
+def busctl_seconds(address: str, runs: int) -> tuple[float, float]:
+    """Median wall seconds of ``busctl --json=short call`` of GetCounters (a C client:
+    sd-bus reads the reply, busctl prints it as JSON into a pipe it is not waited on) and
+    of a Peer.Ping to the daemon (busctl's own start, connection and one round trip)."""
+    base = ["busctl", f"--address={address}", "--json=short", "call", BUS_NAME, "/org/ipacctd1"]
+    out = []
+    for call in (["org.ipacctd1.Manager", "GetCounters"], ["org.freedesktop.DBus.Peer", "Ping"]):
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            subprocess.run([*base, *call], stdout=subprocess.DEVNULL, check=True, timeout=60)
+            times.append(time.perf_counter() - t)
+        out.append(statistics.median(times))
+    return out[0], out[1]
+
+
 async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, float, float]:
     """Median seconds of GetAll on a unit object and of GetCounters, and of unmarshalling a
     GetCounters reply in this process."""
@@ -237,6 +256,42 @@ async def describe_latency(address: str, unit: str) -> tuple[float, float]:
         bus.disconnect()
 
 
+def getcounters_cpu(d: Daemon) -> float:
+    """Median CPU seconds of the daemon's GetCounters in this process: its message
+    handler and the reply's marshalling (what the daemon's connection writes), without the
+    bus; the counters as the last poll read them."""
+    from dbus_fast import Message
+
+    from ipacctd.daemon.bus import BusService
+
+    class Recorder:
+        def add_message_handler(self, handler) -> None:
+            pass
+
+        def send(self, msg: Message) -> None:
+            msg.serial = 1
+            msg._marshall(False)
+
+    bus = Recorder()
+    service = BusService(bus, d.registry, "bench", 0.2, lambda: None)
+    call = Message(
+        destination=BUS_NAME,
+        path="/org/ipacctd1",
+        interface="org.ipacctd1.Manager",
+        member="GetCounters",
+        serial=5,
+    )
+    call.sender = ":1.1"
+    times = []
+    for _ in range(7):
+        t = time.process_time()
+        out = service._handle(call)
+        if type(out) is Message:  # an older tree's daemon returned it to dbus-fast
+            bus.send(out)
+        times.append(time.process_time() - t)
+    return statistics.median(times[1:])  # the first one makes the rows
+
+
 def in_process(inst: Installation, res: Result, profile: bool) -> None:
     """Time Daemon.poll in this process (no bus, no HTTP): counters-only and state cycles."""
     d = Daemon(DaemonConfig(paths=inst.config, bus="unused", listen=""))
@@ -264,6 +319,7 @@ def in_process(inst: Installation, res: Result, profile: bool) -> None:
             b"".join(metrics.exposition(units, prom, None)[1])  # made as taken: take all
             scrapes.append(time.process_time() - t)
         res.scrape_inproc_ms = statistics.median(scrapes) * 1e3
+        res.getcounters_daemon_ms = getcounters_cpu(d) * 1e3
         if profile:
             runs = (
                 ("counters-only cycle", d.poll, (1,)),
@@ -352,6 +408,11 @@ def bench(n: int, args: argparse.Namespace) -> Result:
         )
         res.getall_ms, res.getcounters_ms = getall * 1e3, getcounters * 1e3
         res.getcounters_client_ms = client * 1e3
+        try:
+            c_client, ping = busctl_seconds(bus.address, 5)
+            res.getcounters_busctl_ms, res.ping_busctl_ms = c_client * 1e3, ping * 1e3
+        except (OSError, subprocess.SubprocessError) as exc:
+            res.notes.append(f"busctl: {exc}")
         res.rss_mb = vm_kb(daemon.pid, "VmRSS") / 1024  # after the scrapes and D-Bus calls
         res.gzip_cpu_ms = scrape_cpu(daemon.pid, port, args.scrapes, **{"Accept-Encoding": "gzip"})
         res.gzip_cpu_ms *= 1e3
@@ -438,6 +499,9 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
             "DescribeUnits all s",
             "DescribeUnits one s",
             "GetCounters client ms",
+            "GetCounters daemon CPU ms",
+            "GetCounters busctl ms",
+            "busctl Ping ms",
             "RSS peak before MB",
             "RSS peak MB",
         )
@@ -454,6 +518,9 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
                 f"{r.list_units_daemon_s:.2f}",
                 f"{r.status_daemon_s:.2f}",
                 f"{r.getcounters_client_ms:.1f}",
+                f"{r.getcounters_daemon_ms:.1f}",
+                f"{r.getcounters_busctl_ms:.1f}",
+                f"{r.ping_busctl_ms:.1f}",
                 f"{r.peak_pre_mb:.1f}",
                 f"{r.peak_mb:.1f}",
             )
@@ -487,7 +554,12 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         "  DescribeUnits all / one: the daemon's D-Bus call behind them for users who cannot",
         "  read the state (all units once; one unit, median of 3).",
         "GetCounters client ms: of GetCounters ms, what this process takes to unmarshal the",
-        "  reply (12 counters of every unit; dbus-fast, median of 3).",
+        "  reply (12 counters of every unit; dbus-fast, median of 3); GetCounters daemon",
+        "  CPU ms: the daemon's handler and the reply's marshalling, in this process",
+        "  (time.process_time, median of 6, the counters unchanged since the last poll);",
+        "  GetCounters busctl ms: `busctl --json=short call ... GetCounters` (sd-bus, a C",
+        "  client), wall, median of 5, process start included; busctl Ping ms: the same",
+        "  for Peer.Ping (busctl's start, connection, one round trip).",
         "RSS MB: the daemon's VmRSS after the scrapes and D-Bus calls; RSS peak before MB:",
         "  VmHWM then (start-up, scrapes, D-Bus calls); RSS peak MB: VmHWM at the end, after",
         "  list-units and DescribeUnits of all units.",
