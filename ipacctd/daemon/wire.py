@@ -103,13 +103,14 @@ class MarshalledReturn(Message):
         return self
 
     def _marshall(self, negotiate_unix_fd: bool) -> bytearray:  # type: ignore[override]
-        head = Message._marshall(self, negotiate_unix_fd)
-        del head[len(head) - self._empty_len :]
-        if len(head) != self._head_len:  # cannot be: fields as when measured
+        whole = Message._marshall(self, negotiate_unix_fd)  # the header, the empty body
+        n = len(whole) - self._empty_len
+        if n != self._head_len:  # cannot be: its fields are those it was measured with
             raise InvalidMessageError("the header changed size after the body was written")
-        head[4:8] = _U32.pack(len(self.buf) - self._head_len)  # the body's length
-        self.buf[: self._head_len] = head
-        return self.buf
+        buf = self.buf
+        buf[:n] = whole[:n]
+        buf[4:8] = _U32.pack(len(buf) - n)  # the body's length (fixed header, offset 4)
+        return buf
 
 
 def counters_reply(call: Message, rows: Iterable[bytes]) -> MarshalledReturn:
