@@ -4,9 +4,9 @@ dbus-fast marshals a body from Python values on every send. For the two replies 
 with the units that cost more than everything else they do (bench/results-daemon.txt, 10,000
 units): ``GetCounters`` is 10,000 rows of a name and 12 u64, 1.28 MB, marshalled from
 120,000 ints on every call although a row changes only when its unit's counters do; and
-``DescribeUnits`` of all units is one 12.6 MB string, held as its parts, joined, encoded
-and marshalled: four full-size copies alive at once (the daemon's peak RSS went from 79 to
-107 MB).
+``DescribeUnits`` of all units is one 12.6 MB string, held as its parts, joined, encoded,
+marshalled and copied behind the header: full-size copies side by side (the daemon's peak
+RSS went from 79 to 107 MB; 12.6 MB more is one copy, this module's).
 
 So these bodies are written here, into one ``bytearray`` that leaves room for the header
 in front (:class:`MarshalledReturn`): the counters as rows marshalled once per change of a
@@ -14,7 +14,7 @@ unit's counters (:func:`counters_row`, kept by the registry), the JSON text unit
 as it is made. dbus-fast still marshals the header — serial, reply serial, destination,
 signature — as for any message, when it sends it (``Message._marshall``, which its writer
 calls). The bytes are those dbus-fast would send for the same values (tests/unit/test_wire.py
-compares them): the D-Bus specification's marshalling, little-endian, with
+compares them; tests/daemon/test_bus_replies.py with real units): the D-Bus specification's marshalling, little-endian, with
 
 * an ``s``: its length in bytes (u32), the UTF-8 bytes, a NUL;
 * an ``a(sat)``: the length in bytes of its elements (u32), padding to 8 (a struct's
