@@ -429,7 +429,8 @@ class Registry:
         read (D-Bus ``GetCounters``: the daemon's marshalled rows, :mod:`.wire`). A unit's
         row is made again only when its counters changed (the reader keeps the object of
         an unchanged read): at 10,000 units converting every row on each call cost 320 ms
-        (``dataclasses.asdict``), marshalling 120,000 ints ~25 ms."""
+        (``dataclasses.asdict``); dbus-fast marshalling the 120,000 ints of the rows, 14 of
+        the 27 ms a call took in the daemon, 4 ms now."""
         cache = self._rows
         rows = []
         for name, entry in sorted(self.units.items()):
