@@ -62,7 +62,7 @@ from ipacctd.daemon.contract import (
     unit_path,
 )
 from ipacctd.daemon.registry import Entry, Registry, counter_fields
-from ipacctd.daemon.wire import counters_reply, counters_row, row_head, string_reply
+from ipacctd.daemon.wire import counters_reply, row_counts, row_head, string_reply
 from ipacctd.errors import AccessDenied, InvalidInput, NotFound, NotSupported
 from ipacctd.manager.counters import EXTRA_COUNTERS, SYSTEMD_COUNTERS, Counters
 from ipacctd.manager.store import canonical
@@ -95,10 +95,10 @@ def counter_values(c: Counters | None) -> list[int]:
     return list(counter_fields(c))
 
 
-def _counters_row(name: str, c: Counters | None) -> bytes:
-    """A unit's ``GetCounters`` row, marshalled (made again only when its counters change:
-    :meth:`Registry.counter_rows`)."""
-    return counters_row(row_head(name), counter_values(c))
+def _row_counts(c: Counters | None) -> bytes:
+    """The counters' piece of a unit's ``GetCounters`` row, marshalled (made again only when
+    its counters change: :meth:`Registry.counter_rows`)."""
+    return row_counts(counter_values(c))
 
 
 def unit_properties(entry: Entry) -> dict[str, Variant]:
@@ -557,7 +557,7 @@ class BusService:
         if member == "GetCounters":
             # Marshalled here from rows kept per unit (:mod:`.wire`); sent as replies are.
             self._check(msg, "")
-            self.bus.send(counters_reply(msg, self.registry.counter_rows(_counters_row)))
+            self.bus.send(counters_reply(msg, self.registry.counter_rows(row_head, _row_counts)))
             return True
         if member == "DescribeUnits":
             self._check(msg, "asu")

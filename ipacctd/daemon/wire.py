@@ -10,11 +10,12 @@ RSS went from 79 to 107 MB; 12.6 MB more is one copy, this module's).
 
 So these bodies are written here, into one ``bytearray`` that leaves room for the header
 in front (:class:`MarshalledReturn`): the counters as rows marshalled once per change of a
-unit's counters (:func:`counters_row`, kept by the registry), the JSON text unit by unit
-as it is made. dbus-fast still marshals the header — serial, reply serial, destination,
-signature — as for any message, when it sends it (``Message._marshall``, which its writer
-calls). The bytes are those dbus-fast would send for the same values (tests/unit/test_wire.py
-compares them; tests/daemon/test_bus_replies.py with real units): the D-Bus specification's marshalling, little-endian, with
+unit's counters (:func:`row_head`, :func:`row_counts`: kept by the registry), the JSON
+text unit by unit as it is made. dbus-fast still marshals the header — serial, reply
+serial, destination, signature — as for any message, when it sends it
+(``Message._marshall``, which its writer calls). The bytes are those dbus-fast would send
+for the same values (tests/unit/test_wire.py compares them; tests/daemon/test_bus_replies.py
+with real units): the D-Bus specification's marshalling, little-endian, with
 
 * an ``s``: its length in bytes (u32), the UTF-8 bytes, a NUL;
 * an ``a(sat)``: the length in bytes of its elements (u32), padding to 8 (a struct's
@@ -60,8 +61,14 @@ def row_head(name: str) -> bytes:
     return head + _INNER[len(head) % 8]
 
 
+def row_counts(values: Sequence[int]) -> bytes:
+    """The rest of a counters row: the 12 counters (u64 each). A row is its
+    :func:`row_head` and this; its counters' part may be shared by rows of equal counters."""
+    return _COUNTS.pack(*values)
+
+
 def counters_row(head: bytes, values: Sequence[int]) -> bytes:
-    """One ``(sat)`` element: :func:`row_head` and the 12 counters (u64 each)."""
+    """One ``(sat)`` element: :func:`row_head` and the 12 counters."""
     return head + _COUNTS.pack(*values)
 
 
@@ -114,7 +121,8 @@ class MarshalledReturn(Message):
 
 
 def counters_reply(call: Message, rows: Iterable[bytes]) -> MarshalledReturn:
-    """An ``a(sat)`` return of these rows (:func:`counters_row`), in this order."""
+    """An ``a(sat)`` return of these rows (:func:`counters_row`, or each row's
+    :func:`row_head` and :func:`row_counts` one after the other), in this order."""
     reply = MarshalledReturn(call, "a(sat)")
     buf = reply.buf
     start = len(buf)

@@ -140,17 +140,19 @@ class StatusReader:
     ``reader``: the counters are read through it (its fds are kept); without one a reader
     of this object's own is used and closed by :meth:`close`.
 
-    ``remember``: keep each unit's :class:`Unit` with the key of the metadata file it was
-    parsed from (inode, size, mtime), and take it again while the file has that key
+    ``known``: the unit as last parsed with the key of the metadata file it came from
+    (inode, size, mtime), or None; while the file has that key the unit is taken as it is
     instead of reading and parsing the file (a :class:`Unit` is immutable; the store
     replaces the file by rename, never writes it in place). Parsing was 40 % of a status
-    (0.1 ms); the daemon (whose registry holds these very objects: no memory of its own)
-    reads every unit for each ``DescribeUnits`` of all units. :meth:`forget` a unit that
-    is gone.
+    (0.1 ms); the daemon (its registry keeps them: ``Registry._known``) reads every unit
+    for each ``DescribeUnits`` of all units.
     """
 
     def __init__(
-        self, manager: Manager, reader: CounterReader | None = None, remember: bool = False
+        self,
+        manager: Manager,
+        reader: CounterReader | None = None,
+        known: Callable[[str], tuple[tuple[int, int, int], Unit] | None] | None = None,
     ) -> None:
         self.manager = manager
         self.own_reader = reader is None
@@ -159,12 +161,7 @@ class StatusReader:
         self.units_dir = cfg.units_dir
         self.pins_dir = cfg.pins_dir
         self.kernel = _Kernel()
-        self._units: dict[str, tuple[tuple[int, int, int], Unit]] | None = {} if remember else None
-
-    def forget(self, name: str) -> None:
-        """Let go of what is remembered of a unit (``remember``)."""
-        if self._units is not None:
-            self._units.pop(name, None)
+        self.known = known
 
     def close(self) -> None:
         if self.own_reader:
@@ -213,7 +210,7 @@ class StatusReader:
             fd = os.open(f"{self.units_dir}/{name}{SUFFIX}", _OPEN_META)
         except OSError:
             return None
-        known = self._units.get(name) if self._units is not None else None
+        known = self.known(name) if self.known is not None else None
         data = b""
         try:
             st = os.fstat(fd)
@@ -239,8 +236,6 @@ class StatusReader:
                 unit = Unit.from_json(obj)
             except (Error, ValueError):
                 return None
-            if self._units is not None:
-                self._units[name] = (key, unit)
         # The engine's cache of who owns which cgroup (Manager._cgroup_owners, keyed the
         # same way) need not parse this file again: the daemon's first binding pass did,
         # for every unit (1 s at 10,000 units).
