@@ -77,6 +77,10 @@ class Result:
     getall_ms: float = 0.0
     getcounters_ms: float = 0.0
     getcounters_client_ms: float = 0.0  # of which the client's unmarshalling of the reply
+    getcounters_daemon_ms: float = 0.0  # the daemon's handler + marshalling, in-process CPU
+    getcounters_busctl_ms: float = 0.0  # `busctl call GetCounters` (sd-bus, C), wall
+    getcounters_busctl_q_ms: float = 0.0  # the same with -q: received, not printed
+    ping_busctl_ms: float = 0.0  # `busctl call ... Peer.Ping`: busctl's own start and connect
     gzip_cpu_ms: float = 0.0  # daemon CPU per scrape with Accept-Encoding: gzip
     om_cpu_ms: float = 0.0  # daemon CPU per OpenMetrics scrape
     scrape_inproc_ms: float = 0.0  # metrics.exposition in-process (process_time, median)
@@ -84,6 +88,7 @@ class Result:
     status_s: float = 0.0  # `ipacctd status UNIT`, root
     list_units_daemon_s: float = 0.0  # DescribeUnits of all units (a user's list-units)
     status_daemon_s: float = 0.0
+    describe_cpu_s: float = 0.0  # the daemon's CPU for DescribeUnits of all units
     rss_mb: float = 0.0
     peak_mb: float = 0.0  # VmHWM at the end (after list-units / DescribeUnits of all units)
     peak_pre_mb: float = 0.0  # VmHWM before them (start-up, scrapes, GetCounters)
@@ -164,6 +169,25 @@ def unmarshal_seconds(reply) -> float:
     return statistics.median(times)
 
 
+def busctl_seconds(address: str, runs: int) -> tuple[float, float, float]:
+    """Median wall seconds of ``busctl`` (sd-bus: a C client) calling GetCounters and
+    printing the reply as JSON (``--json=short``, into a pipe nobody reads), the same call
+    with ``-q`` (the reply received, not printed) and a Peer.Ping to the daemon (busctl's
+    own start, connection and one round trip)."""
+    base = ["busctl", f"--address={address}", "--json=short", "call"]
+    counters = [BUS_NAME, "/org/ipacctd1", "org.ipacctd1.Manager", "GetCounters"]
+    ping = [BUS_NAME, "/org/ipacctd1", "org.freedesktop.DBus.Peer", "Ping"]
+    out = []
+    for argv in ([*base, *counters], [*base, "-q", *counters], [*base, *ping]):
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, timeout=60)
+            times.append(time.perf_counter() - t)
+        out.append(statistics.median(times))
+    return out[0], out[1], out[2]
+
+
 async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, float, float]:
     """Median seconds of GetAll on a unit object and of GetCounters, and of unmarshalling a
     GetCounters reply in this process."""
@@ -209,17 +233,18 @@ async def dbus_latency(address: str, unit_path: str, runs: int) -> tuple[float, 
         bus.disconnect()
 
 
-async def describe_latency(address: str, unit: str) -> tuple[float, float]:
+async def describe_latency(address: str, unit: str, pid: int) -> tuple[float, float, float]:
     """Wall seconds of the daemon's ``DescribeUnits`` for all units (once) and for one
     (median of 3): what ``list-units`` and ``status`` call for a user who cannot read the
-    state (``cli/remote.py``)."""
+    state (``cli/remote.py``); and the daemon's CPU seconds for the call of all units."""
     from dbus_fast import Message, MessageType
     from dbus_fast.aio import MessageBus
 
     bus = await MessageBus(bus_address=address).connect()
     try:
-        times = []
+        times, cpu = [], 0.0
         for names in ([], [unit], [unit], [unit]):
+            c0 = cpu_seconds(pid)
             t = time.perf_counter()
             msg = Message(
                 destination=BUS_NAME,
@@ -232,9 +257,46 @@ async def describe_latency(address: str, unit: str) -> tuple[float, float]:
             reply = await asyncio.wait_for(bus.call(msg), 300)
             assert reply.message_type == MessageType.METHOD_RETURN, reply.body
             times.append(time.perf_counter() - t)
-        return times[0], statistics.median(times[1:])
+            cpu = cpu or cpu_seconds(pid) - c0
+        return times[0], statistics.median(times[1:]), cpu
     finally:
         bus.disconnect()
+
+
+def getcounters_cpu(d: Daemon) -> float:
+    """Median CPU seconds of the daemon's GetCounters in this process: its message
+    handler and the reply's marshalling (what the daemon's connection writes), without the
+    bus; the counters as the last poll read them."""
+    from dbus_fast import Message
+
+    from ipacctd.daemon.bus import BusService
+
+    class Recorder:
+        def add_message_handler(self, handler) -> None:
+            pass
+
+        def send(self, msg: Message) -> None:
+            msg.serial = 1
+            msg._marshall(False)
+
+    bus = Recorder()
+    service = BusService(bus, d.registry, "bench", 0.2, lambda: None)
+    call = Message(
+        destination=BUS_NAME,
+        path="/org/ipacctd1",
+        interface="org.ipacctd1.Manager",
+        member="GetCounters",
+        serial=5,
+    )
+    call.sender = ":1.1"
+    times = []
+    for _ in range(7):
+        t = time.process_time()
+        out = service._handle(call)
+        if type(out) is Message:  # an older tree's daemon returned it to dbus-fast
+            bus.send(out)
+        times.append(time.process_time() - t)
+    return statistics.median(times[1:])  # the first one makes the rows
 
 
 def in_process(inst: Installation, res: Result, profile: bool) -> None:
@@ -264,6 +326,7 @@ def in_process(inst: Installation, res: Result, profile: bool) -> None:
             b"".join(metrics.exposition(units, prom, None)[1])  # made as taken: take all
             scrapes.append(time.process_time() - t)
         res.scrape_inproc_ms = statistics.median(scrapes) * 1e3
+        res.getcounters_daemon_ms = getcounters_cpu(d) * 1e3
         if profile:
             runs = (
                 ("counters-only cycle", d.poll, (1,)),
@@ -352,6 +415,12 @@ def bench(n: int, args: argparse.Namespace) -> Result:
         )
         res.getall_ms, res.getcounters_ms = getall * 1e3, getcounters * 1e3
         res.getcounters_client_ms = client * 1e3
+        try:
+            c_client, quiet, ping = busctl_seconds(bus.address, 5)
+            res.getcounters_busctl_ms, res.ping_busctl_ms = c_client * 1e3, ping * 1e3
+            res.getcounters_busctl_q_ms = quiet * 1e3
+        except (OSError, subprocess.SubprocessError) as exc:
+            res.notes.append(f"busctl: {exc}")
         res.rss_mb = vm_kb(daemon.pid, "VmRSS") / 1024  # after the scrapes and D-Bus calls
         res.gzip_cpu_ms = scrape_cpu(daemon.pid, port, args.scrapes, **{"Accept-Encoding": "gzip"})
         res.gzip_cpu_ms *= 1e3
@@ -364,8 +433,8 @@ def bench(n: int, args: argparse.Namespace) -> Result:
             res.status_s = cli_seconds(env, ["status", "bench00000.service"], 3)
         except subprocess.CalledProcessError as exc:
             res.notes.append(f"CLI failed: {exc.stderr!r}")
-        res.list_units_daemon_s, res.status_daemon_s = asyncio.run(
-            describe_latency(bus.address, "bench00000.service")
+        res.list_units_daemon_s, res.status_daemon_s, res.describe_cpu_s = asyncio.run(
+            describe_latency(bus.address, "bench00000.service", daemon.pid)
         )
         res.peak_mb = vm_kb(daemon.pid, "VmHWM") / 1024
         stop_process(daemon, 10)
@@ -437,7 +506,12 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
             "status s",
             "DescribeUnits all s",
             "DescribeUnits one s",
+            "DescribeUnits all CPU s",
             "GetCounters client ms",
+            "GetCounters daemon CPU ms",
+            "GetCounters busctl ms",
+            "busctl -q ms",
+            "busctl Ping ms",
             "RSS peak before MB",
             "RSS peak MB",
         )
@@ -453,7 +527,12 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
                 f"{r.status_s:.2f}",
                 f"{r.list_units_daemon_s:.2f}",
                 f"{r.status_daemon_s:.2f}",
+                f"{r.describe_cpu_s:.2f}",
                 f"{r.getcounters_client_ms:.1f}",
+                f"{r.getcounters_daemon_ms:.1f}",
+                f"{r.getcounters_busctl_ms:.1f}",
+                f"{r.getcounters_busctl_q_ms:.1f}",
+                f"{r.ping_busctl_ms:.1f}",
                 f"{r.peak_pre_mb:.1f}",
                 f"{r.peak_mb:.1f}",
             )
@@ -485,9 +564,16 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         "list-units / status: `ipacctd list-units --all` / `ipacctd status bench00000.service`,",
         "  wall s (median of 3), as root (reads the kernel and metadata itself);",
         "  DescribeUnits all / one: the daemon's D-Bus call behind them for users who cannot",
-        "  read the state (all units once; one unit, median of 3).",
+        "  read the state (all units once; one unit, median of 3); DescribeUnits all CPU s:",
+        "  the daemon's utime+stime over that call of all units (the polls wait for it).",
         "GetCounters client ms: of GetCounters ms, what this process takes to unmarshal the",
-        "  reply (12 counters of every unit; dbus-fast, median of 3).",
+        "  reply (12 counters of every unit; dbus-fast, median of 3); GetCounters daemon",
+        "  CPU ms: the daemon's handler and the reply's marshalling, in this process",
+        "  (time.process_time, median of 6, the counters unchanged since the last poll);",
+        "  GetCounters busctl ms: `busctl --json=short call ... GetCounters` (sd-bus, a C",
+        "  client, printing 10,000 rows), wall, median of 5, process start included;",
+        "  busctl -q ms: the same call with -q (the reply received, not printed); busctl",
+        "  Ping ms: Peer.Ping the same way (busctl's start, connection, one round trip).",
         "RSS MB: the daemon's VmRSS after the scrapes and D-Bus calls; RSS peak before MB:",
         "  VmHWM then (start-up, scrapes, D-Bus calls); RSS peak MB: VmHWM at the end, after",
         "  list-units and DescribeUnits of all units.",

@@ -139,9 +139,21 @@ class StatusReader:
 
     ``reader``: the counters are read through it (its fds are kept); without one a reader
     of this object's own is used and closed by :meth:`close`.
+
+    ``known``: the unit as last parsed with the key of the metadata file it came from
+    (inode, size, mtime), or None; while the file has that key the unit is taken as it is
+    instead of reading and parsing the file (a :class:`Unit` is immutable; the store
+    replaces the file by rename, never writes it in place). Parsing was 40 % of a status
+    (0.1 ms); the daemon (its registry keeps them: ``Registry._known``) reads every unit
+    for each ``DescribeUnits`` of all units.
     """
 
-    def __init__(self, manager: Manager, reader: CounterReader | None = None) -> None:
+    def __init__(
+        self,
+        manager: Manager,
+        reader: CounterReader | None = None,
+        known: Callable[[str], tuple[tuple[int, int, int], Unit] | None] | None = None,
+    ) -> None:
         self.manager = manager
         self.own_reader = reader is None
         self.reader = reader if reader is not None else CounterReader(manager.store)
@@ -149,6 +161,7 @@ class StatusReader:
         self.units_dir = cfg.units_dir
         self.pins_dir = cfg.pins_dir
         self.kernel = _Kernel()
+        self.known = known
 
     def close(self) -> None:
         if self.own_reader:
@@ -197,25 +210,32 @@ class StatusReader:
             fd = os.open(f"{self.units_dir}/{name}{SUFFIX}", _OPEN_META)
         except OSError:
             return None
+        known = self.known(name) if self.known is not None else None
+        data = b""
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_META_BYTES:
                 return None
-            data = os.read(fd, st.st_size + 1)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            hit = known is not None and known[0] == key  # the file as parsed before
+            if not hit:
+                data = os.read(fd, st.st_size + 1)
         except OSError:
             return None
         finally:
             os.close(fd)
-        if len(data) != st.st_size:  # replaced or growing meanwhile: read it the long way
-            return None
-        try:
-            obj = json.loads(data)
-            if not isinstance(obj, dict) or obj.get("name") != name:
+        if hit:
+            unit = known[1]
+        else:
+            if len(data) != st.st_size:  # replaced or growing meanwhile: the long way
                 return None
-            unit = Unit.from_json(obj)
-        except (Error, ValueError):
-            return None
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            try:
+                obj = json.loads(data)
+                if not isinstance(obj, dict) or obj.get("name") != name:
+                    return None
+                unit = Unit.from_json(obj)
+            except (Error, ValueError):
+                return None
         # The engine's cache of who owns which cgroup (Manager._cgroup_owners, keyed the
         # same way) need not parse this file again: the daemon's first binding pass did,
         # for every unit (1 s at 10,000 units).
