@@ -83,6 +83,20 @@ class MethodLog:
             if "interface=org.ipacctd1.Manager" in line and "member=" in line
         ]
 
+    def bodies(self, member: str) -> list[str]:
+        """The bodies of the calls of ``member``, as dbus-monitor prints them (the indented
+        lines under each call's line)."""
+        out: list[str] = []
+        header = False
+        for line in self.path.read_text().splitlines():
+            if not line.startswith(" "):
+                header = "interface=org.ipacctd1.Manager" in line and f"member={member}" in line
+                if header:
+                    out.append("")
+            elif header:
+                out[-1] += line.strip() + "\n"
+        return out
+
     def close(self) -> None:
         stop_process(self.proc)
         self.out.close()
@@ -172,6 +186,31 @@ def test_every_user_reads_through_the_daemon_and_changes_nothing(
     assert inst.unit_names() == units_before
     assert agent.send(DENIED, 10) == "err 1"  # the firewall is still in force
     assert agent.send(ALLOWED, 10) == "ok 10"
+
+
+def test_a_users_glob_asks_the_daemon_for_names_then_the_matches(
+    env: DaemonEnv, nobody_path: str, tmp_path: Path
+) -> None:
+    """A user's glob is matched against the names ListUnits gives; only the matches are
+    described (DescribeUnits of every unit, 12.6 MB of JSON at 10,000 units, only to learn
+    the names, was what it cost before). The output is root's, as read directly."""
+    inst = env.inst
+    for name in ("web", "db"):
+        inst.ok("run", "--unit", name, "-p", f"IPAddressDeny={DENIED}", "--", "true")
+    env.start()
+    log = MethodLog(env.address, tmp_path / "calls.log")
+    try:
+        user = as_nobody(inst, nobody_path, "list-units", "--all", "w*")
+        assert user.returncode == 0, user.stderr
+        wait_for(lambda: "DescribeUnits" in log.members(), 10, "the monitor to see the call")
+    finally:
+        log.close()
+    assert user.stdout == inst.ok("list-units", "--all", "w*").stdout
+    assert "web.service" in user.stdout and "db.service" not in user.stdout, user.stdout
+    assert "ListUnits" in log.members(), log.members()
+    described = log.bodies("DescribeUnits")
+    assert described and all('string "web.service"' in b for b in described), described
+    assert not any("db.service" in b for b in described), described
 
 
 def test_cli_talks_only_to_the_daemon_on_the_system_bus(env: DaemonEnv, tmp_path: Path) -> None:
