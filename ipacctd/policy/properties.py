@@ -630,21 +630,68 @@ class Properties(Record):
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Properties:
         """Rebuild properties from :meth:`to_json` or :meth:`to_store` output; missing names
-        take their defaults.
+        take their defaults. Equal JSON gives the same (immutable) object while it is in
+        :data:`_FROM_JSON`.
 
         Raises:
             InvalidInput: for a non-object, an unknown name or a bad value.
         """
         if not isinstance(d, Mapping):
             raise InvalidInput("invalid properties JSON: expected an object")
+        key = _json_key(d)
+        if key is not None:
+            known = _FROM_JSON.get(key)
+            if known is not None:
+                return known
         values: dict[str, Any] = {}
         for name, value in d.items():
             spec = property_spec(name)
             values[spec.attr] = spec.from_json(value)
-        return cls(**values)
+        made = cls(**values)
+        if key is not None:
+            if len(_FROM_JSON) >= _FROM_JSON_MAX:
+                _FROM_JSON.clear()
+            _FROM_JSON[key] = made
+        return made
 
     def has_firewall(self) -> bool:
         """Whether a firewall program is needed: a non-empty deny list or filter paths."""
         return bool(
             self.ip_address_deny or self.ip_ingress_filter_path or self.ip_egress_filter_path
         )
+
+
+#: Properties rebuilt from JSON, by that JSON (:func:`_json_key`). Units of one policy — the
+#: cgroups of one glob unit file, the containers of one image — share one Properties and its
+#: address lists instead of holding one each (~300 bytes a unit in the daemon, which keeps
+#: every unit: 3 MB at 10,000; bench/results-daemon.txt), and a list's text is checked
+#: against its digest once, not once per unit read. Sharing is safe: Properties are frozen
+#: and an AddressList's lazily parsed networks are the same for equal text. Bounded: emptied
+#: when full (policies beyond this many at once are rare; each change makes a new one).
+_FROM_JSON: dict[tuple[Any, ...], Properties] = {}
+_FROM_JSON_MAX = 1024
+
+
+def _json_key(d: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """A hashable key for properties JSON, each value with its type (``True`` is not ``1``);
+    None when a value is not plain JSON (a list the store keeps in its own file, handed over
+    as an object: large and read only where needed, so not worth keeping here)."""
+    items: list[Any] = []
+    for name, value in d.items():
+        if isinstance(value, dict):
+            inner = tuple((k, type(v).__name__, v) for k, v in sorted(value.items()))
+            if not all(type(v) in _PLAIN for _, _, v in inner):
+                return None
+            items.append((name, "dict", inner))
+        elif isinstance(value, list):
+            if not all(type(v) is str for v in value):
+                return None
+            items.append((name, "list", tuple(value)))
+        elif type(value) in _PLAIN:
+            items.append((name, type(value).__name__, value))
+        else:
+            return None
+    return tuple(items)
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})

@@ -355,3 +355,37 @@ def test_random_assignments_apply_or_raise(assignments: list[tuple[str, str]]) -
     items = [(n, sig, v) for n, (sig, v) in p.to_dbus().items()]
     assert Properties().apply_dbus(items) == p
     assert base == Properties()
+
+
+def test_equal_json_gives_one_shared_properties_object() -> None:
+    """Units of one policy share their Properties (the daemon keeps every unit): equal JSON,
+    read twice, is one object, equal to one built without the cache; other JSON is not it."""
+    from ipacctd.policy import properties as mod
+
+    p = apply("IPAddressDeny=198.51.100.0/24 2001:db8::/32", "IPAddressDenyMode=audit")
+    stored = json.loads(json.dumps(p.to_store()))
+    first = Properties.from_json(stored)
+    second = Properties.from_json(json.loads(json.dumps(p.to_store())))
+    assert first is second and first == p
+    mod._FROM_JSON.clear()
+    assert Properties.from_json(stored) == first  # rebuilt, not remembered: the same value
+    other = apply("IPAddressDeny=198.51.100.0/25")
+    assert Properties.from_json(json.loads(json.dumps(other.to_store()))) == other != first
+    # True is not 1: a value's type is part of the key (1 is refused as IPAccounting).
+    assert Properties.from_json({"IPAccounting": True}) == Properties()
+    with pytest.raises(InvalidInput):
+        Properties.from_json({"IPAccounting": 1})
+
+
+def test_damaged_json_is_refused_on_every_read_and_the_cache_stays_bounded() -> None:
+    from ipacctd.policy import properties as mod
+
+    good = json.loads(json.dumps(apply("IPAddressDeny=198.51.100.1").to_store()))
+    Properties.from_json(good)
+    bad = {"IPAddressDeny": {**good["IPAddressDeny"], "canonical": "198.51.100.2/32"}}
+    for _ in range(2):  # a refusal is never remembered as a result
+        with pytest.raises(InvalidInput, match="does not match its sha256"):
+            Properties.from_json(bad)
+    for i in range(mod._FROM_JSON_MAX + 10):
+        Properties.from_json({"Description": f"unit {i}"})
+        assert len(mod._FROM_JSON) <= mod._FROM_JSON_MAX

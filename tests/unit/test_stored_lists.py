@@ -19,6 +19,16 @@ WORDS = "192.0.2.7/24 198.51.100.7 2001:db8::/32 2001:db8:1::/48 203.0.113.9 ::f
 WORDS += " ::1.2.3.4"  # 2001:db8:1::/48 is covered: six networks
 
 
+@pytest.fixture(autouse=True)
+def _unshared() -> None:
+    """Properties read from equal JSON are one shared object (properties._FROM_JSON), whose
+    lists another test may have parsed already: each test here starts without them, to
+    see what its own reads parse."""
+    from ipacctd.policy import properties
+
+    properties._FROM_JSON.clear()
+
+
 def policy() -> Properties:
     return Properties().apply(
         [
