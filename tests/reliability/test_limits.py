@@ -111,8 +111,13 @@ mgr = Manager()
 pairs = parse_assignments([text])
 old = mgr.unit(unit).properties
 props = old.apply(pairs)
-for _ in range(1):  # the whole change once, unlimited: user memory at its peak, then
-    mgr.replace_properties(unit, props)  # freed (and kept by malloc for the next time)
+# The whole change, unlimited: user memory at its peak, then freed (and kept by malloc for
+# the next time). Three rounds, not one: what the engine keeps between changes (the shared
+# Properties read back from metadata, lazily imported modules, caches) reaches its steady
+# state, so that no round under the limit touches a page the warm-up did not (a page fault
+# over the limit is the OOM killer's SIGKILL, not a refusal; with one round, 2 runs in 20).
+for _ in range(3):
+    mgr.replace_properties(unit, props)
     mgr.replace_properties(unit, old)
 gc.collect()
 def snap():
