@@ -360,6 +360,14 @@ class DaemonEnv:
             cwd="/",
         )
 
+    def gdbus_call(self, member: str, as_nobody: bool = False) -> subprocess.CompletedProcess:
+        """``gdbus call`` of a Manager method without arguments (GLib's client)."""
+        return self.tool(
+            ["gdbus", "call", f"--address={self.address}", "--dest", BUS_NAME,
+             "--object-path", ROOT, "--method", f"{MANAGER}.{member}"],
+            as_nobody=as_nobody,
+        )  # fmt: skip
+
     # -- teardown ------------------------------------------------------------------------
 
     def close(self) -> None:

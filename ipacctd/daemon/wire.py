@@ -67,11 +67,6 @@ def row_counts(values: Sequence[int]) -> bytes:
     return _COUNTS.pack(*values)
 
 
-def counters_row(head: bytes, values: Sequence[int]) -> bytes:
-    """One ``(sat)`` element: :func:`row_head` and the 12 counters."""
-    return head + _COUNTS.pack(*values)
-
-
 class MarshalledReturn(Message):
     """A method return whose body this module writes into :attr:`buf` after room for
     the header (:meth:`body_start`), never built as Python values.
@@ -121,8 +116,8 @@ class MarshalledReturn(Message):
 
 
 def counters_reply(call: Message, rows: Iterable[bytes]) -> MarshalledReturn:
-    """An ``a(sat)`` return of these rows (:func:`counters_row`, or each row's
-    :func:`row_head` and :func:`row_counts` one after the other), in this order."""
+    """An ``a(sat)`` return of these rows (each row's :func:`row_head` and
+    :func:`row_counts` one after the other), in this order."""
     reply = MarshalledReturn(call, "a(sat)")
     buf = reply.buf
     start = len(buf)

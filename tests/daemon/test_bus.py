@@ -280,18 +280,7 @@ def test_non_root_reads_but_may_not_change(daemon: DaemonEnv) -> None:
     assert r.returncode == 0 and r.stdout.strip() == "t 0", r
     r = nobody("busctl", f"--address={addr}", "call", BUS_NAME, ROOT, MANAGER, "ListUnits")
     assert r.returncode == 0 and f'"{name}"' in r.stdout, r
-    r = nobody(
-        "gdbus",
-        "call",
-        "--address",
-        addr,
-        "--dest",
-        BUS_NAME,
-        "--object-path",
-        ROOT,
-        "--method",
-        f"{MANAGER}.GetCounters",
-    )
+    r = daemon.gdbus_call("GetCounters", as_nobody=True)
     assert r.returncode == 0 and name in r.stdout, r
 
     # Every mutation is refused by the daemon with AccessDenied.

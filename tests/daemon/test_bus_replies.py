@@ -250,19 +250,7 @@ def _busctl_counters(daemon: DaemonEnv) -> dict[str, list[int]]:
 
 
 def _gdbus_counters(daemon: DaemonEnv) -> str:
-    r = daemon.tool(
-        [
-            "gdbus",
-            "call",
-            f"--address={daemon.address}",
-            "--dest",
-            BUS_NAME,
-            "--object-path",
-            ROOT,
-            "--method",
-            f"{MANAGER}.GetCounters",
-        ]
-    )
+    r = daemon.gdbus_call("GetCounters")
     assert r.returncode == 0, r.stderr
     return r.stdout
 

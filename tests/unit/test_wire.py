@@ -62,7 +62,7 @@ def test_counters_reply_is_dbus_fasts_message(serial: int) -> None:
     ]
     rows.append(("unknown.service", [U64_MAX] * 12))
     rows.append(("zero.service", [0] * 12))
-    ours = wire.counters_reply(call, [wire.counters_row(wire.row_head(n), v) for n, v in rows])
+    ours = wire.counters_reply(call, [wire.row_head(n) + wire.row_counts(v) for n, v in rows])
     _same(ours, [rows], "a(sat)", call, serial)
 
 
@@ -70,7 +70,7 @@ def test_rows_concatenate_in_any_order() -> None:
     """A row's bytes do not depend on where it stands (it starts and ends 8-aligned): rows
     made once are reused as units come and go."""
     made = {
-        n: wire.counters_row(wire.row_head(n), list(range(i, i + 12))) for i, n in enumerate(NAMES)
+        n: wire.row_head(n) + wire.row_counts(list(range(i, i + 12))) for i, n in enumerate(NAMES)
     }
     for order in (NAMES, NAMES[::-1], NAMES[1::2]):
         call = _call()
