@@ -89,6 +89,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=25)
     ap.add_argument("--ipacctd", help="the ipacctd script (default: beside this python)")
+    ap.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="seconds of idling before each timed command (bench/cli.py's 'pause' condition)",
+    )
     ap.add_argument("properties", nargs="*", help="after --: -p NAME=VALUE ... for the run")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -100,10 +106,12 @@ def main() -> int:
     floors: list[float] = []
     try:
         for _ in range(args.reps):
+            time.sleep(args.pause)
             t = time.perf_counter()
             subprocess.run([python, "-c", "pass"], check=True)
             floors.append((time.perf_counter() - t) * 1e3)
             argv = [python, "-c", PROBE, "run", "-q", *args.properties, "--", "true"]
+            time.sleep(args.pause)
             t = time.perf_counter()
             out = subprocess.run(argv, env=inst.env, capture_output=True, text=True, check=True)
             walls.append((time.perf_counter() - t) * 1e3)
@@ -113,6 +121,7 @@ def main() -> int:
         inst.cleanup()
     print(
         f"# ipacctd run -q {' '.join(args.properties)} -- true: {args.reps} repetitions, "
+        f"{args.pause} s of idling before each command, "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(
