@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import stat
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from ipacctd import cgroup
+from ipacctd import cgroup, jsontext
 from ipacctd.bpf.syscall import NR_BPF
 from ipacctd.bpf.types import Cmd, LinkType, MapType
 from ipacctd.datapath.counters import Direction
@@ -230,7 +229,7 @@ class StatusReader:
             if len(data) != st.st_size:  # replaced or growing meanwhile: the long way
                 return None
             try:
-                obj = json.loads(data)
+                obj = jsontext.loads(data)
                 if not isinstance(obj, dict) or obj.get("name") != name:
                     return None
                 unit = Unit.from_json(obj)

@@ -28,12 +28,12 @@ import _thread  # not threading: the run path imports neither (see ipacctd.recor
 import contextlib
 import fcntl
 import functools
-import json
 import os
 import stat
 import time
 from collections.abc import Iterator
 
+from ipacctd import jsontext  # json's format and C parts, without json's import of re
 from ipacctd.errors import Busy, Corrupt, NotFound, PermissionDenied
 from ipacctd.manager.config import Config
 from ipacctd.policy.addresses import AddressList
@@ -327,7 +327,7 @@ class Store:
             raise NotFound(f"unit {unit} not found",
                            hint="see 'ipacctd list-units --all'") from None
         try:
-            value = json.loads(data)
+            value = jsontext.loads(data)
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
             raise Corrupt(f"metadata {path} is not valid JSON ({_short(str(exc))})") from None
         if not isinstance(value, dict):
@@ -402,7 +402,7 @@ class Store:
     def _named_on_disk(self, unit: str) -> set[str]:
         """The list digests the unit's metadata on disk names now (before it is replaced)."""
         try:
-            data = json.loads(_read_file(self.meta_path(unit), MAX_META_BYTES, "metadata"))
+            data = jsontext.loads(_read_file(self.meta_path(unit), MAX_META_BYTES, "metadata"))
         except (Corrupt, PermissionDenied, OSError, ValueError):
             return set()
         return {v["sha256"] for _s, _p, _n, v in _list_slots(data)
@@ -447,7 +447,7 @@ class Store:
         has_lists = os.path.isdir(self.lists_dir(unit))
         data, named = self._keep_lists(unit, data)
         before = self._named_on_disk(unit) - named if has_lists else set()
-        text = json.dumps(data, indent=1, sort_keys=True)
+        text = jsontext.dumps(data)
         held = self._batch
         batch = held[1] if held is not None and held[0] == _thread.get_ident() else None
         key = _replace(tmp, path, text.encode(), fsync=durable and batch is None)

@@ -62,6 +62,8 @@ NOT_ON_THE_RUN_PATH = (
     "gettext",
     "ipacctd.cli.parser",
     "signal",  # its enums: the run path takes the functions and numbers from _signal
+    "json",  # and with it re: the records are read and written by ipacctd.jsontext
+    "re",
 )
 #: What a run with a deny list may load beyond a plain run's modules: the log (and the
 #: digest of its list in the unit's metadata).
@@ -78,9 +80,9 @@ DENY_LIST_EXTRAS = ("ipacctd.datapath.denied", "hashlib")
 PROBE = """
 import sys
 before = set(sys.modules)  # what the interpreter's start-up (site, .pth files) loaded
-import json, os
+import os  # not json: the probe looks for it (and re)
 state_dir, config, unit_dir = sys.argv[1], sys.argv[2], sys.argv[3]
-props = json.loads(sys.argv[4])
+props = sys.argv[4:]
 os.environ.pop("IPACCTD_CONFIG", None)
 os.geteuid = lambda: 0
 from ipacctd.manager import config as config_mod
@@ -103,8 +105,8 @@ if spec.deny:
     from ipacctd.datapath import denied
 from ipacctd.datapath.rules import compile_rules
 compile_rules(spec.allow, spec.deny)
-print(json.dumps({"modules": sorted(set(sys.modules) - before),
-                  "engine": type(manager).__module__}))
+print(type(manager).__module__)
+print("\\n".join(sorted(set(sys.modules) - before)))
 """
 
 
@@ -136,9 +138,9 @@ def _probe(tmp_path, config: str, props: tuple[str, ...] = (), site: bool = True
     state.mkdir(exist_ok=True)
     units = tmp_path / "units"
     units.mkdir(exist_ok=True)
-    return json.loads(
-        _python(PROBE, str(state), config, str(units), json.dumps(props), site=site, env=env)
-    )
+    engine, *modules = _python(PROBE, str(state), config, str(units), *props, site=site,
+                               env=env).splitlines()
+    return {"engine": engine, "modules": modules}
 
 
 def test_run_imports_nothing_it_does_not_need(tmp_path) -> None:
