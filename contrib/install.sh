@@ -3,7 +3,7 @@
 #
 #   /opt/ipacctd/                          a virtual environment with ipacctd and the daemon's
 #                                          dependencies (dbus-fast, prometheus-client) from PyPI
-#   /usr/local/bin/ipacctd                 a link to /opt/ipacctd/bin/ipacctd
+#   /usr/local/bin/ipacctd                 a link to /opt/ipacctd/bin/ipacctd (contrib/launcher.py)
 #   /etc/systemd/system/ipacctd.service    units/ipacctd.service, ExecStart= pointing at the venv
 #   /usr/share/dbus-1/system.d/org.ipacctd1.conf   the bus policy (root owns the name, all read)
 #   /etc/ipacctd/ipacctd.conf              the example settings (only when there is none yet)
@@ -122,6 +122,11 @@ else
   "${pip[@]}" install -q "$tmp[$extras]"   # a local tree is always rebuilt and reinstalled
 fi
 "$prefix/bin/python" -c 'import dbus_fast, prometheus_client, ipacctd'   # the daemon can start
+# The command itself: contrib/launcher.py in place of pip's console script (why: there).
+{ echo "#!$prefix/bin/python3"; cat "$src/contrib/launcher.py"; } > "$prefix/bin/ipacctd.tmp"
+chmod 0755 "$prefix/bin/ipacctd.tmp"
+mv "$prefix/bin/ipacctd.tmp" "$prefix/bin/ipacctd"
+"$prefix/bin/ipacctd" --version >/dev/null
 
 ln -sfn "$prefix/bin/ipacctd" "$bin_link"
 say "linked $bin_link -> $prefix/bin/ipacctd"

@@ -1,8 +1,8 @@
 """``contrib/install.sh`` on a brand-new Debian 12 root installs the manual pages and the
 completion of bash, zsh and fish where each finds them by itself: ``man ipacctd`` and
 ``man 5 ipacctd.unit`` render, bash-completion's on-demand loader, zsh's ``compinit`` and
-fish pick the scripts up; a second run changes nothing that matters, ``--uninstall``
-removes them.
+fish pick the scripts up; the command is contrib/launcher.py; a second run changes nothing
+that matters, ``--uninstall`` removes them.
 
 Runs ``shared/tools/fresh-debian/fresh-debian.sh`` from the host, so it is collected only
 with ``IPACCTD_HOST_TESTS=1`` (see ``tests/conftest.py``). Nothing here touches the kernel.
@@ -30,6 +30,9 @@ apt-get install -y -q python3-venv bash-completion man-db zsh fish >/dev/null
 cd /srv/project
 contrib/install.sh
 contrib/install.sh >/dev/null
+head -1 /opt/ipacctd/bin/ipacctd
+tail -n +2 /opt/ipacctd/bin/ipacctd | cmp - contrib/launcher.py && echo launcher in place
+ipacctd --version
 for f in {MAN1} {MAN5} {BASH} {ZSH} {FISH}; do test -s $f; echo "present $f"; done
 MANWIDTH=80 man ipacctd | head -1
 MANWIDTH=80 man 5 ipacctd.unit | head -1
@@ -81,6 +84,9 @@ def test_install_puts_manual_and_completion_where_the_tools_look() -> None:
     assert any(ln.startswith("IPACCTD(1)") for ln in lines), out[-4000:]
     assert any(ln.startswith("IPACCTD.UNIT(5)") for ln in lines), out[-4000:]
     assert "parsed" in lines
+    # The command is contrib/launcher.py (not pip's console script), and it runs.
+    assert "#!/opt/ipacctd/bin/python3" in lines and "launcher in place" in lines, out[-4000:]
+    assert any(ln.startswith("ipacctd 0.") for ln in lines), out[-4000:]
     assert "complete -o bashdefault -F _shtab_ipacctd ipacctd" in lines, out[-4000:]
     assert "zsh=_ipacctd" in lines, out[-4000:]
     assert any(ln.startswith("list-units\t") for ln in lines), out[-4000:]
