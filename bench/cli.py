@@ -37,9 +37,12 @@ after a failure or Ctrl-C. ``true`` sends no traffic, so no network namespace is
 Run as root:  python3 bench/cli.py [--reps 20] [--units 100] [--systemd]
               [--conditions pause,back-to-back,mixed]
               [--ipacctd PATH] [--baseline PATH] [--state-parent DIR] [--out FILE]
-Benchmark a normal (non-editable) installation, as users install it, e.g.:
-  python3 -m venv --system-site-packages /tmp/ipacctd-bench-venv
+Benchmark a normal (non-editable) installation as contrib/install.sh makes one (a venv, pip
+install, then contrib/launcher.py as the command), e.g.:
+  /usr/bin/python3 -m venv /tmp/ipacctd-bench-venv
   /tmp/ipacctd-bench-venv/bin/pip install .
+  { echo '#!/tmp/ipacctd-bench-venv/bin/python3'; cat contrib/launcher.py; } \
+      > /tmp/ipacctd-bench-venv/bin/ipacctd
   python3 bench/cli.py --ipacctd /tmp/ipacctd-bench-venv/bin/ipacctd --systemd
 """
 

@@ -2,12 +2,13 @@
 """Where the time of ``ipacctd run -q -- true`` goes, phase by phase (bench/cli.py times the
 whole command; this splits it).
 
-The interpreter of the installed ``ipacctd`` script runs a copy of what its console script
-and :func:`ipacctd.cli.main.main` do — ``import re`` (pip's console script), import the CLI,
-build and use the verb's parser, import the verb, freeze what the imports made, run the verb
-— with a clock read between the phases and around the engine's steps, and prints the times
-as JSON. Each repetition also times ``python3 -c pass`` with the same interpreter; the
-parent's wall time minus the in-process total is the interpreter's own start-up and exit.
+The interpreter of the installed ``ipacctd`` script runs a copy of what the script and
+:func:`ipacctd.cli.main.main` do — the script's own imports (``re`` in pip's console script,
+none in contrib/launcher.py), import the CLI, read the command line, import the verb,
+freeze what the imports made, run the verb — with a clock read between the phases and
+around the engine's steps, and prints the times as JSON. Each repetition also times
+``python3 -c pass`` with the same interpreter; the parent's wall time minus the in-process
+total is the interpreter's own start-up and exit.
 Medians and minima over the repetitions, in ms.
 
 Run as root:  python3 bench/cli_phases.py [--reps 25] [--ipacctd PATH] [-- -p NAME=VALUE ...]
@@ -29,9 +30,12 @@ from cli import Install, default_state_parent, fail, find_ipacctd, script_python
 PROBE = r"""
 import time
 T0 = time.perf_counter()
-import re  # as the console script pip writes
-import gc, json, sys
-T = {"re (console script)": time.perf_counter() - T0}
+import sys
+if sys.argv[1] == "re":  # as the console script pip writes does (contrib/launcher.py not)
+    import re
+T = {"the script's own imports (pip's: re)": time.perf_counter() - T0}
+del sys.argv[1]
+import gc, _json
 def mark(label, since):
     now = time.perf_counter()
     T[label] = now - since
@@ -81,7 +85,8 @@ T["dispatch (the run itself)"] = time.perf_counter() - s
 for _, _, label in STEPS:
     T[label] = W.get(label, 0.0)
 T["in-process total"] = time.perf_counter() - T0
-print(json.dumps({k: v * 1e3 for k, v in T.items()}), file=sys.stderr)
+print(_json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":", ",", False, False,
+                        True)({k: v * 1e3 for k, v in T.items()}, 0)[0], file=sys.stderr)
 """
 
 
@@ -99,7 +104,10 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         fail("run as root (BPF and cgroups)")
-    python = script_python(find_ipacctd(args.ipacctd))
+    script = find_ipacctd(args.ipacctd)
+    python = script_python(script)
+    with open(script) as f:  # pip's console script imports re; contrib/launcher.py does not
+        imports = "re" if "\nimport re\n" in f.read() else "-"
     inst = Install(find_ipacctd(args.ipacctd), default_state_parent())
     rows: list[dict[str, float]] = []
     walls: list[float] = []
@@ -110,7 +118,7 @@ def main() -> int:
             t = time.perf_counter()
             subprocess.run([python, "-c", "pass"], check=True)
             floors.append((time.perf_counter() - t) * 1e3)
-            argv = [python, "-c", PROBE, "run", "-q", *args.properties, "--", "true"]
+            argv = [python, "-c", PROBE, imports, "run", "-q", *args.properties, "--", "true"]
             time.sleep(args.pause)
             t = time.perf_counter()
             out = subprocess.run(argv, env=inst.env, capture_output=True, text=True, check=True)
