@@ -757,7 +757,21 @@ class Manager:
             unit = self._unenforced(unit, problem, allow_unenforced)
         unit = replace(unit, generation=1, rollback=None, removing=False)
         if make_cgroup:
-            cgroup.create(fs)
+            # The record before the cgroup, and again with the cgroup's id below: a crash
+            # between mkdir and the record would leave a cgroup of no unit, which neither
+            # status nor reset knows (a cgroup2 directory cannot be built under another name
+            # and renamed into place). Killed between the two, it is a unit without its id
+            # or programs, which status reports and reset removes (cgroup included).
+            try:
+                self.store.write(unit.name, unit.to_json(), durable=not unit.transient)
+            except BaseException:
+                self._undo_create(unit, False)
+                raise
+            try:
+                cgroup.create(fs)
+            except BaseException:
+                self._undo_create(unit, False)
+                raise
         try:
             # None: a stopped systemd service, armed before its cgroup exists (systemd makes
             # it at the next start; the binder or the next rebind records its id).

@@ -199,6 +199,13 @@ elif point == "create-tmp":  # datapath built in its temporary pin directory, no
 elif point == "create-gen":  # pins complete; no generation yet
     from ipacctd.manager import generation
     generation.write = die
+elif point == "create-cgroup":  # the unit's cgroup made, nothing else yet
+    from ipacctd import cgroup
+    real_create = cgroup.create
+    def create(fs):
+        real_create(fs)
+        die()
+    cgroup.create = create
 from ipacctd.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -237,10 +244,11 @@ def test_crash_points_of_a_policy_change(inst: Installation, point: str) -> None
     assert agent.send(D, 10).startswith("err 1")
 
 
-@pytest.mark.parametrize("point", ["create-tmp", "create-gen"])
+@pytest.mark.parametrize("point", ["create-cgroup", "create-tmp", "create-gen"])
 def test_crash_points_of_run(inst: Installation, point: str) -> None:
-    """``run`` killed while it builds the datapath: status reports the unit, reset removes it
-    with every pin and link (also those left in the temporary directory)."""
+    """``run`` killed while it builds the unit: right after making its cgroup, or while it
+    builds the datapath. Status reports the unit, reset removes it with its cgroup and every
+    pin and link (also those left in the temporary directory)."""
     res = subprocess.run(
         [
             PY,
@@ -264,6 +272,8 @@ def test_crash_points_of_run(inst: Installation, point: str) -> None:
     assert res.returncode == -signal.SIGKILL, res.stderr
     fs = os.path.join(inst.root_fs, "cr.service")
     cg = cgroup_id(fs)
+    if point == "create-cgroup":
+        assert inst.pin_dirs() == [] and not links_on({cg})  # killed before any BPF object
     if point == "create-tmp":
         assert any(e.startswith("~tmp-") for e in inst.pin_dirs())
         assert links_on({cg}), "the half-built datapath is attached (fail closed)"
