@@ -25,6 +25,8 @@ from daemon_support import DaemonEnv
 from e2e_helpers import REPO, Installation, line_matching
 from support import PrivateBus, free_port, stop_process, wait_for
 
+from ipacctd.errors import NotFound
+
 pytestmark = pytest.mark.kernel
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -211,6 +213,61 @@ def test_a_users_glob_asks_the_daemon_for_names_then_the_matches(
     described = log.bodies("DescribeUnits")
     assert described and all('string "web.service"' in b for b in described), described
     assert not any("db.service" in b for b in described), described
+
+
+def test_a_users_list_of_all_units_asks_a_page_at_a_time(
+    env: DaemonEnv, nobody_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``list-units --all`` and ``status`` of all units, as a user: the names from ListUnits,
+    then DescribeUnits of at most DESCRIBE_PAGE names a call (one call of every unit held
+    the daemon's loop 1.1 s at 10,000 units); what is printed is root's, as read directly,
+    and a unit reset between two pages is left out, not an error."""
+    from ipacctd.cli.remote import DESCRIBE_PAGE
+
+    inst = env.inst
+    count = DESCRIBE_PAGE + 20
+    mgr = inst.manager()
+    for i in range(count):
+        mgr.start_transient(name=f"pg{i:03d}")
+    env.start()
+    log = MethodLog(env.address, tmp_path / "calls.log")
+    try:
+        user = as_nobody(inst, nobody_path, "list-units", "--all")
+        assert user.returncode == 0, user.stderr
+        wait_for(lambda: len(log.bodies("DescribeUnits")) >= 2, 10, "the monitor to see both")
+    finally:
+        log.close()
+    assert user.stdout == inst.ok("list-units", "--all").stdout
+    assert f"{count} units listed." in user.stdout, user.stdout[-300:]
+    pages = log.bodies("DescribeUnits")
+    asked = [b.count('string "pg') for b in pages]
+    assert asked == [DESCRIBE_PAGE, 20], asked
+    assert "ListUnits" in log.members()
+
+    # Between ListUnits and a page, a unit goes: the rest are still shown (in-process, the
+    # daemon's reads forced as a user's are, a reset slipped in before the last page).
+    from ipacctd.cli import remote
+
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", env.address)
+    gone = f"pg{count - 1:03d}.service"
+    link = remote.connect(inst.config())
+    assert link is not None, remote.why_no_daemon
+    try:
+        dm = remote.DaemonManager(inst.config(), link, remote_reads=True)
+        real = dm.describe
+
+        def describe(names):
+            if gone in names and len(names) > 1:
+                inst.ok("reset", gone)
+            return real(names)
+
+        dm.describe = describe  # type: ignore[method-assign]
+        names = [st.name for st in dm.statuses()]
+        assert len(names) == count - 1 and gone not in names, len(names)
+        with pytest.raises(NotFound):
+            dm.statuses([gone])  # asked for by name: not found is an error, as before
+    finally:
+        link.close()
 
 
 def test_cli_talks_only_to_the_daemon_on_the_system_bus(env: DaemonEnv, tmp_path: Path) -> None:
