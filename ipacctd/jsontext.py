@@ -96,20 +96,14 @@ def _float(o: float) -> str:
 
 
 def _key(k: object) -> str:
-    """A dict key as json.encoder writes it (before escaping)."""
+    """A dict key as json.encoder writes it (before escaping): a string as it is, the
+    other scalars as their values are written."""
     if isinstance(k, str):
         return k
-    if isinstance(k, float):
-        return _float(k)
-    if k is True:
-        return "true"
-    if k is False:
-        return "false"
-    if k is None:
-        return "null"
-    if isinstance(k, int):
-        return int.__repr__(k)
-    raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
+    text = _scalar(k)
+    if text is None:
+        raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
+    return text
 
 
 def _scalar(o: object) -> str | None:
@@ -135,34 +129,24 @@ def _encode(o: object, level: int, out: list[str]) -> None:
         out.append(text)
         return
     if isinstance(o, (list, tuple)):
-        if not o:
-            out.append("[]")
-            return
-        inner = "\n" + " " * (level + 1)
-        out.append("[")
-        first = True
-        for item in o:
-            out.append(inner if first else "," + inner)
-            first = False
-            _encode(item, level + 1, out)
-        out.append("\n" + " " * level + "]")
+        brackets, items = "[]", (("", v) for v in o)
+    elif isinstance(o, dict):
+        brackets = "{}"
+        items = ((_string(_key(k)) + ": ", v) for k, v in sorted(o.items()))
+    else:
+        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+    if not o:
+        out.append(brackets)
         return
-    if isinstance(o, dict):
-        if not o:
-            out.append("{}")
-            return
-        inner = "\n" + " " * (level + 1)
-        out.append("{")
-        first = True
-        for k, v in sorted(o.items()):
-            out.append(inner if first else "," + inner)
-            first = False
-            out.append(_string(_key(k)))
-            out.append(": ")
-            _encode(v, level + 1, out)
-        out.append("\n" + " " * level + "}")
-        return
-    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+    inner = "\n" + " " * (level + 1)
+    out.append(brackets[0])
+    sep = inner
+    for head, value in items:
+        out.append(sep)
+        out.append(head)
+        sep = "," + inner
+        _encode(value, level + 1, out)
+    out.append("\n" + " " * level + brackets[1])
 
 
 def dumps(obj: object) -> str:
