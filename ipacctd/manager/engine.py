@@ -764,10 +764,6 @@ class Manager:
             # or programs, which status reports and reset removes (cgroup included).
             try:
                 self.store.write(unit.name, unit.to_json(), durable=not unit.transient)
-            except BaseException:
-                self._undo_create(unit, False)
-                raise
-            try:
                 cgroup.create(fs)
             except BaseException:
                 self._undo_create(unit, False)
