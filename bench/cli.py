@@ -88,10 +88,9 @@ PAUSE_S = 0.3
 # How each case is timed. A command's time depends on what came right before it, and not
 # alike for every command: on this machine (2 vCPUs) systemd-run --wait takes 12-14 ms
 # right after another systemd-run, and 22-30 ms after 20 ms or more of idling or after
-# another program ran (the bus, PID 1 and the unit's process hand over between CPUs, and
-# BPF program loads and frees send IPIs, which an idle vCPU answers late); ipacctd run
-# takes 39-40 ms back to back and 45-60 ms after a pause. So every case of one table is
-# timed after the same thing:
+# another program ran (why is not established here; it hands over between four processes
+# and both CPUs); ipacctd run with a deny list, in a shell loop, 39-57 ms back to back and
+# 43-61 ms after 0.3 s of idling. So every case of one table is timed after the same thing:
 #   pause         after PAUSE_S of idling: a command typed at a shell (what the issue's
 #                 figures of systemd-run, 21-27 ms, were);
 #   back-to-back  right after an untimed run of the same command: a script's loop;
