@@ -62,9 +62,11 @@ _scan = _make_scanner(_Context())
 def loads(data: str | bytes | bytearray) -> Any:
     """The value of one JSON document (see the module's docstring)."""
     if isinstance(data, (bytes, bytearray)):
-        # json.loads reads a UTF-8 BOM in bytes as the encoding's mark (utf-8-sig);
+        # json.loads reads a UTF-8 BOM in bytes as the encoding's mark (it decodes with
+        # utf-8-sig: one BOM at the start dropped). Dropped here, then decoded as UTF-8: the
+        # same, without looking up that codec (its module: ~0.3 ms of every `run`).
         # UnicodeDecodeError is a ValueError, as json's is.
-        text = data.decode("utf-8-sig")
+        text = (data[3:] if data[:3] == b"\xef\xbb\xbf" else data).decode("utf-8")
     elif isinstance(data, str):
         text = data
     else:

@@ -64,6 +64,8 @@ NOT_ON_THE_RUN_PATH = (
     "signal",  # its enums: the run path takes the functions and numbers from _signal
     "json",  # and with it re: the records are read and written by ipacctd.jsontext
     "re",
+    "warnings",  # os.get_exec_path's: ipacctd.cli.spawn reads PATH itself
+    "encodings.utf_8_sig",  # bytes.decode("utf-8-sig"): ipacctd.jsontext drops a BOM itself
 )
 #: What a run with a deny list may load beyond a plain run's modules: the log (and the
 #: digest of its list in the unit's metadata).
@@ -76,7 +78,9 @@ DENY_LIST_EXTRAS = ("ipacctd.datapath.denied", "hashlib")
 # as UnitDatapath.create imports it) and the programs' rules. The engine is chosen for the
 # paths as root, with no daemon's runtime file in the state directory: the local one. The
 # effective uid is made 0 in the child only so that the choice is root's without root; the
-# default configuration file is one of the test's (absent, or one it wrote).
+# default configuration file is one of the test's (absent, or one it wrote). Then what
+# the run does after the kernel that could import more: read a record back, find the
+# command on PATH.
 PROBE = """
 import sys
 before = set(sys.modules)  # what the interpreter's start-up (site, .pth files) loaded
@@ -105,6 +109,10 @@ if spec.deny:
     from ipacctd.datapath import denied
 from ipacctd.datapath.rules import compile_rules
 compile_rules(spec.allow, spec.deny)
+from ipacctd import jsontext
+jsontext.loads(b'{"a": 1}')  # a record read back (as bytes, as the store reads it)
+from ipacctd.cli import spawn
+assert spawn._found("true")  # the command looked up on PATH, as the run does before it forks
 print(type(manager).__module__)
 print("\\n".join(sorted(set(sys.modules) - before)))
 """
