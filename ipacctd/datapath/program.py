@@ -487,18 +487,20 @@ def _verdict(audit: bool) -> list[Insn | Label]:
 def _tighten(p: list[Insn | Label]) -> list[Insn | Label]:
     """Remove jumps to the very next instruction, then labels nothing jumps to."""
     out: list[Insn | Label] = []
-    for i, item in enumerate(p):
-        nxt = p[i + 1] if i + 1 < len(p) else None
-        if (
-            isinstance(item, Insn)
-            and item.op == (asm.JMP | Jmp.JA)
-            and isinstance(nxt, Label)
-            and nxt.name == item.target
-        ):
+    used: set[str] = set()
+    for item, nxt in zip(p, [*p[1:], None], strict=True):
+        if type(item) is Label:
+            out.append(item)
             continue
+        if item.op == _JA and type(nxt) is Label and nxt.name == item.target:
+            continue
+        if item.target:
+            used.add(item.target)
         out.append(item)
-    used = {i.target for i in out if isinstance(i, Insn) and i.target}
-    return [i for i in out if not isinstance(i, Label) or i.name in used]
+    return [i for i in out if type(i) is not Label or i.name in used]
+
+
+_JA = asm.JMP | Jmp.JA  # once: an enum member's access costs a descriptor call (Python 3.11)
 
 
 # ---- assembled once, relocated per unit ----------------------------------------------------
@@ -603,16 +605,13 @@ def template(items: list[Insn | Label], maps: list[asm.HasFd]) -> Template:
     """The :class:`Template` of instructions built with ``maps``; ValueError when one of
     them loads a map not among ``maps`` (then it cannot be relocated)."""
     index = {id(m): i for i, m in enumerate(maps)}
-    resolved = asm.resolve(items)
+    code, loads = asm.assemble_with_maps(items)
     holes: list[tuple[int, int]] = []
-    slot = 0
-    for ins, src in zip(resolved, (i for i in items if isinstance(i, Insn)), strict=True):
-        if src.map_ref is not None:
-            if id(src.map_ref) not in index:
-                raise ValueError("a map load of a map the relocation does not know")
-            holes.append((slot * 8 + 4, index[id(src.map_ref)]))
-        slot += ins.slots
-    return Template(b"".join(i.encode() for i in resolved), tuple(holes))
+    for offset, bpf_map in loads:
+        if id(bpf_map) not in index:
+            raise ValueError("a map load of a map the relocation does not know")
+        holes.append((offset, index[id(bpf_map)]))
+    return Template(code, tuple(holes))
 
 
 # Templates by key (template_key), most recently used last; a few shapes per installation

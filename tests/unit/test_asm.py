@@ -399,3 +399,59 @@ def test_ld_map_value_keeps_the_offset_in_the_second_slot() -> None:
     # the xlated form holds the map id instead of the fd
     (back,) = asm.disassemble(asm.assemble([ins]))
     assert asm.dump([back], xlated=True) == ["   0: (18) r3 = map[id:9][0]+64"]
+
+
+# ---- the one-pass assembler against resolve + encode --------------------------------------
+
+
+def _random_program(rng, maps: list) -> list:
+    """Instructions of every encoding class, jumps forward and backward, map loads (fd and
+    value), wide immediates and negative ones, labels between them."""
+    n = rng.randrange(1, 120)
+    labels = [f"l{i}" for i in range(rng.randrange(1, 8))]
+    regs = [R0, R1, R2, R3, R4, R5, R6, R7, R8]
+    edges = [0, 1, -1, 0x7FFFFFFF, -0x80000000, 0xFFFFFFFF]
+    imm = lambda: rng.choice([*edges, rng.randrange(-(1 << 31), 1 << 32)])  # noqa: E731
+    makers = [
+        lambda: asm.mov64_imm(rng.choice(regs), imm()),
+        lambda: asm.mov64_reg(rng.choice(regs), rng.choice(regs)),
+        lambda: asm.alu64_imm(rng.choice([Alu.ADD, Alu.SUB, Alu.AND]), rng.choice(regs), imm()),
+        lambda: asm.ldx(rng.choice([DW, W, H, B]), rng.choice(regs), R10, -rng.randrange(1, 512)),
+        lambda: asm.stx(DW, R10, -8, rng.choice(regs)),
+        lambda: asm.st_imm(W, R10, -4, imm()),
+        lambda: asm.atomic_xchg(DW, R7, 8, R1),
+        lambda: asm.ld_imm64(rng.choice(regs), rng.randrange(-(1 << 63), 1 << 64)),
+        lambda: asm.ld_map(R1, rng.choice(maps)),
+        lambda: asm.ld_map_value(R2, rng.choice(maps), rng.randrange(0, 4096)),
+        lambda: asm.jmp_imm(Jmp.JNE, rng.choice(regs), imm(), rng.choice(labels)),
+        lambda: asm.jmp32_reg(Jmp.JEQ, R0, R1, rng.choice(labels)),
+        lambda: asm.ja(rng.choice(labels)),
+        lambda: asm.call(Helper.map_lookup_elem),
+        lambda: asm.exit_(),
+    ]
+    body: list = [rng.choice(makers)() for _ in range(n)]
+    for name in labels:
+        body.insert(rng.randrange(len(body) + 1), Label(name))
+    return body
+
+
+def test_assemble_with_maps_is_resolve_then_encode() -> None:
+    import random
+
+    rng = random.Random(1302)
+    maps = [Fd(3), Fd(4), Fd(0x7FFFFFFF)]
+    for _ in range(2000):
+        items = _random_program(rng, maps)
+        code, loads = asm.assemble_with_maps(items)
+        assert code == b"".join(i.encode() for i in asm.resolve(items))
+        assert asm.assemble(items) == code
+        # Each map load's hole: where its fd sits, in the order of the loads.
+        want = []
+        slot = 0
+        for ins in (i for i in items if isinstance(i, Insn)):
+            if ins.map_ref is not None:
+                want.append((slot * 8 + 4, ins.map_ref))
+            slot += ins.slots
+        assert loads == want
+        for offset, m in loads:
+            assert int.from_bytes(code[offset : offset + 4], "little") == m.fd
