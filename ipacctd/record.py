@@ -21,7 +21,6 @@ code; the rest, the same for every record, is here:
 
 from __future__ import annotations
 
-import enum
 import operator
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~2 ms)
@@ -115,21 +114,3 @@ def fields(obj: Record | type[Record]) -> tuple[str, ...]:
 def asdict(obj: Record) -> dict[str, Any]:
     """Field name → value (shallow: ipacctd's records hold values, not records)."""
     return {f: getattr(obj, f) for f in obj._fields}
-
-
-def simple_enum(base: type[enum.Enum]) -> Any:
-    """A class decorator making an enum of ``base`` (``enum.IntEnum``, ``enum.StrEnum``) from a
-    plain class of members: :func:`enum._simple_enum`, with which the standard library makes
-    its own enums since Python 3.11 — the same enum, made without the metaclass's checks:
-    ~0.1 ms instead of ~1.5 ms for 40 members, and a run imports 14 of ipacctd's. Where it is
-    missing, the class goes through the metaclass as usual (its members, not its methods:
-    these enums have none)."""
-    fast = getattr(enum, "_simple_enum", None)
-    if fast is not None:
-        return fast(base)
-
-    def make(cls: type) -> Any:
-        members = {k: v for k, v in vars(cls).items() if not k.startswith("_")}
-        return base(cls.__name__, members, module=cls.__module__, qualname=cls.__qualname__)
-
-    return make

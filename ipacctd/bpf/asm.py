@@ -20,12 +20,12 @@ whose ``str()`` reads like ``bpftool prog dump xlated``.
 
 from __future__ import annotations
 
-import enum
 import struct
 from collections.abc import Iterable, Sequence
 
+from ipacctd.enums import IntEnum
 from ipacctd.errors import InvalidInput
-from ipacctd.record import Record, simple_enum
+from ipacctd.record import Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~2 ms of start-up)
 if TYPE_CHECKING:
@@ -48,8 +48,7 @@ IMM, ABS, IND, MEM, ATOMIC = 0x00, 0x20, 0x40, 0x60, 0xC0
 K, X = 0x00, 0x08
 
 
-@simple_enum(enum.IntEnum)
-class Alu:
+class Alu(IntEnum):
     """ALU operations (upper four bits of the opcode)."""
 
     ADD = 0x00
@@ -68,8 +67,7 @@ class Alu:
     END = 0xD0
 
 
-@simple_enum(enum.IntEnum)
-class Jmp:
+class Jmp(IntEnum):
     """Jump operations (upper four bits of the opcode)."""
 
     JA = 0x00
@@ -88,8 +86,7 @@ class Jmp:
     JSLE = 0xD0
 
 
-@simple_enum(enum.IntEnum)
-class Helper:
+class Helper(IntEnum):
     """BPF helper function ids used by ipacctd."""
 
     map_lookup_elem = 1
@@ -100,8 +97,7 @@ class Helper:
     skb_load_bytes = 26
 
 
-@simple_enum(enum.IntEnum)
-class Reg:
+class Reg(IntEnum):
     """eBPF registers. R0 return value, R1-R5 arguments, R6-R9 callee-saved, R10 frame."""
 
     R0 = 0

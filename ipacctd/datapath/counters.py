@@ -8,23 +8,21 @@ softirq interrupting a process-context update on the same CPU cannot lose a coun
 
 from __future__ import annotations
 
-import enum
 import operator
 
 from ipacctd.bpf.maps import PerCPUArrayMap
-from ipacctd.record import Record, simple_enum
+from ipacctd.enums import IntEnum, StrEnum
+from ipacctd.record import Record
 
 
-@simple_enum(enum.IntEnum)
-class Direction:
+class Direction(IntEnum):
     """Traffic direction as seen from the unit."""
 
     INGRESS = 0
     EGRESS = 1
 
 
-@simple_enum(enum.IntEnum)
-class Field:
+class Field(IntEnum):
     """Index of each u64 in the counters value."""
 
     IN_PACKETS = 0
@@ -45,8 +43,7 @@ VALUE_SIZE = len(Field) * 8
 MAP_NAME = "ipacctd_cnt"
 
 
-@simple_enum(enum.StrEnum)
-class Kind:
+class Kind(StrEnum):
     """What the programs did with a counted packet."""
 
     PASSED = "passed"

@@ -17,13 +17,13 @@ Everything is validated before anything is applied: :meth:`Properties.apply` and
 
 from __future__ import annotations
 
-import enum
 import functools
 from collections.abc import Callable, Iterable, Mapping
 
+from ipacctd.enums import StrEnum
 from ipacctd.errors import InvalidInput
 from ipacctd.policy.addresses import EMPTY, AddressList
-from ipacctd.record import Record, replace, simple_enum
+from ipacctd.record import Record, replace
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
@@ -35,8 +35,7 @@ _TRUE_WORDS = frozenset({"1", "yes", "y", "true", "t", "on"})
 _FALSE_WORDS = frozenset({"0", "no", "n", "false", "f", "off"})
 
 
-@simple_enum(enum.StrEnum)
-class DenyMode:
+class DenyMode(StrEnum):
     """What a match of ``IPAddressDeny=`` does."""
 
     ENFORCE = "enforce"

@@ -20,9 +20,12 @@ PACKAGE = "ipacctd"
 # What the BPF layer may import of ipacctd besides itself: the shared exception hierarchy,
 # the C library handle, the kernel structs and the value-class base (the last three are
 # leaves).
-BPF_MAY_IMPORT = {"ipacctd", "ipacctd.errors", "ipacctd.libc", "ipacctd.uapi", "ipacctd.record"}
-# Leaves: modules that import nothing of ipacctd, so that anything may import them.
-LEAVES = ("ipacctd.bpf.types", "ipacctd.libc", "ipacctd.uapi", "ipacctd.record")
+BPF_MAY_IMPORT = {
+    "ipacctd", "ipacctd.errors", "ipacctd.libc", "ipacctd.uapi", "ipacctd.record", "ipacctd.enums"
+}
+# Leaves: modules that import nothing of ipacctd (but ipacctd.enums, which imports nothing),
+# so that anything may import them.
+LEAVES = ("ipacctd.bpf.types", "ipacctd.libc", "ipacctd.uapi", "ipacctd.record", "ipacctd.enums")
 
 
 def _modules() -> dict[str, str]:
@@ -169,4 +172,5 @@ def test_the_bpf_layer_imports_nothing_above_it() -> None:
 
 @pytest.mark.parametrize("leaf", LEAVES)
 def test_leaves_import_nothing_of_the_package(leaf: str) -> None:
-    assert imports(leaf, deferred=True) - {"ipacctd"} == set()
+    allowed = {"ipacctd"} if leaf == "ipacctd.enums" else {"ipacctd", "ipacctd.enums"}
+    assert imports(leaf, deferred=True) - allowed == set()
