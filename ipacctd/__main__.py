@@ -1,5 +1,5 @@
 """``python -m ipacctd``: the same entry point as the ``ipacctd`` command."""
 
-from ipacctd.cli.main import main
+from ipacctd.cli.main import command
 
-raise SystemExit(main())
+command()

@@ -18,20 +18,20 @@ LAUNCHER = os.path.join(REPO, "contrib", "launcher.py")
 PIP_SCRIPT = """# -*- coding: utf-8 -*-
 import re
 import sys
-from ipacctd.cli.main import main
+from ipacctd.cli.main import command
 if __name__ == '__main__':
     sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
-    sys.exit(main())
+    sys.exit(command())
 """
 
-# An ipacctd.cli.main whose main() reports what was imported before it ran, and its argv.
+# An ipacctd.cli.main whose command() reports what was imported before it ran, and its argv.
 FAKE_MAIN = """import sys
-def main():
+def command():
     print(" ".join(sorted(m for m in sys.modules
                           if m.partition(".")[0] not in sys.stdlib_module_names
                           or m in ("re", "json", "enum"))))
     print(" ".join(sys.argv[1:]))
-    return 7
+    sys.exit(7)
 """
 
 
@@ -60,13 +60,89 @@ def test_the_launcher_calls_the_entry_point_pip_would() -> None:
     module, func = entry.split(":")
     text = Path(LAUNCHER).read_text()
     assert f"from {module} import {func}\n" in text
-    assert f"sys.exit({func}())" in text
+    assert f"\n{func}()\n" in text
 
 
 def test_the_launcher_imports_only_the_entry_point(tmp_path) -> None:
     rc, (modules, argv) = _run(Path(LAUNCHER).read_text(), tmp_path)
-    assert rc == 7  # main()'s return is the exit status
+    assert rc == 7  # the entry point's exit status
     assert argv == "run -q -- true"
     assert modules.split() == ["__main__", "ipacctd", "ipacctd.cli", "ipacctd.cli.main"]
     rc, (modules, _argv) = _run(PIP_SCRIPT, tmp_path / "pip")
     assert rc == 7 and "re" in modules.split()  # what the launcher spares
+
+
+# ---- ipacctd.cli.main.command: main(), then an exit without finalization when safe ----------
+
+# A program that patches main() to print and return a status, sets up what the case asks
+# for, and calls the real command(). A module-level object whose finalizer writes to the
+# output shows whether the interpreter's finalization ran.
+COMMAND_PROBE = """
+import os, sys
+import ipacctd.cli.main as m
+case = sys.argv[1]
+class Witness:
+    def __del__(self):
+        os.write(1, b"finalized\\n")
+witness = Witness()
+def fake_main():
+    sys.stdout.write("output of the verb\\n")  # buffered: command() must flush it
+    return 4
+m.main = fake_main
+if case == "handler":
+    import atexit
+    atexit.register(lambda: os.write(1, b"handler ran\\n"))
+elif case == "thread":
+    import threading, time
+    threading.Thread(target=lambda: (time.sleep(0.3), os.write(1, b"thread done\\n"))).start()
+m.command()
+"""
+
+
+# Without the site module: an interpreter's site may register exit handlers of its own
+# (this one's does), and then command() rightly exits as usual in every case.
+ENV = {"PYTHONPATH": REPO, "PATH": os.environ.get("PATH", "")}
+
+
+def _command(case: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-S", "-c", COMMAND_PROBE, case],
+        stdout=stdout, stderr=subprocess.PIPE, text=True, env=ENV, timeout=60,
+    )
+
+
+def test_command_exits_with_mains_status_without_finalization() -> None:
+    res = _command("plain")
+    assert res.returncode == 4
+    assert res.stdout == "output of the verb\n"  # flushed; no finalizer ran
+    assert res.stderr == ""
+
+
+def test_command_exits_as_usual_when_an_exit_handler_is_registered() -> None:
+    res = _command("handler")
+    assert res.returncode == 4
+    lines = res.stdout.splitlines()
+    assert "output of the verb" in lines and "handler ran" in lines
+    assert "finalized" in lines  # the interpreter finished as it always has
+
+
+def test_command_exits_as_usual_while_another_thread_runs() -> None:
+    res = _command("thread")
+    assert res.returncode == 4
+    lines = res.stdout.splitlines()
+    assert "output of the verb" in lines and "thread done" in lines  # joined, not killed
+
+
+def test_command_with_a_closed_stdout_fails_as_the_interpreter_does() -> None:
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone: the flush gets EPIPE
+    try:
+        res = _command("plain", stdout=w)
+        usual = subprocess.run(
+            [sys.executable, "-S", "-c", "import sys; sys.stdout.write('x\\n'); sys.exit(4)"],
+            stdout=w, stderr=subprocess.PIPE, text=True, env=ENV, timeout=60,
+        )
+    finally:
+        os.close(w)
+    assert res.returncode == usual.returncode == 120  # Python's status for a failed flush
+    assert "BrokenPipeError" in res.stderr and "BrokenPipeError" in usual.stderr
