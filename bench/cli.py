@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 
-from common import Report  # beside this script
+from common import Report, default_state_parent, fs_type  # beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,25 +178,6 @@ def cgroup2_mount() -> str:
                 return left.split(" ")[4]
     fail("no cgroup2 mount")
     raise AssertionError
-
-
-def fs_type(path: str) -> str:
-    """The type of the filesystem holding ``path`` (the longest mount point above it)."""
-    best, kind = "", "?"
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            point = left.split(" ")[4]
-            inside = real == point or real.startswith(point.rstrip("/") + "/")
-            if inside and len(point) >= len(best):
-                best, kind = point, right.split(" ", 1)[0]
-    return kind
-
-
-def default_state_parent() -> str | None:
-    """/dev/shm when it is a tmpfs (as /run is on a normal host), else the default."""
-    return "/dev/shm" if fs_type("/dev/shm") == "tmpfs" else None
 
 
 def summary(values: list[float]) -> tuple[float, float, float]:

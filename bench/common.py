@@ -1,7 +1,7 @@
 """What the benchmarks share: the report (printed and optionally written to ``--out``), a
-process's CPU time, and starting ``ipacctd daemon`` against a private bus until it owns its
-name. Imported by the scripts beside it (``python3 bench/<name>.py`` puts this directory on
-``sys.path``)."""
+process's CPU time, where a benchmark's state directory goes (a tmpfs, as ``/run`` is), and
+starting ``ipacctd daemon`` against a private bus until it owns its name. Imported by the
+scripts beside it (``python3 bench/<name>.py`` puts this directory on ``sys.path``)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,33 @@ def publish(text: str, path: str | None) -> None:
     print(text)
     if path:
         Path(path).write_text(text + "\n")
+
+
+def fs_type(path: str) -> str:
+    """The type of the filesystem holding ``path`` (the longest mount point above it)."""
+    best, kind = "", "?"
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = left.split(" ")[4]
+            inside = real == point or real.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, kind = point, right.split(" ", 1)[0]
+    return kind
+
+
+def default_state_parent() -> str | None:
+    """/dev/shm when it is a tmpfs, else None (the temporary directory's default).
+
+    Where a benchmark puts its state directory: ipacctd's is /run/ipacctd, and /run is a
+    tmpfs on the hosts users run (systemd mounts it so; so does Debian's initramfs without
+    systemd), where the fsync of a unit's record and the syncfs of a batch cost nothing. On
+    this machine /run and /tmp are on the disk (PID 1 is not systemd): state there measures
+    the disk's journal, not ipacctd (a unit's record took 0.03-0.45 ms to create in
+    /tmp, varying with what the disk was doing).
+    """
+    return "/dev/shm" if fs_type("/dev/shm") == "tmpfs" else None
 
 
 def cpu_seconds(pid: int) -> float:

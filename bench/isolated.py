@@ -1,5 +1,6 @@
 """An isolated ipacctd installation for the in-tree benchmarks: state and unit files in a
-temporary directory, pins under ``/sys/fs/bpf/ipacctd-bench-<id>``, cgroups under
+temporary directory (on /dev/shm, a tmpfs as /run is on a normal host: common.py's
+default_state_parent), pins under ``/sys/fs/bpf/ipacctd-bench-<id>``, cgroups under
 ``/ipacctd-bench-<id>``; :meth:`Installation.close` removes all of it, also after a failure.
 (Apart from common.py, which cli.py imports without the package on its path.)"""
 
@@ -12,6 +13,8 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+
+from common import default_state_parent  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
@@ -27,9 +30,10 @@ class Installation:
     """The engine on its own paths, and the environment that points a daemon or the CLI at
     them. Subclasses list further cgroups to remove in :attr:`extra_cgroups`."""
 
-    def __init__(self, make_unit_dir: bool = False) -> None:
+    def __init__(self, make_unit_dir: bool = False, state_parent: str | None = None) -> None:
         self.id = uuid.uuid4().hex[:8]
-        self.tmp = tempfile.mkdtemp(prefix=f"ipacctd-bench-{self.id}-")
+        parent = state_parent or default_state_parent()
+        self.tmp = tempfile.mkdtemp(prefix=f"ipacctd-bench-{self.id}-", dir=parent)
         self.config = Config(
             state_dir=os.path.join(self.tmp, "state"),
             bpf_dir=f"/sys/fs/bpf/ipacctd-bench-{self.id}",
