@@ -29,9 +29,20 @@ again, its UnitNew sent at once) and now (``engine``: Registry.bound takes the u
 attach_many returned, the slice's UnitNew sent after it), each round on a fresh
 installation.
 
+``--floor N``: the kernel's part of binding a cgroup, beside the engine's whole binding, in
+this process, rounds interleaved, each on a fresh installation with N cgroups: ``kernel``
+makes for each cgroup what a bound unit holds in the kernel and nothing else (a pin
+directory; the counters map and the denied-address log, pinned; the two programs from the
+template the engine uses, loaded; two links, pinned; a 600-byte record file in the state
+directory) — the bookkeeping around it (the record's contents, the registry, locks, path
+checks) left out; ``engine``: ``Manager.attach_many`` for the same N, as the daemon calls
+it. Wall, user and system ms a cgroup. What the kernel's part costs is the floor a binding
+of that shape cannot go below, whatever the daemon's own code does.
+
 Run as root:  python3 bench/globbind.py [--counts 1000,2000,5000] [--batch 100]
               [--timeout 900] [--out FILE]
               python3 bench/globbind.py --steps 2000 [--rounds 3]
+              python3 bench/globbind.py --floor 1000 [--rounds 3]
 """
 
 from __future__ import annotations
@@ -269,6 +280,102 @@ def run_steps(n: int, mode: str) -> dict:
         inst.close()
 
 
+def run_floor(n: int, mode: str) -> dict:
+    """One round of ``--floor``: N cgroups bound by ``mode`` ("kernel" or "engine"); wall,
+    user and system ms a cgroup."""
+    import ipaddress
+
+    from ipacctd.bpf.links import CgroupLink
+    from ipacctd.bpf.programs import Program
+    from ipacctd.datapath import counters, denied, lookup
+    from ipacctd.datapath import program as pm
+    from ipacctd.datapath.rules import compile_rules
+    from ipacctd.datapath.unit import ATTACH, LINK
+    from ipacctd.policy.properties import Properties
+
+    inst = isolated.Installation(make_unit_dir=True)
+    made: list[str] = []
+    try:
+        cgroup.create(inst.root_fs)
+        for i in range(n):
+            made.append(os.path.join(inst.root_fs, f"gb-{i:05d}.scope"))
+            os.mkdir(made[-1])
+        deny = "198.51.100.1"
+        t0, c0 = time.perf_counter(), os.times()
+        if mode == "kernel":
+            v4, v6 = compile_rules((), [ipaddress.ip_network(deny)])
+            t4, t6 = lookup.build_table(v4), lookup.build_table(v6)
+            os.makedirs(inst.config.state_dir)
+            bpffs.make_dir(inst.config.bpf_dir)
+            record = b" " * 600
+            for i, fs in enumerate(made):
+                pins = os.path.join(inst.config.bpf_dir, f"u{i}")
+                os.mkdir(pins)
+                cmap = counters.create_map()
+                cmap.pin(os.path.join(pins, "counters"))
+                log = denied.create_map()
+                log.pin(os.path.join(pins, denied.PIN))
+                cg = os.open(fs, os.O_RDONLY | os.O_DIRECTORY)
+                for direction in counters.Direction:
+                    shape = pm.Shape(direction, True, False, v4, v6, log_denied=True)
+                    prog = Program.load(pm.bytecode(shape, cmap, t4, t6, log),
+                                        attach_type=ATTACH[direction], name="x")
+                    link = CgroupLink.create(cg, prog, ATTACH[direction])
+                    link.pin(os.path.join(pins, LINK[direction]))
+                    link.close()
+                    prog.close()
+                os.close(cg)
+                cmap.close()
+                log.close()
+                fd = os.open(os.path.join(inst.config.state_dir, f"u{i}.json"),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, record)
+                os.close(fd)
+        else:
+            base = Properties.from_json({"IPAccounting": True, "IPAddressDeny": [deny]})
+            reqs = [
+                dict(cgroup_path=f"{inst.config.cgroup_root}/{os.path.basename(fs)}",
+                     name=os.path.basename(fs), base=base, source=None, container=None)
+                for fs in made
+            ]
+            done = 0
+            while done < n:  # in slices, as the daemon binds
+                out = inst.manager.attach_many(iter(reqs[done:]), budget=0.04)
+                bad = [o for o in out if not hasattr(o, "name")]
+                if bad:
+                    raise RuntimeError(f"attach_many: {bad[0]!r}")
+                done += len(out)
+        t1, c1 = time.perf_counter(), os.times()
+        return {"mode": mode, "wall": (t1 - t0) / n * 1e3,
+                "user": (c1.user - c0.user) / n * 1e3, "sys": (c1.system - c0.system) / n * 1e3}
+    finally:
+        inst.extra_cgroups.extend(reversed(made))
+        inst.close()
+
+
+def floor_report(n: int, rounds: list[dict]) -> str:
+    lines = [
+        f"ipacctd glob binding, the kernel's part (--floor {n}) — "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}, kernel {platform.release()}, "
+        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        "ms a cgroup, in this process: kernel = maps, pins, two program loads, two links, a "
+        "record file; engine = Manager.attach_many (IPAddressDeny=198.51.100.1)",
+        "",
+        f"{'mode':>7} {'wall':>7} {'user':>7} {'sys':>7}",
+    ]
+    for r in rounds:
+        lines.append(f"{r['mode']:>7} {r['wall']:>7.3f} {r['user']:>7.3f} {r['sys']:>7.3f}")
+    med = {m: statistics.median(r["wall"] for r in rounds if r["mode"] == m)
+           for m in ("kernel", "engine") if any(r["mode"] == m for r in rounds)}
+    if len(med) == 2:
+        lines.append(
+            f"median wall: kernel {med['kernel']:.3f}, engine {med['engine']:.3f} ms a cgroup "
+            f"(the kernel's part {med['kernel'] / med['engine']:.0%} of the engine's); "
+            f"10,000 cgroups: >= {med['kernel'] * 10:.1f} s of kernel work"
+        )
+    return "\n".join(lines)
+
+
 def steps_report(n: int, rounds: list[dict]) -> str:
     lines = [
         f"ipacctd glob binding, per unit in-process (--steps {n}) — "
@@ -324,12 +431,21 @@ def main() -> int:
     p.add_argument("--out")
     p.add_argument("--keep-log", help="copy the daemon's log here (the last N's)")
     p.add_argument("--steps", type=int, help="per-unit CPU of each step, in-process (N units)")
-    p.add_argument("--rounds", type=int, default=3, help="--steps: rounds of each mode")
+    p.add_argument("--floor", type=int, help="the kernel's part beside the engine (N cgroups)")
+    p.add_argument("--rounds", type=int, default=3, help="--steps/--floor: rounds of each mode")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("run as root", file=sys.stderr)
         return 1
     bpffs.ensure_mounted()
+    if args.floor:
+        rounds = []
+        for _ in range(args.rounds):
+            for mode in ("kernel", "engine"):  # interleaved
+                rounds.append(run_floor(args.floor, mode))
+                print(floor_report(args.floor, rounds[-1:]).splitlines()[4], file=sys.stderr)
+        publish(floor_report(args.floor, rounds), args.out)
+        return 0
     if args.steps:
         rounds = []
         for _ in range(args.rounds):
