@@ -68,7 +68,10 @@ def command() -> NoReturn:
     import atexit
 
     handlers = getattr(atexit, "_ncallbacks", None)
-    if handlers is not None and handlers() == 0 and _thread._count() == 0:
+    if status is None:  # as sys.exit(None): success
+        status = 0
+    if (type(status) is int and handlers is not None and handlers() == 0
+            and _thread._count() == 0):
         try:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -87,7 +87,7 @@ class Witness:
 witness = Witness()
 def fake_main():
     sys.stdout.write("output of the verb\\n")  # buffered: command() must flush it
-    return 4
+    return None if case == "none" else 4
 m.main = fake_main
 if case == "handler":
     import atexit
@@ -116,6 +116,11 @@ def test_command_exits_with_mains_status_without_finalization() -> None:
     assert res.returncode == 4
     assert res.stdout == "output of the verb\n"  # flushed; no finalizer ran
     assert res.stderr == ""
+
+
+def test_command_exits_with_success_for_a_status_of_none_as_sys_exit_does() -> None:
+    res = _command("none")
+    assert (res.returncode, res.stdout, res.stderr) == (0, "output of the verb\n", "")
 
 
 def test_command_exits_as_usual_when_an_exit_handler_is_registered() -> None:
