@@ -28,9 +28,19 @@ def _unescape(path: str) -> str:
     return path.encode().decode("unicode_escape").encode("latin-1").decode()
 
 
+# Mount points this process has seen a bpffs at (see ipacctd.cgroup's _FOUND: each check is
+# a read of /proc/self/mountinfo). Only a mount seen is kept: one missing is looked for again
+# before mounting, so that a bpffs mounted meanwhile by someone else is never hidden under
+# a second one.
+_SEEN: set[str] = set()
+
+
 def ensure_mounted(mount_point: str = DEFAULT_MOUNT) -> str:
     """Make sure a bpffs is mounted at ``mount_point``; mount one when it is missing."""
+    if mount_point in _SEEN:
+        return mount_point
     if os.path.realpath(mount_point) in mounts("bpf"):
+        _SEEN.add(mount_point)
         return mount_point
     try:
         os.makedirs(mount_point, mode=0o700, exist_ok=True)
