@@ -60,8 +60,9 @@ def command() -> NoReturn:
     run`` back to back, ~2.7 ms after a pause (bench/results-cli.txt), and does nothing a
     command needs: everything ipacctd writes is closed before the verb returns (see
     :func:`main`), and the kernel closes the rest of the fds. Otherwise — handlers (logging
-    registers one), threads, or a flush that fails (a closed pipe) — it exits as usual,
-    and the interpreter reports and finishes as it always has.
+    registers one), threads, a profiler or tracer (``python -m cProfile``, a debugger: they
+    write their results after the script), or a flush that fails (a closed pipe) — it
+    exits as usual, and the interpreter reports and finishes as it always has.
     """
     status = main()
     import _thread
@@ -71,7 +72,7 @@ def command() -> NoReturn:
     if status is None:  # as sys.exit(None): success
         status = 0
     if (type(status) is int and handlers is not None and handlers() == 0
-            and _thread._count() == 0):
+            and _thread._count() == 0 and sys.getprofile() is None and sys.gettrace() is None):
         try:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -138,6 +138,19 @@ def test_command_exits_as_usual_while_another_thread_runs() -> None:
     assert "output of the verb" in lines and "thread done" in lines  # joined, not killed
 
 
+def test_command_under_a_profiler_exits_as_usual_so_the_profile_is_written(tmp_path) -> None:
+    out = tmp_path / "run.prof"
+    script = tmp_path / "probe.py"
+    script.write_text(COMMAND_PROBE)
+    res = subprocess.run(
+        [sys.executable, "-S", "-m", "cProfile", "-o", str(out), str(script), "plain"],
+        capture_output=True, text=True, env=ENV, timeout=60,
+    )
+    # (cProfile's runner swallows the SystemExit: its status is its own.)
+    assert "output of the verb" in res.stdout
+    assert out.stat().st_size > 0  # cProfile wrote it after the script
+
+
 def test_command_with_a_closed_stdout_fails_as_the_interpreter_does() -> None:
     r, w = os.pipe()
     os.close(r)  # the reader is gone: the flush gets EPIPE
