@@ -18,6 +18,12 @@ Cases:
   (the units each run creates are reset after it, outside the timing);
 * ``ipacctd status`` and ``ipacctd list-units --all`` with ``--units`` (100) inactive
   units, each with a deny list;
+* with ``--daemon``: the two ``run`` cases again, through a running ``ipacctd daemon`` (the
+  same installed script, on a private ``dbus-daemon`` given to the CLI as the system bus,
+  default settings but no /metrics port): as ``ipacctd run`` goes on a host where the
+  daemon runs (the service contrib/install.sh installs) — the CLI proves the daemon, asks
+  it for the unit (``StartTransientUnit``, a job as systemd-run's), then starts the
+  command in the unit's cgroup itself;
 * with ``--systemd``: ``systemd-run --wait -p IPAccounting=yes -- true`` and the same with
   ``-p IPAddressDeny=198.51.100.1``, inside the namespaces of
   ``shared/tools/systemd-ref`` (brought up when it is not, and down at the end if this
@@ -34,7 +40,7 @@ run on a host, and one systemd-run, keeping its state in /run, does not pay; pin
 directory and no daemon (``IPACCTD_NO_DAEMON=1``). Everything is removed at the end, also
 after a failure or Ctrl-C. ``true`` sends no traffic, so no network namespace is needed.
 
-Run as root:  python3 bench/cli.py [--reps 20] [--units 100] [--systemd]
+Run as root:  python3 bench/cli.py [--reps 20] [--units 100] [--systemd] [--daemon]
               [--conditions pause,back-to-back,mixed]
               [--ipacctd PATH] [--baseline PATH] [--state-parent DIR] [--out FILE]
 Benchmark a normal (non-editable) installation as contrib/install.sh makes one (a venv, pip
@@ -251,6 +257,49 @@ class Install:
             print(f"WARNING: left behind: {left}", file=sys.stderr)
 
 
+class Daemon:
+    """``ipacctd daemon`` (the benchmarked script) for the isolated installation, on a
+    private bus that the CLI is given as its system bus; ended by PID."""
+
+    def __init__(self, ipacctd: str, inst: Install) -> None:
+        self.ipacctd = ipacctd
+        self.inst = inst
+        self.proc: subprocess.Popen | None = None
+        self.bus = None
+        self.env: dict[str, str] = {}
+
+    def start(self) -> None:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))  # support.py: standard library only
+        from common import wait_ready
+        from support import PrivateBus
+
+        self.bus = PrivateBus()
+        self.env = {k: v for k, v in self.inst.env.items() if k != "IPACCTD_NO_DAEMON"}
+        self.env["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus.address
+        log = os.path.join(self.inst.state, "..", f"{self.inst.tag}-daemon.log")
+        self.log = os.path.abspath(log)
+        with open(self.log, "wb") as f:
+            self.proc = subprocess.Popen(
+                # No /metrics endpoint (no port to pick); everything else the defaults.
+                [self.ipacctd, "daemon", "--bus", self.bus.address, "--listen", ""],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=f,
+            )
+        wait_ready(self.proc, self.bus.address, self.log, time.monotonic(), timeout=120)
+
+    def close(self) -> None:
+        from support import stop_process
+
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self.bus is not None:
+            self.bus.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log)
+
+
 class SystemdRef:
     """systemd-ref's namespaced systemd and a timing helper inside its namespaces."""
 
@@ -391,13 +440,22 @@ def ratios(
             f"  baseline run -q -- true - floor: {med[keys[4]] - floor:+.1f} ms; "
             f"with the deny list: {med[keys[5]] - floor:+.1f} ms"
         )
+    via = [med.get(f"{k} (through the daemon)") for k in keys[2:4]]
+    if via[0] is not None and via[1] is not None:
+        out(
+            f"  through the daemon - floor: {via[0] - floor:+.1f} ms (plain), "
+            f"{via[1] - floor:+.1f} ms (deny list)"
+        )
     if sd is not None:
         sd_plain = med["systemd-run --wait -p IPAccounting=yes -- true"]
         sd_deny = med[f"systemd-run --wait -p IPAccounting=yes -p {DENY} -- true"]
-        for label, mine, theirs in (
-            ("plain", run_plain, sd_plain),
-            ("deny list", run_deny, sd_deny),
-        ):
+        pairs = [("plain", run_plain, sd_plain), ("deny list", run_deny, sd_deny)]
+        if via[0] is not None and via[1] is not None:
+            pairs += [
+                ("plain, through the daemon", via[0], sd_plain),
+                ("deny list, through the daemon", via[1], sd_deny),
+            ]
+        for label, mine, theirs in pairs:
             ratio = mine / theirs
             verdict = "ok" if ratio <= TARGET_RATIO else "over target"
             out(
@@ -416,6 +474,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20, help="repetitions of each case")
     ap.add_argument("--units", type=int, default=100, help="units for status/list-units")
     ap.add_argument("--systemd", action="store_true", help="also time systemd-run (systemd-ref)")
+    ap.add_argument(
+        "--daemon", action="store_true", help="also time the runs through a running ipacctd daemon"
+    )
     ap.add_argument(
         "--ipacctd", help="the ipacctd script (default: beside this python, else on PATH)"
     )
@@ -449,6 +510,7 @@ def main() -> int:
     python = script_python(ipacctd)
     inst = Install(ipacctd, args.state_parent)
     sd = SystemdRef() if args.systemd else None
+    daemon = Daemon(ipacctd, inst) if args.daemon else None
     out = Report()
 
     try:
@@ -492,6 +554,17 @@ def main() -> int:
                 "--",
                 "true",
             ]
+        if daemon is not None:
+            daemon.start()
+            out(f"# daemon: {ipacctd} daemon on a private bus (pid {daemon.proc.pid})")
+            cases["ipacctd run -q -- true (through the daemon)"] = (
+                "daemon",
+                [ipacctd, "run", "-q", "--", "true"],
+            )
+            cases[f"ipacctd run -q -p {DENY} -- true (through the daemon)"] = (
+                "daemon",
+                [ipacctd, "run", "-q", "-p", DENY, "--", "true"],
+            )
         if sd is not None:
             cases["systemd-run --wait -p IPAccounting=yes -- true"] = (
                 "sd",
@@ -503,6 +576,11 @@ def main() -> int:
             )
 
         def run_case(spec: object, before: Before) -> float:
+            if isinstance(spec, tuple) and spec[0] == "daemon":
+                assert daemon is not None
+                dt = time_host(spec[1], daemon.env, before)
+                inst.reset_new()
+                return dt
             if isinstance(spec, tuple):
                 assert sd is not None
                 return sd.time(spec[1], before)
@@ -557,6 +635,8 @@ def main() -> int:
     finally:
         if sd is not None:
             sd.close()
+        if daemon is not None:
+            daemon.close()
         inst.cleanup()
 
     out.save(args.out)
