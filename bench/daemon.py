@@ -18,7 +18,10 @@ then measures
   counters-only cycle and for a state cycle (median of several);
 * ``/metrics`` scrape latency over HTTP (median), also while BPF run-time statistics are
   on (then every unit's program statistics are read too), D-Bus ``Properties.GetAll`` on a unit
-  object and ``Manager.GetCounters`` (median), and the daemon's VmRSS.
+  object and ``Manager.GetCounters`` (median), and the daemon's VmRSS;
+* changes through the daemon, as root's CLI makes them while it runs: ``ipacctd run -q --
+  true`` (``StartTransientUnit``, a job; the unit reset afterwards, outside the timing) and
+  ``ipacctd set-property UNIT Description=...`` (``SetUnitProperties``), wall (median).
 
 Everything it made is removed at the end (daemon and bus by PID, pins, cgroups, files),
 also after a failure or Ctrl-C.
@@ -92,6 +95,8 @@ class Result:
     rss_mb: float = 0.0
     peak_mb: float = 0.0  # VmHWM at the end (after list-units / DescribeUnits of all units)
     peak_pre_mb: float = 0.0  # VmHWM before them (start-up, scrapes, GetCounters)
+    run_daemon_ms: float = 0.0  # `ipacctd run -q -- true` through the daemon, wall
+    set_property_ms: float = 0.0  # `ipacctd set-property UNIT Description=x` through it
     notes: list[str] = field(default_factory=list)
 
 
@@ -151,6 +156,27 @@ def cli_seconds(env: dict[str, str], argv: list[str], runs: int) -> float:
         if res.returncode not in (0, 3):
             raise subprocess.CalledProcessError(res.returncode, argv, stderr=res.stderr)
     return statistics.median(times)
+
+
+def changes_ms(env: dict[str, str], runs: int) -> tuple[float, float]:
+    """Median wall ms of ``ipacctd run -q -- true`` and of ``ipacctd set-property`` through
+    the daemon (root's CLI with the daemon on its system bus); each run's unit is reset
+    afterwards (through the daemon too), outside the timing."""
+    runs_ms, props_ms = [], []
+    for i in range(runs):
+        before = set(os.listdir(os.path.join(env["IPACCTD_STATE_DIR"], "units")))
+        runs_ms.append(cli_seconds(env, ["run", "-q", "--", "true"], 1) * 1e3)
+        made = sorted(
+            f[:-5]
+            for f in set(os.listdir(os.path.join(env["IPACCTD_STATE_DIR"], "units"))) - before
+            if f.endswith(".json")
+        )
+        if made:
+            cli_seconds(env, ["reset", *made], 1)
+        props_ms.append(
+            cli_seconds(env, ["set-property", "bench00001.service", f"Description=x{i}"], 1) * 1e3
+        )
+    return statistics.median(runs_ms), statistics.median(props_ms)
 
 
 def unmarshal_seconds(reply) -> float:
@@ -433,6 +459,10 @@ def bench(n: int, args: argparse.Namespace) -> Result:
             res.status_s = cli_seconds(env, ["status", "bench00000.service"], 3)
         except subprocess.CalledProcessError as exc:
             res.notes.append(f"CLI failed: {exc.stderr!r}")
+        try:
+            res.run_daemon_ms, res.set_property_ms = changes_ms(env, 5)
+        except subprocess.CalledProcessError as exc:
+            res.notes.append(f"changes through the daemon failed: {exc.stderr!r}")
         res.list_units_daemon_s, res.status_daemon_s, res.describe_cpu_s = asyncio.run(
             describe_latency(bus.address, "bench00000.service", daemon.pid)
         )
@@ -514,6 +544,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
             "busctl Ping ms",
             "RSS peak before MB",
             "RSS peak MB",
+            "run via daemon ms",
+            "set-property ms",
         )
     ]
     for r in results:
@@ -535,6 +567,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
                 f"{r.ping_busctl_ms:.1f}",
                 f"{r.peak_pre_mb:.1f}",
                 f"{r.peak_mb:.1f}",
+                f"{r.run_daemon_ms:.1f}",
+                f"{r.set_property_ms:.1f}",
             )
         )
     out = [
@@ -577,6 +611,10 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         "RSS MB: the daemon's VmRSS after the scrapes and D-Bus calls; RSS peak before MB:",
         "  VmHWM then (start-up, scrapes, D-Bus calls); RSS peak MB: VmHWM at the end, after",
         "  list-units and DescribeUnits of all units.",
+        "run via daemon ms / set-property ms: `ipacctd run -q -- true` / `ipacctd set-property",
+        "  bench00001.service Description=...` as root with the daemon on the bus (so through",
+        "  it: StartTransientUnit and its job / SetUnitProperties), wall ms, median of 5,",
+        "  process start included (python -m ipacctd from the checkout).",
         f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
     ]
     for r in results:
