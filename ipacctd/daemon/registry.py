@@ -227,6 +227,25 @@ class Registry:
                 continue
             self.refresh(name, mtime)
 
+    def sync_names(self, names: list[str]) -> None:
+        """What :meth:`sync` does, for these units only: those the state directory's
+        events named (a record written, renamed into place or removed). A unit whose record
+        is gone and has no pins is forgotten (its read says so), one with pins left shows as
+        broken — as the full pass finds them."""
+        for name in names:
+            try:
+                st = os.stat(self.manager.store.meta_path(name))
+                mtime = st.st_mtime_ns
+            except FileNotFoundError:
+                mtime = 0  # no metadata, as sync says (a broken unit, or one gone)
+            except (OSError, Error):  # not a unit's record name: the full pass judges it
+                self.sync()
+                return
+            entry = self.units.get(name)
+            if entry is not None and entry.meta_mtime == mtime:
+                continue
+            self.refresh(name, mtime)
+
     def _probe(self, cgroup_path: str) -> tuple[bool, bool] | None:
         """(exists, populated) of a cgroup from its ``cgroup.events``: one small read, where
         a full status walks the cgroup tree, parses the metadata and opens the pins."""
