@@ -47,6 +47,7 @@ from ipacctd.manager.unit import (
     spec_for,
 )
 from ipacctd.policy.names import (
+    TMP_PIN_PREFIX,
     candidate_paths,
     pin_name,
     tmp_pin_name,
@@ -73,6 +74,7 @@ log = LazyLogger("ipacctd.engine")
 #: (what ``stop`` sends), recorded as minus the signal number.
 CLEAN_EXIT = frozenset({None, 0, -signal.SIGHUP, -signal.SIGINT, -signal.SIGTERM,
                         -signal.SIGPIPE})
+PROBE_NAMES = 256  # candidates _free_transient_name looks at before it lists every unit
 
 #: Active states in which a unit's name is in use: its processes run, or the ``ipacctd run``
 #: that owns it is starting its command or recording its exit. Such a unit is never removed.
@@ -465,7 +467,7 @@ class Manager:
         with self.store.locked():
             self._sweep_stale_pins()
             if name is None:
-                name = transient_name(self.names())
+                name = self._free_transient_name()
                 source = self.unit_file(name)
             props = source.properties() if source else Properties()
             props = props.apply(assignments).apply_dbus(dbus_items)
@@ -1084,6 +1086,22 @@ class Manager:
 
         return recovery.reconcile(self, name, unit)
 
+    def _free_transient_name(self) -> str:
+        """``transient_name(self.names())`` (lock held): the first ``run-u<N>.service``
+        taken in no way, found by looking at each candidate's metadata and pin directory
+        in turn. Listing every unit for it took ~26 ms at 10,000 units, on every start of
+        a transient unit; the candidates before the first free one are the ``run-u``
+        units there are (the daemon collects inactive ones after the retention time).
+        Past PROBE_NAMES candidates, the listing answers."""
+        store = self.store
+        for n in range(1, PROBE_NAMES + 1):
+            candidate = f"run-u{n}.service"
+            if not os.path.lexists(store.meta_path(candidate)) and not os.path.lexists(
+                store.pin_dir(candidate)
+            ):
+                return candidate
+        return transient_name(self.names())
+
     def _sweep_stale_pins(self) -> None:
         """Remove datapaths a crashed creator left in its temporary directory (lock held).
 
@@ -1096,7 +1114,9 @@ class Manager:
             entries = os.listdir(self.config.pins_dir)
         except OSError:  # none yet, or not ours to read (the datapath step will say so)
             return
-        for entry in entries:
+        # Only temporary names are a creator's (a unit's pins are never named so): the
+        # rest, every unit's pin directory, are passed over without a call each.
+        for entry in [e for e in entries if e.startswith(TMP_PIN_PREFIX)]:
             pid = tmp_pin_pid(entry)
             if pid is None:
                 continue
