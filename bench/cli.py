@@ -19,7 +19,8 @@ Cases:
 * ``ipacctd status`` and ``ipacctd list-units --all`` with ``--units`` (100) inactive
   units, each with a deny list;
 * with ``--daemon``: the two ``run`` cases again, through a running ``ipacctd daemon`` (the
-  same installed script, on a private ``dbus-daemon`` given to the CLI as the system bus,
+  same installed script, serving an installation of its own, so that the other cases'
+  changes are not its; on a private ``dbus-daemon`` given to the CLI as the system bus,
   default settings but no /metrics port): as ``ipacctd run`` goes on a host where the
   daemon runs (the service contrib/install.sh installs) — the CLI proves the daemon, asks
   it for the unit (``StartTransientUnit``, a job as systemd-run's), then starts the
@@ -196,9 +197,9 @@ def summary(values: list[float]) -> tuple[float, float, float]:
 class Install:
     """An isolated ipacctd installation and the means to clean it up."""
 
-    def __init__(self, ipacctd: str, state_parent: str | None = None) -> None:
+    def __init__(self, ipacctd: str, state_parent: str | None = None, suffix: str = "") -> None:
         self.ipacctd = ipacctd
-        self.tag = f"ipacctd-bench-{os.getpid()}"
+        self.tag = f"ipacctd-bench-{os.getpid()}{suffix}"
         self.state = tempfile.mkdtemp(prefix=f"{self.tag}-", dir=state_parent)
         self.unit_dir = os.path.join(self.state, "unit-files")
         os.mkdir(self.unit_dir)
@@ -298,6 +299,7 @@ class Daemon:
             self.bus.close()
         with contextlib.suppress(OSError):
             os.unlink(self.log)
+        self.inst.cleanup()
 
 
 class SystemdRef:
@@ -510,7 +512,9 @@ def main() -> int:
     python = script_python(ipacctd)
     inst = Install(ipacctd, args.state_parent)
     sd = SystemdRef() if args.systemd else None
-    daemon = Daemon(ipacctd, inst) if args.daemon else None
+    # The daemon serves an installation of its own: the local cases' changes are not its
+    # (as on a host: with the daemon running, root's runs go through it).
+    daemon = Daemon(ipacctd, Install(ipacctd, args.state_parent, "-d")) if args.daemon else None
     out = Report()
 
     try:
@@ -579,7 +583,7 @@ def main() -> int:
             if isinstance(spec, tuple) and spec[0] == "daemon":
                 assert daemon is not None
                 dt = time_host(spec[1], daemon.env, before)
-                inst.reset_new()
+                daemon.inst.reset_new()
                 return dt
             if isinstance(spec, tuple):
                 assert sd is not None
