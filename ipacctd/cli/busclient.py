@@ -446,17 +446,29 @@ class Connection:
     def call(self, msg: Message, timeout: float) -> Message:
         """Send a method call and return its reply (a return or an error); other messages
         meanwhile are queued."""
-        serial = self.send(msg)
+        return self.calls([msg], timeout)[0]
+
+    def calls(self, msgs: list[Message], timeout: float) -> list[Message]:
+        """Send method calls back to back, then return their replies, in the same order.
+
+        The bus delivers one connection's messages in the order they were sent, and
+        answers its own methods (AddMatch, GetConnectionUnixUser, ...) in that order too,
+        so calls that do not depend on each other's answers need not wait for each other:
+        each wait is a round trip through the bus daemon (~0.3 ms of a command here)."""
+        serials = [self.send(msg) for msg in msgs]
+        replies: dict[int, Message] = {}
         deadline = time.monotonic() + timeout
         held: list[Message] = []
         try:
-            while True:
+            while len(replies) < len(serials):
                 reply = self.receive(deadline)
-                if reply.message_type in (METHOD_RETURN, ERROR) and reply.reply_serial == serial:
-                    return reply
-                held.append(reply)
+                if reply.message_type in (METHOD_RETURN, ERROR) and reply.reply_serial in serials:
+                    replies[reply.reply_serial] = reply
+                else:
+                    held.append(reply)
         finally:
             self.queued.extend(held)
+        return [replies[s] for s in serials]
 
     def close(self) -> None:
         self.sock.close()

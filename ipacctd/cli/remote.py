@@ -82,28 +82,40 @@ class DaemonLink:
         self.ended: dict[str, tuple[str, str]] | None = None  # job path → (unit, result)
         self.gone = False  # the daemon's connection closed
 
-    def raw(self, destination: str, path: str, iface: str, member: str, signature: str = "",
-            body: Sequence[Any] = ()) -> Any:
+    @staticmethod
+    def message(destination: str, path: str, iface: str, member: str, signature: str = "",
+                body: Sequence[Any] = ()) -> Any:
         from ipacctd.cli.busclient import METHOD_CALL, Message
 
-        msg = Message(METHOD_CALL, destination=destination, path=path, interface=iface,
-                      member=member, signature=signature, body=list(body))
-        return self.conn.call(msg, CALL_TIMEOUT)
+        return Message(METHOD_CALL, destination=destination, path=path, interface=iface,
+                       member=member, signature=signature, body=list(body))
+
+    def raw(self, destination: str, path: str, iface: str, member: str, signature: str = "",
+            body: Sequence[Any] = ()) -> Any:
+        return self.conn.call(self.message(destination, path, iface, member, signature, body),
+                              CALL_TIMEOUT)
 
     def bus_call(self, member: str, *args: str) -> Any:
         """A call to the bus daemon itself; its return value (None on an error)."""
+        return self.bus_calls([(member, *args)])[0]
+
+    def bus_calls(self, calls: Sequence[tuple[str, ...]]) -> list[Any]:
+        """Calls to the bus daemon itself, (member, *string args) each, sent back to back;
+        their return values (None for an error)."""
         from ipacctd.cli.busclient import METHOD_RETURN
 
-        reply = self.raw(DBUS, "/org/freedesktop/DBus", DBUS, member, "s" * len(args), args)
-        return reply.body[0] if reply.message_type == METHOD_RETURN else None
+        msgs = [self.message(DBUS, "/org/freedesktop/DBus", DBUS, member, "s" * len(args), args)
+                for member, *args in calls]
+        replies = self.conn.calls(msgs, CALL_TIMEOUT)
+        return [r.body[0] if r.message_type == METHOD_RETURN else None for r in replies]
 
     def prove(self) -> bool:
         """Find the name's owner and check it; False when nobody owns the name."""
         owner = self.bus_call("GetNameOwner", BUS_NAME)
         if owner is None:
             return False
-        uid = self.bus_call("GetConnectionUnixUser", owner)
-        pid = self.bus_call("GetConnectionUnixProcessID", owner)
+        uid, pid = self.bus_calls([("GetConnectionUnixUser", owner),
+                                   ("GetConnectionUnixProcessID", owner)])
         self.owner, self.uid, self.pid = owner, -1 if uid is None else uid, pid or 0
         if self.uid != 0:
             raise AccessDenied(
@@ -120,9 +132,13 @@ class DaemonLink:
     def call(self, iface: str, member: str, signature: str = "", body: Sequence[Any] = (),
              path: str = ROOT) -> list[Any]:
         """A method call to the proven owner; ipacctd errors raised as such."""
+        return self._result(self.raw(self.owner, path, iface, member, signature, body))
+
+    @staticmethod
+    def _result(reply: Any) -> list[Any]:
+        """A reply's values; ipacctd errors raised as such."""
         from ipacctd.cli.busclient import ERROR
 
-        reply = self.raw(self.owner, path, iface, member, signature, body)
         if reply.message_type == ERROR and reply.error_name in GONE:
             raise _Unreachable(f"{BUS_NAME} left the bus")
         if reply.message_type == ERROR:
@@ -139,15 +155,21 @@ class DaemonLink:
 
         from ipacctd.cli.busclient import SIGNAL
 
+        msgs = []
         if self.ended is None:  # listen before the first call, so no end is missed
             for rule in (f"type='signal',sender='{self.owner}',path='{ROOT}',"
                          f"interface='{MANAGER_IFACE}',member='JobRemoved'",
                          f"type='signal',sender='{DBUS}',member='NameOwnerChanged',"
                          f"arg0='{self.owner}'"):
-                self.raw(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
+                msgs.append(self.message(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s",
+                                         [rule]))
             self.ended = {}
         ended = self.ended
-        (job,) = self.call(iface, member, signature, body, path=path)
+        # The rules and the call back to back: the bus adds the rules before it routes the
+        # call (one connection's messages are handled in order), so the job's end cannot
+        # pass them, and the call does not wait for their two round trips.
+        msgs.append(self.message(self.owner, path, iface, member, signature, body))
+        (job,) = self._result(self.conn.calls(msgs, CALL_TIMEOUT)[-1])
         deadline = time.monotonic() + CALL_TIMEOUT
         while job not in ended and not self.gone:
             try:

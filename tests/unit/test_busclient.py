@@ -193,6 +193,23 @@ def test_on_a_real_bus() -> None:
                 if msg.message_type == bc.SIGNAL and msg.member == "JobRemoved":
                     break
             assert msg.body == [7, "/org/ipacctd1/job/7", "web.service", "done"]
+
+            # Calls sent back to back: each reply to its own call, in order, errors among
+            # them; a signal arriving meanwhile is kept for receive().
+            def m(member, sig="", body=()):
+                return bc.Message(bc.METHOD_CALL, destination=bc.BUS, path=bc.BUS_PATH,
+                                  interface=bc.BUS, member=member, signature=sig,
+                                  body=list(body))
+
+            asyncio.run(emit())  # another JobRemoved on its way while the calls go out
+            got = conn.calls([m("GetNameOwner", "s", ["org.ipacctd1"]), m("ListNames"),
+                              m("GetConnectionUnixUser", "s", [conn.unique_name]),
+                              m("GetNameOwner", "s", [conn.unique_name])], 5)
+            assert [g.message_type for g in got] == [bc.ERROR, *[bc.METHOD_RETURN] * 3]
+            assert conn.unique_name in got[1].body[0]
+            assert got[2].body == [os.geteuid()] and got[3].body == [conn.unique_name]
+            msg = conn.receive(time.monotonic() + 5)
+            assert msg.message_type == bc.SIGNAL and msg.member == "JobRemoved"
         finally:
             conn.close()
     finally:
