@@ -353,11 +353,18 @@ def run_floor(n: int, mode: str) -> dict:
         inst.close()
 
 
+def _heading(what: str) -> str:
+    """The first line of an in-process report: what, when, on what."""
+    return (
+        f"ipacctd glob binding, {what} — {time.strftime('%Y-%m-%d %H:%M:%S')}, kernel "
+        f"{platform.release()}, {os.cpu_count()} CPUs, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+
+
 def floor_report(n: int, rounds: list[dict]) -> str:
     lines = [
-        f"ipacctd glob binding, the kernel's part (--floor {n}) — "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')}, kernel {platform.release()}, "
-        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        _heading(f"the kernel's part (--floor {n})"),
         "ms a cgroup, in this process: kernel = maps, pins, two program loads, two links, a "
         "record file; engine = Manager.attach_many (IPAddressDeny=198.51.100.1)",
         "",
@@ -378,9 +385,7 @@ def floor_report(n: int, rounds: list[dict]) -> str:
 
 def steps_report(n: int, rounds: list[dict]) -> str:
     lines = [
-        f"ipacctd glob binding, per unit in-process (--steps {n}) — "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')}, kernel {platform.release()}, "
-        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        _heading(f"per unit in-process (--steps {n})"),
         "CPU ms a unit (this thread): attach_many (the engine), the registry's view of the new "
         "unit (its signals apart), its D-Bus signals, and the whole binding (slices, view, "
         "signals, the rest)",
@@ -438,22 +443,18 @@ def main() -> int:
         print("run as root", file=sys.stderr)
         return 1
     bpffs.ensure_mounted()
-    if args.floor:
-        rounds = []
-        for _ in range(args.rounds):
-            for mode in ("kernel", "engine"):  # interleaved
-                rounds.append(run_floor(args.floor, mode))
-                print(floor_report(args.floor, rounds[-1:]).splitlines()[4], file=sys.stderr)
-        publish(floor_report(args.floor, rounds), args.out)
-        return 0
-    if args.steps:
-        rounds = []
-        for _ in range(args.rounds):
-            for mode in ("read-back", "engine"):  # interleaved
-                rounds.append(run_steps(args.steps, mode))
-                print(steps_report(args.steps, rounds[-1:]).splitlines()[4], file=sys.stderr)
-        publish(steps_report(args.steps, rounds), args.out)
-        return 0
+    for n, modes, run, report_of in (
+        (args.floor, ("kernel", "engine"), run_floor, floor_report),
+        (args.steps, ("read-back", "engine"), run_steps, steps_report),
+    ):
+        if n:
+            rounds = []
+            for _ in range(args.rounds):
+                for mode in modes:  # interleaved
+                    rounds.append(run(n, mode))
+                    print(report_of(n, rounds[-1:]).splitlines()[4], file=sys.stderr)
+            publish(report_of(n, rounds), args.out)
+            return 0
     results = []
     for n in (int(x) for x in args.counts.split(",")):
         print(f"N={n}", file=sys.stderr, flush=True)

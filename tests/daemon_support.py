@@ -50,6 +50,7 @@ __all__ = [
     "UNIT",
     "Client",
     "DaemonEnv",
+    "Recorder",
     "addr_list",
     "entries",
     "unit_path",
@@ -59,6 +60,20 @@ __all__ = [
 #: Test addresses the daemon tests put on a namespace's lo: one a policy allows, one it denies.
 ALLOWED = "203.0.113.1"
 DENIED = "198.51.100.1"
+
+
+class Recorder:
+    """A bus connection as the daemon's bus service uses it, for tests that drive the
+    service in-process: the handler it adds, and the messages it sends (kept)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def add_message_handler(self, handler: Callable[..., Any]) -> None:
+        self.handler = handler
+
+    def send(self, msg: Any) -> None:
+        self.sent.append(msg)
 
 
 def addr_list(*addrs: str) -> Any:

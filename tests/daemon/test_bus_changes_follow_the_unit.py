@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from daemon_support import BUS_NAME, MANAGER, ROOT
+from daemon_support import BUS_NAME, MANAGER, ROOT, Recorder
 from dbus_fast import Message, MessageType, Variant
 
 from ipacctd.daemon.bus import BusService, unit_path
@@ -24,19 +24,6 @@ from ipacctd.daemon.service import Daemon
 pytestmark = pytest.mark.kernel
 
 DENY = "198.51.100.7"
-
-
-class Recorder:
-    """The bus connection as the service uses it: handlers added, messages sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[Message] = []
-
-    def add_message_handler(self, handler) -> None:
-        self.handler = handler
-
-    def send(self, msg: Message) -> None:
-        self.sent.append(msg)
 
 
 def _call(member: str, signature: str, body: list, path: str = ROOT,

@@ -21,7 +21,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from daemon_support import ALLOWED, BUS_NAME, DENIED, MANAGER, ROOT, DaemonEnv
+from daemon_support import ALLOWED, BUS_NAME, DENIED, MANAGER, ROOT, DaemonEnv, Recorder
 from dbus_fast import Message
 from e2e_helpers import UDP4
 
@@ -41,19 +41,6 @@ pytestmark = pytest.mark.kernel
 #: 128 addresses no two of which merge into a shorter prefix: more than the store keeps
 #: inline (INLINE_LIST_BYTES), so the list lives in a list file.
 LONG_LIST = " ".join(f"192.0.2.{i}" for i in range(0, 256, 2))
-
-
-class Recorder:
-    """The bus connection as the service uses it: handlers added, messages sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[Message] = []
-
-    def add_message_handler(self, handler) -> None:
-        self.handler = handler
-
-    def send(self, msg: Message) -> None:
-        self.sent.append(msg)
 
 
 def _call(member: str, signature: str = "", body: list | None = None) -> Message:
