@@ -693,7 +693,7 @@ class BusService:
         A call about one unit — ``unit`` (as the caller named it), or the unit the call
         returns — has that unit read again. A pass over every unit (:meth:`Registry.sync`:
         the state and pin directories listed, every record stat'ed) held each change's
-        reply for ~0.1 s at 10,000 units (bench/results-daemon.txt), and whatever else
+        reply for ~60 ms at 10,000 units (bench/results-daemon.txt), and whatever else
         changed meanwhile reaches the registry through the state directory's events as any
         writer's change does. A call about no one unit (a reload), or one that failed
         before saying which, is followed by the full pass."""

@@ -284,7 +284,7 @@ class Daemon:
         records, self._records = self._records, set()
         if records is not None and len(records) <= SETTLE_RECORDS:
             # The units the events named: a CLI's change reads one unit again, not all
-            # (a full pass lists both directories and stats every record: ~0.1 s of the
+            # (a full pass lists both directories and stats every record: ~50 ms of the
             # loop at 10,000 units, after every change anyone made).
             self.registry.sync_names(sorted(records))
         else:

@@ -1,7 +1,7 @@
 """A change through the daemon's bus (start, set-property, stop, reset, attach) has the
 registry read again the unit it changed, not every unit: a full pass (``Registry.sync``:
 the state and pin directories listed, every record stat'ed) held each change's reply for
-~0.1 s at 10,000 units (bench/results-daemon.txt, "run via daemon ms"). A reload, which
+~60 ms at 10,000 units (bench/results-daemon.txt, "run via daemon ms"). A reload, which
 may change any unit, still makes the full pass.
 
 The daemon's own objects, with real units in the kernel: its registry and bus service on

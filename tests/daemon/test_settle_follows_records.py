@@ -1,6 +1,6 @@
 """After changes by other writers (root's CLI acting directly), the daemon reads again the
 units whose records the state directory's events named, not every unit: a full pass
-(``Registry.sync``) after every change anyone made held the loop ~0.1 s at 10,000 units. A
+(``Registry.sync``) after every change anyone made held the loop ~50 ms at 10,000 units. A
 burst of more than SETTLE_RECORDS named units, lost events (the queue overflowed) or the
 directory itself gone still get the full pass.
 
