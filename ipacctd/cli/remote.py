@@ -20,10 +20,10 @@ does not, root's CLI uses the engine directly. ``IPACCTD_NO_DAEMON=1`` skips the
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Sequence
 
+from ipacctd import jsontext  # json.loads's own parser, without json's import of re
 from ipacctd.daemon.contract import (
     BUS_NAME,
     DBUS,
@@ -272,7 +272,7 @@ class DaemonManager(Manager):
     def describe(self, names: Sequence[str]) -> list[UnitStatus]:
         (text,) = self._call("DescribeUnits", "asu", [list(names), 5])
         out = []
-        for d in json.loads(text):
+        for d in jsontext.loads(text):
             st = status_from_wire(d)
             self._denied[st.name] = list(d.get("denied", []))
             out.append(st)
@@ -340,7 +340,7 @@ class DaemonManager(Manager):
 
     def inspect(self, name: str, instructions: bool = False) -> dict[str, Any]:
         (text,) = self._call("InspectUnit", "sb", [name, instructions])
-        return json.loads(text)
+        return jsontext.loads(text)
 
     # -- changes ---------------------------------------------------------------------------
 

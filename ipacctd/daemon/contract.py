@@ -25,9 +25,9 @@ from __future__ import annotations
 # without the enums signal.py builds at import; the CLI imports this module.
 import _signal as signal
 import contextlib
-import json
 import os
 
+from ipacctd import jsontext  # json.loads's own parser, without json's import of re
 from ipacctd.errors import (
     AccessDenied,
     AlreadyExists,
@@ -256,7 +256,7 @@ def read_runtime(path: str) -> dict[str, Any] | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd) as f:
-            data = json.loads(f.read(65536))
+            data = jsontext.loads(f.read(65536))
     except (OSError, ValueError):
         return None
     if (

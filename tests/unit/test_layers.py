@@ -4,8 +4,8 @@ still a dependency).
 
 * Front doors (``cli/``, ``daemon/``) talk to the engine: they import ``manager``,
   ``policy`` and ``errors`` (and the leaf helpers ``cgroup``, ``containers``, ``journal``,
-  ``libc``, ``record``, ``uapi``), never ``bpf/`` or ``datapath/``; what they need from below is
-  re-exported by ``manager/`` (``manager.counters``, ``manager.stats``).
+  ``jsontext``, ``libc``, ``record``, ``uapi``), never ``bpf/`` or ``datapath/``; what they
+  need from below is re-exported by ``manager/`` (``manager.counters``, ``manager.stats``).
 * Nothing in ``manager/`` or below imports ``cli/`` or ``daemon/``.
 
 (``bpf/`` importing nothing above it is ``test_import_graph.py``'s.)
@@ -21,7 +21,7 @@ FRONT_DOORS = ("cli", "daemon")
 #: (``""``: the package itself, for ``__version__``).
 FRONT_DOOR_MAY_IMPORT = {
     "", *FRONT_DOORS, "manager", "policy", "errors",
-    "cgroup", "containers", "journal", "libc", "record", "uapi",
+    "cgroup", "containers", "journal", "jsontext", "libc", "record", "uapi",
 }  # fmt: skip
 BELOW_FRONT_DOORS = ("manager", "datapath", "policy", "bpf")
 

@@ -195,7 +195,8 @@ def test_a_daemons_runtime_file_sends_the_run_to_the_daemon_client(tmp_path) -> 
     client (which then proves the daemon on the bus, or falls back to the local engine).
     The client is as lean as the rest: no typing, no socket.py (its enums and selectors),
     no signal.py — the C modules under them serve it (checked to fail with busclient's
-    former ``import socket``). On a real bus (nobody owns ipacctd's name there: the local
+    former ``import socket``) — and no json (with it re and enum: ~4 ms of importing),
+    whose replies ipacctd.jsontext reads. On a real bus (nobody owns ipacctd's name there: the local
     engine), the interpreter started without site (whose .pth files may load them)."""
     state = tmp_path / "state"
     state.mkdir()
@@ -205,7 +206,8 @@ def test_a_daemons_runtime_file_sends_the_run_to_the_daemon_client(tmp_path) -> 
                        env={"DBUS_SYSTEM_BUS_ADDRESS": bus.address})
     assert {"ipacctd.cli.remote", "ipacctd.cli.busclient"} <= set(found["modules"])
     assert found["engine"] == "ipacctd.manager.engine"  # no daemon on that bus
-    heavy = sorted(m for m in ("typing", "socket", "selectors", "signal") if m in found["modules"])
+    heavy = sorted(m for m in ("typing", "socket", "selectors", "signal", "json", "re", "enum")
+                   if m in found["modules"])
     assert heavy == [], f"the D-Bus client path loads {heavy}"
 
 
