@@ -382,10 +382,6 @@ def resolve(items: Iterable[Insn | Label]) -> list[Insn]:
     out: list[Insn] = []
     slot = 0
     for ins in insns:
-        if ins.target is None and ins.map_ref is None:  # most: kept as they are
-            out.append(ins)
-            slot += 2 if ins.op == _LD_IMM64 else 1
-            continue
         if ins.target is not None:
             ins = Insn(ins.op, ins.dst, ins.src, _jump_off(ins.target, labels, slot), ins.imm)
         elif ins.map_ref is not None:  # the fd goes in the low half (a value offset above)

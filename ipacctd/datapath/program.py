@@ -508,7 +508,7 @@ _JA = asm.JMP | Jmp.JA  # once: an enum member's access costs a descriptor call 
 # The instructions of a program depend on its shape (direction, accounting, audit, the
 # compiled rules, whether denied addresses are logged and with which slots) and on the
 # maps it loads only through their file descriptors, which sit in the low 32 bits of the
-# first half of each LD_IMM64 map load (asm.resolve puts them there, and nothing else
+# first half of each LD_IMM64 map load (the assembler puts them there, and nothing else
 # depends on them). So the bytecode built for one unit is the bytecode of every unit of
 # the same shape once those 32-bit holes hold the other unit's fds: a glob unit file that
 # binds thousands of cgroups assembles its two programs once, not once per cgroup.
