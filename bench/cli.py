@@ -48,7 +48,7 @@ Benchmark a normal (non-editable) installation as contrib/install.sh makes one (
 install, then contrib/launcher.py as the command), e.g.:
   /usr/bin/python3 -m venv /tmp/ipacctd-bench-venv
   /tmp/ipacctd-bench-venv/bin/pip install .
-  { echo '#!/tmp/ipacctd-bench-venv/bin/python3'; cat contrib/launcher.py; } \
+  { echo '#!/tmp/ipacctd-bench-venv/bin/python3 -S'; cat contrib/launcher.py; } \
       > /tmp/ipacctd-bench-venv/bin/ipacctd
   python3 bench/cli.py --ipacctd /tmp/ipacctd-bench-venv/bin/ipacctd --systemd
 """

@@ -123,7 +123,7 @@ else
 fi
 "$prefix/bin/python" -c 'import dbus_fast, prometheus_client, ipacctd'   # the daemon can start
 # The command itself: contrib/launcher.py in place of pip's console script (why: there).
-{ echo "#!$prefix/bin/python3"; cat "$src/contrib/launcher.py"; } > "$prefix/bin/ipacctd.tmp"
+{ echo "#!$prefix/bin/python3 -S"; cat "$src/contrib/launcher.py"; } > "$prefix/bin/ipacctd.tmp"
 chmod 0755 "$prefix/bin/ipacctd.tmp"
 mv "$prefix/bin/ipacctd.tmp" "$prefix/bin/ipacctd"
 "$prefix/bin/ipacctd" --version >/dev/null

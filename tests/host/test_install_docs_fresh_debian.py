@@ -32,6 +32,8 @@ contrib/install.sh
 contrib/install.sh >/dev/null
 head -1 /opt/ipacctd/bin/ipacctd
 tail -n +2 /opt/ipacctd/bin/ipacctd | cmp - contrib/launcher.py && echo launcher in place
+PYTHONPROFILEIMPORTTIME=1 ipacctd --version 2>&1 >/dev/null | grep -qE '[|] +site$' \\
+    && echo site imported || echo without site
 ipacctd --version
 for f in {MAN1} {MAN5} {BASH} {ZSH} {FISH}; do test -s $f; echo "present $f"; done
 MANWIDTH=80 man ipacctd | head -1
@@ -85,7 +87,8 @@ def test_install_puts_manual_and_completion_where_the_tools_look() -> None:
     assert any(ln.startswith("IPACCTD.UNIT(5)") for ln in lines), out[-4000:]
     assert "parsed" in lines
     # The command is contrib/launcher.py (not pip's console script), and it runs.
-    assert "#!/opt/ipacctd/bin/python3" in lines and "launcher in place" in lines, out[-4000:]
+    assert "#!/opt/ipacctd/bin/python3 -S" in lines and "launcher in place" in lines, out[-4000:]
+    assert "without site" in lines, out[-4000:]  # -S: the launcher puts site-packages on the path
     assert any(ln.startswith("ipacctd 0.") for ln in lines), out[-4000:]
     assert "complete -o bashdefault -F _shtab_ipacctd ipacctd" in lines, out[-4000:]
     assert "zsh=_ipacctd" in lines, out[-4000:]

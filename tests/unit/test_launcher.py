@@ -72,6 +72,70 @@ def test_the_launcher_imports_only_the_entry_point(tmp_path) -> None:
     assert rc == 7 and "re" in modules.split()  # what the launcher spares
 
 
+# An ipacctd.cli.main that reports whether site ran, where it was found, and sys.path's tail.
+SITE_MAIN = """import sys
+import ipacctd
+def command():
+    print("site" in sys.modules)
+    print(ipacctd.__file__)
+    print(sys.path[-1])
+    sys.exit(3)
+"""
+
+
+def _venv_command(tmp_path, where: str) -> tuple[Path, Path]:
+    """A virtual environment (no pip) as install.sh makes one, the launcher as its command
+    under ``#!<env>/bin/python3 -S``, and a stand-in ipacctd package: in its site-packages
+    (``where`` = "site-packages", as pip installs it) or in a directory a .pth file there
+    names ("pth", as an editable install does)."""
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True,
+                   timeout=120)
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    site_packages = env / "lib" / version / "site-packages"
+    home = site_packages if where == "site-packages" else tmp_path / "src"
+    (home / "ipacctd" / "cli").mkdir(parents=True)
+    (home / "ipacctd" / "__init__.py").write_text("")
+    (home / "ipacctd" / "cli" / "__init__.py").write_text("")
+    (home / "ipacctd" / "cli" / "main.py").write_text(SITE_MAIN)
+    if where == "pth":
+        (site_packages / "editable.pth").write_text(f"{home}\n")
+    command = env / "bin" / "ipacctd"
+    command.write_text(f"#!{env}/bin/python3 -S\n" + Path(LAUNCHER).read_text())
+    command.chmod(0o755)
+    return command, home
+
+
+def _call(command: Path | str) -> tuple[int, list[str]]:
+    res = subprocess.run([str(command), "--version"], capture_output=True, text=True,
+                         env={"PATH": os.environ.get("PATH", "")}, timeout=60)
+    assert res.stderr == ""
+    return res.returncode, res.stdout.splitlines()
+
+
+def test_the_launcher_finds_its_environment_without_site(tmp_path) -> None:
+    command, home = _venv_command(tmp_path, "site-packages")
+    rc, (site_ran, found, last) = _call(command)
+    assert rc == 3
+    assert site_ran == "False"  # -S held: no .pth, no sitecustomize, no user site
+    assert found == str(home / "ipacctd" / "__init__.py")
+    assert Path(last).parent.parent.parent == command.parent.parent  # <env>/lib*/pythonX.Y/...
+    # Called through a link elsewhere (install.sh links /usr/local/bin/ipacctd to it): the
+    # environment is the interpreter's, not the link's.
+    link = tmp_path / "elsewhere" / "ipacctd"
+    link.parent.mkdir()
+    link.symlink_to(command)
+    assert _call(link) == (rc, [site_ran, found, last])
+
+
+def test_the_launcher_falls_back_to_site_for_an_editable_install(tmp_path) -> None:
+    command, home = _venv_command(tmp_path, "pth")
+    rc, (site_ran, found, _last) = _call(command)
+    assert rc == 3
+    assert site_ran == "True"  # the package is where only the .pth file says
+    assert found == str(home / "ipacctd" / "__init__.py")
+
+
 # ---- ipacctd.cli.main.command: main(), then an exit without finalization when safe ----------
 
 # A program that patches main() to print and return a status, sets up what the case asks
