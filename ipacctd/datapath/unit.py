@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     # log (whose program part needs the assembler too) are imported where a datapath is
     # built or the log opened: reading a unit's counters and state (show, list-units, the
     # daemon's polls) opens pinned maps and links only.
+    from ipacctd.bpf.objects import Object
     from ipacctd.datapath import denied, lookup
     from ipacctd.datapath.rules import FamilyRules
 
@@ -196,6 +197,106 @@ def build_programs(
     return Programs(loaded[0], loaded[1], tables, (v4, v6))
 
 
+class Kit(Record, frozen=False):
+    """What a new unit's datapath holds before anything is pinned or attached: a fresh
+    counters map, the denied-address log (a spec with a deny list), the two programs built
+    on them and their lookup tables. File descriptors only: a kit never used — or whose
+    maker died — leaves nothing in the kernel once they are closed.
+
+    :meth:`UnitDatapath.create` builds its kit, or takes one made before (binding a glob's
+    thousands of cgroups, another process makes them: see :mod:`ipacctd.manager.kits`).
+    Such a kit crosses processes as its descriptors (:meth:`fds`, SCM_RIGHTS) in this
+    order: counters, then the log's hash and slots (when ``log`` is set), then the ingress
+    and egress programs; :meth:`from_fds` takes them back. Only a kit whose lookups are
+    inline (no table maps: :attr:`portable`) crosses.
+    """
+
+    _fields = ("spec", "counters", "log", "programs")
+    __slots__ = _fields
+    spec: Spec
+    counters: PerCPUArrayMap
+    log: denied.Log | None
+    programs: Programs
+
+    def __init__(self, spec: Spec, counters: PerCPUArrayMap, log: denied.Log | None,
+                 programs: Programs) -> None:
+        self.spec = spec
+        self.counters = counters
+        self.log = log
+        self.programs = programs
+
+    @classmethod
+    def build(cls, spec: Spec) -> Kit:
+        """Make the maps and load the programs of a new unit with policy ``spec``."""
+        cmap = counters_mod.create_map()
+        dmap: denied.Log | None = None
+        try:
+            if spec.deny:
+                from ipacctd.datapath import denied
+
+                dmap = denied.create_map()
+            return cls(spec, cmap, dmap, build_programs(spec, cmap, dmap))
+        except BaseException:
+            if dmap is not None:
+                dmap.close()
+            cmap.close()
+            raise
+
+    @property
+    def portable(self) -> bool:
+        """Whether the kit can cross to another process by :meth:`fds` alone."""
+        return all(t.map is None and not t.hashes for t in self.programs.tables)
+
+    def fds(self) -> list[int]:
+        """Its descriptors in wire order (see the class's docstring)."""
+        if not self.portable:
+            raise ValueError("a kit with lookup table maps does not cross processes")
+        logs = [] if self.log is None else [self.log.table.fd, self.log.slots.fd]
+        return [self.counters.fd, *logs, self.programs.ingress.fd, self.programs.egress.fd]
+
+    @classmethod
+    def from_fds(cls, spec: Spec, fds: list[int]) -> Kit:
+        """The kit whose descriptors (:meth:`fds`' order) came from another process, for
+        ``spec``; each map's type is checked. Takes the descriptors over (closed on
+        failure)."""
+        from ipacctd.bpf.maps import LRUHashMap
+
+        want = 5 if spec.deny else 3
+        objs: list[Object] = []
+        try:
+            if len(fds) != want:
+                raise ValueError(f"a kit has {want} descriptors, not {len(fds)}")
+            cmap = PerCPUArrayMap.from_fd(fds[0])
+            objs.append(cmap)
+            log = None
+            if spec.deny:
+                from ipacctd.datapath import denied
+
+                table = LRUHashMap.from_fd(fds[1])
+                objs.append(table)
+                slots = PerCPUArrayMap.from_fd(fds[2])
+                objs.append(slots)
+                log = denied.Log(table, slots)
+            ingress = Program(fds[-2], PROG_NAME[Direction.INGRESS])
+            objs.append(ingress)
+            egress = Program(fds[-1], PROG_NAME[Direction.EGRESS])
+            objs.append(egress)
+        except BaseException:
+            for obj in objs:
+                obj.close()
+            for fd in fds[len(objs):]:
+                os.close(fd)
+            raise
+        return cls(spec, cmap, log, Programs(ingress, egress))
+
+    def close(self) -> None:
+        """Close every descriptor (the kernel frees what nothing pinned or attached)."""
+        self.programs.close()
+        if self.log is not None:
+            self.log.close()
+        self.counters.close()
+
+
 class UnitDatapath:
     """The pinned kernel state of one unit. Open it, or create it on a cgroup."""
 
@@ -206,33 +307,40 @@ class UnitDatapath:
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, pin_dir: str, cgroup_path: str | None, spec: Spec) -> UnitDatapath:
+    def create(cls, pin_dir: str, cgroup_path: str | None, spec: Spec,
+               kit: Kit | None = None) -> UnitDatapath:
         """Build, attach and pin a unit's datapath; the pin directory appears complete or not
-        at all (built under a temporary name, then renamed).
+        at all (built under a temporary name, then renamed). ``kit``: the maps and programs
+        made for ``spec`` already (:class:`Kit`, e.g. by another process); taken over,
+        closed whatever happens.
 
         With ``cgroup_path`` None nothing is attached: the programs are pinned as
         ``prog_ingress``/``prog_egress`` for systemd to attach (user filters included: they
         are systemd's to attach too).
         """
-        if os.path.exists(pin_dir):
-            raise AlreadyExists(f"datapath pins exist already at {pin_dir}")
-        parent = os.path.dirname(pin_dir)
-        bpffs.make_dir(parent)
-        # bpffs refuses names with a dot; "~" appears in no unit pin name.
-        tmp = os.path.join(parent, tmp_pin_name(os.path.basename(pin_dir), os.getpid()))
-        bpffs.remove_tree(tmp)
-        bpffs.make_dir(tmp)
-        cmap = counters_mod.create_map()
+        if os.path.exists(pin_dir) or (kit is not None and kit.spec != spec):
+            if kit is not None:
+                kit.close()
+            if os.path.exists(pin_dir):
+                raise AlreadyExists(f"datapath pins exist already at {pin_dir}")
+            raise ValueError("a kit made for another policy")
+        # The maps and programs first: nothing is on bpffs until they exist.
+        kit = Kit.build(spec) if kit is None else kit
+        cmap, dmap, progs = kit.counters, kit.log, kit.programs
         links: list[CgroupLink] = []
-        dmap: denied.Log | None = None
+        tmp = None
         try:
+            parent = os.path.dirname(pin_dir)
+            bpffs.make_dir(parent)
+            # bpffs refuses names with a dot; "~" appears in no unit pin name.
+            tmp = os.path.join(parent, tmp_pin_name(os.path.basename(pin_dir), os.getpid()))
+            bpffs.remove_tree(tmp)
+            bpffs.make_dir(tmp)
             cmap.pin(os.path.join(tmp, COUNTERS))
-            if spec.deny:
+            if dmap is not None:
                 from ipacctd.datapath import denied
 
-                dmap = denied.create_map()
                 dmap.pin(os.path.join(tmp, denied.PIN))
-            progs = build_programs(spec, cmap, dmap)
             if cgroup_path is None:
                 with contextlib.closing(progs):
                     for direction in Direction:
@@ -253,7 +361,9 @@ class UnitDatapath:
         except BaseException:
             for link in links:
                 _detach_quietly(link)
-            bpffs.remove_tree(tmp)
+            if tmp is not None:
+                bpffs.remove_tree(tmp)
+            progs.close()
             cmap.close()
             raise
         finally:
