@@ -480,6 +480,7 @@ class Daemon:
         ]
         if cycle % STATE_EVERY == 0:
             steps += [self.registry.poll_states, self.gc]
+        steps.append(self.binder.tick)  # stops an idle kit helper
         return steps
 
     def _poll_counters(self) -> list[str]:
@@ -506,6 +507,7 @@ class Daemon:
         """Stop serving; the kernel keeps counting and enforcing."""
         if self._binding is not None:
             self._binding.cancel()
+        self.binder.close()
         if self.http is not None:  # its thread waits up to 0.5 s to see the shutdown
             await asyncio.get_running_loop().run_in_executor(None, self.http.close)
         if self.inotify is not None:

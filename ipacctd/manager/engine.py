@@ -63,6 +63,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from ipacctd.containers import ContainerInfo
     from ipacctd.manager.dirwatch import DirChanges
+    from ipacctd.manager.kits import KitMaker
     from ipacctd.manager.stats import ProgramStats
     from ipacctd.policy.unitfile import UnitFile
 
@@ -155,6 +156,7 @@ class Manager:
         self._swept = -SWEEP_EVERY  # when attach_many last swept stale pins (monotonic)
         # (datapath_problem(), cgroup2 mount) during attach_many: see _host_facts_once
         self._facts: tuple[str | None, str] | None = None
+        self._kits: KitMaker | None = None  # during attach_many: its kit helper, if any
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -498,8 +500,8 @@ class Manager:
                                 allow_unenforced=allow_unenforced, dbus_items=dbus_items,
                                 base=base, source=source, container=container)
 
-    def attach_many(self, requests: Iterable[dict],
-                    budget: float | None = None) -> list[Unit | Error]:
+    def attach_many(self, requests: Iterable[dict], budget: float | None = None,
+                    kits: KitMaker | None = None) -> list[Unit | Error]:
         """:meth:`attach` for each request (its keyword arguments, ``cgroup_path`` among
         them) under one hold of the lock: the cgroups bound already are listed once for
         the batch, not once per unit (a glob matching thousands of cgroups). Returns each
@@ -509,33 +511,40 @@ class Manager:
         ``budget`` (seconds): stop after about that long — or as long as listing the bound
         cgroups took, if longer, so that the listing stays at most half of a batch and the
         whole stays linear in the units — having done at least one; the requests left
-        (past the end of the answer) are not taken from ``requests``."""
+        (past the end of the answer) are not taken from ``requests``.
+
+        ``kits``: a helper making the maps and programs of units of one policy ahead
+        (:mod:`ipacctd.manager.kits`); a unit of that policy takes one when it is ready."""
         out: list[Unit | Error] = []
         # The records are made durable together, once per call (Store.batch), before any
         # unit is returned as bound; the host facts every unit asks about (can BPF be
         # used here, where cgroup2 is mounted) are looked up once per call too.
-        with self.store.locked(), self.store.batch(), self._host_facts_once():
-            if time.monotonic() >= self._swept + SWEEP_EVERY:
-                # Remains of a crashed creator are left for a moment (ours are removed by
-                # their own creation): a sweep lists every unit's pins, each slice would.
-                self._sweep_stale_pins()
-                self._swept = time.monotonic()
-            start = time.monotonic()
-            owners = self._cgroup_owners()  # complete while we hold the lock
-            now = time.monotonic()
-            until = None if budget is None else now + max(budget, now - start)
-            for req in requests:
-                try:
-                    unit = self._attach(owners=owners, **req)
-                except Error as exc:
-                    out.append(exc)
+        self._kits = kits
+        try:
+            with self.store.locked(), self.store.batch(), self._host_facts_once():
+                if time.monotonic() >= self._swept + SWEEP_EVERY:
+                    # Remains of a crashed creator are left for a moment (ours are removed by
+                    # their own creation): a sweep lists every unit's pins, each slice would.
+                    self._sweep_stale_pins()
+                    self._swept = time.monotonic()
+                start = time.monotonic()
+                owners = self._cgroup_owners()  # complete while we hold the lock
+                now = time.monotonic()
+                until = None if budget is None else now + max(budget, now - start)
+                for req in requests:
+                    try:
+                        unit = self._attach(owners=owners, **req)
+                    except Error as exc:
+                        out.append(exc)
+                        if until is not None and time.monotonic() >= until:
+                            break
+                        continue
+                    owners[unit.cgroup] = unit.name
+                    out.append(unit)
                     if until is not None and time.monotonic() >= until:
                         break
-                    continue
-                owners[unit.cgroup] = unit.name
-                out.append(unit)
-                if until is not None and time.monotonic() >= until:
-                    break
+        finally:
+            self._kits = None
         return out
 
     @contextlib.contextmanager
@@ -795,12 +804,15 @@ class Manager:
                 if unit.systemd_service is not None:
                     self._create_systemd_armed(unit, fs)
                 else:
-                    with UnitDatapath.create(pin_dir, fs, spec_for(unit.properties)):
+                    spec = spec_for(unit.properties)
+                    kit = self._kits.take(spec) if self._kits is not None else None
+                    with UnitDatapath.create(pin_dir, fs, spec, kit=kit):
                         pass
                     generation.write(pin_dir, unit.generation)
             except (NotSupported, PermissionDenied) as exc:
-                # UnitDatapath.create may leave its empty temporary directory when the very
-                # first map cannot be made (no CAP_BPF): ours, so remove it now.
+                # UnitDatapath.create pins nothing before its maps exist, and removes its
+                # own temporary directory when it fails; what earlier creators left of
+                # theirs is swept all the same.
                 with contextlib.suppress(Error, OSError):
                     self._sweep_stale_pins()
                 try:

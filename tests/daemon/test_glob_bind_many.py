@@ -12,7 +12,9 @@ exactly once, with the programs (and counters) of those bound before the crash k
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import time
 
@@ -67,6 +69,27 @@ def _recorded(inst) -> set[str]:
     return {n for n in inst.unit_names() if n.startswith("gb@")}
 
 
+def _kit_helpers(pid: int) -> list[int]:
+    """The daemon's kit helpers (ipacctd.manager.kits): its children running one."""
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            for child in f.read().split():
+                with contextlib.suppress(FileNotFoundError), \
+                        open(f"/proc/{child}/cmdline", "rb") as c:
+                    if b"ipacctd.manager.kits" in c.read():
+                        found.append(int(child))
+    return found
+
+
+def _exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_daemon_killed_mid_binding_restarts_and_binds_each_cgroup_once(env: DaemonEnv) -> None:
     inst = env.inst
     ext = glob_unit(inst)
@@ -89,6 +112,7 @@ def test_daemon_killed_mid_binding_restarts_and_binds_each_cgroup_once(env: Daem
     deadline = time.monotonic() + 120
     while len(_recorded(inst)) < n // 10 and time.monotonic() < deadline:
         time.sleep(0.002)
+    helpers = _kit_helpers(env.proc.pid)  # a burst this size: a helper makes the programs
     env.kill9()
     before = _recorded(inst)
     assert 0 < len(before) < n, f"not killed mid-binding ({len(before)} of {n} recorded)"
@@ -100,6 +124,9 @@ def test_daemon_killed_mid_binding_restarts_and_binds_each_cgroup_once(env: Daem
     assert attached <= before, attached - before
     kept = {name: progs[name] for name in attached}
     assert first.send(DENIED, 10) == "err 1"  # no daemon: enforced all the same
+    # The daemon's helper ends with it (its socket closed): none is left running.
+    assert helpers, "no kit helper for a burst of 600"
+    wait_for(lambda: all(_exited(p) for p in helpers), 30, "the kit helper's exit")
 
     env.start()
     c.wait(lambda: len(_recorded(inst)) == n, 120, f"all {n} cgroups bound after the restart")
@@ -138,4 +165,8 @@ def test_daemon_killed_mid_binding_restarts_and_binds_each_cgroup_once(env: Daem
         10,
         "the last cgroup's counters",
     )
+    # After the restart the rest were bound with a helper's kits too; it stops once idle.
+    c.wait(lambda: re.search(r"the kit helper made [1-9]\d* units", env.log()), 30,
+           "the kit helper's report")
     assert "Traceback" not in env.log()
+    assert "kit helper stopped" not in env.log(), env.log()  # it never failed
