@@ -235,16 +235,19 @@ class Registry:
         for name in names:
             try:
                 st = os.stat(self.manager.store.meta_path(name))
-                mtime = st.st_mtime_ns
             except FileNotFoundError:
-                mtime = 0  # no metadata, as sync says (a broken unit, or one gone)
+                # No metadata (a broken unit, or one gone): read again whatever the entry
+                # holds. Its 0 ("no metadata") may be that of a read that raced the
+                # record's removal by another process, which must not hide the removal.
+                self.refresh(name, 0)
+                continue
             except (OSError, Error):  # not a unit's record name: the full pass judges it
                 self.sync()
                 return
             entry = self.units.get(name)
-            if entry is not None and entry.meta_mtime == mtime:
+            if entry is not None and entry.meta_mtime == st.st_mtime_ns:
                 continue
-            self.refresh(name, mtime)
+            self.refresh(name, st.st_mtime_ns)
 
     def _probe(self, cgroup_path: str) -> tuple[bool, bool] | None:
         """(exists, populated) of a cgroup from its ``cgroup.events``: one small read, where
@@ -488,6 +491,11 @@ class Registry:
             self._watched(name, old.status.unit.cgroup)
         probe = self._probe(old.status.unit.cgroup) if old is not None else None
         ident = self.identity(name, old.status.unit.cgroup) if old is not None else None
+        if mtime is None:
+            # Before the read: a record replaced or removed after it shows a newer mtime
+            # (or none) to the next sync; taken after, it could claim the removal's 0 for
+            # a status read from the record.
+            mtime = self._mtime(name)
         try:
             status = self.manager.status(name)
         except NotFound:
@@ -512,13 +520,7 @@ class Registry:
             ident = self.identity(name, status.unit.cgroup)
             if ident[0] != status.enforcement.cgroup_id:  # changed meanwhile: check again
                 ident = None
-        entry = Entry(
-            status,
-            self._mtime(name) if mtime is None else mtime,
-            status.counters,
-            probe=probe,
-            identity=ident,
-        )
+        entry = Entry(status, mtime, status.counters, probe=probe, identity=ident)
         self._install(name, old, entry)
         return entry
 

@@ -90,3 +90,50 @@ def test_settle_reads_the_named_units_and_all_only_when_it_must(inst, monkeypatc
         if d.inotify is not None:
             d.inotify.close()
         reg.close()
+
+
+def test_a_unit_read_as_another_process_removes_it_is_gone_after_the_settle(inst) -> None:
+    """The race the reliability suite's load test hit now and then: the daemon read a unit
+    (a poll's refresh) just as another process reset it — status read from the record,
+    record removed right after. The entry must not claim the removal's "no metadata", or
+    the settle for the removal skipped it and the unit stayed listed, inactive, for good."""
+    mgr = inst.manager()
+    mgr.start_transient([("IPAddressDeny", DENY)], name="racy")
+    d = Daemon(DaemonConfig(paths=inst.config(), bus="", listen=""))
+    reg = d.registry
+    name = "racy.service"
+    real_status = reg.manager.status
+
+    def status_then_removed(unit: str):
+        st = real_status(unit)
+        if unit == name:
+            inst.ok("reset", unit)  # another process removes it, right after our read
+        return st
+
+    async def scenario() -> None:
+        d._loop = asyncio.get_running_loop()
+        d.inotify = Inotify()
+        d.inotify.watch(d.manager.config.units_dir)
+        reg.manager.status = status_then_removed  # type: ignore[method-assign]
+        try:
+            entry = reg._refresh(name, reg.units[name], None)  # the read the poll makes
+        finally:
+            reg.manager.status = real_status  # type: ignore[method-assign]
+        assert entry is not None and name in reg.units  # what it read: the unit, still
+        assert mgr.names() == []  # gone meanwhile
+        d._on_inotify()  # the removal's events
+        for _ in range(200):  # bounded: 2 s
+            await asyncio.sleep(DEBOUNCE)
+            if d._pending is None:
+                break
+        assert name not in reg.units, "the removed unit is still shown"
+
+    try:
+        reg.sync()
+        assert name in reg.units
+        d.check_enforcement = lambda names, just_read=False: []  # type: ignore[method-assign]
+        asyncio.run(scenario())
+    finally:
+        if d.inotify is not None:
+            d.inotify.close()
+        reg.close()
