@@ -446,6 +446,7 @@ class Binder:
         if kits.crosses(spec):
             try:
                 self._kits = kits.KitMaker(spec)
+                log.info("started a kit helper for %d pending matches", len(batch))
             except OSError as exc:
                 log.warning("cannot start the kit helper: %s", exc)
         return self._kits

@@ -5,10 +5,11 @@ kit — a fresh counters map, the denied-address log, and the two programs loade
 (:class:`~ipacctd.datapath.unit.Kit`) — is ~0.6 ms, nearly all of it the kernel's
 (the verifier). For one policy bound to many cgroups the kits are all alike, so a helper
 process makes them while the engine does the rest, and hands each over as its file
-descriptors (SCM_RIGHTS). Measured in-process at 1,000 cgroups, this host's two CPUs
-(bench/results-globbind.txt): 1.11-1.66 ms a cgroup alone, 0.83-0.90 ms with the helper.
-A thread in the daemon was tried first and is slower than none (1.18-1.47 ms a cgroup, CPU
-1.6-2.0 ms): the two share the GIL and the daemon's address space.
+descriptors (SCM_RIGHTS). Measured on this host's two CPUs (bench/results-globbind.txt):
+``Manager.attach_many`` of 1,000 cgroups, 1.07-1.11 ms a cgroup alone, 0.69-0.76 ms with
+the helper; the daemon binding 10,000 cgroups of a glob, 13.1-16.7 s before, 10.1-10.5 s
+with it. A thread in the daemon was tried first and is slower than none (1.18-1.47 ms a
+cgroup, CPU 1.6-2.0 ms): the two share the GIL and the daemon's address space.
 
 The kits are made for the exact policy of the units they serve: the helper gets the
 policy as the same canonical text a unit's record keeps (and rebuilds its programs from
@@ -50,6 +51,8 @@ DEPTH = 4
 MAX_FDS = 5
 #: How long :meth:`KitMaker.close` waits for the helper to exit before it ends it.
 EXIT_WAIT = 2.0
+#: The helper's nice value (see _idle_priority).
+HELPER_NICE = 10
 
 
 def _text(addresses: object) -> str:
@@ -202,9 +205,22 @@ def main() -> None:
     """The helper: make kits for the policy it is sent, one per credit, until EOF; then exit
     without the interpreter's teardown (nothing is left to flush or close)."""
     try:
+        _idle_priority()
         _serve(socket.socket(fileno=int(sys.argv[1])))
     finally:
         os._exit(0)
+
+
+def _idle_priority() -> None:
+    """Yield the CPU to everything else of normal priority (nice HELPER_NICE): the daemon's
+    loop, the bus daemon, the host's services. Measured (bench/results-globbind.txt,
+    10,000 cgroups, both CPUs busy): at nice 0 the bus's Ping took up to 134-160 ms; under
+    SCHED_IDLE the helper, preempted inside the kernel's program loads, slowed the daemon's
+    own (15-22 s); at nice 10, 10.1-10.5 s and a Ping max of 96-100 ms."""
+    try:
+        os.nice(HELPER_NICE)
+    except OSError:
+        pass
 
 
 def _serve(sock: socket.socket) -> None:

@@ -125,6 +125,9 @@ def test_kits_made_for_nothing_and_the_helper_are_gone_after_close() -> None:
              >= 2 * kits.DEPTH, 30, "the helper's kits ahead")
     proc = maker.proc
     assert proc is not None
+    # It yields the CPU to the daemon's loop and the bus (see kits._idle_priority).
+    assert os.getpriority(os.PRIO_PROCESS, proc.pid) == \
+        min(19, os.getpriority(os.PRIO_PROCESS, 0) + kits.HELPER_NICE)
     maker.close()
     kit.close()
     assert proc.returncode == 0  # it exited by itself at the end of its socket
