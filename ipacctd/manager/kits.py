@@ -96,11 +96,13 @@ class KitMaker:
         self.spec = spec
         self.made = 0  # kits taken
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
         try:
             root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             # -I -S: nothing from the environment, the working directory or site decides
             # what the helper runs; it needs ipacctd and the standard library only.
-            self.proc: subprocess.Popen | None = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c",
                  f"import sys; sys.path.insert(0, {root!r}); "
                  "from ipacctd.manager.kits import main; main()", str(theirs.fileno())],
@@ -109,11 +111,12 @@ class KitMaker:
             ours.send(policy_message(spec))
             ours.send(b"c" * depth)
         except BaseException:
-            ours.close()
+            ours.close()  # a helper started gets EOF and exits: collected here
+            self.close()
             raise
         finally:
             theirs.close()
-        self.sock: socket.socket | None = ours
+        self.sock = ours
 
     @property
     def alive(self) -> bool:
