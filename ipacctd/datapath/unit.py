@@ -318,12 +318,15 @@ class UnitDatapath:
         ``prog_ingress``/``prog_egress`` for systemd to attach (user filters included: they
         are systemd's to attach too).
         """
-        if os.path.exists(pin_dir) or (kit is not None and kit.spec != spec):
+        refusal: Exception | None = None
+        if os.path.exists(pin_dir):
+            refusal = AlreadyExists(f"datapath pins exist already at {pin_dir}")
+        elif kit is not None and kit.spec != spec:
+            refusal = ValueError("a kit made for another policy")
+        if refusal is not None:
             if kit is not None:
                 kit.close()
-            if os.path.exists(pin_dir):
-                raise AlreadyExists(f"datapath pins exist already at {pin_dir}")
-            raise ValueError("a kit made for another policy")
+            raise refusal
         # The maps and programs first: nothing is on bpffs until they exist.
         kit = Kit.build(spec) if kit is None else kit
         cmap, dmap, progs = kit.counters, kit.log, kit.programs
