@@ -519,33 +519,39 @@ class Manager:
         # The records are made durable together, once per call (Store.batch), before any
         # unit is returned as bound; the host facts every unit asks about (can BPF be
         # used here, where cgroup2 is mounted) are looked up once per call too.
-        self._kits = kits
-        try:
-            with self.store.locked(), self.store.batch(), self._host_facts_once():
-                if time.monotonic() >= self._swept + SWEEP_EVERY:
-                    # Remains of a crashed creator are left for a moment (ours are removed by
-                    # their own creation): a sweep lists every unit's pins, each slice would.
-                    self._sweep_stale_pins()
-                    self._swept = time.monotonic()
-                start = time.monotonic()
-                owners = self._cgroup_owners()  # complete while we hold the lock
-                now = time.monotonic()
-                until = None if budget is None else now + max(budget, now - start)
-                for req in requests:
-                    try:
-                        unit = self._attach(owners=owners, **req)
-                    except Error as exc:
-                        out.append(exc)
-                        if until is not None and time.monotonic() >= until:
-                            break
-                        continue
-                    owners[unit.cgroup] = unit.name
-                    out.append(unit)
+        with self.store.locked(), self.store.batch(), self._host_facts_once(), \
+                self._kits_of_batch(kits):
+            if time.monotonic() >= self._swept + SWEEP_EVERY:
+                # Remains of a crashed creator are left for a moment (ours are removed by
+                # their own creation): a sweep lists every unit's pins, each slice would.
+                self._sweep_stale_pins()
+                self._swept = time.monotonic()
+            start = time.monotonic()
+            owners = self._cgroup_owners()  # complete while we hold the lock
+            now = time.monotonic()
+            until = None if budget is None else now + max(budget, now - start)
+            for req in requests:
+                try:
+                    unit = self._attach(owners=owners, **req)
+                except Error as exc:
+                    out.append(exc)
                     if until is not None and time.monotonic() >= until:
                         break
+                    continue
+                owners[unit.cgroup] = unit.name
+                out.append(unit)
+                if until is not None and time.monotonic() >= until:
+                    break
+        return out
+
+    @contextlib.contextmanager
+    def _kits_of_batch(self, kits: KitMaker | None) -> Iterator[None]:
+        """``kits`` for the units of one attach_many batch (:meth:`_build` takes from it)."""
+        self._kits = kits
+        try:
+            yield
         finally:
             self._kits = None
-        return out
 
     @contextlib.contextmanager
     def _host_facts_once(self) -> Iterator[None]:
