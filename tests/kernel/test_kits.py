@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import threading
 
 import pytest
 from support import wait_for
@@ -145,6 +146,46 @@ def test_a_helper_that_cannot_make_kits_says_so_and_the_engine_makes_its_own() -
     with KitMaker(many) as maker:
         wait_for(lambda: maker.take(many) is None and not maker.alive, 30, "the helper's word")
         assert maker.made == 0
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+def test_a_stalled_helper_holds_nothing_up_and_its_descriptors_stay_in_the_daemon() -> None:
+    """The engine takes a kit only when one is ready: a helper that falls behind (or hangs)
+    never holds the daemon's loop. CPython 3.11's ``socket.recv_fds`` drops its flags, so
+    a take through it waited for the helper's next kit: with the helper stopped, for good."""
+    with KitMaker(SPEC) as maker:
+        kit = _kit(maker, SPEC)
+        # Received descriptors are the daemon's own: not inherited by what it runs.
+        assert not any(os.get_inheritable(fd) for fd in kit.fds())
+        kit.close()
+        proc = maker.proc
+        assert proc is not None
+        taken: list[Kit | None] = []
+
+        def drain() -> None:  # the kits sent before it stopped, then none ready
+            for _ in range(kits.DEPTH + 2):  # bounded: at most DEPTH were ahead
+                got = maker.take(SPEC)
+                taken.append(got)
+                if got is None:
+                    return
+                got.close()
+
+        worker = threading.Thread(target=drain, daemon=True)
+        os.kill(proc.pid, signal.SIGSTOP)  # the helper this test started, by its PID
+        try:
+            wait_for(lambda: _state(proc.pid) == "T", 30, "the helper stopped")
+            worker.start()
+            worker.join(30)
+            assert not worker.is_alive(), "a take waited for the stopped helper"
+            assert taken[-1] is None and maker.alive  # not given up: only behind
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            if worker.is_alive():
+                worker.join(30)
 
 
 def test_a_helper_killed_mid_way_is_given_up_without_an_error() -> None:
