@@ -30,10 +30,8 @@ later is followed.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import logging
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -50,6 +48,7 @@ from ipacctd.manager.unit import Unit, spec_for
 from ipacctd.policy.properties import Properties
 from ipacctd.policy.unitfile import (
     UnitFile,
+    component_matcher,
     is_glob,
     load_unit_dir,
     merge_order,
@@ -537,8 +536,8 @@ def glob_cgroups(mount: str, pattern: str, ids: dict[str, int] | None = None) ->
     listing: one ``scandir`` per directory a glob component spans, its directories alone
     (on cgroup2 every directory is a cgroup and nothing is a symlink), no stat and no
     realpath per match — a glob matching ten thousand cgroups is listed on every pass.
-    Names starting with a dot match only a component that starts with one, as in glob.
-    Literal components after the last glob are checked to be cgroups at the end.
+    Each name is matched by :func:`component_matcher`. Literal components after the last
+    glob are checked to be cgroups at the end.
 
     ``ids``: filled with the cgroup id of each match the listing saw (a directory entry's
     inode is the cgroup's id on cgroup2, the same number stat gives)."""
@@ -551,16 +550,14 @@ def glob_cgroups(mount: str, pattern: str, ids: dict[str, int] | None = None) ->
             rels = [f"{rel}/{part}" for rel in rels]
             checked = False
             continue
-        match = re.compile(fnmatch.translate(part)).match
-        hidden = part.startswith(".")
+        fits = component_matcher(part)
         found: list[str] = []
         seen = {}
         for rel in rels:
             try:
                 with os.scandir(base + rel or "/") as it:
                     for e in it:
-                        if (hidden or e.name[0] != ".") and match(e.name) \
-                                and e.is_dir(follow_symlinks=False):
+                        if fits(e.name) and e.is_dir(follow_symlinks=False):
                             found.append(f"{rel}/{e.name}")
                             seen[found[-1]] = e.inode()
             except (FileNotFoundError, NotADirectoryError, PermissionError):

@@ -30,9 +30,11 @@ append, an empty value resets).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
+import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ipacctd.errors import InvalidInput
 from ipacctd.policy.addresses import collector_paused
@@ -161,16 +163,40 @@ def merged_properties(files: tuple[UnitFile, ...] | list[UnitFile]) -> Propertie
     return Properties().apply(a for f in files for a in f.assignments)
 
 
+@functools.lru_cache(maxsize=1024)
+def component_matcher(part: str) -> Callable[[str], bool]:
+    """How one component of a ``ControlGroup=`` pattern matches a cgroup's name, as the
+    shell's glob matches a file's: equal for a literal; for a glob, fnmatch's syntax,
+    case-sensitive, the whole name (``*`` never crosses a ``/``), and a name starting with
+    a dot only for a component that starts with one. The daemon's listing
+    (:func:`ipacctd.daemon.binder.glob_cgroups`), its pass over the cgroups just made and
+    the OCI hook all match here, so they agree on every cgroup."""
+    if not is_glob(part):
+        return part.__eq__
+    match = re.compile(fnmatch.translate(part)).match
+    if part.startswith("."):
+        return lambda name: match(name) is not None
+    return lambda name: name[:1] != "." and match(name) is not None
+
+
 def cgroup_matches(pattern: str, rel: str) -> bool:
     """Whether a cgroup path matches a ``ControlGroup=`` value: equal, or a glob matched
-    component by component (``*`` never crosses a ``/``, as the filesystem glob the
-    daemon's binder uses)."""
+    component by component (:func:`component_matcher`)."""
     if not is_glob(pattern):
         return pattern == rel
     want = [p for p in pattern.split("/") if p]
     have = [p for p in rel.split("/") if p]
     return len(want) == len(have) and all(
-        fnmatch.fnmatchcase(h, w) for w, h in zip(want, have, strict=True))
+        component_matcher(w)(h) for w, h in zip(want, have, strict=True))
+
+
+def cgroup_leads_to(pattern: str, rel: str) -> bool:
+    """Whether cgroups below ``rel`` may match a ``ControlGroup=`` value: ``rel`` matches
+    its leading components (and is not the whole of it)."""
+    want = [p for p in pattern.split("/") if p]
+    have = [p for p in rel.split("/") if p]
+    return len(have) < len(want) and all(
+        component_matcher(w)(h) for w, h in zip(want, have, strict=False))
 
 
 def unit_name_for_path(path: str) -> str:

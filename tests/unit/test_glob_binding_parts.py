@@ -16,6 +16,7 @@ from support import temp_store
 from ipacctd.daemon.binder import glob_cgroups
 from ipacctd.manager import store as store_mod
 from ipacctd.manager.dirwatch import DirChanges
+from ipacctd.policy.unitfile import cgroup_leads_to, cgroup_matches
 
 TREE = [
     "a/x.scope",
@@ -54,25 +55,25 @@ def _as_before(mount: str, pattern: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize(
-    "pattern",
-    [
-        "/a/*",
-        "/a/*.scope",
-        "/*/x.scope",
-        "/*/*",
-        "/a/*/x.scope",
-        "/c/gb-?.scope",
-        "/c/gb-*.scope",
-        "/c/gb-[12]*",
-        "/c/gb-[[]x].scope",
-        "/a/.h*",
-        "/.*/x.scope",
-        "/missing/*",
-        "/a/sub/*",
-        "/*/sub",
-    ],
-)
+PATTERNS = [
+    "/a/*",
+    "/a/*.scope",
+    "/*/x.scope",
+    "/*/*",
+    "/a/*/x.scope",
+    "/c/gb-?.scope",
+    "/c/gb-*.scope",
+    "/c/gb-[12]*",
+    "/c/gb-[[]x].scope",
+    "/a/.h*",
+    "/.*/x.scope",
+    "/missing/*",
+    "/a/sub/*",
+    "/*/sub",
+]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
 def test_glob_cgroups_lists_what_glob_matched(tmp_path: Path, pattern: str) -> None:
     mount = _cgroup_tree(tmp_path)
     ids: dict[str, int] = {}
@@ -81,6 +82,37 @@ def test_glob_cgroups_lists_what_glob_matched(tmp_path: Path, pattern: str) -> N
     assert set(ids) <= set(got)
     for rel in ids:  # a listed cgroup's id is its directory's inode, as stat gives it
         assert ids[rel] == os.stat(mount + rel).st_ino
+
+
+def _cgroups(mount: str) -> list[str]:
+    return sorted(d[len(mount.rstrip("/")):] or "/" for d, _, files in os.walk(mount)
+                  if "cgroup.procs" in files)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_a_cgroup_matches_by_its_path_as_the_listing_found_it(tmp_path: Path,
+                                                             pattern: str) -> None:
+    """The daemon's pass over the cgroups just made and the OCI hook match a cgroup by its
+    path alone: they agree with the listing on every cgroup of the tree, and a cgroup with
+    matches below it is known as such (its level is then watched and listed)."""
+    mount = _cgroup_tree(tmp_path)
+    listed = glob_cgroups(mount, pattern)
+    everything = _cgroups(mount)
+    assert [rel for rel in everything if cgroup_matches(pattern, rel)] == listed
+    for rel in everything:
+        below = [m for m in listed if m.startswith(rel.rstrip("/") + "/")]
+        if below:
+            assert cgroup_leads_to(pattern, rel), (rel, below)
+        if cgroup_leads_to(pattern, rel):
+            assert rel not in listed
+
+
+def test_a_dot_name_is_matched_only_by_a_dot_component() -> None:
+    assert not cgroup_matches("/a/*", "/a/.hidden.scope")
+    assert cgroup_matches("/a/.h*", "/a/.hidden.scope")
+    assert not cgroup_leads_to("/*/x.scope", "/.dot")
+    assert cgroup_leads_to("/.*/x.scope", "/.dot")
+    assert not cgroup_leads_to("/a/*", "/a/x")  # a match itself: nothing below it
 
 
 def test_glob_cgroups_of_a_glob_with_matches_is_not_empty(tmp_path: Path) -> None:
