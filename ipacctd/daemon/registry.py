@@ -450,6 +450,9 @@ class Registry:
         # The engine's cache of who owns which cgroup (as the status reader tells it).
         self.manager.remember_owner(name, key, unit.cgroup)
         self._watched(name, unit.cgroup)
+        paths = self._paths_of(name, unit.cgroup)
+        if paths is not None and self._watch is not None:
+            self._watch.read_from_here(paths)  # its making's events: the read below is later
         got = self.lister.live(name, unit, key)
         if got is None:
             return self.refresh(name)

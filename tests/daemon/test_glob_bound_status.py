@@ -254,3 +254,39 @@ def test_a_match_bound_meanwhile_by_another_process_is_shown_as_recorded(
         assert [len(egress_progs(fs)) for fs in made] == [1, 1]
     finally:
         registry.close()
+
+
+def test_units_bound_are_not_read_again_for_the_events_of_their_making(env: DaemonEnv) -> None:
+    """A burst's units are named by the events of their own making (pin directories renamed
+    into place, cgroups made): the status :meth:`Registry.bound` reads comes after them,
+    so no poll reads those units again for them. A change after it is seen as ever."""
+    inst = env.inst
+    ext = glob_unit(inst)
+    for i in range(30):
+        inst.make_cgroup(f"{ext}/gb-{i:02d}")
+    manager = inst.manager()
+    registry = Registry(manager)
+    try:
+        binder = Binder(manager, on_bound=registry.bound)
+        binder.load()
+        binder.reconcile(budget=0)  # the first: its watches in place before the others
+        while binder.pending:  # bounded: one bound a call
+            binder.bind_pending(0)
+        assert len(registry.units) == 30
+        looked: list[str] = []
+        real_identity = registry.identity
+
+        def identity(name: str, cgroup_path: str) -> tuple:
+            looked.append(name)
+            return real_identity(name, cgroup_path)
+
+        registry.identity = identity  # type: ignore[method-assign]
+        due = registry.enforcement_due()
+        assert looked == [] and len(due) == 1  # the rolling one alone (a 50th, at least one)
+        # Its egress link unpinned by hand: that unit is due, and none other.
+        victim = "gb@gb-07.service"
+        os.unlink(os.path.join(manager.store.pin_dir(victim), LINK[Direction.EGRESS]))
+        due = registry.enforcement_due()
+        assert looked == [victim] and victim in due and len(due) <= 2
+    finally:
+        registry.close()
