@@ -48,6 +48,8 @@ from ipacctd.manager.unit import Unit, spec_for
 from ipacctd.policy.properties import Properties
 from ipacctd.policy.unitfile import (
     UnitFile,
+    cgroup_leads_to,
+    cgroup_matches,
     component_matcher,
     is_glob,
     load_unit_dir,
@@ -103,6 +105,9 @@ class _Follow:
 #: and programs while the engine binds (:mod:`ipacctd.manager.kits`): starting it costs
 #: ~50 ms of the other CPU, and the first kit comes ~0.1 s later.
 KITS_FROM = 64
+#: Cgroups made (:meth:`Binder.reconcile_made`) looked at ahead of their binding: enough
+#: for a slice's attaches and for the kit helper to start (KITS_FROM).
+EXAMINE_AHEAD = 256
 #: Seconds without pending matches after which the kit helper stops (cgroups of a burst
 #: come in waves: a container runtime makes them as fast as it starts containers).
 KITS_IDLE = 5.0
@@ -137,6 +142,13 @@ class Binder:
         # unit files' paths as that pass saw them.
         self._follows: deque[_Follow] = deque()
         self._sources: set[str] = set()
+        # Cgroups made, as reconcile_made took them, not looked at yet (the mount's path
+        # then), and the unit names those looked at gave.
+        self._made: deque[str] = deque()
+        self._mount = ""
+        self._made_names: set[str] = set()
+        # Whether something reconcile_made found is for a full pass (reconcile) to judge.
+        self.full_due = False
         # The daemon binds on its loop and reloads in a worker thread (a D-Bus Reload):
         # one at a time.
         self._lock = threading.RLock()
@@ -171,6 +183,7 @@ class Binder:
         self.errors = errors
         self.pending.clear()  # made from the files before: the next reconcile lists anew
         self._follows.clear()
+        self._made.clear()
         self._merged.clear()
         self._bindings.clear()
         for err in errors:
@@ -206,18 +219,7 @@ class Binder:
                 key = (rel, *((id(f), pattern) for f, pattern in pairs))
             b = self._bindings.get(key)
             if b is None:
-                if len(pairs) == 1:  # one file's pattern: a glob's thousands of new matches
-                    files, (last, pattern) = (pairs[0][0],), pairs[0]
-                else:
-                    files, (last, pattern) = merge_order(pairs)  # the OCI hook's order too
-                    if len(files) > 1:
-                        log.debug("cgroup %s: merging %s", rel,
-                                  ", ".join(f.path for f in files))
-                # Asked once a cgroup (naming thousands of new matches in one pass held the
-                # loop 0.3 s at 7,000: ~45 µs each, half of it asked twice or sorted alone).
-                info = containers.from_cgroup(rel) if _nameable(last, pattern) else None
-                name = self._name(last, pattern, rel, info)
-                b = Binding(name, rel, files, self._found.get(rel))
+                b, info = self._binding(rel, pairs)
                 if b.container is None and info is None:
                     cache[key] = b
             else:
@@ -225,6 +227,23 @@ class Binder:
             out.setdefault(b.name, b)
         self._bindings = cache  # the matches of this pass only: bounded by them
         return out
+
+    def _binding(self, rel: str, pairs: list[tuple[UnitFile, str]],
+                 ) -> tuple[Binding, ContainerInfo | None]:
+        """The binding of cgroup ``rel``, which the ``(file, pattern)`` pairs match, and the
+        container :func:`containers.from_cgroup` found there (None: not a container's, or
+        not one a container may name)."""
+        if len(pairs) == 1:  # one file's pattern: a glob's thousands of new matches
+            files, (last, pattern) = (pairs[0][0],), pairs[0]
+        else:
+            files, (last, pattern) = merge_order(pairs)  # the OCI hook's order too
+            if len(files) > 1:
+                log.debug("cgroup %s: merging %s", rel, ", ".join(f.path for f in files))
+        # Asked once a cgroup (naming thousands of new matches in one pass held the loop
+        # 0.3 s at 7,000: ~45 µs each, half of it asked twice or sorted alone).
+        info = containers.from_cgroup(rel) if _nameable(last, pattern) else None
+        name = self._name(last, pattern, rel, info)
+        return Binding(name, rel, files, self._found.get(rel)), info
 
 
     def _stopped_service(self, pattern: str) -> bool:
@@ -328,6 +347,8 @@ class Binder:
 
     def _reconcile(self, budget: float | None) -> list[str]:
         start = time.monotonic()
+        self._made.clear()  # this pass sees them all
+        self.full_due = False
         want = self.bindings()
         self._sources = {f.path for f in self.files}
         units = self._pass_units()
@@ -359,11 +380,79 @@ class Binder:
         return self._bind_pending(None if budget is None else
                                   max(budget - (time.monotonic() - start), 0.0))
 
+    def reconcile_made(self, made: Iterable[str], budget: float | None = None,
+                       ) -> list[str] | None:
+        """The pass for cgroups made since the last one, all named by the watches' events
+        (``made``: their filesystem paths): bind those the files match and no unit holds
+        yet, follow the units bound to them already (a cgroup made again) — what
+        :meth:`reconcile` does for them, without listing and comparing every match. A
+        glob's burst of ten thousand cgroups comes in waves, and each wave's full pass held
+        the daemon's loop 30-170 ms towards the end (bench/results-globbind.txt). Nothing
+        else can have changed since the last pass: the files change only by :meth:`load`,
+        which a full pass follows, and the unit of a cgroup removed is the daemon's
+        enforcement check's (it records the exit, as a follow does).
+
+        The cgroups are looked at in the slices of :meth:`bind_pending`, a little ahead of
+        their binding (a wave of thousands is ~20 µs each). One that only a full pass can
+        judge sets :attr:`full_due`, and the others go on: a cgroup made above the
+        matches (its level is to be watched and listed), a unit name another cgroup's unit
+        (or a transient one, or an unreadable record) holds. Returns log lines, as
+        :meth:`reconcile`; None, doing nothing, while a pass is under way or before the
+        first."""
+        with self._lock:
+            if self.busy or self._parents is None:
+                return None
+            self._mount = cgroup.mount_point().rstrip("/")
+            self._made = deque(sorted(made))  # as bindings(): the first in order names
+            self._made_names = set()
+            self._known, self._found, self._now = None, {}, None
+            return self._bind_pending(budget)
+
+    def _examine(self, fs: str) -> None:
+        """One cgroup of :meth:`reconcile_made`'s: a match to bind, a unit to follow, or
+        nothing (no file matches it, or it is gone); where only a full pass can tell,
+        :attr:`full_due` says so."""
+        rel = fs[len(self._mount):]
+        if not fs.startswith(self._mount + "/") or self._leads_to_match(rel):
+            self.full_due = True
+            return
+        pairs = [(f, pattern) for f in self.files for pattern in f.cgroups
+                 if cgroup_matches(pattern, rel)]
+        if not pairs or not cgroup.exists(fs):
+            return
+        b = self._binding(rel, pairs)[0]
+        if b.name in self._made_names:  # two cgroups made give one name
+            self.full_due = True
+            return
+        self._made_names.add(b.name)
+        if not self.manager.store.exists(b.name):
+            self.pending.append(b)
+            return
+        try:
+            unit = self.manager.unit(b.name)
+        except NotFound:
+            self.pending.append(b)  # removed meanwhile
+            return
+        except (InvalidInput, Corrupt):
+            self.full_due = True
+            return
+        if unit.cgroup != b.cgroup or unit.transient:
+            self.full_due = True
+            return
+        self._follows.append(_Follow(unit, b))
+
+    def _leads_to_match(self, rel: str) -> bool:
+        """Whether cgroup ``rel`` lies above what the files or the units bound by hand may
+        name: below it cgroups may match (or be made again) that no watch follows yet."""
+        if any(cgroup_leads_to(pattern, rel) for f in self.files for pattern in f.cgroups):
+            return True
+        return any(p == rel or p.startswith(rel + "/") for p in self._parents or ())
+
     @property
     def busy(self) -> bool:
-        """Whether a pass is under way: units to follow or matches to bind are left for
-        :meth:`bind_pending`."""
-        return bool(self._follows or self.pending)
+        """Whether a pass is under way: cgroups made to look at, units to follow or matches
+        to bind are left for :meth:`bind_pending`."""
+        return bool(self._made or self._follows or self.pending)
 
     def bind_pending(self, budget: float | None = None) -> list[str]:
         """Follow the bound units the last pass left, then bind pending matches (under one
@@ -377,6 +466,13 @@ class Binder:
         start = time.monotonic()
         until = None if budget is None else start + budget
         done: list[str] = []
+        # The cgroups made that reconcile_made left: looked at a little ahead of their
+        # binding (at least until one is to bind or follow, while any are left).
+        while self._made and (len(self.pending) < EXAMINE_AHEAD or until is None) and (
+                until is None or time.monotonic() < until
+                or not (self._follows or self.pending)):
+            self._examine(self._made.popleft())
+        self._now = None  # the units as one pass saw them: read again by the next
         first = True
         while self._follows and (first or until is None or time.monotonic() < until):
             first = False
@@ -407,6 +503,8 @@ class Binder:
             # Not an attach refused (those are results) but the engine failing: drop the
             # list, so that the next reconcile lists anew rather than waiting on this one.
             self.pending.clear()
+            self._made.clear()
+            self.full_due = True
             self._stop_kits()
             raise
         if results:
@@ -535,7 +633,7 @@ def glob_cgroups(mount: str, pattern: str, ids: dict[str, int] | None = None) ->
     As ``glob.glob`` matches, component by component, and as cheaply as a directory
     listing: one ``scandir`` per directory a glob component spans, its directories alone
     (on cgroup2 every directory is a cgroup and nothing is a symlink), no stat and no
-    realpath per match — a glob matching ten thousand cgroups is listed on every pass.
+    realpath per match — a glob matching ten thousand cgroups is listed on a full pass.
     Each name is matched by :func:`component_matcher`. Literal components after the last
     glob are checked to be cgroups at the end.
 

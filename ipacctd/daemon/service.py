@@ -27,7 +27,15 @@ from ipacctd.daemon.binder import Binder
 from ipacctd.daemon.bus import BusService
 from ipacctd.daemon.config import DaemonConfig
 from ipacctd.daemon.contract import BUS_NAME, open_bus, read_runtime, runtime_alive
-from ipacctd.daemon.inotify import IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_Q_OVERFLOW, Inotify
+from ipacctd.daemon.inotify import (
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_Q_OVERFLOW,
+    Inotify,
+)
 from ipacctd.daemon.registry import Registry
 from ipacctd.errors import Busy, Error, NotFound, NotSupported, PermissionDenied
 from ipacctd.journal import setup_logging
@@ -66,6 +74,10 @@ class Daemon:
         self._binding: asyncio.Handle | None = None  # the next slice of pending bindings
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rebind = False
+        # The cgroups made in the watched directories since the binder's last pass, when
+        # the events named every change there (None: a full pass is due — anything else
+        # happened, events were lost, or no pass followed the watches yet).
+        self._made: set[str] | None = None
         # The units whose records the state directory's events named since the last settle
         # (None: a full pass is due — the queue overflowed, or the directory itself went).
         self._records: set[str] | None = set()
@@ -240,7 +252,13 @@ class Daemon:
         self.inotify = Inotify()
         self.inotify.watch(self.manager.config.units_dir)
         self._watch_unit_dirs()
-        asyncio.get_running_loop().add_reader(self.inotify.fd, self._on_inotify)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.inotify.fd, self._on_inotify)
+        # A cgroup made between the start's pass and these watches was seen by neither: a
+        # full pass now that they are in place.
+        self._made, self._rebind = None, True
+        if self._pending is None:
+            self._pending = loop.call_soon(self._settle)
 
     def _watch_unit_dirs(self) -> None:
         assert self.inotify is not None
@@ -251,6 +269,7 @@ class Daemon:
         assert self.inotify is not None
         units_dir = self.manager.config.units_dir
         made: set[str] = set()
+        gone: set[str] = set()
         for path, mask, name in self.inotify.read():
             if mask & IN_Q_OVERFLOW or (path == units_dir and (not name or mask & WATCH_GONE)):
                 self._records = None  # events were lost, or the directory went: read all
@@ -260,22 +279,34 @@ class Daemon:
                 continue
             if path != units_dir:
                 self._rebind = True
-                if mask & IN_CREATE and name:
+                if mask & IN_CREATE and mask & IN_ISDIR and name:  # a cgroup made
                     made.add(os.path.join(path, name))
-        if made:
+                elif mask & IN_DELETE and name:  # a cgroup removed (its unit's exit below)
+                    gone.add(os.path.join(path, name))
+                else:  # anything else (a rename, a watched directory gone, lost events)
+                    self._made = None
+        if self._made is not None:
+            self._made |= made  # the binder's next pass binds these alone
+        if made or gone:
             # A cgroup made at a unit's path: re-bind now, without the debounce (every
             # moment unbound is a moment unfiltered). The settle below binds new matches.
-            self.check_enforcement(self.registry.units_at(made))
+            # One removed: its unit turns inactive, its exit recorded.
+            self.check_enforcement(self.registry.units_at(made | gone))
         if self._pending is None:  # coalesce bursts (a CLI writes temp file + rename)
             self._pending = asyncio.get_running_loop().call_later(DEBOUNCE, self._settle)
 
     def _settle(self) -> None:
         self._pending = None
         # While slices of bindings are pending the binder's list stands: the last slice
-        # asks for a full pass then (it sees whatever was made meanwhile).
+        # settles, and the pass then takes what was made meanwhile.
+        if self.binder.full_due:  # the cgroups made held one only a full pass can judge
+            self._rebind, self._made = True, None
         if self._rebind and not self.binder.busy:
             self._rebind = False
-            self._bind_and_watch()
+            made, self._made = self._made, set()
+            if made is None or not self._bind_made(made) or (
+                    self.binder.full_due and not self.binder.busy):
+                self._bind_and_watch()  # (one due while slices are left: after the last)
         if self.binder.busy:
             # A binding under way writes a record per unit, each an event here: the passes
             # over every unit wait for its last slice (which settles), or they would run
@@ -310,6 +341,20 @@ class Daemon:
             self._watch_unit_dirs()
             if set(self.inotify.wds) <= before:
                 return
+
+    def _bind_made(self, made: set[str]) -> bool:
+        """The binder's pass for the cgroups ``made`` alone (:meth:`Binder.reconcile_made`);
+        False where a full pass is to be made instead (none made yet)."""
+        if not made:
+            return True
+        try:
+            with self.registry.held():  # the units' signals after the slice
+                if self.binder.reconcile_made(made, BIND_SLICE) is None:
+                    return False
+        except Error as exc:
+            log.error("binding unit files: %s", exc)
+        self._bind_later()
+        return True
 
     def _bind_later(self) -> None:
         """Bind the binder's pending matches slice by slice, the loop serving between (also
