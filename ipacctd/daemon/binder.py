@@ -24,7 +24,9 @@ unit takes the name the last file in that order gives it.
 
 Watches: the directory above each pattern's first glob component (or above an exact
 path), or, while that does not exist yet, its nearest existing ancestor, so a parent made
-later is followed.
+later is followed. A full pass (:meth:`Binder.reconcile`) lists every match; between
+full passes the daemon hands over the cgroups its watches saw made
+(:meth:`Binder.reconcile_made`), and a full pass follows anything else.
 """
 
 from __future__ import annotations

@@ -5,11 +5,13 @@ kit — a fresh counters map, the denied-address log, and the two programs loade
 (:class:`~ipacctd.datapath.unit.Kit`) — is ~0.6 ms, nearly all of it the kernel's
 (the verifier). For one policy bound to many cgroups the kits are all alike, so a helper
 process makes them while the engine does the rest, and hands each over as its file
-descriptors (SCM_RIGHTS). Measured on this host's two CPUs (bench/results-globbind.txt):
-``Manager.attach_many`` of 1,000 cgroups, 1.07-1.11 ms a cgroup alone, 0.69-0.76 ms with
-the helper; the daemon binding 10,000 cgroups of a glob, 13.1-16.7 s before, 10.1-10.5 s
-with it. A thread in the daemon was tried first and is slower than none (1.18-1.47 ms a
-cgroup, CPU 1.6-2.0 ms): the two share the GIL and the daemon's address space.
+descriptors (SCM_RIGHTS). The engine takes a kit when one is ready and makes its own when
+none is, so both CPUs load programs. Measured on this host's two CPUs
+(bench/results-globbind.txt): ``Manager.attach_many`` of 1,000 cgroups, 1.01-1.11 ms a
+cgroup alone, 0.52-0.61 ms with the helper; the daemon binding 10,000 cgroups of a glob,
+13.1-16.7 s before it, 8.0-8.3 s with it (session 9's final runs). A thread in the daemon
+was tried first and is slower than none (1.18-1.47 ms a cgroup, CPU 1.6-2.0 ms): the two
+share the GIL and the daemon's address space.
 
 The kits are made for the exact policy of the units they serve: the helper gets the
 policy as the same canonical text a unit's record keeps (and rebuilds its programs from
