@@ -22,6 +22,16 @@ def _no_listing(*_args, **_kw):
     raise AssertionError("the pass listed the glob's cgroups")
 
 
+def _app_unit(inst) -> str:
+    """``app.unit``: ``ControlGroup=<ext>/*/app-*`` (two levels below a cgroup of the
+    test's own, ``<ext>``, which is returned)."""
+    ext = f"/ipacctd-test-{inst.id}-ext"
+    inst.make_cgroup(ext)
+    with open(os.path.join(inst.unit_dir, "app.unit"), "w") as f:
+        f.write(f"[Match]\nControlGroup={ext}/*/app-*\n\n[Service]\nIPAddressDeny=any\n")
+    return ext
+
+
 def test_cgroups_made_are_bound_from_the_events_alone(env: DaemonEnv, monkeypatch) -> None:
     inst = env.inst
     ext = glob_unit(inst)
@@ -58,10 +68,7 @@ def test_cgroups_made_are_bound_from_the_events_alone(env: DaemonEnv, monkeypatc
 
 def test_what_only_a_full_pass_can_tell_is_left_to_it(env: DaemonEnv) -> None:
     inst = env.inst
-    ext = f"/ipacctd-test-{inst.id}-ext"
-    inst.make_cgroup(ext)
-    with open(os.path.join(inst.unit_dir, "app.unit"), "w") as f:
-        f.write(f"[Match]\nControlGroup={ext}/*/app-*\n\n[Service]\nIPAddressDeny=any\n")
+    ext = _app_unit(inst)
     a = inst.make_cgroup(f"{ext}/a/app-1")
     binder = Binder(inst.manager())
     binder.load()
@@ -74,9 +81,9 @@ def test_what_only_a_full_pass_can_tell_is_left_to_it(env: DaemonEnv) -> None:
     assert binder.reconcile_made([b, b1]) == [f"bound app@app-2.service to {ext}/b/app-2"]
     assert binder.full_due and not binder.busy
     assert len(egress_progs(b1)) == 1 and egress_progs(b2) == ()
-    # A name another cgroup's unit holds (app@app-1.service is a/app-1's): not bound.
     assert binder.reconcile() == [f"bound app@app-3.service to {ext}/b/app-3"]
     assert not binder.full_due
+    # A name another cgroup's unit holds (app@app-1.service is a/app-1's): not bound.
     c1 = inst.make_cgroup(f"{ext}/c/app-1")
     assert binder.reconcile_made([c1]) == [] and binder.full_due
     assert egress_progs(c1) == () and len(egress_progs(a)) == 1
@@ -88,10 +95,7 @@ def test_what_only_a_full_pass_can_tell_is_left_to_it(env: DaemonEnv) -> None:
 
 def test_the_daemon_binds_waves_and_levels_made_later(env: DaemonEnv) -> None:
     inst = env.inst
-    ext = f"/ipacctd-test-{inst.id}-ext"
-    inst.make_cgroup(ext)
-    with open(os.path.join(inst.unit_dir, "app.unit"), "w") as f:
-        f.write(f"[Match]\nControlGroup={ext}/*/app-*\n\n[Service]\nIPAddressDeny=any\n")
+    ext = _app_unit(inst)
     inst.make_cgroup(f"{ext}/a")
     env.start()
     c = env.client
