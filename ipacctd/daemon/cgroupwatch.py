@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 
 from ipacctd.daemon.inotify import (
     IN_CREATE,
@@ -55,6 +56,10 @@ class CgroupWatch:
         self._dirty: dict[str, set[str] | None] = {c: set() for c in CONSUMERS}
         self._dirs: dict[str, int] = {}  # watched parent directory → its inode
         self._warned = False
+        # The queue is drained by the loop's polls and by a binding in a D-Bus Reload's
+        # worker thread (read_from_here): one at a time, so that no event lands in a set a
+        # consumer has already taken (and is iterating).
+        self._lock = threading.Lock()
 
     def _watch(self, path: str, mask: int) -> bool:
         try:
@@ -197,18 +202,20 @@ class CgroupWatch:
         named by the events of its own making (its pin directory renamed into place, its
         cgroup made): every poll after a wave read the identity and state of each of them
         again (1,000-6,000 units, 20-80 ms of the loop a poll at 10,000 cgroups)."""
-        self._drain()
-        for dirty in self._dirty.values():
-            if dirty is not None:
-                dirty.difference_update(paths)
+        with self._lock:
+            self._drain()
+            for dirty in self._dirty.values():
+                if dirty is not None:
+                    dirty.difference_update(paths)
 
     def changed(self, consumer: str = "state") -> set[str] | None:
         """The cgroups and pin directories (paths) with an event since ``consumer`` last
         asked; None after the event queue overflowed (anything may have changed)."""
-        self._drain()
-        self._check_dirs()
-        dirty = self._dirty[consumer]
-        self._dirty[consumer] = set()
+        with self._lock:
+            self._drain()
+            self._check_dirs()
+            dirty = self._dirty[consumer]
+            self._dirty[consumer] = set()
         return dirty
 
     def close(self) -> None:
