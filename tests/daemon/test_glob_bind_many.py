@@ -122,7 +122,12 @@ def test_daemon_killed_mid_binding_restarts_and_binds_each_cgroup_once(env: Daem
     assert all(len(p) <= 1 for p in progs.values()), progs
     attached = {name for name, p in progs.items() if p}
     assert attached <= before, attached - before
-    kept = {name: progs[name] for name in attached}
+    # Bound before the crash: its pin directory in place. One killed between its links
+    # and the rename of its pin directory into place has a program on its cgroup, held by
+    # the temporary directory's pins: the restart sweeps those and builds it again.
+    pin_dir = inst.manager().store.pin_dir
+    kept = {name: progs[name] for name in attached if os.path.isdir(pin_dir(name))}
+    assert len(attached) - len(kept) <= 1, attached - set(kept)
     assert first.send(DENIED, 10) == "err 1"  # no daemon: enforced all the same
     # The daemon's helper ends with it (its socket closed): none is left running.
     assert helpers, "no kit helper for a burst of 600"
