@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 from daemon_support import DaemonEnv, egress_progs, glob_unit
+from support import wait_for
 
 from ipacctd.daemon import binder as binder_mod
 from ipacctd.daemon.binder import Binder
@@ -122,3 +124,26 @@ def test_the_daemon_binds_waves_and_levels_made_later(env: DaemonEnv) -> None:
            "app-00 inactive")
     assert inst.manager().unit("app@app-00.service").exited_at is not None
     assert "cannot bind" not in env.log() and "binding unit files" not in env.log(), env.log()
+
+
+def test_a_cgroup_made_before_the_watches_is_bound(env: DaemonEnv) -> None:
+    """The daemon's start lists the matches, then connects to the bus, then places its
+    watches: a cgroup made in between is in neither the listing nor an event. The full
+    pass made once the watches are in place binds it."""
+    inst = env.inst
+    ext = glob_unit(inst)
+    inst.make_cgroup(f"{ext}/gb-a")
+    bus = env.bus.proc
+    starter = threading.Thread(target=env.start, daemon=True)
+    os.kill(bus.pid, signal.SIGSTOP)  # the bus this test started, by its PID
+    try:
+        starter.start()  # its start waits for the bus after the first pass
+        wait_for(lambda: "gb@gb-a.service" in inst.unit_names(), 30, "the start's pass")
+        late = inst.make_cgroup(f"{ext}/gb-b")
+    finally:
+        os.kill(bus.pid, signal.SIGCONT)
+    starter.join(60)
+    assert not starter.is_alive() and env.proc is not None and env.proc.poll() is None
+    c = env.client
+    c.wait(lambda: "gb@gb-b.service" in c.units(), 10, "gb-b bound")
+    assert len(egress_progs(late)) == 1
